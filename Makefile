@@ -1,0 +1,56 @@
+# Every target sets itself up on a fresh machine: the venv and node_modules are built on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints/dev.txt
+PKGS := podstream worker relay
+
+.PHONY: help venv js test test-py test-js lint bench demo clean
+
+help:
+	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
+	@echo "make test   - every test suite (Python and client_js)"
+	@echo "make lint   - ruff, mypy --strict, hadolint"
+	@echo "make bench  - benchmarks (ratios against baselines measured in the same run)"
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, from the pinned CPU build, so nothing else can pull a CUDA build.
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[worker,relay,dev]"
+	touch $@
+
+venv: $(STAMP)
+
+client_js/node_modules/.installed: client_js/package.json
+	if [ -f client_js/package-lock.json ]; then cd client_js && npm ci --no-audit --no-fund; \
+	else cd client_js && npm install --no-audit --no-fund; fi
+	touch $@
+
+js:
+	@if [ -f client_js/package.json ]; then $(MAKE) --no-print-directory client_js/node_modules/.installed; fi
+
+test: venv js
+	$(PY) -m pytest
+	@if [ -f client_js/package.json ]; then cd client_js && npm test; fi
+
+test-py: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check $(PKGS) tests bench
+	$(VENV)/bin/ruff format --check $(PKGS) tests bench
+	$(VENV)/bin/mypy $(PKGS)
+	@if [ -f Dockerfile ]; then $(VENV)/bin/hadolint Dockerfile; fi
+
+bench: venv
+	$(PY) -m bench
+
+demo: venv js
+	$(VENV)/bin/podstream demo
+
+clean:
+	rm -rf $(VENV) client_js/node_modules .pytest_cache .mypy_cache .ruff_cache

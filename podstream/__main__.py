@@ -1,0 +1,3 @@
+from podstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `podstream` subcommand; see podstream/cli.py for the contract."""
