@@ -1,0 +1,317 @@
+"""What a transfer (pull, watch, submit, demo) reports while it runs, and how the CLI shows it.
+
+Every transfer takes an `Observer` and calls it as the job goes: status changes, an item's generation
+steps, bytes of an item arriving, an item saved (`SavedFile`, verified), an item failed on the worker
+(`ItemFailure`), a problem with the stream itself (gap, corruption, ...), reconnects, and the end
+(`JobOutcome`). `Observer` does nothing; `RichProgress` draws live progress bars in a terminal with
+`rich` (imported only when a `RichProgress` is made, so `import podstream` stays light).
+
+A transfer whose job did not end COMPLETED with every item saved raises `JobIncomplete` at its end, after
+every file that did arrive was saved and yielded: nothing is lost silently, and nothing already saved is
+thrown away.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.progress import Progress, TaskID
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """One item of a job, complete on disk under `path`, its size and sha256 verified."""
+
+    item: int
+    id: str
+    mime: str
+    size: int
+    sha256: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """The worker reported that one item failed (the rest of the batch went on)."""
+
+    item: int
+    id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StreamProblem:
+    """Something wrong with the stream itself: a gap, a corrupt part, a manifest mismatch, ..."""
+
+    code: str
+    message: str
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended, as seen by one consumer."""
+
+    job: str
+    status: str = "UNKNOWN"
+    error: str | None = None  # the job-level error RunPod or the relay reported (FAILED jobs)
+    files: list[SavedFile] = field(default_factory=list)
+    failures: list[ItemFailure] = field(default_factory=list)
+    problems: list[StreamProblem] = field(default_factory=list)
+    expected_items: int | None = None  # from the manifest / done record, when it arrived
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "COMPLETED" and not self.failures and not self.problems
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def summary(self) -> str:
+        """One line: what arrived and what went wrong."""
+        parts = [
+            f"job {self.job} {self.status}",
+            f"{len(self.files)} file(s) saved ({human_bytes(self.bytes)})",
+        ]
+        if self.failures:
+            parts.append(f"{len(self.failures)} item(s) failed")
+        if self.problems:
+            codes = sorted({p.code for p in self.problems})
+            parts.append(f"{len(self.problems)} stream problem(s): {', '.join(codes)}")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return "; ".join(parts)
+
+
+class TransferError(Exception):
+    """A transfer could not go on: unreachable server, rejected key, unknown job, retries exhausted."""
+
+
+class JobIncomplete(Exception):
+    """The job ended, but not every item arrived whole (or the job itself failed). See `outcome`."""
+
+    def __init__(self, outcome: JobOutcome) -> None:
+        super().__init__(outcome.summary())
+        self.outcome = outcome
+
+
+def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
+    """The outcome as plain JSON-able data (for `--json`)."""
+    return {
+        "job": outcome.job,
+        "status": outcome.status,
+        "ok": outcome.ok,
+        "error": outcome.error,
+        "expected_items": outcome.expected_items,
+        "bytes": outcome.bytes,
+        "files": [{**asdict(f), "path": str(f.path)} for f in outcome.files],
+        "failures": [asdict(f) for f in outcome.failures],
+        "problems": [asdict(p) for p in outcome.problems],
+    }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class Observer:
+    """Receives a transfer's events. Every method does nothing; override the ones you need.
+
+    Methods are called from the thread (or event loop) running the transfer, in stream order. After the
+    end, `outcome` holds the job's `JobOutcome` (subclasses overriding `finished` call `super().finished`).
+    """
+
+    outcome: JobOutcome | None = None
+
+    def status(self, status: str) -> None:
+        pass
+
+    def item_started(self, item: int, id: str, mime: str, size: int) -> None:
+        """The first bytes of an item are about to arrive."""
+
+    def item_bytes(self, item: int, received: int, size: int) -> None:
+        """`received` bytes of the item's `size` have arrived so far."""
+
+    def item_progress(self, item: int, step: int, steps: int) -> None:
+        """The worker is generating the item: step `step` of `steps`."""
+
+    def item_saved(self, file: SavedFile) -> None:
+        pass
+
+    def item_failed(self, failure: ItemFailure) -> None:
+        pass
+
+    def problem(self, problem: StreamProblem) -> None:
+        pass
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        """The connection dropped or a request failed; the next try comes after `delay` seconds."""
+
+    def finished(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
+
+
+class RichProgress(Observer):
+    """Live progress bars: one per item in flight (generation steps, then bytes) and one overall.
+
+    Use as a context manager around the transfer. Finished items leave their bar and print one line, so a
+    batch of a thousand items keeps a screen of bars. `total` is the number of items when known up front.
+    """
+
+    def __init__(
+        self,
+        *,
+        total: int | None = None,
+        console: Console | None = None,
+        title: str = "items",
+        max_bars: int = 12,
+    ) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console or Console(stderr=True)
+        self.max_bars = max_bars
+        self._overall = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self._items: Progress = Progress(
+            TextColumn("  {task.description}", style="cyan"),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=self.console,
+        )
+        self._total_task = self._overall.add_task(title, total=total, detail="waiting for the job")
+        self._tasks: dict[int, TaskID] = {}
+        self._names: dict[int, str] = {}
+        self._live: Live | None = None
+        self._saved = 0
+        self._failed = 0
+        self._bytes_saved = 0
+        self._status = ""
+        self._started = time.monotonic()
+        self.first_file_after: float | None = None
+
+    def __enter__(self) -> RichProgress:
+        from rich.console import Group
+        from rich.live import Live
+
+        self._live = Live(Group(self._overall, self._items), console=self.console, refresh_per_second=8)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def set_total(self, total: int | None) -> None:
+        self._overall.update(self._total_task, total=total)
+
+    # ---- Observer
+
+    def status(self, status: str) -> None:
+        self._status = status
+        self._refresh_overall()
+
+    def _task(self, item: int, label: str | None = None) -> TaskID | None:
+        task = self._tasks.get(item)
+        if task is None:
+            if len(self._tasks) >= self.max_bars:
+                return None
+            name = label or self._names.get(item) or f"item {item}"
+            task = self._items.add_task(name, total=None, detail="")
+            self._tasks[item] = task
+        return task
+
+    def item_progress(self, item: int, step: int, steps: int) -> None:
+        task = self._task(item)
+        if task is not None:
+            self._items.update(task, total=steps, completed=step, detail=f"generating {step}/{steps}")
+
+    def item_started(self, item: int, id: str, mime: str, size: int) -> None:
+        self._names[item] = f"{item:>4} {id}"[:32] if id else f"item {item}"
+        task = self._task(item, self._names[item])
+        if task is not None:
+            self._items.update(
+                task, description=self._names[item], total=max(size, 1), completed=0, detail=mime
+            )
+
+    def item_bytes(self, item: int, received: int, size: int) -> None:
+        task = self._tasks.get(item)
+        if task is not None:
+            self._items.update(
+                task,
+                total=max(size, 1),
+                completed=received,
+                detail=f"{human_bytes(received)}/{human_bytes(size)}",
+            )
+
+    def _drop(self, item: int) -> None:
+        task = self._tasks.pop(item, None)
+        if task is not None:
+            self._items.remove_task(task)
+
+    def item_saved(self, file: SavedFile) -> None:
+        if self.first_file_after is None:
+            self.first_file_after = time.monotonic() - self._started
+        self._drop(file.item)
+        self._saved += 1
+        self._bytes_saved += file.size
+        self.console.print(f"[green]saved[/] {file.path}  [dim]{human_bytes(file.size)} {file.mime}[/]")
+        self._overall.advance(self._total_task)
+        self._refresh_overall()
+
+    def item_failed(self, failure: ItemFailure) -> None:
+        self._drop(failure.item)
+        self._failed += 1
+        label = f"item {failure.item}" + (f" ({failure.id})" if failure.id else "")
+        self.console.print(f"[red]failed[/] {label}: {failure.code}: {failure.message}")
+        self._overall.advance(self._total_task)
+        self._refresh_overall()
+
+    def problem(self, problem: StreamProblem) -> None:
+        self.console.print(f"[bold red]problem[/] {problem.code}: {problem.message}")
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.console.print(f"[yellow]retrying[/] in {delay:.1f}s (attempt {attempt}): {reason}")
+
+    def finished(self, outcome: JobOutcome) -> None:
+        super().finished(outcome)
+        if outcome.expected_items is not None:
+            self.set_total(outcome.expected_items)
+        self._status = outcome.status
+        self._refresh_overall()
+        for item in list(self._tasks):
+            self._drop(item)
+
+    def _refresh_overall(self) -> None:
+        detail = f"{self._status}  {human_bytes(self._bytes_saved)}"
+        if self._failed:
+            detail += f"  [red]{self._failed} failed[/]"
+        self._overall.update(self._total_task, detail=detail)

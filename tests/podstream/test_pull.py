@@ -1,0 +1,349 @@
+"""podstream.pull against a scripted RunPod (httpx.MockTransport): drain, end, retries, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from podstream import pull as pull_mod
+from podstream import wire
+from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
+
+BASE = "http://runpod.test/v2/ep"
+JOB = "job-1"
+FAST = pull_mod.RetryPolicy(attempts=4, base=0.001, cap=0.002)
+
+
+def make_job(
+    sizes: list[int], *, part_bytes: int = 1000, fail: set[int] | None = None
+) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    """The envelopes a worker would stream for files of `sizes` bytes (items in `fail` fail instead)."""
+    env = wire.Envelopes(JOB)
+    out: list[dict[str, Any]] = []
+    files: dict[int, bytes] = {}
+    manifest: list[wire.ManifestItem] = []
+    for item, size in enumerate(sizes):
+        if fail and item in fail:
+            out.append(env.error(item, "bad_image", "cannot decode the image", id=f"i{item}"))
+            manifest.append(wire.ManifestItem(item, f"i{item}", "error"))
+            continue
+        data = bytes((item * 7 + k) % 251 for k in range(size))
+        files[item] = data
+        out.append(env.progress(item, 1, 2))
+        parts = list(env.parts(item, data, mime="video/mp4", id=f"i{item}", part_bytes=part_bytes))
+        out.extend(parts)
+        manifest.append(
+            wire.ManifestItem(item, f"i{item}", "ok", "video/mp4", size, wire.sha256_hex(data), len(parts))
+        )
+    out.extend(env.manifest(manifest))
+    return out, files
+
+
+class ScriptedRunPod:
+    """Answers GET /stream with scripted bodies (or callables making a Response), then COMPLETED + empty."""
+
+    def __init__(
+        self, script: list[Any], *, final: str = "COMPLETED", status_body: dict[str, Any] | None = None
+    ):
+        self.script = list(script)
+        self.final = final
+        self.status_body = status_body or {"id": JOB, "status": final}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == f"/v2/ep/status/{JOB}":
+            return httpx.Response(200, json=self.status_body)
+        if request.url.path != f"/v2/ep/stream/{JOB}":
+            return httpx.Response(404, json={"error": "not found"})
+        if not self.script:
+            return httpx.Response(200, json={"id": JOB, "status": self.final, "stream": []})
+        step = self.script.pop(0)
+        if callable(step):
+            result: httpx.Response = step(request)
+            return result
+        return httpx.Response(200, json=step)
+
+
+def batch(envelopes: list[dict[str, Any]], status: str = "IN_PROGRESS") -> dict[str, Any]:
+    return {"id": JOB, "status": status, "stream": [{"output": e} for e in envelopes]}
+
+
+def client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def status(self, status: str) -> None:
+        self.events.append(("status", status))
+
+    def item_progress(self, item: int, step: int, steps: int) -> None:
+        self.events.append(("progress", (item, step, steps)))
+
+    def item_bytes(self, item: int, received: int, size: int) -> None:
+        self.events.append(("bytes", (item, received, size)))
+
+    def item_saved(self, file: SavedFile) -> None:
+        self.events.append(("saved", file.item))
+
+    def problem(self, problem: StreamProblem) -> None:
+        self.events.append(("problem", problem.code))
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.events.append(("retry", (attempt, delay, reason)))
+
+    def kinds(self, kind: str) -> list[Any]:
+        return [v for k, v in self.events if k == kind]
+
+
+def run_pull(handler: ScriptedRunPod, out: Path, **kwargs: Any) -> list[SavedFile]:
+    with client(handler) as http:
+        return list(pull_mod.pull(JOB, runpod_url=BASE, key="k", out=out, client=http, retry=FAST, **kwargs))
+
+
+def test_drains_until_terminal_and_empty_and_saves_verified_files(tmp_path: Path) -> None:
+    envelopes, files = make_job([2500, 0, 999, 4000])
+    # Items arrive in several answers; the last ones together with COMPLETED; then one empty COMPLETED.
+    script = [
+        batch([], "IN_QUEUE"),
+        batch(envelopes[:3]),
+        batch(envelopes[3:7]),
+        batch(envelopes[7:], "COMPLETED"),
+    ]
+    runpod = ScriptedRunPod(script)
+    recorder = Recorder()
+    saved = run_pull(runpod, tmp_path, observer=recorder)
+
+    assert [f.item for f in saved] == [0, 1, 2, 3]
+    for f in saved:
+        assert f.path.read_bytes() == files[f.item]
+        assert f.sha256 == hashlib.sha256(files[f.item]).hexdigest()
+        assert f.path.parent == tmp_path
+    # exactly one call after the COMPLETED-with-items one: the empty one that ends the stream
+    assert len(runpod.requests) == 5
+    assert all(r.url.params["wait"] == str(pull_mod.DEFAULT_WAIT_MS) for r in runpod.requests)
+    assert all(r.headers["authorization"] == "Bearer k" for r in runpod.requests)
+    assert recorder.kinds("status") == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    assert (0, 1, 2) in recorder.kinds("progress")
+    assert (3, 4000, 4000) in recorder.kinds("bytes")
+    assert recorder.outcome is not None and recorder.outcome.ok
+    assert recorder.outcome.expected_items == 4
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_terminal_status_with_items_is_not_the_end(tmp_path: Path) -> None:
+    envelopes, _ = make_job([10, 10])
+    half = len(envelopes) // 2
+    runpod = ScriptedRunPod([batch(envelopes[:half], "COMPLETED"), batch(envelopes[half:], "COMPLETED")])
+    assert len(run_pull(runpod, tmp_path)) == 2
+    assert len(runpod.requests) == 3
+
+
+def test_gap_is_reported_after_every_good_file_was_yielded(tmp_path: Path) -> None:
+    envelopes, _ = make_job([3000, 500], part_bytes=1000)
+    lost = next(e for e in envelopes if e["type"] == "part" and e["item"] == 0 and e["part"] == 1)
+    runpod = ScriptedRunPod([batch([e for e in envelopes if e is not lost], "COMPLETED")])
+    got: list[SavedFile] = []
+    with client(runpod) as http, pytest.raises(JobIncomplete) as info:
+        for f in pull_mod.pull(JOB, runpod_url=BASE, key="k", out=tmp_path, client=http, retry=FAST):
+            got.append(f)
+    assert [f.item for f in got] == [1]
+    codes = {p.code for p in info.value.outcome.problems}
+    assert {"gap", "incomplete", "missing_item"} <= codes
+    assert f"seq {lost['seq']}" in str(info.value) or "gap" in str(info.value)
+    assert not list(tmp_path.glob(".*.part")), "the incomplete item's temp file is removed"
+
+
+def test_corrupt_part_is_reported(tmp_path: Path) -> None:
+    envelopes, _ = make_job([1500])
+    part = next(e for e in envelopes if e["type"] == "part")
+    part["data"] = "!!!" + part["data"][3:]
+    runpod = ScriptedRunPod([batch(envelopes, "COMPLETED")])
+    with pytest.raises(JobIncomplete) as info:
+        run_pull(runpod, tmp_path)
+    assert "bad_base64" in {p.code for p in info.value.outcome.problems}
+
+
+def test_failed_items_make_the_outcome_incomplete_but_the_rest_is_saved(tmp_path: Path) -> None:
+    envelopes, _ = make_job([100, 100, 100], fail={1})
+    runpod = ScriptedRunPod([batch(envelopes, "COMPLETED")])
+    recorder = Recorder()
+    saved = run_pull(runpod, tmp_path, observer=recorder, check=False)
+    assert [f.item for f in saved] == [0, 2]
+    outcome = recorder.outcome
+    assert outcome is not None and not outcome.ok and outcome.status == "COMPLETED"
+    assert [(f.item, f.code) for f in outcome.failures] == [(1, "bad_image")]
+    assert outcome.problems == []
+
+
+def test_failed_job_reads_its_error_from_status(tmp_path: Path) -> None:
+    envelopes, _ = make_job([100, 100])
+    runpod = ScriptedRunPod(
+        [batch(envelopes[:3])],
+        final="FAILED",
+        status_body={"id": JOB, "status": "FAILED", "error": "handler: CUDA out of memory"},
+    )
+    with pytest.raises(JobIncomplete) as info:
+        run_pull(runpod, tmp_path)
+    outcome = info.value.outcome
+    assert outcome.status == "FAILED" and outcome.error == "handler: CUDA out of memory"
+    assert [f.item for f in outcome.files] == [0]
+    assert "CUDA out of memory" in str(info.value)
+
+
+def test_retries_429_and_5xx_honouring_retry_after(tmp_path: Path) -> None:
+    envelopes, _ = make_job([100])
+    runpod = ScriptedRunPod(
+        [
+            lambda r: httpx.Response(429, headers={"Retry-After": "0"}),
+            lambda r: httpx.Response(503),
+            lambda r: httpx.Response(502, text="<html>bad gateway</html>"),
+            batch(envelopes, "COMPLETED"),
+        ]
+    )
+    recorder = Recorder()
+    assert len(run_pull(runpod, tmp_path, observer=recorder)) == 1
+    retries = recorder.kinds("retry")
+    assert [a for a, _, _ in retries] == [1, 2, 3]
+    assert retries[0][1] == 0.0  # Retry-After: 0 honoured
+    assert "429" in retries[0][2] and "503" in retries[1][2]
+
+
+def test_gives_up_after_the_configured_attempts(tmp_path: Path) -> None:
+    runpod = ScriptedRunPod([lambda r: httpx.Response(503)] * 10)
+    with pytest.raises(TransferError, match=r"giving up after 4 failed attempts.*503"):
+        run_pull(runpod, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(401, "rejected the API key"), (403, "rejected the API key"), (404, "not found"), (400, "HTTP 400")],
+)
+def test_final_errors_end_at_once(tmp_path: Path, code: int, message: str) -> None:
+    runpod = ScriptedRunPod([lambda r: httpx.Response(code, json={"error": "nope"})])
+    with pytest.raises(TransferError, match=message):
+        run_pull(runpod, tmp_path)
+    assert len(runpod.requests) == 1
+
+
+def test_unreachable_server_fails_at_once(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # nothing listens on `port` any more
+    with pytest.raises(TransferError, match="cannot reach"):
+        list(
+            pull_mod.pull(JOB, runpod_url=f"http://127.0.0.1:{port}/v2/ep", key="k", out=tmp_path, retry=FAST)
+        )
+
+
+def test_not_a_status_answer_is_an_error(tmp_path: Path) -> None:
+    runpod = ScriptedRunPod([{"hello": "world"}])
+    with pytest.raises(TransferError, match="not a job status"):
+        run_pull(runpod, tmp_path)
+
+
+def test_non_envelope_outputs_are_reported_not_raised(tmp_path: Path) -> None:
+    runpod = ScriptedRunPod([batch([{"text": "hello"}, "plain string"], "COMPLETED")])  # type: ignore[list-item]
+    with pytest.raises(JobIncomplete) as info:
+        run_pull(runpod, tmp_path)
+    codes = [p.code for p in info.value.outcome.problems]
+    assert codes == ["unsupported_version", "malformed", "missing_manifest"]
+
+
+def test_ref_items_are_fetched_and_verified(tmp_path: Path) -> None:
+    env = wire.Envelopes(JOB)
+    data = b"uploaded out of band" * 100
+    good = env.ref(
+        0, url="http://files.test/0", mime="image/png", size=len(data), sha256=wire.sha256_hex(data), id="a"
+    )
+    bad = env.ref(1, url="http://files.test/1", mime="image/png", size=len(data), sha256="0" * 64, id="b")
+    manifest = env.manifest(
+        [
+            wire.ManifestItem(
+                0, "a", "ref", "image/png", len(data), wire.sha256_hex(data), 0, "http://files.test/0"
+            ),
+            wire.ManifestItem(1, "b", "ref", "image/png", len(data), "0" * 64, 0, "http://files.test/1"),
+        ]
+    )
+    runpod = ScriptedRunPod([batch([good, bad, *manifest], "COMPLETED")])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "files.test":
+            return httpx.Response(200, content=data)
+        return runpod(request)
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http, pytest.raises(JobIncomplete) as info:
+        saved = []
+        for f in pull_mod.pull(JOB, runpod_url=BASE, key="k", out=tmp_path, client=http, retry=FAST):
+            saved.append(f)
+    assert [f.item for f in saved] == [0]
+    assert saved[0].path.read_bytes() == data and saved[0].path.name == "00000-a.png"
+    assert [p.code for p in info.value.outcome.problems] == ["bad_sha256"]
+
+
+def test_apull_is_the_same_on_asyncio(tmp_path: Path) -> None:
+    envelopes, files = make_job([1200, 300])
+    runpod = ScriptedRunPod(
+        [lambda r: httpx.Response(500), batch(envelopes[:2]), batch(envelopes[2:], "COMPLETED")]
+    )
+
+    async def main() -> list[SavedFile]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(runpod)) as http:
+            stream = pull_mod.apull(JOB, runpod_url=BASE, key="k", out=tmp_path, client=http, retry=FAST)
+            return [f async for f in stream]
+
+    saved = asyncio.run(main())
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+
+
+def test_retry_after_parsing_and_policy() -> None:
+    assert pull_mod.retry_after_seconds("7") == 7.0
+    assert pull_mod.retry_after_seconds(None) is None
+    assert pull_mod.retry_after_seconds("soon") is None
+    assert pull_mod.retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    policy = pull_mod.RetryPolicy(base=1.0, cap=4.0, max_retry_after=60)
+    assert policy.delay(3, retry_after=500) == 60
+    assert all(0 <= policy.delay(n) <= min(4.0, 2 ** (n - 1)) for n in range(1, 10) for _ in range(20))
+
+
+def test_endpoint_url() -> None:
+    assert pull_mod.endpoint_url("http://127.0.0.1:9/v2/x/") == "http://127.0.0.1:9/v2/x"
+    assert pull_mod.endpoint_url(None, "abc") == "https://api.runpod.ai/v2/abc"
+    with pytest.raises(ValueError):
+        pull_mod.endpoint_url("ftp://x")
+    with pytest.raises(ValueError):
+        pull_mod.endpoint_url(None, None)
+
+
+def test_run_job_posts_the_input_and_retries_only_429() -> None:
+    seen: list[dict[str, Any]] = []
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(200, json={"id": "j9", "status": "IN_QUEUE"}),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return answers.pop(0)
+
+    with client(handler) as http:
+        job = pull_mod.run_job({"task": "text-to-image"}, runpod_url=BASE, key="k", client=http, retry=FAST)
+    assert job == "j9" and seen == [{"input": {"task": "text-to-image"}}] * 2
+
+    with (
+        client(lambda r: httpx.Response(503)) as http,
+        pytest.raises(TransferError, match="may or may not exist"),
+    ):
+        pull_mod.run_job({}, runpod_url=BASE, key="k", client=http)
