@@ -1,0 +1,518 @@
+"""Watch a job on a relay over its websocket (live, late join or replay) and save its files.
+
+    import podstream
+    for file in podstream.watch(job_id, relay="http://127.0.0.1:8000", out="out/", token=token):
+        print(file.path)
+
+Speaks the relay protocol of docs/protocol.md section 2: binary msgpack frames on `WS /v1/ws`; `auth`
+first when a token is given, `sub {job, from, inline: true}`; then `ev` records strictly in `seq` order and,
+after each `item` record, the item's bytes as `chunk` frames, which are written to a temp file at their
+offsets, sha256-verified against the record, fsynced and renamed into place (`podstream.sinks.FileSink`).
+
+Resume: the position is the last record *applied* (an `item` record is applied when its last chunk was
+saved). When the connection drops, or the relay closes it with a reconnect code (4000-4499), the watcher
+reconnects with exponential backoff and full jitter and subscribes again from that position, so every
+record and file arrives exactly once; a partly received item is received again from its start. Terminal
+codes (4500-4999), an `err` about the job, a rejected handshake, or a relay that cannot be reached at all
+end the watch with a `TransferError`. On 4003 (token expired) a new token is fetched when `key` was given.
+
+The end is the `done` record. A job that did not complete with every item whole raises `JobIncomplete`
+after every file that did arrive was yielded (`check=False`: read `observer.outcome` instead).
+
+`watch` runs on the `websockets` sync client; `awatch` is the same for asyncio programs. Both drive
+`Subscription`, which does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import msgpack
+
+from podstream import sinks
+from podstream.progress import (
+    ItemFailure,
+    JobIncomplete,
+    JobOutcome,
+    Observer,
+    SavedFile,
+    StreamProblem,
+    TransferError,
+)
+from podstream.pull import RetryPolicy
+
+#: Close codes of docs/protocol.md: 4000-4499 reconnect (with backoff), 4500-4999 do not.
+RECONNECT_CODES: Final = range(4000, 4500)
+TERMINAL_CODES: Final = range(4500, 5000)
+TOKEN_EXPIRED: Final = 4003
+#: The largest frame a relay sends is a 256 KiB chunk plus its msgpack header.
+MAX_FRAME: Final = 1 << 20
+OPEN_TIMEOUT_S: Final = 10.0
+
+
+class Resync(Exception):
+    """The stream lost its order (a gap in seq, a chunk out of place): reconnect from the last applied seq."""
+
+
+def ws_url(relay: str) -> str:
+    """`ws(s)://host/v1/ws` for a relay given as its http(s) (or ws(s)) base URL."""
+    parsed = urllib.parse.urlsplit(relay)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parsed.scheme)
+    if scheme is None or not parsed.netloc:
+        raise ValueError(f"not a relay URL (http://host:port): {relay!r}")
+    path = parsed.path.rstrip("/")
+    if not path.endswith("/v1/ws"):
+        path += "/v1/ws"
+    return urllib.parse.urlunsplit((scheme, parsed.netloc, path, "", ""))
+
+
+def http_url(relay: str) -> str:
+    """The relay's http(s) base URL (no trailing slash) from whatever form it was given in."""
+    parsed = urllib.parse.urlsplit(relay)
+    scheme = {"ws": "http", "wss": "https", "http": "http", "https": "https"}.get(parsed.scheme)
+    if scheme is None or not parsed.netloc:
+        raise ValueError(f"not a relay URL (http://host:port): {relay!r}")
+    path = parsed.path.rstrip("/")
+    path = path.removesuffix("/v1/ws")
+    return urllib.parse.urlunsplit((scheme, parsed.netloc, path, "", ""))
+
+
+def pack(frame: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(dict(frame), use_bin_type=True)
+
+
+@dataclass
+class _Receiving:
+    """The item whose chunks are arriving: its `item` record and where its bytes go."""
+
+    seq: int
+    item: int
+    id: str
+    mime: str
+    size: int
+    sha256: str
+    sink: sinks.FileSink
+    received: int = 0
+
+
+class Subscription:
+    """One job's subscription, without I/O: feed it decoded frames, send what it returns.
+
+    `subscribe()` is the `sub` frame for the current position (call it on every (re)connect, after
+    `reset()`); `feed(frame)` applies one server frame and returns (frames to send, files saved). It raises
+    `Resync` when the connection must be dropped and re-subscribed, and `TransferError` for a terminal
+    error. `done` is true once the `done` record was applied; `outcome` is then final.
+    """
+
+    def __init__(
+        self, job: str, out: Path, observer: Observer | None = None, *, from_seq: int = 0, fsync: bool = True
+    ) -> None:
+        if from_seq < 0:
+            raise ValueError("from_seq must be >= 0")
+        self.job = job
+        self.out = out
+        self.observer = observer or Observer()
+        self.fsync = fsync
+        self.position = from_seq
+        self.head: int | None = None
+        self.done = False
+        self.ping_interval: float | None = None
+        self.outcome = JobOutcome(job)
+        self._last_status = "UNKNOWN"
+        self._receiving: _Receiving | None = None
+        out.mkdir(parents=True, exist_ok=True)
+
+    def subscribe(self) -> dict[str, Any]:
+        return {"t": "sub", "job": self.job, "from": self.position, "inline": True}
+
+    def reset(self) -> None:
+        """The connection is gone: an item whose bytes were arriving will be sent again from its start."""
+        if self._receiving is not None:
+            self._receiving.sink.abort()
+            self._receiving = None
+
+    def feed(self, frame: object) -> tuple[list[dict[str, Any]], list[SavedFile]]:
+        if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+            raise Resync(f"the relay sent a frame that is not a typed map: {str(frame)[:100]}")
+        kind = frame["t"]
+        if kind == "ping":
+            return [{"t": "pong", "n": frame.get("n")}], []
+        if kind == "welcome":
+            ping = frame.get("ping")
+            self.ping_interval = float(ping) if isinstance(ping, int | float) else None
+            return [], []
+        if kind == "err":
+            if frame.get("job") in (None, self.job):
+                raise TransferError(f"the relay refused: {frame.get('code')}: {frame.get('message')}")
+            return [], []
+        if frame.get("job") != self.job:
+            return [], []  # another subscription's frame (this one only sends ours)
+        if kind == "subscribed":
+            self._on_subscribed(frame)
+            return [], []
+        if kind == "ev":
+            return [], self._on_record(frame)
+        if kind == "chunk":
+            return [], self._on_chunk(frame)
+        return [], []  # frame types from a newer relay: ignore
+
+    def _on_subscribed(self, frame: Mapping[str, Any]) -> None:
+        head = frame.get("head")
+        self.head = head if isinstance(head, int) else None
+        status = frame.get("status")
+        if isinstance(status, str) and status:
+            self._status(status)
+        if frame.get("recovered") is False:
+            self._problem(
+                StreamProblem(
+                    "not_recovered",
+                    f"the relay no longer has every record after seq {self.position}; some events are lost",
+                )
+            )
+
+    def _on_record(self, rec: Mapping[str, Any]) -> list[SavedFile]:
+        seq = rec.get("seq")
+        if not isinstance(seq, int):
+            raise Resync("an ev frame without an integer seq")
+        if seq <= self.position:
+            return []  # already applied (a replay overlapping what we had)
+        saved: list[SavedFile] = []
+        if self._receiving is not None and self._receiving.size == 0 and seq == self._receiving.seq + 1:
+            saved = self._complete(self._receiving)  # an empty file may come without any chunk
+        if self._receiving is not None:
+            raise Resync(f"record {seq} arrived before the last chunk of item {self._receiving.item}")
+        if seq != self.position + 1:
+            raise Resync(f"records {self.position + 1}..{seq - 1} were skipped")
+        kind = rec.get("k")
+        if kind == "item":
+            return [*saved, *self._on_item(seq, rec)]
+        if kind == "status":
+            self._status(str(rec.get("status")))
+            if rec.get("error"):
+                self.outcome.error = str(rec["error"])
+        elif kind == "progress":
+            self.observer.item_progress(_int(rec, "item"), _int(rec, "step"), _int(rec, "steps"))
+        elif kind == "error":
+            self._on_error(rec)
+        elif kind == "done":
+            self._on_done(rec)
+        self.position = seq
+        return saved
+
+    def _on_item(self, seq: int, rec: Mapping[str, Any]) -> list[SavedFile]:
+        item, size = _int(rec, "item"), _int(rec, "size")
+        id_, mime, sha256 = str(rec.get("id") or ""), str(rec.get("mime") or ""), str(rec.get("sha256") or "")
+        self.observer.item_started(item, id_, mime, size)
+        sink = sinks.FileSink(self.out, item, id_, mime, size, fsync=self.fsync)
+        self._receiving = _Receiving(seq, item, id_, mime, size, sha256, sink)
+        return []
+
+    def _on_chunk(self, frame: Mapping[str, Any]) -> list[SavedFile]:
+        receiving = self._receiving
+        seq, off, data = frame.get("seq"), frame.get("off"), frame.get("data")
+        if receiving is None or seq != receiving.seq:
+            if isinstance(seq, int) and seq <= self.position:
+                return []  # bytes of an item already saved
+            raise Resync(f"a chunk of record {seq} arrived while none was expected")
+        if not isinstance(data, bytes) or off != receiving.received:
+            raise Resync(f"chunk of item {receiving.item} at offset {off}, expected {receiving.received}")
+        if receiving.received + len(data) > receiving.size:
+            receiving.sink.abort()
+            self._receiving = None
+            raise Resync(f"item {receiving.item} is longer than its record says ({receiving.size} bytes)")
+        receiving.sink.write(receiving.received, data)
+        receiving.received += len(data)
+        self.observer.item_bytes(receiving.item, receiving.received, receiving.size)
+        if not frame.get("last"):
+            return []
+        return self._complete(receiving)
+
+    def _complete(self, receiving: _Receiving) -> list[SavedFile]:
+        self._receiving = None
+        self.position = receiving.seq
+        if receiving.received != receiving.size:
+            receiving.sink.abort()
+            self._problem(
+                StreamProblem(
+                    "bad_size",
+                    f"item {receiving.item} is {receiving.received} bytes, expected {receiving.size}",
+                )
+            )
+            return []
+        ok, path = receiving.sink.finish(receiving.sha256)
+        if not ok:
+            self._problem(StreamProblem("bad_sha256", f"item {receiving.item} does not match its sha256"))
+            return []
+        saved = SavedFile(
+            receiving.item, receiving.id, receiving.mime, receiving.size, receiving.sha256, Path(path)
+        )
+        self.outcome.files.append(saved)
+        self.observer.item_saved(saved)
+        return [saved]
+
+    def _on_error(self, rec: Mapping[str, Any]) -> None:
+        code, message = str(rec.get("code") or "error"), str(rec.get("message") or "")
+        item = rec.get("item")
+        if isinstance(item, int) and not isinstance(item, bool):
+            failure = ItemFailure(item, str(rec.get("id") or ""), code, message)
+            self.outcome.failures.append(failure)
+            self.observer.item_failed(failure)
+        else:
+            self._problem(StreamProblem(code, message))
+
+    def _on_done(self, rec: Mapping[str, Any]) -> None:
+        status = rec.get("status")
+        if isinstance(status, str):
+            self._status(status)
+        items = rec.get("items")
+        if isinstance(items, int) and not isinstance(items, bool):
+            self.outcome.expected_items = items
+        elif isinstance(items, list):
+            self.outcome.expected_items = len(items)
+        self.outcome.status = self._last_status
+        self.done = True
+        self.observer.finished(self.outcome)
+
+    def _status(self, status: str) -> None:
+        if status != self._last_status:
+            self._last_status = status
+            self.outcome.status = status
+            self.observer.status(status)
+
+    def _problem(self, problem: StreamProblem) -> None:
+        self.outcome.problems.append(problem)
+        self.observer.problem(problem)
+
+
+def _int(rec: Mapping[str, Any], name: str) -> int:
+    value = rec.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Resync(f"record field {name!r} is not an integer")
+    return value
+
+
+def mint_token(relay: str, job: str, key: str, *, timeout: float = 10.0) -> str | None:
+    """A subscriber token for `job` from the relay (`POST /v1/jobs/{job}/tokens` with API key `key`).
+
+    Returns None when the relay has no token endpoint (a relay without auth).
+    """
+    url = f"{http_url(relay)}/v1/jobs/{urllib.parse.quote(job, safe='')}/tokens"
+    try:
+        response = httpx.post(url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+    except httpx.ConnectError as exc:
+        raise TransferError(
+            f"cannot reach the relay at {http_url(relay)}: {exc or type(exc).__name__}"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise TransferError(f"asking the relay for a token: {type(exc).__name__} {exc}") from None
+    if response.status_code in (401, 403):
+        raise TransferError(f"the relay rejected the API key (HTTP {response.status_code})")
+    if response.status_code in (404, 405) and "token" not in response.text:
+        return None
+    if response.status_code >= 400:
+        raise TransferError(
+            f"asking the relay for a token: HTTP {response.status_code}: {response.text[:200]}"
+        )
+    token = response.json().get("token")
+    if not isinstance(token, str):
+        raise TransferError("the relay's token answer has no token")
+    return token
+
+
+class _Connection:
+    """What the reconnect loop shares between the sync and async drivers."""
+
+    def __init__(self, relay: str, job: str, token: str | None, key: str | None, retry: RetryPolicy) -> None:
+        self.url = ws_url(relay)
+        self.relay = relay
+        self.job = job
+        self.token = token
+        self.key = key
+        self.retry = retry
+        self.connected_once = False
+        self.failures = 0
+
+    def first_frames(self, sub: Subscription) -> list[bytes]:
+        frames = [pack({"t": "auth", "token": self.token})] if self.token else []
+        return [*frames, pack(sub.subscribe())]
+
+    def closed(self, code: int | None, reason: str) -> str:
+        """Decide after a close: raise for terminal codes, else return the reason to log before retrying."""
+        if code is not None and code in TERMINAL_CODES:
+            raise TransferError(f"the relay closed the connection: {code} {reason}".rstrip())
+        if code == TOKEN_EXPIRED:
+            if self.key is None:
+                raise TransferError("the token expired and no API key was given to get a new one")
+            self.token = mint_token(self.relay, self.job, self.key)
+        return f"connection closed ({code} {reason})".rstrip() if code is not None else reason
+
+    def failed_to_connect(self, exc: BaseException) -> str:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None:
+            if status in (401, 403):
+                raise TransferError(
+                    f"the relay rejected the connection (HTTP {status}): check the token or key"
+                )
+            raise TransferError(f"the relay refused the websocket (HTTP {status}) at {self.url}")
+        if not self.connected_once:
+            raise TransferError(f"cannot reach the relay at {self.url}: {exc or type(exc).__name__}")
+        return f"cannot reconnect: {type(exc).__name__} {exc}".rstrip()
+
+    def next_delay(self, reason: str) -> float:
+        self.failures += 1
+        if self.failures >= self.retry.attempts:
+            raise TransferError(f"giving up after {self.failures} failed attempts in a row; last: {reason}")
+        return self.retry.delay(self.failures)
+
+
+def _finish(sub: Subscription, check: bool) -> None:
+    if check and not sub.outcome.ok:
+        raise JobIncomplete(sub.outcome)
+
+
+def _resolve_token(relay: str, job: str, token: str | None, key: str | None) -> str | None:
+    if token is None and key is not None:
+        return mint_token(relay, job, key)
+    return token
+
+
+def watch(
+    job: str,
+    *,
+    relay: str,
+    out: str | os.PathLike[str],
+    from_seq: int = 0,
+    token: str | None = None,
+    key: str | None = None,
+    observer: Observer | None = None,
+    retry: RetryPolicy | None = None,
+    check: bool = True,
+    fsync: bool = True,
+) -> Iterator[SavedFile]:
+    """Subscribe to `job` on the relay at `relay` (its http(s) URL) from `from_seq`; save files in `out`.
+
+    `token` is a subscriber token (from `POST /v1/jobs`); with only an API `key`, one is requested from
+    the relay. Yields each `SavedFile` once it is saved and verified; see the module docstring for errors.
+    """
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.sync.client import connect
+
+    conn = _Connection(
+        relay, job, _resolve_token(relay, job, token, key), key, retry or RetryPolicy(attempts=12)
+    )
+    sub = Subscription(job, Path(out), observer, from_seq=from_seq, fsync=fsync)
+    try:
+        while not sub.done:
+            reason = ""
+            try:
+                with connect(
+                    conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
+                ) as ws:
+                    conn.connected_once = True
+                    for frame in conn.first_frames(sub):
+                        ws.send(frame)
+                    for message in ws:
+                        before = sub.position
+                        replies, saved = sub.feed(_unpack(message))
+                        if sub.position != before:
+                            conn.failures = 0  # progress made: the next drop starts a fresh backoff
+                        for reply in replies:
+                            ws.send(pack(reply))
+                        yield from saved
+                        if sub.done:
+                            break
+                    else:
+                        reason = "the relay closed the connection"
+            except ConnectionClosed as exc:
+                reason = conn.closed(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
+            except Resync as exc:
+                reason = str(exc)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                reason = conn.failed_to_connect(exc)
+            if sub.done:
+                break
+            sub.reset()
+            delay = conn.next_delay(reason)
+            sub.observer.reconnecting(conn.failures, delay, reason)
+            time.sleep(delay)
+    finally:
+        sub.reset()
+    _finish(sub, check)
+
+
+async def awatch(
+    job: str,
+    *,
+    relay: str,
+    out: str | os.PathLike[str],
+    from_seq: int = 0,
+    token: str | None = None,
+    key: str | None = None,
+    observer: Observer | None = None,
+    retry: RetryPolicy | None = None,
+    check: bool = True,
+    fsync: bool = True,
+) -> AsyncIterator[SavedFile]:
+    """`watch` for asyncio programs: the same arguments, an async iterator of `SavedFile`."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    if token is None and key is not None:
+        token = await asyncio.to_thread(mint_token, relay, job, key)
+    conn = _Connection(relay, job, token, key, retry or RetryPolicy(attempts=12))
+    sub = Subscription(job, Path(out), observer, from_seq=from_seq, fsync=fsync)
+    try:
+        while not sub.done:
+            reason = ""
+            try:
+                async with connect(
+                    conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
+                ) as ws:
+                    conn.connected_once = True
+                    for frame in conn.first_frames(sub):
+                        await ws.send(frame)
+                    async for message in ws:
+                        before = sub.position
+                        replies, saved = sub.feed(_unpack(message))
+                        if sub.position != before:
+                            conn.failures = 0  # progress made: the next drop starts a fresh backoff
+                        for reply in replies:
+                            await ws.send(pack(reply))
+                        for file in saved:
+                            yield file
+                        if sub.done:
+                            break
+                    else:
+                        reason = "the relay closed the connection"
+            except ConnectionClosed as exc:
+                reason = conn.closed(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
+            except Resync as exc:
+                reason = str(exc)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                reason = conn.failed_to_connect(exc)
+            if sub.done:
+                break
+            sub.reset()
+            delay = conn.next_delay(reason)
+            sub.observer.reconnecting(conn.failures, delay, reason)
+            await asyncio.sleep(delay)
+    finally:
+        sub.reset()
+    _finish(sub, check)
+
+
+def _unpack(message: str | bytes) -> object:
+    if isinstance(message, str):
+        raise Resync("the relay sent a text frame; the protocol uses binary msgpack frames")
+    try:
+        return msgpack.unpackb(message, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise Resync(f"the relay sent a frame that is not msgpack: {exc}") from None

@@ -1,0 +1,347 @@
+"""podstream.watch against a real websocket server on loopback that speaks docs/protocol.md section 2.
+
+`ScriptedRelay` is a small stand-in for the relay's `WS /v1/ws` (a journal of records and files, served
+from any `from` seq) with knobs to misbehave: drop the connection after N frames, close with a code,
+refuse the job, require a token. The relay's own end-to-end tests run `watch` against the real relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from podstream import watch as watch_mod
+from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
+from podstream.pull import RetryPolicy
+
+JOB = "job-w"
+FAST = RetryPolicy(attempts=5, base=0.001, cap=0.01)
+CHUNK = 1000
+
+
+def journal(
+    sizes: list[int], *, fail: frozenset[int] = frozenset(), status: str = "COMPLETED"
+) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    records: list[dict[str, Any]] = [{"k": "status", "status": "IN_PROGRESS"}]
+    files: dict[int, bytes] = {}
+    for item, size in enumerate(sizes):
+        records.append({"k": "progress", "item": item, "step": 1, "steps": 2})
+        if item in fail:
+            records.append({"k": "error", "item": item, "code": "bad_image", "message": "undecodable"})
+            continue
+        data = bytes((item + k) % 256 for k in range(size))
+        files[item] = data
+        records.append(
+            {
+                "k": "item", "item": item, "id": f"v{item}", "mime": "video/mp4", "size": size,
+                "sha256": hashlib.sha256(data).hexdigest(), "url": f"/v1/jobs/{JOB}/media/{item}",
+            }
+        )  # fmt: skip
+    records.append({"k": "status", "status": status})
+    records.append({"k": "done", "status": status, "items": len(sizes), "errors": len(fail)})
+    for seq, rec in enumerate(records, start=1):
+        rec.update(seq=seq, job=JOB)
+    return records, files
+
+
+class ScriptedRelay:
+    def __init__(self, records: list[dict[str, Any]], files: dict[int, bytes]) -> None:
+        self.records = records
+        self.files = files
+        self.token: str | None = None
+        self.drop_after: list[int] = []  # per connection: close abruptly after sending this many frames
+        self.close_with: list[tuple[int, str]] = []  # per connection: close with this code after `welcome`
+        self.refuse: str | None = None  # answer `sub` with an err of this code
+        self.subs: list[dict[str, Any]] = []
+        self.pongs: list[Any] = []
+        self.connections = 0
+        self.corrupt_item: int | None = None
+
+    def handler(self, ws: ServerConnection) -> None:
+        index = self.connections
+        self.connections += 1
+        budget = self.drop_after[index] if index < len(self.drop_after) else None
+        sent = 0
+
+        def send(frame: dict[str, Any]) -> None:
+            nonlocal sent
+            if budget is not None and sent >= budget:
+                ws.close(4001, "slow consumer")
+                raise ConnectionClosed(None, None)
+            ws.send(msgpack.packb(frame, use_bin_type=True))
+            sent += 1
+
+        try:
+            first = recv(ws)
+            if self.token is not None:
+                if first != {"t": "auth", "token": self.token}:
+                    ws.close(4501, "unauthorized")
+                    return
+                first = recv(ws)
+            send({"t": "welcome", "v": 1, "server": "scripted", "ping": 15})
+            if index < len(self.close_with):
+                ws.close(*self.close_with[index])
+                return
+            send({"t": "ping", "n": 7})
+            self.pongs.append(recv(ws))
+            assert first["t"] == "sub"
+            self.subs.append(first)
+            if self.refuse:
+                send(
+                    {
+                        "t": "err",
+                        "code": self.refuse,
+                        "message": f"no job {first['job']}",
+                        "job": first["job"],
+                    }
+                )
+                ws.recv(timeout=5)
+                return
+            send(
+                {
+                    "t": "subscribed",
+                    "job": JOB,
+                    "head": len(self.records),
+                    "status": "IN_PROGRESS",
+                    "recovered": True,
+                }
+            )
+            for rec in self.records[first["from"] :]:
+                send({"t": "ev", **rec})
+                if rec["k"] == "item":
+                    data = self.files[rec["item"]]
+                    if rec["item"] == self.corrupt_item:
+                        data = b"x" + data[1:]
+                    offsets = range(0, max(len(data), 1), CHUNK)
+                    for off in offsets:
+                        last = off + CHUNK >= len(data)
+                        send(
+                            {
+                                "t": "chunk",
+                                "job": JOB,
+                                "seq": rec["seq"],
+                                "item": rec["item"],
+                                "off": off,
+                                "data": data[off : off + CHUNK],
+                                "last": last,
+                            }
+                        )
+            ws.recv(timeout=5)  # the client closes after `done`
+        except (ConnectionClosed, TimeoutError):
+            pass
+
+
+def recv(ws: ServerConnection) -> Any:
+    message = ws.recv(timeout=5)
+    assert isinstance(message, bytes)
+    return msgpack.unpackb(message)
+
+
+@contextmanager
+def running(relay: ScriptedRelay) -> Iterator[str]:
+    server: Server = serve(relay.handler, "127.0.0.1", 0, compression=None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.socket.getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+        self.problems: list[str] = []
+        self.retries: list[str] = []
+        self.statuses: list[str] = []
+        self.progress: list[tuple[int, int, int]] = []
+
+    def status(self, status: str) -> None:
+        self.statuses.append(status)
+
+    def item_progress(self, item: int, step: int, steps: int) -> None:
+        self.progress.append((item, step, steps))
+
+    def item_saved(self, file: SavedFile) -> None:
+        self.saved.append(file.item)
+
+    def problem(self, problem: StreamProblem) -> None:
+        self.problems.append(problem.code)
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self.retries.append(reason)
+
+
+def do_watch(url: str, out: Path, **kwargs: Any) -> list[SavedFile]:
+    return list(watch_mod.watch(JOB, relay=url, out=out, retry=FAST, **kwargs))
+
+
+def test_saves_every_file_verified_and_answers_pings(tmp_path: Path) -> None:
+    records, files = journal([2500, 0, 1000, 10])
+    relay = ScriptedRelay(records, files)
+    recorder = Recorder()
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, observer=recorder)
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+    assert [f.path.name for f in saved] == ["00000-v0.mp4", "00001-v1.mp4", "00002-v2.mp4", "00003-v3.mp4"]
+    assert relay.subs == [{"t": "sub", "job": JOB, "from": 0, "inline": True}]
+    assert relay.pongs == [{"t": "pong", "n": 7}]
+    assert recorder.statuses == ["IN_PROGRESS", "COMPLETED"]
+    assert (2, 1, 2) in recorder.progress
+    assert recorder.outcome is not None and recorder.outcome.ok and recorder.outcome.expected_items == 4
+
+
+def test_resumes_from_the_last_applied_seq_after_drops(tmp_path: Path) -> None:
+    records, files = journal([3500, 2500, 100])
+    relay = ScriptedRelay(records, files)
+    # First connection dies in the middle of item 0's chunks, the second in item 1's; the third finishes.
+    relay.drop_after = [6, 7]
+    recorder = Recorder()
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, observer=recorder)
+    assert sorted(f.item for f in saved) == [0, 1, 2] and len(saved) == 3
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+    froms = [s["from"] for s in relay.subs]
+    assert froms[0] == 0 and froms == sorted(froms) and len(froms) == 3
+    item0 = next(r["seq"] for r in records if r["k"] == "item" and r["item"] == 0)
+    assert froms[1] == item0 - 1, "item 0 was not finished, so it is received again from its start"
+    assert len(recorder.retries) == 2 and "4001" in recorder.retries[0]
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_resume_from_a_given_seq_skips_what_came_before(tmp_path: Path) -> None:
+    records, files = journal([100, 200, 300])
+    item1 = next(r["seq"] for r in records if r["k"] == "item" and r["item"] == 1)
+    relay = ScriptedRelay(records, files)
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, from_seq=item1)
+    assert [f.item for f in saved] == [2]
+    assert relay.subs[0]["from"] == item1
+
+
+def test_sends_the_token_first(tmp_path: Path) -> None:
+    records, files = journal([10])
+    relay = ScriptedRelay(records, files)
+    relay.token = "tok-123"
+    with running(relay) as url:
+        assert len(do_watch(url, tmp_path, token="tok-123")) == 1
+        with pytest.raises(TransferError, match="4501"):
+            do_watch(url, tmp_path / "b", token="wrong")
+
+
+def test_reconnect_codes_retry_and_terminal_codes_stop(tmp_path: Path) -> None:
+    records, files = journal([10])
+    relay = ScriptedRelay(records, files)
+    relay.close_with = [(4000, "restarting"), (4004, "too many")]
+    recorder = Recorder()
+    with running(relay) as url:
+        assert len(do_watch(url, tmp_path, observer=recorder)) == 1
+    assert relay.connections == 3 and len(recorder.retries) == 2
+
+    relay = ScriptedRelay(records, files)
+    relay.close_with = [(4503, "too many subscriptions")]
+    with running(relay) as url, pytest.raises(TransferError, match="4503 too many subscriptions"):
+        do_watch(url, tmp_path / "b")
+    assert relay.connections == 1
+
+
+def test_err_about_the_job_is_terminal(tmp_path: Path) -> None:
+    relay = ScriptedRelay(*journal([10]))
+    relay.refuse = "unknown_job"
+    with running(relay) as url, pytest.raises(TransferError, match="unknown_job"):
+        do_watch(url, tmp_path)
+
+
+def test_failed_items_and_corruption_are_reported_at_the_end(tmp_path: Path) -> None:
+    records, files = journal([100, 100, 100], fail=frozenset({1}))
+    relay = ScriptedRelay(records, files)
+    relay.corrupt_item = 2
+    got: list[int] = []
+    with running(relay) as url, pytest.raises(JobIncomplete) as info:
+        for f in watch_mod.watch(JOB, relay=url, out=tmp_path, retry=FAST):
+            got.append(f.item)
+    assert got == [0]
+    outcome = info.value.outcome
+    assert [f.item for f in outcome.failures] == [1]
+    assert [p.code for p in outcome.problems] == ["bad_sha256"]
+    assert not (tmp_path / "00002-v2.mp4").exists()
+
+
+def test_gives_up_when_the_relay_keeps_dropping(tmp_path: Path) -> None:
+    relay = ScriptedRelay(*journal([5000]))
+    relay.drop_after = [4] * 10  # never gets past the first chunks
+    with running(relay) as url, pytest.raises(TransferError, match="giving up after 5"):
+        do_watch(url, tmp_path)
+
+
+def test_unreachable_relay_fails_at_once(tmp_path: Path) -> None:
+    relay = ScriptedRelay(*journal([1]))
+    with running(relay) as url:
+        pass  # the server is gone now
+    with pytest.raises(TransferError, match="cannot reach the relay"):
+        do_watch(url, tmp_path)
+
+
+def test_awatch_is_the_same_on_asyncio(tmp_path: Path) -> None:
+    records, files = journal([2500, 10])
+    relay = ScriptedRelay(records, files)
+    relay.drop_after = [5]
+
+    async def main(url: str) -> list[SavedFile]:
+        return [f async for f in watch_mod.awatch(JOB, relay=url, out=tmp_path, retry=FAST)]
+
+    with running(relay) as url:
+        saved = asyncio.run(main(url))
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+
+
+def test_urls() -> None:
+    assert watch_mod.ws_url("http://h:1") == "ws://h:1/v1/ws"
+    assert watch_mod.ws_url("https://h/base/") == "wss://h/base/v1/ws"
+    assert watch_mod.ws_url("ws://h:1/v1/ws") == "ws://h:1/v1/ws"
+    assert watch_mod.http_url("wss://h/x/v1/ws") == "https://h/x"
+    with pytest.raises(ValueError):
+        watch_mod.ws_url("h:1")
+
+
+def test_subscription_rejects_out_of_order_streams(tmp_path: Path) -> None:
+    sub = watch_mod.Subscription(JOB, tmp_path)
+    sub.feed({"t": "ev", "job": JOB, "seq": 1, "k": "status", "status": "IN_PROGRESS"})
+    assert sub.position == 1
+    assert sub.feed({"t": "ev", "job": JOB, "seq": 1, "k": "status", "status": "X"}) == ([], [])  # replayed
+    with pytest.raises(watch_mod.Resync, match="skipped"):
+        sub.feed({"t": "ev", "job": JOB, "seq": 3, "k": "progress", "item": 0, "step": 1, "steps": 2})
+    with pytest.raises(watch_mod.Resync, match="none was expected"):
+        sub.feed({"t": "chunk", "job": JOB, "seq": 2, "item": 0, "off": 0, "data": b"x", "last": True})
+    sub.feed(
+        {
+            "t": "ev",
+            "job": JOB,
+            "seq": 2,
+            "k": "item",
+            "item": 0,
+            "id": "",
+            "mime": "image/png",
+            "size": 4,
+            "sha256": "0" * 64,
+        }
+    )
+    with pytest.raises(watch_mod.Resync, match="offset 2"):
+        sub.feed({"t": "chunk", "job": JOB, "seq": 2, "item": 0, "off": 2, "data": b"xx", "last": True})
+    sub.reset()
+    assert sub.position == 1 and not list(tmp_path.glob(".*.part"))
+    with pytest.raises(TransferError, match="refused"):
+        sub.feed({"t": "err", "code": "forbidden", "message": "no", "job": JOB})
+    assert sub.feed({"t": "ev", "job": "other", "seq": 9, "k": "done"}) == ([], [])
