@@ -1,0 +1,277 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { test } from "node:test";
+import { JobSubscription } from "../src/subscription.js";
+import { bytesOf } from "./fake_relay.js";
+
+/** @param {Uint8Array} data */
+const sha = (data) => createHash("sha256").update(data).digest("hex");
+
+/**
+ * The frames a relay sends for an item record at `seq` with bytes `data` in chunks of `size`.
+ * @param {number} seq
+ * @param {number} item
+ * @param {Uint8Array} data
+ * @param {number} size
+ * @returns {any[]}
+ */
+function itemFrames(seq, item, data, size, overrides = {}) {
+  const frames = [
+    {
+      t: "ev",
+      job: "j",
+      seq,
+      k: "item",
+      item,
+      id: `id${item}`,
+      mime: "image/png",
+      size: data.byteLength,
+      sha256: sha(data),
+      url: `/v1/jobs/j/media/${item}`,
+      ...overrides,
+    },
+  ];
+  let off = 0;
+  do {
+    const end = Math.min(off + size, data.byteLength);
+    frames.push({
+      t: "chunk",
+      job: "j",
+      seq,
+      item,
+      off,
+      data: data.subarray(off, end),
+      last: end === data.byteLength,
+    });
+    off = end;
+  } while (off < data.byteLength);
+  return frames;
+}
+
+/** @param {JobSubscription} job */
+function record(job) {
+  /** @type {any[]} */
+  const events = [];
+  for (const name of ["status", "progress", "item", "error", "done"]) {
+    job.on(name, (payload) => events.push([name, payload]));
+  }
+  return events;
+}
+
+/**
+ * @param {JobSubscription} job
+ * @param {any[]} frames
+ */
+async function feed(job, frames) {
+  const outcomes = [];
+  for (const frame of frames) outcomes.push(await job._frame(frame));
+  return outcomes;
+}
+
+test("records apply in order; chunks assemble into a verified Blob of the right MIME type", async () => {
+  const job = new JobSubscription("j");
+  const events = record(job);
+  const data = bytesOf(1000, 1);
+  await feed(job, [
+    { t: "ev", job: "j", seq: 1, k: "status", status: "IN_PROGRESS" },
+    { t: "ev", job: "j", seq: 2, k: "progress", item: 0, step: 1, steps: 4 },
+    ...itemFrames(3, 0, data, 300),
+    { t: "ev", job: "j", seq: 4, k: "done", status: "COMPLETED", items: 1, errors: 0 },
+  ]);
+  assert.equal(job.lastSeq, 4);
+  assert.equal(job.status, "COMPLETED");
+  const [file] = job.results;
+  assert.equal(file.index, 0);
+  assert.equal(file.id, "id0");
+  assert.equal(file.verified, "sha256");
+  const blob = await file.blob();
+  assert.equal(blob.type, "image/png");
+  assert.deepEqual(new Uint8Array(await blob.arrayBuffer()), data);
+  const downloads = events
+    .filter(([n, p]) => n === "progress" && p.phase === "download")
+    .map(([, p]) => p.received);
+  assert.deepEqual(downloads, [0, 300, 600, 900, 1000]);
+  assert.deepEqual(
+    events.map(([n]) => n).filter((n) => n !== "progress"),
+    ["status", "item", "done"],
+  );
+  assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 1, errors: 0 });
+});
+
+test("resume: records at or before lastSeq are dropped, so a replay applies nothing twice", async () => {
+  const job = new JobSubscription("j", { from: 2 });
+  const events = record(job);
+  const data = bytesOf(10, 2);
+  const frames = [
+    { t: "ev", job: "j", seq: 1, k: "status", status: "IN_PROGRESS" },
+    { t: "ev", job: "j", seq: 2, k: "progress", item: 0, step: 1, steps: 1 },
+    ...itemFrames(3, 0, data, 4),
+  ];
+  await feed(job, frames);
+  await feed(job, frames); // the relay replays after a reconnect
+  assert.equal(job.results.length, 1);
+  assert.equal(events.filter(([n]) => n === "status").length, 0);
+  assert.equal(job.lastSeq, 3);
+});
+
+test("an item cut off mid-bytes is not applied; its replay from offset 0 completes it once", async () => {
+  const job = new JobSubscription("j");
+  const data = bytesOf(100, 3);
+  const frames = itemFrames(1, 0, data, 30);
+  await feed(job, frames.slice(0, 3)); // record + 2 of 4 chunks, then the connection dropped
+  assert.equal(job.lastSeq, 0, "a partial item does not advance the cursor");
+  assert.equal(job.results.length, 0);
+  await feed(job, frames); // resumed from seq 0: the record and all chunks again
+  assert.equal(job.results.length, 1);
+  assert.deepEqual(new Uint8Array(await (await job.results[0].blob()).arrayBuffer()), data);
+});
+
+test("gaps and out-of-order chunks ask for a resync instead of applying", async () => {
+  const job = new JobSubscription("j");
+  assert.deepEqual(await feed(job, [{ t: "ev", job: "j", seq: 2, k: "status", status: "X" }]), ["resync"]);
+  assert.equal(job.lastSeq, 0);
+  const data = bytesOf(100, 4);
+  const frames = itemFrames(1, 0, data, 40);
+  assert.deepEqual(await feed(job, [frames[0], frames[2]]), [undefined, "resync"]); // skipped a chunk
+  const fresh = new JobSubscription("j");
+  assert.deepEqual(await feed(fresh, [frames[1]]), ["resync"]); // a chunk without its record
+  const other = new JobSubscription("j");
+  // a new record while an item's bytes are incomplete
+  assert.deepEqual(
+    await feed(other, [frames[0], frames[1], { t: "ev", job: "j", seq: 2, k: "status", status: "X" }]),
+    [undefined, undefined, "resync"],
+  );
+  const tooLong = new JobSubscription("j");
+  const bad = itemFrames(1, 0, data, 100);
+  bad[1] = { ...bad[1], data: bytesOf(150, 1) };
+  assert.deepEqual(await feed(tooLong, bad), [undefined, "resync"]);
+});
+
+test("an overlapping chunk keeps only the new bytes", async () => {
+  const job = new JobSubscription("j");
+  const data = bytesOf(100, 5);
+  const [rec, first, second] = itemFrames(1, 0, data, 60);
+  await feed(job, [rec, first, { ...first, last: false }, { ...second, off: 50, data: data.subarray(50) }]);
+  assert.deepEqual(new Uint8Array(await (await job.results[0].blob()).arrayBuffer()), data);
+});
+
+test("bytes that fail sha256 or size become a per-item error; the job goes on", async () => {
+  const job = new JobSubscription("j");
+  const events = record(job);
+  const data = bytesOf(64, 6);
+  await feed(job, [
+    ...itemFrames(1, 0, data, 64, { sha256: "0".repeat(64) }),
+    ...itemFrames(2, 1, data, 64),
+    { t: "ev", job: "j", seq: 3, k: "error", item: 2, code: "generation_failed", message: "boom" },
+    { t: "ev", job: "j", seq: 4, k: "done", status: "COMPLETED", items: 3, errors: 1 },
+  ]);
+  const errors = events.filter(([n]) => n === "error").map(([, e]) => [e.item, e.code, e.fatal]);
+  assert.deepEqual(errors, [
+    [0, "bad_sha256", false],
+    [2, "generation_failed", false],
+  ]);
+  assert.deepEqual(
+    job.results.map((f) => f.index),
+    [1],
+  );
+  assert.equal(job.lastSeq, 4);
+});
+
+test("an empty file may come with one empty chunk or none", async () => {
+  const empty = new Uint8Array(0);
+  const job = new JobSubscription("j");
+  await feed(job, [
+    ...itemFrames(1, 0, empty, 10),
+    { t: "ev", job: "j", seq: 2, k: "done", status: "COMPLETED" },
+  ]);
+  assert.equal(job.results.length, 1);
+  const bare = new JobSubscription("j");
+  await feed(bare, [
+    itemFrames(1, 0, empty, 10)[0],
+    { t: "ev", job: "j", seq: 2, k: "done", status: "COMPLETED" },
+  ]);
+  assert.equal(bare.results.length, 1);
+  assert.equal(bare.results[0].size, 0);
+});
+
+test("files() yields earlier and later files in order and ends at done", async () => {
+  const job = new JobSubscription("j");
+  await feed(job, itemFrames(1, 0, bytesOf(5, 1), 5));
+  const seen = [];
+  const consumer = (async () => {
+    for await (const file of job.files()) seen.push(file.index);
+  })();
+  await feed(job, [...itemFrames(2, 1, bytesOf(5, 2), 5), ...itemFrames(3, 2, bytesOf(5, 3), 5)]);
+  await feed(job, [{ t: "ev", job: "j", seq: 4, k: "done", status: "COMPLETED", items: 3, errors: 0 }]);
+  await consumer;
+  assert.deepEqual(seen, [0, 1, 2]);
+  const again = [];
+  for await (const file of job.files()) again.push(file.index);
+  assert.deepEqual(again, [0, 1, 2]);
+});
+
+test("files() throws when the subscription fails; unsubscribe ends it quietly", async () => {
+  const job = new JobSubscription("j");
+  const iterate = (async () => {
+    for await (const _ of job.files()) {
+      // nothing arrives
+    }
+  })();
+  job._fail("close_4501", "unauthorized");
+  await assert.rejects(iterate, /unauthorized/);
+  await assert.rejects(job.finished, /unauthorized/);
+  const quiet = new JobSubscription("j");
+  const errors = record(quiet).filter(([n]) => n === "error");
+  quiet.unsubscribe();
+  assert.equal(errors.length, 0);
+  assert.equal(quiet.closed, true);
+});
+
+test("URL mode: item records carry absolute media URLs; blob() downloads and verifies", async () => {
+  const data = bytesOf(300, 7);
+  /** @type {string[]} */
+  const fetched = [];
+  /** @type {typeof fetch} */
+  const fakeFetch = async (url) => {
+    fetched.push(String(url));
+    return new Response(data);
+  };
+  const job = new JobSubscription("j", {
+    inline: false,
+    resolveUrl: (url) => new URL(url, "http://relay.test/").toString(),
+    fetch: fakeFetch,
+  });
+  await feed(job, [itemFrames(1, 0, data, 300)[0]]);
+  const [file] = job.results;
+  assert.equal(file.url, "http://relay.test/v1/jobs/j/media/0");
+  assert.equal(file.verified, "none");
+  const blob = await file.blob();
+  assert.equal(blob.size, 300);
+  assert.equal(file.verified, "sha256");
+  assert.deepEqual(fetched, ["http://relay.test/v1/jobs/j/media/0"]);
+  const corrupt = new JobSubscription("j", {
+    inline: false,
+    fetch: async () => new Response(bytesOf(300, 8)),
+  });
+  await feed(corrupt, [itemFrames(1, 0, data, 300)[0]]);
+  await assert.rejects(corrupt.results[0].blob(), /sha256/);
+});
+
+test("a finished job renders from its manifest alone", async () => {
+  const job = new JobSubscription("j", { resolveUrl: (url) => `http://r${url}` });
+  const events = record(job);
+  job._applyManifest({
+    status: "COMPLETED",
+    items: [
+      { item: 0, id: "a", mime: "video/mp4", size: 10, sha256: "ab", url: "/m/0", status: "ok" },
+      { item: 1, id: "b", status: "error", code: "bad_image", message: "cannot decode" },
+    ],
+    errors: 1,
+  });
+  assert.deepEqual(
+    events.map(([n]) => n),
+    ["status", "item", "error", "done"],
+  );
+  assert.equal(job.results[0].url, "http://r/m/0");
+  assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 2, errors: 1 });
+});

@@ -1,0 +1,264 @@
+/** An HTTP call to the relay failed. */
+export class RelayHttpError extends Error {
+    /**
+     * @param {number} status
+     * @param {string} message
+     * @param {unknown} body
+     */
+    constructor(status: number, message: string, body: unknown);
+    status: number;
+    body: unknown;
+}
+/**
+ * @extends {Emitter<ClientEvents & Record<string, unknown>>}
+ */
+export class PodstreamClient extends Emitter<ClientEvents & Record<string, unknown>> {
+    /** @param {ClientOptions} [options] */
+    constructor(options?: ClientOptions);
+    /** The relay's base HTTP URL, without a trailing slash. */
+    url: string;
+    wsUrl: string;
+    getToken: ((context: {
+        jobs: string[];
+    }) => (string | null | Promise<string | null>)) | undefined;
+    apiKey: string | undefined;
+    _WebSocket: any;
+    _fetch: typeof fetch;
+    backoff: Backoff;
+    connectTimeout: number;
+    maxServerPingDelay: number;
+    /** @type {ConnectionState} */
+    state: ConnectionState;
+    /** @type {Map<string, JobSubscription>} */
+    _subs: Map<string, JobSubscription>;
+    /** @type {any} */
+    _ws: any;
+    /** Generation of the current socket; frames and closes of older sockets are ignored. */
+    _gen: number;
+    /** @type {Promise<void>} */
+    _queue: Promise<void>;
+    /** @type {string | null} */
+    _token: string | null;
+    /** @type {Set<string>} the jobs the current token was asked for */
+    _tokenJobs: Set<string>;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    _retryTimer: ReturnType<typeof setTimeout> | null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    _connectTimer: ReturnType<typeof setTimeout> | null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    _watchdog: ReturnType<typeof setTimeout> | null;
+    _pingMs: number;
+    /** The code of the last `bye`, used for the close that follows it. @type {number | null} */
+    _byeCode: number | null;
+    _authRetried: boolean;
+    _network: NetworkWatch | null;
+    _onOnline: () => void;
+    _onOffline: () => void;
+    /**
+     * Subscribe to a job over the websocket: live, replay and late join alike. `from` is the last seq already
+     * applied (0: from the start); `inline: false` delivers media URLs instead of bytes.
+     * @param {string} jobId
+     * @param {{from?: number, inline?: boolean}} [options]
+     * @returns {JobSubscription}
+     */
+    subscribe(jobId: string, options?: {
+        from?: number;
+        inline?: boolean;
+    }): JobSubscription;
+    /**
+     * Open a job for display: a finished job is rendered from its manifest alone (URL mode, no websocket, media
+     * streamed by the browser with HTTP Range); an unfinished one is subscribed from the start.
+     * @param {string} jobId
+     * @param {{inline?: boolean}} [options]
+     * @returns {Promise<JobSubscription>}
+     */
+    open(jobId: string, options?: {
+        inline?: boolean;
+    }): Promise<JobSubscription>;
+    /** @param {JobSubscription} sub */
+    _subClosed(sub: JobSubscription): void;
+    /** @param {JobSubscription} job */
+    _sendSub(job: JobSubscription): void;
+    /** @param {ClientFrame} frame */
+    _send(frame: ClientFrame): void;
+    /** @param {ConnectionState} state */
+    _setState(state: ConnectionState): void;
+    _ensureConnected(): void;
+    _connect(): Promise<void>;
+    /**
+     * Run `task` after every earlier frame of this client, unless its socket was abandoned meanwhile.
+     * @param {number} gen
+     * @param {() => void | Promise<void>} task
+     */
+    _enqueue(gen: number, task: () => void | Promise<void>): void;
+    /**
+     * @param {number} gen
+     * @param {unknown} data
+     */
+    _frame(gen: number, data: unknown): Promise<void>;
+    /**
+     * The socket of generation `gen` closed.
+     * @param {number} gen
+     * @param {number} closeCode
+     * @param {string} reason
+     */
+    _closed(gen: number, closeCode: number, reason: string): void;
+    /**
+     * @param {number} code
+     * @param {string} reason
+     */
+    _scheduleReconnect(code: number, reason: string): void;
+    /**
+     * Give up on the current socket now (its later frames and close are ignored) and reconnect.
+     * @param {number} code  sent in the close frame (3000-4999)
+     * @param {string} reason
+     * @param {boolean} [withBackoff]  wait a backoff delay first (default true)
+     */
+    _abandon(code: number, reason: string, withBackoff?: boolean): void;
+    /** @param {string} reason */
+    _reconnectNow(reason: string): void;
+    _dropSocket(): void;
+    /** @param {number} gen */
+    _armWatchdog(gen: number): void;
+    _offline(): void;
+    _online(): void;
+    /** Close the connection and stop every subscription; the client cannot be used afterwards. */
+    close(): void;
+    /**
+     * An absolute URL for a path or URL given by the relay.
+     * @param {string} url
+     * @returns {string}
+     */
+    resolve(url: string): string;
+    /**
+     * @param {string} path
+     * @param {{method?: string, body?: unknown, token?: string | null}} [init]
+     * @returns {Promise<any>}
+     */
+    _http(path: string, init?: {
+        method?: string;
+        body?: unknown;
+        token?: string | null;
+    }): Promise<any>;
+    /**
+     * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md).
+     * @param {Record<string, unknown>} input
+     * @param {{policy?: Record<string, unknown>}} [options]
+     * @returns {Promise<SubmitResult>}
+     */
+    submit(input: Record<string, unknown>, options?: {
+        policy?: Record<string, unknown>;
+    }): Promise<SubmitResult>;
+    /**
+     * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
+     * @returns {Promise<Array<Record<string, any> & {id: string, status: string}>>}
+     */
+    listJobs(): Promise<Array<Record<string, any> & {
+        id: string;
+        status: string;
+    }>>;
+    /**
+     * A job's manifest (`GET /v1/jobs/{id}`).
+     * @param {string} jobId
+     * @returns {Promise<Manifest & Record<string, any>>}
+     */
+    getJob(jobId: string): Promise<Manifest & Record<string, any>>;
+    /**
+     * Cancel a job (`DELETE /v1/jobs/{id}`).
+     * @param {string} jobId
+     * @returns {Promise<unknown>}
+     */
+    cancel(jobId: string): Promise<unknown>;
+    /**
+     * Mint a subscriber token for a job (`POST /v1/jobs/{id}/tokens`, needs an API key).
+     * @param {string} jobId
+     * @returns {Promise<string>}
+     */
+    mintToken(jobId: string): Promise<string>;
+}
+export type ServerFrame = import("./frames.js").ServerFrame;
+export type ClientFrame = import("./frames.js").ClientFrame;
+export type Manifest = import("./subscription.js").Manifest;
+export type BackoffOptions = import("./backoff.js").BackoffOptions;
+/**
+ * where `online` / `offline` events come from
+ */
+export type NetworkWatch = {
+    target: {
+        addEventListener(type: string, listener: () => void): void;
+        removeEventListener(type: string, listener: () => void): void;
+    };
+    isOnline: () => boolean;
+};
+export type ClientOptions = {
+    /**
+     * the relay's base HTTP URL (default: the page's origin)
+     */
+    url?: string | undefined;
+    /**
+     * the websocket URL (default: `url` with ws(s): and path /v1/ws)
+     */
+    wsUrl?: string | undefined;
+    /**
+     * a job-scoped token for these jobs; called before connecting and again when the relay says it expired
+     */
+    getToken?: ((context: {
+        jobs: string[];
+    }) => (string | null | Promise<string | null>)) | undefined;
+    /**
+     * sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel)
+     */
+    apiKey?: string | undefined;
+    /**
+     * a WebSocket constructor (default: the global one)
+     */
+    WebSocket?: typeof globalThis.WebSocket | any;
+    fetch?: typeof fetch | undefined;
+    backoff?: import("./backoff.js").BackoffOptions | undefined;
+    /**
+     * ms to wait for `welcome` after opening the socket (default 10000)
+     */
+    connectTimeout?: number | undefined;
+    /**
+     * ms of silence tolerated past the relay's ping interval (default 10000)
+     */
+    maxServerPingDelay?: number | undefined;
+    /**
+     * online/offline source (default: the browser window; null: none)
+     */
+    network?: NetworkWatch | null | undefined;
+};
+export type ConnectionState = "idle" | "connecting" | "connected" | "disconnected" | "offline" | "closed";
+export type ClientEvents = {
+    state: ConnectionState;
+    connected: {
+        server: string;
+        ping: number;
+    };
+    disconnected: {
+        code: number;
+        reason: string;
+        reconnectIn: number | null;
+    };
+    error: {
+        code: string;
+        message: string;
+        job?: string;
+    };
+};
+/**
+ * `POST /v1/jobs` answer
+ */
+export type SubmitResult = {
+    id: string;
+    status: string;
+    urls?: {
+        ws?: string;
+        events?: string;
+        manifest?: string;
+    } | undefined;
+    token?: string | undefined;
+};
+import { Emitter } from "./emitter.js";
+import { Backoff } from "./backoff.js";
+import { JobSubscription } from "./subscription.js";

@@ -1,0 +1,223 @@
+/**
+ * Whether a RunPod job status is final.
+ * @param {string | null | undefined} status
+ * @returns {boolean}
+ */
+export function isTerminalStatus(status: string | null | undefined): boolean;
+/**
+ * @extends {Emitter<JobEvents & Record<string, unknown>>}
+ */
+export class JobSubscription extends Emitter<JobEvents & Record<string, unknown>> {
+    /**
+     * @param {string} jobId
+     * @param {{from?: number, inline?: boolean, resolveUrl?: (url: string) => string,
+     *   fetch?: typeof globalThis.fetch, onClose?: (job: JobSubscription) => void}} [options]
+     */
+    constructor(jobId: string, options?: {
+        from?: number;
+        inline?: boolean;
+        resolveUrl?: (url: string) => string;
+        fetch?: typeof globalThis.fetch;
+        onClose?: (job: JobSubscription) => void;
+    });
+    jobId: string;
+    /** Whether item bytes come inline as `chunk` frames (true) or as media URLs (false). */
+    inline: boolean;
+    /** The seq of the last record applied; a reconnect resumes after it. */
+    lastSeq: number;
+    /** The journal's head as of the last `subscribed`. */
+    head: number;
+    /** The job's RunPod status, as last reported. @type {string | null} */
+    status: string | null;
+    /** False when the relay could not replay every record after `from` (e.g. it expired). */
+    recovered: boolean;
+    /** Every file received, in arrival order. @type {PodstreamFile[]} */
+    results: PodstreamFile[];
+    /** The `done` record once applied. @type {DoneEvent | null} */
+    doneRecord: DoneEvent | null;
+    /** Why the subscription ended without `done` (terminal close, relay error, unsubscribe). @type {Error | null} */
+    failure: Error | null;
+    /** @type {{record: ItemStart, chunks: Uint8Array[], received: number} | null} */
+    _pending: {
+        record: ItemStart;
+        chunks: Uint8Array[];
+        received: number;
+    } | null;
+    _resolveUrl: (url: string) => string;
+    _fetch: typeof fetch | undefined;
+    _onClose: ((job: JobSubscription) => void) | undefined;
+    /** @type {Set<() => void>} */
+    _waiters: Set<() => void>;
+    /** Resolves with the `done` record; rejects if the subscription ends without one. @type {Promise<DoneEvent>} */
+    finished: Promise<DoneEvent>;
+    _resolveDone: (value: DoneEvent) => void;
+    _rejectDone: (reason: Error) => void;
+    /** Whether no more records will be applied (done, failed or unsubscribed). */
+    get closed(): boolean;
+    /**
+     * Every file of the job in arrival order: those already received first, then each as it arrives. Ends after
+     * the `done` record; throws the failure if the subscription ends without one. Each call starts from the first.
+     * @returns {AsyncGenerator<PodstreamFile, void, undefined>}
+     */
+    files(): AsyncGenerator<PodstreamFile, void, undefined>;
+    /** Stop receiving this job (the client sends `unsub`). */
+    unsubscribe(): void;
+    _wake(): void;
+    /**
+     * End the subscription without a `done` record.
+     * @param {string} code
+     * @param {string} message
+     * @param {boolean} [report] emit an `error` event (default true)
+     */
+    _fail(code: string, message: string, report?: boolean): void;
+    /**
+     * Apply a `subscribed` frame.
+     * @param {SubscribedFrame} frame
+     */
+    _subscribed(frame: SubscribedFrame): void;
+    /**
+     * Apply one `ev` or `chunk` frame of this job. Records at or before `lastSeq` are dropped (they were
+     * applied before a reconnect); anything out of order asks the caller to reconnect and resume.
+     * @param {EvFrame | ChunkFrame} frame
+     * @returns {Promise<FrameOutcome>}
+     */
+    _frame(frame: EvFrame | ChunkFrame): Promise<FrameOutcome>;
+    /**
+     * @param {EvFrame} ev
+     * @returns {Promise<FrameOutcome>}
+     */
+    _record(ev: EvFrame): Promise<FrameOutcome>;
+    /**
+     * @param {ChunkFrame} chunk
+     * @returns {Promise<FrameOutcome>}
+     */
+    _chunk(chunk: ChunkFrame): Promise<FrameOutcome>;
+    /**
+     * All bytes of the pending item are in: verify, deliver, advance `lastSeq`.
+     * @param {{record: ItemStart, chunks: Uint8Array[], received: number}} pending
+     */
+    _complete(pending: {
+        record: ItemStart;
+        chunks: Uint8Array[];
+        received: number;
+    }): Promise<void>;
+    /** @param {PodstreamFile} file */
+    _deliver(file: PodstreamFile): void;
+    /**
+     * Render a job from its manifest alone (`GET /v1/jobs/{id}`): URL mode, no websocket. Emits the same events
+     * a subscriber of a finished job would see, with `seq` values numbered from 1 in manifest order.
+     * @param {Manifest} manifest
+     */
+    _applyManifest(manifest: Manifest): void;
+}
+export type EvFrame = import("./frames.js").EvFrame;
+export type ChunkFrame = import("./frames.js").ChunkFrame;
+export type SubscribedFrame = import("./frames.js").SubscribedFrame;
+export type SubscribedEvent = {
+    head: number;
+    status: string;
+    recovered: boolean;
+};
+export type StatusEvent = {
+    seq: number;
+    status: string;
+    error?: string;
+};
+export type StepProgress = {
+    seq: number;
+    item: number;
+    phase: "generate";
+    step: number;
+    steps: number;
+};
+export type ByteProgress = {
+    seq: number;
+    item: number;
+    phase: "download";
+    received: number;
+    size: number;
+};
+export type ProgressEvent = StepProgress | ByteProgress;
+export type ErrorEvent = {
+    seq: number | null;
+    item: number | null;
+    code: string;
+    message: string;
+    fatal: boolean;
+};
+export type DoneEvent = {
+    seq: number;
+    status: string;
+    items: number;
+    errors: number;
+};
+export type ItemStart = {
+    item: number;
+    id: string;
+    mime: string;
+    size: number;
+    sha256: string;
+    url: string | null;
+    seq: number;
+};
+export type JobEvents = {
+    /**
+     * the relay accepted the subscription (again after each reconnect)
+     */
+    subscribed: SubscribedEvent;
+    /**
+     * the job's RunPod status changed
+     */
+    status: StatusEvent;
+    /**
+     * generation steps of an item, or bytes of an item received
+     */
+    progress: ProgressEvent;
+    /**
+     * an item's bytes start arriving (inline mode)
+     */
+    itemstart: ItemStart;
+    /**
+     * an item is complete and verified
+     */
+    item: PodstreamFile;
+    /**
+     * an item failed, a job-level problem, or (fatal) the subscription ended
+     */
+    error: ErrorEvent;
+    /**
+     * the job is over; always the last record
+     */
+    done: DoneEvent;
+};
+/**
+ * "resync": the stream broke the protocol; reconnect and resume
+ */
+export type FrameOutcome = "resync" | undefined;
+export type ManifestError = {
+    item: number | null;
+    id?: string;
+    code: string;
+    message: string;
+};
+/**
+ * `GET /v1/jobs/{id}`
+ */
+export type Manifest = {
+    status: string;
+    items?: {
+        item: number;
+        id?: string;
+        mime?: string;
+        size?: number;
+        sha256?: string;
+        url?: string | null;
+        status?: string;
+        code?: string;
+        message?: string;
+    }[] | undefined;
+    errors?: number | ManifestError[] | undefined;
+    head?: number | undefined;
+};
+import { Emitter } from "./emitter.js";
+import { PodstreamFile } from "./file.js";
