@@ -21,7 +21,10 @@ from typing import Protocol, cast
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("podstream.commands.demo", "run the whole system on this machine and stream a sample batch"),
     "submit": ("podstream.commands.submit", "submit a job through a relay and save its files"),
-    "watch": ("podstream.commands.watch", "subscribe to a job on a relay (live or replay) and save its files"),
+    "watch": (
+        "podstream.commands.watch",
+        "subscribe to a job on a relay (live or replay) and save its files",
+    ),
     "pull": ("podstream.commands.pull", "poll RunPod's /stream directly (no relay) and save the job's files"),
     "jobs": ("podstream.commands.jobs", "list the jobs a relay knows"),
     "relay": ("podstream.commands.relay", "run the relay (poller, journal, websocket fan-out)"),

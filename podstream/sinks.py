@@ -6,6 +6,7 @@ final name only when its sha256 matches, so a file under its final name is alway
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -48,7 +49,9 @@ def fsync_dir(path: Path) -> None:
 class FileSink:
     """Writes one item to `directory/media_name(...)` via a temp file; `result` is the final Path."""
 
-    def __init__(self, directory: Path, item: int, id: str, mime: str, size: int, *, fsync: bool = True) -> None:
+    def __init__(
+        self, directory: Path, item: int, id: str, mime: str, size: int, *, fsync: bool = True
+    ) -> None:
         self.final = directory / media_name(item, id, mime)
         self.temp = directory / f".{self.final.name}.part"
         self.fsync = fsync
@@ -80,10 +83,8 @@ class FileSink:
         return True, self.final
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already closed by a finished write
             os.close(self._fd)
-        except OSError:
-            pass
         self.temp.unlink(missing_ok=True)
 
 

@@ -203,7 +203,9 @@ class Envelopes:
     def error(self, item: int, code: str, message: str, *, id: str = "") -> dict[str, Any]:
         _check_id(id)
         return self._checked(
-            self._next(ERROR, item=item, id=id, code=code[:MAX_CODE_CHARS], message=message[:MAX_MESSAGE_CHARS])
+            self._next(
+                ERROR, item=item, id=id, code=code[:MAX_CODE_CHARS], message=message[:MAX_MESSAGE_CHARS]
+            )
         )
 
     def manifest(self, items: Iterable[ManifestItem]) -> list[dict[str, Any]]:
@@ -406,7 +408,16 @@ class _ItemState:
 
 _COMMON = {"v": int, "job": str, "run": str, "seq": int, "type": str}
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    PART: {"item": int, "id": str, "part": int, "parts": int, "mime": str, "size": int, "sha256": str, "data": str},
+    PART: {
+        "item": int,
+        "id": str,
+        "part": int,
+        "parts": int,
+        "mime": str,
+        "size": int,
+        "sha256": str,
+        "data": str,
+    },
     PROGRESS: {"item": int, "step": int, "steps": int},
     REF: {"item": int, "id": str, "mime": str, "size": int, "sha256": str, "url": str},
     ERROR: {"item": int, "id": str, "code": str, "message": str},
@@ -476,9 +487,12 @@ class Assembler:
             self.duplicates += 1
             return [*events, Duplicate(seq, "duplicate", f"seq {seq} was already received; ignored")]
         handler = getattr(self, f"_on_{envelope['type']}")
-        events.extend(handler(seq, envelope))
-        self._mark(seq)
-        return events
+        caused = handler(seq, envelope)
+        # A rejected envelope leaves its seq unseen: a genuine copy (a resend) may still fill it, and if
+        # none comes, `finish` reports it as a gap.
+        if not any(isinstance(e, Problem) for e in caused):
+            self._mark(seq)
+        return [*events, *caused]
 
     def _mark(self, seq: int) -> None:
         self._seen.add(seq)
@@ -490,7 +504,9 @@ class Assembler:
     def _validate(self, env: object) -> Problem | None:
         seq = env.get("seq") if isinstance(env, dict) and type(env.get("seq")) is int else None
         if not isinstance(env, dict):
-            return Malformed(None, "malformed", f"an envelope must be a JSON object, got {type(env).__name__}")
+            return Malformed(
+                None, "malformed", f"an envelope must be a JSON object, got {type(env).__name__}"
+            )
         if env.get("v") != VERSION:
             return Unsupported(seq, "unsupported_version", f"unsupported envelope version {env.get('v')!r}")
         type_ = env.get("type")
@@ -505,7 +521,9 @@ class Assembler:
                 return Malformed(seq, "bad_field", f"'{name}' of a {type_} envelope must be {_kind(kind)}")
         extra = set(env) - set(spec)
         if extra:
-            return Malformed(seq, "extra_field", f"unexpected field(s) in a {type_} envelope: {sorted(extra)}")
+            return Malformed(
+                seq, "extra_field", f"unexpected field(s) in a {type_} envelope: {sorted(extra)}"
+            )
         if self.job is not None and env["job"] != self.job:
             return Malformed(seq, "wrong_job", f"envelope of job {env['job']!r} fed to job {self.job!r}")
         if not 1 <= env["seq"] <= 10**15:
@@ -528,7 +546,9 @@ class Assembler:
             for name in ("id", "mime", "size", "sha256", "parts"):
                 if getattr(state, name) != env[name]:
                     return [
-                        Inconsistent(seq, "inconsistent", f"'{name}' of item {item} changed between its parts", item)
+                        Inconsistent(
+                            seq, "inconsistent", f"'{name}' of item {item} changed between its parts", item
+                        )
                     ]
         if k in state.received:
             self.duplicates += 1
@@ -541,7 +561,12 @@ class Assembler:
         expected = min(state.size, (k + 1) * length) - k * length
         if len(data) != expected:
             return [
-                Corrupt(seq, "bad_part_size", f"part {k} of item {item} is {len(data)} bytes, expected {expected}", item)
+                Corrupt(
+                    seq,
+                    "bad_part_size",
+                    f"part {k} of item {item} is {len(data)} bytes, expected {expected}",
+                    item,
+                )
             ]
         state.sink.write(k * length, data)
         state.received.add(k)
@@ -590,14 +615,29 @@ class Assembler:
         """Problems only the end of the stream can show. Safe to call more than once."""
         problems: list[Problem] = []
         if self.manifest is None:
-            problems.append(MissingManifest(None, "missing_manifest", "the stream ended without its manifest"))
+            problems.append(
+                MissingManifest(None, "missing_manifest", "the stream ended without its manifest")
+            )
         missing = self.missing()
         if missing:
-            problems.append(Gap(None, "gap", f"{len(missing)} envelope(s) never arrived: {_ranges(missing)}", tuple(missing)))
+            problems.append(
+                Gap(
+                    None,
+                    "gap",
+                    f"{len(missing)} envelope(s) never arrived: {_ranges(missing)}",
+                    tuple(missing),
+                )
+            )
         for item, state in sorted(self._items.items()):
             lost = tuple(k for k in range(state.parts) if k not in state.received)
             problems.append(
-                Incomplete(None, "incomplete", f"item {item} is missing {len(lost)} of {state.parts} parts", item, lost)
+                Incomplete(
+                    None,
+                    "incomplete",
+                    f"item {item} is missing {len(lost)} of {state.parts} parts",
+                    item,
+                    lost,
+                )
             )
         if self.manifest is not None:
             problems.extend(self._check_manifest(self.manifest))
@@ -622,16 +662,28 @@ class Assembler:
             if status == "error":
                 if item not in self.failed:
                     problems.append(
-                        ManifestMismatch(None, "manifest_mismatch", f"item {item} failed but its error never arrived", item)
+                        ManifestMismatch(
+                            None, "manifest_mismatch", f"item {item} failed but its error never arrived", item
+                        )
                     )
             elif got is None:
-                problems.append(ManifestMismatch(None, "missing_item", f"item {item} is in the manifest but never arrived", item))
+                problems.append(
+                    ManifestMismatch(
+                        None, "missing_item", f"item {item} is in the manifest but never arrived", item
+                    )
+                )
             elif (got.size, got.sha256) != (entry.get("size"), entry.get("sha256")):
                 problems.append(
-                    ManifestMismatch(None, "manifest_mismatch", f"item {item} differs from its manifest entry", item)
+                    ManifestMismatch(
+                        None, "manifest_mismatch", f"item {item} differs from its manifest entry", item
+                    )
                 )
         for item in sorted((set(self.completed) | set(self.refs) | set(self.failed)) - listed):
-            problems.append(ManifestMismatch(None, "unlisted_item", f"item {item} arrived but is not in the manifest", item))
+            problems.append(
+                ManifestMismatch(
+                    None, "unlisted_item", f"item {item} arrived but is not in the manifest", item
+                )
+            )
         return problems
 
 
@@ -667,7 +719,9 @@ def _check_ranges(seq: int | None, type_: str, env: dict[str, Any]) -> Problem |
         if length > DEFAULT_BODY_BUDGET:
             return bad(f"parts of {length} bytes exceed the one-chunk cap")
         if len(env["data"]) > 4 * math.ceil(length / 3) + 4:
-            return Corrupt(seq, "bad_part_size", f"part {env['part']} of item {env['item']} is too long", env["item"])
+            return Corrupt(
+                seq, "bad_part_size", f"part {env['part']} of item {env['item']} is too long", env["item"]
+            )
     elif type_ == PROGRESS:
         if not 0 <= env["step"] <= env["steps"] <= 1_000_000:
             return bad(f"progress {env['step']}/{env['steps']} out of range")
@@ -698,8 +752,12 @@ def _check_manifest_entry(seq: int, entry: object) -> Problem | None:
         or entry.get("status") not in _MANIFEST_STATUSES
         or not isinstance(entry.get("id", ""), str)
     ):
-        return Malformed(seq, "bad_manifest", "a manifest entry needs an integer 'item', a string 'id' and a status")
-    if entry["status"] != "error" and (type(entry.get("size")) is not int or not isinstance(entry.get("sha256"), str)):
+        return Malformed(
+            seq, "bad_manifest", "a manifest entry needs an integer 'item', a string 'id' and a status"
+        )
+    if entry["status"] != "error" and (
+        type(entry.get("size")) is not int or not isinstance(entry.get("sha256"), str)
+    ):
         return Malformed(seq, "bad_manifest", f"manifest entry of item {entry['item']} needs size and sha256")
     return None
 

@@ -1,0 +1,345 @@
+"""podstream.wire: envelopes fit the cap, and the Assembler reproduces the input or says exactly what is missing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from podstream import wire
+from podstream.sinks import file_sinks
+
+
+def build_job(
+    files: list[bytes],
+    *,
+    part_bytes: int = wire.DEFAULT_PART_BYTES,
+    job: str = "job-1",
+    errors: tuple[int, ...] = (),
+) -> list[dict[str, Any]]:
+    env = wire.Envelopes(job)
+    out: list[dict[str, Any]] = []
+    manifest: list[wire.ManifestItem] = []
+    for i, data in enumerate(files):
+        if i in errors:
+            out.append(env.error(i, "bad_input", f"item {i} failed", id=f"c{i}"))
+            manifest.append(wire.ManifestItem(i, f"c{i}", "error"))
+            continue
+        out.append(env.progress(i, 1, 2))
+        parts = list(env.parts(i, data, mime="video/mp4", id=f"c{i}", part_bytes=part_bytes))
+        out.extend(parts)
+        manifest.append(
+            wire.ManifestItem(
+                i, f"c{i}", "ok", "video/mp4", len(data), hashlib.sha256(data).hexdigest(), len(parts)
+            )
+        )
+    out.extend(env.manifest(manifest))
+    return out
+
+
+def feed_all(asm: wire.Assembler, envelopes: list[dict[str, Any]]) -> list[wire.Event]:
+    events: list[wire.Event] = []
+    for e in envelopes:
+        events.extend(asm.feed(e))
+    return events
+
+
+# ------------------------------------------------------------------------------------------- split
+
+
+@given(st.binary(max_size=5000), st.integers(min_value=1, max_value=6000))
+def test_split_reassembles_and_balances(data: bytes, part_bytes: int) -> None:
+    parts = list(wire.split(data, part_bytes))
+    assert b"".join(bytes(p) for p in parts) == data
+    assert len(parts) == wire.part_count(len(data), part_bytes)
+    length = wire.part_length(len(data), len(parts))
+    assert all(len(p) == length for p in parts[:-1])
+    assert all(0 < len(p) <= part_bytes for p in parts) or data == b""
+
+
+def test_split_rejects_zero_part_size() -> None:
+    with pytest.raises(ValueError):
+        list(wire.split(b"abc", 0))
+
+
+# ----------------------------------------------------------------------------------------- budget
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(min_value=0, max_value=3_000_000),
+    part_bytes=st.integers(min_value=1_000, max_value=2_000_000),
+    id=st.text(max_size=wire.MAX_ID_CHARS),
+    budget=st.integers(min_value=20_000, max_value=wire.DEFAULT_BODY_BUDGET),
+)
+def test_every_body_is_within_budget(size: int, part_bytes: int, id: str, budget: int) -> None:
+    data = random.Random(size).randbytes(size)
+    env = wire.Envelopes("j" * wire.MAX_ID_CHARS, budget=budget)
+    bodies = list(env.parts(7, data, mime="video/mp4", id=id, part_bytes=part_bytes))
+    bodies.append(env.error(7, "x" * 500, "é" * 10_000, id=id))
+    bodies.append(env.progress(7, 1, 2))
+    for body in bodies:
+        assert wire.body_size(body) <= budget
+        # The SDK's own encoding (UTF-8, not escaped) is never larger than what we measured.
+        assert len(json.dumps({"output": body}, ensure_ascii=False).encode()) <= budget
+
+
+def test_default_parts_fill_most_of_the_cap() -> None:
+    data = bytes(8 * 1024 * 1024)
+    bodies = list(wire.Envelopes("job").parts(0, data, mime="video/mp4"))
+    assert len(bodies) == 16
+    assert max(wire.body_size(b) for b in bodies) <= wire.DEFAULT_BODY_BUDGET
+    assert max(wire.body_size(b) for b in bodies) > 0.6 * wire.DEFAULT_BODY_BUDGET
+
+
+def test_oversized_part_request_is_lowered_to_fit() -> None:
+    bodies = list(wire.Envelopes("job").parts(0, bytes(3_000_000), mime="image/png", part_bytes=10_000_000))
+    assert all(wire.body_size(b) <= wire.DEFAULT_BODY_BUDGET for b in bodies)
+
+
+def test_large_manifest_is_paged_within_budget() -> None:
+    env = wire.Envelopes("job", budget=50_000)
+    items = [
+        wire.ManifestItem(i, f"client-{i:06d}", "ok", "video/mp4", 123456, "a" * 64, 3) for i in range(5000)
+    ]
+    pages = env.manifest(items)
+    assert len(pages) > 1
+    assert all(wire.body_size(p) <= 50_000 for p in pages)
+    assert [p["page"] for p in pages] == list(range(len(pages)))
+    assert all(p["last_seq"] == pages[-1]["seq"] for p in pages)
+    asm = wire.Assembler("job")
+    events = feed_all(asm, list(reversed(pages)))
+    received = [e for e in events if isinstance(e, wire.ManifestReceived)]
+    assert len(received) == 1 and [m["item"] for m in received[0].items] == list(range(5000))
+
+
+def test_budget_too_small_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        wire.max_part_bytes(100)
+
+
+def test_overlong_ids_are_refused_when_building() -> None:
+    with pytest.raises(ValueError):
+        wire.Envelopes("j" * 200)
+    with pytest.raises(ValueError):
+        list(wire.Envelopes("j").parts(0, b"x", mime="image/png", id="i" * 200))
+
+
+# -------------------------------------------------------------------------------------- assembler
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=20_000), min_size=1, max_size=6),
+    part_bytes=st.integers(min_value=500, max_value=8_000),
+    data=st.data(),
+)
+def test_any_order_with_duplicates_and_drops(sizes: list[int], part_bytes: int, data: st.DataObject) -> None:
+    rng = random.Random(sum(sizes))
+    files = [rng.randbytes(n) for n in sizes]
+    envelopes = build_job(files, part_bytes=part_bytes)
+    dropped = set(data.draw(st.sets(st.sampled_from([e["seq"] for e in envelopes]), max_size=4)))
+    delivered = [e for e in envelopes if e["seq"] not in dropped]
+    dupes = data.draw(st.lists(st.sampled_from(delivered), max_size=5)) if delivered else []
+    stream = data.draw(st.permutations(delivered + dupes))
+
+    asm = wire.Assembler("job-1")
+    events = feed_all(asm, stream)
+    problems = asm.finish()
+
+    assert asm.duplicates == len(dupes)
+    assert not [e for e in events if isinstance(e, wire.Problem) and not isinstance(e, wire.Duplicate)]
+    completed = {e.item: e.result for e in events if isinstance(e, wire.ItemComplete)}
+    for item, blob in completed.items():
+        assert blob == files[item]
+    manifest_seqs = {e["seq"] for e in envelopes if e["type"] == "manifest"}
+    if not dropped:
+        assert completed.keys() == set(range(len(files)))
+        assert problems == []
+        assert asm.done
+    else:
+        gaps = [p for p in problems if isinstance(p, wire.Gap)]
+        if dropped & manifest_seqs:
+            assert any(isinstance(p, wire.MissingManifest) for p in problems)
+            # Without the manifest's last_seq, only gaps below the highest seen can be known.
+            top = max((e["seq"] for e in delivered), default=0)
+            assert set(gaps[0].missing if gaps else ()) == {s for s in dropped if s < top}
+        else:
+            assert gaps and set(gaps[0].missing) == dropped
+            # Each lost part leaves its item incomplete (or never started) and the manifest names it as missing.
+            lost_items = {e["item"] for e in envelopes if e["seq"] in dropped and e["type"] == "part"}
+            assert {p.item for p in problems if isinstance(p, wire.Incomplete)} <= lost_items
+            assert {p.item for p in problems if isinstance(p, wire.ManifestMismatch)} == lost_items
+
+
+@pytest.mark.parametrize("size", [0, 1, 700_000, 50 * 1024 * 1024])
+def test_round_trip_sizes_through_disk(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    envelopes = build_job([data])
+    random.Random(1).shuffle(envelopes)
+    asm = wire.Assembler("job-1", sink=file_sinks(tmp_path))
+    events = feed_all(asm, envelopes)
+    assert asm.finish() == []
+    (done,) = [e for e in events if isinstance(e, wire.ItemComplete)]
+    assert isinstance(done.result, Path)
+    assert done.result.read_bytes() == data
+    assert done.result.name == "00000-c0.mp4"
+    assert [p.name for p in tmp_path.iterdir()] == ["00000-c0.mp4"]  # no temp file left behind
+
+
+def test_item_errors_and_manifest_agree() -> None:
+    envelopes = build_job([b"a" * 10, b"b" * 10, b"c" * 10], errors=(1,))
+    asm = wire.Assembler()
+    events = feed_all(asm, envelopes)
+    failed = [e for e in events if isinstance(e, wire.ItemFailed)]
+    assert [(f.item, f.code) for f in failed] == [(1, "bad_input")]
+    assert sorted(asm.completed) == [0, 2]
+    assert asm.finish() == []
+
+
+def test_missing_error_is_a_manifest_mismatch() -> None:
+    envelopes = build_job([b"a", b"b"], errors=(1,))
+    asm = wire.Assembler()
+    feed_all(asm, [e for e in envelopes if e["type"] != "error"])
+    codes = {p.code for p in asm.finish()}
+    assert "manifest_mismatch" in codes and "gap" in codes
+
+
+def test_new_run_resets_state() -> None:
+    first = build_job([b"one"])
+    second = build_job([b"two"])
+    asm = wire.Assembler()
+    feed_all(asm, first[:1])
+    events = feed_all(asm, second)
+    assert isinstance(events[0], wire.Restarted)
+    assert asm.completed[0].result == b"two"
+    assert asm.finish() == []
+
+
+def test_ref_items_count_for_the_manifest() -> None:
+    env = wire.Envelopes("j")
+    sha = hashlib.sha256(b"x").hexdigest()
+    ref = env.ref(0, url="https://example.test/x.mp4", mime="video/mp4", size=1, sha256=sha, id="a")
+    manifest = env.manifest(
+        [wire.ManifestItem(0, "a", "ref", "video/mp4", 1, sha, 0, "https://example.test/x.mp4")]
+    )
+    asm = wire.Assembler("j")
+    events = feed_all(asm, [ref, *manifest])
+    assert isinstance(events[0], wire.ItemRef) and events[0].url.endswith("x.mp4")
+    assert asm.finish() == []
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def _part(**over: Any) -> dict[str, Any]:
+    data = b"hello world"
+    (env,) = wire.Envelopes("j", run="r").parts(0, data, mime="image/png", id="a")
+    env.update(over)
+    return env
+
+
+BAD: list[tuple[object, str]] = [
+    ([1, 2], "malformed"),
+    ("text", "malformed"),
+    (_part(v=2), "unsupported_version"),
+    (_part(type="video"), "unknown_type"),
+    ({k: v for k, v in _part().items() if k != "sha256"}, "missing_field"),
+    (_part(extra=1), "extra_field"),
+    (_part(item="0"), "bad_field"),
+    (_part(item=True), "bad_field"),
+    (_part(seq=0), "bad_seq"),
+    (_part(item=-1), "bad_field"),
+    (_part(item=10**12), "bad_field"),
+    (_part(part=5), "bad_field"),
+    (_part(parts=0), "bad_field"),
+    (_part(parts=10**9), "bad_field"),
+    (_part(size=10**15), "bad_field"),
+    (_part(size=5, parts=1), "bad_part_size"),
+    (_part(size=10**9, parts=1), "bad_field"),
+    (_part(size=11, parts=11), "bad_part_size"),
+    (_part(size=11, parts=12), "bad_field"),
+    (_part(sha256="XYZ"), "bad_field"),
+    (_part(data="!!!not base64!!!"), "bad_base64"),
+    (_part(data=base64.b64encode(b"hello world, and more").decode()), "bad_part_size"),
+    (_part(data="A" * 10_000), "bad_part_size"),
+    (_part(job="other"), "wrong_job"),
+    (_part(id="x" * 1000), "bad_field"),
+    (_part(sha256="0" * 64), "bad_sha256"),
+]
+
+
+@pytest.mark.parametrize(("envelope", "code"), BAD)
+def test_bad_envelopes_give_specific_problems(envelope: object, code: str) -> None:
+    asm = wire.Assembler("j")
+    events = asm.feed(envelope)
+    assert len(events) == 1
+    (problem,) = events
+    assert isinstance(problem, wire.Problem), problem
+    assert problem.code == code, problem
+    assert problem.message
+    assert not asm.completed
+
+
+def test_parts_disagreeing_is_inconsistent_and_recoverable() -> None:
+    data = bytes(range(256)) * 10
+    envs = list(wire.Envelopes("j", run="r").parts(0, data, mime="image/png", part_bytes=1000))
+    asm = wire.Assembler("j")
+    assert asm.feed(envs[0]) == []
+    tampered = dict(envs[1], mime="image/jpeg")
+    (problem,) = asm.feed(tampered)
+    assert isinstance(problem, wire.Inconsistent) and problem.item == 0
+    # The genuine envelope still completes the item: a bad envelope harms nothing else.
+    events = feed_all(asm, envs[1:])
+    assert isinstance(events[-1], wire.ItemComplete) and events[-1].result == data
+
+
+def test_corrupt_part_can_be_replaced_by_a_resent_one() -> None:
+    envs = list(wire.Envelopes("j", run="r").parts(0, b"abcdefgh" * 100, mime="image/png", part_bytes=300))
+    bad = dict(envs[1], data=base64.b64encode(b"z" * len(base64.b64decode(envs[1]["data"]))).decode())
+    asm = wire.Assembler("j")
+    asm.feed(envs[0])
+    asm.feed(bad)
+    events = asm.feed(envs[2])
+    (problem,) = events
+    assert isinstance(problem, wire.Corrupt) and problem.code == "bad_sha256"
+    assert 0 not in asm.completed
+
+
+def test_bad_manifest_entries() -> None:
+    env = wire.Envelopes("j", run="r")
+    (page,) = env.manifest([])
+    asm = wire.Assembler("j")
+    for items, code in [
+        ([{"item": "x", "status": "ok"}], "bad_manifest"),
+        ([{"item": 0, "status": "ok"}], "bad_manifest"),
+    ]:
+        (problem,) = asm.feed(dict(page, items=items))
+        assert problem.code == code  # type: ignore[attr-defined]
+    (problem,) = asm.feed(dict(page, page=3, pages=2))
+    assert isinstance(problem, wire.Malformed)
+
+
+def test_unlisted_item_is_reported() -> None:
+    env = wire.Envelopes("j")
+    envs = [*env.parts(0, b"x", mime="image/png"), *env.manifest([])]
+    asm = wire.Assembler("j")
+    feed_all(asm, envs)
+    assert [p.code for p in asm.finish()] == ["unlisted_item"]
+
+
+def test_gap_message_is_compact() -> None:
+    asm = wire.Assembler("j")
+    env = wire.Envelopes("j", run="r")
+    envs = [env.progress(0, i, 1000) for i in range(100)]
+    feed_all(asm, [e for e in envs if e["seq"] % 3 == 0])
+    (gap,) = [p for p in asm.finish() if isinstance(p, wire.Gap)]
+    assert len(gap.message) < 400
+    assert gap.missing[:3] == (1, 2, 4)
