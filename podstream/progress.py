@@ -13,10 +13,12 @@ thrown away.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -135,6 +137,7 @@ class Observer:
     """
 
     outcome: JobOutcome | None = None
+    last_seq: int = 0
 
     def status(self, status: str) -> None:
         pass
@@ -159,6 +162,12 @@ class Observer:
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         """The connection dropped or a request failed; the next try comes after `delay` seconds."""
+
+    def position(self, seq: int) -> None:
+        """Every record up to `seq` was applied: a later watch can resume with `from_seq=seq` (watch only).
+
+        Kept in `last_seq` (subclasses overriding this call `super().position`)."""
+        self.last_seq = seq
 
     def finished(self, outcome: JobOutcome) -> None:
         self.outcome = outcome
@@ -315,3 +324,53 @@ class RichProgress(Observer):
         if self._failed:
             detail += f"  [red]{self._failed} failed[/]"
         self._overall.update(self._total_task, detail=detail)
+
+
+class LineProgress(Observer):
+    """One plain line per saved or failed item, problem and retry: for logs and terminals without bars."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def item_saved(self, file: SavedFile) -> None:
+        self._say(f"saved {file.path} ({human_bytes(file.size)} {file.mime})")
+
+    def item_failed(self, failure: ItemFailure) -> None:
+        self._say(
+            f"failed item {failure.item} {failure.id}: {failure.code}: {failure.message}".replace("  ", " ")
+        )
+
+    def problem(self, problem: StreamProblem) -> None:
+        self._say(f"problem {problem.code}: {problem.message}")
+
+    def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
+        self._say(f"retrying in {delay:.1f}s (attempt {attempt}): {reason}")
+
+
+def terminal_observer(*, quiet: bool = False, total: int | None = None, title: str = "items") -> Observer:
+    """What the CLI shows: live bars on a terminal, plain lines otherwise, nothing with `quiet`."""
+    if quiet:
+        return Observer()
+    if sys.stderr.isatty():
+        return RichProgress(total=total, title=title)
+    return LineProgress()
+
+
+def consume(files: Iterator[SavedFile], observer: Observer) -> JobOutcome:
+    """Run a transfer to its end under `observer` (live bars while it runs, for a `RichProgress`).
+
+    The transfer must have been made with this observer and `check=False`; returns its outcome.
+    """
+    if isinstance(observer, RichProgress):
+        with observer:
+            for _ in files:
+                pass
+    else:
+        for _ in files:
+            pass
+    if observer.outcome is None:
+        raise TransferError("the transfer ended without an outcome")
+    return observer.outcome

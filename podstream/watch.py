@@ -204,7 +204,7 @@ class Subscription:
             self._on_error(rec)
         elif kind == "done":
             self._on_done(rec)
-        self.position = seq
+        self._advance(seq)
         return saved
 
     def _on_item(self, seq: int, rec: Mapping[str, Any]) -> list[SavedFile]:
@@ -235,9 +235,13 @@ class Subscription:
             return []
         return self._complete(receiving)
 
+    def _advance(self, seq: int) -> None:
+        self.position = seq
+        self.observer.position(seq)
+
     def _complete(self, receiving: _Receiving) -> list[SavedFile]:
         self._receiving = None
-        self.position = receiving.seq
+        self._advance(receiving.seq)
         if receiving.received != receiving.size:
             receiving.sink.abort()
             self._problem(

@@ -10,7 +10,7 @@ from typing import Any
 
 from podstream import pull as pull_mod
 from podstream.cli import CommandError, UsageError
-from podstream.progress import JobOutcome, Observer, RichProgress, TransferError, outcome_dict
+from podstream.progress import JobOutcome, Observer, TransferError, consume, outcome_dict, terminal_observer
 
 EPILOG = """\
 RunPod's /stream hands each item out once: run one puller per job (this, or a relay, never both).
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.submit is not None:
             job = pull_mod.run_job(load_input(args.submit), runpod_url=base, key=args.key, retry=retry)
             print(f"submitted job {job}", flush=True)
-        observer: Observer = Observer() if args.quiet else RichProgress(title=f"job {job}")
+        observer = terminal_observer(quiet=args.quiet, title=f"job {job}")
         out = args.out / job if args.submit is not None else args.out
         outcome = _pull(job, base, args, retry, out, observer)
     except TransferError as exc:
@@ -125,12 +125,4 @@ def _pull(
         observer=observer,
         check=False,
     )
-    if isinstance(observer, RichProgress):
-        with observer:
-            for _ in files:
-                pass
-    else:
-        for _ in files:
-            pass
-    assert observer.outcome is not None
-    return observer.outcome
+    return consume(files, observer)

@@ -1,0 +1,127 @@
+"""`podstream submit`: submit a job through a relay and stream its files to a directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from podstream import submit as submit_mod
+from podstream.cli import CommandError, UsageError
+from podstream.commands.pull import load_input
+from podstream.commands.watch import add_relay_arguments, check_relay, report, watch_job
+from podstream.progress import TransferError
+
+EPILOG = """\
+Files are saved to DIR/<job id>/ as they arrive, verified against their sha256.
+Examples:
+  podstream submit --images cat.png dog.jpg --frames 14 --out results/
+  podstream submit --prompts prompts.txt --width 512 --height 512 --out results/
+  podstream submit --input job.json --out results/ --detach
+The job input schema (task, items, params, output) is in docs/worker.md. Images travel inside the job,
+so the whole request must stay under RunPod's 10 MB /run cap: checked before anything is sent.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    add_relay_arguments(parser)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--images", metavar="FILE", nargs="+", help="images (files or http(s) URLs): image-to-video"
+    )
+    what.add_argument(
+        "--prompts", metavar="FILE", type=Path, help="a text file, one prompt per line: text-to-image"
+    )
+    what.add_argument("--input", metavar="FILE", type=Path, help="a whole job input as JSON")
+    parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="files go to DIR/<job id>/")
+    parser.add_argument("--task", choices=submit_mod.TASKS, help="override the task chosen from the inputs")
+    parser.add_argument("--prompt", help="a prompt given to every image item")
+    parser.add_argument("--seed", type=int, help="seed of the first item (the next ones get seed+1, ...)")
+    gen = parser.add_argument_group("generation (the job's params)")
+    gen.add_argument("--frames", type=int, help="frames per video")
+    gen.add_argument("--fps", type=float, help="frames per second of the videos")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--steps", type=int, help="denoising steps")
+    gen.add_argument("--format", choices=("mp4", "webm", "png", "webp", "jpeg"), help="output encoding")
+    parser.add_argument(
+        "--detach", action="store_true", help="submit, print the job id and how to watch it, and exit"
+    )
+    parser.add_argument(
+        "--retries", metavar="N", type=int, default=12, help="failed reconnects in a row before giving up"
+    )
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def job_input(args: argparse.Namespace) -> dict[str, Any]:
+    """The job input the arguments describe (`UsageError` for anything that cannot be built)."""
+    params = {
+        name: getattr(args, name)
+        for name in ("frames", "fps", "width", "height", "steps")
+        if getattr(args, name) is not None
+    }
+    output = {"format": args.format} if args.format else None
+    try:
+        if args.input is not None:
+            data = load_input(args.input)
+            if params:
+                data["params"] = {**(data.get("params") or {}), **params}
+            if output:
+                data["output"] = {**(data.get("output") or {}), **output}
+            if args.task:
+                data["task"] = args.task
+            return data
+        prompts = submit_mod.read_prompts(args.prompts) if args.prompts is not None else []
+        if args.prompts is not None and not prompts:
+            raise UsageError(f"{args.prompts} holds no prompts")
+        return submit_mod.build_input(
+            task=args.task,
+            images=args.images or (),
+            prompts=prompts,
+            prompt=args.prompt,
+            seed=args.seed,
+            params=params,
+            output=output,
+        )
+    except submit_mod.InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    check_relay(args.relay)
+    if args.retries < 1:
+        raise UsageError("--retries must be at least 1")
+    data = job_input(args)
+    try:
+        submit_mod.check_size(data)
+        job = submit_mod.submit(data, relay=args.relay, key=args.key)
+    except submit_mod.InputError as exc:
+        raise UsageError(str(exc)) from None
+    except TransferError as exc:
+        raise CommandError(str(exc)) from None
+    out = args.out / job.id
+    watch_cmd = f"podstream watch {job.id} --relay {job.relay} --out {out}"
+    if args.detach:
+        if args.json:
+            print(json.dumps({"id": job.id, "status": job.status, "token": job.token, "urls": job.urls}))
+        else:
+            print(
+                f"submitted job {job.id}\nwatch it with: {watch_cmd}"
+                + (" --token TOKEN" if job.token else "")
+            )
+            if job.token:
+                print(f"token: {job.token}")
+        return 0
+    if not args.json:
+        print(f"submitted job {job.id}; saving to {out}/", flush=True)
+    items = data.get("items")
+    total = len(items) if isinstance(items, list) else None
+    try:
+        outcome = watch_job(job.id, args, out, token=job.token or args.token, total=total)
+    except TransferError as exc:
+        raise CommandError(str(exc)) from None
+    return report(outcome, args.json)
