@@ -1,0 +1,329 @@
+"""The RunPod handler: an async generator that streams every file of a job as numbered envelopes.
+
+One job flows through four stages joined by bounded queues, so memory does not grow with the batch:
+
+    prepare (thread: fetch/decode images) -> generate (thread: the model, one batch at a time)
+        -> encode (thread: MP4/WebM/PNG/...) -> this generator (yields parts, progress, errors, manifest)
+
+The generator is suspended while the SDK POSTs each yield; the threads keep going meanwhile, so generation
+of item k+1 overlaps encoding of item k and the POSTs of item k-1. Progress leaves the generation thread
+through the event loop (`call_soon_threadsafe`) and is coalesced to one envelope per `progress_interval_s`.
+
+Failures, from the smallest:
+- a bad item (input, image, generation or encoding error) becomes an `error` envelope; the batch goes on;
+- a malformed job raises `JobInputError` before anything is generated: the SDK ends the job FAILED with
+  the message on `/status` (the SDK never puts that error on the stream);
+- a crash of the machinery itself (a bug) raises too: FAILED, with what was streamed so far kept;
+- cancellation (`asyncio.CancelledError`, or the generator closed early) stops generation at its next
+  step, waits for the threads, frees the model's memory (`Model.release`) and re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeAlias
+
+from podstream import wire
+from worker import inputs
+from worker.inputs import ItemError, Job, JobInputError, Limits
+from worker.model import Cancelled, Context, File, Image, Model, Request, Result, Video
+
+log = logging.getLogger("worker")
+
+Envelope: TypeAlias = dict[str, Any]
+Handler: TypeAlias = Callable[[dict[str, Any]], AsyncIterator[Envelope]]
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Every knob of the streaming machinery, with its default."""
+
+    limits: Limits = field(default_factory=Limits)
+    progress_interval_s: float = 0.5  # at most ~2 progress envelopes per second
+    encoded_buffer: int = 1  # encoded files waiting for their POSTs (each up to one file in memory)
+    body_budget: int = wire.DEFAULT_BODY_BUDGET
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    index: int
+    id: str
+    data: bytes
+    mime: str
+
+
+_Outcome: TypeAlias = _Encoded | ItemError
+_Generated: TypeAlias = tuple[Request, Result] | ItemError
+
+
+def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
+    """The async generator function to hand to `runpod.serverless.start` (it must *be* one, not return one)."""
+    cfg = config or HandlerConfig()
+    lock = threading.Lock()  # one generation at a time on this model, whatever the SDK's concurrency
+
+    async def handler(job: dict[str, Any]) -> AsyncIterator[Envelope]:
+        run = JobRun(model, job, cfg, lock)
+        async with contextlib.aclosing(run.envelopes()) as envelopes:
+            async for envelope in envelopes:
+                yield envelope
+
+    return handler
+
+
+class JobRun:
+    """One run of one job. Construction validates the input (`JobInputError`); `envelopes()` runs it."""
+
+    def __init__(self, model: Model, job: dict[str, Any], config: HandlerConfig, lock: threading.Lock) -> None:
+        job_id = job.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise JobInputError("the job has no id")
+        if "input" not in job or job["input"] is None:
+            raise JobInputError("the job has no input")
+        self.spec: Job = inputs.parse_job(job["input"], config.limits)
+        if self.spec.task not in model.tasks:
+            raise JobInputError(
+                f"input.task: this worker's model does not do {self.spec.task!r}; it does {sorted(model.tasks)}"
+            )
+        check = getattr(model, "check", None)  # optional: a model's own shape rules (multiples of 8, ...)
+        if check is not None:
+            try:
+                check(self.spec.task, self.spec.params)
+            except ValueError as exc:
+                raise JobInputError(str(exc)) from None
+        self.job_id = job_id
+        self.model = model
+        self.config = config
+        self.lock = lock
+        self.envs = wire.Envelopes(job_id, budget=config.body_budget)
+        self.ctx = Context(self._on_progress)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._progress: tuple[Sequence[int], int, int] | None = None
+        self._progress_at = 0.0
+        self.started = time.monotonic()
+
+    # ---- the generator
+
+    async def envelopes(self) -> AsyncIterator[Envelope]:
+        self._loop = loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(3, thread_name_prefix=f"podstream-{self.job_id[:16]}")
+        prepared: asyncio.Queue[list[Request | ItemError] | None] = asyncio.Queue(1)
+        generated: asyncio.Queue[list[_Generated] | None] = asyncio.Queue(1)
+        encoded: asyncio.Queue[_Outcome | None] = asyncio.Queue(self.config.encoded_buffer)
+        stages = [
+            asyncio.create_task(self._prepare(loop, executor, prepared)),
+            asyncio.create_task(self._generate(loop, executor, prepared, generated)),
+            asyncio.create_task(self._encode(loop, executor, generated, encoded)),
+        ]
+        manifest: list[wire.ManifestItem] = []
+        getter: asyncio.Task[_Outcome | None] | None = None
+        finished = False
+        log.info("job %s: %s, %d item(s)", self.job_id, self.spec.task, len(self.spec.items))
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.create_task(encoded.get())
+                alive = {t for t in stages if not t.done()}
+                await asyncio.wait({getter, *alive}, timeout=self.config.progress_interval_s, return_when="FIRST_COMPLETED")
+                for stage in stages:
+                    if stage.done() and not stage.cancelled() and stage.exception() is not None:
+                        raise stage.exception()  # type: ignore[misc]
+                for envelope in self._due_progress():
+                    yield envelope
+                if not getter.done():
+                    continue
+                outcome, getter = getter.result(), None
+                if outcome is None:
+                    break
+                if isinstance(outcome, ItemError):
+                    log.info("job %s: item %d failed: %s", self.job_id, outcome.index, outcome.message)
+                    manifest.append(wire.ManifestItem(outcome.index, outcome.id, "error"))
+                    yield self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
+                    continue
+                parts = self.envs.parts(
+                    outcome.index, outcome.data, mime=outcome.mime, id=outcome.id, part_bytes=self.spec.output.part_bytes
+                )
+                for envelope in parts:
+                    if envelope["part"] == 0:
+                        manifest.append(
+                            wire.ManifestItem(
+                                outcome.index, outcome.id, "ok", outcome.mime, envelope["size"], envelope["sha256"], envelope["parts"]
+                            )
+                        )
+                    yield envelope
+                    for progress in self._due_progress():
+                        yield progress
+                del outcome, parts
+            manifest.sort(key=lambda m: m.item)
+            for page in self.envs.manifest(manifest):
+                yield page
+            finished = True
+            log.info("job %s: done in %.1f s", self.job_id, time.monotonic() - self.started)
+        finally:
+            self.ctx.cancel()  # stops generation at its next step (a no-op when everything finished)
+            if getter is not None:
+                getter.cancel()
+            for stage in stages:
+                stage.cancel()
+            await asyncio.gather(*stages, *([getter] if getter else []), return_exceptions=True)
+            # Wait for the threads (a generation in flight ends at its next step), then free memory.
+            await loop.run_in_executor(None, partial(executor.shutdown, wait=True, cancel_futures=True))
+            if not finished:
+                log.info("job %s: stopped", self.job_id)
+                await loop.run_in_executor(None, self._release)
+
+    # ---- progress (generation thread -> loop -> stream)
+
+    def _on_progress(self, items: Sequence[int], step: int, steps: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._set_progress, tuple(items), step, steps)
+
+    def _set_progress(self, items: Sequence[int], step: int, steps: int) -> None:
+        self._progress = (items, step, steps)
+
+    def _due_progress(self) -> list[Envelope]:
+        if self._progress is None:
+            return []
+        now = time.monotonic()
+        if now - self._progress_at < self.config.progress_interval_s:
+            return []
+        items, step, steps = self._progress
+        self._progress, self._progress_at = None, now
+        return [self.envs.progress(item, step, steps) for item in items]
+
+    # ---- stages
+
+    def _batches(self) -> list[list[inputs.Item | ItemError]]:
+        size = self.spec.params.batch_size
+        items = list(self.spec.items)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    async def _prepare(
+        self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, out: asyncio.Queue[list[Request | ItemError] | None]
+    ) -> None:
+        start = 0
+        for batch in self._batches():
+            await out.put(await loop.run_in_executor(executor, self._load, start, batch))
+            start += len(batch)
+        await out.put(None)
+
+    def _load(self, start: int, batch: list[inputs.Item | ItemError]) -> list[Request | ItemError]:
+        loaded: list[Request | ItemError] = []
+        for index, item in enumerate(batch, start):
+            if isinstance(item, ItemError):
+                loaded.append(item)
+                continue
+            image = None
+            if item.image is not None:
+                try:
+                    image = inputs.load_image(item.image, self.config.limits)
+                except inputs.ImageError as exc:
+                    loaded.append(ItemError(index, item.id, exc.code, f"input.items[{index}].image: {exc}"))
+                    continue
+            negative = item.negative_prompt if item.negative_prompt is not None else self.spec.params.negative_prompt
+            loaded.append(
+                Request(index, item.id, self.spec.task, self.spec.params, item.prompt, negative, image, item.seed)
+            )
+        return loaded
+
+    async def _generate(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+        source: asyncio.Queue[list[Request | ItemError] | None],
+        out: asyncio.Queue[list[_Generated] | None],
+    ) -> None:
+        while (batch := await source.get()) is not None:
+            await out.put(await loop.run_in_executor(executor, self._run_model, batch))
+        await out.put(None)
+
+    def _run_model(self, batch: list[Request | ItemError]) -> list[_Generated]:
+        requests = [r for r in batch if isinstance(r, Request)]
+        results: dict[int, Result | BaseException] = {}
+        if requests:
+            with self.lock:
+                self.ctx.check()
+                self.ctx.items = tuple(r.index for r in requests)
+                try:
+                    produced = self.model.generate(requests, self.ctx)
+                    if len(produced) != len(requests):
+                        raise RuntimeError(f"the model returned {len(produced)} results for {len(requests)} inputs")
+                    results = {r.index: p for r, p in zip(requests, produced, strict=True)}
+                except Cancelled:
+                    raise
+                except Exception as exc:
+                    log.exception("job %s: generation failed", self.job_id)
+                    self._release()
+                    results = {r.index: exc for r in requests}
+        out: list[_Generated] = []
+        for entry in batch:
+            if isinstance(entry, ItemError):
+                out.append(entry)
+                continue
+            result = results[entry.index]
+            if isinstance(result, BaseException):
+                out.append(ItemError(entry.index, entry.id, "generation_failed", _message(result)))
+            else:
+                out.append((entry, result))
+        return out
+
+    async def _encode(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+        source: asyncio.Queue[list[_Generated] | None],
+        out: asyncio.Queue[_Outcome | None],
+    ) -> None:
+        while (batch := await source.get()) is not None:
+            for entry in batch:
+                if isinstance(entry, ItemError):
+                    await out.put(entry)
+                else:
+                    await out.put(await loop.run_in_executor(executor, self._encode_one, *entry))
+        await out.put(None)
+
+    def _encode_one(self, request: Request, result: Result) -> _Outcome:
+        from worker import encode
+
+        output, fmt = self.spec.output, self.spec.format
+        try:
+            if isinstance(result, File):
+                if not isinstance(result.data, bytes | bytearray) or not result.mime or len(result.mime) > wire.MAX_MIME_CHARS:
+                    raise encode.EncodeError("a File result needs bytes and a mime type of at most 100 characters")
+                return _Encoded(request.index, request.id, bytes(result.data), result.mime)
+            if isinstance(result, Video):
+                if fmt not in encode.VIDEO_FORMATS:
+                    raise encode.EncodeError(f"the model made a video but the job asked for {fmt}")
+                crf = output.crf if output.crf is not None else (23 if fmt == "mp4" else 32)
+                fps = result.fps or self.spec.params.fps or 7.0
+                settings = encode.VideoSettings(fmt, fps, crf, fragmented=output.fragmented)
+                return _Encoded(request.index, request.id, encode.encode_video(result.frames, settings), encode.MIME[fmt])
+            if isinstance(result, Image):
+                if fmt not in encode.IMAGE_FORMATS:
+                    raise encode.EncodeError(f"the model made an image but the job asked for {fmt}")
+                data = encode.encode_image(result.image, encode.ImageSettings(fmt, output.quality))
+                return _Encoded(request.index, request.id, data, encode.MIME[fmt])
+            raise encode.EncodeError(f"the model returned {type(result).__name__}, not a Video, Image or File")
+        except Exception as exc:
+            log.warning("job %s: encoding item %d failed: %s", self.job_id, request.index, exc)
+            return ItemError(request.index, request.id, "encode_failed", _message(exc))
+
+    def _release(self) -> None:
+        try:
+            self.model.release()
+        except Exception:
+            log.exception("job %s: releasing the model's memory failed", self.job_id)
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[: wire.MAX_MESSAGE_CHARS] if first else type(exc).__name__

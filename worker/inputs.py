@@ -1,0 +1,287 @@
+"""The job input schema: what a client puts in RunPod's `{"input": ...}` (documented in docs/worker.md).
+
+Two levels of failure, on purpose:
+
+- the *job* is malformed (not an object, unknown task, bad params, no items, too many items): `parse_job`
+  raises `JobInputError` with one clear line naming the field (`input.params.frames: ...`), and the job
+  ends FAILED with that message before anything is generated;
+- one *item* is bad (not an object, prompt too long, image missing or undecodable): that item becomes an
+  `error` envelope and the rest of the batch goes on. `parse_job` returns such items as `ItemError`s;
+  images are only fetched and decoded later (`load_image`, in a worker thread).
+
+The top-level object forbids unknown keys so a typo is an error, not a silently ignored setting. New job
+shapes (e.g. a later `{"resend": {...}}` for gap recovery) are added as new top-level keys next to `task`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from podstream import wire
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+TASKS: Final = ("image-to-video", "text-to-image", "text-to-video")
+VIDEO_TASKS: Final = frozenset({"image-to-video", "text-to-video"})
+Task = Literal["image-to-video", "text-to-image", "text-to-video"]
+Format = Literal["mp4", "webm", "png", "webp", "jpeg"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every input limit, with its default, in one place. `from_env` reads `PODSTREAM_<NAME>` overrides."""
+
+    max_items: int = 10_000
+    max_prompt_chars: int = 2_000
+    max_image_bytes: int = 20 * 1024 * 1024  # encoded image, inline or fetched
+    max_image_pixels: int = 4096 * 4096  # decoded; guards against decompression bombs
+    fetch_timeout_s: float = 20.0
+    max_frames: int = 1024
+    max_side: int = 4096
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Limits:
+        values: dict[str, Any] = {}
+        for name, field_ in cls.__dataclass_fields__.items():
+            raw = environ.get(f"PODSTREAM_{name.upper()}")
+            if raw is not None:
+                kind = float if field_.type in (float, "float") else int
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"PODSTREAM_{name.upper()}={raw!r} is not a number") from None
+        return cls(**values)
+
+
+class JobInputError(ValueError):
+    """The job input as a whole is unusable; the message is one line naming the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Params(_Strict):
+    """Generation settings shared by every item of the job. `None` means the model's own default."""
+
+    frames: Annotated[int, Field(ge=1)] | None = None
+    fps: Annotated[float, Field(gt=0, le=120)] | None = None
+    width: Annotated[int, Field(ge=8)] | None = None
+    height: Annotated[int, Field(ge=8)] | None = None
+    steps: Annotated[int, Field(ge=1, le=500)] | None = None
+    guidance: Annotated[float, Field(ge=0, le=50)] | None = None
+    min_guidance: Annotated[float, Field(ge=0, le=50)] | None = None  # image-to-video (SVD)
+    max_guidance: Annotated[float, Field(ge=0, le=50)] | None = None  # image-to-video (SVD)
+    motion_bucket_id: Annotated[int, Field(ge=0, le=1023)] | None = None  # image-to-video (SVD)
+    noise_aug_strength: Annotated[float, Field(ge=0, le=1)] | None = None  # image-to-video (SVD)
+    decode_chunk_size: Annotated[int, Field(ge=1, le=1024)] | None = None  # video VAE decode batch
+    negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=64)] = 1  # items generated per pipeline call
+
+
+class Output(_Strict):
+    """How each result is encoded and split. `format` defaults to mp4 for video tasks, png for images."""
+
+    format: Format | None = None
+    crf: Annotated[int, Field(ge=0, le=63)] | None = None  # mp4: 0..51 (default 23), webm: 0..63 (default 32)
+    quality: Annotated[int, Field(ge=1, le=100)] = 90  # webp / jpeg
+    fragmented: bool = False  # fragmented MP4 instead of a faststart one
+    part_bytes: Annotated[int, Field(ge=1024, le=wire.DEFAULT_PART_BYTES)] = wire.DEFAULT_PART_BYTES
+
+
+class Item(_Strict):
+    """One input of the batch. `image` is base64, a `data:` URL or an http(s) URL."""
+
+    id: Annotated[str, Field(max_length=wire.MAX_ID_CHARS)] = ""
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    image: str | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+
+
+class _Job(_Strict):
+    task: Task
+    items: list[Any] = Field(min_length=1)
+    params: Params = Params()
+    output: Output = Output()
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """An item rejected before generation; it becomes an `error` envelope."""
+
+    index: int
+    id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    items: Sequence[Item | ItemError]
+    params: Params
+    output: Output
+
+    @property
+    def video(self) -> bool:
+        return self.task in VIDEO_TASKS
+
+    @property
+    def format(self) -> str:
+        return self.output.format or ("mp4" if self.video else "png")
+
+
+def parse_job(raw: object, limits: Limits = Limits()) -> Job:
+    """Validate a job's `input`. Raises `JobInputError` for a malformed job; bad items come back as `ItemError`."""
+    if not isinstance(raw, Mapping):
+        raise JobInputError(f"input must be a JSON object, got {_json_type(raw)}")
+    try:
+        job = _Job.model_validate(raw)
+    except ValidationError as exc:
+        raise JobInputError(_describe(exc)) from None
+    if len(job.items) > limits.max_items:
+        raise JobInputError(f"input.items: {len(job.items)} items, at most {limits.max_items} per job")
+    params = job.params
+    if params.frames is not None and params.frames > limits.max_frames:
+        raise JobInputError(f"input.params.frames: at most {limits.max_frames}, got {params.frames}")
+    for side in ("width", "height"):
+        value = getattr(params, side)
+        if value is not None and value > limits.max_side:
+            raise JobInputError(f"input.params.{side}: at most {limits.max_side}, got {value}")
+    video = job.task in VIDEO_TASKS
+    fmt = job.output.format
+    if fmt is not None and (fmt in ("mp4", "webm")) != video:
+        kinds = "mp4 or webm" if video else "png, webp or jpeg"
+        raise JobInputError(f"input.output.format: {job.task} makes {'videos' if video else 'images'}: use {kinds}")
+    if fmt in (None, "mp4") and job.output.crf is not None and job.output.crf > 51:
+        raise JobInputError(f"input.output.crf: H.264 takes 0..51, got {job.output.crf}")
+    items = [_parse_item(i, raw_item, job.task, limits) for i, raw_item in enumerate(job.items)]
+    return Job(job.task, items, params, job.output)
+
+
+def _parse_item(index: int, raw: object, task: str, limits: Limits) -> Item | ItemError:
+    client_id = ""
+    if isinstance(raw, Mapping) and isinstance(raw.get("id"), str):
+        client_id = raw["id"][: wire.MAX_ID_CHARS]
+    try:
+        item = Item.model_validate(raw)
+    except ValidationError as exc:
+        return ItemError(index, client_id, "bad_item", _describe(exc, f"input.items[{index}]"))
+    prefix = f"input.items[{index}]"
+    if task == "image-to-video" and not item.image:
+        return ItemError(index, item.id, "bad_item", f"{prefix}.image: required for image-to-video")
+    if task != "image-to-video" and not item.prompt:
+        return ItemError(index, item.id, "bad_item", f"{prefix}.prompt: required for {task}")
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(item, name)
+        if text is not None and len(text) > limits.max_prompt_chars:
+            return ItemError(
+                index, item.id, "prompt_too_long", f"{prefix}.{name}: {len(text)} characters, at most {limits.max_prompt_chars}"
+            )
+    if item.image is not None and len(item.image) > limits.max_image_bytes * 4 // 3 + 1024:
+        return ItemError(index, item.id, "image_too_large", f"{prefix}.image: over {limits.max_image_bytes} bytes")
+    return item
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _describe(exc: ValidationError, root: str = "input") -> str:
+    """The first validation error as `input.a.b: message` (plus a count of the others)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    path = root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "literal_error" and "expected" in first.get("ctx", {}):
+        message = f"must be one of {first['ctx']['expected']}"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{path}: {message}{more}"
+
+
+# ---- images
+
+
+class ImageError(ValueError):
+    """An item's image could not be fetched or decoded; `code` goes into its error envelope."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_image(ref: str, limits: Limits = Limits()) -> Image.Image:
+    """Fetch (http/https, size- and time-limited) or decode (data URL, base64) an image as RGB."""
+    if ref.startswith(("http://", "https://")):
+        data = _fetch(ref, limits)
+    else:
+        payload = ref
+        if ref.startswith("data:"):
+            header, sep, payload = ref.partition(",")
+            if not sep or ";base64" not in header:
+                raise ImageError("bad_image", "a data URL image must be base64 (data:image/...;base64,...)")
+        try:
+            data = base64.b64decode("".join(payload.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("bad_image", "image is neither an http(s) URL nor valid base64") from None
+    if len(data) > limits.max_image_bytes:
+        raise ImageError("image_too_large", f"image is {len(data)} bytes, at most {limits.max_image_bytes}")
+    return decode_image(data, limits)
+
+
+def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            width, height = picture.size
+            if width * height > limits.max_image_pixels:
+                raise ImageError("image_too_large", f"image is {width}x{height}, over {limits.max_image_pixels} pixels")
+            return picture.convert("RGB")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError("bad_image", f"image cannot be decoded: {exc}") from None
+
+
+def _fetch(url: str, limits: Limits) -> bytes:
+    import httpx
+
+    deadline = time.monotonic() + limits.fetch_timeout_s  # httpx's timeouts are per read, not in total
+    try:
+        with httpx.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise ImageError("fetch_failed", f"GET {_short(url)} answered {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limits.max_image_bytes:
+                raise ImageError("image_too_large", f"{_short(url)} is {declared} bytes, at most {limits.max_image_bytes}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("total time exceeded")
+                if len(body) > limits.max_image_bytes:
+                    raise ImageError("image_too_large", f"{_short(url)} is over {limits.max_image_bytes} bytes")
+            return bytes(body)
+    except httpx.TimeoutException:
+        raise ImageError("fetch_failed", f"GET {_short(url)} timed out after {limits.fetch_timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise ImageError("fetch_failed", f"GET {_short(url)} failed: {exc}") from None
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 120 else url[:117] + "..."

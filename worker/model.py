@@ -1,0 +1,208 @@
+"""Bring your own model: the small API every model behind the worker implements, diffusers or not.
+
+A model turns a batch of `Request`s into one `Result` per request:
+
+- `Video(frames, fps=None)`: frames (PIL images or arrays) that the worker encodes as MP4/WebM;
+- `Image(image)`: one picture that the worker encodes as PNG/WebP/JPEG;
+- `File(data, mime)`: bytes the model already encoded itself (any mime type), streamed as they are;
+- or an exception instance: that item fails with an `error` envelope, the batch goes on.
+
+The simplest model is one function, `def generate(request, ctx) -> Result`, handed to `worker.serve`:
+
+    import worker
+
+    def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:
+        for step in range(20):
+            ctx.step(step + 1, 20)  # progress, and raises Cancelled if the job was cancelled
+            ...
+        return worker.Video(frames, fps=8)
+
+    worker.serve(generate, tasks={"image-to-video"})
+
+`generate` runs in a worker thread (never on the event loop), one call at a time, while the previous
+item's file is encoded and streamed; `ctx.step` is the only thing it needs to call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+    from worker.inputs import Params
+
+
+@dataclass(frozen=True)
+class Video:
+    frames: Any  # a sequence of PIL images / (H, W, C) arrays, or one (T, H, W, C) array
+    fps: float | None = None  # None: the job's `params.fps`
+
+
+@dataclass(frozen=True)
+class Image:
+    image: Any  # a PIL image or an (H, W, C) array
+
+
+@dataclass(frozen=True)
+class File:
+    data: bytes
+    mime: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+Result: TypeAlias = Video | Image | File
+
+
+@dataclass(frozen=True)
+class Request:
+    """One item to generate: its index in the job, client id, prompt/image/seed, and the job's params."""
+
+    index: int
+    id: str
+    task: str
+    params: Params
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    image: PILImage.Image | None = None
+    seed: int | None = None
+
+
+class Cancelled(Exception):
+    """Raised inside a model (by `Context.step`) when its job was cancelled: stop and unwind."""
+
+
+class Context:
+    """What a running model sees of its job: progress reporting and cancellation.
+
+    Thread-safe: `step` is called from the generation thread; `cancel` from the event loop. Progress
+    leaves the generation thread only through `on_progress`, which the handler wires to the loop.
+    """
+
+    def __init__(self, on_progress: Callable[[Sequence[int], int, int], None] | None = None) -> None:
+        self._cancelled = threading.Event()
+        self._on_progress = on_progress
+        self.items: Sequence[int] = ()  # indexes of the batch now generating
+        self.steps_taken = 0  # steps reported since the job started (for tests and logs)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def check(self) -> None:
+        """Raise `Cancelled` if the job was cancelled."""
+        if self._cancelled.is_set():
+            raise Cancelled("the job was cancelled")
+
+    def step(self, step: int, steps: int) -> None:
+        """Report that `step` of `steps` is done for the current batch; raises `Cancelled` if cancelled."""
+        self.check()
+        self.steps_taken += 1
+        if self._on_progress is not None:
+            self._on_progress(self.items, max(0, min(step, steps)), max(steps, 0))
+
+    def diffusers_callback(self, steps: int) -> Callable[..., dict[str, Any]]:
+        """A `callback_on_step_end` for diffusers pipelines: progress after each step, stop when cancelled.
+
+        It raises `Cancelled` rather than setting the pipeline's `_interrupt`: an interrupted diffusers
+        pipeline still VAE-decodes every frame, which for a video can cost more than the steps left.
+        """
+
+        def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            self.step(i + 1, steps)
+            return kwargs
+
+        return callback
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A loaded model. `generate` is called from one thread at a time; `release` frees memory after a
+    cancelled or failed batch (e.g. `torch.cuda.empty_cache()`)."""
+
+    tasks: frozenset[str]
+
+    def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]: ...
+
+    def release(self) -> None: ...
+
+
+GenerateFn: TypeAlias = Callable[[Request, Context], Result]
+
+
+class FunctionModel:
+    """A `Model` from a per-item function; an exception from it fails that item only."""
+
+    def __init__(self, generate: GenerateFn, tasks: Iterable[str]) -> None:
+        self._generate = generate
+        self.tasks = frozenset(tasks)
+
+    def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]:
+        results: list[Result | BaseException] = []
+        for request in batch:
+            ctx.items = (request.index,)
+            try:
+                results.append(self._generate(request, ctx))
+            except Cancelled:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def release(self) -> None:
+        pass
+
+
+class Models:
+    """Several models behind one worker, each job routed to the model doing its task."""
+
+    def __init__(self, *models: Model) -> None:
+        self.by_task: dict[str, Model] = {task: m for m in models for task in m.tasks}
+        self.tasks = frozenset(self.by_task)
+
+    def check(self, task: str, params: Params) -> None:
+        check = getattr(self.by_task[task], "check", None)
+        if check is not None:
+            check(task, params)
+
+    def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]:
+        return self.by_task[batch[0].task].generate(batch, ctx)
+
+    def release(self) -> None:
+        for model in {id(m): m for m in self.by_task.values()}.values():
+            model.release()
+
+
+class SleepModel:
+    """A model whose generation time is controlled: `seconds` per item, reported over `steps` steps.
+
+    Returns a `File` of `size` pseudo-random bytes (incompressible, like encoded video). Used by the
+    overlap and memory benchmarks and by tests of the streaming machinery; not a toy for users.
+    """
+
+    def __init__(self, seconds: float, size: int, *, steps: int = 4, mime: str = "video/mp4") -> None:
+        self.tasks = frozenset({"image-to-video", "text-to-image", "text-to-video"})
+        self.seconds, self.size, self.steps, self.mime = seconds, size, steps, mime
+
+    def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]:
+        import random
+
+        results: list[Result | BaseException] = []
+        for request in batch:
+            ctx.items = (request.index,)
+            for step in range(self.steps):
+                time.sleep(self.seconds / self.steps)
+                ctx.step(step + 1, self.steps)
+            rng = random.Random(request.seed if request.seed is not None else request.index)
+            results.append(File(rng.randbytes(self.size), self.mime))
+        return results
+
+    def release(self) -> None:
+        pass
