@@ -1,0 +1,404 @@
+"""The relay's HTTP API and app factory (Starlette).
+
+    POST   /v1/jobs                     submit to RunPod, start polling  -> 201 {id, status, urls}
+    POST   /v1/jobs/{id}/attach         poll a job submitted elsewhere    -> 201 (new) / 200 {id, status, urls}
+    GET    /v1/jobs                     list                              -> {jobs: [...]}
+    GET    /v1/jobs/{id}                manifest                          -> {id, status, items, errors, head, ...}
+    GET    /v1/jobs/{id}/media/{item}   the file (Range, ETag = "sha256", If-None-Match -> 304)
+    GET    /v1/jobs/{id}/events         SSE (`id:` = seq, Last-Event-ID), or ?format=json&after=N&wait=ms
+    DELETE /v1/jobs/{id}                cancel on RunPod
+    WS     /v1/ws                       see relay.ws
+    GET    /healthz
+    GET    /                            the demo page (relay/static/index.html) when present; /static/...
+
+Errors are JSON: `{"error": {"code": ..., "message": ...}}` with a fitting status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from relay.auth import Authorizer, Denied
+from relay.config import RelaySettings
+from relay.runpod import JobNotFound, RunPodError
+from relay.service import NotConfigured, Relay
+from relay.store import BadJobId, JobStore, check_job_id, public
+from relay.ws import websocket_endpoint
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+SSE_KEEPALIVE_S: Final = 15.0
+MAX_LONG_POLL_MS: Final = 60_000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _relay(request: Request) -> Relay:
+    relay: Relay = request.app.state.relay
+    return relay
+
+
+async def _authorize(request: Request, action: str, job: str | None = None) -> None:
+    try:
+        await _relay(request).auth.http(dict(request.headers), action, job)
+    except Denied as exc:
+        raise ApiError(exc.status, "unauthorized" if exc.status == 401 else "forbidden", str(exc)) from None
+
+
+def _job_id(request: Request) -> str:
+    try:
+        return check_job_id(request.path_params["job"])
+    except BadJobId as exc:
+        raise ApiError(400, "bad_job_id", str(exc)) from None
+
+
+def _job(request: Request) -> JobStore:
+    job = _job_id(request)
+    store = _relay(request).job(job)
+    if store is None:
+        raise ApiError(404, "not_found", f"this relay does not know job {job}")
+    return store
+
+
+def _base(request: Request) -> tuple[str, str]:
+    """(http base, ws base) of this relay as the client reached it."""
+    configured = _relay(request).settings.public_url.rstrip("/")
+    base = configured or str(request.base_url).rstrip("/")
+    ws = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+    return base, ws
+
+
+def _urls(request: Request, job: str) -> dict[str, str]:
+    base, ws = _base(request)
+    return {
+        "ws": f"{ws}/v1/ws",
+        "events": f"{base}/v1/jobs/{job}/events",
+        "manifest": f"{base}/v1/jobs/{job}",
+    }
+
+
+def _summary(relay: Relay, store: JobStore) -> dict[str, Any]:
+    return {
+        "id": store.job,
+        "status": store.status or "UNKNOWN",
+        "head": store.journal.published,
+        "items": len(store.items),
+        "errors": store.errors,
+        "finished": store.finished,
+        "polling": relay.polling(store.job),
+        "source": store.meta.get("source"),
+        "created_at": store.meta.get("created_at"),
+        "finished_at": store.meta.get("finished_at"),
+        "expires_at": relay.expires_at(store),
+    }
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"request bodies are limited to {limit} bytes")
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise ApiError(400, "bad_json", "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+async def submit(request: Request) -> Response:
+    await _authorize(request, "submit")
+    relay = _relay(request)
+    body = await _json_body(request, relay.settings.max_submit_bytes)
+    input_, policy = body.get("input"), body.get("policy")
+    if not isinstance(input_, dict):
+        raise ApiError(400, "bad_input", "the body needs an 'input' object")
+    if policy is not None and not isinstance(policy, dict):
+        raise ApiError(400, "bad_input", "'policy' must be an object")
+    store = await relay.submit(input_, policy)
+    return JSONResponse(
+        {"id": store.job, "status": store.status or "IN_QUEUE", "urls": _urls(request, store.job)},
+        status_code=201,
+    )
+
+
+async def attach(request: Request) -> Response:
+    job = _job_id(request)
+    await _authorize(request, "attach", job)
+    store, created = await _relay(request).attach(job)
+    return JSONResponse(
+        {"id": job, "status": store.status or "UNKNOWN", "urls": _urls(request, job)},
+        status_code=201 if created else 200,
+    )
+
+
+async def list_jobs(request: Request) -> Response:
+    await _authorize(request, "list")
+    relay = _relay(request)
+    jobs = []
+    for job in relay.job_ids():
+        store = relay.job(job)
+        if store is not None:
+            jobs.append(_summary(relay, store))
+    return JSONResponse({"jobs": jobs})
+
+
+async def manifest(request: Request) -> Response:
+    store = _job(request)
+    await _authorize(request, "read", store.job)
+    relay = _relay(request)
+    base, _ws = _base(request)
+    items = []
+    for item in sorted(store.items):
+        record = public(store.items[item])
+        url = record["url"]
+        entry = {k: record[k] for k in ("item", "id", "mime", "size", "sha256")}
+        entry["url"] = base + url if url.startswith("/") else url
+        items.append(entry)
+    errors = [{k: r.get(k) for k in ("seq", "item", "code", "message")} for r in _error_records(store)]
+    body = _summary(relay, store)
+    body.update(items=items, errors=errors, error_count=store.errors, urls=_urls(request, store.job))
+    return JSONResponse(body)
+
+
+def _error_records(store: JobStore) -> list[dict[str, Any]]:
+    """The current run's `error` records (read from the journal: they are few)."""
+    out: list[dict[str, Any]] = []
+    seq = 0
+    while True:
+        records = store.journal.read(seq, 4096)
+        if not records:
+            return out
+        for record in records:
+            if record["k"] == "error":
+                if record.get("code") == "restarted":
+                    out.clear()
+                elif record.get("code") != "duplicate":
+                    out.append(record)
+        seq = records[-1]["seq"]
+
+
+async def media(request: Request) -> Response:
+    store = _job(request)
+    await _authorize(request, "read", store.job)
+    try:
+        item = int(request.path_params["item"])
+    except ValueError:
+        raise ApiError(400, "bad_item", "the item is an integer index") from None
+    record = store.items.get(item)
+    if record is None:
+        raise ApiError(404, "not_found", f"job {store.job} has no item {item} (yet)")
+    path = store.media_path(record)
+    if path is None:
+        raise ApiError(404, "not_here", f"item {item} was uploaded elsewhere: {record['url']}")
+    etag = f'"{record["sha256"]}"'
+    headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+        return Response(status_code=304, headers=headers)
+    try:
+        stat = await asyncio.to_thread(path.stat)
+    except OSError:
+        raise ApiError(410, "gone", f"the file of item {item} is no longer available") from None
+    return FileResponse(
+        path, headers=headers, media_type=record["mime"] or "application/octet-stream", stat_result=stat,
+        filename=path.name, content_disposition_type="inline",
+    )  # fmt: skip
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+async def events(request: Request) -> Response:
+    store = _job(request)
+    await _authorize(request, "read", store.job)
+    relay = _relay(request)
+    after = _int_param(request, "after", 0)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be a seq") from None
+    if after < 0:
+        raise ApiError(400, "bad_after", "'after' must be >= 0")
+    if request.query_params.get("format") == "json":
+        wait_ms = min(_int_param(request, "wait", 0), MAX_LONG_POLL_MS)
+        if wait_ms > 0:
+            await relay.hub.wait_beyond(store, after, wait_ms / 1000)
+        records = store.journal.read(after, relay.settings.max_events_per_response)
+        reached_end = records[-1]["k"] == "done" if records else after >= store.journal.published
+        body = {
+            "events": [public(r) for r in records],
+            "head": store.journal.published,
+            "status": store.status or "UNKNOWN",
+            "done": store.finished and reached_end,
+        }
+        return JSONResponse(body)
+    return StreamingResponse(
+        _sse(relay, store, after), media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )  # fmt: skip
+
+
+async def _sse(relay: Relay, store: JobStore, after: int) -> AsyncIterator[bytes]:
+    yield b"retry: 1000\n\n"
+    cursor = relay.hub.records(store, after)
+    next_record = asyncio.ensure_future(anext(cursor))
+    try:
+        while True:
+            done, _pending = await asyncio.wait([next_record], timeout=SSE_KEEPALIVE_S)
+            if not done:
+                yield b": keepalive\n\n"
+                continue
+            try:
+                record = next_record.result()
+            except StopAsyncIteration:
+                return
+            data = json.dumps(public(record), separators=(",", ":"))
+            yield f"id: {record['seq']}\nevent: {record['k']}\ndata: {data}\n\n".encode()
+            next_record = asyncio.ensure_future(anext(cursor))
+    finally:
+        next_record.cancel()
+        with contextlib.suppress(BaseException):
+            await next_record
+        await cursor.aclose()
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"bad_{name}", f"'{name}' must be an integer") from None
+
+
+async def cancel(request: Request) -> Response:
+    job = _job_id(request)
+    await _authorize(request, "cancel", job)
+    answer = await _relay(request).cancel(job)
+    return JSONResponse({"id": job, "status": answer.get("status", "UNKNOWN")})
+
+
+async def healthz(request: Request) -> Response:
+    relay = _relay(request)
+    return JSONResponse(
+        {"ok": True, "polling": len(relay.pollers), "connections": len(relay.connections),
+         "runpod": bool(relay.runpod), "uptime_s": round(time.time() - relay.started_at, 3)}
+    )  # fmt: skip
+
+
+async def index(request: Request) -> Response:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return JSONResponse({"service": "podstream relay", "docs": "docs/relay.md", "health": "/healthz"})
+    return FileResponse(page, media_type="text/html")
+
+
+# ---------------------------------------------------------------------- errors
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _runpod_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, JobNotFound):
+        return _error(404, "runpod_not_found", str(exc))
+    assert isinstance(exc, RunPodError)
+    status = 504 if exc.status_code is None else 502
+    if exc.status_code in (401, 403):
+        status = 502
+    return _error(status, "runpod_error", str(exc))
+
+
+async def _not_configured(request: Request, exc: Exception) -> Response:
+    return _error(503, "no_runpod", str(exc))
+
+
+async def _overflow(request: Request, exc: Exception) -> Response:
+    return _error(503, "busy", str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    from starlette.exceptions import HTTPException
+
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+def create_app(
+    settings: RelaySettings,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    authorizer: Authorizer | None = None,
+) -> Starlette:
+    """The relay app. `http_client` (for RunPod calls) and `authorizer` are injectable for tests and embedding."""
+    relay = Relay(settings, http_client=http_client, authorizer=authorizer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop()
+
+    routes: list[Any] = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/v1/jobs", submit, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job}", manifest, methods=["GET"]),
+        Route("/v1/jobs/{job}", cancel, methods=["DELETE"]),
+        Route("/v1/jobs/{job}/attach", attach, methods=["POST"]),
+        Route("/v1/jobs/{job}/events", events, methods=["GET"]),
+        Route("/v1/jobs/{job}/media/{item}", media, methods=["GET", "HEAD"]),
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+    ]
+    if STATIC_DIR.is_dir():
+        routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"))
+    from starlette.exceptions import HTTPException
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
+            OverflowError: _overflow, HTTPException: _http_error,
+        },
+    )  # fmt: skip
+    app.state.relay = relay
+    return app

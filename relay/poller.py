@@ -1,0 +1,310 @@
+"""The single poller of each job: RunPod `/stream` -> `wire.Assembler` -> files and journal records.
+
+`JobPoller.run` long-polls `GET /stream/{job}?wait=` until RunPod reports a terminal status with an empty
+stream, feeding every `output` to the job's Assembler, whose sink writes parts straight into the job's media
+directory (verified, fsynced, renamed). Each envelope's outcome becomes journal records (`item`, `progress`,
+`error`, `status`); at the end a FAILED job's error is read from `/status` (RunPod never streams it) and the
+Assembler's end checks (gaps, incomplete items, the manifest) are journaled as `error` records before the
+final `done` record. Nothing is dropped silently.
+
+Persist, then publish: a batch (one `/stream` answer) is written in a worker thread, the journal is
+committed (fsynced), and only then are subscribers woken through `publish`.
+
+Restart: every envelope the Assembler accepted is also written to the job's ingest log (`wire.log`, without
+its bytes, with the journal head before it and the records it produced). `recover` replays that log into a
+fresh Assembler (sinks ignore the bytes, which are on disk already) and journals records of a last envelope
+whose records never made it, so the poller resumes with the state it had: seen seqs, half-received items,
+the manifest. `PollerSet` keeps exactly one poller per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from podstream import wire
+from relay.runpod import TERMINAL, Backoff, JobNotFound, RunPodClient, RunPodError, StreamBatch
+from relay.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
+
+log = logging.getLogger("podstream.relay.poller")
+
+Entry = tuple[str, dict[str, Any]]
+#: Status of a job the relay could not follow to its end (RunPod no longer knows it).
+LOST = "LOST"
+
+
+def media_url(job: str, item: int) -> str:
+    return f"/v1/jobs/{job}/media/{item}"
+
+
+@lru_cache(maxsize=8)
+def _zeros_b64(length: int) -> str:
+    return base64.b64encode(bytes(length)).decode("ascii")
+
+
+def _problem_entry(problem: wire.Problem) -> Entry:
+    item = getattr(problem, "item", None)
+    return ERROR, {"item": item, "code": problem.code, "message": problem.message}
+
+
+class JobPoller:
+    def __init__(
+        self,
+        store: JobStore,
+        client: RunPodClient | None,
+        *,
+        wait_ms: int = 10_000,
+        backoff: Backoff | None = None,
+        publish: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.wait_ms = wait_ms
+        self.backoff = backoff or Backoff()
+        self.publish = publish
+        self.assembler = wire.Assembler(store.job, sink=self._sink)
+        self.runs: list[str] = []
+        self.status = store.status
+        self.polls = 0
+        self._replaying = False
+        self._replayed: list[MediaSink] = []
+        self._recovered = False
+        self._reported: set[str] = set()
+
+    # ---------------------------------------------------------------- sinks
+
+    def _sink(self, item: int, id: str, mime: str, size: int) -> wire.ItemSink:
+        run = self.assembler.run or ""
+        if run not in self.runs:
+            self.runs.append(run)
+        directory = self.store.media_dir(self.runs.index(run) + 1)
+        sink = MediaSink(directory, item, id, mime, size, fsync=self.store.fsync, replaying=self._replaying)
+        if self._replaying:
+            self._replayed.append(sink)
+        return sink
+
+    # ---------------------------------------------------------------- events -> records
+
+    def _entries(self, events: list[wire.Event]) -> list[Entry]:
+        out: list[Entry] = []
+        job = self.store.job
+        for event in events:
+            if isinstance(event, wire.ItemComplete):
+                path: Path = event.result
+                fields = {"item": event.item, "id": event.id, "mime": event.mime, "size": event.size}
+                fields.update(sha256=event.sha256, url=media_url(job, event.item))
+                fields["_file"] = f"{path.parent.name}/{path.name}"
+                out.append((ITEM, fields))
+            elif isinstance(event, wire.ItemRef):
+                fields = {"item": event.item, "id": event.id, "mime": event.mime, "size": event.size}
+                out.append((ITEM, {**fields, "sha256": event.sha256, "url": event.url}))
+            elif isinstance(event, wire.ItemFailed):
+                out.append((ERROR, {"item": event.item, "code": event.code, "message": event.message}))
+            elif isinstance(event, wire.Progress):
+                out.append((PROGRESS, {"item": event.item, "step": event.step, "steps": event.steps}))
+            elif isinstance(event, wire.Restarted):
+                message = "RunPod re-ran the job (retry): the items that follow replace the earlier ones"
+                out.append((ERROR, {"item": None, "code": "restarted", "message": message}))
+            elif isinstance(event, wire.Problem):
+                out.append(_problem_entry(event))
+        return out
+
+    # ---------------------------------------------------------------- ingest (worker thread)
+
+    def ingest(self, outputs: list[object]) -> None:
+        """Feed one `/stream` answer's outputs, writing files, the ingest log and journal records."""
+        for envelope in outputs:
+            seq = envelope.get("seq") if isinstance(envelope, dict) else None
+            fresh = isinstance(seq, int) and not (
+                isinstance(envelope, dict)
+                and envelope.get("run") == self.assembler.run
+                and self.assembler.seen(seq)
+            )
+            events = self.assembler.feed(envelope)
+            entries = self._entries(events)
+            # What changed the Assembler's state must be replayable: accepted envelopes, and the last part of
+            # an item that failed its sha256 (rejected, yet it ended the item).
+            changed = self.assembler.seen(seq) if isinstance(seq, int) else False
+            changed = changed or any(isinstance(e, wire.Corrupt) and e.code == "bad_sha256" for e in events)
+            if fresh and isinstance(envelope, dict) and changed:
+                self._log_envelope(envelope, events, entries)
+            self.store.record(entries)
+
+    def _log_envelope(self, envelope: dict[str, Any], events: list[wire.Event], entries: list[Entry]) -> None:
+        meta = envelope
+        rejected = 0
+        if envelope.get("type") == wire.PART:
+            meta = {k: v for k, v in envelope.items() if k != "data"}
+            rejected = int(any(isinstance(e, wire.Corrupt) and e.code != "bad_sha256" for e in events))
+        record = {"e": meta, "x": rejected, "h": self.store.journal.head, "r": [list(e) for e in entries]}
+        self.store.wire.append([record])
+
+    def recover(self) -> None:
+        """Rebuild the Assembler from the ingest log (after a restart); safe on a new job."""
+        if self._recovered:
+            return
+        self._recovered = True
+        self._replaying = True
+        try:
+            for _offset, record in self.store.wire.scan():
+                envelope = dict(record["e"])
+                if envelope.get("type") == wire.PART:
+                    envelope["data"] = "!" if record["x"] else _zeros_b64(_part_bytes(envelope))
+                self.assembler.feed(envelope)
+                if self.store.journal.head == record["h"] and record["r"]:
+                    self.store.record([(kind, fields) for kind, fields in record["r"]])
+        finally:
+            self._replaying = False
+            for sink in self._replayed:
+                sink.replaying = False
+            self._replayed.clear()
+        self.store.commit()
+
+    def finish(self, status: str) -> None:
+        """The stream ended: journal the end checks and the `done` record."""
+        entries = [_problem_entry(p) for p in self.assembler.finish()]
+        self.assembler.close()
+        self.store.record(entries)
+        self.store.commit()
+        items = len(self.store.items)
+        self.store.record([(DONE, {"status": status, "items": items, "errors": self.store.errors})])
+        self.store.commit()
+
+    def _commit_batch(self, batch: StreamBatch, error: str | None) -> None:
+        terminal = batch.status in TERMINAL
+        changed = bool(batch.status) and batch.status != self.status
+        status_entry: Entry = (STATUS, {"status": batch.status, **({"error": error} if error else {})})
+        if changed and not terminal:
+            self.store.record([status_entry])
+        self.ingest(batch.outputs)
+        if changed and terminal:
+            self.store.record([status_entry])
+        if changed:
+            self.status = batch.status
+        self.store.commit()
+
+    # ---------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.recover)
+        self.publish()
+        if self.store.finished:
+            return
+        if self.client is None:
+            log.warning("job %s is unfinished but no RunPod URL is configured: not polling", self.store.job)
+            return
+        failures = 0
+        while True:
+            try:
+                batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
+                error = None
+                if batch.status == "FAILED" and self.status != "FAILED":
+                    error = await self._failure_reason()
+            except JobNotFound as exc:
+                await asyncio.to_thread(self._lost, str(exc))
+                self.publish()
+                return
+            except RunPodError as exc:
+                failures += 1
+                delay = self.backoff.delay(failures, random.random)
+                log.warning("polling job %s failed (%s); retrying in %.1fs", self.store.job, exc, delay)
+                if not exc.retryable and str(exc.status_code) not in self._reported:
+                    self._reported.add(str(exc.status_code))
+                    entry = _error(None, "runpod_error", f"the relay cannot poll RunPod: {exc}")
+                    await asyncio.to_thread(self._record_commit, [entry])
+                    self.publish()
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.polls += 1
+            await asyncio.to_thread(self._commit_batch, batch, error)
+            self.publish()
+            if batch.finished:
+                await asyncio.to_thread(self.finish, batch.status)
+                self.publish()
+                return
+
+    async def _failure_reason(self) -> str:
+        assert self.client is not None
+        try:
+            status = await self.client.status(self.store.job)
+        except RunPodError as exc:
+            return f"(the job failed; its error could not be read: {exc})"
+        error = status.get("error")
+        return str(error) if error else "the job failed without an error message"
+
+    def _record_commit(self, entries: list[Entry]) -> None:
+        self.store.record(entries)
+        self.store.commit()
+
+    def _lost(self, message: str) -> None:
+        self._record_commit([_error(None, "not_found", message)])
+        status = self.status if self.status in TERMINAL else LOST
+        self.finish(status)
+
+
+def _error(item: int | None, code: str, message: str) -> Entry:
+    return ERROR, {"item": item, "code": code, "message": message}
+
+
+def _part_bytes(envelope: dict[str, Any]) -> int:
+    size, parts, k = envelope["size"], envelope["parts"], envelope["part"]
+    length = wire.part_length(size, parts)
+    return int(min(size, (k + 1) * length) - k * length)
+
+
+class PollerSet:
+    """Exactly one running `JobPoller` per job."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.pollers: dict[str, JobPoller] = {}
+
+    def __contains__(self, job: str) -> bool:
+        return job in self._tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, poller: JobPoller) -> bool:
+        """Start `poller` unless its job already has one; False when it had."""
+        job = poller.store.job
+        if job in self._tasks:
+            return False
+        if len(self._tasks) >= self.limit:
+            raise OverflowError(f"already polling {self.limit} jobs")
+        task = asyncio.create_task(self._run(poller), name=f"poll {job}")
+        self._tasks[job] = task
+        self.pollers[job] = poller
+        return True
+
+    async def _run(self, poller: JobPoller) -> None:
+        job = poller.store.job
+        try:
+            await poller.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the poller of job %s crashed; it resumes on the next restart or attach", job)
+        finally:
+            self._tasks.pop(job, None)
+            self.pollers.pop(job, None)
+
+    async def wait(self, job: str) -> None:
+        task = self._tasks.get(job)
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
