@@ -4,9 +4,10 @@ A RunPod network volume is mounted at `/runpod-volume` in every worker of an end
 outlives them; container disk is small. This module, run as the container's entry point, does two things
 before it hands over to the worker command (`python -m worker.volume run -- python -m worker`):
 
-1. Points the model caches at the volume when it is mounted (`HF_HOME=<volume>/models`, so the hub cache is
-   `<volume>/models/hub`; `TORCH_HOME=<volume>/models/torch`), unless they are set already. Weights put
-   there once by `podstream prefetch` load offline in every worker.
+1. Points the model caches at the volume when it is mounted (`HF_HOME=<volume>/huggingface-cache`, so the
+   hub cache is `<volume>/huggingface-cache/hub`, RunPod's own convention and the one `worker.pipelines`
+   falls back to; `TORCH_HOME=<volume>/torch-cache`), unless they are set already. Weights put there once
+   by `podstream prefetch` load offline in every worker.
 2. With `PODSTREAM_VENV=volume` (the `worker-slim` image), creates or reuses a Python venv on the volume
    holding the heavy packages (torch, diffusers, ...), and runs the worker command with that venv's Python.
    The image stays small; the first worker to start on a volume pays for the install once.
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_VOLUME = Path("/runpod-volume")
+HF_HOME_NAME = "huggingface-cache"
 MARKER = "podstream-venv.json"
 FAILURE_REPORT = "podstream-venv-failed.json"
 # Bumped when the layout of a venv or the way it is built changes: it is part of every venv's key.
@@ -94,8 +96,8 @@ def cache_environment(volume: Path, environ: Mapping[str, str]) -> dict[str, str
     if not volume.is_dir():
         return {}
     wanted = {
-        "HF_HOME": volume / "models",
-        "TORCH_HOME": volume / "models" / "torch",
+        "HF_HOME": volume / HF_HOME_NAME,
+        "TORCH_HOME": volume / "torch-cache",
     }
     return {name: str(path) for name, path in wanted.items() if not environ.get(name)}
 

@@ -294,8 +294,8 @@ def test_run_execs_the_command_with_the_venv_python_and_volume_caches(disk: Path
     assert seen["v"] == "1.0"
     assert Path(seen["exe"]).parent.parent == Path(seen["venv"])
     assert Path(seen["venv"]).parent == disk / "venv"
-    assert seen["hf"] == str(disk / "models")
-    assert seen["torch"] == str(disk / "models" / "torch")
+    assert seen["hf"] == str(disk / "huggingface-cache")
+    assert seen["torch"] == str(disk / "torch-cache")
 
 
 def test_run_with_the_venv_off_only_points_caches_at_the_volume(disk: Path, tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ def test_run_with_the_venv_off_only_points_caches_at_the_volume(disk: Path, tmp_
     exe, hf, torch_home = out.stdout.split()
     assert Path(exe).resolve() == Path(sys.executable).resolve()
     assert hf == str(tmp_path / "mine")  # an operator's setting wins
-    assert torch_home == str(disk / "models" / "torch")
+    assert torch_home == str(disk / "torch-cache")
     assert not (disk / "venv").exists()
 
 
