@@ -1,1 +1,55 @@
-"""Run the podstream worker: a RunPod async-generator handler that streams every generated file."""
+"""The podstream worker: a RunPod async-generator handler that streams every generated file.
+
+Bring your own model (see worker/model.py and docs/worker.md):
+
+    import worker
+
+    def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:
+        ...
+        return worker.Video(frames, fps=8)
+
+    worker.serve(generate, tasks={"image-to-video"})
+
+`import worker` imports nothing itself (so `python -m worker.volume` can run before any dependency is
+installed); the names below load their module on first use. torch, diffusers and PyAV are imported only
+by the pipelines and encoders.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.handler import HandlerConfig, make_handler
+    from worker.inputs import JobInputError, Limits
+    from worker.model import Cancelled, Context, File, FunctionModel, Image, Model, Models, Request, Result, Video
+    from worker.serve import NotOnRunPod, run_once, serve
+
+_EXPORTS = {
+    "HandlerConfig": "worker.handler",
+    "make_handler": "worker.handler",
+    "JobInputError": "worker.inputs",
+    "Limits": "worker.inputs",
+    "Cancelled": "worker.model",
+    "Context": "worker.model",
+    "File": "worker.model",
+    "FunctionModel": "worker.model",
+    "Image": "worker.model",
+    "Model": "worker.model",
+    "Models": "worker.model",
+    "Request": "worker.model",
+    "Result": "worker.model",
+    "Video": "worker.model",
+    "NotOnRunPod": "worker.serve",
+    "run_once": "worker.serve",
+    "serve": "worker.serve",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'worker' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

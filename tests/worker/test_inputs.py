@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.worker.support import png_base64
+from worker import inputs
+from worker.inputs import ImageError, ItemError, JobInputError, Limits
+
+
+def job(**changes: Any) -> dict[str, Any]:
+    return {"task": "text-to-image", "items": [{"prompt": "a cat"}], **changes}
+
+
+def test_a_good_job_with_defaults() -> None:
+    parsed = inputs.parse_job(job(items=[{"prompt": "a", "id": "x", "seed": 7}]))
+    assert parsed.task == "text-to-image"
+    assert parsed.format == "png"
+    assert parsed.params.batch_size == 1
+    assert parsed.output.part_bytes == 512 * 1024
+    [item] = parsed.items
+    assert isinstance(item, inputs.Item)
+    assert (item.id, item.prompt, item.seed) == ("x", "a", 7)
+    assert inputs.parse_job({"task": "image-to-video", "items": [{"image": "x"}]}).format == "mp4"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, "input must be a JSON object, got null"),
+        ([1], "input must be a JSON object, got an array"),
+        ({"items": [{"prompt": "a"}]}, "input.task: Field required"),
+        (job(task="video"), "input.task: must be one of"),
+        (job(items=[]), "input.items: List should have at least 1 item"),
+        (job(items="abc"), "input.items: Input should be a valid list"),
+        (job(colour="red"), "input.colour: unknown field"),
+        (job(params={"steps": 0}), "input.params.steps: Input should be greater than or equal to 1"),
+        (job(params={"frames": 5000}), "input.params.frames: at most 1024"),
+        (job(params={"width": 8192}), "input.params.width: at most 4096"),
+        (job(params={"stepz": 3}), "input.params.stepz: unknown field"),
+        (job(output={"format": "mp4"}), "input.output.format: text-to-image makes images"),
+        ({"task": "image-to-video", "items": [{"image": "x"}], "output": {"format": "png"}}, "makes videos"),
+        ({"task": "image-to-video", "items": [{"image": "x"}], "output": {"crf": 60}}, "H.264 takes 0..51"),
+        (job(output={"part_bytes": 10**7}), "input.output.part_bytes: Input should be less than or equal to"),
+        (job(resend={"from": 3}), "input.resend: unknown field"),
+    ],
+)
+def test_a_malformed_job_fails_with_one_clear_line(raw: object, message: str) -> None:
+    with pytest.raises(JobInputError) as info:
+        inputs.parse_job(raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_too_many_items() -> None:
+    with pytest.raises(JobInputError, match="3 items, at most 2 per job"):
+        inputs.parse_job(job(items=[{"prompt": "a"}] * 3), Limits(max_items=2))
+
+
+def test_bad_items_become_item_errors_and_the_rest_stays() -> None:
+    parsed = inputs.parse_job(
+        job(
+            items=[
+                {"prompt": "ok"},
+                "not an object",
+                {"prompt": "x" * 30, "id": "long"},
+                {"id": "no-prompt"},
+                {"prompt": "a", "seed": -1},
+                {"prompt": "a", "colour": 1, "id": "extra"},
+                {"prompt": "ok", "id": "last"},
+            ]
+        ),
+        Limits(max_prompt_chars=20),
+    )
+    kinds = [(x.code, x.index, x.id) if isinstance(x, ItemError) else "ok" for x in parsed.items]
+    assert kinds == [
+        "ok",
+        ("bad_item", 1, ""),
+        ("prompt_too_long", 2, "long"),
+        ("bad_item", 3, "no-prompt"),
+        ("bad_item", 4, ""),
+        ("bad_item", 5, "extra"),
+        "ok",
+    ]
+    errors = [x for x in parsed.items if isinstance(x, ItemError)]
+    assert errors[0].message.startswith("input.items[1]: Input should be a valid dictionary")
+    assert errors[2].message == "input.items[3].prompt: required for text-to-image"
+    assert errors[4].message.startswith("input.items[5].colour: unknown field")
+
+
+def test_image_to_video_items_need_an_image() -> None:
+    parsed = inputs.parse_job({"task": "image-to-video", "items": [{"prompt": "no image"}]})
+    [error] = parsed.items
+    assert isinstance(error, ItemError)
+    assert error.message == "input.items[0].image: required for image-to-video"
+
+
+def test_limits_from_env() -> None:
+    limits = Limits.from_env({"PODSTREAM_MAX_ITEMS": "5", "PODSTREAM_FETCH_TIMEOUT_S": "1.5"})
+    assert (limits.max_items, limits.fetch_timeout_s) == (5, 1.5)
+    with pytest.raises(ValueError, match="PODSTREAM_MAX_ITEMS='x' is not a number"):
+        Limits.from_env({"PODSTREAM_MAX_ITEMS": "x"})
+
+
+# ---- images
+
+
+def test_load_image_from_base64_and_data_url() -> None:
+    encoded = png_base64(40, 30)
+    assert inputs.load_image(encoded).size == (40, 30)
+    picture = inputs.load_image("data:image/png;base64," + encoded)
+    assert (picture.size, picture.mode) == ((40, 30), "RGB")
+
+
+@pytest.mark.parametrize(
+    ("ref", "code", "message"),
+    [
+        ("not base64!", "bad_image", "neither an http\\(s\\) URL nor valid base64"),
+        ("data:image/png,rawdata", "bad_image", "must be base64"),
+        (base64.b64encode(b"not an image").decode(), "bad_image", "cannot be decoded"),
+    ],
+)
+def test_bad_images(ref: str, code: str, message: str) -> None:
+    with pytest.raises(ImageError, match=message) as info:
+        inputs.load_image(ref)
+    assert info.value.code == code
+
+
+def test_image_size_limits() -> None:
+    encoded = png_base64(40, 30)
+    with pytest.raises(ImageError, match="at most 10") as info:
+        inputs.load_image(encoded, Limits(max_image_bytes=10))
+    assert info.value.code == "image_too_large"
+    with pytest.raises(ImageError, match="40x30, over 1000 pixels"):
+        inputs.load_image(encoded, Limits(max_image_pixels=1000))
+
+
+class _Images(http.server.BaseHTTPRequestHandler):
+    png = base64.b64decode(png_base64(24, 16))
+
+    def do_GET(self) -> None:
+        if self.path == "/ok.png":
+            self._send(200, self.png)
+        elif self.path == "/big.png":
+            self._send(200, b"x" * 5000)
+        elif self.path == "/slow.png":
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client gave up, as it should
+        else:
+            self._send(404, b"no")
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_fetch_image_over_http(image_server: str) -> None:
+    assert inputs.load_image(f"{image_server}/ok.png").size == (24, 16)
+    with pytest.raises(ImageError, match="answered 404") as info:
+        inputs.load_image(f"{image_server}/missing.png")
+    assert info.value.code == "fetch_failed"
+    with pytest.raises(ImageError, match="5000 bytes, at most 1000") as info:
+        inputs.load_image(f"{image_server}/big.png", Limits(max_image_bytes=1000))
+    assert info.value.code == "image_too_large"
+
+
+def test_fetch_has_a_total_deadline(image_server: str) -> None:
+    # The server sends a byte every 50 ms: no single read times out, the whole fetch does.
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="timed out after 0.5 s") as info:
+        inputs.load_image(f"{image_server}/slow.png", Limits(fetch_timeout_s=0.5))
+    assert info.value.code == "fetch_failed"
+    assert time.monotonic() - started < 1.9
+
+
+def test_fetch_connection_refused() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ImageError, match="failed") as info:
+        inputs.load_image(f"http://127.0.0.1:{port}/x.png", Limits(fetch_timeout_s=2))
+    assert info.value.code == "fetch_failed"

@@ -1,0 +1,124 @@
+"""Starting the worker: on RunPod (the SDK's job loop) or once, locally, for one job.
+
+`serve(model)` is the whole "bring your own model" API: hand it a `worker.model.Model` or a per-item
+function, and it loads nothing more, builds the async-generator handler and runs RunPod's worker loop
+(`return_aggregate_stream=False`: every file goes out through the stream, never in the final result).
+
+`run_once(model, input, out)` iterates the same handler in-process and reassembles its envelopes into
+files under `out` with `podstream.wire.Assembler`, verified like any consumer would; the SDK's own
+`--test_input` never iterates a generator handler, so this is the way to try a job without RunPod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podstream import sinks, wire
+from worker.handler import HandlerConfig, make_handler
+from worker.inputs import TASKS
+from worker.model import FunctionModel, GenerateFn, Model
+
+
+class NotOnRunPod(RuntimeError):
+    """`serve` was called where RunPod's job API is not configured (no RUNPOD_WEBHOOK_GET_JOB)."""
+
+
+def as_model(model: Model | GenerateFn, tasks: Iterable[str] | None = None) -> Model:
+    if isinstance(model, Model):
+        return model
+    if callable(model):
+        return FunctionModel(model, tasks or TASKS)
+    raise TypeError(f"serve() needs a Model or a function generate(request, ctx), got {type(model).__name__}")
+
+
+def serve(
+    model: Model | GenerateFn,
+    *,
+    tasks: Iterable[str] | None = None,
+    config: HandlerConfig | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Run RunPod's worker loop with this model until the worker is stopped (blocks).
+
+    Outside RunPod the SDK would run a `test_input.json` without ever iterating the generator; so without
+    `RUNPOD_WEBHOOK_GET_JOB` this raises `NotOnRunPod` (use `run_once`, or point the worker at
+    `podstream emulator`, which sets the variables).
+    """
+    if not environ.get("RUNPOD_WEBHOOK_GET_JOB"):
+        raise NotOnRunPod(
+            "RUNPOD_WEBHOOK_GET_JOB is not set, so this is not a RunPod worker: use `--once INPUT.json` to run "
+            "one job locally, or run it against `podstream emulator`"
+        )
+    handler = make_handler(as_model(model, tasks), config)
+    import runpod  # reads the RUNPOD_WEBHOOK_* variables at import
+
+    runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+
+
+@dataclass
+class OnceReport:
+    """What a local run produced: files by item, per-item errors, and any stream problem."""
+
+    files: dict[int, Path] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    envelopes: int = 0
+    largest_body: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.problems
+
+
+def read_job_input(source: str) -> Any:
+    """A job input from a file (or `-`: stdin): either the input itself or `{"input": ...}` as sent to /run."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    data = json.loads(text)
+    if isinstance(data, dict) and set(data) <= {"input", "policy", "webhook"} and "input" in data:
+        return data["input"]
+    return data
+
+
+async def run_once_async(
+    model: Model, job_input: Any, out: Path, *, job_id: str = "local", config: HandlerConfig | None = None
+) -> OnceReport:
+    handler = make_handler(model, config)
+    assembler = wire.Assembler(job_id, sink=sinks.file_sinks(out, fsync=False))
+    report = OnceReport()
+    try:
+        async for envelope in handler({"id": job_id, "input": job_input}):
+            report.envelopes += 1
+            report.largest_body = max(report.largest_body, wire.body_size(envelope))
+            for event in assembler.feed(envelope):
+                if isinstance(event, wire.ItemComplete):
+                    report.files[event.item] = Path(event.result)
+                elif isinstance(event, wire.ItemFailed):
+                    report.errors[event.item] = f"{event.code}: {event.message}"
+                elif isinstance(event, wire.Problem):
+                    report.problems.append(f"{event.code}: {event.message}")
+        report.problems.extend(f"{p.code}: {p.message}" for p in assembler.finish())
+    finally:
+        assembler.close()
+    manifest = {
+        "job": job_id,
+        "files": {str(i): p.name for i, p in sorted(report.files.items())},
+        "errors": {str(i): e for i, e in sorted(report.errors.items())},
+        "problems": report.problems,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def run_once(
+    model: Model | GenerateFn, job_input: Any, out: Path, *, job_id: str = "local", tasks: Sequence[str] | None = None
+) -> OnceReport:
+    """Run one job in this process and write its files into `out` (created). Raises `JobInputError`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_once_async(as_model(model, tasks), job_input, out, job_id=job_id))
