@@ -187,6 +187,7 @@ class RichProgress(Observer):
         console: Console | None = None,
         title: str = "items",
         max_bars: int = 12,
+        started: float | None = None,
     ) -> None:
         from rich.console import Console
         from rich.progress import (
@@ -223,7 +224,8 @@ class RichProgress(Observer):
         self._failed = 0
         self._bytes_saved = 0
         self._status = ""
-        self._started = time.monotonic()
+        #: `time.monotonic()` the transfer counts from (default: now); `first_file_after` is measured from it.
+        self._started = time.monotonic() if started is None else started
         self.first_file_after: float | None = None
 
     def __enter__(self) -> RichProgress:

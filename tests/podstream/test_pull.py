@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import json
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +348,85 @@ def test_run_job_posts_the_input_and_retries_only_429() -> None:
         pytest.raises(TransferError, match="may or may not exist"),
     ):
         pull_mod.run_job({}, runpod_url=BASE, key="k", client=http)
+
+
+# ---------------------------------------------------------------------- against the emulator, real SDK loop
+
+HANDLER = """
+import hashlib, os, runpod
+from podstream import wire
+
+async def handler(job):
+    env = wire.Envelopes(job["id"])
+    entries = []
+    for item, size in enumerate(job["input"]["sizes"]):
+        data = hashlib.sha256(str(item).encode()).digest() * (size // 32) + bytes(size % 32)
+        parts = list(env.parts(item, data, mime="image/png", id=f"f{item}", part_bytes=300_000))
+        for part in parts:
+            yield part
+        entries.append(wire.ManifestItem(item, f"f{item}", "ok", "image/png", size, wire.sha256_hex(data), len(parts)))
+    for page in env.manifest(entries):
+        yield page
+
+runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+"""
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from podstream.emulator import Emulator, EmulatorConfig
+
+    script = tmp_path_factory.mktemp("worker") / "handler.py"
+    script.write_text(HANDLER)
+    with Emulator(EmulatorConfig(endpoint_id="ep", api_key="secret")).serve_in_thread() as emu:
+        emu.spawn_workers(1, [sys.executable, str(script)], log_dir=script.parent)
+        yield emu
+
+
+def expected_bytes(item: int, size: int) -> bytes:
+    return hashlib.sha256(str(item).encode()).digest() * (size // 32) + bytes(size % 32)
+
+
+def test_pull_from_the_emulator_with_the_real_sdk_worker(emulator: Any, tmp_path: Path) -> None:
+    emulator.faults.reset()
+    emulator.faults.stream_responses = [429, 503]
+    sizes = [1_000_000, 10, 650_000]
+    job = pull_mod.run_job({"sizes": sizes}, runpod_url=emulator.endpoint_url, key="secret")
+    recorder = Recorder()
+    saved = list(
+        pull_mod.pull(
+            job,
+            runpod_url=emulator.endpoint_url,
+            key="secret",
+            out=tmp_path,
+            wait_ms=5000,
+            observer=recorder,
+            retry=FAST,
+        )
+    )
+    assert {f.item: f.path.read_bytes() for f in saved} == {
+        k: expected_bytes(k, s) for k, s in enumerate(sizes)
+    }
+    assert len(recorder.kinds("retry")) == 2
+    stats = emulator.stats()["routes"]
+    assert stats["job-stream"]["max_request_bytes"] <= wire.DEFAULT_BODY_BUDGET
+
+
+def test_pull_reports_what_the_sdk_dropped(emulator: Any, tmp_path: Path) -> None:
+    emulator.faults.reset()
+    emulator.faults.reject_stream_items = {2}  # answered 400: the SDK logs it and goes on, as in production
+    job = pull_mod.run_job({"sizes": [700_000, 20]}, runpod_url=emulator.endpoint_url, key="secret")
+    with pytest.raises(JobIncomplete) as info:
+        list(pull_mod.pull(job, runpod_url=emulator.endpoint_url, key="secret", out=tmp_path, retry=FAST))
+    outcome = info.value.outcome
+    assert outcome.status == "COMPLETED"
+    assert [f.item for f in outcome.files] == [1]
+    assert {"gap", "incomplete", "missing_item"} <= {p.code for p in outcome.problems}
+
+
+def test_pull_with_a_wrong_key_or_unknown_job(emulator: Any, tmp_path: Path) -> None:
+    emulator.faults.reset()
+    with pytest.raises(TransferError, match="rejected the API key"):
+        list(pull_mod.pull("nope", runpod_url=emulator.endpoint_url, key="wrong", out=tmp_path))
+    with pytest.raises(TransferError, match="not found"):
+        list(pull_mod.pull("nope", runpod_url=emulator.endpoint_url, key="secret", out=tmp_path))
