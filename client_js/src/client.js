@@ -48,6 +48,8 @@ import { JobSubscription, isTerminalStatus } from "./subscription.js";
 
 /** Error codes in `err` frames that mean the token does not allow the job. */
 const AUTH_ERROR_CODES = new Set(["unauthorized", "forbidden", "token_expired", "expired"]);
+/** `err` codes that need no action: a race between our `unsub`/`sub` and the relay ending a cursor. */
+const IGNORED_ERROR_CODES = new Set(["not_subscribed", "already_subscribed"]);
 const OPEN = 1;
 
 /** An HTTP call to the relay failed. */
@@ -182,7 +184,8 @@ export class PodstreamClient extends Emitter {
   _subClosed(sub) {
     if (this._subs.get(sub.jobId) !== sub) return;
     this._subs.delete(sub.jobId);
-    this._send({ t: "unsub", job: sub.jobId });
+    // After `done` the relay ends the cursor itself; only a subscription stopped early needs an `unsub`.
+    if (sub.doneRecord === null) this._send({ t: "unsub", job: sub.jobId });
   }
 
   /** @param {JobSubscription} job */
@@ -321,6 +324,11 @@ export class PodstreamClient extends Emitter {
       case "err": {
         const job = frame.job ? this._subs.get(frame.job) : undefined;
         const message = String(frame.message ?? frame.code);
+        if (IGNORED_ERROR_CODES.has(frame.code)) return;
+        if (job && frame.code === "media_unavailable") {
+          job._itemUnavailable(frame.code, message); // that item fails; the job's stream goes on
+          return;
+        }
         if (job && this.getToken && AUTH_ERROR_CODES.has(frame.code) && !this._authRetried) {
           this._authRetried = true; // once: a fresh token may allow it
           this._token = null;

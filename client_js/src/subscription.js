@@ -186,6 +186,11 @@ export class JobSubscription extends Emitter {
         this._pending = null; // the same item again (a resumed stream restarts it): start over
       } else if (pending.record.size === 0) {
         await this._complete(pending); // an empty file may come without any chunk
+      } else if (pending.received === 0 && frame.seq === pending.record.seq + 1) {
+        // No bytes follow an item the relay does not hold (uploaded out of band: a `ref`): URL only.
+        this._pending = null;
+        this.lastSeq = pending.record.seq;
+        this._deliver(new PodstreamFile(pending.record, { fetch: this._fetch }));
       } else {
         return "resync";
       }
@@ -309,6 +314,19 @@ export class JobSubscription extends Emitter {
     }
     if (chunk.last) await this._complete(pending);
     return undefined;
+  }
+
+  /**
+   * The relay cannot send the bytes of the pending item (`err media_unavailable`): that item fails.
+   * @param {string} code
+   * @param {string} message
+   */
+  _itemUnavailable(code, message) {
+    const pending = this._pending;
+    if (!pending) return;
+    this._pending = null;
+    this.lastSeq = pending.record.seq;
+    this.emit("error", { seq: pending.record.seq, item: pending.record.item, code, message, fatal: false });
   }
 
   /**

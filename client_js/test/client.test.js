@@ -81,9 +81,14 @@ test("a finished job of N files arrives whole, in order, each once", async (t) =
   assert.equal(client.state, "connected");
   const subs = relay.received.filter((r) => r.frame.t === "sub").map((r) => r.frame);
   assert.deepEqual(subs, [{ t: "sub", job: "job1", from: 0, inline: true }]);
-  await until(
-    () => relay.received.some((r) => r.frame.t === "unsub" && r.frame.job === "job1"),
-    "unsub after done",
+  relay.add(new FakeJob("job1b"));
+  const unsubscribing = client.subscribe("job1b");
+  await until(() => relay.received.some((r) => r.frame.t === "sub" && r.frame.job === "job1b"), "sub");
+  unsubscribing.unsubscribe();
+  await until(() => relay.received.some((r) => r.frame.t === "unsub" && r.frame.job === "job1b"), "unsub");
+  assert.ok(
+    !relay.received.some((r) => r.frame.t === "unsub" && r.frame.job === "job1"),
+    "no unsub after done: the relay ends that cursor itself",
   );
 });
 

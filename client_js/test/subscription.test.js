@@ -275,3 +275,28 @@ test("a finished job renders from its manifest alone", async () => {
   assert.equal(job.results[0].url, "http://r/m/0");
   assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 2, errors: 1 });
 });
+
+test("an item record without bytes (uploaded out of band) becomes a URL-only file", async () => {
+  const job = new JobSubscription("j");
+  const data = bytesOf(50, 9);
+  const outcomes = await feed(job, [
+    { ...itemFrames(1, 0, data, 50)[0], url: "https://bucket.example/x.mp4" },
+    { t: "ev", job: "j", seq: 2, k: "done", status: "COMPLETED", items: 1, errors: 0 },
+  ]);
+  assert.deepEqual(outcomes, [undefined, undefined]);
+  assert.equal(job.results[0].inline, false);
+  assert.equal(job.results[0].url, "https://bucket.example/x.mp4");
+  assert.equal(job.lastSeq, 2);
+});
+
+test("the relay losing an item's file fails that item only", async () => {
+  const job = new JobSubscription("j");
+  const events = record(job);
+  const data = bytesOf(500, 10);
+  await feed(job, itemFrames(1, 0, data, 100).slice(0, 2));
+  job._itemUnavailable("media_unavailable", "gone");
+  await feed(job, [{ t: "ev", job: "j", seq: 2, k: "done", status: "COMPLETED", items: 1, errors: 0 }]);
+  const errors = events.filter(([n]) => n === "error").map(([, e]) => [e.item, e.code]);
+  assert.deepEqual(errors, [[0, "media_unavailable"]]);
+  assert.equal(job.doneRecord?.seq, 2);
+});

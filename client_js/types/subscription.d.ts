@@ -93,6 +93,12 @@ export class JobSubscription extends Emitter<JobEvents & Record<string, unknown>
      */
     _chunk(chunk: ChunkFrame): Promise<FrameOutcome>;
     /**
+     * The relay cannot send the bytes of the pending item (`err media_unavailable`): that item fails.
+     * @param {string} code
+     * @param {string} message
+     */
+    _itemUnavailable(code: string, message: string): void;
+    /**
      * All bytes of the pending item are in: verify, deliver, advance `lastSeq`.
      * @param {{record: ItemStart, chunks: Uint8Array[], received: number}} pending
      */

@@ -1,0 +1,497 @@
+// The relay's demo page: submit a batch, watch each result arrive, open any past job. Built with
+// scripts/build.mjs into relay/static/index.html (inlined), so the relay serves it without Node.
+import { PodstreamClient, RelayHttpError, isTerminalStatus } from "../src/index.js";
+
+/**
+ * @typedef {import("../src/subscription.js").JobSubscription} JobSubscription
+ * @typedef {import("../src/file.js").PodstreamFile} PodstreamFile
+ * @typedef {"queued" | "generating" | "receiving" | "ready" | "error"} CardState
+ * @typedef {{root: HTMLElement, media: HTMLElement, fill: HTMLElement, name: HTMLElement, info: HTMLElement,
+ *   state: CardState, fraction: number, received: number}} Card
+ * @typedef {{id: string, sub: JobSubscription | null, cards: Map<number, Card>, total: number | null,
+ *   ready: number, failed: number, bytes: number}} View
+ */
+
+const KEY_STORAGE = "podstream.apiKey";
+const JOBS_STORAGE = "podstream.jobs";
+
+/**
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @returns {T}
+ */
+function $(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`missing #${id}`);
+  return /** @type {T} */ (el);
+}
+
+/**
+ * Create an element with attributes and children.
+ * @param {string} tag
+ * @param {Record<string, string>} [attrs]
+ * @param {Array<Node | string>} [children]
+ * @returns {HTMLElement}
+ */
+function h(tag, attrs = {}, children = []) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "class") el.className = value;
+    else el.setAttribute(name, value);
+  }
+  el.append(...children);
+  return el;
+}
+
+/** @param {number} bytes */
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/** @param {unknown} err */
+function message(err) {
+  return err instanceof Error ? err.message : String(err);
+}
+
+// ---- settings: API key (from the #key= fragment once, then local storage) ------------------------------
+
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has("key")) {
+  localStorage.setItem(KEY_STORAGE, fragment.get("key") ?? "");
+  fragment.delete("key");
+  history.replaceState(null, "", `${location.pathname}${location.search}${fragment.size ? `#${fragment}` : ""}`);
+}
+const keyInput = /** @type {HTMLInputElement} */ ($("api-key"));
+keyInput.value = localStorage.getItem(KEY_STORAGE) ?? "";
+
+/** Jobs submitted from this browser: how many items each has (the relay's list may not say). */
+/** @type {Record<string, {total: number, task: string, at: number}>} */
+const knownJobs = JSON.parse(localStorage.getItem(JOBS_STORAGE) ?? "{}");
+
+/** Subscriber tokens from `POST /v1/jobs`, used once each; later ones are minted with the API key. */
+/** @type {Map<string, string>} */
+const submitTokens = new Map();
+
+/** @type {PodstreamClient} */
+const client = new PodstreamClient({
+  url: location.origin,
+  apiKey: keyInput.value || undefined,
+  /** @returns {Promise<string | null>} */
+  getToken: async ({ jobs }) => {
+    if (jobs.length === 1 && submitTokens.has(jobs[0])) {
+      const token = submitTokens.get(jobs[0]) ?? null;
+      submitTokens.delete(jobs[0]);
+      return token;
+    }
+    if (!client.apiKey || jobs.length !== 1) return null;
+    try {
+      return await client.mintToken(jobs[0]);
+    } catch (err) {
+      if (err instanceof RelayHttpError && (err.status === 404 || err.status === 405)) return null; // no auth
+      throw err;
+    }
+  },
+});
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem(KEY_STORAGE, keyInput.value);
+  client.apiKey = keyInput.value || undefined;
+  /** @type {HTMLDetailsElement} */ (keyInput.closest("details")).open = false;
+  void refreshJobs();
+});
+
+const conn = $("conn");
+client.on("state", (state) => {
+  conn.textContent = state === "connected" ? "live" : state;
+  conn.dataset.state = state;
+});
+client.on("disconnected", ({ reconnectIn }) => {
+  if (reconnectIn !== null) conn.textContent = `reconnecting in ${(reconnectIn / 1000).toFixed(1)} s`;
+});
+
+// ---- the new-job form -------------------------------------------------------------------------------
+
+const form = /** @type {HTMLFormElement} */ ($("job-form"));
+const imagesInput = /** @type {HTMLInputElement} */ ($("images"));
+const formError = $("form-error");
+
+function task() {
+  return /** @type {HTMLInputElement} */ (form.querySelector("input[name=task]:checked")).value;
+}
+
+function showTaskFields() {
+  for (const el of form.querySelectorAll("[data-task]")) {
+    /** @type {HTMLElement} */ (el).hidden = /** @type {HTMLElement} */ (el).dataset.task !== task();
+  }
+}
+form.addEventListener("change", showTaskFields);
+showTaskFields();
+
+/** @type {string[]} data URLs of the source images (uploaded, or generated samples) */
+let sources = [];
+
+/**
+ * Sample images drawn in the page: a gradient, a few shapes and the item number.
+ * @param {number} count
+ * @param {number} size
+ */
+function sampleImages(count, size) {
+  const canvas = document.createElement("canvas");
+  canvas.width = size;
+  canvas.height = size;
+  const ctx = /** @type {CanvasRenderingContext2D} */ (canvas.getContext("2d"));
+  const out = [];
+  for (let i = 0; i < count; i += 1) {
+    const hue = (i * 47) % 360;
+    const gradient = ctx.createLinearGradient(0, 0, size, size);
+    gradient.addColorStop(0, `hsl(${hue} 70% 55%)`);
+    gradient.addColorStop(1, `hsl(${(hue + 120) % 360} 70% 25%)`);
+    ctx.fillStyle = gradient;
+    ctx.fillRect(0, 0, size, size);
+    for (let k = 0; k < 4; k += 1) {
+      ctx.fillStyle = `hsla(${(hue + k * 90) % 360} 80% 70% / 0.55)`;
+      ctx.beginPath();
+      const x = ((k * 73 + i * 31) % 100) / 100;
+      const y = ((k * 41 + i * 17) % 100) / 100;
+      ctx.arc(x * size, y * size, size * (0.08 + 0.04 * k), 0, Math.PI * 2);
+      ctx.fill();
+    }
+    ctx.fillStyle = "rgba(255,255,255,0.9)";
+    ctx.font = `bold ${Math.round(size * 0.4)}px system-ui, sans-serif`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillText(String(i + 1), size / 2, size / 2);
+    out.push(canvas.toDataURL("image/png"));
+  }
+  return out;
+}
+
+/** @param {File} file */
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => reject(reader.error ?? new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+function showSources() {
+  const box = $("sources");
+  box.replaceChildren(...sources.slice(0, 24).map((src) => h("img", { src, alt: "" })));
+  $("images-hint").textContent = imagesInput.files?.length
+    ? `${imagesInput.files.length} image(s) uploaded; the batch cycles through them.`
+    : "No upload: sample images generated in this page are used.";
+}
+
+imagesInput.addEventListener("change", async () => {
+  const files = [...(imagesInput.files ?? [])];
+  sources = files.length ? await Promise.all(files.map(readAsDataUrl)) : sampleImages(6, 256);
+  showSources();
+});
+sources = sampleImages(6, 256);
+showSources();
+
+/** @param {string} id */
+function numberField(id) {
+  const input = /** @type {HTMLInputElement} */ ($(id));
+  const value = Number(input.value);
+  if (!Number.isInteger(value) || value < Number(input.min) || value > Number(input.max)) {
+    throw new Error(`${input.closest("label")?.firstChild?.textContent?.trim() ?? id}: ${input.min}–${input.max}`);
+  }
+  return value;
+}
+
+/** The worker input for the form's settings (docs/worker.md). */
+function buildInput() {
+  const batch = numberField("batch");
+  const size = numberField("size");
+  const steps = numberField("steps");
+  if (task() === "image-to-video") {
+    const frames = numberField("frames");
+    const items = Array.from({ length: batch }, (_, i) => ({ id: `clip-${i + 1}`, image: sources[i % sources.length], seed: i }));
+    return { task: "image-to-video", items, params: { width: size, height: size, frames, steps }, output: { format: "mp4" } };
+  }
+  const prompts = /** @type {HTMLTextAreaElement} */ ($("prompts"))
+    .value.split("\n")
+    .map((line) => line.trim())
+    .filter(Boolean);
+  if (!prompts.length) throw new Error("write at least one prompt");
+  const items = Array.from({ length: batch }, (_, i) => ({ id: `image-${i + 1}`, prompt: prompts[i % prompts.length], seed: i }));
+  return { task: "text-to-image", items, params: { width: size, height: size, steps }, output: { format: "png" } };
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  formError.textContent = "";
+  const button = /** @type {HTMLButtonElement} */ ($("submit"));
+  button.disabled = true;
+  try {
+    const input = buildInput();
+    const job = await client.submit(input);
+    if (job.token) submitTokens.set(job.id, job.token);
+    knownJobs[job.id] = { total: input.items.length, task: input.task, at: Date.now() };
+    localStorage.setItem(JOBS_STORAGE, JSON.stringify(knownJobs));
+    location.hash = `job=${encodeURIComponent(job.id)}`; // opens it (hashchange)
+    void refreshJobs();
+  } catch (err) {
+    formError.textContent = message(err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// ---- the job list -----------------------------------------------------------------------------------
+
+const jobList = $("job-list");
+
+/** @param {Record<string, any>} job */
+function jobWhen(job) {
+  const raw = job.created_at ?? job.created ?? job.submitted_at ?? knownJobs[job.id]?.at;
+  if (raw === undefined || raw === null) return "";
+  const date = new Date(typeof raw === "number" && raw < 1e12 ? raw * 1000 : raw);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString();
+}
+
+async function refreshJobs() {
+  try {
+    const jobs = await client.listJobs();
+    $("jobs-error").textContent = "";
+    jobList.replaceChildren(
+      ...jobs.map((job) => {
+        const status = String(job.status ?? "");
+        const li = h("li", { "data-job": job.id, title: job.id }, [
+          h("code", {}, [job.id]),
+          h("span", {}, [h("span", { class: "when" }, [jobWhen(job)]), " ", h("span", { class: "badge", "data-status": status }, [status])]),
+        ]);
+        if (view?.id === job.id) li.setAttribute("aria-current", "true");
+        li.addEventListener("click", () => (location.hash = `job=${encodeURIComponent(job.id)}`));
+        return li;
+      }),
+    );
+    if (!jobs.length) jobList.replaceChildren(h("li", { class: "muted" }, ["no jobs yet"]));
+  } catch (err) {
+    $("jobs-error").textContent = `job list: ${message(err)}`;
+  }
+}
+$("refresh-jobs").addEventListener("click", () => void refreshJobs());
+$("open-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = /** @type {HTMLInputElement} */ ($("open-id")).value.trim();
+  if (id) location.hash = `job=${encodeURIComponent(id)}`;
+});
+
+// ---- one job: the grid ------------------------------------------------------------------------------
+
+/** @type {View | null} */
+let view = null;
+const grid = $("grid");
+
+/** @param {number} index */
+function card(index) {
+  if (!view) throw new Error("no job open");
+  let found = view.cards.get(index);
+  if (found) return found;
+  const fill = h("div", { class: "fill" });
+  const media = h("div", { class: "media" }, [h("div", { class: "placeholder" }, ["queued"])]);
+  const name = h("span", { class: "name" }, [`#${index + 1}`]);
+  const info = h("span", { class: "info muted" });
+  const root = h("article", { class: "card", "data-item": String(index), "data-state": "queued" }, [
+    media,
+    h("div", { class: "bar" }, [fill]),
+    h("div", { class: "meta" }, [name, info]),
+  ]);
+  found = { root, media, fill, name, info, state: "queued", fraction: 0, received: 0 };
+  view.cards.set(index, found);
+  // keep the grid in item order whatever order the cards are created in
+  const after = [...view.cards.keys()].filter((k) => k > index).sort((a, b) => a - b)[0];
+  const next = after === undefined ? null : (view.cards.get(after)?.root ?? null);
+  grid.insertBefore(root, next);
+  return found;
+}
+
+/**
+ * @param {Card} c
+ * @param {CardState} state
+ * @param {number} fraction
+ * @param {string} [text]
+ */
+function setCard(c, state, fraction, text) {
+  if (c.state === "ready" || c.state === "error") return;
+  c.state = state;
+  c.fraction = fraction;
+  c.root.dataset.state = state;
+  c.fill.style.width = `${Math.round(fraction * 100)}%`;
+  if (text !== undefined) {
+    const placeholder = c.media.querySelector(".placeholder");
+    if (placeholder) placeholder.textContent = text;
+  }
+  updateOverall();
+}
+
+function updateOverall() {
+  if (!view) return;
+  const total = view.total ?? view.cards.size;
+  let sum = 0;
+  for (const c of view.cards.values()) sum += c.state === "ready" || c.state === "error" ? 1 : c.fraction;
+  const fraction = total ? Math.min(1, sum / total) : 0;
+  const overall = $("overall");
+  overall.style.width = `${Math.round(fraction * 100)}%`;
+  overall.dataset.ready = String(view.ready);
+  overall.dataset.failed = String(view.failed);
+  overall.dataset.total = String(total);
+  const parts = [`${view.ready} of ${view.total ?? `${total}+`} ready`];
+  if (view.failed) parts.push(`${view.failed} failed`);
+  parts.push(`${formatBytes(view.bytes)} received`);
+  $("overall-text").textContent = parts.join(" · ");
+}
+
+/** @param {string} status */
+function setStatus(status) {
+  const badge = $("job-status");
+  badge.textContent = status;
+  badge.dataset.status = status;
+  $("cancel").hidden = isTerminalStatus(status);
+}
+
+/** @param {string} text */
+function jobError(text) {
+  $("job-errors").append(h("div", {}, [text]));
+}
+
+/** @param {PodstreamFile} file */
+function showFile(file) {
+  if (!view) return;
+  const c = card(file.index);
+  const isVideo = file.mime.startsWith("video/");
+  const el = /** @type {HTMLVideoElement | HTMLImageElement} */ (h(isVideo ? "video" : "img"));
+  if (el instanceof HTMLVideoElement) {
+    el.muted = true;
+    el.loop = true;
+    el.autoplay = true;
+    el.playsInline = true;
+    el.controls = true;
+  } else {
+    el.alt = file.id || `item ${file.index + 1}`;
+  }
+  el.src = file.url;
+  c.media.replaceChildren(el);
+  c.name.textContent = file.id ? `#${file.index + 1} · ${file.id}` : `#${file.index + 1}`;
+  c.info.replaceChildren(formatBytes(file.size), " ", h("span", { class: "ok", title: `sha256 ${file.sha256}` }, [file.verified === "sha256" ? "✓ sha256" : file.inline ? "✓ size" : "↗ url"]));
+  if (c.state !== "ready") {
+    view.ready += 1;
+    if (file.inline) view.bytes += file.size - c.received;
+  }
+  c.state = "queued"; // let setCard through
+  setCard(c, "ready", 1);
+}
+
+/**
+ * Show a job: from its manifest if it is finished (media streamed by the browser from the relay), else
+ * subscribed over the websocket from seq 0, so a reload replays everything the page had not kept.
+ * @param {string} id
+ */
+async function openJob(id) {
+  view?.sub?.unsubscribe();
+  for (const c of view?.cards.values() ?? []) {
+    const media = /** @type {HTMLVideoElement | HTMLImageElement | null} */ (c.media.querySelector("video, img"));
+    if (media?.src.startsWith("blob:")) URL.revokeObjectURL(media.src);
+  }
+  grid.replaceChildren();
+  delete grid.dataset.done;
+  $("job-errors").replaceChildren();
+  $("empty").hidden = true;
+  $("job").hidden = false;
+  $("job-id").textContent = id;
+  setStatus("…");
+  /** @type {View} */
+  const current = { id, sub: null, cards: new Map(), total: knownJobs[id]?.total ?? null, ready: 0, failed: 0, bytes: 0 };
+  view = current;
+  for (const li of jobList.querySelectorAll("li")) li.toggleAttribute("aria-current", li.dataset.job === id);
+  for (let i = 0; i < (current.total ?? 0); i += 1) card(i);
+  updateOverall();
+  /** @type {JobSubscription} */
+  let sub;
+  try {
+    sub = await client.open(id);
+  } catch (err) {
+    if (view !== current) return;
+    setStatus("unknown");
+    jobError(err instanceof RelayHttpError && err.status === 404 ? `No job ${id} on this relay.` : message(err));
+    return;
+  }
+  if (view !== current) {
+    sub.unsubscribe();
+    return;
+  }
+  current.sub = sub;
+  sub.on("status", ({ status, error }) => {
+    setStatus(status);
+    if (error) jobError(`${status}: ${error}`);
+  });
+  sub.on("subscribed", ({ status, recovered }) => {
+    if (status) setStatus(status);
+    if (!recovered) jobError("The relay no longer has every event of this job; some results may be missing.");
+  });
+  sub.on("progress", (p) => {
+    const c = card(p.item);
+    if (p.phase === "generate") {
+      setCard(c, "generating", 0.5 * (p.steps ? p.step / p.steps : 0), `generating · step ${p.step}/${p.steps}`);
+    } else {
+      current.bytes += p.received - c.received;
+      c.received = p.received;
+      const pct = p.size ? Math.floor((100 * p.received) / p.size) : 100;
+      setCard(c, "receiving", 0.5 + 0.5 * (p.size ? p.received / p.size : 1), `receiving · ${pct}% of ${formatBytes(p.size)}`);
+    }
+  });
+  sub.on("item", showFile);
+  sub.on("error", (e) => {
+    if (e.item === null) {
+      jobError(e.fatal ? `Connection: ${e.message}` : `${e.code}: ${e.message}`);
+      return;
+    }
+    const c = card(e.item);
+    if (c.state === "ready" || c.state === "error") return;
+    c.media.replaceChildren(h("div", { class: "error-text" }, [h("strong", {}, [e.code]), h("br"), e.message]));
+    c.info.textContent = "failed";
+    current.failed += 1;
+    c.state = "queued";
+    setCard(c, "error", 1);
+  });
+  sub.on("done", ({ status, items }) => {
+    setStatus(status);
+    if (current.total === null || items > current.total) current.total = items;
+    for (const c of current.cards.values()) {
+      if (c.state !== "ready" && c.state !== "error") setCard(c, "queued", 0, "not delivered");
+    }
+    updateOverall();
+    grid.dataset.done = "true";
+    void refreshJobs();
+  });
+}
+
+$("cancel").addEventListener("click", async () => {
+  if (!view) return;
+  try {
+    await client.cancel(view.id);
+  } catch (err) {
+    jobError(`cancel: ${message(err)}`);
+  }
+});
+
+function route() {
+  const id = new URLSearchParams(location.hash.slice(1)).get("job");
+  if (id && id !== view?.id) void openJob(id);
+}
+window.addEventListener("hashchange", route);
+route();
+void refreshJobs();
+setInterval(() => {
+  if (document.visibilityState === "visible") void refreshJobs();
+}, 5000);
+
+// for tests and the console
+Object.assign(window, { podstream: { client, get view() { return view; } } });

@@ -1,0 +1,253 @@
+// The real system on loopback for integration and browser tests: the RunPod emulator with one real worker
+// process (tiny pipelines on CPU) and the relay polling it, each a child process in its own process group,
+// on free ports. Everything started here is stopped by `stop()`.
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
+export const PYTHON = join(REPO, ".venv", "bin", "python");
+const ENDPOINT = "local";
+
+/** Why the stack cannot run here (no venv), or null. */
+export function unavailable() {
+  if (!existsSync(PYTHON)) return `no Python venv at ${PYTHON} (run: make venv)`;
+  return null;
+}
+
+/** @returns {Promise<number>} a port free on 127.0.0.1 right now */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** @param {number} ms */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+class Child {
+  /**
+   * @param {string} name
+   * @param {string[]} args
+   * @param {Record<string, string>} env
+   * @param {string} log
+   */
+  constructor(name, args, env, log) {
+    this.name = name;
+    this.args = args;
+    this.env = env;
+    this.log = log;
+    /** @type {import("node:child_process").ChildProcess | null} */
+    this.process = null;
+    /** @type {number | null} */
+    this.exitCode = null;
+  }
+
+  start() {
+    const out = openSync(this.log, "a");
+    this.exitCode = null;
+    const child = spawn(PYTHON, this.args, {
+      cwd: REPO,
+      env: { ...process.env, ...this.env, PYTHONUNBUFFERED: "1" },
+      stdio: ["ignore", out, out],
+      detached: true, // its own process group, so stop() also reaches the workers it starts
+    });
+    child.on("exit", (code, signal) => {
+      this.exitCode = code ?? (signal ? 128 : -1);
+    });
+    this.process = child;
+  }
+
+  tail() {
+    try {
+      return readFileSync(this.log, "utf8").split("\n").slice(-25).join("\n");
+    } catch {
+      return "";
+    }
+  }
+
+  /** SIGTERM the process group, then SIGKILL after `graceMs`. */
+  async stop(graceMs = 8000) {
+    const child = this.process;
+    if (!child || child.pid === undefined) return;
+    this.process = null;
+    const exited = new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve(undefined);
+      else child.once("exit", () => resolve(undefined));
+    });
+    const signal = (/** @type {NodeJS.Signals} */ sig) => {
+      try {
+        process.kill(-(/** @type {number} */ (child.pid)), sig);
+      } catch {
+        // already gone
+      }
+    };
+    signal("SIGTERM");
+    const timer = setTimeout(() => signal("SIGKILL"), graceMs);
+    await exited;
+    clearTimeout(timer);
+    signal("SIGKILL"); // leftovers of the group (e.g. a worker that ignored SIGTERM)
+  }
+}
+
+/**
+ * @typedef {object} StackOptions
+ * @property {number} [workers]  worker processes (default 1)
+ * @property {number} [chunkBytes]  relay chunk frame size (default 8192, so small files still span chunks)
+ */
+
+export class Stack {
+  /** @param {StackOptions} [options] */
+  constructor(options = {}) {
+    this.options = options;
+    this.dir = mkdtempSync(join(tmpdir(), "podstream-stack-"));
+    this.logs = join(this.dir, "logs");
+    mkdirSync(this.logs);
+    this.runpodKey = `rp-test-${Math.random().toString(36).slice(2)}`;
+    this.relayUrl = "";
+    this.emulatorUrl = "";
+    /** @type {Child[]} */
+    this.children = [];
+    /** @type {Child | null} */
+    this.relay = null;
+  }
+
+  async start() {
+    const [emulatorPort, relayPort] = [await freePort(), await freePort()];
+    this.emulatorUrl = `http://127.0.0.1:${emulatorPort}/v2/${ENDPOINT}`;
+    this.relayUrl = `http://127.0.0.1:${relayPort}`;
+    const emulator = new Child(
+      "emulator",
+      [
+        "-m", "podstream", "emulator", "--host", "127.0.0.1", "--port", String(emulatorPort),
+        "--endpoint-id", ENDPOINT, "--api-key", this.runpodKey, "--workers", String(this.options.workers ?? 1),
+        "--worker-cmd", `${PYTHON} -m worker`, "--worker-log-dir", this.logs,
+      ], // prettier-ignore
+      { PODSTREAM_MODEL: "tiny" },
+      join(this.logs, "emulator.log"),
+    );
+    const relayEnv = {
+      PODSTREAM_RUNPOD_URL: this.emulatorUrl,
+      PODSTREAM_RUNPOD_KEY: this.runpodKey,
+      PODSTREAM_DATA_DIR: join(this.dir, "relay-data"),
+      PODSTREAM_HOST: "127.0.0.1",
+      PODSTREAM_PORT: String(relayPort),
+      PODSTREAM_FSYNC: "never",
+      PODSTREAM_CHUNK_BYTES: String(this.options.chunkBytes ?? 8192),
+      PODSTREAM_POLL_WAIT_MS: "2000",
+    };
+    const relay = new Child(
+      "relay",
+      relayCommand(relayPort, relayEnv),
+      relayEnv,
+      join(this.logs, "relay.log"),
+    );
+    this.children = [emulator, relay];
+    this.relay = relay;
+    try {
+      for (const child of this.children) child.start();
+      await this.waitReady();
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    return this;
+  }
+
+  /** Until the relay answers /healthz and a worker is ready (the first start loads torch: up to ~90 s). */
+  async waitReady(timeoutMs = 180000) {
+    const deadline = Date.now() + timeoutMs;
+    let relayUp = false;
+    let workerUp = false;
+    while (!(relayUp && workerUp)) {
+      for (const child of this.children) {
+        if (child.exitCode !== null) {
+          throw new Error(`the ${child.name} exited with ${child.exitCode}:\n${child.tail()}`);
+        }
+      }
+      if (Date.now() > deadline) {
+        const waiting = relayUp ? "a worker" : "the relay";
+        throw new Error(`${waiting} not ready in ${timeoutMs / 1000} s; logs in ${this.logs}`);
+      }
+      relayUp ||= await ok(`${this.relayUrl}/healthz`);
+      if (!workerUp) {
+        try {
+          const response = await fetch(`${this.emulatorUrl}/health`, {
+            headers: { authorization: `Bearer ${this.runpodKey}` },
+          });
+          const workers = (await response.json()).workers ?? {};
+          workerUp = (workers.ready ?? 0) + (workers.running ?? 0) > 0;
+        } catch {
+          // not up yet
+        }
+      }
+      await sleep(250);
+    }
+  }
+
+  /** Stop the relay (SIGTERM: it says bye 4000 to every websocket) and start it again on the same port. */
+  async restartRelay() {
+    const relay = /** @type {Child} */ (this.relay);
+    await relay.stop();
+    relay.start();
+    const deadline = Date.now() + 60000;
+    while (!(await ok(`${this.relayUrl}/healthz`))) {
+      if (relay.exitCode !== null)
+        throw new Error(`the relay exited with ${relay.exitCode}:\n${relay.tail()}`);
+      if (Date.now() > deadline) throw new Error("the relay did not come back");
+      await sleep(100);
+    }
+  }
+
+  async stop() {
+    // the relay first (it polls the emulator), then the emulator and its workers
+    for (const child of [...this.children].reverse()) await child.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** The last lines of every log, for a failing test's message. */
+  logTails() {
+    return this.children.map((c) => `--- ${c.name}\n${c.tail()}`).join("\n");
+  }
+}
+
+/** @param {string} url */
+async function ok(url) {
+  try {
+    return (await fetch(url)).ok;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `podstream relay`, configured through its PODSTREAM_* environment.
+ * @param {number} port
+ * @param {Record<string, string>} env
+ * @returns {string[]}
+ */
+function relayCommand(port, env) {
+  const help = spawnSync(PYTHON, ["-m", "podstream", "relay", "--help"], { cwd: REPO, encoding: "utf8" });
+  if (help.stdout.includes("--data-dir")) {
+    return ["-m", "podstream", "relay", "--runpod-url", env.PODSTREAM_RUNPOD_URL, "--data-dir",
+      env.PODSTREAM_DATA_DIR, "--host", "127.0.0.1", "--port", String(port)]; // prettier-ignore
+  }
+  // Until the `podstream relay` command lands: the same app under uvicorn, settings from the environment.
+  const code = [
+    "import uvicorn",
+    "from relay.app import create_app",
+    "from relay.config import RelaySettings",
+    "s = RelaySettings.from_env()",
+    "uvicorn.run(create_app(s), host=s.host, port=s.port, ws='websockets', ws_per_message_deflate=False, log_level='warning')",
+  ].join("\n");
+  return ["-c", code];
+}
