@@ -220,6 +220,9 @@ def _error_text(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:200]
     if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):  # the relay's {"error": {"code", "message"}}
+            return f"{error.get('code', 'error')}: {error.get('message', '')}"[:300]
         for name in ("error", "message", "detail"):
             if body.get(name):
                 return str(body[name])[:300]

@@ -29,7 +29,7 @@ import asyncio
 import os
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -56,10 +56,20 @@ TOKEN_EXPIRED: Final = 4003
 #: The largest frame a relay sends is a 256 KiB chunk plus its msgpack header.
 MAX_FRAME: Final = 1 << 20
 OPEN_TIMEOUT_S: Final = 10.0
+FETCH_TIMEOUT: Final = httpx.Timeout(30.0)
 
 
 class Resync(Exception):
     """The stream lost its order (a gap in seq, a chunk out of place): reconnect from the last applied seq."""
+
+
+class FetchFirst(Exception):
+    """The item being received has no inline bytes (it was uploaded out of band, a `ref`): fetch `url`,
+    hand the bytes to `Subscription.fill`, then feed the same frame again."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
 
 
 def ws_url(relay: str) -> str:
@@ -100,6 +110,7 @@ class _Receiving:
     size: int
     sha256: str
     sink: sinks.FileSink
+    url: str = ""
     received: int = 0
 
 
@@ -185,8 +196,12 @@ class Subscription:
         if seq <= self.position:
             return []  # already applied (a replay overlapping what we had)
         saved: list[SavedFile] = []
-        if self._receiving is not None and self._receiving.size == 0 and seq == self._receiving.seq + 1:
-            saved = self._complete(self._receiving)  # an empty file may come without any chunk
+        receiving = self._receiving
+        if receiving is not None and receiving.received == 0 and seq == receiving.seq + 1:
+            if receiving.size == 0:
+                saved = self._complete(receiving)  # an empty file may come without any chunk
+            elif receiving.url:
+                raise FetchFirst(receiving.url)  # no chunks followed its record: a file uploaded out of band
         if self._receiving is not None:
             raise Resync(f"record {seq} arrived before the last chunk of item {self._receiving.item}")
         if seq != self.position + 1:
@@ -212,8 +227,34 @@ class Subscription:
         id_, mime, sha256 = str(rec.get("id") or ""), str(rec.get("mime") or ""), str(rec.get("sha256") or "")
         self.observer.item_started(item, id_, mime, size)
         sink = sinks.FileSink(self.out, item, id_, mime, size, fsync=self.fsync)
-        self._receiving = _Receiving(seq, item, id_, mime, size, sha256, sink)
+        url = rec.get("url")
+        self._receiving = _Receiving(
+            seq, item, id_, mime, size, sha256, sink, url if isinstance(url, str) else ""
+        )
         return []
+
+    def fill(self, chunks: Iterable[bytes]) -> list[SavedFile]:
+        """The bytes of the item being received, fetched from its URL after a `FetchFirst`."""
+        receiving = self._receiving
+        if receiving is None:
+            return []
+        for data in chunks:
+            if receiving.received + len(data) > receiving.size:
+                break
+            receiving.sink.write(receiving.received, data)
+            receiving.received += len(data)
+            self.observer.item_bytes(receiving.item, receiving.received, receiving.size)
+        return self._complete(receiving)
+
+    def fetch_failed(self, url: str, reason: str) -> None:
+        """The item's URL could not be fetched: report it and go on with the next record."""
+        receiving = self._receiving
+        if receiving is None:
+            return
+        receiving.sink.abort()
+        self._receiving = None
+        self._advance(receiving.seq)
+        self._problem(StreamProblem("fetch_failed", f"item {receiving.item}: cannot fetch {url}: {reason}"))
 
     def _on_chunk(self, frame: Mapping[str, Any]) -> list[SavedFile]:
         receiving = self._receiving
@@ -421,11 +462,16 @@ def watch(
                     conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
                 ) as ws:
                     conn.connected_once = True
-                    for frame in conn.first_frames(sub):
-                        ws.send(frame)
+                    for first in conn.first_frames(sub):
+                        ws.send(first)
                     for message in ws:
                         before = sub.position
-                        replies, saved = sub.feed(_unpack(message))
+                        frame = _unpack(message)
+                        try:
+                            replies, saved = sub.feed(frame)
+                        except FetchFirst as fetch:
+                            yield from _fetch_sync(sub, conn, fetch.url)
+                            replies, saved = sub.feed(frame)
                         if sub.position != before:
                             conn.failures = 0  # progress made: the next drop starts a fresh backoff
                         for reply in replies:
@@ -481,11 +527,17 @@ async def awatch(
                     conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
                 ) as ws:
                     conn.connected_once = True
-                    for frame in conn.first_frames(sub):
-                        await ws.send(frame)
+                    for first in conn.first_frames(sub):
+                        await ws.send(first)
                     async for message in ws:
                         before = sub.position
-                        replies, saved = sub.feed(_unpack(message))
+                        frame = _unpack(message)
+                        try:
+                            replies, saved = sub.feed(frame)
+                        except FetchFirst as fetch:
+                            for file in await _fetch_async(sub, conn, fetch.url):
+                                yield file
+                            replies, saved = sub.feed(frame)
                         if sub.position != before:
                             conn.failures = 0  # progress made: the next drop starts a fresh backoff
                         for reply in replies:
@@ -511,6 +563,46 @@ async def awatch(
     finally:
         sub.reset()
     _finish(sub, check)
+
+
+def _media_request(conn: _Connection, url: str) -> tuple[str, dict[str, str]]:
+    """The absolute URL of an item's file; the token goes only to the relay itself, never elsewhere."""
+    base = http_url(conn.relay)
+    absolute = urllib.parse.urljoin(base + "/", url)
+    same_origin = urllib.parse.urlsplit(absolute)[:2] == urllib.parse.urlsplit(base)[:2]
+    headers = {"Authorization": f"Bearer {conn.token}"} if conn.token and same_origin else {}
+    return absolute, headers
+
+
+def _fetch_sync(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:
+    absolute, headers = _media_request(conn, url)
+    try:
+        with httpx.stream("GET", absolute, headers=headers, timeout=FETCH_TIMEOUT) as response:
+            if response.status_code != 200:
+                sub.fetch_failed(absolute, f"HTTP {response.status_code}")
+                return []
+            return sub.fill(response.iter_bytes())
+    except httpx.HTTPError as exc:
+        sub.fetch_failed(absolute, f"{type(exc).__name__} {exc}".rstrip())
+        return []
+
+
+async def _fetch_async(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:
+    absolute, headers = _media_request(conn, url)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=FETCH_TIMEOUT) as http,
+            http.stream("GET", absolute, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                sub.fetch_failed(absolute, f"HTTP {response.status_code}")
+                return []
+            # Out-of-band files are the rare case; the chunks go to disk as the loop hands them over.
+            chunks = [chunk async for chunk in response.aiter_bytes()]
+    except httpx.HTTPError as exc:
+        sub.fetch_failed(absolute, f"{type(exc).__name__} {exc}".rstrip())
+        return []
+    return sub.fill(chunks)
 
 
 def _unpack(message: str | bytes) -> object:

@@ -127,6 +127,10 @@ def test_submit_posts_the_input_and_returns_the_job() -> None:
     [
         (httpx.Response(401, json={"error": "bad key"}), r"rejected the API key \(HTTP 401\)"),
         (httpx.Response(400, json={"error": "input.items: too many"}), "refused the job .*too many"),
+        (
+            httpx.Response(413, json={"error": {"code": "too_large", "message": "over 10 MB"}}),
+            r"refused the job \(HTTP 413\): too_large: over 10 MB",
+        ),
         (httpx.Response(201, text="<html>"), "not JSON"),
         (httpx.Response(201, json={"status": "IN_QUEUE"}), "no job id"),
     ],

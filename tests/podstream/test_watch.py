@@ -17,7 +17,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from podstream import watch as watch_mod
@@ -66,6 +68,18 @@ class ScriptedRelay:
         self.pongs: list[Any] = []
         self.connections = 0
         self.corrupt_item: int | None = None
+        self.refs: set[int] = set()  # items sent without chunks: the client fetches their url
+        self.media_requests: list[tuple[str, str | None]] = []
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if not request.path.startswith("/media/"):
+            return None  # the websocket handshake
+        self.media_requests.append((request.path, request.headers.get("Authorization")))
+        item = int(request.path.rsplit("/", 1)[1])
+        if item not in self.files:
+            return connection.respond(404, "no such item\n")
+        data = self.files[item]
+        return Response(200, "OK", Headers([("Content-Length", str(len(data)))]), data)
 
     def handler(self, ws: ServerConnection) -> None:
         index = self.connections
@@ -118,6 +132,8 @@ class ScriptedRelay:
             )
             for rec in self.records[first["from"] :]:
                 send({"t": "ev", **rec})
+                if rec["k"] == "item" and rec["item"] in self.refs:
+                    continue
                 if rec["k"] == "item":
                     data = self.files[rec["item"]]
                     if rec["item"] == self.corrupt_item:
@@ -149,7 +165,9 @@ def recv(ws: ServerConnection) -> Any:
 
 @contextmanager
 def running(relay: ScriptedRelay) -> Iterator[str]:
-    server: Server = serve(relay.handler, "127.0.0.1", 0, compression=None)
+    server: Server = serve(
+        relay.handler, "127.0.0.1", 0, compression=None, process_request=relay.process_request
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -345,3 +363,20 @@ def test_subscription_rejects_out_of_order_streams(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="refused"):
         sub.feed({"t": "err", "code": "forbidden", "message": "no", "job": JOB})
     assert sub.feed({"t": "ev", "job": "other", "seq": 9, "k": "done"}) == ([], [])
+
+
+def test_items_without_inline_bytes_are_fetched_from_their_url(tmp_path: Path) -> None:
+    records, files = journal([3000, 500, 700])
+    for rec in records:
+        if rec["k"] == "item":
+            rec["url"] = f"/media/{rec['item']}"
+    records[-3]["url"] = "/media/9"  # item 2's file is gone from the relay
+    relay = ScriptedRelay(records, files)
+    relay.refs = {0, 2}
+    relay.token = "t"
+    recorder = Recorder()
+    with running(relay) as url, pytest.raises(JobIncomplete) as info:
+        list(watch_mod.watch(JOB, relay=url, out=tmp_path, token="t", retry=FAST, observer=recorder))
+    assert {f.item: f.path.read_bytes() for f in info.value.outcome.files} == {0: files[0], 1: files[1]}
+    assert [p.code for p in info.value.outcome.problems] == ["fetch_failed"]
+    assert relay.media_requests == [("/media/0", "Bearer t"), ("/media/9", "Bearer t")]
