@@ -1,0 +1,253 @@
+"""Fixtures for the relay tests: the RunPod emulator, a scripted worker, a real uvicorn relay, ws clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from podstream import wire
+from podstream.emulator import Emulator, EmulatorConfig
+from relay.app import create_app
+from relay.config import RelaySettings
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorConfig.for_tests()).serve(host="127.0.0.1", port=0) as emu:
+        yield emu
+
+
+class ScriptedWorker:
+    """Plays a RunPod worker against the emulator over HTTP: take a job, POST envelopes, finish it."""
+
+    def __init__(self, emu: Emulator, pod: str = "pod-1") -> None:
+        self.emu = emu
+        self.pod = pod
+        self.http = httpx.AsyncClient(timeout=30)
+        self.base = emu.endpoint_url
+
+    async def take(self) -> dict[str, Any]:
+        for _ in range(20):
+            r = await self.http.get(f"{self.base}/job-take/{self.pod}", params={"gpu": "CPU"})
+            if r.status_code == 200:
+                job: dict[str, Any] = r.json()
+                return job
+        raise AssertionError("no job to take")
+
+    async def post(self, job: str, envelope: object) -> None:
+        r = await self.http.post(
+            f"{self.base}/job-stream/{self.pod}/{job}", params={"gpu": "CPU", "isStream": "false"},
+            json={"output": envelope},
+        )  # fmt: skip
+        r.raise_for_status()
+
+    async def done(self, job: str, error: str | None = None) -> None:
+        body: dict[str, Any] = {"output": []} if error is None else {"error": error}
+        r = await self.http.post(f"{self.base}/job-done/{self.pod}/{job}", params={"gpu": "CPU"}, json=body)
+        r.raise_for_status()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+@pytest.fixture
+async def worker(emulator: Emulator) -> AsyncIterator[ScriptedWorker]:
+    w = ScriptedWorker(emulator)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+@dataclass
+class Batch:
+    """The envelopes of a whole job run, built with podstream.wire.Envelopes."""
+
+    job: str
+    files: list[bytes]
+    part_bytes: int = 64 * 1024
+    progress: bool = True
+    envelopes: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        env = wire.Envelopes(self.job)
+        entries = []
+        for i, data in enumerate(self.files):
+            if self.progress:
+                self.envelopes.append(env.progress(i, 1, 1))
+            self.envelopes.extend(
+                env.parts(i, data, mime="video/mp4", id=f"clip{i}", part_bytes=self.part_bytes)
+            )
+            entries.append(
+                wire.ManifestItem(
+                    i, f"clip{i}", "ok", "video/mp4", len(data), hashlib.sha256(data).hexdigest(),
+                    wire.part_count(len(data), self.part_bytes),
+                )
+            )  # fmt: skip
+        self.envelopes.extend(env.manifest(entries))
+
+
+def make_files(n: int, size: int) -> list[bytes]:
+    """n distinct files of about `size` bytes (random: nothing compresses or repeats)."""
+    return [os.urandom(size + i) for i in range(n)]
+
+
+@dataclass
+class RelayServer:
+    settings: RelaySettings
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    app: Any
+
+    @property
+    def relay(self) -> Any:
+        return self.app.state.relay
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 15)
+
+
+async def start_relay(settings: RelaySettings) -> RelayServer:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws="websockets-sansio", ws_per_message_deflate=False,
+        ws_max_size=1 << 20, lifespan="on", log_level="warning",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+        raise AssertionError("relay did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RelayServer(settings, server, task, port, app)
+
+
+def relay_settings(tmp_path: Path, emu: Emulator | None, **changes: Any) -> RelaySettings:
+    values: dict[str, Any] = {
+        "runpod_url": emu.endpoint_url if emu is not None else "", "data_dir": tmp_path / "data",
+        "fsync": "never", "poll_wait_ms": 2000, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
+        "send_timeout_s": 2.0,
+    }  # fmt: skip
+    values.update(changes)
+    return RelaySettings(**values)
+
+
+@pytest.fixture
+async def relay_server(tmp_path: Path, emulator: Emulator) -> AsyncIterator[RelayServer]:
+    server = await start_relay(relay_settings(tmp_path, emulator))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# ------------------------------------------------------------------------------------------ ws clients
+
+
+def pack(frame: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    return data
+
+
+async def recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(raw, bytes)
+    frame: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+    return frame
+
+
+@contextlib.asynccontextmanager
+async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+    async with websockets.connect(url, compression=None, max_size=2**22, **kwargs) as ws:
+        welcome = await recv(ws)
+        assert welcome["t"] == "welcome", welcome
+        yield ws
+
+
+@dataclass
+class Received:
+    """What one subscriber applied: records in order and each item's bytes."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[int, bytearray] = field(default_factory=dict)
+    chunks: int = 0
+    last_applied: int = 0
+    closed_code: int | None = None
+
+    @property
+    def seqs(self) -> list[int]:
+        return [r["seq"] for r in self.records]
+
+
+async def consume(ws: ClientConnection, job: str, got: Received, *, timeout: float = 20) -> Received:
+    """Apply frames for `job` until its `done` record (and the bytes of every item) arrived."""
+    pending: dict[str, Any] | None = None
+    while True:
+        frame = await recv(ws, timeout)
+        t = frame["t"]
+        if t == "ping":
+            await ws.send(pack({"t": "pong", "n": frame["n"]}))
+        elif t == "ev":
+            assert frame["job"] == job
+            assert pending is None, "a record arrived before the previous item's bytes"
+            got.records.append(frame)
+            if frame["k"] == "item" and frame["url"].startswith("/v1/"):
+                pending = frame
+                got.files[frame["item"]] = bytearray()
+            else:
+                got.last_applied = frame["seq"]
+            if frame["k"] == "done":
+                return got
+        elif t == "chunk":
+            assert pending is not None and frame["seq"] == pending["seq"]
+            buf = got.files[frame["item"]]
+            assert frame["off"] == len(buf)
+            buf.extend(frame["data"])
+            got.chunks += 1
+            if frame["last"]:
+                assert len(buf) == pending["size"]
+                pending = None
+                got.last_applied = frame["seq"]
+        elif t == "err":
+            raise AssertionError(f"unexpected err frame: {frame}")
+        elif t == "bye":
+            got.closed_code = frame["code"]
+            raise ConnectionAbortedError(frame["code"])
+
+
+def sha(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def files() -> Iterator[list[bytes]]:
+    yield make_files(3, 150_000)

@@ -1,0 +1,175 @@
+"""The HTTP API, end to end: real uvicorn on loopback, the RunPod emulator, a scripted worker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import httpx
+
+from podstream.emulator import Emulator
+from tests.relay.conftest import Batch, RelayServer, ScriptedWorker, make_files
+
+
+async def submit(relay: RelayServer, http: httpx.AsyncClient) -> dict[str, Any]:
+    r = await http.post(f"{relay.url}/v1/jobs", json={"input": {"prompt": "x"}})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def run_job(worker: ScriptedWorker, files: list[bytes], **kwargs: Any) -> Batch:
+    job = await worker.take()
+    batch = Batch(job["id"], files, **kwargs)
+    for envelope in batch.envelopes:
+        await worker.post(job["id"], envelope)
+    await worker.done(job["id"])
+    return batch
+
+
+async def wait_done(relay: RelayServer, job: str, timeout: float = 20) -> None:
+    for _ in range(int(timeout / 0.05)):
+        store = relay.relay.job(job)
+        if store is not None and store.finished:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job} did not finish")
+
+
+async def test_submit_stream_manifest_media(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    files = make_files(3, 150_000)
+    async with httpx.AsyncClient(timeout=30) as http:
+        created = await submit(relay_server, http)
+        job = created["id"]
+        assert created["urls"]["ws"] == relay_server.ws_url
+        await run_job(worker, files)
+        await wait_done(relay_server, job)
+
+        manifest = (await http.get(f"{relay_server.url}/v1/jobs/{job}")).json()
+        assert manifest["status"] == "COMPLETED"
+        assert manifest["errors"] == []
+        assert [i["item"] for i in manifest["items"]] == [0, 1, 2]
+        for entry, data in zip(manifest["items"], files, strict=True):
+            assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+            r = await http.get(entry["url"])
+            assert r.status_code == 200 and r.content == data
+            assert r.headers["etag"] == f'"{entry["sha256"]}"'
+            assert r.headers["content-type"] == "video/mp4"
+            partial = await http.get(entry["url"], headers={"range": "bytes=10-19"})
+            assert partial.status_code == 206 and partial.content == data[10:20]
+            cached = await http.get(entry["url"], headers={"if-none-match": r.headers["etag"]})
+            assert cached.status_code == 304 and cached.content == b""
+
+        listing = (await http.get(f"{relay_server.url}/v1/jobs")).json()["jobs"]
+        assert [j["id"] for j in listing] == [job]
+        assert listing[0]["finished"] and listing[0]["items"] == 3
+
+        events = (
+            await http.get(f"{relay_server.url}/v1/jobs/{job}/events", params={"format": "json"})
+        ).json()
+        kinds = [e["k"] for e in events["events"]]
+        assert kinds[0] == "status" and kinds[-1] == "done" and kinds.count("item") == 3
+        assert [e["seq"] for e in events["events"]] == list(range(1, len(kinds) + 1))
+        assert all(not any(k.startswith("_") for k in e) for e in events["events"])
+        assert events["done"] is True
+
+
+async def test_sse_resumes_with_last_event_id(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        job = (await submit(relay_server, http))["id"]
+        await run_job(worker, make_files(2, 10_000))
+        await wait_done(relay_server, job)
+        head = relay_server.relay.job(job).journal.published
+        ids = []
+        async with http.stream(
+            "GET", f"{relay_server.url}/v1/jobs/{job}/events", headers={"last-event-id": "2"}
+        ) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for line in r.aiter_lines():
+                if line.startswith("id: "):
+                    ids.append(int(line[4:]))
+        assert ids == list(range(3, head + 1))
+
+
+async def test_long_poll_waits_for_new_records(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        job = (await submit(relay_server, http))["id"]
+        url = f"{relay_server.url}/v1/jobs/{job}/events"
+        first = (await http.get(url, params={"format": "json", "wait": 5000})).json()
+        assert first["events"] and first["events"][0]["k"] == "status"
+        after = first["head"]
+        waiting = asyncio.ensure_future(
+            http.get(url, params={"format": "json", "after": after, "wait": 10000})
+        )
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await run_job(worker, make_files(1, 1000))
+        later = (await waiting).json()
+        assert later["events"][0]["seq"] == after + 1
+
+
+async def test_bad_requests_get_clean_errors(relay_server: RelayServer) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        base = relay_server.url
+        r = await http.get(f"{base}/v1/jobs/no-such-job")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await http.get(f"{base}/v1/jobs/..%2Fetc")
+        assert r.status_code in (400, 404)
+        r = await http.get(f"{base}/v1/jobs/-bad")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_job_id"
+        r = await http.post(f"{base}/v1/jobs", content=b"not json")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"
+        r = await http.post(f"{base}/v1/jobs", json={"input": "x"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_input"
+        r = await http.post(f"{base}/v1/jobs/unknown-on-runpod/attach")
+        assert r.status_code == 201  # attached; the poller finds out
+        await wait_done(relay_server, "unknown-on-runpod")
+        manifest = (await http.get(f"{base}/v1/jobs/unknown-on-runpod")).json()
+        assert manifest["status"] == "LOST"
+        assert manifest["errors"][0]["code"] == "not_found"
+        r = await http.get(f"{base}/v1/jobs/unknown-on-runpod/media/0")
+        assert r.status_code == 404
+        r = await http.get(f"{base}/v1/jobs/unknown-on-runpod/media/x")
+        assert r.status_code == 400
+        assert (await http.get(f"{base}/healthz")).json()["ok"] is True
+
+
+async def test_attach_follows_a_job_submitted_elsewhere(
+    relay_server: RelayServer, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})
+        job = r.json()["id"]
+        attached = await http.post(f"{relay_server.url}/v1/jobs/{job}/attach")
+        assert attached.status_code == 201
+        again = await http.post(f"{relay_server.url}/v1/jobs/{job}/attach")
+        assert again.status_code == 200
+        files = make_files(2, 5000)
+        await run_job(worker, files)
+        await wait_done(relay_server, job)
+        manifest = (await http.get(f"{relay_server.url}/v1/jobs/{job}")).json()
+        assert [i["size"] for i in manifest["items"]] == [len(f) for f in files]
+
+
+async def test_cancel_and_failed_job_error(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        job = (await submit(relay_server, http))["id"]
+        taken = await worker.take()
+        assert taken["id"] == job
+        await worker.post(job, Batch(job, [b"abc"]).envelopes[0])
+        await worker.done(job, error="handler: CUDA out of memory")
+        await wait_done(relay_server, job)
+        manifest = (await http.get(f"{relay_server.url}/v1/jobs/{job}")).json()
+        assert manifest["status"] == "FAILED"
+        codes = {e["code"] for e in manifest["errors"]}
+        assert "missing_manifest" in codes
+        records = (await http.get(f"{relay_server.url}/v1/jobs/{job}/events?format=json")).json()["events"]
+        failed = [r for r in records if r["k"] == "status" and r["status"] == "FAILED"]
+        assert "CUDA out of memory" in failed[0]["error"]
+
+        job2 = (await submit(relay_server, http))["id"]
+        r = await http.delete(f"{relay_server.url}/v1/jobs/{job2}")
+        assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
+        await wait_done(relay_server, job2)
+        assert (await http.get(f"{relay_server.url}/v1/jobs/{job2}")).json()["status"] == "CANCELLED"

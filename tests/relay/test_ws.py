@@ -1,0 +1,297 @@
+"""`WS /v1/ws` end to end: real uvicorn, real `websockets` clients, the emulator and a scripted worker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from podstream.emulator import Emulator
+from tests.relay.conftest import (
+    Batch,
+    Received,
+    RelayServer,
+    ScriptedWorker,
+    consume,
+    make_files,
+    pack,
+    recv,
+    relay_settings,
+    start_relay,
+    ws_client,
+)
+
+
+async def new_job(relay: RelayServer) -> str:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{relay.url}/v1/jobs", json={"input": {}})
+        assert r.status_code == 201
+        job: str = r.json()["id"]
+        return job
+
+
+async def subscribe(
+    ws: websockets.ClientConnection, job: str, after: int = 0, **extra: object
+) -> dict[str, object]:
+    await ws.send(pack({"t": "sub", "job": job, "from": after, **extra}))
+    frame = await recv(ws)
+    assert frame["t"] == "subscribed", frame
+    return frame
+
+
+async def subscriber(url: str, job: str, after: int = 0) -> Received:
+    async with ws_client(url) as ws:
+        await subscribe(ws, job, after)
+        return await consume(ws, job, Received())
+
+
+def check_complete(got: Received, files: list[bytes], head: int, after: int = 0) -> None:
+    assert got.seqs == list(range(after + 1, head + 1)), "every record exactly once, in order"
+    items = {r["item"]: r for r in got.records if r["k"] == "item"}
+    for i, data in enumerate(files):
+        if i in items:
+            assert bytes(got.files[i]) == data
+            assert items[i]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert got.records[-1]["k"] == "done"
+
+
+async def test_subscribers_before_during_and_after_get_everything_once(
+    relay_server: RelayServer, worker: ScriptedWorker
+) -> None:
+    job = await new_job(relay_server)
+    files = make_files(4, 200_000)
+    before = [asyncio.ensure_future(subscriber(relay_server.ws_url, job)) for _ in range(3)]
+    taken = await worker.take()
+    batch = Batch(taken["id"], files)
+    half = len(batch.envelopes) // 2
+    for envelope in batch.envelopes[:half]:
+        await worker.post(job, envelope)
+    during = [asyncio.ensure_future(subscriber(relay_server.ws_url, job)) for _ in range(3)]
+    for envelope in batch.envelopes[half:]:
+        await worker.post(job, envelope)
+    await worker.done(job)
+    results = await asyncio.gather(*before, *during)
+    after = await asyncio.gather(*(subscriber(relay_server.ws_url, job) for _ in range(3)))
+    head = relay_server.relay.job(job).journal.published
+    for got in [*results, *after]:
+        check_complete(got, files, head)
+        assert sorted(got.files) == [0, 1, 2, 3]
+    kinds = [r["k"] for r in after[0].records]
+    assert kinds.count("progress") == 4 and kinds.count("item") == 4
+
+
+async def test_resume_from_any_seq(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    job = await new_job(relay_server)
+    files = make_files(3, 70_000)
+    taken = await worker.take()
+    for envelope in Batch(taken["id"], files).envelopes:
+        await worker.post(job, envelope)
+    await worker.done(job)
+    full = await subscriber(relay_server.ws_url, job)
+    head = full.seqs[-1]
+    for after in range(head):
+        got = await subscriber(relay_server.ws_url, job, after)
+        assert got.seqs == list(range(after + 1, head + 1))
+        # the bytes of an item come right after its record, whatever the resume point
+        for record in got.records:
+            if record["k"] == "item":
+                assert bytes(got.files[record["item"]]) == files[record["item"]]
+    async with ws_client(relay_server.ws_url) as ws:
+        at_head = await subscribe(ws, job, head)  # it has everything: nothing follows
+        assert at_head["recovered"] is True and at_head["head"] == head and at_head["status"] == "COMPLETED"
+        with pytest.raises(TimeoutError):
+            await recv(ws, 0.3)
+    async with ws_client(relay_server.ws_url) as ws:
+        ahead = await subscribe(ws, job, head + 5)
+        assert ahead["recovered"] is False and ahead["head"] == head
+
+
+async def test_inline_false_sends_records_only(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    job = await new_job(relay_server)
+    taken = await worker.take()
+    for envelope in Batch(taken["id"], make_files(2, 50_000)).envelopes:
+        await worker.post(job, envelope)
+    await worker.done(job)
+    async with ws_client(relay_server.ws_url) as ws:
+        await subscribe(ws, job, 0, inline=False)
+        kinds = []
+        while True:
+            frame = await recv(ws)
+            assert frame["t"] == "ev", frame
+            kinds.append(frame["k"])
+            if frame["k"] == "done":
+                break
+        assert kinds.count("item") == 2
+
+
+async def test_several_subscriptions_on_one_connection(
+    relay_server: RelayServer, worker: ScriptedWorker
+) -> None:
+    jobs = [await new_job(relay_server) for _ in range(2)]
+    for _ in jobs:
+        taken = await worker.take()
+        for envelope in Batch(taken["id"], make_files(2, 30_000)).envelopes:
+            await worker.post(taken["id"], envelope)
+        await worker.done(taken["id"])
+    async with ws_client(relay_server.ws_url) as ws:
+        for job in jobs:
+            await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+        done: set[str] = set()
+        counts = {job: 0 for job in jobs}
+        while len(done) < 2:
+            frame = await recv(ws)
+            if frame["t"] == "ev":
+                assert frame["seq"] == counts[frame["job"]] + 1
+                counts[frame["job"]] = frame["seq"]
+                if frame["k"] == "done":
+                    done.add(frame["job"])
+        await ws.send(pack({"t": "unsub", "job": jobs[0]}))
+        await ws.send(pack({"t": "unsub", "job": "never-subscribed"}))
+        frame = await recv(ws)
+        # the first unsub ended a finished subscription already; either way the answer is not_subscribed
+        assert frame["t"] == "err" and frame["code"] == "not_subscribed"
+
+
+async def test_stalled_subscriber_does_not_slow_the_others(
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    relay = await start_relay(relay_settings(tmp_path, emulator, send_timeout_s=1.0))
+    try:
+        job = await new_job(relay)
+        files = make_files(6, 1_500_000)  # far more than loopback socket buffers hold
+        taken = await worker.take()
+        for envelope in Batch(taken["id"], files, part_bytes=500_000).envelopes:
+            await worker.post(job, envelope)
+        await worker.done(job)
+        for _ in range(200):
+            if relay.relay.job(job).finished:
+                break
+            await asyncio.sleep(0.05)
+
+        async with websockets.connect(relay.ws_url, compression=None, max_size=2**22, max_queue=1) as stalled:
+            await stalled.send(pack({"t": "sub", "job": job, "from": 0}))
+            await asyncio.sleep(0.2)  # it never reads: its socket fills up
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            others = await asyncio.gather(*(subscriber(relay.ws_url, job) for _ in range(3)))
+            elapsed = loop.time() - started
+            head = relay.relay.job(job).journal.published
+            for got in others:
+                check_complete(got, files, head)
+            assert elapsed < 10
+            for _ in range(200):  # the relay cuts it off after its send deadline
+                if not relay.relay.connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.relay.connections == set()
+            # it reads what was sent before it was cut off: whole frames, then the end
+            applied = 0
+            codes = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    frame = await recv(stalled, 10)
+                    if (frame["t"] == "ev" and frame["k"] != "item") or (
+                        frame["t"] == "chunk" and frame["last"]
+                    ):
+                        applied = frame["seq"]
+                    elif frame["t"] == "bye":
+                        codes.append(frame["code"])
+            # A bye 4001 when it could still be written; a client too stalled for that sees the socket end.
+            if closed.value.rcvd is not None:
+                codes.append(closed.value.rcvd.code)
+            assert set(codes) <= {4001}
+            assert applied < head
+        assert relay.relay.connections == set()
+        # and it resumes from its last applied seq without losing anything
+        got = await subscriber(relay.ws_url, job, applied)
+        check_complete(got, files, head, applied)
+    finally:
+        await relay.stop()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("text", 4500),
+        (b"\xc1", 4500),  # never valid msgpack
+        (pack([1, 2]), 4500),  # type: ignore[arg-type]
+        (pack({"x": 1}), 4500),
+        (pack({"t": "launch"}), 4500),
+        (pack({"t": "sub", "job": 5, "from": 0}), 4500),
+        (pack({"t": "sub", "job": "j", "from": "0"}), 4500),
+        (pack({"t": "sub", "job": "j", "from": -1}), 4500),
+        (pack({"t": "sub", "job": "j", "from": 0, "inline": "yes"}), 4500),
+        (pack({"t": "pong", "n": "x"}), 4500),
+        (pack({"t": "sub", "job": "j" * 70_000}), 4502),
+    ],
+)
+async def test_malformed_frames_close_with_documented_codes(
+    relay_server: RelayServer, frame: bytes | str, code: int
+) -> None:
+    async with ws_client(relay_server.ws_url) as ws:
+        await ws.send(frame)
+        bye = await recv(ws)
+        assert bye == {"t": "bye", "code": code, "reason": bye["reason"]}
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    async with httpx.AsyncClient() as http:  # the server is fine
+        assert (await http.get(f"{relay_server.url}/healthz")).status_code == 200
+
+
+async def test_bad_and_unknown_jobs_get_err_and_the_connection_stays(relay_server: RelayServer) -> None:
+    job = await new_job(relay_server)
+    async with ws_client(relay_server.ws_url) as ws:
+        await ws.send(pack({"t": "sub", "job": "../../etc/passwd", "from": 0}))
+        frame = await recv(ws)
+        assert frame["t"] == "err" and frame["code"] == "bad_job"
+        await ws.send(pack({"t": "sub", "job": "nope", "from": 0}))
+        frame = await recv(ws)
+        assert frame == {"t": "err", "code": "not_found", "message": frame["message"], "job": "nope"}
+        await subscribe(ws, job)
+        await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+        while (frame := await recv(ws))["t"] != "err":
+            pass
+        assert frame["code"] == "already_subscribed"
+
+
+async def test_too_many_subscriptions(tmp_path: Path, emulator: Emulator) -> None:
+    relay = await start_relay(relay_settings(tmp_path, emulator, max_subscriptions=2))
+    try:
+        jobs = [await new_job(relay) for _ in range(3)]
+        async with ws_client(relay.ws_url) as ws:
+            for job in jobs:
+                await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+            while (frame := await recv(ws))["t"] != "bye":
+                pass
+            assert frame["code"] == 4503
+    finally:
+        await relay.stop()
+
+
+async def test_ping_and_ping_timeout(tmp_path: Path, emulator: Emulator) -> None:
+    relay = await start_relay(relay_settings(tmp_path, emulator, ping_interval_s=0.2, ping_timeout_s=0.3))
+    try:
+        async with ws_client(relay.ws_url) as ws:  # answers pings: stays
+            for _ in range(4):
+                frame = await recv(ws)
+                assert frame["t"] == "ping"
+                await ws.send(pack({"t": "pong", "n": frame["n"]}))
+        async with ws_client(relay.ws_url) as ws:  # does not: bye 4002
+            while (frame := await recv(ws))["t"] == "ping":
+                pass
+            assert frame["t"] == "bye" and frame["code"] == 4002
+    finally:
+        await relay.stop()
+
+
+async def test_drain_says_bye_4000(relay_server: RelayServer) -> None:
+    async with ws_client(relay_server.ws_url) as ws:
+        await relay_server.relay.drain()
+        frame = await recv(ws)
+        assert frame["t"] == "bye" and frame["code"] == 4000
