@@ -138,7 +138,6 @@ async def start_relay(settings: RelaySettings) -> RelayServer:
         ws_max_size=1 << 20, lifespan="on", log_level="warning",
     )  # fmt: skip
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started or task.done():
@@ -178,8 +177,8 @@ def pack(frame: dict[str, Any]) -> bytes:
     return data
 
 
-async def recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
-    raw = await asyncio.wait_for(ws.recv(), timeout)
+async def recv(ws: ClientConnection, seconds: float = 10) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), seconds)
     assert isinstance(raw, bytes)
     frame: dict[str, Any] = msgpack.unpackb(raw, raw=False)
     return frame
@@ -208,11 +207,11 @@ class Received:
         return [r["seq"] for r in self.records]
 
 
-async def consume(ws: ClientConnection, job: str, got: Received, *, timeout: float = 20) -> Received:
+async def consume(ws: ClientConnection, job: str, got: Received, *, seconds: float = 20) -> Received:
     """Apply frames for `job` until its `done` record (and the bytes of every item) arrived."""
     pending: dict[str, Any] | None = None
     while True:
-        frame = await recv(ws, timeout)
+        frame = await recv(ws, seconds)
         t = frame["t"]
         if t == "ping":
             await ws.send(pack({"t": "pong", "n": frame["n"]}))

@@ -28,8 +28,8 @@ async def run_job(worker: ScriptedWorker, files: list[bytes], **kwargs: Any) -> 
     return batch
 
 
-async def wait_done(relay: RelayServer, job: str, timeout: float = 20) -> None:
-    for _ in range(int(timeout / 0.05)):
+async def wait_done(relay: RelayServer, job: str, seconds: float = 20) -> None:
+    for _ in range(int(seconds / 0.05)):
         store = relay.relay.job(job)
         if store is not None and store.finished:
             return
