@@ -121,6 +121,14 @@ def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
     }
 
 
+def display_path(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (shorter lines), else as is."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
@@ -294,7 +302,10 @@ class RichProgress(Observer):
         self._drop(file.item)
         self._saved += 1
         self._bytes_saved += file.size
-        self.console.print(f"[green]saved[/] {file.path}  [dim]{human_bytes(file.size)} {file.mime}[/]")
+        self.console.print(
+            f"[green]saved[/] {display_path(file.path)}  [dim]{human_bytes(file.size)} {file.mime}[/]",
+            highlight=False,
+        )
         self._overall.advance(self._total_task)
         self._refresh_overall()
 
@@ -338,7 +349,7 @@ class LineProgress(Observer):
         print(line, file=self.stream, flush=True)
 
     def item_saved(self, file: SavedFile) -> None:
-        self._say(f"saved {file.path} ({human_bytes(file.size)} {file.mime})")
+        self._say(f"saved {display_path(file.path)} ({human_bytes(file.size)} {file.mime})")
 
     def item_failed(self, failure: ItemFailure) -> None:
         self._say(

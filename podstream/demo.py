@@ -1,0 +1,510 @@
+"""The whole system on one machine: `podstream demo`.
+
+Starts on loopback, each as a child process: the RunPod job-API emulator (`podstream emulator`), which
+supervises real worker processes (`python -m worker`: the runpod SDK's own loop, `tiny` diffusers
+pipelines on CPU), and the relay (`podstream relay`) polling the emulator. It then submits sample batches
+through the relay (image -> video from images drawn here, then text -> image), follows them over the
+relay's websocket with live progress bars, saves every file (sha256-verified) to `<out>/<job>/`, prints
+the demo page's URL, and ends with a summary: items, bytes, the largest RunPod message against the 1 MB
+stream-chunk cap (measured by the emulator on the wire), and time to first file against the total.
+
+`Stack` (the children) and `run_demo` are usable from Python and tests; every child runs in its own
+session and is stopped (SIGTERM, then SIGKILL of its process group) when the stack exits, including on
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+import httpx
+
+from podstream import submit as submit_mod
+from podstream import watch as watch_mod
+from podstream.progress import JobOutcome, RichProgress, TransferError, display_path, human_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: RunPod's cap on one streamed chunk, and on a whole job result.
+STREAM_CHUNK_CAP: Final = 1_000_000
+RESULT_CAP: Final = 20_000_000
+ENDPOINT_ID: Final = "demo"
+_PALETTE: Final = [
+    (230, 57, 70), (241, 250, 238), (168, 218, 220), (69, 123, 157), (29, 53, 87), (255, 183, 3),
+    (251, 133, 0), (142, 202, 230), (33, 158, 188), (2, 48, 71), (106, 153, 78), (188, 71, 73),
+]  # fmt: skip
+PROMPTS: Final = (
+    "a lighthouse on a cliff at dawn, oil painting",
+    "a red fox in fresh snow, photograph",
+    "a paper boat on a rainy street, watercolor",
+    "a city of glass under two moons, concept art",
+)
+
+
+class DemoError(Exception):
+    """The demo could not run: a child failed to start, a port was taken, ... (one line, with a log path)."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    out: Path = Path("podstream-demo")
+    workers: int = 1
+    videos: int = 12
+    images: int = 3
+    frames: int = 8
+    size: int = 128
+    steps: int = 2
+    fps: float = 7.0
+    keep_running: bool = False
+    host: str = "127.0.0.1"
+    startup_timeout_s: float = 120.0
+    #: The worker command the emulator supervises (PODSTREAM_MODEL=tiny is set for it).
+    worker_cmd: str = field(default_factory=lambda: f"{shlex.quote(sys.executable)} -m worker")
+
+
+# ---------------------------------------------------------------------------------------- sample inputs
+
+
+def sample_image(index: int, size: int = 256) -> bytes:
+    """A PNG drawn in code (no download): a two-colour gradient with a few shapes, different per index."""
+    from PIL import Image, ImageDraw
+
+    a = _PALETTE[index % len(_PALETTE)]
+    b = _PALETTE[(index * 5 + 3) % len(_PALETTE)]
+    image = Image.new("RGB", (size, size))
+    pixels = image.load()
+    assert pixels is not None
+    for y in range(size):
+        t = y / max(size - 1, 1)
+        row = tuple(round(a[c] * (1 - t) + b[c] * t) for c in range(3))
+        for x in range(size):
+            pixels[x, y] = row
+    draw = ImageDraw.Draw(image)
+    for k in range(3):
+        angle = (index * 0.9 + k * 2.1) % (2 * math.pi)
+        cx = size / 2 + math.cos(angle) * size / 4
+        cy = size / 2 + math.sin(angle) * size / 4
+        r = size / (6 + 2 * k)
+        colour = _PALETTE[(index + 4 * k + 1) % len(_PALETTE)]
+        if k == 1:
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        else:
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_samples(directory: Path, count: int, size: int = 256) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        path = directory / f"sample-{k:02d}.png"
+        path.write_bytes(sample_image(k, size))
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------- children
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Child:
+    """A child process in its own session, its output in a log file; `stop` ends it and its descendants."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us only; we stop children in order
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        # Whatever is left of its session (workers a dead supervisor did not stop) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+class Stack:
+    """The emulator (with its workers) and the relay, on loopback ports, as child processes."""
+
+    def __init__(self, settings: DemoSettings, logs: Path, data_dir: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.data_dir = data_dir
+        host = settings.host
+        self.runpod_key = "rp-" + secrets.token_urlsafe(16)
+        #: The relay's API key, when the relay has auth (None: an open relay on loopback).
+        self.relay_key: str | None = None
+        self.emulator_port = free_port(host)
+        self.relay_port = free_port(host)
+        self.emulator_base = f"http://{host}:{self.emulator_port}"
+        self.endpoint_url = f"{self.emulator_base}/v2/{ENDPOINT_ID}"
+        self.relay_url = f"http://{host}:{self.relay_port}"
+        python = sys.executable
+        # The SDK logs every yield (base64 included) at DEBUG: keep the worker logs readable.
+        env = {**os.environ, "PODSTREAM_MODEL": "tiny", "PYTHONUNBUFFERED": "1", "RUNPOD_DEBUG_LEVEL": "INFO"}
+        self.emulator = Child(
+            "emulator",
+            [
+                python, "-m", "podstream", "emulator", "--host", host, "--port", str(self.emulator_port),
+                "--endpoint-id", ENDPOINT_ID, "--api-key", self.runpod_key,
+                "--workers", str(settings.workers), "--worker-cmd", settings.worker_cmd,
+                "--worker-log-dir", str(logs),
+            ],
+            logs / "emulator.log",
+            env,
+        )  # fmt: skip
+        relay_env = {**os.environ, "PODSTREAM_RUNPOD_KEY": self.runpod_key, "PYTHONUNBUFFERED": "1"}
+        self.relay = Child(
+            "relay",
+            [
+                python, "-m", "podstream", "relay", "--runpod-url", self.endpoint_url,
+                "--data-dir", str(data_dir), "--host", host, "--port", str(self.relay_port),
+            ],
+            logs / "relay.log",
+            relay_env,
+        )  # fmt: skip
+        self.children = [self.emulator, self.relay]
+
+    def __enter__(self) -> Stack:
+        try:
+            for child in self.children:
+                child.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        # The relay first (it polls the emulator), then the emulator, which stops its workers.
+        for child in reversed(self.children):
+            child.stop()
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            code = child.exited()
+            if code is not None:
+                raise DemoError(
+                    f"the {child.name} exited with status {code} (log: {child.log})\n{child.tail()}".rstrip()
+                )
+
+    def wait_ready(self, on_wait: Callable[[str], None] | None = None) -> None:
+        """Until the relay answers /healthz and the emulator has at least one worker ready for jobs."""
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        headers = {"Authorization": f"Bearer {self.runpod_key}"}
+        relay_up = workers_up = False
+        with httpx.Client(timeout=5.0) as http:
+            while not (relay_up and workers_up):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    waiting = "the relay" if not relay_up else "a worker"
+                    raise DemoError(
+                        f"{waiting} did not become ready within {self.settings.startup_timeout_s:.0f}s "
+                        f"(logs in {self.logs})"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    relay_up = relay_up or http.get(f"{self.relay_url}/healthz").status_code == 200
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    health = http.get(f"{self.endpoint_url}/health", headers=headers).json()
+                    workers = health.get("workers", {})
+                    workers_up = workers.get("ready", 0) + workers.get("running", 0) > 0
+                if on_wait is not None:
+                    on_wait(
+                        "starting the relay"
+                        if not relay_up
+                        else "starting the worker (tiny pipelines on CPU)"
+                    )
+                time.sleep(0.25)
+
+    def emulator_stats(self) -> dict[str, Any]:
+        try:
+            body = httpx.get(f"{self.emulator_base}/_emulator/stats", timeout=5.0).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def worker_logs(self) -> list[Path]:
+        return sorted(p for p in self.logs.glob("*.log") if p.name not in ("emulator.log", "relay.log"))
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class JobRun:
+    """One job of the demo: what was asked, what arrived, and when."""
+
+    label: str
+    task: str
+    items: int
+    job: str = ""
+    token: str | None = None
+    submitted_at: float = 0.0
+    first_file_s: float | None = None
+    total_s: float | None = None
+    outcome: JobOutcome | None = None
+
+
+@dataclass
+class DemoSummary:
+    runs: list[JobRun]
+    stats: dict[str, Any]
+    page_url: str
+    out: Path
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome is not None and r.outcome.ok for r in self.runs)
+
+    def largest(self, route: str, key: str) -> int:
+        entry = self.stats.get("routes", {}).get(route, {})
+        value = entry.get(key, 0)
+        return value if isinstance(value, int) else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "out": str(self.out),
+            "page_url": self.page_url,
+            "largest_stream_post_bytes": self.largest("job-stream", "max_request_bytes"),
+            "largest_stream_response_bytes": self.largest("stream", "max_response_bytes"),
+            "jobs": [
+                {
+                    "label": r.label, "job": r.job, "task": r.task, "items": r.items,
+                    "files": len(r.outcome.files) if r.outcome else 0,
+                    "bytes": r.outcome.bytes if r.outcome else 0,
+                    "status": r.outcome.status if r.outcome else None,
+                    "first_file_s": r.first_file_s, "total_s": r.total_s,
+                    "dir": str(self.out / r.job),
+                }
+                for r in self.runs
+            ],
+        }  # fmt: skip
+
+
+def demo_inputs(settings: DemoSettings, samples: list[Path]) -> list[tuple[JobRun, dict[str, Any]]]:
+    jobs: list[tuple[JobRun, dict[str, Any]]] = []
+    if settings.videos:
+        video = submit_mod.build_input(
+            images=samples[: settings.videos],
+            seed=1,
+            params={
+                "frames": settings.frames, "width": settings.size, "height": settings.size,
+                "steps": settings.steps, "fps": settings.fps,
+            },
+        )  # fmt: skip
+        jobs.append((JobRun("image -> video", "image-to-video", settings.videos), video))
+    if settings.images:
+        prompts = [PROMPTS[k % len(PROMPTS)] for k in range(settings.images)]
+        image = submit_mod.build_input(
+            prompts=prompts,
+            seed=7,
+            params={"width": settings.size, "height": settings.size, "steps": settings.steps},
+        )
+        jobs.append((JobRun("text -> image", "text-to-image", settings.images), image))
+    return jobs
+
+
+def page_url(relay_url: str, job: str, key: str | None = None) -> str:
+    """The relay's demo page opened on `job` (the page reads `#job=` and, with auth on, `#key=`)."""
+    fragment = f"job={urllib.parse.quote(job, safe='')}"
+    if key:
+        fragment += f"&key={urllib.parse.quote(key, safe='')}"
+    return f"{relay_url}/#{fragment}"
+
+
+def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
+    """Run the demo to its end (and, with `keep_running`, until Ctrl-C). Raises `DemoError`."""
+    from rich.table import Table
+
+    out = settings.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    samples = write_samples(out / "samples", max(settings.videos, 1))
+    started = time.monotonic()
+    console.rule("[bold]podstream demo")
+    console.print(
+        f"emulator (RunPod job API) + {settings.workers} worker(s) (runpod SDK loop, tiny pipelines on CPU) "
+        f"+ relay, on {settings.host}; logs in {logs}"
+    )
+    with Stack(settings, logs, out / "relay-data") as stack:
+        with console.status("starting…") as status:
+            stack.wait_ready(lambda what: status.update(what + "…"))
+        console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: relay {stack.relay_url}, "
+                      f"RunPod endpoint {stack.endpoint_url}")  # fmt: skip
+        runs: list[JobRun] = []
+        for run, job_input in demo_inputs(settings, samples):
+            try:
+                job = submit_mod.submit(job_input, relay=stack.relay_url)
+            except TransferError as exc:
+                stack.check_alive()
+                raise DemoError(f"submitting the {run.label} job: {exc} (log: {stack.relay.log})") from None
+            run.job, run.token, run.submitted_at = job.id, job.token, time.monotonic()
+            runs.append(run)
+            console.print(f"submitted [bold]{run.label}[/] job {job.id} ({run.items} items)")
+        first_page = page_url(stack.relay_url, runs[0].job, stack.relay_key) if runs else stack.relay_url
+        console.print(f"watch it in a browser: [bold underline]{first_page}[/]")
+        for run in runs:
+            console.rule(f"{run.label}: job {run.job}")
+            display = RichProgress(
+                total=run.items, console=console, title=run.label, started=run.submitted_at
+            )
+            files = watch_mod.watch(
+                run.job,
+                relay=stack.relay_url,
+                out=out / run.job,
+                token=run.token,
+                observer=display,
+                check=False,
+            )
+            try:
+                with display:
+                    for _ in files:
+                        pass
+            except TransferError as exc:
+                stack.check_alive()
+                raise DemoError(f"watching job {run.job}: {exc} (logs in {logs})") from None
+            run.outcome = display.outcome
+            run.first_file_s = display.first_file_after
+            run.total_s = time.monotonic() - run.submitted_at
+        summary = DemoSummary(runs, stack.emulator_stats(), first_page, out)
+        _print_summary(console, summary, Table)
+        if settings.keep_running:
+            console.print(
+                f"\nthe stack keeps running: demo page {first_page}\n"
+                f"relay {stack.relay_url}  emulator {stack.endpoint_url} (key {stack.runpod_key})\n"
+                "press Ctrl-C to stop every process"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    stack.check_alive()
+                    time.sleep(0.5)
+            console.print("stopping…")
+    return summary
+
+
+def _print_summary(console: Console, summary: DemoSummary, table_cls: Any) -> None:
+    table = table_cls(title="summary", title_justify="left")
+    for name in ("", "files", "bytes", "first file", "all files"):
+        table.add_column(name, justify="right" if name else "left")
+    for run in summary.runs:
+        outcome = run.outcome
+        table.add_row(
+            run.label,
+            f"{len(outcome.files)}/{run.items}" if outcome else "-",
+            human_bytes(outcome.bytes) if outcome else "-",
+            f"{run.first_file_s:.1f}s" if run.first_file_s is not None else "-",
+            f"{run.total_s:.1f}s" if run.total_s is not None else "-",
+        )
+    console.print(table)
+    console.print(
+        "[dim]times count from each job's submission; the jobs share the worker(s), so the second waits[/]"
+    )
+    for run in summary.runs:
+        console.print(
+            f"{run.label}: job {run.job} -> {display_path(summary.out / run.job)}/", highlight=False
+        )
+    largest_post = summary.largest("job-stream", "max_request_bytes")
+    largest_poll = summary.largest("stream", "max_response_bytes")
+    total = sum(r.outcome.bytes for r in summary.runs if r.outcome)
+    as_one = math.ceil(total / 3) * 4  # the whole batch as one base64 result
+    console.print(
+        f"largest RunPod message: {human_bytes(largest_post)} worker -> RunPod "
+        f"(cap {human_bytes(STREAM_CHUNK_CAP)} per stream chunk, {largest_post / STREAM_CHUNK_CAP:.0%} of it); "
+        f"largest /stream answer {human_bytes(largest_poll)}"
+    )
+    console.print(
+        f"as one job result these files would be {human_bytes(as_one)} of base64 "
+        f"(RunPod's cap: {human_bytes(RESULT_CAP)}); streamed, no message comes near a cap at any batch size"
+    )
+    for run in summary.runs:
+        if run.outcome is not None and not run.outcome.ok:
+            console.print(f"[red]{run.outcome.summary()}[/]")
+    console.print(
+        "[green]every file saved and verified[/]" if summary.ok else "[red]some files are missing[/]"
+    )
+
+
+def summary_json(summary: DemoSummary) -> str:
+    return json.dumps(summary.as_dict(), indent=2)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. from a supervisor) ends the demo like Ctrl-C: children are stopped cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
