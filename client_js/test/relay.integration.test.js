@@ -1,0 +1,203 @@
+// The client against the real system: relay + RunPod emulator + one worker process running the tiny
+// pipelines on CPU (test/stack.js). Files are real MP4/PNG bytes made by the worker and checked against the
+// relay's manifest.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { after, before, test } from "node:test";
+import { WebSocket } from "ws";
+import { PodstreamClient } from "../src/client.js";
+import { Stack, unavailable } from "./stack.js";
+
+const missing = unavailable();
+if (missing && process.env.CI === "true") throw new Error(`integration test cannot run in CI: ${missing}`);
+if (missing) console.warn(`\n!!! SKIPPING the relay integration tests: ${missing} !!!\n`);
+
+/** @type {Stack} */
+let stack;
+before(async () => {
+  if (!missing) stack = await new Stack({ chunkBytes: 4096 }).start();
+});
+after(async () => {
+  await stack?.stop();
+});
+
+/** @param {import("node:test").TestContext} t */
+function newClient(t) {
+  const client = new PodstreamClient({
+    url: stack.relayUrl,
+    WebSocket,
+    network: null,
+    backoff: { minDelay: 50, maxDelay: 500 },
+  });
+  t.after(() => client.close());
+  return client;
+}
+
+/** @param {Uint8Array} bytes */
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
+/**
+ * @param {number} n
+ * @param {{bad?: number[]}} [options] indices of items whose image is not an image
+ */
+function videoInput(n, options = {}) {
+  const png = Buffer.from(
+    // a 2x2 PNG: the worker resizes it to the requested size
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==",
+    "base64",
+  ).toString("base64");
+  const items = Array.from({ length: n }, (_, i) => ({
+    id: `clip-${i}`,
+    image: options.bad?.includes(i) ? "bm90IGFuIGltYWdl" : png,
+    seed: i,
+  }));
+  return { task: "image-to-video", items, params: { width: 64, height: 64, frames: 8, steps: 2 } };
+}
+
+/** @param {number} n */
+function imageInput(n) {
+  const items = Array.from({ length: n }, (_, i) => ({ id: `img-${i}`, prompt: `picture ${i}`, seed: i }));
+  return { task: "text-to-image", items, params: { width: 64, height: 64, steps: 2 } };
+}
+
+/**
+ * Every file of `job` (after done) as {index, sha256, size, mime}, and the bytes' first box for MP4s.
+ * @param {import("../src/subscription.js").JobSubscription} job
+ */
+async function collect(job) {
+  const files = [];
+  for await (const file of job.files()) {
+    const bytes = new Uint8Array(await (await file.blob()).arrayBuffer());
+    files.push({ index: file.index, sha256: sha256(bytes), size: bytes.byteLength, mime: file.mime, bytes });
+  }
+  return files;
+}
+
+/**
+ * The relay's manifest entries as {index, sha256, size, mime}.
+ * @param {PodstreamClient} client
+ * @param {string} id
+ */
+async function manifestFiles(client, id) {
+  const manifest = await client.getJob(id);
+  return (manifest.items ?? []).map((/** @type {any} */ e) => ({
+    index: e.item,
+    sha256: e.sha256,
+    size: e.size,
+    mime: e.mime,
+  }));
+}
+
+/** @param {Array<{index: number, sha256: string, size: number, mime: string}>} files */
+const summary = (files) =>
+  files.map(({ index, sha256: hash, size, mime }) => ({ index, sha256: hash, size, mime }));
+
+test(
+  "a job of N files arrives whole over the real relay; a bad item fails alone",
+  { skip: !!missing },
+  async (t) => {
+    const client = newClient(t);
+    const submitted = await client.submit(videoInput(5, { bad: [2] }));
+    const job = client.subscribe(submitted.id);
+    /** @type {any[]} */
+    const errors = [];
+    job.on("error", (e) => errors.push(e));
+    const steps = new Set();
+    job.on("progress", (p) => p.phase === "generate" && steps.add(p.item));
+    const files = await collect(job);
+    const done = await job.finished;
+    assert.equal(done.status, "COMPLETED");
+    assert.deepEqual(
+      files.map((f) => f.index),
+      [0, 1, 3, 4],
+    );
+    for (const file of files) {
+      assert.equal(file.mime, "video/mp4");
+      assert.equal(Buffer.from(file.bytes.subarray(4, 8)).toString("latin1"), "ftyp", "an MP4 file");
+    }
+    assert.deepEqual(summary(files), await manifestFiles(client, submitted.id));
+    assert.deepEqual(
+      errors.map((e) => [e.item, e.fatal]),
+      [[2, false]],
+    );
+    assert.ok(steps.size > 0, "generation progress was reported");
+  },
+);
+
+test(
+  "relay restart and client-side drops mid-stream: every file arrives exactly once",
+  { skip: !!missing },
+  async (t) => {
+    const client = newClient(t);
+    const total = 10;
+    const submitted = await client.submit(imageInput(total));
+    const job = client.subscribe(submitted.id);
+    /** @type {number[]} */
+    const delivered = [];
+    let restart = /** @type {Promise<void> | null} */ (null);
+    let beforeRestart = -1;
+    let drops = 0;
+    job.on("item", (file) => {
+      delivered.push(file.index);
+      if (delivered.length === 2 && !restart) {
+        beforeRestart = delivered.length;
+        restart = stack.restartRelay(); // server side: bye 4000, the socket closes, the relay comes back
+      }
+    });
+    job.on("progress", (p) => {
+      // client side: the socket drops in the middle of an item's bytes, twice
+      if (p.phase === "download" && p.received > 0 && p.received < p.size && drops < 2 && restart) {
+        drops += 1;
+        /** @type {any} */ (client)._ws?.terminate();
+      }
+    });
+    /** @type {Set<number>} */
+    const reported = new Set();
+    job.on("error", (e) => e.item !== null && reported.add(e.item));
+    const files = await collect(job);
+    await restart;
+    assert.equal(new Set(delivered).size, delivered.length, `no file twice: ${delivered}`);
+    assert.deepEqual(
+      summary(files),
+      await manifestFiles(client, submitted.id),
+      "exactly what the relay holds",
+    );
+    // Anything the relay itself lost while it restarted must be reported for its item, never silently missing.
+    assert.deepEqual(
+      [...new Set([...delivered, ...reported])].sort((a, b) => a - b),
+      Array.from({ length: total }, (_, i) => i),
+      `every item delivered or reported: delivered ${delivered}, reported ${[...reported]}`,
+    );
+    assert.ok(beforeRestart > 0 && beforeRestart < total, "the restart came mid-job");
+    assert.equal(drops, 2, "the client dropped its socket mid-item twice");
+  },
+);
+
+test("late join, resume from a seq, and URL mode replay a finished job", { skip: !!missing }, async (t) => {
+  const client = newClient(t);
+  const submitted = await client.submit(imageInput(3));
+  const live = client.subscribe(submitted.id);
+  /** @type {number[]} */
+  const itemSeqs = [];
+  live.on("item", (file) => itemSeqs.push(file.seq));
+  const first = summary(await collect(live));
+  assert.equal(first.length, 3);
+
+  const late = newClient(t).subscribe(submitted.id);
+  assert.deepEqual(summary(await collect(late)), first, "a late subscriber from 0 gets the same files");
+
+  const resumed = newClient(t).subscribe(submitted.id, { from: itemSeqs[0] });
+  assert.deepEqual(
+    summary(await collect(resumed)).map((f) => f.index),
+    [1, 2],
+    "from the seq of item 0: only what follows it",
+  );
+
+  const urlMode = newClient(t).subscribe(submitted.id, { inline: false });
+  const viaUrls = await collect(urlMode);
+  assert.deepEqual(summary(viaUrls), first, "inline: false fetches each file from its media URL, verified");
+
+  const opened = await newClient(t).open(submitted.id);
+  assert.equal(opened.inline, false, "a finished job opens from its manifest alone");
+  assert.deepEqual(summary(await collect(opened)), first);
+});
