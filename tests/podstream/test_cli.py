@@ -1,0 +1,178 @@
+"""The transfer commands as a user runs them: `podstream pull|watch|submit|demo` in a subprocess.
+
+A user mistake (bad arguments, an unreachable relay or RunPod, a wrong key, an unknown job) must end with
+one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from podstream import wire
+
+
+def podstream(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    for name in (
+        "PODSTREAM_RELAY",
+        "PODSTREAM_API_KEY",
+        "PODSTREAM_TOKEN",
+        "RUNPOD_API_KEY",
+        "RUNPOD_ENDPOINT_URL",
+    ):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "podstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("podstream")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+class FakeRunPod(BaseHTTPRequestHandler):
+    """RunPod's client API for one job `j1`, key `good`: enough for the CLI's error paths and a happy path."""
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != "Bearer good":
+            self._json(401, {"error": "Unauthorized"})
+        elif self.path.startswith("/v2/ep/stream/j1"):
+            env = wire.Envelopes("j1")
+            envelopes = [*env.parts(0, b"hello", mime="image/png", id="a")]
+            envelopes += env.manifest(
+                [wire.ManifestItem(0, "a", "ok", "image/png", 5, wire.sha256_hex(b"hello"), 1)]
+            )
+            first = not getattr(self.server, "drained", False)
+            self.server.drained = True  # type: ignore[attr-defined]
+            stream = [{"output": e} for e in envelopes] if first else []
+            self._json(200, {"id": "j1", "status": "COMPLETED", "stream": stream})
+        else:
+            self._json(404, {"error": "job not found"})
+
+    def _json(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def runpod() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRunPod)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/ep"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["pull", "j1", "--out", "x"], ["give the endpoint's URL"]),
+        (["pull", "--runpod-url", "http://h/v2/e", "--out", "x"], ["give a JOB id or --submit FILE"]),
+        (["pull", "j1", "--runpod-url", "ftp://h/v2/e", "--out", "x"], ["not an http(s) URL"]),
+        (["pull", "j1", "--runpod-url", "http://h/v2/e", "--out", "x", "--retries", "0"], ["--retries"]),
+        (["watch", "j1", "--relay", "relay:8700", "--out", "x"], ["not a relay URL", "--relay"]),
+        (["watch", "j1", "--out", "x", "--from", "-1"], ["--from must be >= 0"]),
+        (
+            ["submit", "--prompts", "/no/such/prompts.txt", "--out", "x"],
+            ["cannot read prompts from /no/such"],
+        ),
+        (["submit", "--images", "/no/such.png", "--out", "x"], ["cannot read image /no/such.png"]),
+        (["demo", "--videos", "0", "--images", "0"], ["not both 0"]),
+        (["demo", "--size", "100"], ["multiple of 8"]),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], fragments: list[str]) -> None:
+    one_line_error(podstream(*args), 2, *fragments)
+
+
+@pytest.mark.parametrize("args", [["pull"], ["watch", "j1"], ["submit", "--out", "x"]])
+def test_missing_arguments_are_argparse_errors(args: list[str]) -> None:
+    result = podstream(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "required" in result.stderr
+
+
+def test_unreachable_relay(tmp_path: Path) -> None:
+    relay = f"http://127.0.0.1:{closed_port()}"
+    one_line_error(
+        podstream("watch", "j1", "--relay", relay, "--out", str(tmp_path)), 1, "cannot reach the relay"
+    )
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    result = podstream("submit", "--relay", relay, "--prompts", str(prompts), "--out", str(tmp_path))
+    one_line_error(result, 1, "cannot reach the relay at " + relay)
+
+
+def test_unreachable_runpod(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v2/ep"
+    one_line_error(podstream("pull", "j1", "--runpod-url", url, "--out", str(tmp_path)), 1, "cannot reach")
+
+
+def test_wrong_key_and_unknown_job(runpod: str, tmp_path: Path) -> None:
+    result = podstream("pull", "j1", "--runpod-url", runpod, "--key", "bad", "--out", str(tmp_path))
+    one_line_error(result, 1, "rejected the API key (HTTP 401)")
+    result = podstream("pull", "j9", "--runpod-url", runpod, "--key", "good", "--out", str(tmp_path))
+    one_line_error(result, 1, "not found (HTTP 404)")
+
+
+def test_pull_happy_path_prints_the_outcome(runpod: str, tmp_path: Path) -> None:
+    result = podstream(
+        "pull", "j1", "--runpod-url", runpod, "--key", "good", "--out", str(tmp_path), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["ok"] and outcome["status"] == "COMPLETED"
+    assert [f["path"] for f in outcome["files"]] == [str(tmp_path / "00000-a.png")]
+    assert (tmp_path / "00000-a.png").read_bytes() == b"hello"
+    assert "saved" in result.stderr  # plain progress lines when stderr is not a terminal
+
+
+def test_help_everywhere() -> None:
+    for command, epilog in [
+        ("pull", "Examples"),
+        ("watch", "Examples"),
+        ("submit", "Examples"),
+        ("demo", "Ctrl-C"),
+    ]:
+        result = podstream(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: podstream {command}") and epilog in result.stdout
