@@ -35,8 +35,8 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import httpx
 
-from podstream import submit as submit_mod
-from podstream import watch as watch_mod
+import podstream.submit as submit_mod
+import podstream.watch as watch_mod
 from podstream.progress import JobOutcome, RichProgress, TransferError, display_path, human_bytes
 
 if TYPE_CHECKING:

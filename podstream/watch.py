@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
+import types
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -612,3 +614,13 @@ def _unpack(message: str | bytes) -> object:
         return msgpack.unpackb(message, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise Resync(f"the relay sent a frame that is not msgpack: {exc}") from None
+
+
+class _CallableModule(types.ModuleType):
+    """`podstream.watch(...)` works whether the package attribute is this module or the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[SavedFile]:
+        return watch(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

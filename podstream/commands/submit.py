@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from podstream import submit as submit_mod
+import podstream.submit as submit_mod
 from podstream.cli import CommandError, UsageError
 from podstream.commands.pull import load_input
 from podstream.commands.watch import add_relay_arguments, check_relay, report, watch_job

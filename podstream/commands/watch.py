@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from podstream import watch as watch_mod
+import podstream.watch as watch_mod
 from podstream.cli import CommandError, UsageError
 from podstream.progress import JobOutcome, TransferError, consume, outcome_dict, terminal_observer
 from podstream.pull import RetryPolicy

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from podstream import pull as pull_mod
+import podstream
+import podstream.pull as pull_mod
 from podstream import wire
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 
@@ -430,3 +432,19 @@ def test_pull_with_a_wrong_key_or_unknown_job(emulator: Any, tmp_path: Path) -> 
         list(pull_mod.pull("nope", runpod_url=emulator.endpoint_url, key="wrong", out=tmp_path))
     with pytest.raises(TransferError, match="not found"):
         list(pull_mod.pull("nope", runpod_url=emulator.endpoint_url, key="secret", out=tmp_path))
+
+
+def test_package_api_is_lazy_and_callable(tmp_path: Path) -> None:
+    code = (
+        "import sys, podstream\n"
+        "assert not {'httpx', 'rich', 'torch', 'websockets'} & set(sys.modules), sorted(sys.modules)\n"
+        "assert callable(podstream.pull) and callable(podstream.watch)\n"
+        "import podstream.pull as module\n"
+        "assert module is podstream.pull and module.RetryPolicy and podstream.apull and podstream.awatch\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    envelopes, files = make_job([10])
+    runpod = ScriptedRunPod([batch(envelopes, "COMPLETED")])
+    with client(runpod) as http:
+        saved = list(podstream.pull(JOB, runpod_url=BASE, key="k", out=tmp_path, client=http))
+    assert saved[0].path.read_bytes() == files[0]

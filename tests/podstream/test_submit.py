@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from podstream import submit as submit_mod
+import podstream.submit as submit_mod
 from podstream.progress import TransferError
 from podstream.submit import InputError
 from worker.inputs import ItemError, parse_job
