@@ -451,8 +451,12 @@ class EmulatorApp:
         unhealthy = None
         if query.get("status") == "unhealthy":
             unhealthy = f"{query.get('check', '?')}: {query.get('reason', '')}"
+        job_ids = [job_id for job_id in query.get("job_id", "").split(",") if job_id]
         self.table.ping(
-            request.path_params["worker_id"], unhealthy=unhealthy, version=query.get("runpod_version")
+            request.path_params["worker_id"],
+            job_ids=job_ids,
+            unhealthy=unhealthy,
+            version=query.get("runpod_version"),
         )
         return JSONResponse({})
 

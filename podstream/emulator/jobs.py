@@ -258,7 +258,17 @@ class JobTable:
         worker.last_seen = now
         return worker
 
-    def ping(self, worker_id: str, *, unhealthy: str | None = None, version: str | None = None) -> None:
+    def ping(
+        self,
+        worker_id: str,
+        *,
+        job_ids: list[str] | None = None,
+        unhealthy: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        """A heartbeat. It lists the jobs the worker believes it runs (`job_id=a,b`): any of them that
+        is no longer running there (cancelled or timed out while the stop signal raced the job's start,
+        deleted) is signalled on job-stop again. (unconfirmed: the reconciliation RunPod does.)"""
         worker = self.seen(worker_id)
         if unhealthy is not None:
             worker.unhealthy = unhealthy
@@ -267,6 +277,11 @@ class JobTable:
             return
         worker.last_ping = self._clock()
         worker.runpod_version = version or worker.runpod_version
+        stale = [job_id for job_id in job_ids or [] if self.holder_job(worker_id, job_id) is None]
+        fresh = [job_id for job_id in stale if job_id not in worker.stop]
+        if fresh:
+            worker.stop.extend(fresh)
+            worker.stop_changed.fire()
 
     def take(self, worker_id: str, n: int) -> list[Job]:
         now = self._clock()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -135,6 +136,29 @@ class Emulator:
     @property
     def workers(self) -> list[WorkerProcess]:
         return self._supervisor.processes
+
+    def ready_workers(self) -> list[str]:
+        """Ids of the workers that have called in (job-take, ping, ...) and are healthy."""
+        app = self._require_app()
+        return [w.id for w in list(app.table.workers.values()) if w.contacted and w.unhealthy is None]
+
+    def wait_for_workers(self, n: int = 1, timeout: float = 60.0) -> list[str]:
+        """Block until `n` workers have called in (from a thread other than the emulator's loop)."""
+        deadline = time.monotonic() + timeout
+        while len(ready := self.ready_workers()) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ready)} of {n} workers called in within {timeout:g} s")
+            time.sleep(0.05)
+        return ready
+
+    async def workers_ready(self, n: int = 1, wait_s: float = 60.0) -> list[str]:
+        """`wait_for_workers` for code running on the emulator's own loop."""
+        deadline = time.monotonic() + wait_s
+        while len(ready := self.ready_workers()) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ready)} of {n} workers called in within {wait_s:g} s")
+            await asyncio.sleep(0.05)
+        return ready
 
     def kill_worker(self, pod_id: str) -> bool:
         """SIGKILL a spawned worker and its heartbeat process, as a machine that dies."""

@@ -2,8 +2,9 @@
 
 EMU_MODE: `async` (async generator), `sync` (generator), `plain` (returns its output), `returns_generator`
 (a plain function that returns a generator: the SDK never streams it). EMU_AGGREGATE=1 sets
-return_aggregate_stream. Each job's input says what to do, so one process serves many tests:
-  items, size      yield `items` dicts {"i": k, "data": "x" * size}
+return_aggregate_stream; EMU_CONCURRENCY=N a concurrency_modifier
+that asks for N jobs at once (the SDK then uses job-take-batch). Each job's input says what to do, so one process serves many tests:
+  items, size      yield `items` dicts {"i": k, "data": "x" * size} (`sizes`: one size per item)
   sleep            seconds between items;  hold: seconds before the first
   raise_at         raise before item k;    error_at: yield {"error": ...} as item k
   mark             a file: "cancelled" is written there when the job is stopped, "finished" at its end
@@ -22,7 +23,9 @@ from typing import Any
 import runpod
 
 
-def _item(k: int, size: int) -> dict[str, Any]:
+def _item(job_input: dict[str, Any], k: int) -> dict[str, Any]:
+    sizes = job_input.get("sizes")
+    size = sizes[k] if sizes else job_input.get("size", 0)
     return {"i": k, "data": "x" * size}
 
 
@@ -40,7 +43,7 @@ async def async_handler(job: dict[str, Any]) -> AsyncIterator[Any]:
                 raise RuntimeError(f"boom at {k}")
             if k == job_input.get("error_at"):
                 yield {"error": f"bad item {k}"}
-            yield _item(k, job_input.get("size", 0))
+            yield _item(job_input, k)
             await asyncio.sleep(job_input.get("sleep", 0))
     except asyncio.CancelledError:
         _mark(job_input, "cancelled")
@@ -56,7 +59,7 @@ def sync_handler(job: dict[str, Any]) -> Iterator[Any]:
             raise RuntimeError(f"boom at {k}")
         if k == job_input.get("error_at"):
             yield {"error": f"bad item {k}"}
-        yield _item(k, job_input.get("size", 0))
+        yield _item(job_input, k)
         time.sleep(job_input.get("sleep", 0))
     _mark(job_input, "finished")
 
@@ -90,5 +93,6 @@ if __name__ == "__main__":
         {
             "handler": HANDLERS[os.environ.get("EMU_MODE", "async")],
             "return_aggregate_stream": os.environ.get("EMU_AGGREGATE") == "1",
+            "concurrency_modifier": lambda current: int(os.environ.get("EMU_CONCURRENCY", "1")),
         }
     )

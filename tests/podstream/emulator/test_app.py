@@ -18,8 +18,8 @@ from tests.podstream.emulator.conftest import Start
 from tests.podstream.emulator.support import API_KEY, WORKER_KEY
 
 
-async def wait_status(client: Any, job_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+async def wait_status(client: Any, job_id: str, status: str, within_s: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
     while True:
         body: dict[str, Any] = await client.status(job_id)
         if body["status"] == status:
@@ -47,7 +47,9 @@ async def test_authorization_is_checked_on_both_sides(serve: Start, http: httpx.
     s = await serve()
     url = f"{s.emu.endpoint_url}/run"
     assert (await http.post(url, json={"input": 1})).status_code == 401
-    assert (await http.post(url, json={"input": 1}, headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (
+        await http.post(url, json={"input": 1}, headers={"Authorization": "Bearer nope"})
+    ).status_code == 401
     assert (await http.post(url, json={"input": 1}, headers={"Authorization": API_KEY})).status_code == 200
     assert (
         await http.post(url, json={"input": 1}, headers={"Authorization": f"Bearer {API_KEY}"})
@@ -122,7 +124,11 @@ async def test_stream_hands_out_each_item_once(serve: Start) -> None:
     for k in range(3):
         assert (await s.worker.stream(job_id, {"k": k})).status_code == 200
     first = await s.client.stream(job_id)
-    assert first == {"id": job_id, "status": "IN_PROGRESS", "stream": [{"output": {"k": k}} for k in range(3)]}
+    assert first == {
+        "id": job_id,
+        "status": "IN_PROGRESS",
+        "stream": [{"output": {"k": k}} for k in range(3)],
+    }
     await s.worker.stream(job_id, {"k": 3})
     assert (await s.client.stream(job_id))["stream"] == [{"output": {"k": 3}}]
 
@@ -210,7 +216,8 @@ async def test_job_take_batch_returns_a_list(serve: Start) -> None:
     response = await s.worker.take(batch_size=5)
     assert response.json() == [{"id": ids[2], "input": {"n": 2}}]
     bad = await s.worker.client.get(
-        s.worker.take_url.replace("/job-take/", "/job-take-batch/") + "&batch_size=x", headers=s.worker.headers
+        s.worker.take_url.replace("/job-take/", "/job-take-batch/") + "&batch_size=x",
+        headers=s.worker.headers,
     )
     assert bad.status_code == 400
 
