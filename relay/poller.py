@@ -76,6 +76,7 @@ class JobPoller:
         self._replayed: list[MediaSink] = []
         self._recovered = False
         self._reported: set[str] = set()
+        self.stopping = False
 
     # ---------------------------------------------------------------- sinks
 
@@ -192,7 +193,7 @@ class JobPoller:
     # ---------------------------------------------------------------- the loop
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.recover)
+        await _finish_in_thread(self.recover)
         self.publish()
         if self.store.finished:
             return
@@ -200,14 +201,14 @@ class JobPoller:
             log.warning("job %s is unfinished but no RunPod URL is configured: not polling", self.store.job)
             return
         failures = 0
-        while True:
+        while not self.stopping:
             try:
                 batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
                 error = None
                 if batch.status == "FAILED" and self.status != "FAILED":
                     error = await self._failure_reason()
             except JobNotFound as exc:
-                await asyncio.to_thread(self._lost, str(exc))
+                await _finish_in_thread(self._lost, str(exc))
                 self.publish()
                 return
             except RunPodError as exc:
@@ -217,16 +218,16 @@ class JobPoller:
                 if not exc.retryable and str(exc.status_code) not in self._reported:
                     self._reported.add(str(exc.status_code))
                     entry = _error(None, "runpod_error", f"the relay cannot poll RunPod: {exc}")
-                    await asyncio.to_thread(self._record_commit, [entry])
+                    await _finish_in_thread(self._record_commit, [entry])
                     self.publish()
                 await asyncio.sleep(delay)
                 continue
             failures = 0
             self.polls += 1
-            await asyncio.to_thread(self._commit_batch, batch, error)
+            await _finish_in_thread(self._commit_batch, batch, error)
             self.publish()
             if batch.finished:
-                await asyncio.to_thread(self.finish, batch.status)
+                await _finish_in_thread(self.finish, batch.status)
                 self.publish()
                 return
 
@@ -247,6 +248,20 @@ class JobPoller:
         self._record_commit([_error(None, "not_found", message)])
         status = self.status if self.status in TERMINAL else LOST
         self.finish(status)
+
+
+async def _finish_in_thread(fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn` in a worker thread; if cancelled meanwhile, wait for it to finish before re-raising.
+
+    What was drained from RunPod must land on disk whole, and the job's files must not be closed under a
+    write: shutdown cancels pollers, then closes the stores.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 def _error(item: int | None, code: str, message: str) -> Entry:
@@ -302,8 +317,17 @@ class PollerSet:
         if task is not None:
             await asyncio.wait([task])
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop every poller: each finishes the long-poll it is in (up to `grace_s`), then they are cancelled.
+
+        Letting the poll in flight finish matters: RunPod may hand items out to a request the relay has
+        already abandoned, and those would be lost. `grace_s` should cover one `/stream` wait.
+        """
+        for poller in self.pollers.values():
+            poller.stopping = True
         tasks = list(self._tasks.values())
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
         for task in tasks:
             task.cancel()
         if tasks:

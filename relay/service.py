@@ -87,7 +87,7 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await self.drain()
-        await self.pollers.stop()
+        await self.pollers.stop(grace_s=self.settings.poll_wait_ms / 1000 + 1.0)
         for store in self._jobs.values():
             self.hub.forget(store.job)
             store.close()

@@ -1,0 +1,177 @@
+"""relay.poller against the emulator: restart recovery, reported corruption and loss, RunPod retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from podstream.emulator import Emulator
+from tests.relay.conftest import (
+    Batch,
+    Received,
+    RelayServer,
+    ScriptedWorker,
+    consume,
+    make_files,
+    pack,
+    recv,
+    relay_settings,
+    start_relay,
+    ws_client,
+)
+
+
+async def submit(relay: RelayServer) -> str:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{relay.url}/v1/jobs", json={"input": {}})
+        job: str = r.json()["id"]
+        return job
+
+
+async def until(predicate: Any, seconds: float = 20) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def records(relay: RelayServer, job: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.get(f"{relay.url}/v1/jobs/{job}/events", params={"format": "json"})
+        events: list[dict[str, Any]] = r.json()["events"]
+        return events
+
+
+async def test_restart_mid_job_loses_nothing_and_resumes_polling(
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    settings = relay_settings(tmp_path, emulator)
+    relay = await start_relay(settings)
+    files = make_files(3, 300_000)
+    try:
+        job = await submit(relay)
+        taken = await worker.take()
+        batch = Batch(taken["id"], files, part_bytes=100_000)
+        # stop in the middle of item 1: item 0 complete, item 1 half there
+        cut = next(
+            i
+            for i, e in enumerate(batch.envelopes)
+            if e["type"] == "part" and e["item"] == 1 and e["part"] == 2
+        )
+        for envelope in batch.envelopes[:cut]:
+            await worker.post(job, envelope)
+        poller = relay.relay.pollers.pollers[job]
+        await until(lambda: poller.assembler.seen(cut) and not poller.assembler.missing(cut))
+        async with ws_client(relay.ws_url) as ws:
+            await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+            assert (await recv(ws))["t"] == "subscribed"
+            got = Received()
+            with contextlib.suppress(TimeoutError):  # caught up with what exists before the restart
+                await consume(ws, job, got, seconds=1.0)
+        before = await records(relay, job)
+        assert [r["k"] for r in before].count("item") == 1
+    finally:
+        await relay.stop()
+
+    for envelope in batch.envelopes[cut:]:  # the worker goes on while the relay is down
+        await worker.post(job, envelope)
+    await worker.done(job)
+
+    relay = await start_relay(settings)
+    try:
+        assert relay.relay.polling(job) or relay.relay.job(job).finished
+        await until(lambda: relay.relay.job(job).finished)
+        after = await records(relay, job)
+        assert after[: len(before)] == before  # nothing published was lost or changed
+        kinds = [r["k"] for r in after]
+        assert kinds.count("item") == 3 and kinds[-1] == "done", [
+            r for r in after if r["k"] in ("error", "done")
+        ]
+        assert [r for r in after if r["k"] == "error"] == []
+        assert after[-1]["status"] == "COMPLETED" and after[-1]["items"] == 3 and after[-1]["errors"] == 0
+        # the subscriber resumes from the last seq it applied and gets the rest, bytes included
+        async with ws_client(relay.ws_url) as ws:
+            await ws.send(pack({"t": "sub", "job": job, "from": got.last_applied}))
+            assert (await recv(ws))["t"] == "subscribed"
+            rest = await consume(ws, job, Received())
+        assert rest.seqs == list(range(got.last_applied + 1, after[-1]["seq"] + 1))
+        applied = {
+            **{i: bytes(b) for i, b in got.files.items() if i != 1},
+            **{i: bytes(b) for i, b in rest.files.items()},
+        }
+        assert {i: hashlib.sha256(b).hexdigest() for i, b in applied.items()} == {
+            i: hashlib.sha256(f).hexdigest() for i, f in enumerate(files)
+        }
+    finally:
+        await relay.stop()
+
+
+async def test_dropped_and_corrupt_parts_are_reported(
+    relay_server: RelayServer, worker: ScriptedWorker
+) -> None:
+    job = await submit(relay_server)
+    taken = await worker.take()
+    files = make_files(3, 200_000)
+    batch = Batch(taken["id"], files, part_bytes=100_000, progress=False)
+    envelopes = batch.envelopes
+    dropped = next(e for e in envelopes if e["type"] == "part" and e["item"] == 0 and e["part"] == 1)
+    corrupt = copy.deepcopy(
+        next(e for e in envelopes if e["type"] == "part" and e["item"] == 1 and e["part"] == 0)
+    )
+    flipped = "B" if corrupt["data"][100] == "A" else "A"
+    corrupt["data"] = corrupt["data"][:100] + flipped + corrupt["data"][101:]  # right length, wrong bytes
+    for envelope in envelopes:
+        if envelope is dropped:
+            continue
+        if envelope["seq"] == corrupt["seq"]:
+            envelope = corrupt
+        await worker.post(job, envelope)
+    await worker.post(job, {"v": 1, "nonsense": True})
+    await worker.post(job, envelopes[-1])  # a duplicate (RunPod's SDK retries 5xx POSTs)
+    await worker.done(job)
+    await until(lambda: relay_server.relay.job(job).finished)
+    got = await records(relay_server, job)
+    errors = [(r["item"], r["code"]) for r in got if r["k"] == "error"]
+    assert (None, "unknown_type") in errors
+    assert (1, "bad_sha256") in errors
+    assert (None, "gap") in errors and (0, "incomplete") in errors
+    assert (0, "missing_item") in errors and (1, "missing_item") in errors
+    assert (None, "duplicate") in errors
+    items = [r["item"] for r in got if r["k"] == "item"]
+    assert items == [2]
+    assert got[-1]["k"] == "done" and got[-1]["items"] == 1 and got[-1]["errors"] >= 5
+    # the bad bytes never reached a final name
+    media = relay_server.relay.job(job).media
+    assert sorted(p.name for p in media.rglob("*") if p.is_file()) == ["00002-clip2.mp4"]
+
+
+async def test_a_new_run_starts_over(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    """Envelopes of a new `run` (RunPod re-ran the job) replace what the earlier run sent."""
+    job = await submit(relay_server)
+    taken = await worker.take()
+    old = Batch(taken["id"], make_files(2, 10_000))
+    for envelope in old.envelopes[:4]:  # both items of the first run, no manifest
+        await worker.post(job, envelope)
+    files = make_files(2, 20_000)
+    for envelope in Batch(taken["id"], files).envelopes:
+        await worker.post(job, envelope)
+    await worker.done(job)
+    await until(lambda: relay_server.relay.job(job).finished)
+    got = await records(relay_server, job)
+    codes = [r["code"] for r in got if r["k"] == "error"]
+    assert codes == ["restarted"]
+    items = [r for r in got if r["k"] == "item"]
+    assert [(r["item"], r["size"]) for r in items] == [(0, 10_000), (1, 10_001), (0, 20_000), (1, 20_001)]
+    store = relay_server.relay.job(job)
+    assert store.done is not None and store.done["status"] == "COMPLETED" and store.done["errors"] == 0
+    async with httpx.AsyncClient() as http:
+        media = await http.get(f"{relay_server.url}/v1/jobs/{job}/media/0")
+        assert media.content == files[0]
+    assert sorted(p.parent.name for p in store.media.rglob("*.mp4")) == ["1", "1", "2", "2"]

@@ -1,0 +1,150 @@
+"""relay.store: the journal (dense seq, torn tails, tail cache vs disk), media sinks, job directories."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.store import BadJobId, Journal, MediaSink, RecordLog, Store, check_job_id, public
+
+
+def test_journal_is_dense_and_reads_back_from_memory_and_disk(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.log", fsync=False, tail=4)
+    list(journal.load())
+    for i in range(20):
+        journal.append("progress", item=0, step=i, steps=20)
+        if i % 3 == 0:
+            journal.commit()
+    assert journal.published == 19 and journal.head == 20
+    assert [r["seq"] for r in journal.read(0, 100)] == list(range(1, 20))
+    journal.commit()
+    records = journal.read(0, 100)
+    assert [r["seq"] for r in records] == list(range(1, 21))
+    assert [r["step"] for r in records] == list(range(20))
+    assert [r["seq"] for r in journal.read(2, 3)] == [3, 4, 5]  # from disk (out of the tail)
+    assert [r["seq"] for r in journal.read(18, 10)] == [19, 20]  # from memory
+    assert journal.read(20) == []
+    journal.close()
+
+    again = Journal(tmp_path / "j.log", fsync=False)
+    assert [r["seq"] for r in again.load()] == list(range(1, 21))
+    assert again.published == 20
+    with pytest.raises(ValueError):
+        again.append("nonsense")
+    again.close()
+
+
+def test_unpublished_records_are_invisible(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.log", fsync=False)
+    list(journal.load())
+    journal.append("status", status="IN_QUEUE")
+    assert journal.read(0) == []
+    journal.commit()
+    assert len(journal.read(0)) == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(cut=st.integers(min_value=1, max_value=200), garbage=st.binary(max_size=20))
+def test_a_torn_tail_is_truncated_on_open(
+    tmp_path_factory: pytest.TempPathFactory, cut: int, garbage: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("torn") / "j.log"
+    journal = Journal(path, fsync=False)
+    list(journal.load())
+    for i in range(5):
+        journal.append("progress", item=i, step=1, steps=1)
+    journal.commit()
+    journal.close()
+    whole = path.stat().st_size
+    with open(path, "r+b") as f:  # tear the last record (or more) and append junk
+        f.truncate(max(0, whole - cut))
+        f.seek(0, os.SEEK_END)
+        f.write(garbage)
+    reopened = Journal(path, fsync=False)
+    seqs = [r["seq"] for r in reopened.load()]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) <= 5
+    reopened.append("done", status="COMPLETED", items=0, errors=0)
+    reopened.commit()
+    reopened.close()
+    final = Journal(path, fsync=False)
+    assert [r["seq"] for r in final.load()] == list(range(1, len(seqs) + 2))
+    final.close()
+
+
+def test_record_log_appends_many_in_one_write(tmp_path: Path) -> None:
+    log = RecordLog(tmp_path / "w.log", fsync=False)
+    list(log.scan())
+    offsets = log.append([{"a": i, "b": b"x" * i} for i in range(10)])
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    assert [r["a"] for r in log.read_at(offsets[3], 3)] == [3, 4, 5]
+    log.close()
+
+
+def test_media_sink_writes_verifies_renames(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    digest = hashlib.sha256(data).hexdigest()
+    sink = MediaSink(tmp_path, 3, "../../evil id", "video/mp4", len(data), fsync=True, replaying=False)
+    assert sink.final.parent == tmp_path and sink.final.name == "00003-evil_id.mp4"
+    sink.write(50_000, data[50_000:])  # out of order
+    sink.write(0, data[:50_000])
+    ok, path = sink.finish(digest)
+    assert ok and path.read_bytes() == data and not sink.temp.exists()
+
+    bad = MediaSink(tmp_path, 4, "", "image/png", 3, fsync=False, replaying=False)
+    bad.write(0, b"abc")
+    assert bad.finish("0" * 64) == (False, None)
+    assert not bad.temp.exists() and not bad.final.exists()
+
+
+def test_media_sink_resumes_after_a_restart(tmp_path: Path) -> None:
+    data = os.urandom(30_000)
+    first = MediaSink(tmp_path, 0, "a", "video/mp4", len(data), fsync=False, replaying=False)
+    first.write(0, data[:10_000])
+    del first  # the process died here
+    resumed = MediaSink(tmp_path, 0, "a", "video/mp4", len(data), fsync=False, replaying=True)
+    resumed.write(0, b"\0" * 10_000)  # replayed: ignored, the bytes are on disk
+    resumed.replaying = False
+    resumed.write(10_000, data[10_000:])
+    ok, path = resumed.finish(hashlib.sha256(data).hexdigest())
+    assert ok and path.read_bytes() == data
+    # replaying an item that was finished before the restart reports what is on disk
+    done = MediaSink(tmp_path, 0, "a", "video/mp4", len(data), fsync=False, replaying=True)
+    assert done.finish("ignored") == (True, path)
+
+
+def test_job_ids_are_validated() -> None:
+    for good in ("abc", "8d4a-e1", "sync-1.2_x:y"):
+        assert check_job_id(good) == good
+    for bad in ("", "../x", "a/b", ".hidden", "a..b", "x" * 129, "-x", "a b"):
+        with pytest.raises(BadJobId):
+            check_job_id(bad)
+
+
+def test_store_lists_opens_and_deletes_jobs(tmp_path: Path) -> None:
+    store = Store(tmp_path, fsync=False)
+    job = store.create("job-1", source="attach")
+    job.record(
+        [("status", {"status": "IN_QUEUE"}), ("item", {"item": 0, "_file": "1/00000.mp4", "url": "u"})]
+    )
+    assert job.status == "" and job.items == {}  # summaries follow what is published
+    job.commit()
+    assert job.status == "IN_QUEUE" and 0 in job.items
+    assert public(job.items[0]) == {"seq": 2, "k": "item", "item": 0, "url": "u"}
+    assert job.media_path({"_file": "../../../etc/passwd"}) is None
+    job.record([("done", {"status": "COMPLETED", "items": 1, "errors": 0})])
+    job.commit()
+    assert job.meta["finished_at"] and job.finished
+    job.close()
+    assert store.job_ids() == ["job-1"] and store.finished_at("job-1")
+    reopened = store.open("job-1")
+    assert reopened.finished and reopened.meta["source"] == "attach"
+    reopened.close()
+    store.delete("job-1")
+    assert store.job_ids() == [] and not store.exists("job-1")
+    with pytest.raises(KeyError):
+        store.open("job-1")
