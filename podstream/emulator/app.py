@@ -364,7 +364,8 @@ class EmulatorApp:
         worker = self.table.seen(worker_id)
         worker.job_in_progress = request.query_params.get("job_in_progress") == "1"
         deadline = time.monotonic() + self.config.job_take_wait_s
-        while not self.table.closing:
+        generation = self.table.poll_generation
+        while self.table.poll_generation == generation:
             if self.table.queue:
                 if await request.is_disconnected():
                     break  # nobody left to hand a job to: leave it queued
@@ -436,7 +437,8 @@ class EmulatorApp:
     async def _job_stop(self, request: Request, body: bytes) -> Response:
         worker = self.table.seen(request.path_params["worker_id"])
         deadline = time.monotonic() + self.config.job_stop_wait_s
-        while not worker.stop and not self.table.closing:
+        generation = self.table.poll_generation
+        while not worker.stop and self.table.poll_generation == generation:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

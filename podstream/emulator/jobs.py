@@ -140,6 +140,8 @@ class JobTable:
         self.queue_changed = Signal()
         self.workers: dict[str, Worker] = {}
         self.closing = False
+        # Bumped to answer every pending worker long-poll now (workers stopping, server closing).
+        self.poll_generation = 0
         self.counters = {"completed": 0, "failed": 0, "retried": 0}
         self._on_terminal = on_terminal
         self._clock = clock
@@ -372,9 +374,17 @@ class JobTable:
         self._delete(job)
         return True
 
+    def release_worker_polls(self) -> None:
+        """Answer every pending job-take and job-stop long-poll now (with 204 when there is nothing)."""
+        self.poll_generation += 1
+        self.queue_changed.fire()
+        for worker in self.workers.values():
+            worker.stop_changed.fire()
+
     def close(self) -> None:
         """Release every long-poll: the server is going away."""
         self.closing = True
+        self.poll_generation += 1
         self.queue_changed.fire()
         for job in self.jobs.values():
             job.changed.fire()

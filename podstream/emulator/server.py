@@ -137,6 +137,11 @@ class Emulator:
     def workers(self) -> list[WorkerProcess]:
         return self._supervisor.processes
 
+    def stop_workers(self) -> None:
+        """Stop every spawned worker now (SIGTERM, SIGKILL after the grace); the emulator keeps serving."""
+        self._require_app()
+        self._supervisor.stop_all(release=self._release_polls_threadsafe)
+
     def ready_workers(self) -> list[str]:
         """Ids of the workers that have called in (job-take, ping, ...) and are healthy."""
         app = self._require_app()
@@ -212,6 +217,7 @@ class Emulator:
             sock.close()
             self._app = None
             self._loop = None
+            self._base_url = None
 
     @contextlib.contextmanager
     def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[Self]:
@@ -277,6 +283,11 @@ class Emulator:
     def _expect_worker(self, pod_id: str) -> None:
         if self._app is not None:
             self._call(lambda app: app.table.expect_worker(pod_id))
+
+    def _release_polls_threadsafe(self) -> None:
+        app, loop = self._app, self._loop
+        if app is not None and loop is not None:
+            loop.call_soon_threadsafe(app.table.release_worker_polls)
 
     def _release_threadsafe(self) -> None:
         app, loop = self._app, self._loop

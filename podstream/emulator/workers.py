@@ -138,8 +138,11 @@ class WorkerSupervisor:
                 process.popen.wait(timeout=5)
             if process._log is not None:
                 process._log.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+        self._stopping.clear()  # spawning again starts a fresh monitor
 
     # ---- internals ---------------------------------------------------------------------------------
 

@@ -47,6 +47,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Emulat
         for emu in emus.values():
             emu.wait_for_workers(1, timeout=90)
         yield emus
+        # stop the workers side by side, not one emulator after the other
+        stoppers = [threading.Thread(target=emu.stop_workers) for emu in emus.values()]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join(30)
+        assert not any(w.alive for emu in emus.values() for w in emu.workers)
 
 
 @pytest.fixture(autouse=True)
