@@ -188,6 +188,26 @@ class Child:
             self._log_file = None
 
 
+def relay_command(python: str, env: dict[str, str]) -> list[str]:
+    """`podstream relay ...`; in a checkout without that command yet, the same app under uvicorn."""
+    import importlib.util
+
+    if importlib.util.find_spec("podstream.commands.relay") is not None:
+        return [
+            python, "-m", "podstream", "relay", "--runpod-url", env["PODSTREAM_RUNPOD_URL"],
+            "--data-dir", env["PODSTREAM_DATA_DIR"], "--host", env["PODSTREAM_HOST"], "--port", env["PODSTREAM_PORT"],
+        ]  # fmt: skip
+    code = (
+        "import uvicorn\n"
+        "from relay.app import create_app\n"
+        "from relay.config import RelaySettings\n"
+        "s = RelaySettings.from_env()\n"
+        "uvicorn.run(create_app(s), host=s.host, port=s.port, ws='websockets', ws_per_message_deflate=False, "
+        "log_level='warning')\n"
+    )
+    return [python, "-c", code]
+
+
 class Stack:
     """The emulator (with its workers) and the relay, on loopback ports, as child processes."""
 
@@ -218,16 +238,12 @@ class Stack:
             logs / "emulator.log",
             env,
         )  # fmt: skip
-        relay_env = {**os.environ, "PODSTREAM_RUNPOD_KEY": self.runpod_key, "PYTHONUNBUFFERED": "1"}
-        self.relay = Child(
-            "relay",
-            [
-                python, "-m", "podstream", "relay", "--runpod-url", self.endpoint_url,
-                "--data-dir", str(data_dir), "--host", host, "--port", str(self.relay_port),
-            ],
-            logs / "relay.log",
-            relay_env,
-        )  # fmt: skip
+        relay_env = {
+            **os.environ, "PODSTREAM_RUNPOD_KEY": self.runpod_key, "PODSTREAM_RUNPOD_URL": self.endpoint_url,
+            "PODSTREAM_DATA_DIR": str(data_dir), "PODSTREAM_HOST": host, "PODSTREAM_PORT": str(self.relay_port),
+            "PYTHONUNBUFFERED": "1",
+        }  # fmt: skip
+        self.relay = Child("relay", relay_command(python, relay_env), logs / "relay.log", relay_env)
         self.children = [self.emulator, self.relay]
 
     def __enter__(self) -> Stack:
