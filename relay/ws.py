@@ -73,11 +73,18 @@ class Connection:
         self._send_lock = asyncio.Lock()
         self._ended: asyncio.Future[Bye | None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
         self.sent_frames = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._closed.set()
+
+    async def _serve(self) -> None:
         origin = self.ws.headers.get("origin")
         try:
             self.principal = await self.relay.auth.connect(origin, dict(self.ws.headers))
@@ -107,8 +114,11 @@ class Connection:
             await self._close(bye)
 
     async def bye(self, code: int, reason: str) -> None:
-        """End this connection with `bye code` (from outside, e.g. on shutdown)."""
+        """End this connection with `bye code` (from outside, e.g. on shutdown); returns once it is said."""
         self._end(Bye(code, reason))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(5.0, self.settings.send_timeout_s + 1.0)):
+                await self._closed.wait()
 
     def _end(self, bye: Bye | None) -> None:
         if not self._ended.done():

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
+from relay import serve
 from relay.app import create_app
 from relay.config import RelaySettings
 
@@ -133,11 +134,9 @@ class RelayServer:
 
 async def start_relay(settings: RelaySettings) -> RelayServer:
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws="websockets-sansio", ws_per_message_deflate=False,
-        ws_max_size=1 << 20, lifespan="on", log_level="warning",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = serve.RelayServer(
+        serve.uvicorn_config(app, settings, port=0, log_level="warning"), app.state.relay
+    )
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started or task.done():

@@ -1,0 +1,103 @@
+"""`podstream relay` and `podstream jobs` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from podstream.commands.jobs import format_table
+from podstream.emulator import Emulator
+from tests.relay.conftest import recv, ws_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def podstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podstream", *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_bad_settings_are_one_line_usage_errors(tmp_path: Path) -> None:
+    result = podstream("relay", "--poll-wait-ms", "5", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "podstream relay: PODSTREAM_POLL_WAIT_MS must be between 1000 and 300000 (RunPod's range)"
+    ]
+    result = podstream("relay", env={"PODSTREAM_RUNPOD_URL": "ftp://x", "PODSTREAM_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "PODSTREAM_RUNPOD_URL" in result.stderr
+
+
+def test_jobs_reports_an_unreachable_relay() -> None:
+    result = podstream("jobs", "--relay", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "cannot reach the relay" in result.stderr
+
+
+async def test_relay_process_serves_lists_and_says_bye_on_sigterm(tmp_path: Path, emulator: Emulator) -> None:
+    port = free_port()
+    env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "unused", "PODSTREAM_FSYNC": "never"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podstream", "relay", "--runpod-url", emulator.endpoint_url, "--data-dir",
+        str(tmp_path / "data"), "--port", str(port), "--poll-wait-ms", "1000", "--log-level", "warning",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base)
+            assert listing.returncode == 0 and listing.stdout.strip() == "no jobs"
+            job = (await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})).json()["id"]
+            assert (await http.post(f"{base}/v1/jobs/{job}/attach")).status_code == 201
+            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base)
+            lines = listing.stdout.strip().splitlines()
+            assert lines[0].split() == ["JOB", "STATUS", "ITEMS", "ERRORS", "EVENTS", "AGE", "STATE"]
+            assert lines[1].split()[0] == job and lines[1].split()[-1] == "polling"
+        async with ws_client(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+            process.send_signal(signal.SIGTERM)
+            frame = await recv(ws)
+            assert frame["t"] == "bye" and frame["code"] == 4000
+        # uvicorn re-raises the signal it caught once it has shut down cleanly
+        assert await asyncio.wait_for(process.wait(), 20) in (0, -signal.SIGTERM)
+        stderr = (await process.stderr.read()).decode() if process.stderr else ""
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_format_table() -> None:
+    table = format_table(
+        [
+            {
+                "id": "a-1",
+                "status": "COMPLETED",
+                "items": 3,
+                "errors": 0,
+                "head": 9,
+                "created_at": 0,
+                "finished": True,
+            }
+        ],
+        now=7200,
+    )
+    assert table.splitlines()[1].split() == ["a-1", "COMPLETED", "3", "0", "9", "2h", "done"]
