@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 from websockets.datastructures import Headers
@@ -380,3 +386,91 @@ def test_items_without_inline_bytes_are_fetched_from_their_url(tmp_path: Path) -
     assert {f.item: f.path.read_bytes() for f in info.value.outcome.files} == {0: files[0], 1: files[1]}
     assert [p.code for p in info.value.outcome.problems] == ["fetch_failed"]
     assert relay.media_requests == [("/media/0", "Bearer t"), ("/media/9", "Bearer t")]
+
+
+# ------------------------------------------------------ against the real relay (a process) and the emulator
+
+HANDLER = """
+import asyncio, hashlib, runpod
+from podstream import wire
+
+async def handler(job):
+    env = wire.Envelopes(job["id"])
+    entries = []
+    for item, size in enumerate(job["input"]["sizes"]):
+        await asyncio.sleep(job["input"]["delay"])
+        data = hashlib.sha256(str(item).encode()).digest() * (size // 32)
+        parts = list(env.parts(item, data, mime="video/mp4", id=f"clip{item}", part_bytes=200_000))
+        for part in parts:
+            yield part
+        entries.append(wire.ManifestItem(item, f"clip{item}", "ok", "video/mp4", len(data), wire.sha256_hex(data), len(parts)))
+    for page in env.manifest(entries):
+        yield page
+
+runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def start_relay(endpoint_url: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable, "-m", "podstream", "relay", "--runpod-url", endpoint_url, "--data-dir", str(data_dir),
+        "--port", str(port), "--fsync", "never", "--poll-wait-ms", "2000",
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PODSTREAM_RUNPOD_KEY": "k"}
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the relay did not start:\n" + log.read_text())
+
+
+def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:
+    from podstream.emulator import Emulator, EmulatorConfig
+    from podstream.submit import submit
+
+    script = tmp_path / "handler.py"
+    script.write_text(HANDLER)
+    sizes = [600_000, 300_000, 500_000, 64, 400_000]
+    expected = {k: hashlib.sha256(str(k).encode()).digest() * (s // 32) for k, s in enumerate(sizes)}
+    port = free_port()
+    relay_log = tmp_path / "relay.log"
+    with Emulator(EmulatorConfig(endpoint_id="ep", api_key="k")).serve_in_thread() as emu:
+        emu.spawn_workers(1, [sys.executable, str(script)], log_dir=tmp_path)
+        relay = start_relay(emu.endpoint_url, tmp_path / "data", port, relay_log)
+        try:
+            job = submit({"sizes": sizes, "delay": 0.4}, relay=f"http://127.0.0.1:{port}")
+            recorder = Recorder()
+            saved: list[SavedFile] = []
+            restarted = False
+            for file in watch_mod.watch(
+                job.id, relay=job.relay, out=tmp_path / "out", retry=RetryPolicy(attempts=30, base=0.2, cap=1.0),
+                observer=recorder,
+            ):  # fmt: skip
+                saved.append(file)
+                if not restarted:
+                    relay.terminate()  # says bye 4000 to every websocket, then exits
+                    relay.wait(30)
+                    relay = start_relay(emu.endpoint_url, tmp_path / "data", port, relay_log)
+                    restarted = True
+        finally:
+            relay.terminate()
+            relay.wait(30)
+    assert sorted(f.item for f in saved) == list(range(len(sizes)))
+    assert {f.item: f.path.read_bytes() for f in saved} == expected
+    assert recorder.retries, "the watcher had to reconnect"
+    assert recorder.outcome is not None and recorder.outcome.ok
