@@ -42,7 +42,7 @@ def test_execution_timeout_signals_the_worker() -> None:
     clock.now += 2
     jobs.ping("w")
     jobs.tick()
-    assert job.status is JobStatus.TIMED_OUT and ended == [job]
+    assert job.status.value == "TIMED_OUT" and ended == [job]
     assert jobs.stop_signals("w") == [job.id] and jobs.stop_signals("w") == []
     assert job.status_body()["executionTime"] == 6000
 
@@ -58,7 +58,7 @@ def test_heartbeat_grace() -> None:
     assert job.status is JobStatus.IN_PROGRESS
     clock.now += 11
     jobs.tick()
-    assert job.status is JobStatus.FAILED and "stopped sending heartbeats" in (job.error or "")
+    assert job.status.value == "FAILED" and "stopped sending heartbeats" in (job.error or "")
 
 
 def test_retention_then_deletion_and_ttl() -> None:

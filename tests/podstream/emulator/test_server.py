@@ -78,6 +78,6 @@ def test_config_validation() -> None:
         {"ping_interval_ms": 500},
     ):
         with pytest.raises(ValueError):
-            EmulatorConfig(**bad)  # type: ignore[arg-type]
+            EmulatorConfig(**bad)
     assert EmulatorConfig(api_key="k").effective_worker_key == "k"
     assert EmulatorConfig().with_changes(retention_run_s=5).retention_run_s == 5

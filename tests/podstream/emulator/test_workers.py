@@ -28,8 +28,8 @@ def until(condition: Callable[[], bool], within_s: float = 15) -> None:
         time.sleep(0.05)
 
 
-def supervisor(**kwargs: float) -> WorkerSupervisor:
-    return WorkerSupervisor(lambda pod_id: {"RUNPOD_POD_ID": pod_id}, **kwargs)
+def supervisor(stop_grace_s: float = 5.0) -> WorkerSupervisor:
+    return WorkerSupervisor(lambda pod_id: {"RUNPOD_POD_ID": pod_id}, stop_grace_s=stop_grace_s)
 
 
 def test_worker_gets_its_env_and_log(tmp_path: Path) -> None:
