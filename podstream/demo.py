@@ -125,6 +125,14 @@ def write_samples(directory: Path, count: int, size: int = 256) -> list[Path]:
 # ------------------------------------------------------------------------------------------- children
 
 
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -163,11 +171,7 @@ class Child:
         return None if self.process is None else self.process.poll()
 
     def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return _tail(self.log, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         process = self.process
@@ -281,9 +285,11 @@ class Stack:
                 self.check_alive()
                 if time.monotonic() > deadline:
                     waiting = "the relay" if not relay_up else "a worker"
+                    logs = [self.relay.log] if not relay_up else self.worker_logs()
+                    tail = _tail(logs[-1]) if logs else ""
                     raise DemoError(
                         f"{waiting} did not become ready within {self.settings.startup_timeout_s:.0f}s "
-                        f"(logs in {self.logs})"
+                        f"(logs in {self.logs})\n{tail}".rstrip()
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     relay_up = relay_up or http.get(f"{self.relay_url}/healthz").status_code == 200
