@@ -61,6 +61,10 @@ OPEN_TIMEOUT_S: Final = 10.0
 FETCH_TIMEOUT: Final = httpx.Timeout(30.0)
 
 
+#: `err` codes that need nothing from a single-job watcher (answers to requests it does not make).
+_HARMLESS_ERRORS: Final = frozenset({"already_subscribed", "not_subscribed"})
+
+
 class Resync(Exception):
     """The stream lost its order (a gap in seq, a chunk out of place): reconnect from the last applied seq."""
 
@@ -163,9 +167,15 @@ class Subscription:
             self.ping_interval = float(ping) if isinstance(ping, int | float) else None
             return [], []
         if kind == "err":
-            if frame.get("job") in (None, self.job):
-                raise TransferError(f"the relay refused: {frame.get('code')}: {frame.get('message')}")
-            return [], []
+            if frame.get("job") not in (None, self.job):
+                return [], []
+            if frame.get("code") == "media_unavailable" and self._receiving is not None:
+                # The item's file is gone from the relay (retention): report it, go on with the next record.
+                self._give_up_item(f"{frame.get('message') or 'its file is no longer available'}")
+                return [], []
+            if frame.get("code") in _HARMLESS_ERRORS:
+                return [], []
+            raise TransferError(f"the relay refused: {frame.get('code')}: {frame.get('message')}")
         if frame.get("job") != self.job:
             return [], []  # another subscription's frame (this one only sends ours)
         if kind == "subscribed":
@@ -250,13 +260,16 @@ class Subscription:
 
     def fetch_failed(self, url: str, reason: str) -> None:
         """The item's URL could not be fetched: report it and go on with the next record."""
+        self._give_up_item(f"cannot fetch {url}: {reason}", "fetch_failed")
+
+    def _give_up_item(self, reason: str, code: str = "media_unavailable") -> None:
         receiving = self._receiving
         if receiving is None:
             return
         receiving.sink.abort()
         self._receiving = None
         self._advance(receiving.seq)
-        self._problem(StreamProblem("fetch_failed", f"item {receiving.item}: cannot fetch {url}: {reason}"))
+        self._problem(StreamProblem(code, f"item {receiving.item}: {reason}"))
 
     def _on_chunk(self, frame: Mapping[str, Any]) -> list[SavedFile]:
         receiving = self._receiving

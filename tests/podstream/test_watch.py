@@ -366,8 +366,24 @@ def test_subscription_rejects_out_of_order_streams(tmp_path: Path) -> None:
         sub.feed({"t": "chunk", "job": JOB, "seq": 2, "item": 0, "off": 2, "data": b"xx", "last": True})
     sub.reset()
     assert sub.position == 1 and not list(tmp_path.glob(".*.part"))
-    with pytest.raises(TransferError, match="refused"):
-        sub.feed({"t": "err", "code": "forbidden", "message": "no", "job": JOB})
+    sub.feed(
+        {
+            "t": "ev",
+            "job": JOB,
+            "seq": 2,
+            "k": "item",
+            "item": 0,
+            "id": "",
+            "mime": "image/png",
+            "size": 4,
+            "sha256": "0" * 64,
+        }
+    )
+    assert sub.feed({"t": "err", "code": "already_subscribed", "message": "x", "job": JOB}) == ([], [])
+    sub.feed({"t": "err", "code": "media_unavailable", "message": "the file of item 0 is gone", "job": JOB})
+    assert sub.position == 2 and [p.code for p in sub.outcome.problems] == ["media_unavailable"]
+    with pytest.raises(TransferError, match="refused: not_found"):
+        sub.feed({"t": "err", "code": "not_found", "message": "this relay does not know the job", "job": JOB})
     assert sub.feed({"t": "ev", "job": "other", "seq": 9, "k": "done"}) == ([], [])
 
 
