@@ -12,10 +12,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from podstream import wire
@@ -176,3 +178,41 @@ def test_help_everywhere() -> None:
         result = podstream(command, "--help")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"usage: podstream {command}") and epilog in result.stdout
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real relay process with no RunPod behind it (it can replay, not submit)."""
+    data = tmp_path_factory.mktemp("relay")
+    port = closed_port()
+    argv = [sys.executable, "-m", "podstream", "relay", "--data-dir", str(data), "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
+    with (data / "relay.log").open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (data / "relay.log").read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the relay did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_unknown_job_on_a_real_relay(relay: str, tmp_path: Path) -> None:
+    result = podstream("watch", "no-such-job", "--relay", relay, "--out", str(tmp_path))
+    one_line_error(result, 1, "not_found", "does not know the job")
+
+
+def test_submit_to_a_relay_that_cannot_submit(relay: str, tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    result = podstream("submit", "--relay", relay, "--prompts", str(prompts), "--out", str(tmp_path))
+    one_line_error(result, 1, "refused the job")
