@@ -63,6 +63,9 @@ if (fragment.has("key")) {
   fragment.delete("key");
   history.replaceState(null, "", `${location.pathname}${location.search}${fragment.size ? `#${fragment}` : ""}`);
 }
+/** A subscriber token handed over in the link (`/?job=ID#token=T`, as `podstream demo` prints it). */
+const linkToken = fragment.get("token");
+const linkJob = fragment.get("job") ?? new URLSearchParams(location.search).get("job");
 const keyInput = /** @type {HTMLInputElement} */ ($("api-key"));
 keyInput.value = localStorage.getItem(KEY_STORAGE) ?? "";
 
@@ -85,6 +88,7 @@ const client = new PodstreamClient({
       submitTokens.delete(jobs[0]);
       return token;
     }
+    if (linkToken && jobs.length === 1 && jobs[0] === linkJob) return linkToken;
     if (!client.apiKey || jobs.length !== 1) return null;
     try {
       return await client.mintToken(jobs[0]);
@@ -265,7 +269,10 @@ async function refreshJobs() {
         const status = String(job.status ?? "");
         const li = h("li", { "data-job": job.id, title: job.id }, [
           h("code", {}, [job.id]),
-          h("span", {}, [h("span", { class: "when" }, [jobWhen(job)]), " ", h("span", { class: "badge", "data-status": status }, [status])]),
+          h("span", { class: "row-meta" }, [
+            h("span", { class: "when" }, [typeof job.items === "number" ? `${job.items} files · ` : "", jobWhen(job)]),
+            h("span", { class: "badge", "data-status": status }, [status]),
+          ]),
         ]);
         if (view?.id === job.id) li.setAttribute("aria-current", "true");
         li.addEventListener("click", () => (location.hash = `job=${encodeURIComponent(job.id)}`));
@@ -483,7 +490,8 @@ $("cancel").addEventListener("click", async () => {
 });
 
 function route() {
-  const id = new URLSearchParams(location.hash.slice(1)).get("job");
+  const id =
+    new URLSearchParams(location.hash.slice(1)).get("job") ?? new URLSearchParams(location.search).get("job");
   if (id && id !== view?.id) void openJob(id);
 }
 window.addEventListener("hashchange", route);

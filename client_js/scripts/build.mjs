@@ -3,7 +3,15 @@
 // src/). `node scripts/build.mjs` writes them; `--check` builds into a temporary directory and fails if the
 // committed files differ (test/build.test.js runs it, so `npm test` catches a stale bundle).
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync, mkdirSync, writeFileSync, existsSync } from "node:fs";
+import {
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  mkdirSync,
+  writeFileSync,
+  existsSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,19 +47,25 @@ export async function build(staticDir, typesDir) {
   const page = readFileSync(join(ROOT, "demo", "index.html"), "utf8");
   const css = readFileSync(join(ROOT, "demo", "demo.css"), "utf8");
   const script = await bundle("demo/demo.js", true);
-  if (/<\/script/i.test(script) || /<\/style/i.test(css)) throw new Error("inlined code contains a closing tag");
+  if (/<\/script/i.test(script) || /<\/style/i.test(css))
+    throw new Error("inlined code contains a closing tag");
   const link = '<link rel="stylesheet" href="demo.css" />';
   const tag = '<script type="module" src="demo.js"></script>';
-  if (!page.includes(link) || !page.includes(tag)) throw new Error("demo/index.html lost its css/script tags");
+  if (!page.includes(link) || !page.includes(tag))
+    throw new Error("demo/index.html lost its css/script tags");
   const html =
     "<!-- Built by client_js/scripts/build.mjs from client_js/demo/: do not edit. -->\n" +
-    page.replace(link, () => `<style>\n${css}</style>`).replace(tag, () => `<script type="module">\n${script}</script>`);
+    page
+      .replace(link, () => `<style>\n${css}</style>`)
+      .replace(tag, () => `<script type="module">\n${script}</script>`);
   mkdirSync(staticDir, { recursive: true });
   writeFileSync(join(staticDir, "index.html"), html);
   const banner = "// @podstream/client, built by client_js/scripts/build.mjs: do not edit.\n";
   writeFileSync(join(staticDir, "podstream-client.js"), banner + (await bundle("src/index.js", false)));
   const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
-  execFileSync(process.execPath, [tsc, "-p", join(ROOT, "tsconfig.json"), "--outDir", typesDir], { stdio: "pipe" });
+  execFileSync(process.execPath, [tsc, "-p", join(ROOT, "tsconfig.json"), "--outDir", typesDir], {
+    stdio: "pipe",
+  });
   execFileSync(process.execPath, [tsc, "-p", join(ROOT, "demo", "tsconfig.json")], { stdio: "pipe" });
 }
 
@@ -86,7 +100,8 @@ export async function check() {
         else if (committed.get(file) !== text) problems.push(`${name}/${file}: differs from a fresh build`);
       }
       for (const file of committed.keys()) {
-        if (!fresh.has(file) && name === "client_js/types") problems.push(`${name}/${file}: not built from src/`);
+        if (!fresh.has(file) && name === "client_js/types")
+          problems.push(`${name}/${file}: not built from src/`);
       }
     }
     return problems;

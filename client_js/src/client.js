@@ -175,8 +175,8 @@ export class PodstreamClient extends Emitter {
       resolveUrl: (url) => this.resolve(url),
       fetch: this._fetch,
     });
-    // Let the caller attach handlers before the records are applied.
-    queueMicrotask(() => job._applyManifest(manifest));
+    // Applied in a later task, like frames from a socket: the caller attaches its handlers right after the await.
+    setTimeout(() => job._applyManifest(manifest), 0);
     return job;
   }
 

@@ -2204,7 +2204,7 @@ var PodstreamClient = class extends Emitter {
       resolveUrl: (url) => this.resolve(url),
       fetch: this._fetch
     });
-    queueMicrotask(() => job._applyManifest(manifest));
+    setTimeout(() => job._applyManifest(manifest), 0);
     return job;
   }
   /** @param {JobSubscription} sub */

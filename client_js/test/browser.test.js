@@ -1,0 +1,282 @@
+// The demo page in a real headless Chromium (Debian's `chromium`, driven by playwright-core; no browser is
+// ever downloaded), served by a real relay fed by the emulator and a tiny CPU worker (test/stack.js).
+// Set SCREENSHOT_DIR to keep the screenshots.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+import { Stack, unavailable } from "./stack.js";
+
+/** @returns {string | null} */
+function findChromium() {
+  if (process.env.CHROMIUM) return process.env.CHROMIUM;
+  for (const name of ["chromium", "chromium-browser"]) {
+    try {
+      return execFileSync("which", [name], { encoding: "utf8" }).trim() || null;
+    } catch {
+      // not on PATH
+    }
+  }
+  return null;
+}
+
+const executablePath = findChromium();
+const missing = executablePath ? unavailable() : "no chromium on PATH (apt-get install chromium)";
+if (missing && process.env.CI === "true") throw new Error(`the browser test must run in CI: ${missing}`);
+if (missing) {
+  console.warn(
+    `\n${"!".repeat(100)}\n!!! SKIPPING the real-browser test of the demo page: ${missing}\n${"!".repeat(100)}\n`,
+  );
+}
+
+const shots = process.env.SCREENSHOT_DIR ?? mkdtempSync(join(tmpdir(), "podstream-shots-"));
+mkdirSync(shots, { recursive: true });
+
+/** @type {Stack} */
+let stack;
+/** @type {import("playwright-core").BrowserContext} */
+let context;
+/** @type {import("playwright-core").Page} */
+let page;
+/** @type {string} */
+let profile;
+/** @type {string[]} */
+const pageErrors = [];
+
+before(async () => {
+  if (missing) return;
+  stack = await new Stack({ chunkBytes: 4096 }).start();
+  profile = mkdtempSync(join(tmpdir(), "podstream-chromium-"));
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: /** @type {string} */ (executablePath),
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--no-first-run",
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+    viewport: { width: 1280, height: 860 },
+  });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.on("pageerror", (err) => pageErrors.push(err.message));
+  page.on("console", (msg) => msg.type() === "error" && pageErrors.push(msg.text()));
+});
+
+after(async () => {
+  await context?.close();
+  await stack?.stop();
+  if (profile) rmSync(profile, { recursive: true, force: true });
+  if (!process.env.SCREENSHOT_DIR) rmSync(shots, { recursive: true, force: true });
+});
+
+/**
+ * Fill the form and submit; returns the new job's id (from the URL fragment the page sets).
+ * @param {{task: "image-to-video" | "text-to-image", batch: number, size?: number, frames?: number,
+ *   prompts?: string[]}} job
+ */
+async function submit(job) {
+  await page.click(`label:has(input[name=task][value="${job.task}"])`);
+  await page.fill("#batch", String(job.batch));
+  await page.fill("#size", String(job.size ?? 64));
+  await page.fill("#steps", "2");
+  if (job.frames) await page.fill("#frames", String(job.frames));
+  if (job.prompts) await page.fill("#prompts", job.prompts.join("\n"));
+  const before = await page.evaluate(() => location.hash);
+  await page.click("#submit");
+  await page.waitForFunction((old) => location.hash !== old && location.hash.includes("job="), before);
+  const id = await page.evaluate(() => new URLSearchParams(location.hash.slice(1)).get("job"));
+  assert.ok(id);
+  await page.waitForFunction((jobId) => document.getElementById("job-id")?.textContent === jobId, id);
+  return id;
+}
+
+/** Wait for the open job's `done` (the grid gets data-done). */
+async function waitDone(timeout = 120000) {
+  await page.waitForSelector("#grid[data-done=true]", { timeout });
+}
+
+/**
+ * Every `<video>` of the grid reaches readyState >= 2 with these dimensions; returns how many.
+ * @param {number} width
+ * @param {number} height
+ */
+async function checkVideos(width, height) {
+  const videos = await page.evaluate(async () => {
+    const list = [...document.querySelectorAll("#grid video")].map(
+      (el) => /** @type {HTMLVideoElement} */ (el),
+    );
+    await Promise.all(
+      list.map(
+        (v) =>
+          new Promise((resolve) => {
+            if (v.readyState >= 2 || v.error) return resolve(undefined);
+            v.addEventListener("loadeddata", () => resolve(undefined), { once: true });
+            v.addEventListener("error", () => resolve(undefined), { once: true });
+            setTimeout(resolve, 15000);
+          }),
+      ),
+    );
+    return list.map((v) => ({
+      item: v.closest("[data-item]")?.getAttribute("data-item"),
+      readyState: v.readyState,
+      width: v.videoWidth,
+      height: v.videoHeight,
+      error: v.error?.message ?? null,
+      scheme: v.src.split(":")[0],
+    }));
+  });
+  for (const video of videos) {
+    assert.ok(video.readyState >= 2, `video ${video.item}: readyState ${video.readyState} (${video.error})`);
+    assert.equal(video.width, width, `video ${video.item} width`);
+    assert.equal(video.height, height, `video ${video.item} height`);
+  }
+  return videos;
+}
+
+/** Every `<img>` of the grid decodes; returns their natural sizes. */
+async function checkImages() {
+  return page.evaluate(async () => {
+    const list = [...document.querySelectorAll("#grid img")].map(
+      (el) => /** @type {HTMLImageElement} */ (el),
+    );
+    return Promise.all(
+      list.map(async (img) => {
+        await img.decode();
+        return {
+          item: img.closest("[data-item]")?.getAttribute("data-item"),
+          w: img.naturalWidth,
+          h: img.naturalHeight,
+        };
+      }),
+    );
+  });
+}
+
+/** @returns {Promise<Record<string, string>>} item index -> card state */
+function cardStates() {
+  return page.evaluate(() =>
+    Object.fromEntries(
+      [...document.querySelectorAll("#grid [data-item]")].map((c) => [
+        c.getAttribute("data-item"),
+        c.getAttribute("data-state"),
+      ]),
+    ),
+  );
+}
+
+/** @param {string} name */
+async function screenshot(name) {
+  const path = join(shots, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  assert.ok(statSync(path).size > 10000, "a real screenshot");
+  console.log(`screenshot: ${path}`);
+}
+
+test(
+  "the relay serves the demo page; an image -> video batch plays in the grid",
+  { skip: !!missing },
+  async () => {
+    await page.goto(`${stack.relayUrl}/`);
+    await page.waitForSelector("#job-form");
+    const id = await submit({ task: "image-to-video", batch: 4, size: 64, frames: 8 });
+    await waitDone();
+    assert.deepEqual(await cardStates(), { 0: "ready", 1: "ready", 2: "ready", 3: "ready" });
+    const videos = await checkVideos(64, 64);
+    assert.equal(videos.length, 4);
+    assert.ok(
+      videos.every((v) => v.scheme === "blob"),
+      "inline bytes, shown as object URLs",
+    );
+    assert.equal(await page.textContent("#job-status"), "COMPLETED");
+    assert.match((await page.textContent("#overall-text")) ?? "", /4 of 4 ready/);
+    await page.waitForSelector(`#job-list li[data-job="${id}"]`);
+    await screenshot("video-batch");
+    assert.deepEqual(pageErrors, []);
+  },
+);
+
+test(
+  "prompt -> images: each image decodes; a bad item shows its error on its card",
+  { skip: !!missing },
+  async () => {
+    const tooLong = "x".repeat(2100);
+    await submit({
+      task: "text-to-image",
+      batch: 3,
+      size: 64,
+      prompts: ["a red fox", tooLong, "a lighthouse"],
+    });
+    await waitDone();
+    assert.deepEqual(await cardStates(), { 0: "ready", 1: "error", 2: "ready" });
+    const images = await checkImages();
+    assert.deepEqual(
+      images.map((i) => [i.item, i.w, i.h]),
+      [
+        ["0", 64, 64],
+        ["2", 64, 64],
+      ],
+    );
+    const errorText = await page.textContent('#grid [data-item="1"] .error-text');
+    assert.match(errorText ?? "", /prompt_too_long/);
+    assert.match((await page.textContent("#overall-text")) ?? "", /2 of 3 ready · 1 failed/);
+    await screenshot("image-batch-with-error");
+  },
+);
+
+test("reload mid-job: the page replays what it missed", { skip: !!missing }, async () => {
+  const id = await submit({ task: "image-to-video", batch: 8, size: 64, frames: 8 });
+  // some results are in, the job is not over: reload
+  await page.waitForSelector('#grid [data-state="ready"]', { timeout: 120000 });
+  const readyBefore = await page.locator('#grid [data-state="ready"]').count();
+  await screenshot("mid-job");
+  const doneBefore = await page.evaluate(() => document.getElementById("grid")?.dataset.done === "true");
+  await page.reload();
+  await page.waitForFunction((jobId) => document.getElementById("job-id")?.textContent === jobId, id);
+  await waitDone();
+  const states = await cardStates();
+  assert.equal(Object.keys(states).length, 8);
+  assert.ok(
+    Object.values(states).every((s) => s === "ready"),
+    JSON.stringify(states),
+  );
+  assert.equal((await checkVideos(64, 64)).length, 8);
+  console.log(`reloaded with ${readyBefore} of 8 ready (job ${doneBefore ? "already" : "not yet"} done)`);
+  await screenshot("after-reload");
+});
+
+test(
+  "open a past job by id: rendered from its manifest, media streamed from the relay",
+  { skip: !!missing },
+  async () => {
+    const jobs = await (await fetch(`${stack.relayUrl}/v1/jobs`)).json();
+    const first = jobs.jobs.find((/** @type {any} */ j) => j.items === 4);
+    assert.ok(first, "the first job is listed");
+    await page.fill("#open-id", "");
+    await page.goto(`${stack.relayUrl}/`); // a fresh page, nothing in memory
+    await page.fill("#open-id", first.id);
+    await page.click("#open-form button");
+    await page.waitForFunction((jobId) => document.getElementById("job-id")?.textContent === jobId, first.id);
+    await waitDone();
+    const videos = await checkVideos(64, 64);
+    assert.equal(videos.length, 4);
+    assert.ok(
+      videos.every((v) => v.scheme === "http"),
+      "URL mode: the relay's media URLs",
+    );
+    await page.fill("#open-id", "no-such-job");
+    await page.click("#open-form button");
+    await page.waitForSelector("#job-errors div");
+    assert.match((await page.textContent("#job-errors")) ?? "", /No job no-such-job/);
+    assert.deepEqual(
+      pageErrors.filter((e) => !/404/.test(e)),
+      [],
+    );
+  },
+);
