@@ -282,16 +282,29 @@ def test_every_podstream_command_and_flag_in_compose_exists() -> None:
     assert checked == {"emulator", "relay"}
 
 
+# The scaled relays' Redis/S3 settings belong to the relay scale-out work, which has not landed yet. They are
+# listed here, by name, so that every other variable stays checked; the test fails as soon as the relay reads
+# one of them (then delete it from this set) — or if a service sets any other variable nothing reads.
+AWAITING_SCALE_OUT = frozenset({"PODSTREAM_REDIS_URL", "PODSTREAM_S3_URL", "PODSTREAM_S3_ENDPOINT"})
+
+
 def test_environment_variables_in_compose_are_read_by_what_they_configure() -> None:
     worker_sources = source_text("worker", "podstream")
     for name, service in services().items():
         env = [k for k in environment_of(service) if k.startswith("PODSTREAM_")]
         command = command_of(service)
         if command[:2] == ["podstream", "relay"]:
-            unknown = sorted(set(env) - relay_env_names())
+            unknown = sorted(set(env) - relay_env_names() - AWAITING_SCALE_OUT)
         else:
             unknown = sorted(k for k in env if k not in worker_sources)
         assert unknown == [], f"{name} sets variables nothing reads: {unknown}"
+    assert AWAITING_SCALE_OUT.isdisjoint(relay_env_names()), (
+        "the relay reads these now: drop them from the set"
+    )
+    scaled_env = {
+        k for s in services().values() if "scaled" in s.get("profiles", []) for k in environment_of(s)
+    }
+    assert AWAITING_SCALE_OUT.issubset(scaled_env)
 
 
 def test_relay_services_use_the_relay_image_and_persist_their_data() -> None:
