@@ -23,8 +23,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from worker.handler import HandlerConfig, make_handler
     from worker.inputs import JobInputError, Limits
-    from worker.model import Cancelled, Context, File, FunctionModel, Image, Model, Models, Request, Result, Video
-    from worker.serve import NotOnRunPod, run_once, serve
+    from worker.model import (
+        Cancelled,
+        Context,
+        File,
+        FunctionModel,
+        Image,
+        Model,
+        Models,
+        Request,
+        Result,
+        Video,
+    )
+    from worker.start import NotOnRunPod, run_once, serve
 
 _EXPORTS = {
     "HandlerConfig": "worker.handler",
@@ -41,11 +52,29 @@ _EXPORTS = {
     "Request": "worker.model",
     "Result": "worker.model",
     "Video": "worker.model",
-    "NotOnRunPod": "worker.serve",
-    "run_once": "worker.serve",
-    "serve": "worker.serve",
+    "NotOnRunPod": "worker.start",
+    "run_once": "worker.start",
+    "serve": "worker.start",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Cancelled",
+    "Context",
+    "File",
+    "FunctionModel",
+    "HandlerConfig",
+    "Image",
+    "JobInputError",
+    "Limits",
+    "Model",
+    "Models",
+    "NotOnRunPod",
+    "Request",
+    "Result",
+    "Video",
+    "make_handler",
+    "run_once",
+    "serve",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,15 +34,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("PODSTREAM_MODEL_PATH") or None,
         help="directory or Hugging Face repo id (from the local HF cache, offline) of the weights (env PODSTREAM_MODEL_PATH)",
     )
-    parser.add_argument("--once", metavar="INPUT.json", help="run one job from this file ('-': stdin) here, then exit")
-    parser.add_argument("--out", type=Path, default=Path("podstream-out"), help="where --once writes files (default: podstream-out)")
+    parser.add_argument(
+        "--once", metavar="INPUT.json", help="run one job from this file ('-': stdin) here, then exit"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("podstream-out"),
+        help="where --once writes files (default: podstream-out)",
+    )
     parser.add_argument("--job-id", default="local", help="job id used by --once (default: local)")
-    parser.add_argument("--log-level", default=os.environ.get("PODSTREAM_LOG_LEVEL", "INFO"), help="worker log level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("PODSTREAM_LOG_LEVEL", "INFO"),
+        help="worker log level (default INFO)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    from worker import serve as serving
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    from worker import start
     from worker.inputs import JobInputError
     from worker.pipelines import UnknownModel, load_model
     from worker.pipelines.diffusion import ModelNotFound
@@ -50,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     job_input = None
     if args.once is not None:
         try:
-            job_input = serving.read_job_input(args.once)
+            job_input = start.read_job_input(args.once)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read the job input {args.once}: {exc}") from None
     elif not os.environ.get("RUNPOD_WEBHOOK_GET_JOB"):
@@ -63,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     except (UnknownModel, ModelNotFound) as exc:
         raise CommandError(str(exc)) from None
     if job_input is None:
-        serving.serve(model)
+        start.serve(model)
         return 0
     try:
-        report = serving.run_once(model, job_input, args.out, job_id=args.job_id)
+        report = start.run_once(model, job_input, args.out, job_id=args.job_id)
     except JobInputError as exc:
         raise UsageError(f"invalid job input: {exc}") from None
     for item, path in sorted(report.files.items()):

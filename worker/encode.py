@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import numpy as np
-    from PIL import Image
 
 VIDEO_FORMATS: Final = frozenset({"mp4", "webm"})
 IMAGE_FORMATS: Final = frozenset({"png", "webp", "jpeg"})
@@ -112,7 +111,10 @@ def encode_video(frames: Iterable[Any] | np.ndarray, settings: VideoSettings = V
                 stream = _add_stream(container, settings, array.shape[1], array.shape[0])
                 size = (array.shape[1], array.shape[0])
             elif (array.shape[1], array.shape[0]) != size:
-                raise EncodeError(f"frame {count} is {array.shape[1]}x{array.shape[0]}, the first was {size[0]}x{size[1]}")
+                first = f"{size[0]}x{size[1]}" if size else "?"
+                raise EncodeError(
+                    f"frame {count} is {array.shape[1]}x{array.shape[0]}, the first was {first}"
+                )
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
             count += 1
@@ -140,7 +142,13 @@ def _add_stream(container: Any, settings: VideoSettings, width: int, height: int
             raise EncodeError(f"crf for VP9 must be in 0..63, got {settings.crf}")
         stream = container.add_stream("libvpx-vp9", rate=rate)
         # Constant quality (b:v 0 + crf), realtime speed: this is a preview format, not an archive one.
-        stream.options = {"crf": str(settings.crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
+        stream.options = {
+            "crf": str(settings.crf),
+            "b": "0",
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "row-mt": "1",
+        }
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     return stream
 
@@ -170,7 +178,9 @@ def encode_image(image: Any, settings: ImageSettings = ImageSettings()) -> bytes
 # ---- MP4 boxes: move `moov` in front of `mdat`
 
 
-def _boxes(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[bytes, int, int, int]]:
+def _boxes(
+    data: bytes | bytearray | memoryview, start: int, end: int
+) -> Iterator[tuple[bytes, int, int, int]]:
     """(type, offset, header length, total size) of each box in data[start:end]."""
     offset = start
     while offset + 8 <= end:

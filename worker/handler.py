@@ -21,11 +21,11 @@ Failures, from the smallest:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,7 +39,7 @@ from worker.model import Cancelled, Context, File, Image, Model, Request, Result
 log = logging.getLogger("worker")
 
 Envelope: TypeAlias = dict[str, Any]
-Handler: TypeAlias = Callable[[dict[str, Any]], AsyncIterator[Envelope]]
+Handler: TypeAlias = Callable[[dict[str, Any]], AsyncGenerator[Envelope, None]]
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,27 @@ def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
     cfg = config or HandlerConfig()
     lock = threading.Lock()  # one generation at a time on this model, whatever the SDK's concurrency
 
-    async def handler(job: dict[str, Any]) -> AsyncIterator[Envelope]:
+    async def handler(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
+        # One generator, no nested ones: when the SDK's task is cancelled mid-POST, this generator is
+        # closed (GeneratorExit at its yield) and `close` runs here, in order.
         run = JobRun(model, job, cfg, lock)
-        async with contextlib.aclosing(run.envelopes()) as envelopes:
-            async for envelope in envelopes:
+        run.start()
+        try:
+            while (envelope := await run.next()) is not None:
                 yield envelope
+        finally:
+            await run.close()
 
     return handler
 
 
 class JobRun:
-    """One run of one job. Construction validates the input (`JobInputError`); `envelopes()` runs it."""
+    """One run of one job. Construction validates the input (`JobInputError`); then `start()`, `next()`
+    until it returns None, and `close()` in every case."""
 
-    def __init__(self, model: Model, job: dict[str, Any], config: HandlerConfig, lock: threading.Lock) -> None:
+    def __init__(
+        self, model: Model, job: dict[str, Any], config: HandlerConfig, lock: threading.Lock
+    ) -> None:
         job_id = job.get("id")
         if not isinstance(job_id, str) or not job_id:
             raise JobInputError("the job has no id")
@@ -108,76 +116,113 @@ class JobRun:
         self._progress: tuple[Sequence[int], int, int] | None = None
         self._progress_at = 0.0
         self.started = time.monotonic()
+        self._executor: ThreadPoolExecutor | None = None
+        self._stages: list[asyncio.Task[None]] = []
+        self._getter: asyncio.Task[_Outcome | None] | None = None
+        self._pending: collections.deque[Envelope] = collections.deque()
+        self._parts: Iterator[Envelope] | None = None
+        self._manifest: list[wire.ManifestItem] = []
+        self._finished = False
 
-    # ---- the generator
+    # ---- driving it: start, next until None, close (always)
 
-    async def envelopes(self) -> AsyncIterator[Envelope]:
+    def start(self) -> None:
+        """Start the stages on the running loop."""
         self._loop = loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(3, thread_name_prefix=f"podstream-{self.job_id[:16]}")
+        self._executor = executor = ThreadPoolExecutor(3, thread_name_prefix=f"podstream-{self.job_id[:16]}")
         prepared: asyncio.Queue[list[Request | ItemError] | None] = asyncio.Queue(1)
         generated: asyncio.Queue[list[_Generated] | None] = asyncio.Queue(1)
-        encoded: asyncio.Queue[_Outcome | None] = asyncio.Queue(self.config.encoded_buffer)
-        stages = [
+        self._encoded: asyncio.Queue[_Outcome | None] = asyncio.Queue(self.config.encoded_buffer)
+        self._stages = [
             asyncio.create_task(self._prepare(loop, executor, prepared)),
             asyncio.create_task(self._generate(loop, executor, prepared, generated)),
-            asyncio.create_task(self._encode(loop, executor, generated, encoded)),
+            asyncio.create_task(self._encode(loop, executor, generated, self._encoded)),
         ]
-        manifest: list[wire.ManifestItem] = []
-        getter: asyncio.Task[_Outcome | None] | None = None
-        finished = False
         log.info("job %s: %s, %d item(s)", self.job_id, self.spec.task, len(self.spec.items))
-        try:
-            while True:
-                if getter is None:
-                    getter = asyncio.create_task(encoded.get())
-                alive = {t for t in stages if not t.done()}
-                await asyncio.wait({getter, *alive}, timeout=self.config.progress_interval_s, return_when="FIRST_COMPLETED")
-                for stage in stages:
-                    if stage.done() and not stage.cancelled() and stage.exception() is not None:
-                        raise stage.exception()  # type: ignore[misc]
-                for envelope in self._due_progress():
-                    yield envelope
-                if not getter.done():
-                    continue
-                outcome, getter = getter.result(), None
-                if outcome is None:
-                    break
-                if isinstance(outcome, ItemError):
-                    log.info("job %s: item %d failed: %s", self.job_id, outcome.index, outcome.message)
-                    manifest.append(wire.ManifestItem(outcome.index, outcome.id, "error"))
-                    yield self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
-                    continue
-                parts = self.envs.parts(
-                    outcome.index, outcome.data, mime=outcome.mime, id=outcome.id, part_bytes=self.spec.output.part_bytes
+
+    async def next(self) -> Envelope | None:
+        """The next envelope to yield, or None after the last manifest page. Raises if a stage crashed."""
+        while True:
+            if not self._pending:
+                self._pending.extend(self._due_progress())
+            if self._pending:
+                return self._pending.popleft()
+            if self._parts is not None:
+                envelope = next(self._parts, None)
+                if envelope is not None:
+                    return envelope
+                self._parts = None
+            if self._finished:
+                return None
+            outcome = await self._next_outcome()
+            if outcome is None:
+                continue
+            if isinstance(outcome, ItemError):
+                log.info("job %s: item %d failed: %s", self.job_id, outcome.index, outcome.message)
+                self._manifest.append(wire.ManifestItem(outcome.index, outcome.id, "error"))
+                self._pending.append(
+                    self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
                 )
-                for envelope in parts:
-                    if envelope["part"] == 0:
-                        manifest.append(
-                            wire.ManifestItem(
-                                outcome.index, outcome.id, "ok", outcome.mime, envelope["size"], envelope["sha256"], envelope["parts"]
-                            )
-                        )
-                    yield envelope
-                    for progress in self._due_progress():
-                        yield progress
-                del outcome, parts
-            manifest.sort(key=lambda m: m.item)
-            for page in self.envs.manifest(manifest):
-                yield page
-            finished = True
+            else:
+                self._parts = self._item_parts(outcome)
+
+    def _item_parts(self, outcome: _Encoded) -> Iterator[Envelope]:
+        part_bytes = self.spec.output.part_bytes
+        for envelope in self.envs.parts(
+            outcome.index, outcome.data, mime=outcome.mime, id=outcome.id, part_bytes=part_bytes
+        ):
+            if envelope["part"] == 0:
+                self._manifest.append(
+                    wire.ManifestItem(
+                        outcome.index,
+                        outcome.id,
+                        "ok",
+                        outcome.mime,
+                        envelope["size"],
+                        envelope["sha256"],
+                        envelope["parts"],
+                    )
+                )
+            yield envelope
+
+    async def _next_outcome(self) -> _Outcome | None:
+        """Wait (at most one progress interval) for the next encoded item; queue the manifest after the last."""
+        if self._getter is None:
+            self._getter = asyncio.create_task(self._encoded.get())
+        alive = {t for t in self._stages if not t.done()}
+        await asyncio.wait(
+            {self._getter, *alive}, timeout=self.config.progress_interval_s, return_when="FIRST_COMPLETED"
+        )
+        for stage in self._stages:
+            if stage.done() and not stage.cancelled() and (error := stage.exception()) is not None:
+                raise error
+        if not self._getter.done():
+            return None
+        outcome, self._getter = self._getter.result(), None
+        if outcome is None:
+            self._manifest.sort(key=lambda m: m.item)
+            self._pending.extend(self.envs.manifest(self._manifest))
+            self._finished = True
             log.info("job %s: done in %.1f s", self.job_id, time.monotonic() - self.started)
-        finally:
-            self.ctx.cancel()  # stops generation at its next step (a no-op when everything finished)
-            if getter is not None:
-                getter.cancel()
-            for stage in stages:
-                stage.cancel()
-            await asyncio.gather(*stages, *([getter] if getter else []), return_exceptions=True)
-            # Wait for the threads (a generation in flight ends at its next step), then free memory.
-            await loop.run_in_executor(None, partial(executor.shutdown, wait=True, cancel_futures=True))
-            if not finished:
-                log.info("job %s: stopped", self.job_id)
-                await loop.run_in_executor(None, self._release)
+        return outcome
+
+    async def close(self) -> None:
+        """Stop everything: generation at its next step, the stages, the threads; free memory if unfinished."""
+        self.ctx.cancel()  # a no-op when everything finished
+        waiting = [*self._stages, *([self._getter] if self._getter else [])]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        self._parts = None
+        if self._executor is not None and self._loop is not None:
+            # A generation in flight ends at its next step; wait for it, then free the model's memory.
+            await self._loop.run_in_executor(
+                None, partial(self._executor.shutdown, wait=True, cancel_futures=True)
+            )
+            self._executor = None
+        if not (self._finished and not self._pending):
+            log.info("job %s: stopped", self.job_id)
+            await asyncio.get_running_loop().run_in_executor(None, self._release)
 
     # ---- progress (generation thread -> loop -> stream)
 
@@ -207,7 +252,10 @@ class JobRun:
         return [items[i : i + size] for i in range(0, len(items), size)]
 
     async def _prepare(
-        self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, out: asyncio.Queue[list[Request | ItemError] | None]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        executor: ThreadPoolExecutor,
+        out: asyncio.Queue[list[Request | ItemError] | None],
     ) -> None:
         start = 0
         for batch in self._batches():
@@ -228,9 +276,13 @@ class JobRun:
                 except inputs.ImageError as exc:
                     loaded.append(ItemError(index, item.id, exc.code, f"input.items[{index}].image: {exc}"))
                     continue
-            negative = item.negative_prompt if item.negative_prompt is not None else self.spec.params.negative_prompt
+            negative = (
+                item.negative_prompt if item.negative_prompt is not None else self.spec.params.negative_prompt
+            )
             loaded.append(
-                Request(index, item.id, self.spec.task, self.spec.params, item.prompt, negative, image, item.seed)
+                Request(
+                    index, item.id, self.spec.task, self.spec.params, item.prompt, negative, image, item.seed
+                )
             )
         return loaded
 
@@ -255,7 +307,9 @@ class JobRun:
                 try:
                     produced = self.model.generate(requests, self.ctx)
                     if len(produced) != len(requests):
-                        raise RuntimeError(f"the model returned {len(produced)} results for {len(requests)} inputs")
+                        raise RuntimeError(
+                            f"the model returned {len(produced)} results for {len(requests)} inputs"
+                        )
                     results = {r.index: p for r, p in zip(requests, produced, strict=True)}
                 except Cancelled:
                     raise
@@ -296,8 +350,14 @@ class JobRun:
         output, fmt = self.spec.output, self.spec.format
         try:
             if isinstance(result, File):
-                if not isinstance(result.data, bytes | bytearray) or not result.mime or len(result.mime) > wire.MAX_MIME_CHARS:
-                    raise encode.EncodeError("a File result needs bytes and a mime type of at most 100 characters")
+                if (
+                    not isinstance(result.data, bytes | bytearray)
+                    or not result.mime
+                    or len(result.mime) > wire.MAX_MIME_CHARS
+                ):
+                    raise encode.EncodeError(
+                        "a File result needs bytes and a mime type of at most 100 characters"
+                    )
                 return _Encoded(request.index, request.id, bytes(result.data), result.mime)
             if isinstance(result, Video):
                 if fmt not in encode.VIDEO_FORMATS:
@@ -305,13 +365,17 @@ class JobRun:
                 crf = output.crf if output.crf is not None else (23 if fmt == "mp4" else 32)
                 fps = result.fps or self.spec.params.fps or 7.0
                 settings = encode.VideoSettings(fmt, fps, crf, fragmented=output.fragmented)
-                return _Encoded(request.index, request.id, encode.encode_video(result.frames, settings), encode.MIME[fmt])
+                return _Encoded(
+                    request.index, request.id, encode.encode_video(result.frames, settings), encode.MIME[fmt]
+                )
             if isinstance(result, Image):
                 if fmt not in encode.IMAGE_FORMATS:
                     raise encode.EncodeError(f"the model made an image but the job asked for {fmt}")
                 data = encode.encode_image(result.image, encode.ImageSettings(fmt, output.quality))
                 return _Encoded(request.index, request.id, data, encode.MIME[fmt])
-            raise encode.EncodeError(f"the model returned {type(result).__name__}, not a Video, Image or File")
+            raise encode.EncodeError(
+                f"the model returned {type(result).__name__}, not a Video, Image or File"
+            )
         except Exception as exc:
             log.warning("job %s: encoding item %d failed: %s", self.job_id, request.index, exc)
             return ItemError(request.index, request.id, "encode_failed", _message(exc))

@@ -163,7 +163,9 @@ def parse_job(raw: object, limits: Limits = Limits()) -> Job:
     fmt = job.output.format
     if fmt is not None and (fmt in ("mp4", "webm")) != video:
         kinds = "mp4 or webm" if video else "png, webp or jpeg"
-        raise JobInputError(f"input.output.format: {job.task} makes {'videos' if video else 'images'}: use {kinds}")
+        raise JobInputError(
+            f"input.output.format: {job.task} makes {'videos' if video else 'images'}: use {kinds}"
+        )
     if fmt in (None, "mp4") and job.output.crf is not None and job.output.crf > 51:
         raise JobInputError(f"input.output.crf: H.264 takes 0..51, got {job.output.crf}")
     items = [_parse_item(i, raw_item, job.task, limits) for i, raw_item in enumerate(job.items)]
@@ -187,10 +189,15 @@ def _parse_item(index: int, raw: object, task: str, limits: Limits) -> Item | It
         text = getattr(item, name)
         if text is not None and len(text) > limits.max_prompt_chars:
             return ItemError(
-                index, item.id, "prompt_too_long", f"{prefix}.{name}: {len(text)} characters, at most {limits.max_prompt_chars}"
+                index,
+                item.id,
+                "prompt_too_long",
+                f"{prefix}.{name}: {len(text)} characters, at most {limits.max_prompt_chars}",
             )
     if item.image is not None and len(item.image) > limits.max_image_bytes * 4 // 3 + 1024:
-        return ItemError(index, item.id, "image_too_large", f"{prefix}.image: over {limits.max_image_bytes} bytes")
+        return ItemError(
+            index, item.id, "image_too_large", f"{prefix}.image: over {limits.max_image_bytes} bytes"
+        )
     return item
 
 
@@ -250,7 +257,9 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
         with Image.open(io.BytesIO(data)) as picture:
             width, height = picture.size
             if width * height > limits.max_image_pixels:
-                raise ImageError("image_too_large", f"image is {width}x{height}, over {limits.max_image_pixels} pixels")
+                raise ImageError(
+                    "image_too_large", f"image is {width}x{height}, over {limits.max_image_pixels} pixels"
+                )
             return picture.convert("RGB")
     except ImageError:
         raise
@@ -268,17 +277,23 @@ def _fetch(url: str, limits: Limits) -> bytes:
                 raise ImageError("fetch_failed", f"GET {_short(url)} answered {response.status_code}")
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limits.max_image_bytes:
-                raise ImageError("image_too_large", f"{_short(url)} is {declared} bytes, at most {limits.max_image_bytes}")
+                raise ImageError(
+                    "image_too_large", f"{_short(url)} is {declared} bytes, at most {limits.max_image_bytes}"
+                )
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout("total time exceeded")
                 if len(body) > limits.max_image_bytes:
-                    raise ImageError("image_too_large", f"{_short(url)} is over {limits.max_image_bytes} bytes")
+                    raise ImageError(
+                        "image_too_large", f"{_short(url)} is over {limits.max_image_bytes} bytes"
+                    )
             return bytes(body)
     except httpx.TimeoutException:
-        raise ImageError("fetch_failed", f"GET {_short(url)} timed out after {limits.fetch_timeout_s:g} s") from None
+        raise ImageError(
+            "fetch_failed", f"GET {_short(url)} timed out after {limits.fetch_timeout_s:g} s"
+        ) from None
     except httpx.HTTPError as exc:
         raise ImageError("fetch_failed", f"GET {_short(url)} failed: {exc}") from None
 

@@ -53,7 +53,7 @@ def reassemble(envelopes: Sequence[dict[str, Any]], job: str) -> Reassembled:
 
 def decode_video(data: bytes) -> tuple[int, int, int, str]:
     """(frames, width, height, codec) of an encoded video."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         frames = list(container.decode(video=0))
         return len(frames), frames[0].width, frames[0].height, stream.codec_context.name

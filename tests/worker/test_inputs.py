@@ -199,7 +199,7 @@ def test_fetch_image_over_http(image_server: str) -> None:
 def test_fetch_has_a_total_deadline(image_server: str) -> None:
     # The server sends a byte every 50 ms: no single read times out, the whole fetch does.
     started = time.monotonic()
-    with pytest.raises(ImageError, match="timed out after 0.5 s") as info:
+    with pytest.raises(ImageError, match=r"timed out after 0\.5 s") as info:
         inputs.load_image(f"{image_server}/slow.png", Limits(fetch_timeout_s=0.5))
     assert info.value.code == "fetch_failed"
     assert time.monotonic() - started < 1.9

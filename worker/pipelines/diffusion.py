@@ -77,12 +77,18 @@ def load_pipeline(cls: Any, source: str, *, torch_dtype: Any, variant: str | Non
     cache = hf_cache_dir()
     try:
         if path.is_dir():
-            return cls.from_pretrained(str(path), torch_dtype=torch_dtype, variant=variant, local_files_only=True)
+            return cls.from_pretrained(
+                str(path), torch_dtype=torch_dtype, variant=variant, local_files_only=True
+            )
         return cls.from_pretrained(
             source, torch_dtype=torch_dtype, variant=variant, cache_dir=cache, local_files_only=True
         )
     except (OSError, ValueError) as exc:
-        where = f"directory {path}" if path.is_dir() else f"the Hugging Face cache at {cache or '~/.cache/huggingface/hub'}"
+        where = (
+            f"directory {path}"
+            if path.is_dir()
+            else f"the Hugging Face cache at {cache or '~/.cache/huggingface/hub'}"
+        )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(
             f"cannot load {cls.__name__} {source!r} from {where} (offline): {first}. "
@@ -124,9 +130,13 @@ class DiffusersModel:
         for side in ("width", "height"):
             value = getattr(params, side)
             if value is not None and value % d.multiple:
-                raise ValueError(f"input.params.{side}: must be a multiple of {d.multiple} for this model, got {value}")
+                raise ValueError(
+                    f"input.params.{side}: must be a multiple of {d.multiple} for this model, got {value}"
+                )
         if d.frames_rule == "8k+1" and params.frames is not None and params.frames % 8 != 1:
-            raise ValueError(f"input.params.frames: must be 8k+1 (9, 17, ..., 121) for this model, got {params.frames}")
+            raise ValueError(
+                f"input.params.frames: must be 8k+1 (9, 17, ..., 121) for this model, got {params.frames}"
+            )
 
     def size(self, request: Request) -> tuple[int, int]:
         p = request.params

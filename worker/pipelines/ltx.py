@@ -17,7 +17,9 @@ REPO = "Lightricks/LTX-Video"
 
 class LTXModel(DiffusersModel):
     task = "text-to-video"
-    defaults = Defaults(width=704, height=480, steps=40, guidance=3.0, frames=121, fps=24.0, multiple=32, frames_rule="8k+1")
+    defaults = Defaults(
+        width=704, height=480, steps=40, guidance=3.0, frames=121, fps=24.0, multiple=32, frames_rule="8k+1"
+    )
     max_sequence_length = 128
 
     def arguments(self, batch: Sequence[Request]) -> dict[str, Any]:

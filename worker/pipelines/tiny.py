@@ -22,7 +22,16 @@ from worker.pipelines.svd import SVDModel
 
 SVD_DEFAULTS = Defaults(width=64, height=64, steps=2, guidance=3.0, frames=8, fps=8.0)
 SD_DEFAULTS = Defaults(width=64, height=64, steps=2, guidance=5.0)
-LTX_DEFAULTS = Defaults(width=32, height=32, steps=2, guidance=3.0, frames=9, fps=8.0, multiple=4, frames_rule="8k+1")
+LTX_DEFAULTS = Defaults(
+    width=32, height=32, steps=2, guidance=3.0, frames=9, fps=8.0, multiple=4, frames_rule="8k+1"
+)
+
+
+def _diffusers() -> Any:
+    """diffusers, typed as Any: its constructors are untyped, which `mypy --strict` rejects call by call."""
+    import diffusers
+
+    return diffusers
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -76,46 +85,45 @@ def _clip_text_config(tokenizer: Any, **extra: Any) -> Any:
 
 def svd_pipeline(seed: int = 0) -> Any:
     import torch
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        StableVideoDiffusionPipeline,
-        UNetSpatioTemporalConditionModel,
-    )
+
+    d = _diffusers()
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    unet = UNetSpatioTemporalConditionModel(
+    unet = d.UNetSpatioTemporalConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=8, out_channels=4,
         down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
         up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
         cross_attention_dim=32, num_attention_heads=(2, 4), projection_class_embeddings_input_dim=96,
         addition_time_embed_dim=32,
     )  # fmt: skip
-    vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=[32] * 4, in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, latent_channels=4
+    vae = d.AutoencoderKLTemporalDecoder(
+        block_out_channels=[32] * 4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        latent_channels=4,
     )
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=224,
-            intermediate_size=37, patch_size=32,
-        )  # fmt: skip
-    )
-    scheduler = EulerDiscreteScheduler(
+    vision = CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+        intermediate_size=37, patch_size=32,
+    )  # fmt: skip
+    encoder = CLIPVisionModelWithProjection(vision)
+    scheduler = d.EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
         num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1,
         timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
     )  # fmt: skip
-    return StableVideoDiffusionPipeline(
+    return d.StableVideoDiffusionPipeline(
         vae=vae, image_encoder=encoder, unet=unet, scheduler=scheduler,
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
     )  # fmt: skip
 
 
 def _unet2d(**extra: Any) -> Any:
-    from diffusers import UNet2DConditionModel
+    d = _diffusers()
 
-    return UNet2DConditionModel(
+    return d.UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), **extra,
@@ -123,18 +131,18 @@ def _unet2d(**extra: Any) -> Any:
 
 
 def _vae2d() -> Any:
-    from diffusers import AutoencoderKL
+    d = _diffusers()
 
-    return AutoencoderKL(
+    return d.AutoencoderKL(
         block_out_channels=[32] * 4, in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
     )  # fmt: skip
 
 
 def _ddim() -> Any:
-    from diffusers import DDIMScheduler
+    d = _diffusers()
 
-    return DDIMScheduler(
+    return d.DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1,
     )  # fmt: skip
@@ -142,12 +150,13 @@ def _ddim() -> Any:
 
 def sd_pipeline(seed: int = 0) -> Any:
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    d = _diffusers()
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
-    return StableDiffusionPipeline(
+    return d.StableDiffusionPipeline(
         vae=_vae2d(), text_encoder=CLIPTextModel(_clip_text_config(tokenizer)), tokenizer=tokenizer,
         unet=_unet2d(cross_attention_dim=32), scheduler=_ddim(), safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False,
@@ -156,7 +165,8 @@ def sd_pipeline(seed: int = 0) -> Any:
 
 def sdxl_pipeline(seed: int = 0) -> Any:
     import torch
-    from diffusers import StableDiffusionXLPipeline
+
+    d = _diffusers()
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -166,7 +176,7 @@ def sdxl_pipeline(seed: int = 0) -> Any:
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80, cross_attention_dim=64,
     )  # fmt: skip
-    return StableDiffusionXLPipeline(
+    return d.StableDiffusionXLPipeline(
         vae=_vae2d(), text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
         tokenizer=tokenizer, tokenizer_2=clip_tokenizer(), unet=unet, scheduler=_ddim(),
     )  # fmt: skip
@@ -174,19 +184,28 @@ def sdxl_pipeline(seed: int = 0) -> Any:
 
 def ltx_pipeline(seed: int = 0) -> Any:
     import torch
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    d = _diffusers()
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = t5_tokenizer()
     encoder = T5EncoderModel(
-        T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4, relative_attention_num_buckets=8)
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+        )
     )
-    transformer = LTXVideoTransformer3DModel(
+    transformer = d.LTXVideoTransformer3DModel(
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
         cross_attention_dim=32, num_layers=1, caption_channels=32,
     )  # fmt: skip
-    vae = AutoencoderKLLTXVideo(
+    vae = d.AutoencoderKLLTXVideo(
         in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
@@ -196,9 +215,9 @@ def ltx_pipeline(seed: int = 0) -> Any:
     )  # fmt: skip
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
-    return LTXPipeline(
+    return d.LTXPipeline(
         transformer=transformer, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        scheduler=d.FlowMatchEulerDiscreteScheduler(),
     )  # fmt: skip
 
 

@@ -117,7 +117,12 @@ async def run_once_async(
 
 
 def run_once(
-    model: Model | GenerateFn, job_input: Any, out: Path, *, job_id: str = "local", tasks: Sequence[str] | None = None
+    model: Model | GenerateFn,
+    job_input: Any,
+    out: Path,
+    *,
+    job_id: str = "local",
+    tasks: Sequence[str] | None = None,
 ) -> OnceReport:
     """Run one job in this process and write its files into `out` (created). Raises `JobInputError`."""
     out.mkdir(parents=True, exist_ok=True)
