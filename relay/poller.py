@@ -200,36 +200,54 @@ class JobPoller:
         if self.client is None:
             log.warning("job %s is unfinished but no RunPod URL is configured: not polling", self.store.job)
             return
-        failures = 0
-        while not self.stopping:
-            try:
-                batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
-                error = None
-                if batch.status == "FAILED" and self.status != "FAILED":
-                    error = await self._failure_reason()
-            except JobNotFound as exc:
-                await _finish_in_thread(self._lost, str(exc))
-                self.publish()
-                return
-            except RunPodError as exc:
-                failures += 1
-                delay = self.backoff.delay(failures, random.random)
-                log.warning("polling job %s failed (%s); retrying in %.1fs", self.store.job, exc, delay)
-                if not exc.retryable and str(exc.status_code) not in self._reported:
-                    self._reported.add(str(exc.status_code))
-                    entry = _error(None, "runpod_error", f"the relay cannot poll RunPod: {exc}")
-                    await _finish_in_thread(self._record_commit, [entry])
-                    self.publish()
-                await asyncio.sleep(delay)
-                continue
+        # The next long-poll runs while the previous answer is written (in a worker thread): network and
+        # JSON overlap with base64, sha256 and disk. Answers are still committed strictly in order.
+        ingest: asyncio.Task[None] | None = None
+        try:
             failures = 0
-            self.polls += 1
-            await _finish_in_thread(self._commit_batch, batch, error)
-            self.publish()
-            if batch.finished:
-                await _finish_in_thread(self.finish, batch.status)
-                self.publish()
-                return
+            while not self.stopping:
+                try:
+                    batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
+                    error = None
+                    if batch.status == "FAILED" and self.status != "FAILED":
+                        error = await self._failure_reason()
+                except JobNotFound as exc:
+                    if ingest is not None:
+                        await ingest
+                    await _finish_in_thread(self._lost, str(exc))
+                    self.publish()
+                    return
+                except RunPodError as exc:
+                    failures += 1
+                    delay = self.backoff.delay(failures, random.random)
+                    log.warning("polling job %s failed (%s); retrying in %.1fs", self.store.job, exc, delay)
+                    if not exc.retryable and str(exc.status_code) not in self._reported:
+                        self._reported.add(str(exc.status_code))
+                        entry = _error(None, "runpod_error", f"the relay cannot poll RunPod: {exc}")
+                        if ingest is not None:
+                            await ingest
+                        await _finish_in_thread(self._record_commit, [entry])
+                        self.publish()
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                self.polls += 1
+                if ingest is not None:
+                    await ingest
+                    ingest = None
+                if batch.finished:
+                    await _finish_in_thread(self._commit_batch, batch, error)
+                    await _finish_in_thread(self.finish, batch.status)
+                    self.publish()
+                    return
+                ingest = asyncio.ensure_future(self._ingest(batch, error))
+        finally:
+            if ingest is not None:
+                await asyncio.wait([ingest])  # what was drained from RunPod lands on disk, even on cancel
+
+    async def _ingest(self, batch: StreamBatch, error: str | None) -> None:
+        await _finish_in_thread(self._commit_batch, batch, error)
+        self.publish()
 
     async def _failure_reason(self) -> str:
         assert self.client is not None

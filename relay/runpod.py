@@ -26,6 +26,8 @@ import httpx
 TERMINAL: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 STATUSES: Final = frozenset({"IN_QUEUE", "IN_PROGRESS"}) | TERMINAL
 _RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+#: `/stream` answers above this size are parsed in a worker thread.
+_PARSE_IN_THREAD_BYTES: Final = 1 << 20
 #: A Retry-After larger than this is not waited for in one go (the caller's loop retries later).
 _MAX_RETRY_AFTER_S: Final = 300.0
 
@@ -164,6 +166,8 @@ class RunPodClient:
                     raise error from exc
             else:
                 if response.status_code < 300:
+                    if len(response.content) > _PARSE_IN_THREAD_BYTES:  # keep the event loop responsive
+                        return await asyncio.to_thread(_json_object, response, method, path)
                     return _json_object(response, method, path)
                 error = _http_error(response, method, path)
                 if not idempotent and response.status_code != 429:

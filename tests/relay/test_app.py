@@ -96,7 +96,7 @@ async def test_long_poll_waits_for_new_records(relay_server: RelayServer, worker
     async with httpx.AsyncClient(timeout=30) as http:
         job = (await submit(relay_server, http))["id"]
         url = f"{relay_server.url}/v1/jobs/{job}/events"
-        first = (await http.get(url, params={"format": "json", "wait": 5000})).json()
+        first = (await http.get(url, params={"format": "json", "wait": 30000})).json()
         assert first["events"] and first["events"][0]["k"] == "status"
         after = first["head"]
         waiting = asyncio.ensure_future(

@@ -1,0 +1,113 @@
+"""Shared harness of the relay benchmarks: the emulator in this process, the relay as a child process.
+
+The relay runs in its own process (as in production) so its CPU and RSS are its own; the emulator and the
+scripted worker (POSTing envelopes to the emulator's job-stream URL) run on this process's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from podstream.emulator import Emulator, EmulatorConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    emu: Emulator
+    relay_url: str
+    process: asyncio.subprocess.Process
+    http: httpx.AsyncClient
+    data_dir: Path
+    pod: str = "bench-pod"
+
+    @property
+    def ws_url(self) -> str:
+        return self.relay_url.replace("http", "ws", 1) + "/v1/ws"
+
+    async def run_job(self) -> str:
+        r = await self.http.post(f"{self.emu.endpoint_url}/run", json={"input": {}})
+        job: str = r.json()["id"]
+        return job
+
+    async def take(self) -> str:
+        while True:
+            r = await self.http.get(f"{self.emu.endpoint_url}/job-take/{self.pod}", params={"gpu": "CPU"})
+            if r.status_code == 200:
+                job: str = r.json()["id"]
+                return job
+
+    async def post(self, job: str, envelope: dict[str, Any]) -> None:
+        r = await self.http.post(
+            f"{self.emu.endpoint_url}/job-stream/{self.pod}/{job}", params={"gpu": "CPU", "isStream": "false"},
+            json={"output": envelope},
+        )  # fmt: skip
+        r.raise_for_status()
+
+    async def done(self, job: str) -> None:
+        r = await self.http.post(f"{self.emu.endpoint_url}/job-done/{self.pod}/{job}", json={"output": []})
+        r.raise_for_status()
+
+    async def attach(self, job: str) -> None:
+        r = await self.http.post(f"{self.relay_url}/v1/jobs/{job}/attach")
+        r.raise_for_status()
+
+    async def wait_done(self, job: str) -> dict[str, Any]:
+        after = 0
+        while True:
+            r = await self.http.get(
+                f"{self.relay_url}/v1/jobs/{job}/events",
+                params={"format": "json", "after": after, "wait": 10000},
+            )
+            body: dict[str, Any] = r.json()
+            if body["events"]:
+                after = body["events"][-1]["seq"]
+                if body["events"][-1]["k"] == "done":
+                    done: dict[str, Any] = body["events"][-1]
+                    return done
+
+
+@contextlib.asynccontextmanager
+async def stack(*relay_args: str, fsync: str = "always") -> AsyncIterator[Stack]:
+    config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0)
+    with tempfile.TemporaryDirectory(prefix="podstream-bench-") as tmp:
+        async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
+            port = free_port()
+            env = {**os.environ, "PODSTREAM_FSYNC": fsync}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url, "--data-dir",
+                f"{tmp}/data", "--port", str(port), "--log-level", "warning", *relay_args, env=env,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(timeout=60) as http:
+                try:
+                    for _ in range(400):
+                        with contextlib.suppress(httpx.TransportError):
+                            if (await http.get(f"{url}/healthz")).status_code == 200:
+                                break
+                        await asyncio.sleep(0.05)
+                    yield Stack(emu, url, process, http, Path(tmp) / "data")
+                finally:
+                    process.terminate()
+                    try:
+                        await asyncio.wait_for(process.wait(), 20)
+                    except TimeoutError:
+                        process.kill()
+                        await process.wait()
