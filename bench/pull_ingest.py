@@ -1,0 +1,143 @@
+"""`podstream.pull` ingest: RunPod `/stream` (the emulator) -> verified files on disk, vs a tight loop.
+
+Baseline, measured in the same run: the least any consumer must do with the same bytes: parse the `/stream`
+JSON body, base64-decode each part, sha256 it, write and fsync the files. The pull's figure is the time to
+drain a job whose envelopes are all buffered at the emulator (its own process, as RunPod is; posted
+there first by a scripted worker):
+HTTP long-polls, the Assembler's checks (seq, sizes, sha256, manifest), files fsynced and renamed into
+place. A ratio near 1 means the pull adds little over the unavoidable work.
+
+    python -m bench.pull_ingest               # 20 x 4 MB
+    python -m bench.pull_ingest --items 50 --mb 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import podstream.pull as pull_mod
+from podstream import wire
+from podstream.demo import free_port
+
+POD = "bench-pod"
+
+
+def tight_loop(body: bytes, directory: Path) -> float:
+    start = time.perf_counter()
+    files: dict[int, tuple[int, Any]] = {}
+    for entry in json.loads(body)["stream"]:
+        env = entry["output"]
+        if env["type"] != "part":
+            continue
+        data = base64.b64decode(env["data"], validate=True)
+        if env["item"] not in files:
+            fd = os.open(directory / f"{env['item']}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            files[env["item"]] = (fd, hashlib.sha256())
+        fd, digest = files[env["item"]]
+        digest.update(data)
+        os.write(fd, data)
+    for fd, digest in files.values():
+        digest.hexdigest()
+        os.fsync(fd)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def emulator() -> Iterator[str]:
+    """`podstream emulator` in its own process (so its JSON work is not counted); yields the endpoint URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "podstream", "emulator", "--port", str(port), "--endpoint-id", "bench"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v2/bench"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the emulator did not start")
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def buffered_job(base: str, envelopes: list[dict[str, Any]]) -> str:
+    """A COMPLETED job at the emulator with every envelope buffered on its stream, posted as a worker would."""
+    with httpx.Client(timeout=60) as http:
+        job: str = http.post(f"{base}/run", json={"input": {}}).json()["id"]
+        while (taken := http.get(f"{base}/job-take/{POD}", params={"gpu": "CPU"})).status_code != 200:
+            pass
+        assert taken.json()["id"] == job
+        for envelope in envelopes:
+            http.post(
+                f"{base}/job-stream/{POD}/{job}",
+                params={"isStream": "false"},
+                json={"output": {**envelope, "job": job}},
+            ).raise_for_status()
+        http.post(f"{base}/job-done/{POD}/{job}", json={"output": []}).raise_for_status()
+    return job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=20)
+    parser.add_argument("--mb", type=float, default=4.0, help="size of each item in MB")
+    args = parser.parse_args()
+    blobs = [os.urandom(int(args.mb * 1_000_000)) for _ in range(args.items)]
+    total = sum(len(b) for b in blobs)
+    env = wire.Envelopes("job")
+    envelopes = [e for i, b in enumerate(blobs) for e in env.parts(i, b, mime="video/mp4", id=f"c{i}")]
+    envelopes += env.manifest(
+        wire.ManifestItem(i, f"c{i}", "ok", "video/mp4", len(b), wire.sha256_hex(b), wire.part_count(len(b), wire.DEFAULT_PART_BYTES))
+        for i, b in enumerate(blobs)
+    )  # fmt: skip
+    body = json.dumps(
+        {"id": "job", "status": "COMPLETED", "stream": [{"output": e} for e in envelopes]}
+    ).encode()
+    with tempfile.TemporaryDirectory(prefix="podstream-bench-") as tmp:
+        (Path(tmp) / "base").mkdir()
+        baseline = tight_loop(body, Path(tmp) / "base")
+        del body
+        with emulator() as base:
+            job = buffered_job(base, envelopes)
+            start = time.perf_counter()
+            files = list(pull_mod.pull(job, runpod_url=base, key=None, out=Path(tmp) / "pull"))
+            pulled = time.perf_counter() - start
+            stream = httpx.get(base.split("/v2/")[0] + "/_emulator/stats").json()["routes"]["stream"]
+    assert sorted(f.item for f in files) == list(range(args.items))
+    mb = total / 1e6
+    print(f"{args.items} items x {args.mb:g} MB = {mb:.0f} MB, {len(envelopes)} envelopes")
+    print(
+        f"baseline tight loop (parse + b64 + sha256 + write + fsync): {baseline:.2f} s = {mb / baseline:.0f} MB/s"
+    )
+    print(
+        f"podstream.pull from the emulator:                         {pulled:.2f} s = {mb / pulled:.0f} MB/s"
+    )
+    print(
+        f"  /stream requests: {stream['requests']}, largest answer {stream['max_response_bytes'] / 1e6:.1f} MB"
+    )
+    print(f"ratio pull / baseline throughput: {baseline / pulled:.2f} (1.0 = as fast as the bare loop)")
+
+
+if __name__ == "__main__":
+    main()
