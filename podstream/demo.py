@@ -394,12 +394,11 @@ def demo_inputs(settings: DemoSettings, samples: list[Path]) -> list[tuple[JobRu
     return jobs
 
 
-def page_url(relay_url: str, job: str, key: str | None = None) -> str:
-    """The relay's demo page opened on `job` (the page reads `#job=` and, with auth on, `#key=`)."""
-    fragment = f"job={urllib.parse.quote(job, safe='')}"
-    if key:
-        fragment += f"&key={urllib.parse.quote(key, safe='')}"
-    return f"{relay_url}/#{fragment}"
+def page_url(relay_url: str, job: str, token: str | None = None, key: str | None = None) -> str:
+    """The relay's demo page opened on `job`: `#job=ID`, plus the job's subscriber `token` and the API
+    `key` when the relay has auth. In the fragment, so neither is ever sent to a server or logged."""
+    params = {"job": job, "token": token, "key": key}
+    return f"{relay_url}/#" + urllib.parse.urlencode({k: v for k, v in params.items() if v})
 
 
 def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
@@ -431,7 +430,11 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
             run.job, run.token, run.submitted_at = job.id, job.token, time.monotonic()
             runs.append(run)
             console.print(f"submitted [bold]{run.label}[/] job {job.id} ({run.items} items)")
-        first_page = page_url(stack.relay_url, runs[0].job, stack.relay_key) if runs else stack.relay_url
+        first_page = (
+            page_url(stack.relay_url, runs[0].job, runs[0].token, stack.relay_key)
+            if runs
+            else stack.relay_url
+        )
         console.print(f"watch it in a browser: [bold underline]{first_page}[/]")
         for run in runs:
             console.rule(f"{run.label}: job {run.job}")

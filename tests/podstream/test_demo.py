@@ -37,7 +37,8 @@ def test_sample_images_are_distinct_pngs() -> None:
 
 def test_page_url() -> None:
     assert demo.page_url("http://127.0.0.1:1", "a/b") == "http://127.0.0.1:1/#job=a%2Fb"
-    assert demo.page_url("http://h", "j", "k&1") == "http://h/#job=j&key=k%261"
+    assert demo.page_url("http://h", "j", "t.1") == "http://h/#job=j&token=t.1"
+    assert demo.page_url("http://h", "j", None, "k&1") == "http://h/#job=j&key=k%261"
 
 
 def test_child_stop_ends_its_whole_session(tmp_path: Path) -> None:
