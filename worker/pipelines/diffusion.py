@@ -75,14 +75,11 @@ def load_pipeline(cls: Any, source: str, *, torch_dtype: Any, variant: str | Non
     variant = variant or os.environ.get("PODSTREAM_VARIANT") or None
     path = Path(source).expanduser()
     cache = hf_cache_dir()
+    options: dict[str, Any] = {_dtype_argument(): torch_dtype, "variant": variant, "local_files_only": True}
     try:
         if path.is_dir():
-            return cls.from_pretrained(
-                str(path), torch_dtype=torch_dtype, variant=variant, local_files_only=True
-            )
-        return cls.from_pretrained(
-            source, torch_dtype=torch_dtype, variant=variant, cache_dir=cache, local_files_only=True
-        )
+            return cls.from_pretrained(str(path), **options)
+        return cls.from_pretrained(source, cache_dir=cache, **options)
     except (OSError, ValueError) as exc:
         where = (
             f"directory {path}"
@@ -94,6 +91,14 @@ def load_pipeline(cls: Any, source: str, *, torch_dtype: Any, variant: str | Non
             f"cannot load {cls.__name__} {source!r} from {where} (offline): {first}. "
             f"Put the model there first (e.g. `podstream prefetch {source}`), or point PODSTREAM_MODEL_PATH at it."
         ) from exc
+
+
+def _dtype_argument() -> str:
+    """diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name warns); older releases know only the old."""
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("diffusers").split(".")[:2])
+    return "dtype" if (major, minor) >= (0, 42) else "torch_dtype"
 
 
 class DiffusersModel:
