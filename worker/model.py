@@ -161,10 +161,13 @@ class FunctionModel:
 
 
 class Models:
-    """Several models behind one worker, each job routed to the model doing its task."""
+    """Several models behind one worker, each job routed to the (first listed) model doing its task."""
 
     def __init__(self, *models: Model) -> None:
-        self.by_task: dict[str, Model] = {task: m for m in models for task in m.tasks}
+        self.by_task: dict[str, Model] = {}
+        for model in models:  # the first model listed for a task does it
+            for task in model.tasks:
+                self.by_task.setdefault(task, model)
         self.tasks = frozenset(self.by_task)
 
     def check(self, task: str, params: Params) -> None:

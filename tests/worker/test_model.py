@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from worker.inputs import Params
+from worker.model import Cancelled, Context, File, FunctionModel, Model, Models, Request, Result, SleepModel
+
+
+def request(index: int = 0, task: str = "text-to-image", prompt: str = "x") -> Request:
+    return Request(index, f"id-{index}", task, Params(), prompt=prompt)
+
+
+def test_context_reports_progress_and_raises_once_cancelled() -> None:
+    seen: list[tuple[Sequence[int], int, int]] = []
+    ctx = Context(lambda items, step, steps: seen.append((items, step, steps)))
+    ctx.items = (3,)
+    ctx.step(1, 4)
+    ctx.step(9, 4)  # clamped
+    assert seen == [((3,), 1, 4), ((3,), 4, 4)]
+    callback = ctx.diffusers_callback(10)
+    assert callback(None, 0, None, {"latents": 1}) == {"latents": 1}
+    assert seen[-1] == ((3,), 1, 10)
+    ctx.cancel()
+    assert ctx.cancelled
+    with pytest.raises(Cancelled):
+        ctx.step(2, 4)
+    with pytest.raises(Cancelled):
+        callback(None, 1, None, {})
+    assert ctx.steps_taken == 3
+
+
+def test_function_model_fails_items_alone_but_lets_cancellation_through() -> None:
+    def generate(r: Request, ctx: Context) -> Result:
+        if r.prompt == "bad":
+            raise ValueError("nope")
+        if r.prompt == "stop":
+            raise Cancelled("stop")
+        return File(r.id.encode(), "text/plain")
+
+    model = FunctionModel(generate, ["text-to-image"])
+    assert isinstance(model, Model)
+    results = model.generate([request(0), request(1, prompt="bad"), request(2)], Context())
+    assert results[0] == File(b"id-0", "text/plain")
+    assert isinstance(results[1], ValueError)
+    assert results[2] == File(b"id-2", "text/plain")
+    with pytest.raises(Cancelled):
+        model.generate([request(prompt="stop")], Context())
+
+
+def test_models_route_by_task() -> None:
+    images = FunctionModel(lambda r, c: File(b"i", "image/png"), ["text-to-image"])
+    videos = SleepModel(0, 3, steps=1)
+    both = Models(images, videos)
+    assert both.tasks == {"text-to-image", "image-to-video", "text-to-video"}
+    assert both.generate([request(task="text-to-image")], Context()) == [
+        File(b"i", "image/png")
+    ]  # the first listed
+    [clip] = both.generate([request(task="image-to-video")], Context())
+    assert isinstance(clip, File) and len(clip.data) == 3
+    both.check("text-to-image", Params())
+    both.release()
+
+
+def test_sleep_model_is_deterministic_per_seed() -> None:
+    model = SleepModel(0, 64, steps=2)
+    a = model.generate([Request(0, "", "text-to-image", Params(), seed=1)], Context())
+    b = model.generate([Request(5, "", "text-to-image", Params(), seed=1)], Context())
+    assert a == b

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import worker
+from worker.model import Context, File, Request, Result
+from worker.start import NotOnRunPod, as_model, read_job_input
+
+
+def generate(request: Request, ctx: Context) -> Result:
+    ctx.step(1, 1)
+    if request.prompt == "fail":
+        raise RuntimeError("this one fails")
+    return File(f"hello {request.prompt}".encode(), "text/plain")
+
+
+def test_run_once_with_a_plain_function(tmp_path: Path) -> None:
+    job = {"task": "text-to-image", "items": [{"prompt": "a", "id": "x/../../etc"}, {"prompt": "fail"}]}
+    report = worker.run_once(generate, job, tmp_path / "out", job_id="job-1")
+    assert not report.ok
+    assert report.files[0].read_bytes() == b"hello a"
+    assert report.files[0].parent == tmp_path / "out"  # client ids never become paths
+    assert report.errors == {1: "generation_failed: RuntimeError: this one fails"}
+    assert report.problems == [] and report.largest_body < 1_000_000
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["job"] == "job-1" and list(manifest["files"]) == ["0"]
+
+
+def test_run_once_raises_for_a_malformed_job(tmp_path: Path) -> None:
+    with pytest.raises(worker.JobInputError, match="input.task"):
+        worker.run_once(generate, {"items": [{"prompt": "a"}]}, tmp_path)
+
+
+def test_serve_refuses_to_run_outside_runpod() -> None:
+    with pytest.raises(NotOnRunPod, match="RUNPOD_WEBHOOK_GET_JOB is not set"):
+        worker.serve(generate, environ={})
+
+
+def test_as_model() -> None:
+    model = as_model(generate, ["text-to-image"])
+    assert model.tasks == {"text-to-image"}
+    assert as_model(model) is model
+    with pytest.raises(TypeError, match="needs a Model or a function"):
+        as_model(42)  # type: ignore[arg-type]
+
+
+def test_read_job_input_accepts_the_input_or_a_run_body(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"input": {"task": "text-to-image"}, "policy": {"ttl": 60000}}))
+    assert read_job_input(str(path)) == {"task": "text-to-image"}
+    path.write_text(json.dumps({"task": "text-to-image"}))
+    assert read_job_input(str(path)) == {"task": "text-to-image"}
