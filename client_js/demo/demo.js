@@ -270,7 +270,7 @@ async function refreshJobs() {
         const li = h("li", { "data-job": job.id, title: job.id }, [
           h("code", {}, [job.id]),
           h("span", { class: "row-meta" }, [
-            h("span", { class: "when" }, [typeof job.items === "number" ? `${job.items} files · ` : "", jobWhen(job)]),
+            h("span", { class: "when" }, [typeof job.items === "number" ? `${job.items} file${job.items === 1 ? "" : "s"} · ` : "", jobWhen(job)]),
             h("span", { class: "badge", "data-status": status }, [status]),
           ]),
         ]);
@@ -458,6 +458,18 @@ async function openJob(id) {
   sub.on("error", (e) => {
     if (e.item === null) {
       jobError(e.fatal ? `Connection: ${e.message}` : `${e.code}: ${e.message}`);
+      if (e.code === "restarted") {
+        // RunPod re-ran the job: the items that follow replace the ones shown so far
+        for (const c of current.cards.values()) {
+          c.state = "queued";
+          c.received = 0;
+          c.media.replaceChildren(h("div", { class: "placeholder" }, ["queued"]));
+          c.info.textContent = "";
+          setCard(c, "queued", 0);
+        }
+        current.ready = current.failed = current.bytes = 0;
+        updateOverall();
+      }
       return;
     }
     const c = card(e.item);

@@ -1,7 +1,7 @@
 // The real system on loopback for integration and browser tests: the RunPod emulator with one real worker
 // process (tiny pipelines on CPU) and the relay polling it, each a child process in its own process group,
 // on free ports. Everything started here is stopped by `stop()`.
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -230,24 +230,12 @@ async function ok(url) {
 }
 
 /**
- * `podstream relay`, configured through its PODSTREAM_* environment.
+ * `podstream relay` on `port` (the other settings come from its PODSTREAM_* environment).
  * @param {number} port
  * @param {Record<string, string>} env
  * @returns {string[]}
  */
 function relayCommand(port, env) {
-  const help = spawnSync(PYTHON, ["-m", "podstream", "relay", "--help"], { cwd: REPO, encoding: "utf8" });
-  if (help.stdout.includes("--data-dir")) {
-    return ["-m", "podstream", "relay", "--runpod-url", env.PODSTREAM_RUNPOD_URL, "--data-dir",
-      env.PODSTREAM_DATA_DIR, "--host", "127.0.0.1", "--port", String(port)]; // prettier-ignore
-  }
-  // Until the `podstream relay` command lands: the same app under uvicorn, settings from the environment.
-  const code = [
-    "import uvicorn",
-    "from relay.app import create_app",
-    "from relay.config import RelaySettings",
-    "s = RelaySettings.from_env()",
-    "uvicorn.run(create_app(s), host=s.host, port=s.port, ws='websockets', ws_per_message_deflate=False, log_level='warning')",
-  ].join("\n");
-  return ["-c", code];
+  return ["-m", "podstream", "relay", "--runpod-url", env.PODSTREAM_RUNPOD_URL, "--data-dir",
+    env.PODSTREAM_DATA_DIR, "--host", "127.0.0.1", "--port", String(port), "--log-level", "warning"]; // prettier-ignore
 }
