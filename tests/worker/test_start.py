@@ -30,7 +30,7 @@ def test_run_once_with_a_plain_function(tmp_path: Path) -> None:
 
 
 def test_run_once_raises_for_a_malformed_job(tmp_path: Path) -> None:
-    with pytest.raises(worker.JobInputError, match="input.task"):
+    with pytest.raises(worker.JobInputError, match=r"input\.task"):
         worker.run_once(generate, {"items": [{"prompt": "a"}]}, tmp_path)
 
 
