@@ -41,6 +41,7 @@ import msgpack
 
 from podstream import sinks
 from podstream.progress import (
+    TERMINAL_STATUSES,
     ItemFailure,
     JobIncomplete,
     JobOutcome,
@@ -63,6 +64,10 @@ FETCH_TIMEOUT: Final = httpx.Timeout(30.0)
 
 #: `err` codes that need nothing from a single-job watcher (answers to requests it does not make).
 _HARMLESS_ERRORS: Final = frozenset({"already_subscribed", "not_subscribed"})
+
+
+#: Statuses after which a job sends nothing new (RunPod's terminal ones, and the relay's LOST).
+FINAL_STATUSES: Final = TERMINAL_STATUSES | {"LOST"}
 
 
 class Resync(Exception):
@@ -142,6 +147,9 @@ class Subscription:
         self.head: int | None = None
         self.done = False
         self.ping_interval: float | None = None
+        #: Set when the relay has nothing after our position for a job that looks over: the driver then
+        #: reads the manifest and calls `finished_by_manifest`.
+        self.check_finished = False
         self.outcome = JobOutcome(job)
         self._last_status = "UNKNOWN"
         self._receiving: _Receiving | None = None
@@ -193,13 +201,33 @@ class Subscription:
         status = frame.get("status")
         if isinstance(status, str) and status:
             self._status(status)
-        if frame.get("recovered") is False:
-            self._problem(
+        if frame.get("recovered") is False and self.position > 0:
+            # We asked for records after a seq the relay never had (its data is not what we saw): start over.
+            self.observer.problem(
                 StreamProblem(
-                    "not_recovered",
-                    f"the relay no longer has every record after seq {self.position}; some events are lost",
+                    "not_recovered", f"the relay has no seq {self.position}; receiving the job again"
                 )
             )
+            self.position = 0
+            raise Resync("starting over from seq 0")
+        if self.head is not None and self.head <= self.position and self._last_status in FINAL_STATUSES:
+            # Nothing after our position and the job looks over: only its manifest can say whether it is.
+            self.check_finished = True
+
+    def finished_by_manifest(self, manifest: Mapping[str, Any]) -> None:
+        """After `check_finished`: the relay's manifest of the job (`GET /v1/jobs/{id}`). When it is finished
+        and we hold everything up to its head, the watch is done (there is no `done` record left to send)."""
+        self.check_finished = False
+        head = manifest.get("head")
+        if manifest.get("finished") is True and isinstance(head, int) and head <= self.position:
+            status = manifest.get("status")
+            if isinstance(status, str):
+                self._status(status)
+            items = manifest.get("items")
+            if isinstance(items, list):
+                self.outcome.expected_items = len(items)
+            self.done = True
+            self.observer.finished(self.outcome)
 
     def _on_record(self, rec: Mapping[str, Any]) -> list[SavedFile]:
         seq = rec.get("seq")
@@ -325,6 +353,13 @@ class Subscription:
             failure = ItemFailure(item, str(rec.get("id") or ""), code, message)
             self.outcome.failures.append(failure)
             self.observer.item_failed(failure)
+        elif code == "restarted":
+            # RunPod re-ran the job: the item records that follow replace the earlier run's.
+            self.outcome.files.clear()
+            self.outcome.failures.clear()
+            self.observer.problem(StreamProblem(code, message))
+        elif code == "duplicate":
+            pass  # informational: the relay ignored a repeated envelope, nothing was lost
         else:
             self._problem(StreamProblem(code, message))
 
@@ -489,6 +524,8 @@ def watch(
                             replies, saved = sub.feed(frame)
                         if sub.position != before:
                             conn.failures = 0  # progress made: the next drop starts a fresh backoff
+                        if sub.check_finished:
+                            sub.finished_by_manifest(_manifest_sync(conn))
                         for reply in replies:
                             ws.send(pack(reply))
                         yield from saved
@@ -555,6 +592,8 @@ async def awatch(
                             replies, saved = sub.feed(frame)
                         if sub.position != before:
                             conn.failures = 0  # progress made: the next drop starts a fresh backoff
+                        if sub.check_finished:
+                            sub.finished_by_manifest(await asyncio.to_thread(_manifest_sync, conn))
                         for reply in replies:
                             await ws.send(pack(reply))
                         for file in saved:
@@ -587,6 +626,17 @@ def _media_request(conn: _Connection, url: str) -> tuple[str, dict[str, str]]:
     same_origin = urllib.parse.urlsplit(absolute)[:2] == urllib.parse.urlsplit(base)[:2]
     headers = {"Authorization": f"Bearer {conn.token}"} if conn.token and same_origin else {}
     return absolute, headers
+
+
+def _manifest_sync(conn: _Connection) -> dict[str, Any]:
+    """The relay's manifest of the job, or {} when it cannot be read (the watch then just goes on)."""
+    url, headers = _media_request(conn, f"/v1/jobs/{urllib.parse.quote(conn.job, safe='')}")
+    try:
+        response = httpx.get(url, headers=headers, timeout=FETCH_TIMEOUT)
+        body = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _fetch_sync(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -74,10 +75,16 @@ class ScriptedRelay:
         self.pongs: list[Any] = []
         self.connections = 0
         self.corrupt_item: int | None = None
+        self.status = "IN_PROGRESS"  # what `subscribed` says
         self.refs: set[int] = set()  # items sent without chunks: the client fetches their url
         self.media_requests: list[tuple[str, str | None]] = []
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == f"/v1/jobs/{JOB}":
+            done = self.records[-1]
+            manifest = {"status": done["status"], "finished": True, "head": len(self.records), "items": []}
+            body = json.dumps(manifest).encode()
+            return Response(200, "OK", Headers([("Content-Length", str(len(body)))]), body)
         if not request.path.startswith("/media/"):
             return None  # the websocket handshake
         self.media_requests.append((request.path, request.headers.get("Authorization")))
@@ -127,15 +134,12 @@ class ScriptedRelay:
                 )
                 ws.recv(timeout=5)
                 return
-            send(
-                {
-                    "t": "subscribed",
-                    "job": JOB,
-                    "head": len(self.records),
-                    "status": "IN_PROGRESS",
-                    "recovered": True,
-                }
-            )
+            head = len(self.records)
+            recovered = first["from"] <= head
+            send({"t": "subscribed", "job": JOB, "head": head, "status": self.status, "recovered": recovered})
+            if not recovered:
+                ws.recv(timeout=5)
+                return
             for rec in self.records[first["from"] :]:
                 send({"t": "ev", **rec})
                 if rec["k"] == "item" and rec["item"] in self.refs:
@@ -483,6 +487,17 @@ def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:
                     relay.wait(30)
                     relay = start_relay(emu.endpoint_url, tmp_path / "data", port, relay_log)
                     restarted = True
+            # The job is finished: resuming from its head ends at once; a late joiner replays it all.
+            assert (
+                list(
+                    watch_mod.watch(
+                        job.id, relay=job.relay, out=tmp_path / "late", from_seq=recorder.last_seq
+                    )
+                )
+                == []
+            )
+            replay = list(watch_mod.watch(job.id, relay=job.relay, out=tmp_path / "replay"))
+            assert {f.item: f.path.read_bytes() for f in replay} == expected
         finally:
             relay.terminate()
             relay.wait(30)
@@ -490,3 +505,40 @@ def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:
     assert {f.item: f.path.read_bytes() for f in saved} == expected
     assert recorder.retries, "the watcher had to reconnect"
     assert recorder.outcome is not None and recorder.outcome.ok
+
+
+def test_resuming_at_the_head_of_a_finished_job_ends_at_once(tmp_path: Path) -> None:
+    records, files = journal([10, 20])
+    relay = ScriptedRelay(records, files)
+    relay.status = "COMPLETED"
+    recorder = Recorder()
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, from_seq=len(records), observer=recorder)
+    assert saved == [] and recorder.outcome is not None and recorder.outcome.status == "COMPLETED"
+
+
+def test_a_position_the_relay_never_had_starts_over(tmp_path: Path) -> None:
+    records, files = journal([10, 20])
+    relay = ScriptedRelay(records, files)
+    recorder = Recorder()
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, from_seq=len(records) + 5, observer=recorder)
+    assert [s["from"] for s in relay.subs] == [len(records) + 5, 0]
+    assert sorted(f.item for f in saved) == [0, 1]
+    assert recorder.problems == ["not_recovered"] and recorder.outcome is not None and recorder.outcome.ok
+
+
+def test_a_rerun_job_replaces_the_earlier_files(tmp_path: Path) -> None:
+    records, files = journal([10, 20])
+    first_item = next(k for k, r in enumerate(records) if r["k"] == "item")
+    rerun = {"k": "error", "item": None, "code": "restarted", "message": "RunPod re-ran the job"}
+    records.insert(first_item + 1, rerun)
+    for seq, rec in enumerate(records, start=1):
+        rec.update(seq=seq, job=JOB)
+    relay = ScriptedRelay(records, files)
+    recorder = Recorder()
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, observer=recorder)
+    assert [f.item for f in saved] == [0, 1]
+    assert recorder.outcome is not None and recorder.outcome.ok
+    assert [f.item for f in recorder.outcome.files] == [1] and recorder.problems == ["restarted"]
