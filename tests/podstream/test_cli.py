@@ -216,3 +216,83 @@ def test_submit_to_a_relay_that_cannot_submit(relay: str, tmp_path: Path) -> Non
     prompts.write_text("a fox\n")
     result = podstream("submit", "--relay", relay, "--prompts", str(prompts), "--out", str(tmp_path))
     one_line_error(result, 1, "refused the job")
+
+
+LIGHT_WORKER = """
+import hashlib, runpod
+from podstream import wire
+
+async def handler(job):
+    env = wire.Envelopes(job["id"])
+    entries = []
+    for item, size in enumerate(job["input"]["sizes"]):
+        data = hashlib.sha256(str(item).encode()).digest() * (size // 32)
+        parts = list(env.parts(item, data, mime="image/png", id=f"img{item}", part_bytes=100_000))
+        for part in parts:
+            yield part
+        entries.append(wire.ManifestItem(item, f"img{item}", "ok", "image/png", len(data), wire.sha256_hex(data), len(parts)))
+    for page in env.manifest(entries):
+        yield page
+
+runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+"""
+
+
+def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
+    """`podstream submit --input` streams a job's files to DIR/<job>/; `podstream watch` replays it."""
+    from podstream.emulator import Emulator, EmulatorConfig
+
+    script = tmp_path / "worker.py"
+    script.write_text(LIGHT_WORKER)
+    sizes = [250_000, 64, 90_000]
+    (tmp_path / "job.json").write_text(json.dumps({"input": {"sizes": sizes}}))
+    port = closed_port()
+    relay_url = f"http://127.0.0.1:{port}"
+    with Emulator(EmulatorConfig(endpoint_id="ep", api_key="rk")).serve_in_thread() as emu:
+        emu.spawn_workers(1, [sys.executable, str(script)], log_dir=tmp_path)
+        argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
+        argv += ["--data-dir", str(tmp_path / "data"), "--port", str(port), "--fsync", "never"]
+        with (tmp_path / "relay.log").open("wb") as log:
+            relay = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PODSTREAM_RUNPOD_KEY": "rk"}
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while not _healthy(relay_url):
+                assert relay.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "relay.log"
+                ).read_text()
+                time.sleep(0.1)
+            out = tmp_path / "out"
+            result = podstream(
+                "submit",
+                "--relay",
+                relay_url,
+                "--input",
+                str(tmp_path / "job.json"),
+                "--out",
+                str(out),
+                "--json",
+            )
+            assert result.returncode == 0, result.stderr
+            outcome = json.loads(result.stdout)
+            job = outcome["job"]
+            assert outcome["ok"] and [f["item"] for f in outcome["files"]] == [0, 1, 2]
+            names = sorted(p.name for p in (out / job).iterdir())
+            assert names == ["00000-img0.png", "00001-img1.png", "00002-img2.png"]
+
+            replay = podstream("watch", job, "--relay", relay_url, "--out", str(tmp_path / "replay"))
+            assert replay.returncode == 0, replay.stderr
+            assert "COMPLETED; 3 file(s) saved" in replay.stdout
+            for name in names:
+                assert (tmp_path / "replay" / name).read_bytes() == (out / job / name).read_bytes()
+        finally:
+            relay.terminate()
+            relay.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
