@@ -263,7 +263,7 @@ class RichProgress(Observer):
         if task is None:
             if len(self._tasks) >= self.max_bars:
                 return None
-            name = label or self._names.get(item) or f"item {item}"
+            name = label or self._names.get(item) or f"#{item}"
             task = self._items.add_task(name, total=None, detail="")
             self._tasks[item] = task
         return task
@@ -274,7 +274,7 @@ class RichProgress(Observer):
             self._items.update(task, total=steps, completed=step, detail=f"generating {step}/{steps}")
 
     def item_started(self, item: int, id: str, mime: str, size: int) -> None:
-        self._names[item] = f"{item:>4} {id}"[:32] if id else f"item {item}"
+        self._names[item] = f"#{item} {id}"[:32] if id else f"#{item}"
         task = self._task(item, self._names[item])
         if task is not None:
             self._items.update(
