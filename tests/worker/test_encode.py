@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import av
 import numpy as np
@@ -130,3 +133,32 @@ def test_image_errors() -> None:
         encode.encode_image(np.zeros((4, 4, 3)), ImageSettings("gif"))
     with pytest.raises(EncodeError, match="quality"):
         encode.encode_image(np.zeros((4, 4, 3)), ImageSettings("jpeg", quality=0))
+
+
+PLAYER = """<html><body><div id="r">pending</div><video id="v" muted src="{name}"></video><script>
+const v = document.getElementById("v"), r = document.getElementById("r");
+v.addEventListener("loadeddata", () => {{ r.textContent = "loaded " + v.videoWidth + "x" + v.videoHeight; }});
+v.addEventListener("error", () => {{ r.textContent = "error " + (v.error && v.error.code); }});
+</script></body></html>"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian chromium (installed in CI)")
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("a.mp4", VideoSettings(fps=8)),
+        ("b.mp4", VideoSettings(fps=8, fragmented=True)),
+        ("c.webm", VideoSettings("webm")),
+    ],
+)
+def test_chromium_plays_it(tmp_path: Path, name: str, settings: VideoSettings) -> None:
+    (tmp_path / name).write_bytes(encode.encode_video(frames(8, 64, 96), settings))
+    page = tmp_path / f"{name}.html"
+    page.write_text(PLAYER.format(name=name))
+    done = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert '<div id="r">loaded 96x64</div>' in done.stdout, done.stdout[-500:] + done.stderr[-1500:]
