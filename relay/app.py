@@ -347,6 +347,14 @@ async def _not_configured(request: Request, exc: Exception) -> Response:
     return _error(503, "no_runpod", str(exc))
 
 
+async def _denied(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Denied)
+    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+    response = _error(exc.status, exc.code, str(exc))
+    response.headers.update(headers or {})
+    return response
+
+
 async def _overflow(request: Request, exc: Exception) -> Response:
     return _error(503, "busy", str(exc))
 
@@ -397,7 +405,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
-            OverflowError: _overflow, HTTPException: _http_error,
+            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied,
         },
     )  # fmt: skip
     app.state.relay = relay

@@ -1,35 +1,87 @@
-"""The relay's authorization seam.
+"""The relay's authorization: API keys, job-scoped subscriber tokens, signed media URLs, Origin checks.
 
-Every decision about who may do what goes through one `Authorizer`, so API keys, job-scoped tokens,
-signed media URLs and Origin checks can be added by implementing this protocol, without touching the
-HTTP or websocket code. The relay ships `AllowAll` (open, the default) for now.
+Every decision about who may do what goes through one `Authorizer`; the HTTP and websocket code only ask it.
 
-Calls:
-- `connect(origin, headers)`: a websocket is being opened. Return a `Principal`, or raise `Denied`
-  (closed with 4504 for a bad Origin, 4501 otherwise). `Principal.needs_token` means the client must send
-  an `auth` frame first.
-- `token(principal, token)`: an `auth` frame arrived; return the authenticated principal or raise `Denied`.
-- `http(request_headers, action, job)`: an HTTP request (`action` is one of `ACTIONS`); raise `Denied` to
-  refuse it (401/403).
+- **API keys** (`KeyAuthorizer`) are configured as hashes, `[name=]sha256:<64 hex>[/scope+scope]`
+  (`PODSTREAM_API_KEYS`, comma or whitespace separated): a presented key is hashed and compared with every
+  configured hash in constant time (`hmac.compare_digest`). Scopes: `jobs:write` (submit, attach, cancel),
+  `jobs:read` (list, read any job, mint subscriber tokens), `upload` (worker uploads), `metrics`
+  (`GET /metrics`); a key without `/scopes` has them all. Sent as `Authorization: Bearer <key>`.
+- **Subscriber tokens** are short-lived, job-scoped HS256 JWTs (`aud`, `iat`, `exp`, `jobs`, `sub`) minted by
+  `POST /v1/jobs` and `POST /v1/jobs/{id}/tokens`. The algorithm is pinned: a token whose header is not
+  exactly HS256 is refused before its signature is even looked at. They are sent in the websocket's first
+  frame (`auth`) or an `Authorization: Bearer` header, never in a URL.
+- **Media URLs** handed out in manifests and events carry `?exp=<unix s>&sig=<HMAC-SHA256>` over the path and
+  the expiry, so an `<img src>` works without a header and a URL stops working after `exp`.
+- **Origins**: a browser websocket's `Origin` must be the relay's own origin or in the allow-list.
+
+`AllowAll` is the insecure mode (`podstream relay --insecure`): everyone may do everything.
+
+Calls of the `Authorizer` protocol:
+- `connect(origin, headers)`: a websocket is being opened. Returns a `Principal` (`needs_token`: the client
+  must send an `auth` frame first), or raises `Denied` (4504 for a bad Origin, 4501 for a bad credential).
+- `token(principal, token)`: an `auth` frame arrived; the authenticated principal, or `Denied`
+  (4501 invalid, 4003 expired).
+- `http(headers, action, job)`: an HTTP request, `action` one of `ACTIONS`; `Denied` (401/403) refuses it.
+- `scope(headers, scope)`: the API key of the request, which must have `scope` (`require_scope` in a route).
 - `may_read(principal, job)`: may this principal subscribe to / read this job.
+- `mint(principal, jobs, ttl_s)`: a subscriber token for `jobs`, or None when the relay needs none.
+- `sign(path)` / `check_signature(path, exp, sig)`: signed media URLs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
-ACTIONS: Final = frozenset({"submit", "attach", "read", "list", "cancel"})
+from starlette.requests import HTTPConnection
+
+ACTIONS: Final = frozenset({"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics"})
+SCOPES: Final = frozenset({"jobs:write", "jobs:read", "upload", "metrics"})
+#: The scope an action needs from an API key (`read` is also allowed to a token covering the job).
+ACTION_SCOPES: Final = {
+    "submit": "jobs:write", "attach": "jobs:write", "cancel": "jobs:write", "list": "jobs:read",
+    "read": "jobs:read", "token": "jobs:read", "upload": "upload", "metrics": "metrics",
+}  # fmt: skip
+KEY_PREFIX: Final = "psk_"
+TOKEN_ALGORITHM: Final = "HS256"
+_TOKEN_HEADER: Final = {"alg": TOKEN_ALGORITHM, "typ": "JWT"}
+_MAX_TOKEN_CHARS: Final = 8192
+_MAX_KEY_CHARS: Final = 512
+_KEY_ENTRY: Final = re.compile(
+    r"^(?:(?P<name>[A-Za-z0-9_.-]{1,64})=)?sha256:(?P<hash>[0-9a-fA-F]{64})(?:/(?P<scopes>[a-z:+]+))?$"
+)
+
+TOKEN_EXPIRED: Final = 4003
+UNAUTHORIZED: Final = 4501
+ORIGIN_NOT_ALLOWED: Final = 4504
 
 
 class Denied(Exception):
-    """Refused. `status` is the HTTP status (401 or 403); `close_code` the websocket close code."""
+    """Refused. `status` is the HTTP status (401 or 403); `close_code` the websocket close code;
+    `code` the machine-readable error code of the JSON error body."""
 
-    def __init__(self, message: str, *, status: int = 403, close_code: int = 4501) -> None:
+    def __init__(
+        self, message: str, *, status: int = 403, close_code: int = UNAUTHORIZED, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.close_code = close_code
+        self.code = code or ("unauthorized" if status == 401 else "forbidden")
+
+
+class AuthConfigError(ValueError):
+    """An API key entry or secret the relay cannot use (one line)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +91,23 @@ class Principal:
     #: Jobs this principal may read; None = any.
     jobs: frozenset[str] | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
+    #: "key", "token" or "anonymous".
+    kind: str = "anonymous"
+    #: Unix time the credential stops being valid (tokens); None = does not expire.
+    expires: float | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    digest: bytes  # sha256 of the key
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Token:
+    token: str
+    expires: float
 
 
 class Authorizer(Protocol):
@@ -48,13 +117,306 @@ class Authorizer(Protocol):
 
     async def http(self, headers: Mapping[str, str], action: str, job: str | None) -> Principal: ...
 
+    async def scope(self, headers: Mapping[str, str], scope: str) -> Principal: ...
+
     async def may_read(self, principal: Principal, job: str) -> bool: ...
+
+    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token | None: ...
+
+    def sign(self, path: str) -> str: ...
+
+    def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool: ...
+
+
+async def require_scope(request: HTTPConnection, scope: str) -> Principal:
+    """The API key principal of `request`, which must have `scope` (e.g. "upload"); raises `Denied`
+    (401 no or unknown key, 403 a key without the scope). The app turns `Denied` into a JSON error."""
+    authorizer: Authorizer = request.app.state.relay.auth
+    return await authorizer.scope(request.headers, scope)
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def generate_key() -> str:
+    """A new random API key (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The form the relay is configured with: `sha256:<hex>`."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_keys(text: str) -> list[ApiKey]:
+    """API keys from `[name=]sha256:<hex>[/scope+scope]` entries (comma, whitespace or newline separated;
+    `#` starts a comment line)."""
+    keys: list[ApiKey] = []
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    for entry in re.split(r"[\s,]+", "\n".join(lines)):
+        if not entry:
+            continue
+        match = _KEY_ENTRY.match(entry)
+        if match is None:
+            shown = entry if entry.startswith("sha256:") else entry[:8] + "..."
+            raise AuthConfigError(
+                f"API key entries look like [name=]sha256:<64 hex>[/jobs:read+jobs:write]; got {shown!r} "
+                "(configure the key's hash, not the key: podstream relay --generate-key)"
+            )
+        scopes = frozenset(match["scopes"].split("+")) if match["scopes"] else SCOPES
+        unknown = scopes - SCOPES
+        if unknown:
+            raise AuthConfigError(f"unknown scope(s) {sorted(unknown)}; known: {sorted(SCOPES)}")
+        digest = bytes.fromhex(match["hash"])
+        keys.append(ApiKey(match["name"] or f"key-{match['hash'][:8].lower()}", digest, scopes))
+    return keys
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The credential of an `Authorization: Bearer ...` header, or None."""
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, credential = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Denied("the Authorization header must be 'Bearer <key or token>'", status=401)
+    return credential.strip()
+
+
+# -------------------------------------------------------------------------------------------- tokens
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_token(claims: Mapping[str, Any], secret: bytes) -> str:
+    header = _b64(json.dumps(_TOKEN_HEADER, separators=(",", ":")).encode())
+    payload = _b64(json.dumps(dict(claims), separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}".encode("ascii")
+    return f"{header}.{payload}.{_b64(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
+
+
+def decode_token(token: str, secret: bytes, *, audience: str, now: float | None = None) -> dict[str, Any]:
+    """The verified claims of a subscriber token; raises `Denied` (4501 invalid, 4003 expired)."""
+    invalid = Denied("invalid token", status=401, code="invalid_token")
+    if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 2:
+        raise invalid
+    header_b64, payload_b64, sig_b64 = token.split(".")
+    try:
+        header = json.loads(_unb64(header_b64))
+        signature = _unb64(sig_b64)
+    except (ValueError, binascii.Error):
+        raise invalid from None
+    if header != _TOKEN_HEADER:  # the algorithm is pinned: no "none", no RS/HS confusion, no extras
+        raise invalid
+    expected = hmac.new(secret, f"{header_b64}.{payload_b64}".encode("ascii"), hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected):
+        raise invalid
+    try:
+        claims = json.loads(_unb64(payload_b64))
+    except (ValueError, binascii.Error):
+        raise invalid from None
+    if not isinstance(claims, dict):
+        raise invalid
+    aud = claims.get("aud")
+    if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+        raise Denied("the token is not for this relay (audience)", status=401, code="wrong_audience")
+    exp, jobs = claims.get("exp"), claims.get("jobs")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise invalid
+    if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
+        raise invalid
+    if exp <= (time.time() if now is None else now):
+        raise Denied("the token expired", status=401, close_code=TOKEN_EXPIRED, code="token_expired")
+    return claims
+
+
+# -------------------------------------------------------------------------------------------- origins
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+    """A websocket's Origin is fine when absent (not a browser), the relay's own origin, or allowed."""
+    if origin is None or "*" in allowed:
+        return True
+    normalized = origin.strip().rstrip("/").lower()
+    if normalized in allowed:
+        return True
+    netloc = urlsplit(normalized).netloc
+    return bool(host) and netloc == (host or "").strip().lower()
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/").lower() for o in re.split(r"[\s,]+", text) if o.strip())
+
+
+# ------------------------------------------------------------------------------------- authorizers
+
+
+class KeyAuthorizer:
+    """API keys, subscriber tokens and signed media URLs (the relay's default)."""
+
+    def __init__(
+        self,
+        keys: list[ApiKey],
+        secret: bytes,
+        *,
+        audience: str = "podstream",
+        token_ttl_s: float = 3600.0,
+        max_token_ttl_s: float = 86400.0,
+        media_url_ttl_s: float = 3600.0,
+        origins: frozenset[str] = frozenset(),
+        clock: Any = time.time,
+    ) -> None:
+        if len(secret) < 32:
+            raise AuthConfigError("the token secret must be at least 32 bytes")
+        if not keys:
+            raise AuthConfigError("no API keys configured")
+        self.keys = keys
+        self._secret = secret
+        self._media_secret = hmac.new(secret, b"podstream media urls", hashlib.sha256).digest()
+        self.audience = audience
+        self.token_ttl_s = token_ttl_s
+        self.max_token_ttl_s = max_token_ttl_s
+        self.media_url_ttl_s = media_url_ttl_s
+        self.origins = origins
+        self.clock = clock
+
+    # ------------------------------------------------------------------ credentials
+
+    def _key(self, credential: str) -> ApiKey | None:
+        if len(credential) > _MAX_KEY_CHARS:
+            return None
+        digest = hashlib.sha256(credential.encode("utf-8", "replace")).digest()
+        found = None
+        for key in self.keys:  # every key compared, in constant time each: no early exit
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+    def _credential(self, credential: str) -> Principal:
+        key = self._key(credential)
+        if key is not None:
+            return Principal(name=key.name, scopes=key.scopes, kind="key")
+        if credential.count(".") == 2:
+            return self._token_principal(credential)
+        raise Denied("unknown API key", status=401, code="unauthorized")
+
+    def _token_principal(self, token: str) -> Principal:
+        claims = decode_token(token, self._secret, audience=self.audience, now=self.clock())
+        return Principal(
+            name=str(claims.get("sub", "token")), jobs=frozenset(claims["jobs"]),
+            scopes=frozenset({"jobs:read"}), kind="token", expires=float(claims["exp"]),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ the protocol
+
+    async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:
+        if not origin_allowed(origin, headers.get("host"), self.origins):
+            raise Denied(f"origin {origin!r} is not allowed", close_code=ORIGIN_NOT_ALLOWED)
+        credential = bearer(headers)
+        if credential is None:
+            return Principal(needs_token=True)
+        principal = self._credential(credential)
+        if principal.kind == "key" and "jobs:read" not in principal.scopes:
+            raise Denied("this API key may not read jobs (scope jobs:read)")
+        return principal
+
+    async def token(self, principal: Principal, token: str) -> Principal:
+        if principal.kind == "key":
+            return principal  # already authenticated by its key for every job
+        try:
+            return self._credential(token)
+        except Denied as exc:
+            if exc.close_code == TOKEN_EXPIRED:
+                raise
+            raise Denied(str(exc), status=401, code=exc.code) from None
+
+    async def http(self, headers: Mapping[str, str], action: str, job: str | None) -> Principal:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        credential = bearer(headers)
+        if credential is None:
+            raise Denied("this request needs 'Authorization: Bearer <key>'", status=401)
+        principal = self._credential(credential)
+        if principal.kind == "token":
+            if action == "read" and job is not None and principal.jobs is not None and job in principal.jobs:
+                return principal
+            raise Denied("this token does not allow that" if action == "read" else "this needs an API key")
+        needed = ACTION_SCOPES[action]
+        if needed not in principal.scopes:
+            raise Denied(f"this API key lacks the scope {needed}")
+        return principal
+
+    async def scope(self, headers: Mapping[str, str], scope: str) -> Principal:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+        credential = bearer(headers)
+        if credential is None:
+            raise Denied("this request needs 'Authorization: Bearer <key>'", status=401)
+        key = self._key(credential)
+        if key is None:
+            raise Denied("unknown API key", status=401)
+        if scope not in key.scopes:
+            raise Denied(f"this API key lacks the scope {scope}")
+        return Principal(name=key.name, scopes=key.scopes, kind="key")
+
+    async def may_read(self, principal: Principal, job: str) -> bool:
+        if principal.kind == "key":
+            return "jobs:read" in principal.scopes
+        if principal.kind == "token":
+            return principal.jobs is not None and job in principal.jobs
+        return False
+
+    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token:
+        ttl = self.token_ttl_s if ttl_s is None else min(ttl_s, self.max_token_ttl_s)
+        now = self.clock()
+        expires = int(now + ttl)
+        claims = {"aud": self.audience, "iat": int(now), "exp": expires, "jobs": sorted(set(jobs))}
+        claims["sub"] = principal.name
+        return Token(encode_token(claims, self._secret), float(expires))
+
+    # ------------------------------------------------------------------ media urls
+
+    def _signature(self, path: str, exp: int) -> str:
+        message = f"{path}\n{exp}".encode()
+        return _b64(hmac.new(self._media_secret, message, hashlib.sha256).digest())
+
+    def sign(self, path: str) -> str:
+        # Expiries rounded up to the minute: the same URL for a minute, so browsers can cache the file.
+        exp = (int(self.clock() + self.media_url_ttl_s) // 60 + 1) * 60
+        return f"{path}?exp={exp}&sig={self._signature(path, exp)}"
+
+    def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:
+        """True for a valid unexpired signature; raises `Denied` for a forged or expired one; False when the
+        URL carries none (the request may still have an Authorization header)."""
+        if exp is None and sig is None:
+            return False
+        if exp is None or sig is None or not exp.isdigit() or len(exp) > 12:
+            raise Denied("bad media URL signature", code="bad_signature")
+        if not hmac.compare_digest(sig.encode(), self._signature(path, int(exp)).encode()):
+            raise Denied("bad media URL signature", code="bad_signature")
+        if int(exp) <= self.clock():
+            raise Denied("this media URL expired: get a fresh one from the manifest", code="url_expired")
+        return True
 
 
 class AllowAll:
-    """No authentication: everyone may do everything. The default until API keys land."""
+    """No authentication (`--insecure`): everyone may do everything; media URLs are not signed."""
+
+    def __init__(self, origins: frozenset[str] | None = None) -> None:
+        #: None: any Origin; else the allow-list (plus the relay's own origin).
+        self.origins = origins
 
     async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:
+        if self.origins is not None and not origin_allowed(origin, headers.get("host"), self.origins):
+            raise Denied(f"origin {origin!r} is not allowed", close_code=ORIGIN_NOT_ALLOWED)
         return Principal()
 
     async def token(self, principal: Principal, token: str) -> Principal:
@@ -63,5 +425,17 @@ class AllowAll:
     async def http(self, headers: Mapping[str, str], action: str, job: str | None) -> Principal:
         return Principal()
 
+    async def scope(self, headers: Mapping[str, str], scope: str) -> Principal:
+        return Principal()
+
     async def may_read(self, principal: Principal, job: str) -> bool:
+        return True
+
+    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token | None:
+        return None
+
+    def sign(self, path: str) -> str:
+        return path
+
+    def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:
         return True
