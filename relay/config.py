@@ -52,8 +52,13 @@ class RelaySettings:
     fsync: Literal["always", "never"] = "always"
     #: Journal records kept in memory per open job (older ones are read back from disk).
     tail_records: int = 1024
-    #: Finished jobs are deleted this long after they finished (0 = keep forever).
-    retention_s: float = 7 * 24 * 3600.0
+    #: Finished jobs are deleted this long after they finished (0 = keep forever); a job may ask for its own
+    #: (`retention_s` in `POST /v1/jobs`), up to `max_retention_s`.
+    retention_s: float = 3600.0
+    max_retention_s: float = 30 * 24 * 3600.0
+    #: Bytes the data directory may hold (0 = no quota). Above it the oldest finished jobs are deleted first;
+    #: an item that still does not fit fails with `quota_exceeded`.
+    disk_quota_bytes: int = 0
     #: Largest accepted `POST /v1/jobs` body (RunPod's own `/run` cap is 10 MB).
     max_submit_bytes: int = 10_000_000
 
@@ -73,6 +78,31 @@ class RelaySettings:
     #: Records per response of the long-poll JSON events API.
     max_events_per_response: int = 1000
 
+    # --- security (docs/relay.md, "Security")
+    #: No authentication at all (local development only; logged loudly).
+    insecure: bool = False
+    #: API keys as hashes: `[name=]sha256:<hex>[/scope+scope]`, comma or whitespace separated.
+    api_keys: str = field(default="", repr=False)
+    #: A file of such entries, one per line (e.g. a mounted secret).
+    api_keys_file: str = ""
+    #: HMAC secret of subscriber tokens and media URL signatures (>= 32 bytes). Empty: a random one is made
+    #: and kept in `<data_dir>/token-secret` (replicas behind one load balancer must share one).
+    token_secret: str = field(default="", repr=False)
+    token_audience: str = "podstream"
+    token_ttl_s: float = 3600.0
+    max_token_ttl_s: float = 24 * 3600.0
+    media_url_ttl_s: float = 3600.0
+    #: Websocket Origins allowed besides the relay's own (comma separated; `*` = any).
+    allowed_origins: str = ""
+    #: Origins allowed to call the HTTP API from a browser (CORS; comma separated; `*` = any; empty = none).
+    cors_origins: str = ""
+    #: Job submissions per API key per minute (then 429).
+    submits_per_minute: int = 60
+    #: A websocket that needs a token and sends no `auth` frame within this: bye 4501.
+    auth_timeout_s: float = 10.0
+    #: "text" or "json" (one JSON object per line, with the job id where there is one).
+    log_format: Literal["text", "json"] = "text"
+
     def __post_init__(self) -> None:
         if self.runpod_url and not self.runpod_url.startswith(("http://", "https://")):
             raise ConfigError(f"PODSTREAM_RUNPOD_URL must be an http(s) URL, got {self.runpod_url!r}")
@@ -89,15 +119,24 @@ class RelaySettings:
         positive = (
             "backoff_initial_s", "backoff_max_s", "connect_timeout_s", "read_timeout_s", "send_timeout_s",
             "ping_interval_s", "ping_timeout_s", "max_frame_bytes", "max_subscriptions", "max_connections",
-            "max_pollers", "tail_records", "max_submit_bytes", "max_events_per_response",
+            "max_pollers", "tail_records", "max_submit_bytes", "max_events_per_response", "token_ttl_s",
+            "max_token_ttl_s", "media_url_ttl_s", "submits_per_minute", "auth_timeout_s", "max_retention_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
-        if self.retries < 0 or self.retention_s < 0 or self.chunk_cache_bytes < 0:
+        if (
+            self.retries < 0
+            or self.retention_s < 0
+            or self.chunk_cache_bytes < 0
+            or self.disk_quota_bytes < 0
+        ):
             raise ConfigError(
-                "PODSTREAM_RETRIES, PODSTREAM_RETENTION_S and PODSTREAM_CHUNK_CACHE_BYTES must be >= 0"
+                "PODSTREAM_RETRIES, PODSTREAM_RETENTION_S, PODSTREAM_CHUNK_CACHE_BYTES and "
+                "PODSTREAM_DISK_QUOTA_BYTES must be >= 0"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"PODSTREAM_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
     @property
     def runpod_url_base(self) -> str:
@@ -123,6 +162,11 @@ class RelaySettings:
 
 def _parse(name: str, kind: Any, raw: str) -> Any:
     kind = str(kind)
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
+        return lowered in ("1", "true", "yes", "on")
     try:
         if kind == "int":
             return int(raw)
