@@ -423,7 +423,7 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
         runs: list[JobRun] = []
         for run, job_input in demo_inputs(settings, samples):
             try:
-                job = submit_mod.submit(job_input, relay=stack.relay_url)
+                job = submit_mod.submit(job_input, relay=stack.relay_url, key=stack.relay_key)
             except TransferError as exc:
                 stack.check_alive()
                 raise DemoError(f"submitting the {run.label} job: {exc} (log: {stack.relay.log})") from None
@@ -446,6 +446,7 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
                 relay=stack.relay_url,
                 out=out / run.job,
                 token=run.token,
+                key=stack.relay_key,
                 observer=display,
                 check=False,
             )
