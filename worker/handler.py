@@ -16,6 +16,11 @@ Failures, from the smallest:
 - a crash of the machinery itself (a bug) raises too: FAILED, with what was streamed so far kept;
 - cancellation (`asyncio.CancelledError`, or the generator closed early) stops generation at its next
   step, waits for the threads, frees the model's memory (`Model.release`) and re-raises.
+
+Delivery and recovery (docs/worker.md): after encoding, a file the job's `delivery` option sends out of band
+is uploaded (`worker.upload`, in the encode thread) and only a `ref` envelope is yielded; an upload that fails
+after its retries falls back to streaming the parts. Every envelope is recorded in the output cache
+(`worker.cache`) before it is yielded, so a `{"resend": {...}}` job can yield it again, unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -33,8 +39,10 @@ from typing import Any, TypeAlias
 
 from podstream import wire
 from worker import inputs
+from worker.cache import CacheConfig, CacheWriter, OutputCache, Selection
 from worker.inputs import ItemError, Job, JobInputError, Limits
 from worker.model import Cancelled, Context, File, Image, Model, Request, Result, Video
+from worker.upload import UploadConfig, Uploader, UploadFailed
 
 log = logging.getLogger("worker")
 
@@ -50,6 +58,9 @@ class HandlerConfig:
     progress_interval_s: float = 0.5  # at most ~2 progress envelopes per second
     encoded_buffer: int = 1  # encoded files waiting for their POSTs (each up to one file in memory)
     body_budget: int = wire.DEFAULT_BODY_BUDGET
+    upload: UploadConfig = field(default_factory=UploadConfig.from_env)  # PODSTREAM_UPLOAD_*
+    cache: CacheConfig = field(default_factory=CacheConfig.from_env)  # PODSTREAM_CACHE_*
+    cache_sweep_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,17 @@ class _Encoded:
     mime: str
 
 
-_Outcome: TypeAlias = _Encoded | ItemError
+@dataclass(frozen=True)
+class _Uploaded:
+    index: int
+    id: str
+    mime: str
+    size: int
+    sha256: str
+    url: str
+
+
+_Outcome: TypeAlias = _Encoded | _Uploaded | ItemError
 _Generated: TypeAlias = tuple[Request, Result] | ItemError
 
 
@@ -68,14 +89,26 @@ def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
     """The async generator function to hand to `runpod.serverless.start` (it must *be* one, not return one)."""
     cfg = config or HandlerConfig()
     lock = threading.Lock()  # one generation at a time on this model, whatever the SDK's concurrency
+    cache = OutputCache(cfg.cache) if cfg.cache.enabled else None
+    uploader = Uploader(cfg.upload) if cfg.upload.configured else None
+    swept = [-math.inf]
 
     async def handler(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
+        if inputs.is_resend(job.get("input")):
+            async for resent in resend(cache, job):
+                yield resent
+            return
+        if cache is not None and time.monotonic() - swept[0] >= cfg.cache_sweep_interval_s:
+            swept[0] = time.monotonic()
+            await asyncio.to_thread(cache.sweep)
         # One generator, no nested ones: when the SDK's task is cancelled mid-POST, this generator is
         # closed (GeneratorExit at its yield) and `close` runs here, in order.
-        run = JobRun(model, job, cfg, lock)
+        run = JobRun(model, job, cfg, lock, cache=cache, uploader=uploader)
         run.start()
         try:
             while (envelope := await run.next()) is not None:
+                if run.cached is not None:
+                    run.cached.record(envelope)  # before the POST: a dropped POST can be resent
                 yield envelope
         finally:
             await run.close()
@@ -88,7 +121,14 @@ class JobRun:
     until it returns None, and `close()` in every case."""
 
     def __init__(
-        self, model: Model, job: dict[str, Any], config: HandlerConfig, lock: threading.Lock
+        self,
+        model: Model,
+        job: dict[str, Any],
+        config: HandlerConfig,
+        lock: threading.Lock,
+        *,
+        cache: OutputCache | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         job_id = job.get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -123,6 +163,12 @@ class JobRun:
         self._parts: Iterator[Envelope] | None = None
         self._manifest: list[wire.ManifestItem] = []
         self._finished = False
+        self.uploader = uploader
+        self.cached: CacheWriter | None = cache.writer(job_id, self.envs.run) if cache is not None else None
+        if self.spec.delivery == "upload" and uploader is None:
+            log.warning(
+                "job %s asks for delivery 'upload' but no PODSTREAM_UPLOAD_URL is set: streaming", job_id
+            )
 
     # ---- driving it: start, next until None, close (always)
 
@@ -163,6 +209,25 @@ class JobRun:
                 self._pending.append(
                     self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
                 )
+            elif isinstance(outcome, _Uploaded):
+                self._manifest.append(
+                    wire.ManifestItem(
+                        outcome.index,
+                        outcome.id,
+                        "ref",
+                        outcome.mime,
+                        outcome.size,
+                        outcome.sha256,
+                        0,
+                        outcome.url,
+                    )
+                )
+                self._pending.append(
+                    self.envs.ref(
+                        outcome.index, url=outcome.url, mime=outcome.mime, size=outcome.size,
+                        sha256=outcome.sha256, id=outcome.id,
+                    )
+                )  # fmt: skip
             else:
                 self._parts = self._item_parts(outcome)
 
@@ -214,6 +279,8 @@ class JobRun:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         self._parts = None
+        if self.cached is not None:
+            self.cached.close()
         if self._executor is not None and self._loop is not None:
             # A generation in flight ends at its next step; wait for it, then free the model's memory.
             await self._loop.run_in_executor(
@@ -341,8 +408,30 @@ class JobRun:
                 if isinstance(entry, ItemError):
                     await out.put(entry)
                 else:
-                    await out.put(await loop.run_in_executor(executor, self._encode_one, *entry))
+                    encoded = await loop.run_in_executor(executor, self._encode_one, *entry)
+                    if isinstance(encoded, _Encoded):
+                        await out.put(await loop.run_in_executor(executor, self._deliver, encoded))
+                    else:
+                        await out.put(encoded)
         await out.put(None)
+
+    def _deliver(self, encoded: _Encoded) -> _Encoded | _Uploaded:
+        """Upload the file when the job's delivery asks for it; otherwise (or when that fails) cache it for
+        streaming. Runs in the encode thread."""
+        if self.uploader is not None and self.uploader.config.wants(self.spec.delivery, len(encoded.data)):
+            digest = wire.sha256_hex(encoded.data)
+            try:
+                url = self.uploader.upload(
+                    self.job_id, encoded.index, encoded.data, mime=encoded.mime, sha256=digest
+                )
+            except UploadFailed as exc:
+                log.warning("job %s: %s; streaming item %d instead", self.job_id, exc, encoded.index)
+            else:
+                size = len(encoded.data)
+                return _Uploaded(encoded.index, encoded.id, encoded.mime, size, digest, url)
+        if self.cached is not None:
+            self.cached.put_item(encoded.index, encoded.data)
+        return encoded
 
     def _encode_one(self, request: Request, result: Result) -> _Outcome:
         from worker import encode
@@ -385,6 +474,37 @@ class JobRun:
             self.model.release()
         except Exception:
             log.exception("job %s: releasing the model's memory failed", self.job_id)
+
+
+async def resend(cache: OutputCache | None, job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
+    """Answer a `resend` job: the requested envelopes of an earlier job, from the output cache, exactly as
+    first yielded (same job, run and seqs), then one summary `{"resent": {...}}` (not an envelope) saying
+    what could not be found. A malformed request raises `JobInputError` (the job ends FAILED)."""
+    request = inputs.parse_resend(job.get("input"))
+    cached = await asyncio.to_thread(cache.open, request.job, request.run) if cache is not None else None
+    summary: dict[str, Any] = {"job": request.job, "run": request.run, "count": 0}
+    if cached is None:
+        summary["reason"] = "not_cached" if cache is not None else "no_cache"
+        log.info("resend of job %s: not in this worker's output cache", request.job)
+        yield {"resent": summary}
+        return
+    selection = Selection(request.seqs, request.after, request.items)
+    envelopes = cached.envelopes(selection)
+    sent: set[int] = set()
+    try:
+        while (envelope := await asyncio.to_thread(next, envelopes, None)) is not None:
+            sent.add(envelope["seq"])
+            yield envelope
+    finally:
+        await asyncio.to_thread(envelopes.close)
+    missing = sorted(s for s in request.seqs if s not in sent)
+    summary.update(run=cached.run, count=len(sent), complete=cached.complete, last_seq=cached.last_seq)
+    summary["missing"] = missing[:1000]
+    summary["unavailable"] = cached.unavailable[:1000]
+    if missing:
+        summary["reason"] = "incomplete_cache"
+    log.info("resend of job %s: %d envelope(s), %d not found", request.job, len(sent), len(missing))
+    yield {"resent": summary}
 
 
 def _message(exc: BaseException) -> str:

@@ -10,7 +10,8 @@ Two levels of failure, on purpose:
   images are only fetched and decoded later (`load_image`, in a worker thread).
 
 The top-level object forbids unknown keys so a typo is an error, not a silently ignored setting. New job
-shapes (e.g. a later `{"resend": {...}}` for gap recovery) are added as new top-level keys next to `task`.
+shapes are added as new top-level keys next to `task`: `{"resend": {...}}` (`parse_resend`) asks the worker
+to yield again, from its output cache, envelopes of an earlier job that the relay never received.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ TASKS: Final = ("image-to-video", "text-to-image", "text-to-video")
 VIDEO_TASKS: Final = frozenset({"image-to-video", "text-to-video"})
 Task = Literal["image-to-video", "text-to-image", "text-to-video"]
 Format = Literal["mp4", "webm", "png", "webp", "jpeg"]
+#: How each file leaves the worker: streamed as parts, uploaded (a `ref` is streamed), or uploaded when large.
+Delivery = Literal["stream", "upload", "auto"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class _Job(_Strict):
     items: list[Any] = Field(min_length=1)
     params: Params = Params()
     output: Output = Output()
+    delivery: Delivery = "auto"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class Job:
     items: Sequence[Item | ItemError]
     params: Params
     output: Output
+    delivery: str = "auto"
 
     @property
     def video(self) -> bool:
@@ -169,7 +174,50 @@ def parse_job(raw: object, limits: Limits = Limits()) -> Job:
     if fmt in (None, "mp4") and job.output.crf is not None and job.output.crf > 51:
         raise JobInputError(f"input.output.crf: H.264 takes 0..51, got {job.output.crf}")
     items = [_parse_item(i, raw_item, job.task, limits) for i, raw_item in enumerate(job.items)]
-    return Job(job.task, items, params, job.output)
+    return Job(job.task, items, params, job.output, job.delivery)
+
+
+class _Resend(_Strict):
+    job: Annotated[str, Field(min_length=1, max_length=wire.MAX_ID_CHARS)]
+    run: Annotated[str, Field(min_length=1, max_length=wire.MAX_ID_CHARS)] | None = None
+    seqs: Annotated[list[Any], Field(max_length=100_000)] = []
+    after: Annotated[int, Field(ge=0)] | None = None
+    items: Annotated[list[Annotated[int, Field(ge=0, lt=wire.MAX_ITEMS)]], Field(max_length=100_000)] = []
+
+
+@dataclass(frozen=True)
+class Resend:
+    """A resend job: yield again the envelopes of run `run` (default: the latest) of job `job` that are in
+    `seqs`, above `after`, or of `items`."""
+
+    job: str
+    run: str | None
+    seqs: frozenset[int]
+    after: int | None
+    items: frozenset[int]
+
+
+def is_resend(raw: object) -> bool:
+    return isinstance(raw, Mapping) and "resend" in raw
+
+
+def parse_resend(raw: object) -> Resend:
+    """Validate `{"resend": {"job", "run"?, "seqs"?: [n | [first, last]], "after"?, "items"?}}`."""
+    from worker.cache import parse_seqs
+
+    if not isinstance(raw, Mapping) or set(raw) != {"resend"}:
+        raise JobInputError("input: a resend job has only the key 'resend'")
+    try:
+        spec = _Resend.model_validate(raw["resend"])
+    except ValidationError as exc:
+        raise JobInputError(_describe(exc, "input.resend")) from None
+    try:
+        seqs = parse_seqs(spec.seqs)
+    except ValueError as exc:
+        raise JobInputError(f"input.resend.seqs: {exc}") from None
+    if not seqs and spec.after is None and not spec.items:
+        raise JobInputError("input.resend: give 'seqs', 'after' or 'items'")
+    return Resend(spec.job, spec.run, seqs, spec.after, frozenset(spec.items))
 
 
 def _parse_item(index: int, raw: object, task: str, limits: Limits) -> Item | ItemError:
