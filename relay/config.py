@@ -103,6 +103,17 @@ class RelaySettings:
     #: "text" or "json" (one JSON object per line, with the job id where there is one).
     log_format: Literal["text", "json"] = "text"
 
+    # --- delivery and recovery (docs/relay.md, "Delivery and recovery")
+    #: Largest accepted `PUT /v1/uploads/{job}/{item}` body (a worker's direct upload of one file).
+    max_upload_bytes: int = 4 * 1024**3
+    #: Gap recovery: `resend` jobs submitted for a job whose stream ended with gaps (0 = report, never resend).
+    recovery_attempts: int = 2
+    #: How long one resend job may take (queued, run and drained) before the relay stops waiting for it.
+    recovery_timeout_s: float = 300.0
+    #: Tests only: SIGKILL the relay right after it drained its n-th non-empty `/stream` answer, before that
+    #: answer is written (simulates a crash between draining and persisting). 0 = off.
+    test_crash_after_drain: int = 0
+
     def __post_init__(self) -> None:
         if self.runpod_url and not self.runpod_url.startswith(("http://", "https://")):
             raise ConfigError(f"PODSTREAM_RUNPOD_URL must be an http(s) URL, got {self.runpod_url!r}")
@@ -121,6 +132,7 @@ class RelaySettings:
             "ping_interval_s", "ping_timeout_s", "max_frame_bytes", "max_subscriptions", "max_connections",
             "max_pollers", "tail_records", "max_submit_bytes", "max_events_per_response", "token_ttl_s",
             "max_token_ttl_s", "media_url_ttl_s", "submits_per_minute", "auth_timeout_s", "max_retention_s",
+            "max_upload_bytes", "recovery_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -135,6 +147,8 @@ class RelaySettings:
                 "PODSTREAM_RETRIES, PODSTREAM_RETENTION_S, PODSTREAM_CHUNK_CACHE_BYTES and "
                 "PODSTREAM_DISK_QUOTA_BYTES must be >= 0"
             )
+        if self.recovery_attempts < 0 or self.test_crash_after_drain < 0:
+            raise ConfigError("PODSTREAM_RECOVERY_ATTEMPTS and PODSTREAM_TEST_CRASH_AFTER_DRAIN must be >= 0")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"PODSTREAM_LOG_FORMAT must be text or json, got {self.log_format!r}")
 
