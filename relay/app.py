@@ -1,17 +1,21 @@
 """The relay's HTTP API and app factory (Starlette).
 
-    POST   /v1/jobs                     submit to RunPod, start polling  -> 201 {id, status, urls}
-    POST   /v1/jobs/{id}/attach         poll a job submitted elsewhere    -> 201 (new) / 200 {id, status, urls}
+    POST   /v1/jobs                     submit to RunPod, start polling  -> 201 {id, status, urls, token}
+    POST   /v1/jobs/{id}/attach         poll a job submitted elsewhere    -> 201 (new) / 200 {id, status, urls, token}
+    POST   /v1/jobs/{id}/tokens         a subscriber token for the job    -> 201 {token, expires_at, jobs}
     GET    /v1/jobs                     list                              -> {jobs: [...]}
     GET    /v1/jobs/{id}                manifest                          -> {id, status, items, errors, head, ...}
     GET    /v1/jobs/{id}/media/{item}   the file (Range, ETag = "sha256", If-None-Match -> 304)
     GET    /v1/jobs/{id}/events         SSE (`id:` = seq, Last-Event-ID), or ?format=json&after=N&wait=ms
     DELETE /v1/jobs/{id}                cancel on RunPod
     WS     /v1/ws                       see relay.ws
-    GET    /healthz
+    GET    /healthz, /readyz            liveness; readiness (503 while starting, draining or out of disk)
+    GET    /metrics                     Prometheus (an API key with the `metrics` scope)
     GET    /                            the demo page (relay/static/index.html) when present; /static/...
 
-Errors are JSON: `{"error": {"code": ..., "message": ...}}` with a fitting status.
+Who may call what is relay.auth's decision: API keys by scope, subscriber tokens for reading their jobs,
+signed URLs (`?exp=&sig=`) for media. Errors are JSON: `{"error": {"code": ..., "message": ...}}` with a
+fitting status.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,13 +31,19 @@ from typing import Any, Final
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 
-from relay.auth import Authorizer, Denied
+from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
+from relay.limits import RateLimited
+from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.poller import media_url
 from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
 from relay.store import BadJobId, JobStore, check_job_id, public
@@ -44,11 +55,12 @@ MAX_LONG_POLL_MS: Final = 60_000
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -60,11 +72,13 @@ def _relay(request: Request) -> Relay:
     return relay
 
 
-async def _authorize(request: Request, action: str, job: str | None = None) -> None:
+async def _authorize(request: Request, action: str, job: str | None = None) -> Principal:
+    relay = _relay(request)
     try:
-        await _relay(request).auth.http(dict(request.headers), action, job)
+        return await relay.auth.http(request.headers, action, job)
     except Denied as exc:
-        raise ApiError(exc.status, "unauthorized" if exc.status == 401 else "forbidden", str(exc)) from None
+        relay.metrics.denied.labels(exc.code).inc()
+        raise
 
 
 def _job_id(request: Request) -> str:
@@ -97,6 +111,26 @@ def _urls(request: Request, job: str) -> dict[str, str]:
         "events": f"{base}/v1/jobs/{job}/events",
         "manifest": f"{base}/v1/jobs/{job}",
     }
+
+
+def _token_fields(
+    relay: Relay, principal: Principal, jobs: list[str], ttl_s: float | None = None
+) -> dict[str, Any]:
+    token = relay.auth.mint(principal, jobs, ttl_s)
+    if token is None:
+        return {}
+    return {"token": token.token, "token_expires_at": token.expires}
+
+
+def _retention(relay: Relay, body: dict[str, Any]) -> dict[str, Any]:
+    """The job's own `retention_s` from a request body, checked, as job metadata."""
+    value = body.get("retention_s")
+    if value is None:
+        return {}
+    limit = relay.settings.max_retention_s
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= limit:
+        raise ApiError(400, "bad_retention", f"'retention_s' must be a number of seconds in (0, {limit:g}]")
+    return {"retention_s": float(value)}
 
 
 def _summary(relay: Relay, store: JobStore) -> dict[str, Any]:
@@ -134,29 +168,59 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 
 
 async def submit(request: Request) -> Response:
-    await _authorize(request, "submit")
+    principal = await _authorize(request, "submit")
     relay = _relay(request)
+    try:
+        relay.submits.take(principal.name)
+    except RateLimited as exc:
+        relay.metrics.rate_limited.labels("submit").inc()
+        retry = str(int(exc.retry_after))
+        raise ApiError(429, "rate_limited", str(exc), headers={"retry-after": retry}) from None
     body = await _json_body(request, relay.settings.max_submit_bytes)
     input_, policy = body.get("input"), body.get("policy")
     if not isinstance(input_, dict):
         raise ApiError(400, "bad_input", "the body needs an 'input' object")
     if policy is not None and not isinstance(policy, dict):
         raise ApiError(400, "bad_input", "'policy' must be an object")
-    store = await relay.submit(input_, policy)
-    return JSONResponse(
-        {"id": store.job, "status": store.status or "IN_QUEUE", "urls": _urls(request, store.job)},
-        status_code=201,
-    )
+    store = await relay.submit(input_, policy, **_retention(relay, body))
+    answer = {"id": store.job, "status": store.status or "IN_QUEUE", "urls": _urls(request, store.job)}
+    answer.update(_token_fields(relay, principal, [store.job]))
+    return JSONResponse(answer, status_code=201)
 
 
 async def attach(request: Request) -> Response:
     job = _job_id(request)
-    await _authorize(request, "attach", job)
-    store, created = await _relay(request).attach(job)
-    return JSONResponse(
-        {"id": job, "status": store.status or "UNKNOWN", "urls": _urls(request, job)},
-        status_code=201 if created else 200,
-    )
+    principal = await _authorize(request, "attach", job)
+    relay = _relay(request)
+    body = await _json_body(request, relay.settings.max_submit_bytes)
+    store, created = await relay.attach(job, **_retention(relay, body))
+    answer = {"id": job, "status": store.status or "UNKNOWN", "urls": _urls(request, job)}
+    answer.update(_token_fields(relay, principal, [job]))
+    return JSONResponse(answer, status_code=201 if created else 200)
+
+
+async def tokens(request: Request) -> Response:
+    """`POST /v1/jobs/{id}/tokens` `{"ttl_s"?, "jobs"?: [more ids]}`: a subscriber token (API key, jobs:read)."""
+    job = _job_id(request)
+    principal = await _authorize(request, "token", job)
+    relay = _relay(request)
+    body = await _json_body(request, 64 * 1024)
+    ttl = body.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        raise ApiError(400, "bad_ttl", "'ttl_s' must be a positive number of seconds")
+    more = body.get("jobs", [])
+    if not isinstance(more, list) or len(more) > relay.settings.max_subscriptions:
+        raise ApiError(
+            400, "bad_jobs", f"'jobs' must be a list of at most {relay.settings.max_subscriptions} ids"
+        )
+    try:
+        jobs = sorted({job, *(check_job_id(j) for j in more)})
+    except BadJobId as exc:
+        raise ApiError(400, "bad_job_id", str(exc)) from None
+    fields = _token_fields(relay, principal, jobs, None if ttl is None else float(ttl))
+    if not fields:
+        raise ApiError(404, "no_auth", "this relay runs without auth (--insecure): subscribe without one")
+    return JSONResponse({**fields, "jobs": jobs}, status_code=201)
 
 
 async def list_jobs(request: Request) -> Response:
@@ -171,8 +235,8 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def manifest(request: Request) -> Response:
+    await _authorize(request, "read", _job_id(request))  # before saying whether the job exists
     store = _job(request)
-    await _authorize(request, "read", store.job)
     relay = _relay(request)
     base, _ws = _base(request)
     items = []
@@ -180,7 +244,9 @@ async def manifest(request: Request) -> Response:
         record = public(store.items[item])
         url = record["url"]
         entry = {k: record[k] for k in ("item", "id", "mime", "size", "sha256")}
-        entry["url"] = base + url if url.startswith("/") else url
+        entry["url"] = base + relay.auth.sign(url) if url.startswith("/") else url
+        if "delivery" in record:
+            entry["delivery"] = record["delivery"]
         items.append(entry)
     errors = [{k: r.get(k) for k in ("seq", "item", "code", "message")} for r in _error_records(store)]
     body = _summary(relay, store)
@@ -206,12 +272,21 @@ def _error_records(store: JobStore) -> list[dict[str, Any]]:
 
 
 async def media(request: Request) -> Response:
-    store = _job(request)
-    await _authorize(request, "read", store.job)
+    job = _job_id(request)
+    relay = _relay(request)
+    raw_item = request.path_params["item"]
+    if not raw_item.isdigit() or len(raw_item) > 9:
+        raise ApiError(400, "bad_item", "the item is an integer index")
+    item = int(raw_item)
+    query = request.query_params
     try:
-        item = int(request.path_params["item"])
-    except ValueError:
-        raise ApiError(400, "bad_item", "the item is an integer index") from None
+        signed = relay.auth.check_signature(media_url(job, item), query.get("exp"), query.get("sig"))
+    except Denied as exc:
+        relay.metrics.denied.labels(exc.code).inc()
+        raise
+    if not signed:
+        await _authorize(request, "read", job)
+    store = _job(request)
     record = store.items.get(item)
     if record is None:
         raise ApiError(404, "not_found", f"job {store.job} has no item {item} (yet)")
@@ -227,10 +302,34 @@ async def media(request: Request) -> Response:
         stat = await asyncio.to_thread(path.stat)
     except OSError:
         raise ApiError(410, "gone", f"the file of item {item} is no longer available") from None
-    return FileResponse(
-        path, headers=headers, media_type=record["mime"] or "application/octet-stream", stat_result=stat,
-        filename=path.name, content_disposition_type="inline",
+    return _ReadingFileResponse(
+        store, relay, path, headers=headers, media_type=record["mime"] or "application/octet-stream",
+        stat_result=stat, filename=path.name, content_disposition_type="inline",
     )  # fmt: skip
+
+
+class _ReadingFileResponse(FileResponse):
+    """A file response that holds the job as read while it streams (a sweep leaves it alone meanwhile)."""
+
+    def __init__(self, store: JobStore, relay: Relay, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.store = store
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = 0
+
+        async def counting(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        with self.store.reading():
+            try:
+                await super().__call__(scope, receive, counting)
+            finally:
+                self.relay.metrics.bytes_out.labels("http").inc(sent)
 
 
 def _etags(header: str) -> set[str]:
@@ -238,8 +337,8 @@ def _etags(header: str) -> set[str]:
 
 
 async def events(request: Request) -> Response:
+    await _authorize(request, "read", _job_id(request))
     store = _job(request)
-    await _authorize(request, "read", store.job)
     relay = _relay(request)
     after = _int_param(request, "after", 0)
     last_event_id = request.headers.get("last-event-id")
@@ -252,12 +351,15 @@ async def events(request: Request) -> Response:
         raise ApiError(400, "bad_after", "'after' must be >= 0")
     if request.query_params.get("format") == "json":
         wait_ms = min(_int_param(request, "wait", 0), MAX_LONG_POLL_MS)
-        if wait_ms > 0:
-            await relay.hub.wait_beyond(store, after, wait_ms / 1000)
+        deadline = time.monotonic() + wait_ms / 1000
+        while (
+            (left := deadline - time.monotonic()) > 0 and store.journal.published <= after and not store.done
+        ):
+            await relay.hub.wait_beyond(store, after, left)  # a wake-up without news waits on
         records = store.journal.read(after, relay.settings.max_events_per_response)
         reached_end = records[-1]["k"] == "done" if records else after >= store.journal.published
         body = {
-            "events": [public(r) for r in records],
+            "events": [relay.public(r) for r in records],
             "head": store.journal.published,
             "status": store.status or "UNKNOWN",
             "done": store.finished and reached_end,
@@ -273,6 +375,7 @@ async def _sse(relay: Relay, store: JobStore, after: int) -> AsyncIterator[bytes
     yield b"retry: 1000\n\n"
     cursor = relay.hub.records(store, after)
     next_record = asyncio.ensure_future(anext(cursor))
+    relay.sse_streams += 1
     try:
         while True:
             done, _pending = await asyncio.wait([next_record], timeout=SSE_KEEPALIVE_S)
@@ -283,10 +386,13 @@ async def _sse(relay: Relay, store: JobStore, after: int) -> AsyncIterator[bytes
                 record = next_record.result()
             except StopAsyncIteration:
                 return
-            data = json.dumps(public(record), separators=(",", ":"))
-            yield f"id: {record['seq']}\nevent: {record['k']}\ndata: {data}\n\n".encode()
+            data = json.dumps(relay.public(record), separators=(",", ":"))
+            chunk = f"id: {record['seq']}\nevent: {record['k']}\ndata: {data}\n\n".encode()
+            relay.metrics.bytes_out.labels("sse").inc(len(chunk))
+            yield chunk
             next_record = asyncio.ensure_future(anext(cursor))
     finally:
+        relay.sse_streams -= 1
         next_record.cancel()
         with contextlib.suppress(BaseException):
             await next_record
@@ -311,11 +417,33 @@ async def cancel(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """Liveness: the process answers (its event loop is not stuck)."""
     relay = _relay(request)
     return JSONResponse(
         {"ok": True, "polling": len(relay.pollers), "connections": len(relay.connections),
          "runpod": bool(relay.runpod), "uptime_s": round(time.time() - relay.started_at, 3)}
     )  # fmt: skip
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: jobs reopened, not shutting down, the data directory writable and not full."""
+    relay = _relay(request)
+    problems = []
+    if not relay.ready:
+        problems.append("starting or shutting down")
+    if not os.access(relay.store.root, os.W_OK):
+        problems.append("the data directory is not writable")
+    limit = relay.settings.disk_quota_bytes
+    if limit > 0 and relay.quota.used >= limit:
+        problems.append("the disk quota is full")
+    body = {"ready": not problems, "problems": problems, "disk_usage_bytes": relay.quota.used}
+    return JSONResponse(body, status_code=503 if problems else 200)
+
+
+async def metrics(request: Request) -> Response:
+    await _authorize(request, "metrics")
+    relay = _relay(request)
+    return Response(await asyncio.to_thread(relay.metrics.render), media_type=METRICS_CONTENT_TYPE)
 
 
 async def index(request: Request) -> Response:
@@ -330,7 +458,9 @@ async def index(request: Request) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _error(exc.status, exc.code, exc.message)
+    response = _error(exc.status, exc.code, exc.message)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _runpod_error(request: Request, exc: Exception) -> Response:
@@ -387,11 +517,14 @@ def create_app(
     routes: list[Any] = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
         Route("/v1/jobs", submit, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job}", manifest, methods=["GET"]),
         Route("/v1/jobs/{job}", cancel, methods=["DELETE"]),
         Route("/v1/jobs/{job}/attach", attach, methods=["POST"]),
+        Route("/v1/jobs/{job}/tokens", tokens, methods=["POST"]),
         Route("/v1/jobs/{job}/events", events, methods=["GET"]),
         Route("/v1/jobs/{job}/media/{item}", media, methods=["GET", "HEAD"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
@@ -400,9 +533,21 @@ def create_app(
         routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"))
     from starlette.exceptions import HTTPException
 
+    cors = parse_origins(settings.cors_origins)
+    middleware = []
+    if cors:
+        middleware.append(
+            Middleware(
+                CORSMiddleware, allow_origins=sorted(cors), allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+                allow_headers=["authorization", "content-type", "last-event-id", "range", "if-none-match",
+                               "x-content-sha256"],
+                expose_headers=["etag", "content-range", "retry-after"], max_age=600,
+            )
+        )  # fmt: skip
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
             OverflowError: _overflow, HTTPException: _http_error, Denied: _denied,

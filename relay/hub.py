@@ -70,21 +70,24 @@ class Hub:
         """
         seq = after
         signal = self.signal(store.job)
-        while True:
-            changed = signal.changed
-            records = store.journal.read(seq, batch)
-            for record in records:
-                yield record
-                seq = record["seq"]
-            if records:
-                continue
-            if store.done is not None and seq >= store.done["seq"]:
-                return
-            if store.closed:
-                return
-            if idle is not None:
-                idle()
-            await changed.wait()
+        with store.reading():  # a sweep leaves the job's files open until this cursor is done
+            while True:
+                changed = signal.changed
+                if store.closed:
+                    return
+                records = store.journal.read(seq, batch)
+                for record in records:
+                    yield record
+                    seq = record["seq"]
+                if records:
+                    continue
+                if store.done is not None and seq >= store.done["seq"]:
+                    return
+                if store.retired:
+                    return
+                if idle is not None:
+                    idle()
+                await changed.wait()
 
     async def wait_beyond(self, store: JobStore, after: int, seconds: float) -> None:
         """Return when a record with seq > `after` is published, the job is done, or after `seconds`."""

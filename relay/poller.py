@@ -85,7 +85,7 @@ class JobPoller:
         if run not in self.runs:
             self.runs.append(run)
         directory = self.store.media_dir(self.runs.index(run) + 1)
-        sink = MediaSink(directory, item, id, mime, size, fsync=self.store.fsync, replaying=self._replaying)
+        sink = self.store.media_sink(directory, item, id, mime, size, replaying=self._replaying)
         if self._replaying:
             self._replayed.append(sink)
         return sink

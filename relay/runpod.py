@@ -87,6 +87,7 @@ class RunPodClient:
         read_timeout_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        observe: Callable[[str, float, int | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -97,6 +98,8 @@ class RunPodClient:
         self._sleep = sleep
         self._rng = rng
         self.requests = 0  # every HTTP request sent, retries included (for tests and metrics)
+        #: Called after every HTTP request: (call, seconds, HTTP status or None for a network failure).
+        self.observe = observe
 
     async def run(
         self, input: Mapping[str, Any], *, policy: Mapping[str, Any] | None = None
@@ -150,8 +153,8 @@ class RunPodClient:
             retry_after: float | None = None
             try:
                 self.requests += 1
-                response = await self._client.request(
-                    method, url, json=json, params=params, headers=self._headers,
+                response = await self._send(
+                    method, url, json=json, params=params,
                     timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
                 )  # fmt: skip
             except httpx.ConnectError as exc:
@@ -180,6 +183,19 @@ class RunPodClient:
                 delay = max(delay, retry_after)
             attempt += 1
             await self._sleep(delay)
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        started = time.monotonic()
+        call = url[len(self.base_url) :].split("/")[1]
+        try:
+            response = await self._client.request(method, url, headers=self._headers, **kwargs)
+        except Exception:  # a network failure (a cancellation is not one)
+            if self.observe is not None:
+                self.observe(call, time.monotonic() - started, None)
+            raise
+        if self.observe is not None:
+            self.observe(call, time.monotonic() - started, response.status_code)
+        return response
 
 
 def _job_path(job: str) -> str:

@@ -1,8 +1,13 @@
-"""The relay as one object: settings, store, hub, pollers, RunPod client and live connections.
+"""The relay as one object: settings, store, hub, pollers, RunPod client, auth, metrics and live connections.
 
 `Relay.start` reopens every job in the data directory (finished jobs replay from disk; unfinished ones
 resume polling) and `Relay.stop` stops pollers and says `bye 4000` to every websocket. The HTTP and websocket
 layers (`relay.app`, `relay.ws`) only translate requests into calls on this object.
+
+Retention: a finished job is deleted `retention_s` after it finished (its own `retention_s` when it was
+submitted with one), by a periodic sweep that also re-measures the data directory against the disk quota
+and, above it, deletes the oldest finished jobs first. A job with readers (websocket or SSE subscribers
+replaying it, media downloads) is left for a later sweep, so a reader never loses a file mid-read.
 """
 
 from __future__ import annotations
@@ -10,27 +15,89 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import threading
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from prometheus_client.core import Metric
 
-from relay.auth import AllowAll, Authorizer
-from relay.config import RelaySettings
+from relay import metrics as m
+from relay.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
+from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
+from relay.limits import PerKeyRate
+from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
 from relay.runpod import Backoff, RunPodClient
-from relay.store import JobStore, Store, check_job_id
+from relay.store import DONE, ERROR, ITEM, DiskQuota, JobStore, Store, check_job_id, public
 
 log = logging.getLogger("podstream.relay")
+
+SECRET_FILE = "token-secret"
 
 
 class Closable(Protocol):
     async def bye(self, code: int, reason: str) -> None: ...
 
+    @property
+    def subscribed(self) -> int: ...
+
 
 class NotConfigured(Exception):
     """The relay has no RunPod URL: it can replay jobs but not submit or poll them."""
+
+
+def token_secret(settings: RelaySettings) -> bytes:
+    """The configured token secret, or the one kept in the data directory (made on first use, mode 0600)."""
+    if settings.token_secret:
+        secret = settings.token_secret.encode()
+        if len(secret) < 32:
+            raise ConfigError("PODSTREAM_TOKEN_SECRET must be at least 32 bytes")
+        return secret
+    path = Path(settings.data_dir) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_bytes().strip()
+        if len(secret) < 32:
+            raise ConfigError(f"{path} holds a token secret shorter than 32 bytes") from None
+        return secret
+    secret = secrets.token_urlsafe(48).encode()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret + b"\n")
+    return secret
+
+
+def authorizer_from(settings: RelaySettings) -> Authorizer:
+    """The authorizer the settings ask for: API keys and tokens, or everything open with `insecure`."""
+    origins = parse_origins(settings.allowed_origins)
+    if settings.insecure:
+        return AllowAll(origins if settings.allowed_origins else None)
+    text = settings.api_keys
+    if settings.api_keys_file:
+        try:
+            text += "\n" + Path(settings.api_keys_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read PODSTREAM_API_KEYS_FILE: {exc}") from None
+    try:
+        keys = parse_keys(text)
+    except AuthConfigError as exc:
+        raise ConfigError(f"PODSTREAM_API_KEYS: {exc}") from None
+    if not keys:
+        raise ConfigError(
+            "no API keys configured: set PODSTREAM_API_KEYS (or --api-keys) to the hash of a key "
+            "(podstream relay --generate-key makes one), or run with --insecure for local development only"
+        )
+    return KeyAuthorizer(
+        keys, token_secret(settings), audience=settings.token_audience, token_ttl_s=settings.token_ttl_s,
+        max_token_ttl_s=settings.max_token_ttl_s, media_url_ttl_s=settings.media_url_ttl_s, origins=origins,
+    )  # fmt: skip
 
 
 class Relay:
@@ -42,23 +109,36 @@ class Relay:
         authorizer: Authorizer | None = None,
     ) -> None:
         self.settings = settings
-        self.store = Store(settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records)
+        self.auth: Authorizer = authorizer or authorizer_from(settings)
+        self.metrics = m.RelayMetrics()
+        self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
+        self.store = Store(
+            settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota
+        )
         self.hub = Hub()
         self.pollers = PollerSet(settings.max_pollers)
         self.chunks = ChunkCache(settings.chunk_cache_bytes, settings.chunk_bytes)
-        self.auth: Authorizer = authorizer or AllowAll()
+        self.submits = PerKeyRate(settings.submits_per_minute)
         self.connections: set[Closable] = set()
+        self.sse_streams = 0
         self.started_at = time.time()
+        #: True once every job is reopened, until shutdown begins (`/readyz`).
+        self.ready = False
         self._jobs: dict[str, JobStore] = {}
+        self._finished_status: dict[str, str] = {}
         self._own_client = http_client is None and bool(settings.runpod_url)
         self._http = http_client
         self.runpod: RunPodClient | None = None
         self._janitor: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._removals: set[asyncio.Task[None]] = set()
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self.metrics.observe(self._state_metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.settings.runpod_url:
             if self._http is None:
                 timeout = httpx.Timeout(self.settings.read_timeout_s, connect=self.settings.connect_timeout_s)
@@ -67,27 +147,33 @@ class Relay:
             self.runpod = RunPodClient(
                 self.settings.runpod_url, self.settings.runpod_key, self._http,
                 retries=self.settings.retries, backoff=self.backoff, read_timeout_s=self.settings.read_timeout_s,
+                observe=self._observe_runpod,
             )  # fmt: skip
+        await asyncio.to_thread(self.store.empty_trash)
+        self.quota.set_measured(await asyncio.to_thread(self.store.measure))
         for job in self.store.job_ids():
             if self.store.finished_at(job) is not None:
                 continue  # opened when first asked for
             try:
                 store = self.job(job)
             except Exception:
-                log.exception("cannot reopen job %s; leaving it alone", job)
+                log.exception("cannot reopen job %s; leaving it alone", job, extra=job_log(job))
                 continue
             if store is not None and not store.finished:
                 self._poll(store)
-        if self.settings.retention_s > 0:
-            self._janitor = asyncio.create_task(self._sweep_forever(), name="relay janitor")
+        self._janitor = asyncio.create_task(self._sweep_forever(), name="relay janitor")
+        self.ready = True
 
     async def stop(self) -> None:
+        self.ready = False
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await self.drain()
         await self.pollers.stop(grace_s=self.settings.poll_wait_ms / 1000 + 1.0)
+        if self._removals:
+            await asyncio.wait(list(self._removals))
         for store in self._jobs.values():
             self.hub.forget(store.job)
             store.close()
@@ -97,6 +183,7 @@ class Relay:
 
     async def drain(self, code: int = 4000, reason: str = "server going away") -> None:
         """Say bye to every websocket (they reconnect and resume elsewhere or after the restart)."""
+        self.ready = False
         connections = list(self.connections)
         if connections:
             await asyncio.gather(*(c.bye(code, reason) for c in connections), return_exceptions=True)
@@ -110,28 +197,39 @@ class Relay:
         if store is None:
             if not self.store.exists(job):
                 return None
-            store = self._jobs[job] = self.store.open(job)
+            store = self._jobs[job] = self._hook(self.store.open(job))
         return store
 
     def job_ids(self) -> list[str]:
         return self.store.job_ids()
 
-    async def submit(self, input: dict[str, Any], policy: dict[str, Any] | None = None) -> JobStore:
+    def public(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A journal record as clients see it: no `_` fields, the relay's media URL signed."""
+        out = public(record)
+        url = out.get("url")
+        if out["k"] == ITEM and isinstance(url, str) and url.startswith("/"):
+            out["url"] = self.auth.sign(url)
+        return out
+
+    async def submit(
+        self, input: dict[str, Any], policy: dict[str, Any] | None = None, **meta: Any
+    ) -> JobStore:
         client = self._client()
         answer = await client.run(input, policy=policy)
         job = check_job_id(answer["id"])
-        store = self._create(job, source="submit")
+        store = self._create(job, source="submit", **meta)
         self._poll(store)
+        log.info("submitted job %s", job, extra=job_log(job))
         return store
 
-    async def attach(self, job: str) -> tuple[JobStore, bool]:
+    async def attach(self, job: str, **meta: Any) -> tuple[JobStore, bool]:
         """Start following a job submitted elsewhere; (store, True) when it was new to this relay."""
         self._client()
         check_job_id(job)
         store = self.job(job)
         created = store is None
         if store is None:
-            store = self._create(job, source="attach")
+            store = self._create(job, source="attach", **meta)
         if not store.finished:
             self._poll(store)
         return store, created
@@ -144,8 +242,28 @@ class Relay:
         return job in self.pollers
 
     def _create(self, job: str, **meta: Any) -> JobStore:
-        store = self._jobs[job] = self.store.create(job, **meta)
+        store = self._jobs[job] = self._hook(self.store.create(job, **meta))
         return store
+
+    def _hook(self, store: JobStore) -> JobStore:
+        store.on_commit = lambda record: self._on_record(store.job, record)
+        store.on_bytes = self.metrics.bytes_in.labels("runpod").inc
+        return store
+
+    def _on_record(self, job: str, record: dict[str, Any]) -> None:
+        kind = record["k"]
+        if kind == ITEM:
+            self.metrics.items.inc()
+        elif kind == ERROR:
+            code = str(record.get("code"))
+            self.metrics.item_errors.labels(code).inc()
+            if code == "gap":
+                self.metrics.gaps.inc()
+            if code == "quota_exceeded":
+                self.metrics.quota_refused.inc()
+        elif kind == DONE:
+            status = record.get("status")
+            log.info("job %s finished: %s", job, status, extra=job_log(job, status=status))
 
     def _client(self) -> RunPodClient:
         if self.runpod is None:
@@ -160,40 +278,155 @@ class Relay:
         )  # fmt: skip
         self.pollers.start(poller)
 
+    # ------------------------------------------------------------------ metrics
+
+    def _observe_runpod(self, call: str, seconds: float, status: int | None) -> None:
+        self.metrics.polls.labels(call).observe(seconds)
+        if status == 429:
+            self.metrics.runpod_throttled.inc()
+        if status is None or status >= 400:
+            self.metrics.poll_errors.labels(call, str(status or "network")).inc()
+
+    def _state_metrics(self) -> Iterable[Metric]:
+        statuses: dict[str, float] = {}
+        for job in self.store.job_ids():
+            status = self._status(job)
+            statuses[status] = statuses.get(status, 0) + 1
+        yield m.labelled_gauge("jobs", "Jobs in the data directory, by RunPod status", "status", statuses)
+        yield m.gauge("pollers", "Jobs being polled now", len(self.pollers))
+        yield m.gauge("ws_connections", "Open websockets", len(self.connections))
+        subscribers = {
+            "ws": float(sum(c.subscribed for c in self.connections)),
+            "sse": float(self.sse_streams),
+        }
+        yield m.labelled_gauge("subscribers", "Live subscriptions, by transport", "transport", subscribers)
+        yield m.gauge("disk_usage_bytes", "Bytes held by jobs in the data directory", self.quota.used)
+        yield m.gauge("disk_quota_bytes", "The disk quota (0 = none)", self.settings.disk_quota_bytes)
+        yield m.gauge("ready", "1 when the relay is ready for traffic", float(self.ready))
+
+    def _status(self, job: str) -> str:
+        store = self._jobs.get(job)
+        if store is not None:
+            return store.status or "UNKNOWN"
+        status = self._finished_status.get(job)
+        if status is None:
+            meta = self.store.meta(job)
+            status = self._finished_status[job] = str(meta.get("status") or "UNKNOWN")
+        return status
+
     # ------------------------------------------------------------------ retention
 
     def expires_at(self, store: JobStore) -> float | None:
-        finished = store.meta.get("finished_at")
-        if not finished or self.settings.retention_s <= 0:
+        return self._expires(store.meta)
+
+    def _expires(self, meta: dict[str, Any]) -> float | None:
+        finished = meta.get("finished_at")
+        retention = meta.get("retention_s")
+        if not isinstance(retention, int | float) or isinstance(retention, bool):
+            retention = self.settings.retention_s
+        if not finished or retention <= 0:
             return None
-        return float(finished) + self.settings.retention_s
+        return float(finished) + float(retention)
+
+    def _deletable(self, job: str) -> bool:
+        if job in self.pollers:
+            return False
+        store = self._jobs.get(job)
+        return store is None or (store.finished and store.readers == 0)
 
     def sweep(self, now: float | None = None) -> list[str]:
-        """Delete finished jobs past their retention; returns their ids."""
+        """Delete finished jobs past their retention (not those being read); returns their ids."""
         now = time.time() if now is None else now
         deleted = []
         for job in self.store.job_ids():
-            if job in self.pollers:
+            if not self._deletable(job):
                 continue
-            store = self.job(job)
-            expires = self.expires_at(store) if store is not None else None
-            if store is None or expires is None or expires > now:
+            expires = self._expires(self.store.meta(job))
+            if expires is None or expires > now:
                 continue
-            self._jobs.pop(job, None)
-            self.hub.forget(job)
-            store.close()
-            self.store.delete(job)
-            deleted.append(job)
+            if self._delete(job, "expired"):
+                deleted.append(job)
         return deleted
 
+    def evict(self, needed: int) -> int:
+        """Delete finished jobs, oldest first (not those being read), until `needed` bytes are freed."""
+        candidates = []
+        for job in self.store.job_ids():
+            finished = self.store.finished_at(job)
+            if finished is not None and self._deletable(job):
+                candidates.append((finished, job))
+        freed = 0
+        for _finished, job in sorted(candidates):
+            if freed >= needed:
+                break
+            size = self.quota.job_bytes(job)
+            if self._delete(job, "quota"):
+                freed += size
+                log.warning("disk quota: deleted finished job %s (%d bytes)", job, size, extra=job_log(job))
+        return freed
+
+    def _evict_for(self, needed: int) -> int:
+        """`evict` on the event loop, from whichever thread asks (the pollers write in worker threads)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return 0
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return self.evict(needed)
+        done = threading.Event()
+        result = [0]
+
+        def run() -> None:
+            try:
+                result[0] = self.evict(needed)
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(30)
+        return result[0]
+
+    def _delete(self, job: str, reason: str) -> bool:
+        try:
+            target = self.store.trash(job)
+        except OSError:
+            log.exception("cannot delete job %s", job, extra=job_log(job))
+            return False
+        store = self._jobs.pop(job, None)
+        if store is not None:
+            store.retire()
+        self.hub.forget(job)
+        self.quota.forget(job)
+        self._finished_status.pop(job, None)
+        self.metrics.deleted.labels(reason).inc()
+        if target is not None:
+            task = asyncio.ensure_future(asyncio.to_thread(self.store.remove, target))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
+        log.info("deleted job %s (%s)", job, reason, extra=job_log(job, reason=reason))
+        return target is not None
+
     async def _sweep_forever(self) -> None:
-        interval = min(3600.0, max(1.0, self.settings.retention_s / 10))
+        retention = self.settings.retention_s or 3600.0
+        interval = min(60.0, max(1.0, retention / 10))
         while True:
             await asyncio.sleep(interval)
             try:
-                deleted = self.sweep()
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("retention sweep failed")
-            else:
-                if deleted:
-                    log.info("deleted %d expired job(s)", len(deleted))
+
+    async def sweep_once(self) -> None:
+        """One round of the janitor: expired jobs, then the disk quota (measured afresh)."""
+        deleted = self.sweep()
+        if deleted:
+            log.info("deleted %d expired job(s)", len(deleted))
+        self.quota.set_measured(await asyncio.to_thread(self.store.measure))
+        limit = self.settings.disk_quota_bytes
+        if limit > 0 and self.quota.used > limit:
+            self.evict(self.quota.used - limit)

@@ -17,6 +17,14 @@ Record fields starting with `_` are the relay's own (e.g. `_file`, the media fil
 are stripped before a record leaves the relay (`public`).
 
 Job ids and file names are validated or derived here, never used raw as paths.
+
+Disk quota: `Store.quota` (a `DiskQuota`) counts the bytes of every job; `JobStore.media_sink` reserves an
+item's size before its first byte is written, and an item that does not fit (after the relay evicted what it
+could) is refused: its bytes are not written and it ends as an `error` record with code `quota_exceeded`.
+
+Deleting a job (`Store.trash`) first renames its directory out of `jobs/` (atomic: the job is gone for every
+new request at once), then removes the files. A `JobStore` with readers (`JobStore.reading`) keeps its open
+files until the last reader is done, so a sweep never pulls a file out from under a subscriber.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import struct
+import threading
 import time
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,6 +63,71 @@ KINDS: Final = frozenset({STATUS, PROGRESS, ITEM, ERROR, DONE})
 
 class StoreError(Exception):
     pass
+
+
+class QuotaExceeded(StoreError):
+    """Storing this would take the data directory over its disk quota."""
+
+
+class DiskQuota:
+    """Bytes held by each job against a global quota (thread-safe; `limit` 0 = no quota).
+
+    A job's bytes are what `measure` last found on disk plus the items reserved since. `reserve` calls
+    `evict(bytes_needed)` (which deletes old finished jobs and returns the bytes it freed) when a reservation
+    does not fit, then tries once more.
+    """
+
+    def __init__(self, limit: int = 0, evict: Callable[[int], int] | None = None) -> None:
+        self.limit = limit
+        self.evict = evict
+        self._lock = threading.Lock()
+        self._measured: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(self._measured.values()) + sum(self._reserved.values())
+
+    def job_bytes(self, job: str) -> int:
+        with self._lock:
+            return self._measured.get(job, 0) + self._reserved.get(job, 0)
+
+    def _fits(self, nbytes: int) -> bool:
+        used = sum(self._measured.values()) + sum(self._reserved.values())
+        return self.limit <= 0 or used + nbytes <= self.limit
+
+    def reserve(self, job: str, nbytes: int) -> None:
+        for attempt in range(2):
+            with self._lock:
+                if self._fits(nbytes):
+                    self._reserved[job] = self._reserved.get(job, 0) + nbytes
+                    return
+                needed = sum(self._measured.values()) + sum(self._reserved.values()) + nbytes - self.limit
+            if attempt == 0 and self.evict is not None:
+                self.evict(needed)
+        raise QuotaExceeded(
+            f"the relay's disk quota ({self.limit} bytes) is full: {nbytes} more bytes do not fit "
+            "even after deleting every finished job that could go"
+        )
+
+    def release(self, job: str, nbytes: int) -> None:
+        with self._lock:
+            left = self._reserved.get(job, 0) - nbytes
+            if left > 0:
+                self._reserved[job] = left
+            else:
+                self._reserved.pop(job, None)
+
+    def set_measured(self, sizes: dict[str, int]) -> None:
+        """What `Store.measure` found; reservations of items that finished meanwhile are in it now."""
+        with self._lock:
+            self._measured = dict(sizes)
+            self._reserved = {job: n for job, n in self._reserved.items() if job in sizes}
+
+    def forget(self, job: str) -> int:
+        with self._lock:
+            return self._measured.pop(job, 0) + self._reserved.pop(job, 0)
 
 
 class BadJobId(StoreError, ValueError):
@@ -240,17 +315,33 @@ class MediaSink:
     """
 
     def __init__(
-        self, directory: Path, item: int, id: str, mime: str, size: int, *, fsync: bool, replaying: bool
+        self,
+        directory: Path,
+        item: int,
+        id: str,
+        mime: str,
+        size: int,
+        *,
+        fsync: bool,
+        replaying: bool,
+        refused: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        on_abort: Callable[[], None] | None = None,
     ):
         self.final = directory / media_name(item, id, mime)
         self.temp = directory / f".{self.final.name}.part"
         self.size = size
         self.fsync = fsync
         self.replaying = replaying
+        #: Why this item is not stored (the disk quota): nothing is written and it finishes as failed.
+        self.refused = refused
+        self.on_bytes = on_bytes
+        #: Called once if the item is abandoned (its quota reservation goes back).
+        self.on_abort = on_abort
         self._fd: int | None = None
         self._hash = hashlib.sha256()
         self._hashed = 0
-        if not replaying:
+        if not replaying and refused is None:
             self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 
     def _open(self) -> int:
@@ -259,9 +350,11 @@ class MediaSink:
         return self._fd
 
     def write(self, offset: int, data: bytes) -> None:
-        if self.replaying:
+        if self.replaying or self.refused is not None:
             return
         os.pwrite(self._open(), data, offset)
+        if self.on_bytes is not None:
+            self.on_bytes(len(data))
         if offset == self._hashed:
             self._hash.update(data)
             self._hashed += len(data)
@@ -269,6 +362,8 @@ class MediaSink:
     def finish(self, sha256: str) -> tuple[bool, Any]:
         if self.replaying:  # it was finished before the restart: the outcome is on disk
             return (True, self.final) if self.final.exists() else (False, None)
+        if self.refused is not None:
+            return False, None
         fd = self._open()
         end = os.fstat(fd).st_size
         if end != self.size:
@@ -291,6 +386,9 @@ class MediaSink:
         return True, self.final
 
     def abort(self) -> None:
+        if self.on_abort is not None:
+            self.on_abort()
+            self.on_abort = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -301,8 +399,19 @@ class MediaSink:
 class JobStore:
     """One job's directory: journal, ingest log, metadata and media. Opened by `Store`."""
 
-    def __init__(self, root: Path, job: str, *, fsync: bool, tail: int) -> None:
+    def __init__(
+        self, root: Path, job: str, *, fsync: bool, tail: int, quota: DiskQuota | None = None
+    ) -> None:
         self.job = check_job_id(job)
+        self.quota = quota or DiskQuota()
+        #: Called with each journal record as it becomes visible (metrics).
+        self.on_commit: Callable[[dict[str, Any]], None] | None = None
+        #: Called with the bytes of media written (metrics).
+        self.on_bytes: Callable[[int], None] | None = None
+        self.readers = 0
+        self.retired = False
+        #: Items refused for the disk quota: item -> message (their end is reported as `quota_exceeded`).
+        self.refused: dict[int, str] = {}
         self.dir = root / job
         self.fsync = fsync
         self.media = self.dir / "media"
@@ -336,18 +445,51 @@ class JobStore:
 
     def record(self, entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Append records to the journal (unpublished until `commit`) and update the summaries."""
+        if self.refused:
+            entries = [self._quota_error(kind, fields) for kind, fields in entries]
         records = self.journal.extend(entries)
         self._pending.extend(records)
         return records
+
+    def _quota_error(self, kind: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The Assembler reports a refused item as not matching its sha256: say what really happened."""
+        item = fields.get("item")
+        if (
+            kind == ERROR
+            and fields.get("code") == "bad_sha256"
+            and isinstance(item, int)
+            and item in self.refused
+        ):
+            return ERROR, {**fields, "code": "quota_exceeded", "message": self.refused.pop(item)}
+        return kind, fields
+
+    def media_sink(
+        self, directory: Path, item: int, id: str, mime: str, size: int, *, replaying: bool
+    ) -> MediaSink:
+        """The sink of one item's bytes, its size reserved against the disk quota first."""
+        refused = None
+        if not replaying:
+            try:
+                self.quota.reserve(self.job, size)
+            except QuotaExceeded as exc:
+                refused = self.refused[item] = f"item {item} ({size} bytes) was not stored: {exc}"
+        sink = MediaSink(
+            directory, item, id, mime, size, fsync=self.fsync, replaying=replaying, refused=refused,
+            on_bytes=self.on_bytes,
+            on_abort=None if refused is not None or replaying else lambda: self.quota.release(self.job, size),
+        )  # fmt: skip
+        return sink
 
     def commit(self) -> int:
         """Make the appended records durable and visible (journal readers and the summaries)."""
         head = self.journal.commit()
         for record in self._pending:
             self._apply(record)
+            if self.on_commit is not None:
+                self.on_commit(record)
         self._pending.clear()
         if self.done is not None and not self.meta.get("finished_at"):
-            self.write_meta({**self.meta, "finished_at": time.time()})
+            self.write_meta({**self.meta, "finished_at": time.time(), "status": self.status})
         return head
 
     def _apply(self, record: dict[str, Any]) -> None:
@@ -385,6 +527,23 @@ class JobStore:
             return None
         return path
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the job's files open while reading (a retired store closes when its last reader is done)."""
+        self.readers += 1
+        try:
+            yield
+        finally:
+            self.readers -= 1
+            if self.retired and self.readers == 0:
+                self.close()
+
+    def retire(self) -> None:
+        """The job is being deleted: close now, or when its last reader is done."""
+        self.retired = True
+        if self.readers == 0:
+            self.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -395,32 +554,52 @@ class JobStore:
 class Store:
     """The data directory: creates, opens, lists and deletes jobs."""
 
-    def __init__(self, data_dir: Path, *, fsync: bool = True, tail: int = 1024) -> None:
+    def __init__(
+        self, data_dir: Path, *, fsync: bool = True, tail: int = 1024, quota: DiskQuota | None = None
+    ) -> None:
         self.root = data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.trash_dir = data_dir / "trash"
         self.fsync = fsync
         self.tail = tail
+        self.quota = quota or DiskQuota()
 
     def exists(self, job: str) -> bool:
         return (self.root / check_job_id(job) / "journal.log").exists()
 
     def create(self, job: str, **meta: Any) -> JobStore:
-        store = JobStore(self.root, job, fsync=self.fsync, tail=self.tail)
+        store = JobStore(self.root, job, fsync=self.fsync, tail=self.tail, quota=self.quota)
         return store.open(meta={"job": job, "created_at": time.time(), **meta})
 
     def open(self, job: str) -> JobStore:
         if not self.exists(job):
             raise KeyError(job)
-        return JobStore(self.root, job, fsync=self.fsync, tail=self.tail).open()
+        return JobStore(self.root, job, fsync=self.fsync, tail=self.tail, quota=self.quota).open()
 
-    def finished_at(self, job: str) -> float | None:
-        """When the job finished (from its metadata, without opening its journal), or None."""
+    def meta(self, job: str) -> dict[str, Any]:
+        """The job's metadata (without opening its journal); {} when unreadable."""
         try:
             meta = json.loads((self.root / check_job_id(job) / "job.json").read_text())
         except (OSError, ValueError):
-            return None
-        value = meta.get("finished_at") if isinstance(meta, dict) else None
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def finished_at(self, job: str) -> float | None:
+        """When the job finished (from its metadata, without opening its journal), or None."""
+        value = self.meta(job).get("finished_at")
         return float(value) if isinstance(value, int | float) else None
+
+    def measure(self) -> dict[str, int]:
+        """Bytes on disk per job (files only, symlinks not followed)."""
+        sizes: dict[str, int] = {}
+        for job in self.job_ids():
+            total = 0
+            for dirpath, _dirs, names in os.walk(self.root / job):
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(dirpath, name)).st_size
+            sizes[job] = total
+        return sizes
 
     def job_ids(self) -> list[str]:
         ids = []
@@ -429,9 +608,33 @@ class Store:
                 ids.append(path.name)
         return sorted(ids)
 
-    def delete(self, job: str) -> None:
+    def trash(self, job: str) -> Path | None:
+        """Move the job's directory out of `jobs/` (atomic); returns where it went, for `remove`."""
         directory = self.root / check_job_id(job)
         if not directory.exists():
+            return None
+        self.trash_dir.mkdir(exist_ok=True)
+        target = self.trash_dir / f"{job}.{secrets.token_hex(4)}"
+        os.rename(directory, target)
+        return target
+
+    def empty_trash(self) -> None:
+        """Remove whatever an interrupted deletion left in the trash."""
+        if self.trash_dir.is_dir():
+            for path in self.trash_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    self.remove(path)
+
+    def delete(self, job: str) -> None:
+        target = self.trash(job)
+        if target is not None:
+            self.remove(target)
+
+    @staticmethod
+    def remove(directory: Path) -> None:
+        """Delete a directory tree without following symlinks."""
+        if directory.is_symlink() or not directory.is_dir():
+            directory.unlink(missing_ok=True)
             return
         for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if path.is_dir() and not path.is_symlink():

@@ -9,6 +9,11 @@ the subscriber asked for `inline: false`.
 Sends are serialized per connection and each has a deadline (`send_timeout_s`): a subscriber that does not
 read its socket gets `bye 4001` and resumes later from its last seq; nothing is queued for it meanwhile.
 A client so stalled that even the `bye` cannot be written sees the connection drop instead.
+
+Auth (relay.auth): a connection either authenticates with an `Authorization` header on the upgrade, or must
+send an `auth` frame within `auth_timeout_s` (else `bye 4501`). A token's expiry ends the connection with
+`bye 4003` (get a new token, reconnect and resume); an `auth` frame with a fresh token before then extends
+it, and subscriptions the new token does not cover end with `err forbidden`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay.auth import Denied, Principal
 from relay.service import Relay
-from relay.store import ITEM, BadJobId, JobStore, check_job_id, public
+from relay.store import ITEM, BadJobId, JobStore, check_job_id
 
 log = logging.getLogger("podstream.relay.ws")
 
@@ -74,7 +79,12 @@ class Connection:
         self._ended: asyncio.Future[Bye | None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        self._expiry: asyncio.Task[None] | None = None
         self.sent_frames = 0
+
+    @property
+    def subscribed(self) -> int:
+        return len(self.subscriptions)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -89,6 +99,7 @@ class Connection:
         try:
             self.principal = await self.relay.auth.connect(origin, dict(self.ws.headers))
         except Denied as exc:
+            self.relay.metrics.denied.labels(exc.code).inc()
             await self.ws.accept()
             await self._close(Bye(exc.close_code, str(exc)))
             return
@@ -100,6 +111,9 @@ class Connection:
         try:
             if not self.principal.needs_token:
                 await self._welcome()
+                self._watch_expiry()
+            else:
+                self._spawn(self._auth_deadline())
             self._spawn(self._read_loop())
             self._spawn(self._ping_loop())
             bye = await self._ended
@@ -144,6 +158,7 @@ class Connection:
             self._end(Bye(INTERNAL, "internal error"))
 
     async def _close(self, bye: Bye) -> None:
+        self.relay.metrics.disconnects.labels(str(bye.code)).inc()
         grace = min(2.0, self.settings.send_timeout_s)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(grace):
@@ -163,6 +178,7 @@ class Connection:
         except TimeoutError:
             raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
         self.sent_frames += 1
+        self.relay.metrics.bytes_out.labels("ws").inc(len(frame))
 
     async def _welcome(self) -> None:
         self.authenticated = True
@@ -210,9 +226,13 @@ class Connection:
             try:
                 self.principal = await self.relay.auth.token(self.principal, token)
             except Denied as exc:
+                self.relay.metrics.denied.labels(exc.code).inc()
                 raise Bye(exc.close_code, str(exc)) from None
+            self._watch_expiry()
             if not self.authenticated:
                 await self._welcome()
+            else:
+                await self._drop_uncovered()
             return
         if not self.authenticated:
             raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
@@ -259,6 +279,32 @@ class Connection:
         task = self._spawn(self._stream(store, after, inline))
         self.subscriptions[job] = task
 
+    # ------------------------------------------------------------------ auth
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(self.settings.auth_timeout_s)
+        if not self.authenticated:
+            raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+
+    def _watch_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.principal.expires is not None:
+            self._expiry = self._spawn(self._expire_at(self.principal.expires))
+
+    async def _expire_at(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.time()))
+        raise Bye(TOKEN_EXPIRED, "token expired: get a new token, then reconnect")
+
+    async def _drop_uncovered(self) -> None:
+        """After a fresh `auth`: end the subscriptions the new principal may not read."""
+        for job in list(self.subscriptions):
+            if not await self.relay.auth.may_read(self.principal, job):
+                task = self.subscriptions.pop(job)
+                task.cancel()
+                await self._err("forbidden", "the new token does not allow this job", job)
+
     # ------------------------------------------------------------------ a subscription
 
     async def _stream(self, store: JobStore, after: int, inline: bool) -> None:
@@ -275,10 +321,11 @@ class Connection:
                 }
             )
         )
-        async for record in self.relay.hub.records(store, after):
-            await self.send(pack({"t": "ev", "job": job, **public(record)}))
-            if inline and record["k"] == ITEM:
-                await self._send_item(store, record)
+        async with contextlib.aclosing(self.relay.hub.records(store, after)) as records:
+            async for record in records:
+                await self.send(pack({"t": "ev", "job": job, **self.relay.public(record)}))
+                if inline and record["k"] == ITEM:
+                    await self._send_item(store, record)
         if self.subscriptions.get(job) is asyncio.current_task():
             del self.subscriptions[job]
 

@@ -1,4 +1,9 @@
-"""`podstream relay`: run the relay (single poller per job, journal on disk, websocket fan-out)."""
+"""`podstream relay`: run the relay (single poller per job, journal on disk, websocket fan-out).
+
+Auth is on by default: the relay refuses to start without an API key configured (as its hash) unless
+`--insecure` is given, which is for local development only and says so loudly. `--generate-key` prints a
+new key and the entry to configure the relay with.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,18 @@ from podstream.cli import UsageError
 
 EPILOG = """\
 Every option can also come from the environment as PODSTREAM_<NAME> (PODSTREAM_RUNPOD_URL,
-PODSTREAM_RUNPOD_KEY, PODSTREAM_DATA_DIR, PODSTREAM_POLL_WAIT_MS, ...); options win. See docs/relay.md.
+PODSTREAM_RUNPOD_KEY, PODSTREAM_API_KEYS, PODSTREAM_DATA_DIR, PODSTREAM_POLL_WAIT_MS, ...); options win.
+See docs/relay.md ("Security" for keys, tokens and origins).
 Examples:
-  PODSTREAM_RUNPOD_KEY=... podstream relay --runpod-url https://api.runpod.ai/v2/ENDPOINT_ID --data-dir /var/lib/podstream
-  podstream relay --runpod-url http://127.0.0.1:8800/v2/local --port 8700
+  podstream relay --generate-key            # prints a key for clients and the hash to configure
+  PODSTREAM_API_KEYS=sha256:... PODSTREAM_RUNPOD_KEY=... podstream relay --runpod-url https://api.runpod.ai/v2/ENDPOINT_ID
+  podstream relay --insecure --runpod-url http://127.0.0.1:8800/v2/local   # local development only
 """
+
+INSECURE_WARNING = (
+    "*** INSECURE MODE: no authentication. Anyone who can reach {where} can submit, cancel and read "
+    "every job. For local development only. ***"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +53,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retention-s", type=float, help="delete finished jobs after this long (0 = never)")
     parser.add_argument("--send-timeout-s", type=float, help="a websocket send slower than this: bye 4001")
+    parser.add_argument(
+        "--disk-quota-bytes", type=int, help="bytes the data directory may hold (0 = no quota)"
+    )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--api-keys", metavar="ENTRIES",
+        help="API key hashes, [name=]sha256:HEX[/scope+scope], comma separated (better: env PODSTREAM_API_KEYS)",
+    )  # fmt: skip
+    security.add_argument("--api-keys-file", metavar="FILE", help="a file of API key entries, one per line")
+    security.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="websocket Origins allowed besides the relay's own (* = any)",
+    )
+    security.add_argument(
+        "--cors-origins", metavar="ORIGINS", help="Origins allowed to call the HTTP API from browsers"
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="no authentication at all (local development only)",
+    )
+    security.add_argument(
+        "--generate-key", action="store_true",
+        help="print a new API key and the entry to configure the relay with, then exit",
+    )  # fmt: skip
+    security.add_argument(
+        "--scopes", default=None, help="with --generate-key: the key's scopes, e.g. jobs:read (default: all)"
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="json: one object per line (with job ids)",
+    )
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
@@ -49,7 +97,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
     names = (
         "runpod_url", "runpod_key", "data_dir", "host", "port", "public_url", "poll_wait_ms", "fsync",
-        "retention_s", "send_timeout_s",
+        "retention_s", "send_timeout_s", "disk_quota_bytes", "api_keys", "api_keys_file", "allowed_origins",
+        "cors_origins", "insecure", "log_format",
     )  # fmt: skip
     try:
         return RelaySettings.from_env(environ, **{name: getattr(args, name, None) for name in names})
@@ -57,19 +106,48 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise UsageError(str(exc)) from None
 
 
+def generate(scopes: str | None) -> str:
+    """A new key and how to configure it (the key itself is shown once, never stored by the relay)."""
+    from relay.auth import SCOPES, generate_key, hash_key
+
+    chosen = sorted(SCOPES) if scopes is None else [s for s in scopes.replace(",", "+").split("+") if s]
+    unknown = set(chosen) - SCOPES
+    if unknown or not chosen:
+        raise UsageError(f"--scopes must be some of {'+'.join(sorted(SCOPES))}")
+    key = generate_key()
+    entry = hash_key(key) + ("" if scopes is None else "/" + "+".join(chosen))
+    return (
+        f"key:   {key}\n"
+        f"entry: {entry}\n"
+        f"scopes: {' '.join(chosen)}\n\n"
+        "Give the key to clients (podstream submit/watch --key, or PODSTREAM_API_KEY) and configure the relay\n"
+        f"with the entry: PODSTREAM_API_KEYS={entry}  (comma-separate several). Keep the key secret; the relay\n"
+        "stores only its hash.\n"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.generate_key:
+        print(generate(args.scopes), end="")
+        return 0
+    from relay.config import ConfigError
+    from relay.logs import configure
     from relay.serve import serve
+    from relay.service import authorizer_from
 
     settings = settings_from(args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not settings.runpod_url:
-        logging.getLogger("podstream.relay").warning(
-            "no RunPod URL (--runpod-url / PODSTREAM_RUNPOD_URL): serving stored jobs only"
-        )
+    configure(args.log_level, settings.log_format)
+    log = logging.getLogger("podstream.relay")
     try:
-        serve(settings, log_level=args.log_level)
+        authorizer_from(settings)  # refuses to start without keys unless --insecure
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if settings.insecure:
+        log.warning(INSECURE_WARNING.format(where=f"{settings.host}:{settings.port}"))
+    if not settings.runpod_url:
+        log.warning("no RunPod URL (--runpod-url / PODSTREAM_RUNPOD_URL): serving stored jobs only")
+    try:
+        serve(settings, log_level=args.log_level, log_config=None, access_log=False)
     except OSError as exc:
         raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
     return 0

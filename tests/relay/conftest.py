@@ -1,4 +1,8 @@
-"""Fixtures for the relay tests: the RunPod emulator, a scripted worker, a real uvicorn relay, ws clients."""
+"""Fixtures for the relay tests: the RunPod emulator, a scripted worker, a real uvicorn relay, ws clients.
+
+Relays run with auth on, as users run them: an API key (`API_KEY`, configured as its hash) and subscriber
+tokens (`RelayServer.token(job)`). `relay_settings(..., insecure=True)` only where auth is beside the point.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,12 @@ from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay import serve
 from relay.app import create_app
+from relay.auth import Principal, generate_key, hash_key
 from relay.config import RelaySettings
+
+#: The API key of every test relay (all scopes), and the secret its tokens are signed with.
+API_KEY = generate_key()
+TOKEN_SECRET = "test-token-secret-" + "s" * 32
 
 
 @pytest.fixture
@@ -127,6 +136,21 @@ class RelayServer:
     def relay(self) -> Any:
         return self.app.state.relay
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Authorization` with the API key (empty for an insecure relay)."""
+        return {} if self.settings.insecure else {"authorization": f"Bearer {API_KEY}"}
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client that sends the API key."""
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(headers=self.headers, **kwargs)
+
+    def token(self, *jobs: str, ttl_s: float | None = None) -> str | None:
+        """A subscriber token for `jobs`, as `POST /v1/jobs/{id}/tokens` mints it (None when insecure)."""
+        minted = self.relay.auth.mint(Principal(name="tests", kind="key"), jobs, ttl_s)
+        return None if minted is None else str(minted.token)
+
     async def stop(self) -> None:
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 15)
@@ -153,7 +177,7 @@ def relay_settings(tmp_path: Path, emu: Emulator | None, **changes: Any) -> Rela
     values: dict[str, Any] = {
         "runpod_url": emu.endpoint_url if emu is not None else "", "data_dir": tmp_path / "data",
         "fsync": "never", "poll_wait_ms": 2000, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
-        "send_timeout_s": 2.0,
+        "send_timeout_s": 2.0, "api_keys": hash_key(API_KEY), "token_secret": TOKEN_SECRET,
     }  # fmt: skip
     values.update(changes)
     return RelaySettings(**values)
@@ -184,8 +208,11 @@ async def recv(ws: ClientConnection, seconds: float = 10) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+async def ws_client(url: str, token: str | None = None, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+    """A websocket past `welcome`: sends `auth` with `token` first when one is given."""
     async with websockets.connect(url, compression=None, max_size=2**22, **kwargs) as ws:
+        if token is not None:
+            await ws.send(pack({"t": "auth", "token": token}))
         welcome = await recv(ws)
         assert welcome["t"] == "welcome", welcome
         yield ws

@@ -39,7 +39,7 @@ async def wait_done(relay: RelayServer, job: str, seconds: float = 20) -> None:
 
 async def test_submit_stream_manifest_media(relay_server: RelayServer, worker: ScriptedWorker) -> None:
     files = make_files(3, 150_000)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         created = await submit(relay_server, http)
         job = created["id"]
         assert created["urls"]["ws"] == relay_server.ws_url
@@ -76,7 +76,7 @@ async def test_submit_stream_manifest_media(relay_server: RelayServer, worker: S
 
 
 async def test_sse_resumes_with_last_event_id(relay_server: RelayServer, worker: ScriptedWorker) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         job = (await submit(relay_server, http))["id"]
         await run_job(worker, make_files(2, 10_000))
         await wait_done(relay_server, job)
@@ -93,7 +93,7 @@ async def test_sse_resumes_with_last_event_id(relay_server: RelayServer, worker:
 
 
 async def test_long_poll_waits_for_new_records(relay_server: RelayServer, worker: ScriptedWorker) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         job = (await submit(relay_server, http))["id"]
         url = f"{relay_server.url}/v1/jobs/{job}/events"
         first = (await http.get(url, params={"format": "json", "wait": 30000})).json()
@@ -110,7 +110,7 @@ async def test_long_poll_waits_for_new_records(relay_server: RelayServer, worker
 
 
 async def test_bad_requests_get_clean_errors(relay_server: RelayServer) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         base = relay_server.url
         r = await http.get(f"{base}/v1/jobs/no-such-job")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -138,7 +138,7 @@ async def test_bad_requests_get_clean_errors(relay_server: RelayServer) -> None:
 async def test_attach_follows_a_job_submitted_elsewhere(
     relay_server: RelayServer, emulator: Emulator, worker: ScriptedWorker
 ) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         r = await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})
         job = r.json()["id"]
         attached = await http.post(f"{relay_server.url}/v1/jobs/{job}/attach")
@@ -153,7 +153,7 @@ async def test_attach_follows_a_job_submitted_elsewhere(
 
 
 async def test_cancel_and_failed_job_error(relay_server: RelayServer, worker: ScriptedWorker) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay_server.http() as http:
         job = (await submit(relay_server, http))["id"]
         taken = await worker.take()
         assert taken["id"] == job

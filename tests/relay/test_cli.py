@@ -14,7 +14,8 @@ import httpx
 
 from podstream.commands.jobs import format_table
 from podstream.emulator import Emulator
-from tests.relay.conftest import recv, ws_client
+from relay.auth import hash_key
+from tests.relay.conftest import API_KEY, recv, ws_client
 
 
 def free_port() -> int:
@@ -49,6 +50,7 @@ def test_jobs_reports_an_unreachable_relay() -> None:
 async def test_relay_process_serves_lists_and_says_bye_on_sigterm(tmp_path: Path, emulator: Emulator) -> None:
     port = free_port()
     env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "unused", "PODSTREAM_FSYNC": "never"}
+    env["PODSTREAM_API_KEYS"] = hash_key(API_KEY)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "podstream", "relay", "--runpod-url", emulator.endpoint_url, "--data-dir",
         str(tmp_path / "data"), "--port", str(port), "--poll-wait-ms", "1000", "--log-level", "warning",
@@ -63,15 +65,21 @@ async def test_relay_process_serves_lists_and_says_bye_on_sigterm(tmp_path: Path
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
-            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base)
+            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base, "--key", API_KEY)
             assert listing.returncode == 0 and listing.stdout.strip() == "no jobs"
+            refused = await asyncio.to_thread(podstream, "jobs", "--relay", base)
+            assert refused.returncode == 1 and "HTTP 401" in refused.stderr
             job = (await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})).json()["id"]
-            assert (await http.post(f"{base}/v1/jobs/{job}/attach")).status_code == 201
-            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base)
+            attached = await http.post(
+                f"{base}/v1/jobs/{job}/attach", headers={"authorization": f"Bearer {API_KEY}"}
+            )
+            assert attached.status_code == 201
+            listing = await asyncio.to_thread(podstream, "jobs", "--relay", base, "--key", API_KEY)
             lines = listing.stdout.strip().splitlines()
             assert lines[0].split() == ["JOB", "STATUS", "ITEMS", "ERRORS", "EVENTS", "AGE", "STATE"]
             assert lines[1].split()[0] == job and lines[1].split()[-1] == "polling"
-        async with ws_client(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+        auth = {"authorization": f"Bearer {API_KEY}"}
+        async with ws_client(f"ws://127.0.0.1:{port}/v1/ws", additional_headers=auth) as ws:
             process.send_signal(signal.SIGTERM)
             frame = await recv(ws)
             assert frame["t"] == "bye" and frame["code"] == 4000

@@ -9,8 +9,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from podstream.emulator import Emulator
 from tests.relay.conftest import (
     Batch,
@@ -28,7 +26,7 @@ from tests.relay.conftest import (
 
 
 async def submit(relay: RelayServer) -> str:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay.http() as http:
         r = await http.post(f"{relay.url}/v1/jobs", json={"input": {}})
         job: str = r.json()["id"]
         return job
@@ -43,7 +41,7 @@ async def until(predicate: Any, seconds: float = 20) -> None:
 
 
 async def records(relay: RelayServer, job: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay.http() as http:
         r = await http.get(f"{relay.url}/v1/jobs/{job}/events", params={"format": "json"})
         events: list[dict[str, Any]] = r.json()["events"]
         return events
@@ -69,7 +67,7 @@ async def test_restart_mid_job_loses_nothing_and_resumes_polling(
             await worker.post(job, envelope)
         poller = relay.relay.pollers.pollers[job]
         await until(lambda: poller.assembler.seen(cut) and not poller.assembler.missing(cut))
-        async with ws_client(relay.ws_url) as ws:
+        async with ws_client(relay.ws_url, relay.token(job)) as ws:
             await ws.send(pack({"t": "sub", "job": job, "from": 0}))
             assert (await recv(ws))["t"] == "subscribed"
             got = Received()
@@ -97,7 +95,7 @@ async def test_restart_mid_job_loses_nothing_and_resumes_polling(
         assert [r for r in after if r["k"] == "error"] == []
         assert after[-1]["status"] == "COMPLETED" and after[-1]["items"] == 3 and after[-1]["errors"] == 0
         # the subscriber resumes from the last seq it applied and gets the rest, bytes included
-        async with ws_client(relay.ws_url) as ws:
+        async with ws_client(relay.ws_url, relay.token(job)) as ws:
             await ws.send(pack({"t": "sub", "job": job, "from": got.last_applied}))
             assert (await recv(ws))["t"] == "subscribed"
             rest = await consume(ws, job, Received())
@@ -171,7 +169,7 @@ async def test_a_new_run_starts_over(relay_server: RelayServer, worker: Scripted
     assert [(r["item"], r["size"]) for r in items] == [(0, 10_000), (1, 10_001), (0, 20_000), (1, 20_001)]
     store = relay_server.relay.job(job)
     assert store.done is not None and store.done["status"] == "COMPLETED" and store.done["errors"] == 0
-    async with httpx.AsyncClient() as http:
+    async with relay_server.http() as http:
         media = await http.get(f"{relay_server.url}/v1/jobs/{job}/media/0")
         assert media.content == files[0]
     assert sorted(p.parent.name for p in store.media.rglob("*.mp4")) == ["1", "1", "2", "2"]

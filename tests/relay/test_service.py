@@ -15,7 +15,7 @@ from tests.relay.conftest import RelayServer
 
 
 async def test_sweep_deletes_finished_jobs_past_retention(tmp_path: Path) -> None:
-    relay = Relay(RelaySettings(data_dir=tmp_path, fsync="never", retention_s=60))
+    relay = Relay(RelaySettings(data_dir=tmp_path, fsync="never", retention_s=60, insecure=True))
     await relay.start()
     try:
         done = relay.store.create("old-job")

@@ -28,7 +28,7 @@ from tests.relay.conftest import (
 
 
 async def new_job(relay: RelayServer) -> str:
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with relay.http() as http:
         r = await http.post(f"{relay.url}/v1/jobs", json={"input": {}})
         assert r.status_code == 201
         job: str = r.json()["id"]
@@ -44,8 +44,8 @@ async def subscribe(
     return frame
 
 
-async def subscriber(url: str, job: str, after: int = 0) -> Received:
-    async with ws_client(url) as ws:
+async def subscriber(relay: RelayServer, job: str, after: int = 0) -> Received:
+    async with ws_client(relay.ws_url, relay.token(job)) as ws:
         await subscribe(ws, job, after)
         return await consume(ws, job, Received())
 
@@ -65,18 +65,18 @@ async def test_subscribers_before_during_and_after_get_everything_once(
 ) -> None:
     job = await new_job(relay_server)
     files = make_files(4, 200_000)
-    before = [asyncio.ensure_future(subscriber(relay_server.ws_url, job)) for _ in range(3)]
+    before = [asyncio.ensure_future(subscriber(relay_server, job)) for _ in range(3)]
     taken = await worker.take()
     batch = Batch(taken["id"], files)
     half = len(batch.envelopes) // 2
     for envelope in batch.envelopes[:half]:
         await worker.post(job, envelope)
-    during = [asyncio.ensure_future(subscriber(relay_server.ws_url, job)) for _ in range(3)]
+    during = [asyncio.ensure_future(subscriber(relay_server, job)) for _ in range(3)]
     for envelope in batch.envelopes[half:]:
         await worker.post(job, envelope)
     await worker.done(job)
     results = await asyncio.gather(*before, *during)
-    after = await asyncio.gather(*(subscriber(relay_server.ws_url, job) for _ in range(3)))
+    after = await asyncio.gather(*(subscriber(relay_server, job) for _ in range(3)))
     head = relay_server.relay.job(job).journal.published
     for got in [*results, *after]:
         check_complete(got, files, head)
@@ -92,21 +92,21 @@ async def test_resume_from_any_seq(relay_server: RelayServer, worker: ScriptedWo
     for envelope in Batch(taken["id"], files).envelopes:
         await worker.post(job, envelope)
     await worker.done(job)
-    full = await subscriber(relay_server.ws_url, job)
+    full = await subscriber(relay_server, job)
     head = full.seqs[-1]
     for after in range(head):
-        got = await subscriber(relay_server.ws_url, job, after)
+        got = await subscriber(relay_server, job, after)
         assert got.seqs == list(range(after + 1, head + 1))
         # the bytes of an item come right after its record, whatever the resume point
         for record in got.records:
             if record["k"] == "item":
                 assert bytes(got.files[record["item"]]) == files[record["item"]]
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(job)) as ws:
         at_head = await subscribe(ws, job, head)  # it has everything: nothing follows
         assert at_head["recovered"] is True and at_head["head"] == head and at_head["status"] == "COMPLETED"
         with pytest.raises(TimeoutError):
             await recv(ws, 0.3)
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(job)) as ws:
         ahead = await subscribe(ws, job, head + 5)
         assert ahead["recovered"] is False and ahead["head"] == head
 
@@ -117,7 +117,7 @@ async def test_inline_false_sends_records_only(relay_server: RelayServer, worker
     for envelope in Batch(taken["id"], make_files(2, 50_000)).envelopes:
         await worker.post(job, envelope)
     await worker.done(job)
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(job)) as ws:
         await subscribe(ws, job, 0, inline=False)
         kinds = []
         while True:
@@ -138,7 +138,7 @@ async def test_several_subscriptions_on_one_connection(
         for envelope in Batch(taken["id"], make_files(2, 30_000)).envelopes:
             await worker.post(taken["id"], envelope)
         await worker.done(taken["id"])
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(*jobs)) as ws:
         for job in jobs:
             await ws.send(pack({"t": "sub", "job": job, "from": 0}))
         done: set[str] = set()
@@ -174,11 +174,12 @@ async def test_stalled_subscriber_does_not_slow_the_others(
             await asyncio.sleep(0.05)
 
         async with websockets.connect(relay.ws_url, compression=None, max_size=2**22, max_queue=1) as stalled:
+            await stalled.send(pack({"t": "auth", "token": relay.token(job)}))
             await stalled.send(pack({"t": "sub", "job": job, "from": 0}))
             await asyncio.sleep(0.2)  # it never reads: its socket fills up
             loop = asyncio.get_running_loop()
             started = loop.time()
-            others = await asyncio.gather(*(subscriber(relay.ws_url, job) for _ in range(3)))
+            others = await asyncio.gather(*(subscriber(relay, job) for _ in range(3)))
             elapsed = loop.time() - started
             head = relay.relay.job(job).journal.published
             for got in others:
@@ -208,7 +209,7 @@ async def test_stalled_subscriber_does_not_slow_the_others(
             assert applied < head
         assert relay.relay.connections == set()
         # and it resumes from its last applied seq without losing anything
-        got = await subscriber(relay.ws_url, job, applied)
+        got = await subscriber(relay, job, applied)
         check_complete(got, files, head, applied)
     finally:
         await relay.stop()
@@ -233,7 +234,7 @@ async def test_stalled_subscriber_does_not_slow_the_others(
 async def test_malformed_frames_close_with_documented_codes(
     relay_server: RelayServer, frame: bytes | str, code: int
 ) -> None:
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token()) as ws:
         await ws.send(frame)
         bye = await recv(ws)
         assert bye == {"t": "bye", "code": code, "reason": bye["reason"]}
@@ -246,7 +247,7 @@ async def test_malformed_frames_close_with_documented_codes(
 
 async def test_bad_and_unknown_jobs_get_err_and_the_connection_stays(relay_server: RelayServer) -> None:
     job = await new_job(relay_server)
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(job)) as ws:
         await ws.send(pack({"t": "sub", "job": "../../etc/passwd", "from": 0}))
         frame = await recv(ws)
         assert frame["t"] == "err" and frame["code"] == "bad_job"
@@ -264,7 +265,7 @@ async def test_too_many_subscriptions(tmp_path: Path, emulator: Emulator) -> Non
     relay = await start_relay(relay_settings(tmp_path, emulator, max_subscriptions=2))
     try:
         jobs = [await new_job(relay) for _ in range(3)]
-        async with ws_client(relay.ws_url) as ws:
+        async with ws_client(relay.ws_url, relay.token(*jobs)) as ws:
             for job in jobs:
                 await ws.send(pack({"t": "sub", "job": job, "from": 0}))
             while (frame := await recv(ws))["t"] != "bye":
@@ -275,7 +276,9 @@ async def test_too_many_subscriptions(tmp_path: Path, emulator: Emulator) -> Non
 
 
 async def test_ping_and_ping_timeout(tmp_path: Path, emulator: Emulator) -> None:
-    relay = await start_relay(relay_settings(tmp_path, emulator, ping_interval_s=0.2, ping_timeout_s=0.3))
+    # keepalive does not depend on auth: an insecure relay
+    settings = relay_settings(tmp_path, emulator, ping_interval_s=0.2, ping_timeout_s=0.3, insecure=True)
+    relay = await start_relay(settings)
     try:
         async with ws_client(relay.ws_url) as ws:  # answers pings: stays
             for _ in range(4):
@@ -291,7 +294,7 @@ async def test_ping_and_ping_timeout(tmp_path: Path, emulator: Emulator) -> None
 
 
 async def test_drain_says_bye_4000(relay_server: RelayServer) -> None:
-    async with ws_client(relay_server.ws_url) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token()) as ws:
         await relay_server.relay.drain()
         frame = await recv(ws)
         assert frame["t"] == "bye" and frame["code"] == 4000
