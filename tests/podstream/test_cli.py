@@ -21,6 +21,10 @@ import httpx
 import pytest
 
 from podstream import wire
+from relay.auth import generate_key, hash_key
+
+#: The API key of the real relays these tests start (auth on, as users run it).
+RELAY_KEY = generate_key()
 
 
 def podstream(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -187,6 +191,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = closed_port()
     argv = [sys.executable, "-m", "podstream", "relay", "--data-dir", str(data), "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
+    env["PODSTREAM_API_KEYS"] = hash_key(RELAY_KEY)
     with (data / "relay.log").open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -207,14 +212,16 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_unknown_job_on_a_real_relay(relay: str, tmp_path: Path) -> None:
-    result = podstream("watch", "no-such-job", "--relay", relay, "--out", str(tmp_path))
+    result = podstream("watch", "no-such-job", "--relay", relay, "--key", RELAY_KEY, "--out", str(tmp_path))
     one_line_error(result, 1, "not_found", "does not know the job")
 
 
 def test_submit_to_a_relay_that_cannot_submit(relay: str, tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("a fox\n")
-    result = podstream("submit", "--relay", relay, "--prompts", str(prompts), "--out", str(tmp_path))
+    result = podstream(
+        "submit", "--relay", relay, "--key", RELAY_KEY, "--prompts", str(prompts), "--out", str(tmp_path)
+    )
     one_line_error(result, 1, "refused the job")
 
 
@@ -253,9 +260,8 @@ def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
         argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
         argv += ["--data-dir", str(tmp_path / "data"), "--port", str(port), "--fsync", "never"]
         with (tmp_path / "relay.log").open("wb") as log:
-            relay = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PODSTREAM_RUNPOD_KEY": "rk"}
-            )
+            env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "rk", "PODSTREAM_API_KEYS": hash_key(RELAY_KEY)}
+            relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 60
             while not _healthy(relay_url):
@@ -268,6 +274,8 @@ def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
                 "submit",
                 "--relay",
                 relay_url,
+                "--key",
+                RELAY_KEY,
                 "--input",
                 str(tmp_path / "job.json"),
                 "--out",
@@ -281,7 +289,9 @@ def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
             names = sorted(p.name for p in (out / job).iterdir())
             assert names == ["00000-img0.png", "00001-img1.png", "00002-img2.png"]
 
-            replay = podstream("watch", job, "--relay", relay_url, "--out", str(tmp_path / "replay"))
+            replay = podstream(
+                "watch", job, "--relay", relay_url, "--key", RELAY_KEY, "--out", str(tmp_path / "replay")
+            )
             assert replay.returncode == 0, replay.stderr
             assert "COMPLETED; 3 file(s) saved" in replay.stdout
             for name in names:

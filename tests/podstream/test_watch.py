@@ -32,6 +32,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 import podstream.watch as watch_mod
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 from podstream.pull import RetryPolicy
+from relay.auth import generate_key, hash_key
 
 JOB = "job-w"
 FAST = RetryPolicy(attempts=5, base=0.001, cap=0.01)
@@ -438,15 +439,18 @@ def free_port() -> int:
     return port
 
 
+#: The API key of the real relay (auth on, as users run it).
+RELAY_KEY = generate_key()
+
+
 def start_relay(endpoint_url: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable, "-m", "podstream", "relay", "--runpod-url", endpoint_url, "--data-dir", str(data_dir),
         "--port", str(port), "--fsync", "never", "--poll-wait-ms", "2000",
     ]  # fmt: skip
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PODSTREAM_RUNPOD_KEY": "k"}
-        )
+        env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "k", "PODSTREAM_API_KEYS": hash_key(RELAY_KEY)}
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()
@@ -473,13 +477,14 @@ def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:
         emu.spawn_workers(1, [sys.executable, str(script)], log_dir=tmp_path)
         relay = start_relay(emu.endpoint_url, tmp_path / "data", port, relay_log)
         try:
-            job = submit({"sizes": sizes, "delay": 0.4}, relay=f"http://127.0.0.1:{port}")
+            job = submit({"sizes": sizes, "delay": 0.4}, relay=f"http://127.0.0.1:{port}", key=RELAY_KEY)
+            assert job.token is not None
             recorder = Recorder()
             saved: list[SavedFile] = []
             restarted = False
             for file in watch_mod.watch(
                 job.id, relay=job.relay, out=tmp_path / "out", retry=RetryPolicy(attempts=30, base=0.2, cap=1.0),
-                observer=recorder,
+                observer=recorder, token=job.token, key=RELAY_KEY,
             ):  # fmt: skip
                 saved.append(file)
                 if not restarted:
@@ -491,12 +496,16 @@ def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:
             assert (
                 list(
                     watch_mod.watch(
-                        job.id, relay=job.relay, out=tmp_path / "late", from_seq=recorder.last_seq
+                        job.id,
+                        relay=job.relay,
+                        out=tmp_path / "late",
+                        from_seq=recorder.last_seq,
+                        key=RELAY_KEY,
                     )
                 )
                 == []
             )
-            replay = list(watch_mod.watch(job.id, relay=job.relay, out=tmp_path / "replay"))
+            replay = list(watch_mod.watch(job.id, relay=job.relay, out=tmp_path / "replay", key=RELAY_KEY))
             assert {f.item: f.path.read_bytes() for f in replay} == expected
         finally:
             relay.terminate()
