@@ -221,8 +221,10 @@ class Stack:
         self.data_dir = data_dir
         host = settings.host
         self.runpod_key = "rp-" + secrets.token_urlsafe(16)
-        #: The relay's API key, when the relay has auth (None: an open relay on loopback).
-        self.relay_key: str | None = None
+        #: The relay's API key (auth is on by default: the relay is configured with its hash).
+        from relay.auth import generate_key, hash_key
+
+        self.relay_key: str | None = generate_key()
         self.emulator_port = free_port(host)
         self.relay_port = free_port(host)
         self.emulator_base = f"http://{host}:{self.emulator_port}"
@@ -245,7 +247,7 @@ class Stack:
         relay_env = {
             **os.environ, "PODSTREAM_RUNPOD_KEY": self.runpod_key, "PODSTREAM_RUNPOD_URL": self.endpoint_url,
             "PODSTREAM_DATA_DIR": str(data_dir), "PODSTREAM_HOST": host, "PODSTREAM_PORT": str(self.relay_port),
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1", "PODSTREAM_API_KEYS": hash_key(self.relay_key),
         }  # fmt: skip
         self.relay = Child("relay", relay_command(python, relay_env), logs / "relay.log", relay_env)
         self.children = [self.emulator, self.relay]

@@ -113,9 +113,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             p for p in out.iterdir() if p.is_dir() and p.name not in ("logs", "samples", "relay-data")
         )
         assert len(job_dirs) == 2
+        # the relay has auth: the page link the demo printed carries its API key in the fragment
+        key = re.search(r"[#&]key=([A-Za-z0-9_-]+)", log)
+        assert key, log
+        auth = {"authorization": f"Bearer {key.group(1)}"}
+        assert httpx.get(f"{relay.group(1)}/v1/jobs", timeout=10).status_code == 401
         kinds = set()
         for job_dir in job_dirs:
-            manifest = httpx.get(f"{relay.group(1)}/v1/jobs/{job_dir.name}", timeout=10).json()
+            manifest = httpx.get(f"{relay.group(1)}/v1/jobs/{job_dir.name}", headers=auth, timeout=10).json()
             assert manifest["status"] == "COMPLETED"
             items = manifest["items"]
             assert len(items) in (3, 2)
