@@ -183,7 +183,7 @@ test(
   "the relay serves the demo page; an image -> video batch plays in the grid",
   { skip: !!missing },
   async () => {
-    await page.goto(`${stack.relayUrl}/`);
+    await page.goto(`${stack.relayUrl}/#key=${stack.apiKey}`); // the page keeps the API key
     await page.waitForSelector("#job-form");
     const id = await submit({ task: "image-to-video", batch: 4, size: 64, frames: 8 });
     await waitDone();
@@ -255,7 +255,7 @@ test(
   "open a past job by id: rendered from its manifest, media streamed from the relay",
   { skip: !!missing },
   async () => {
-    const jobs = await (await fetch(`${stack.relayUrl}/v1/jobs`)).json();
+    const jobs = await (await fetch(`${stack.relayUrl}/v1/jobs`, { headers: stack.headers })).json();
     const first = jobs.jobs.find((/** @type {any} */ j) => j.items === 4);
     assert.ok(first, "the first job is listed");
     await page.fill("#open-id", "");

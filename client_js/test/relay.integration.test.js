@@ -25,6 +25,8 @@ after(async () => {
 function newClient(t) {
   const client = new PodstreamClient({
     url: stack.relayUrl,
+    apiKey: stack.apiKey,
+    getToken: ({ jobs }) => stack.token(jobs),
     WebSocket,
     network: null,
     backoff: { minDelay: 50, maxDelay: 500 },

@@ -2,6 +2,7 @@
 // process (tiny pipelines on CPU) and the relay polling it, each a child process in its own process group,
 // on free ports. Everything started here is stopped by `stop()`.
 import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -113,6 +114,8 @@ export class Stack {
     this.logs = join(this.dir, "logs");
     mkdirSync(this.logs);
     this.runpodKey = `rp-test-${Math.random().toString(36).slice(2)}`;
+    /** The relay's API key (auth is on by default; the relay is configured with its sha256). */
+    this.apiKey = `psk_${randomBytes(32).toString("base64url")}`;
     this.relayUrl = "";
     this.emulatorUrl = "";
     /** @type {Child[]} */
@@ -138,6 +141,7 @@ export class Stack {
     const relayEnv = {
       PODSTREAM_RUNPOD_URL: this.emulatorUrl,
       PODSTREAM_RUNPOD_KEY: this.runpodKey,
+      PODSTREAM_API_KEYS: `sha256:${createHash("sha256").update(this.apiKey).digest("hex")}`,
       PODSTREAM_DATA_DIR: join(this.dir, "relay-data"),
       PODSTREAM_HOST: "127.0.0.1",
       PODSTREAM_PORT: String(relayPort),
@@ -212,6 +216,28 @@ export class Stack {
     // the relay first (it polls the emulator), then the emulator and its workers
     for (const child of [...this.children].reverse()) await child.stop();
     rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** `Authorization` with the API key, for direct HTTP calls. */
+  get headers() {
+    return { authorization: `Bearer ${this.apiKey}` };
+  }
+
+  /**
+   * A subscriber token for `jobs` (`POST /v1/jobs/{id}/tokens`), as a `getToken` would get one.
+   * @param {string[]} jobs
+   * @returns {Promise<string | null>}
+   */
+  async token(jobs) {
+    if (jobs.length === 0) return null;
+    const [first, ...more] = jobs;
+    const response = await fetch(`${this.relayUrl}/v1/jobs/${encodeURIComponent(first)}/tokens`, {
+      method: "POST",
+      headers: { ...this.headers, "content-type": "application/json" },
+      body: JSON.stringify({ jobs: more }),
+    });
+    if (!response.ok) throw new Error(`token: HTTP ${response.status} ${await response.text()}`);
+    return (await response.json()).token;
   }
 
   /** The last lines of every log, for a failing test's message. */
