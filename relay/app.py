@@ -217,10 +217,10 @@ async def tokens(request: Request) -> Response:
         jobs = sorted({job, *(check_job_id(j) for j in more)})
     except BadJobId as exc:
         raise ApiError(400, "bad_job_id", str(exc)) from None
-    fields = _token_fields(relay, principal, jobs, None if ttl is None else float(ttl))
-    if not fields:
+    token = relay.auth.mint(principal, jobs, None if ttl is None else float(ttl))
+    if token is None:
         raise ApiError(404, "no_auth", "this relay runs without auth (--insecure): subscribe without one")
-    return JSONResponse({**fields, "jobs": jobs}, status_code=201)
+    return JSONResponse({"token": token.token, "expires_at": token.expires, "jobs": jobs}, status_code=201)
 
 
 async def list_jobs(request: Request) -> Response:
