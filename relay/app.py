@@ -39,11 +39,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
+from relay import uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
 from relay.limits import RateLimited
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
+from relay.recovery import GapRecovery, crash_after_drain
 from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
 from relay.store import BadJobId, JobStore, check_job_id, public
@@ -505,6 +507,13 @@ def create_app(
 ) -> Starlette:
     """The relay app. `http_client` (for RunPod calls) and `authorizer` are injectable for tests and embedding."""
     relay = Relay(settings, http_client=http_client, authorizer=authorizer)
+    relay.pollers.recovery = GapRecovery(
+        attempts=settings.recovery_attempts,
+        timeout_s=settings.recovery_timeout_s,
+        wait_ms=settings.poll_wait_ms,
+    )
+    if settings.test_crash_after_drain:
+        relay.pollers.on_drained = crash_after_drain(settings.test_crash_after_drain)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -527,6 +536,7 @@ def create_app(
         Route("/v1/jobs/{job}/tokens", tokens, methods=["POST"]),
         Route("/v1/jobs/{job}/events", events, methods=["GET"]),
         Route("/v1/jobs/{job}/media/{item}", media, methods=["GET", "HEAD"]),
+        *uploads.routes(),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
     if STATIC_DIR.is_dir():

@@ -26,11 +26,15 @@ import random
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podstream import wire
+from relay import uploads
 from relay.runpod import TERMINAL, Backoff, JobNotFound, RunPodClient, RunPodError, StreamBatch
 from relay.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
+
+if TYPE_CHECKING:
+    from relay.recovery import GapRecovery
 
 log = logging.getLogger("podstream.relay.poller")
 
@@ -77,6 +81,12 @@ class JobPoller:
         self._recovered = False
         self._reported: set[str] = set()
         self.stopping = False
+        #: Highest seq of the current run accepted so far (gap recovery asks for what came after it).
+        self.highest_seq = 0
+        #: Set by `PollerSet.start` when unset: recovers gaps at the end of the stream (relay/recovery.py).
+        self.recovery: GapRecovery | None = None
+        #: Called with every non-empty `/stream` answer before it is written (a test-only crash hook).
+        self.on_drained: Callable[[StreamBatch], None] | None = None
 
     # ---------------------------------------------------------------- sinks
 
@@ -104,7 +114,13 @@ class JobPoller:
                 out.append((ITEM, fields))
             elif isinstance(event, wire.ItemRef):
                 fields = {"item": event.item, "id": event.id, "mime": event.mime, "size": event.size}
-                out.append((ITEM, {**fields, "sha256": event.sha256, "url": event.url}))
+                uploaded = self._claim_upload(event)
+                if uploaded is not None:  # uploaded to this relay: journaled like a streamed item
+                    fields.update(sha256=event.sha256, url=media_url(job, event.item), delivery="upload")
+                    fields["_file"] = f"{uploaded.parent.name}/{uploaded.name}"
+                    out.append((ITEM, fields))
+                else:
+                    out.append((ITEM, {**fields, "sha256": event.sha256, "url": event.url}))
             elif isinstance(event, wire.ItemFailed):
                 out.append((ERROR, {"item": event.item, "code": event.code, "message": event.message}))
             elif isinstance(event, wire.Progress):
@@ -115,6 +131,18 @@ class JobPoller:
             elif isinstance(event, wire.Problem):
                 out.append(_problem_entry(event))
         return out
+
+    def _claim_upload(self, ref: wire.ItemRef) -> Path | None:
+        """The file of a `ref` uploaded to this relay (`PUT /v1/uploads`), moved into the run's media dir;
+        None when the ref points elsewhere."""
+        run = self.assembler.run or ""
+        if run not in self.runs:
+            self.runs.append(run)
+        directory = self.store.media / str(self.runs.index(run) + 1)
+        if not directory.is_dir() and not uploads.upload_path(self.store, ref.item, ref.sha256).exists():
+            return None
+        directory = self.store.media_dir(self.runs.index(run) + 1)
+        return uploads.claim(self.store, directory, ref.item, ref.id, ref.mime, ref.size, ref.sha256)
 
     # ---------------------------------------------------------------- ingest (worker thread)
 
@@ -128,6 +156,10 @@ class JobPoller:
                 and self.assembler.seen(seq)
             )
             events = self.assembler.feed(envelope)
+            if any(isinstance(e, wire.Restarted) for e in events):
+                self.highest_seq = 0
+            if isinstance(seq, int) and self.assembler.seen(seq):
+                self.highest_seq = max(self.highest_seq, seq)
             entries = self._entries(events)
             # What changed the Assembler's state must be replayable: accepted envelopes, and the last part of
             # an item that failed its sha256 (rejected, yet it ended the item).
@@ -157,7 +189,10 @@ class JobPoller:
                 envelope = dict(record["e"])
                 if envelope.get("type") == wire.PART:
                     envelope["data"] = "!" if record["x"] else _zeros_b64(_part_bytes(envelope))
-                self.assembler.feed(envelope)
+                if any(isinstance(e, wire.Restarted) for e in self.assembler.feed(envelope)):
+                    self.highest_seq = 0
+                if self.assembler.seen(envelope["seq"]):
+                    self.highest_seq = max(self.highest_seq, envelope["seq"])
                 if self.store.journal.head == record["h"] and record["r"]:
                     self.store.record([(kind, fields) for kind, fields in record["r"]])
         finally:
@@ -208,6 +243,8 @@ class JobPoller:
             while not self.stopping:
                 try:
                     batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
+                    if batch.outputs and self.on_drained is not None:
+                        self.on_drained(batch)
                     error = None
                     if batch.status == "FAILED" and self.status != "FAILED":
                         error = await self._failure_reason()
@@ -237,6 +274,8 @@ class JobPoller:
                     ingest = None
                 if batch.finished:
                     await _finish_in_thread(self._commit_batch, batch, error)
+                    if self.recovery is not None:
+                        await self.recovery.recover(self, batch.status)
                     await _finish_in_thread(self.finish, batch.status)
                     self.publish()
                     return
@@ -299,6 +338,9 @@ class PollerSet:
         self.limit = limit
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.pollers: dict[str, JobPoller] = {}
+        #: Given to every poller started without its own (set by `relay.app.create_app`).
+        self.recovery: GapRecovery | None = None
+        self.on_drained: Callable[[StreamBatch], None] | None = None
 
     def __contains__(self, job: str) -> bool:
         return job in self._tasks
@@ -313,6 +355,10 @@ class PollerSet:
             return False
         if len(self._tasks) >= self.limit:
             raise OverflowError(f"already polling {self.limit} jobs")
+        if poller.recovery is None:
+            poller.recovery = self.recovery
+        if poller.on_drained is None:
+            poller.on_drained = self.on_drained
         task = asyncio.create_task(self._run(poller), name=f"poll {job}")
         self._tasks[job] = task
         self.pollers[job] = poller
