@@ -111,7 +111,7 @@ async def test_stream_items_the_sdk_lost_come_back_from_the_output_cache(
 async def test_a_relay_killed_between_draining_and_persisting_restores_every_item(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    spawn(emulator, 1, tmp_path, FILE_WORKER_SLEEP_S="0.3")
+    spawn(emulator, 1, tmp_path, FILE_WORKER_SLEEP_S="0.5")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
