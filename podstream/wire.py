@@ -403,7 +403,7 @@ class _ItemState:
     sha256: str
     parts: int
     sink: ItemSink
-    received: set[int] = field(default_factory=set)
+    received: dict[int, int] = field(default_factory=dict)  # part -> the seq that carried it
 
 
 _COMMON = {"v": int, "job": str, "run": str, "seq": int, "type": str}
@@ -501,6 +501,13 @@ class Assembler:
             self._floor += 1
             self._seen.discard(self._floor)
 
+    def _unmark(self, seq: int) -> None:
+        if seq > self._floor:
+            self._seen.discard(seq)
+            return
+        self._seen.update(range(seq + 1, self._floor + 1))
+        self._floor = seq - 1
+
     def _validate(self, env: object) -> Problem | None:
         seq = env.get("seq") if isinstance(env, dict) and type(env.get("seq")) is int else None
         if not isinstance(env, dict):
@@ -569,13 +576,18 @@ class Assembler:
                 )
             ]
         state.sink.write(k * length, data)
-        state.received.add(k)
+        state.received[k] = seq
         self.bytes_received += len(data)
         if len(state.received) < state.parts:
             return []
         del self._items[item]
         ok, result = state.sink.finish(state.sha256)
         if not ok:
+            # Some part was corrupt but we cannot tell which: reopen the seqs of all of them, so that the
+            # item shows as a gap and a resend of those seqs can rebuild it.
+            for part_seq in state.received.values():
+                if part_seq != seq:
+                    self._unmark(part_seq)
             return [Corrupt(seq, "bad_sha256", f"item {item} does not match its sha256", item)]
         done = ItemComplete(seq, item, state.id, state.mime, state.size, state.sha256, result)
         self.completed[item] = done

@@ -109,7 +109,7 @@ class JobPoller:
             if isinstance(event, wire.ItemComplete):
                 path: Path = event.result
                 fields = {"item": event.item, "id": event.id, "mime": event.mime, "size": event.size}
-                fields.update(sha256=event.sha256, url=media_url(job, event.item))
+                fields.update(sha256=event.sha256, url=media_url(job, event.item), delivery="stream")
                 fields["_file"] = f"{path.parent.name}/{path.name}"
                 out.append((ITEM, fields))
             elif isinstance(event, wire.ItemRef):
@@ -120,7 +120,9 @@ class JobPoller:
                     fields["_file"] = f"{uploaded.parent.name}/{uploaded.name}"
                     out.append((ITEM, fields))
                 else:
-                    out.append((ITEM, {**fields, "sha256": event.sha256, "url": event.url}))
+                    out.append(
+                        (ITEM, {**fields, "sha256": event.sha256, "url": event.url, "delivery": "ref"})
+                    )
             elif isinstance(event, wire.ItemFailed):
                 out.append((ERROR, {"item": event.item, "code": event.code, "message": event.message}))
             elif isinstance(event, wire.Progress):

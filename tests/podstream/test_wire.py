@@ -311,6 +311,11 @@ def test_corrupt_part_can_be_replaced_by_a_resent_one() -> None:
     (problem,) = events
     assert isinstance(problem, wire.Corrupt) and problem.code == "bad_sha256"
     assert 0 not in asm.completed
+    # Which part was bad can't be known: every seq of the item is open again, and a resend rebuilds it.
+    assert asm.missing(upto=3) == [1, 2, 3]
+    events = feed_all(asm, envs)
+    assert isinstance(events[-1], wire.ItemComplete) and events[-1].result == b"abcdefgh" * 100
+    assert asm.missing(upto=3) == []
 
 
 def test_bad_manifest_entries() -> None:

@@ -112,7 +112,7 @@ async def test_an_uploaded_item_is_journaled_like_a_streamed_one(
     items = [r for r in got.records if r["k"] == "item"]
     assert [bytes(got.files[0]), bytes(got.files[1])] == [streamed, uploaded]  # both as chunk frames
     first, second = ({k: v for k, v in r.items() if k not in ("seq", "url")} for r in items)
-    assert second.pop("delivery") == "upload" and "delivery" not in first
+    assert (first.pop("delivery"), second.pop("delivery")) == ("stream", "upload")
     assert first == {"t": "ev", "job": job, "k": "item", "item": 0, "id": "a", "mime": "video/mp4", "size": 3000,
                      "sha256": sha(streamed)}  # fmt: skip
     assert second == {**first, "item": 1, "id": "b", "size": 9000, "sha256": sha(uploaded)}
@@ -121,7 +121,7 @@ async def test_an_uploaded_item_is_journaled_like_a_streamed_one(
 
     async with relay.http() as http:
         manifest = (await http.get(f"{relay.url}/v1/jobs/{job}")).json()
-        assert [i.get("delivery") for i in manifest["items"]] == [None, "upload"]
+        assert [i.get("delivery") for i in manifest["items"]] == ["stream", "upload"]
         assert (await http.get(manifest["items"][1]["url"])).content == uploaded
     assert list((store.dir / "uploads").iterdir()) == []  # claimed: moved into the media directory
 
@@ -247,7 +247,7 @@ async def test_a_worker_uploads_to_the_relay_and_streams_what_the_relay_refuses(
                 await asyncio.sleep(0.1)
             logs = await asyncio.to_thread(lambda: "\n".join(p.read_text() for p in tmp_path.glob("*.log")))
             assert manifest["status"] == "COMPLETED" and manifest["errors"] == [], logs[-5000:]
-            assert [i.get("delivery") for i in manifest["items"]] == ["upload", None, "upload"]
+            assert [i.get("delivery") for i in manifest["items"]] == ["upload", "stream", "upload"]
             for entry, size in zip(manifest["items"], sizes, strict=True):
                 expected = file_bytes(entry["item"], size)
                 assert entry["sha256"] == hashlib.sha256(expected).hexdigest()
