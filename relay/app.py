@@ -435,7 +435,7 @@ async def readyz(request: Request) -> Response:
         problems.append("starting or shutting down")
     if not os.access(relay.store.root, os.W_OK):
         problems.append("the data directory is not writable")
-    limit = relay.settings.disk_quota_bytes
+    limit = relay.quota.limit
     if limit > 0 and relay.quota.used >= limit:
         problems.append("the disk quota is full")
     body = {"ready": not problems, "problems": problems, "disk_usage_bytes": relay.quota.used}

@@ -355,6 +355,8 @@ class Relay:
             finished = self.store.finished_at(job)
             if finished is not None and self._deletable(job):
                 candidates.append((finished, job))
+        if sum(self.quota.job_bytes(job) for _f, job in candidates) < needed:
+            return 0  # deleting every candidate would not make room: keep them
         freed = 0
         for _finished, job in sorted(candidates):
             if freed >= needed:

@@ -20,7 +20,8 @@ Job ids and file names are validated or derived here, never used raw as paths.
 
 Disk quota: `Store.quota` (a `DiskQuota`) counts the bytes of every job; `JobStore.media_sink` reserves an
 item's size before its first byte is written, and an item that does not fit (after the relay evicted what it
-could) is refused: its bytes are not written and it ends as an `error` record with code `quota_exceeded`.
+could) is refused: its bytes are not written and it ends as an `error` record with code `quota_exceeded`
+(the Assembler still sees all its parts arrive, so it is not reported as lost in transit).
 
 Deleting a job (`Store.trash`) first renames its directory out of `jobs/` (atomic: the job is gone for every
 new request at once), then removes the files. A `JobStore` with readers (`JobStore.reading`) keeps its open
@@ -82,20 +83,23 @@ class DiskQuota:
         self.evict = evict
         self._lock = threading.Lock()
         self._measured: dict[str, int] = {}
-        self._reserved: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # items being written
+        self._stored: dict[str, int] = {}  # items stored since the last `set_measured`
+
+    def _used(self) -> int:
+        return sum(self._measured.values()) + sum(self._reserved.values()) + sum(self._stored.values())
 
     @property
     def used(self) -> int:
         with self._lock:
-            return sum(self._measured.values()) + sum(self._reserved.values())
+            return self._used()
 
     def job_bytes(self, job: str) -> int:
         with self._lock:
-            return self._measured.get(job, 0) + self._reserved.get(job, 0)
+            return self._measured.get(job, 0) + self._reserved.get(job, 0) + self._stored.get(job, 0)
 
     def _fits(self, nbytes: int) -> bool:
-        used = sum(self._measured.values()) + sum(self._reserved.values())
-        return self.limit <= 0 or used + nbytes <= self.limit
+        return self.limit <= 0 or self._used() + nbytes <= self.limit
 
     def reserve(self, job: str, nbytes: int) -> None:
         for attempt in range(2):
@@ -103,7 +107,7 @@ class DiskQuota:
                 if self._fits(nbytes):
                     self._reserved[job] = self._reserved.get(job, 0) + nbytes
                     return
-                needed = sum(self._measured.values()) + sum(self._reserved.values()) + nbytes - self.limit
+                needed = self._used() + nbytes - self.limit
             if attempt == 0 and self.evict is not None:
                 self.evict(needed)
         raise QuotaExceeded(
@@ -111,23 +115,28 @@ class DiskQuota:
             "even after deleting every finished job that could go"
         )
 
-    def release(self, job: str, nbytes: int) -> None:
+    def release(self, job: str, nbytes: int, *, stored: bool = False) -> None:
+        """An item's reservation ends: abandoned (its bytes are gone), or `stored` (they stay on disk)."""
         with self._lock:
             left = self._reserved.get(job, 0) - nbytes
             if left > 0:
                 self._reserved[job] = left
             else:
                 self._reserved.pop(job, None)
+            if stored:
+                self._stored[job] = self._stored.get(job, 0) + nbytes
 
     def set_measured(self, sizes: dict[str, int]) -> None:
-        """What `Store.measure` found; reservations of items that finished meanwhile are in it now."""
+        """What `Store.measure` found on disk (stored items are in it now; items being written count in
+        full until they end, so their partial bytes count twice meanwhile: on the safe side)."""
         with self._lock:
             self._measured = dict(sizes)
+            self._stored.clear()
             self._reserved = {job: n for job, n in self._reserved.items() if job in sizes}
 
     def forget(self, job: str) -> int:
         with self._lock:
-            return self._measured.pop(job, 0) + self._reserved.pop(job, 0)
+            return self._measured.pop(job, 0) + self._reserved.pop(job, 0) + self._stored.pop(job, 0)
 
 
 class BadJobId(StoreError, ValueError):
@@ -327,6 +336,7 @@ class MediaSink:
         refused: str | None = None,
         on_bytes: Callable[[int], None] | None = None,
         on_abort: Callable[[], None] | None = None,
+        on_stored: Callable[[], None] | None = None,
     ):
         self.final = directory / media_name(item, id, mime)
         self.temp = directory / f".{self.final.name}.part"
@@ -336,8 +346,9 @@ class MediaSink:
         #: Why this item is not stored (the disk quota): nothing is written and it finishes as failed.
         self.refused = refused
         self.on_bytes = on_bytes
-        #: Called once if the item is abandoned (its quota reservation goes back).
+        #: Called once if the item is abandoned (its quota reservation goes back), or once it is stored.
         self.on_abort = on_abort
+        self.on_stored = on_stored
         self._fd: int | None = None
         self._hash = hashlib.sha256()
         self._hashed = 0
@@ -363,7 +374,9 @@ class MediaSink:
         if self.replaying:  # it was finished before the restart: the outcome is on disk
             return (True, self.final) if self.final.exists() else (False, None)
         if self.refused is not None:
-            return False, None
+            # Every part arrived (nothing is lost in transit, so no gap and no resend): the store journals
+            # the item as refused, not as stored (`JobStore.record`).
+            return True, self.final
         fd = self._open()
         end = os.fstat(fd).st_size
         if end != self.size:
@@ -383,6 +396,8 @@ class MediaSink:
         os.replace(self.temp, self.final)
         if self.fsync:
             fsync_dir(self.final.parent)
+        if self.on_stored is not None:
+            self.on_stored()
         return True, self.final
 
     def abort(self) -> None:
@@ -452,15 +467,10 @@ class JobStore:
         return records
 
     def _quota_error(self, kind: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The Assembler reports a refused item as not matching its sha256: say what really happened."""
+        """An item refused for the disk quota ends as an `error` record, not as a stored item."""
         item = fields.get("item")
-        if (
-            kind == ERROR
-            and fields.get("code") == "bad_sha256"
-            and isinstance(item, int)
-            and item in self.refused
-        ):
-            return ERROR, {**fields, "code": "quota_exceeded", "message": self.refused.pop(item)}
+        if kind == ITEM and isinstance(item, int) and item in self.refused:
+            return ERROR, {"item": item, "code": "quota_exceeded", "message": self.refused.pop(item)}
         return kind, fields
 
     def media_sink(
@@ -477,6 +487,7 @@ class JobStore:
             directory, item, id, mime, size, fsync=self.fsync, replaying=replaying, refused=refused,
             on_bytes=self.on_bytes,
             on_abort=None if refused is not None or replaying else lambda: self.quota.release(self.job, size),
+            on_stored=None if refused is not None or replaying else lambda: self.quota.release(self.job, size, stored=True),
         )  # fmt: skip
         return sink
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -109,3 +110,61 @@ def test_format_table() -> None:
         now=7200,
     )
     assert table.splitlines()[1].split() == ["a-1", "COMPLETED", "3", "0", "9", "2h", "done"]
+
+
+def test_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+    env = {"PODSTREAM_API_KEYS": "", "PODSTREAM_INSECURE": ""}
+    result = podstream("relay", "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "no API keys configured" in line and "--generate-key" in line and "--insecure" in line
+    result = podstream("relay", "--data-dir", str(tmp_path), "--api-keys", "psk_plain-key", env=env)
+    assert result.returncode == 2 and "hash, not the key" in result.stderr
+
+
+def test_generate_key() -> None:
+    result = podstream("relay", "--generate-key")
+    assert result.returncode == 0
+    fields = {k: v.strip() for k, _, v in (line.partition(":") for line in result.stdout.splitlines()[:3])}
+    assert fields["key"].startswith("psk_") and fields["entry"] == hash_key(fields["key"])
+    scoped = podstream("relay", "--generate-key", "--scopes", "jobs:read+upload")
+    entry = next(line for line in scoped.stdout.splitlines() if line.startswith("entry:")).split()[-1]
+    assert entry.endswith("/jobs:read+upload")
+    assert podstream("relay", "--generate-key", "--scopes", "root").returncode == 2
+
+
+async def test_insecure_says_so_and_logs_json_with_job_ids(tmp_path: Path, emulator: Emulator) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PODSTREAM_RUNPOD_KEY": "unused",
+        "PODSTREAM_FSYNC": "never",
+        "PODSTREAM_API_KEYS": "",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podstream", "relay", "--insecure", "--log-format", "json", "--runpod-url",
+        emulator.endpoint_url, "--data-dir", str(tmp_path / "data"), "--port", str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            job = (await http.post(f"{base}/v1/jobs", json={"input": {}})).json()["id"]  # no key needed
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 20)
+        assert process.stderr is not None
+        lines = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines() if line]
+        warning = next(entry for entry in lines if "INSECURE" in entry["message"])
+        assert warning["level"] == "warning" and "development only" in warning["message"]
+        submitted = next(entry for entry in lines if entry["message"].startswith("submitted job"))
+        assert submitted["job"] == job and submitted["logger"] == "podstream.relay"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.store import BadJobId, Journal, MediaSink, RecordLog, Store, check_job_id, public
+from relay.store import (
+    BadJobId,
+    DiskQuota,
+    Journal,
+    MediaSink,
+    QuotaExceeded,
+    RecordLog,
+    Store,
+    check_job_id,
+    public,
+)
 
 
 def test_journal_is_dense_and_reads_back_from_memory_and_disk(tmp_path: Path) -> None:
@@ -148,3 +158,63 @@ def test_store_lists_opens_and_deletes_jobs(tmp_path: Path) -> None:
     assert store.job_ids() == [] and not store.exists("job-1")
     with pytest.raises(KeyError):
         store.open("job-1")
+
+
+# ------------------------------------------------------------------------------ disk quota and deletion
+
+
+def test_disk_quota_reserves_evicts_then_refuses() -> None:
+    asked: list[int] = []
+
+    def evict(needed: int) -> int:
+        asked.append(needed)
+        quota.forget("old")
+        return 60
+
+    quota = DiskQuota(100, evict)
+    quota.set_measured({"old": 60})
+    quota.reserve("new", 30)
+    assert quota.used == 90 and asked == []
+    quota.reserve("new", 40)  # 130 > 100: the evictor frees "old", then it fits
+    assert asked == [30] and quota.used == 70 and quota.job_bytes("new") == 70
+    with pytest.raises(QuotaExceeded, match="disk quota"):
+        quota.reserve("new", 50)
+    quota.release("new", 40)  # abandoned
+    quota.release("new", 30, stored=True)  # on disk now
+    assert quota.used == 30
+    quota.set_measured({"new": 35})  # the next measurement replaces the estimate
+    assert quota.used == 35 and quota.forget("new") == 35 and quota.used == 0
+
+
+def test_refused_items_write_nothing_and_end_as_quota_errors(tmp_path: Path) -> None:
+    store = Store(tmp_path, fsync=False, quota=DiskQuota(10)).create("job-1")
+    directory = store.media_dir(1)
+    sink = store.media_sink(directory, 0, "a", "image/png", 50, replaying=False)
+    sink.write(0, b"x" * 50)
+    assert sink.finish("0" * 64)[0] is True and not list(directory.iterdir())
+    [record] = store.record([("item", {"item": 0, "id": "a", "mime": "image/png", "size": 50, "url": "u"})])
+    assert record["k"] == "error" and record["code"] == "quota_exceeded" and record["item"] == 0
+    small = store.media_sink(directory, 1, "b", "image/png", 5, replaying=False)  # fits
+    small.write(0, b"12345")
+    assert small.finish(hashlib.sha256(b"12345").hexdigest())[0] is True
+    assert store.quota.used == 5
+    store.close()
+
+
+def test_a_retired_store_stays_open_for_its_readers(tmp_path: Path) -> None:
+    root = Store(tmp_path, fsync=False)
+    store = root.create("job-1")
+    store.record([("status", {"status": "IN_PROGRESS"})])
+    store.commit()
+    with store.reading():
+        target = root.trash("job-1")
+        store.retire()
+        assert not root.exists("job-1") and root.job_ids() == []
+        assert not store.closed and store.journal.read(0, 10)[0]["status"] == "IN_PROGRESS"
+    assert store.closed
+    assert target is not None and target.parent == tmp_path / "trash"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (target / "link").symlink_to(outside)  # a symlink in a job directory is removed, never followed
+    Store.remove(target)
+    assert not target.exists() and outside.read_text() == "keep"

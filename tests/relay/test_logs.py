@@ -1,0 +1,40 @@
+"""relay.logs: one JSON object per line with the job id; the text format shows it too."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from relay.logs import JsonFormatter, TextFormatter, job
+
+
+def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
+    entry = logging.makeLogRecord(
+        {"name": "podstream.relay", "levelname": "INFO", "msg": message, "args": args}
+    )
+    entry.__dict__.update(extra)
+    return entry
+
+
+def test_json_lines_carry_the_job() -> None:
+    line = JsonFormatter().format(record("deleted job %s", "j-1", **job("j-1", reason="quota")))
+    entry = json.loads(line)
+    assert entry["message"] == "deleted job j-1" and entry["job"] == "j-1" and entry["reason"] == "quota"
+    assert entry["level"] == "info" and entry["logger"] == "podstream.relay" and entry["ts"].endswith("Z")
+    assert "\n" not in line
+
+
+def test_exceptions_stay_on_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        entry = record("failed")
+        entry.exc_info = sys.exc_info()
+    parsed = json.loads(JsonFormatter().format(entry))
+    assert "ValueError: boom" in parsed["exc"]
+
+
+def test_text_lines_name_the_job() -> None:
+    assert TextFormatter().format(record("hello", **job("j-2"))).endswith("hello job=j-2")
