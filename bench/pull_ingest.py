@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-import podstream.pull as pull_mod
+import podstream.puller as pull_mod
 from podstream import wire
 from podstream.demo import free_port
 

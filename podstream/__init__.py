@@ -7,8 +7,7 @@ client API is imported on first use:
     podstream.watch(job, relay=..., out=..., token=...)     # follow a job on a relay over its websocket
     podstream.apull(...), podstream.awatch(...)             # the same for asyncio programs
 
-`podstream.pull` and `podstream.watch` are also the modules of those names (`podstream.pull.RetryPolicy`);
-calling the module calls its function.
+They live in `podstream.puller` and `podstream.watcher` (with their options: `RetryPolicy`, ...).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -16,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from podstream.pull import apull, pull
-    from podstream.watch import awatch, watch
+    from podstream.puller import apull, pull
+    from podstream.watcher import awatch, watch
 
 _LAZY = {
-    "pull": "podstream.pull",
-    "apull": "podstream.pull",
-    "watch": "podstream.watch",
-    "awatch": "podstream.watch",
+    "pull": "podstream.puller",
+    "apull": "podstream.puller",
+    "watch": "podstream.watcher",
+    "awatch": "podstream.watcher",
 }
 
 
@@ -33,8 +32,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'podstream' has no attribute {name!r}")
     import importlib
 
-    module = importlib.import_module(module_name)
-    return module if name in ("pull", "watch") else getattr(module, name)
+    return getattr(importlib.import_module(module_name), name)
 
 
 __all__ = ["__version__", "apull", "awatch", "pull", "watch"]

@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import httpx
 
 import podstream.submit as submit_mod
-import podstream.watch as watch_mod
+import podstream.watcher as watch_mod
 from podstream.progress import JobOutcome, RichProgress, TransferError, display_path, human_bytes
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any, Final
 import httpx
 
 from podstream.progress import TransferError, human_bytes
-from podstream.watch import http_url
+from podstream.watcher import http_url
 
 #: RunPod's cap on a `/run` request body.
 RUN_BODY_CAP: Final = 10_000_000

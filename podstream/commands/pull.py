@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import podstream.pull as pull_mod
+import podstream.puller as pull_mod
 from podstream.cli import CommandError, UsageError
 from podstream.progress import JobOutcome, Observer, TransferError, consume, outcome_dict, terminal_observer
 

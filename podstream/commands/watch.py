@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-import podstream.watch as watch_mod
+import podstream.watcher as watch_mod
 from podstream.cli import CommandError, UsageError
 from podstream.progress import JobOutcome, TransferError, consume, outcome_dict, terminal_observer
-from podstream.pull import RetryPolicy
+from podstream.puller import RetryPolicy
 
 DEFAULT_RELAY = "http://127.0.0.1:8700"
 

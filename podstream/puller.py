@@ -30,9 +30,7 @@ import asyncio
 import email.utils
 import os
 import random
-import sys
 import time
-import types
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -555,13 +553,3 @@ def run_job(
     if not isinstance(job, str) or not job:
         raise TransferError(f"POST /run answered without a job id: {str(body)[:200]}")
     return job
-
-
-class _CallableModule(types.ModuleType):
-    """`podstream.pull(...)` works whether the package attribute is this module or the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[SavedFile]:
-        return pull(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -29,9 +29,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-import podstream.watch as watch_mod
+import podstream.watcher as watch_mod
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
-from podstream.pull import RetryPolicy
+from podstream.puller import RetryPolicy
 from relay.auth import generate_key, hash_key
 
 JOB = "job-w"

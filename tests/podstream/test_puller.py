@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import podstream
-import podstream.pull as pull_mod
+import podstream.puller as pull_mod
 from podstream import wire
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 
@@ -439,8 +439,9 @@ def test_package_api_is_lazy_and_callable(tmp_path: Path) -> None:
         "import sys, podstream\n"
         "assert not {'httpx', 'rich', 'torch', 'websockets'} & set(sys.modules), sorted(sys.modules)\n"
         "assert callable(podstream.pull) and callable(podstream.watch)\n"
-        "import podstream.pull as module\n"
-        "assert module is podstream.pull and module.RetryPolicy and podstream.apull and podstream.awatch\n"
+        "import podstream.puller, podstream.watcher\n"
+        "assert podstream.pull is podstream.puller.pull and podstream.watch is podstream.watcher.watch\n"
+        "assert podstream.apull is podstream.puller.apull and podstream.awatch is podstream.watcher.awatch\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     envelopes, files = make_job([10])

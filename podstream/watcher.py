@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
-import types
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -50,7 +48,7 @@ from podstream.progress import (
     StreamProblem,
     TransferError,
 )
-from podstream.pull import RetryPolicy
+from podstream.puller import RetryPolicy
 
 #: Close codes of docs/protocol.md: 4000-4499 reconnect (with backoff), 4500-4999 do not.
 RECONNECT_CODES: Final = range(4000, 4500)
@@ -677,13 +675,3 @@ def _unpack(message: str | bytes) -> object:
         return msgpack.unpackb(message, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise Resync(f"the relay sent a frame that is not msgpack: {exc}") from None
-
-
-class _CallableModule(types.ModuleType):
-    """`podstream.watch(...)` works whether the package attribute is this module or the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[SavedFile]:
-        return watch(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
