@@ -2,8 +2,8 @@
 
 The compose file against the Compose Specification's JSON schema; every build target, build argument,
 command, flag, module and environment variable the compose file and the Dockerfile use exists in this
-checkout; COPY sources exist and reach the build context; the load balancer points at real services; the
-locked requirements agree with pyproject.toml; hadolint passes.
+checkout; COPY sources exist and reach the build context; the stack runs exactly one relay; the locked
+requirements agree with pyproject.toml; hadolint passes.
 """
 
 from __future__ import annotations
@@ -222,13 +222,17 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert len(list(validator.iter_errors(broken))) >= 2
 
 
-def test_local_stack_and_scaled_profile_have_the_services_the_design_names() -> None:
-    local = {name for name, service in services().items() if not service.get("profiles")}
-    scaled = {name for name, service in services().items() if "scaled" in service.get("profiles", [])}
-    assert local == {"emulator", "relay"}
-    assert {"redis", "minio", "lb"} <= scaled
-    scaled_relays = [name for name in scaled if command_of(services()[name])[:2] == ["podstream", "relay"]]
-    assert len(scaled_relays) == 2
+def test_the_stack_has_the_services_the_design_names_and_one_relay() -> None:
+    assert set(services()) == {"emulator", "relay"}
+    assert [name for name, service in services().items() if "profiles" in service] == []
+    # One relay per deployment: the relay has no scale-out (lease, shared event log, shared media) yet, and two
+    # relays polling one job would split its items between them (RunPod's /stream hands each out once).
+    relays = [
+        name for name, service in services().items() if command_of(service)[:2] == ["podstream", "relay"]
+    ]
+    assert relays == ["relay"]
+    relay = services()["relay"]
+    assert "scale" not in relay and relay.get("deploy", {}).get("replicas", 1) == 1
     # The worker in the local stack runs the embedded tiny model on CPU.
     emulator = services()["emulator"]
     assert environment_of(emulator)["PODSTREAM_MODEL"] == "tiny"
@@ -236,18 +240,16 @@ def test_local_stack_and_scaled_profile_have_the_services_the_design_names() -> 
 
 
 def test_published_ports_are_loopback_only_and_match_what_the_services_listen_on() -> None:
-    nginx = (ROOT / "deploy" / "nginx.conf").read_text(encoding="utf-8")
+    published = 0
     for name, service in services().items():
         for mapping in service.get("ports", []):
             host_ip, _, container_port = str(mapping).split(":")
             assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip}"
             command = command_of(service)
-            if "--port" in command:
-                assert command[command.index("--port") + 1] == container_port, name
-            elif name == "lb":
-                assert f"listen {container_port};" in nginx
-            else:
-                assert name == "minio" and container_port == "9001"
+            assert "--port" in command, f"{name} publishes {container_port} but sets no --port"
+            assert command[command.index("--port") + 1] == container_port, name
+            published += 1
+    assert published == 2
 
 
 def test_every_build_target_and_argument_exists_in_the_dockerfile() -> None:
@@ -282,29 +284,16 @@ def test_every_podstream_command_and_flag_in_compose_exists() -> None:
     assert checked == {"emulator", "relay"}
 
 
-# The scaled relays' Redis/S3 settings belong to the relay scale-out work, which has not landed yet. They are
-# listed here, by name, so that every other variable stays checked; the test fails as soon as the relay reads
-# one of them (then delete it from this set) — or if a service sets any other variable nothing reads.
-AWAITING_SCALE_OUT = frozenset({"PODSTREAM_REDIS_URL", "PODSTREAM_S3_URL", "PODSTREAM_S3_ENDPOINT"})
-
-
 def test_environment_variables_in_compose_are_read_by_what_they_configure() -> None:
     worker_sources = source_text("worker", "podstream")
     for name, service in services().items():
         env = [k for k in environment_of(service) if k.startswith("PODSTREAM_")]
         command = command_of(service)
         if command[:2] == ["podstream", "relay"]:
-            unknown = sorted(set(env) - relay_env_names() - AWAITING_SCALE_OUT)
+            unknown = sorted(set(env) - relay_env_names())
         else:
             unknown = sorted(k for k in env if k not in worker_sources)
         assert unknown == [], f"{name} sets variables nothing reads: {unknown}"
-    assert AWAITING_SCALE_OUT.isdisjoint(relay_env_names()), (
-        "the relay reads these now: drop them from the set"
-    )
-    scaled_env = {
-        k for s in services().values() if "scaled" in s.get("profiles", []) for k in environment_of(s)
-    }
-    assert AWAITING_SCALE_OUT.issubset(scaled_env)
 
 
 def test_relay_services_use_the_relay_image_and_persist_their_data() -> None:
@@ -320,23 +309,6 @@ def test_relay_services_use_the_relay_image_and_persist_their_data() -> None:
         assert url == "http://emulator:8800/v2/local"
     emulator = command_of(services()["emulator"])
     assert emulator[emulator.index("--endpoint-id") + 1] == "local"
-
-
-def test_load_balancer_upstreams_are_the_scaled_relays() -> None:
-    nginx = (ROOT / "deploy" / "nginx.conf").read_text(encoding="utf-8")
-    assert nginx.count("{") == nginx.count("}")
-    upstreams = re.findall(r"^\s*server\s+([\w-]+):(\d+)", nginx, flags=re.MULTILINE)
-    assert len(upstreams) == 2
-    for host, port in upstreams:
-        service = services()[host]
-        assert "scaled" in service["profiles"]
-        command = command_of(service)
-        assert command[command.index("--port") + 1] == port
-    lb = services()["lb"]
-    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in lb["volumes"]
-    assert set(lb["depends_on"]) == {host for host, _ in upstreams}
-    for needed in ("proxy_set_header Upgrade $http_upgrade", "proxy_buffering off", "proxy_read_timeout"):
-        assert needed in nginx
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
