@@ -10,6 +10,12 @@ final `done` record. Nothing is dropped silently.
 Persist, then publish: a batch (one `/stream` answer) is written in a worker thread, the journal is
 committed (fsynced), and only then are subscribers woken through `publish`.
 
+Throughput: a `/stream` answer is taken in pieces as it arrives (`RunPodClient.stream(on_entries=...)`):
+each piece is parsed and written in the worker thread while the next one is received, and all thread work
+runs in order on one lane (`_then`). A part's base64 `data` is sliced straight out of its entry's JSON text
+(`_entry_output`) instead of going through the JSON string decoder. The answer is still committed (and
+published) once, whole, after its last piece: what subscribers see is unchanged.
+
 Restart: every envelope the Assembler accepted is also written to the job's ingest log (`wire.log`, without
 its bytes, with the journal head before it and the records it produced). `recover` replays that log into a
 fresh Assembler (sinks ignore the bytes, which are on disk already) and journals records of a last envelope
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -30,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 from podstream import wire
 from relay import uploads
-from relay.runpod import TERMINAL, Backoff, JobNotFound, RunPodClient, RunPodError, StreamBatch
+from relay.runpod import (
+    TERMINAL,
+    Backoff,
+    JobNotFound,
+    RunPodClient,
+    RunPodError,
+    StreamBatch,
+    parse_entry,
+)
 from relay.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
 
 if TYPE_CHECKING:
@@ -85,8 +100,13 @@ class JobPoller:
         self.highest_seq = 0
         #: Set by `PollerSet.start` when unset: recovers gaps at the end of the stream (relay/recovery.py).
         self.recovery: GapRecovery | None = None
-        #: Called with every non-empty `/stream` answer before it is written (a test-only crash hook).
+        #: Called with every non-empty `/stream` answer before it is written (a test-only crash hook; with
+        #: it set, answers are taken whole instead of in pieces).
         self.on_drained: Callable[[StreamBatch], None] | None = None
+        self._lane: asyncio.Future[None] | None = None  # the last thread work scheduled (`_then`)
+        self._piece: asyncio.Future[None] | None = None  # the piece of the current answer being written
+        self._opened = False  # the current answer's early status was handled
+        self._committing: asyncio.Future[None] | None = None  # the commit of the previous answer
 
     # ---------------------------------------------------------------- sinks
 
@@ -171,6 +191,15 @@ class JobPoller:
                 self._log_envelope(envelope, events, entries)
             self.store.record(entries)
 
+    def _ingest_piece(self, status: str, texts: list[bytes]) -> None:
+        """Thread: some entries of the `/stream` answer being received (committed with the answer)."""
+        if not self._opened:
+            self._opened = True
+            if status and status != self.status and status not in TERMINAL:
+                self.store.record([(STATUS, {"status": status})])  # as `_commit_batch` would, first
+                self.status = status
+        self.ingest([_entry_output(text) for text in texts])
+
     def _log_envelope(self, envelope: dict[str, Any], events: list[wire.Event], entries: list[Entry]) -> None:
         meta = envelope
         rejected = 0
@@ -237,24 +266,23 @@ class JobPoller:
         if self.client is None:
             log.warning("job %s is unfinished but no RunPod URL is configured: not polling", self.store.job)
             return
-        # The next long-poll runs while the previous answer is written (in a worker thread): network and
-        # JSON overlap with base64, sha256 and disk. Answers are still committed strictly in order.
-        ingest: asyncio.Task[None] | None = None
+        # Thread work (pieces of an answer, commits) runs in order on one lane, while the event loop goes on
+        # receiving: the next piece, or the next long-poll while the previous answer is committed.
         try:
             failures = 0
             while not self.stopping:
                 try:
-                    batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms)
+                    self._piece = None
+                    self._opened = False
+                    pieces = self._on_entries if self.on_drained is None else None
+                    batch = await self.client.stream(self.store.job, wait_ms=self.wait_ms, on_entries=pieces)
                     if batch.outputs and self.on_drained is not None:
                         self.on_drained(batch)
                     error = None
                     if batch.status == "FAILED" and self.status != "FAILED":
                         error = await self._failure_reason()
                 except JobNotFound as exc:
-                    if ingest is not None:
-                        await ingest
-                    await _finish_in_thread(self._lost, str(exc))
-                    self.publish()
+                    await self._then(self._lost, str(exc), publish=True)
                     return
                 except RunPodError as exc:
                     failures += 1
@@ -263,32 +291,48 @@ class JobPoller:
                     if not exc.retryable and str(exc.status_code) not in self._reported:
                         self._reported.add(str(exc.status_code))
                         entry = _error(None, "runpod_error", f"the relay cannot poll RunPod: {exc}")
-                        if ingest is not None:
-                            await ingest
-                        await _finish_in_thread(self._record_commit, [entry])
-                        self.publish()
+                        await self._then(self._record_commit, [entry], publish=True)
                     await asyncio.sleep(delay)
                     continue
                 failures = 0
                 self.polls += 1
-                if ingest is not None:
-                    await ingest
-                    ingest = None
                 if batch.finished:
-                    await _finish_in_thread(self._commit_batch, batch, error)
+                    await self._then(self._commit_batch, batch, error)
                     if self.recovery is not None:
                         await self.recovery.recover(self, batch.status)
-                    await _finish_in_thread(self.finish, batch.status)
-                    self.publish()
+                    await self._then(self.finish, batch.status, publish=True)
                     return
-                ingest = asyncio.ensure_future(self._ingest(batch, error))
+                # At most one answer waits to be committed while the next long-poll runs.
+                previous = self._committing
+                self._committing = self._then(self._commit_batch, batch, error, publish=True)
+                if previous is not None:
+                    await previous
         finally:
-            if ingest is not None:
-                await asyncio.wait([ingest])  # what was drained from RunPod lands on disk, even on cancel
+            if self._lane is not None:  # what was drained from RunPod lands on disk, even on cancel
+                await asyncio.wait([self._lane])
+                if self._piece is not None and not self.store.closed:  # an answer cut off: commit its pieces
+                    await _finish_in_thread(self._record_commit, [])
+                    self.publish()
 
-    async def _ingest(self, batch: StreamBatch, error: str | None) -> None:
-        await _finish_in_thread(self._commit_batch, batch, error)
-        self.publish()
+    async def _on_entries(self, status: str, texts: list[bytes]) -> None:
+        """A piece of the answer being received: written while the next piece arrives (one at a time)."""
+        if self._piece is not None:
+            await self._piece
+        self._piece = self._then(self._ingest_piece, status, texts)
+
+    def _then(self, fn: Callable[..., None], *args: Any, publish: bool = False) -> asyncio.Future[None]:
+        """Run `fn(*args)` in a worker thread after the thread work scheduled before it (then `publish`)."""
+        previous = self._lane
+
+        async def step() -> None:
+            if previous is not None:
+                await previous
+            await _finish_in_thread(fn, *args)
+            if publish:
+                self.publish()
+
+        self._lane = asyncio.ensure_future(step())
+        return self._lane
 
     async def _failure_reason(self) -> str:
         assert self.client is not None
@@ -325,6 +369,36 @@ async def _finish_in_thread(fn: Callable[..., None], *args: Any) -> None:
 
 def _error(item: int | None, code: str, message: str) -> Entry:
     return ERROR, {"item": item, "code": code, "message": message}
+
+
+def _entry_output(text: bytes) -> object:
+    """The `output` of one `/stream` entry. A part's base64 `data` (nearly all of its bytes) is sliced out
+    of the text as is when it is a plain JSON string (no escapes, ASCII) and the only `"data"` in it: the
+    JSON decoder then only sees the rest. Anything else goes through `parse_entry` whole. Either way the
+    result is what `json.loads` makes of the entry, except that a control character in such `data` (which
+    `json.loads` refuses) is left for the Assembler's base64 check to reject, as it does any non-base64."""
+    at = text.find(b'"data"')
+    if at > 0 and text[at - 1] != 0x5C and text.find(b'"data"', at + 6) < 0:
+        start = at + 6
+        while start < len(text) and text[start] in b" \t\r\n:":
+            start += 1
+        end = text.find(b'"', start + 1) if text[start : start + 1] == b'"' else -1
+        if end > 0 and text.find(b"\\", start, end) < 0 and text.count(b":", at + 6, start) == 1:
+            try:
+                data = text[start + 1 : end].decode("ascii")
+                entry = json.loads(text[:start] + b'""' + text[end + 1 :])
+            except ValueError:
+                pass
+            else:
+                output = entry.get("output") if isinstance(entry, dict) else None
+                if (
+                    isinstance(output, dict)
+                    and output.get("data") == ""
+                    and not any(isinstance(v, dict | list) for v in output.values())
+                ):
+                    output["data"] = data
+                    return output
+    return parse_entry(text)[0]
 
 
 def _part_bytes(envelope: dict[str, Any]) -> int:

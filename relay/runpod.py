@@ -7,14 +7,23 @@ certainly did not act on it (429, or a connection that never opened).
 
 `/stream` drains: RunPod hands each item out once. A response lost to a timeout is lost for good; the
 envelope's dense `seq` lets the Assembler report it as a gap.
+
+A `/stream` answer can be large (everything buffered at RunPod, e.g. 100 MB of base64 parts). With
+`on_entries`, `stream` hands the answer's entries over while the rest of the body is still arriving:
+`StreamSplitter` finds where each entry of the `stream` list ends (brackets, commas and strings only), and
+the consumer parses them (`parse_entry`) in its own thread, so network, JSON, base64, sha256 and disk
+overlap and the answer is never held whole in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import logging
 import math
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +39,13 @@ _RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 _PARSE_IN_THREAD_BYTES: Final = 1 << 20
 #: A Retry-After larger than this is not waited for in one go (the caller's loop retries later).
 _MAX_RETRY_AFTER_S: Final = 300.0
+#: `stream(on_entries=...)` hands entries over in pieces of about this many bytes of JSON.
+STREAM_PIECE_BYTES: Final = 4 << 20
+
+log = logging.getLogger("podstream.relay.runpod")
+
+#: `on_entries(status, texts)`: the status read so far ("" until known) and the JSON texts of some entries.
+EntriesCallback = Callable[[str, list[bytes]], Awaitable[None]]
 
 
 class RunPodError(Exception):
@@ -56,11 +72,13 @@ class StreamBatch:
     outputs: list[object]
     #: Items of the `stream` list without an `output` key (passed on as they are, for the Assembler to reject).
     raw: int = 0
+    #: Entries handed to `on_entries` as they arrived (they are not in `outputs`).
+    delivered: int = 0
 
     @property
     def finished(self) -> bool:
         """End of stream: a terminal status AND nothing more handed out."""
-        return self.status in TERMINAL and not self.outputs
+        return self.status in TERMINAL and not self.outputs and not self.delivered
 
 
 @dataclass(frozen=True)
@@ -113,22 +131,27 @@ class RunPodClient:
             raise RunPodError("RunPod /run answered without a job id", 502)
         return data
 
-    async def stream(self, job: str, *, wait_ms: int = 10_000) -> StreamBatch:
-        """One long-poll of `/stream/{job}`: returns as soon as RunPod has items, or after `wait_ms`."""
+    async def stream(
+        self, job: str, *, wait_ms: int = 10_000, on_entries: EntriesCallback | None = None
+    ) -> StreamBatch:
+        """One long-poll of `/stream/{job}`: returns as soon as RunPod has items, or after `wait_ms`.
+
+        With `on_entries`, the entries are not collected in `outputs`: they are handed over in order, in
+        pieces, while the answer arrives (parse each with `parse_entry`); `delivered` counts them. If the
+        connection breaks after some were handed over, what was handed over stands (RunPod drained it) and
+        the batch comes back with status "" (unknown) instead of the request being retried.
+        """
         timeout = httpx.Timeout(self.read_timeout_s + wait_ms / 1000, connect=self.read_timeout_s)
-        data = await self._call("GET", f"/stream/{_job_path(job)}", params={"wait": wait_ms}, limits=timeout)
-        items = data.get("stream") or []
-        if not isinstance(items, list):
-            raise RunPodError("RunPod /stream answered a 'stream' that is not a list", 502)
-        outputs: list[object] = []
-        raw = 0
-        for entry in items:
-            if isinstance(entry, dict) and "output" in entry:
-                outputs.append(entry["output"])
-            else:
-                outputs.append(entry)
-                raw += 1
-        return StreamBatch(str(data.get("status", "")), outputs, raw)
+        path = f"/stream/{_job_path(job)}"
+        params = {"wait": wait_ms}
+        if on_entries is not None:
+            reader = _EntryReader(on_entries, f"GET {path}")
+            data = await self._call("GET", path, params=params, limits=timeout, reader=reader.read)
+            if "partial" in data:
+                return StreamBatch("", [], delivered=reader.delivered)
+            batch = _stream_batch(data)
+            return StreamBatch(batch.status, batch.outputs, batch.raw, reader.delivered)
+        return _stream_batch(await self._call("GET", path, params=params, limits=timeout))
 
     async def status(self, job: str) -> dict[str, Any]:
         return await self._call("GET", f"/status/{_job_path(job)}")
@@ -145,6 +168,7 @@ class RunPodClient:
         params: Mapping[str, Any] | None = None,
         limits: httpx.Timeout | None = None,
         idempotent: bool = True,
+        reader: Callable[[httpx.Response], Awaitable[dict[str, Any]]] | None = None,
     ) -> dict[str, Any]:
         url = self.base_url + path
         attempt = 0
@@ -153,8 +177,8 @@ class RunPodClient:
             retry_after: float | None = None
             try:
                 self.requests += 1
-                response = await self._send(
-                    method, url, json=json, params=params,
+                response, read = await self._send(
+                    method, url, reader, json=json, params=params,
                     timeout=limits if limits is not None else httpx.USE_CLIENT_DEFAULT,
                 )  # fmt: skip
             except httpx.ConnectError as exc:
@@ -169,6 +193,8 @@ class RunPodClient:
                     raise error from exc
             else:
                 if response.status_code < 300:
+                    if read is not None:
+                        return read
                     if len(response.content) > _PARSE_IN_THREAD_BYTES:  # keep the event loop responsive
                         return await asyncio.to_thread(_json_object, response, method, path)
                     return _json_object(response, method, path)
@@ -184,18 +210,38 @@ class RunPodClient:
             attempt += 1
             await self._sleep(delay)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        reader: Callable[[httpx.Response], Awaitable[dict[str, Any]]] | None,
+        **kwargs: Any,
+    ) -> tuple[httpx.Response, dict[str, Any] | None]:
+        """One request. Without `reader` the body is read whole; with it, a 2xx body is `reader`'s to read
+        as it arrives (its result comes back), any other body is read whole (for the error message)."""
         started = time.monotonic()
         call = url[len(self.base_url) :].split("/")[1]
+        read: dict[str, Any] | None = None
         try:
-            response = await self._client.request(method, url, headers=self._headers, **kwargs)
+            if reader is None:
+                response = await self._client.request(method, url, headers=self._headers, **kwargs)
+            else:
+                request = self._client.build_request(method, url, headers=self._headers, **kwargs)
+                response = await self._client.send(request, stream=True)
+                try:
+                    if response.status_code < 300:
+                        read = await reader(response)
+                    else:
+                        await response.aread()
+                finally:
+                    await response.aclose()
         except Exception:  # a network failure (a cancellation is not one)
             if self.observe is not None:
                 self.observe(call, time.monotonic() - started, None)
             raise
         if self.observe is not None:
             self.observe(call, time.monotonic() - started, response.status_code)
-        return response
+        return response, read
 
 
 def _job_path(job: str) -> str:
@@ -234,3 +280,199 @@ def _retry_after(value: str | None) -> float | None:
             return None
         seconds = when.timestamp() - time.time()
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+
+
+def _stream_batch(data: dict[str, Any]) -> StreamBatch:
+    items = data.get("stream") or []
+    if not isinstance(items, list):
+        raise RunPodError("RunPod /stream answered a 'stream' that is not a list", 502)
+    outputs: list[object] = []
+    raw = 0
+    for entry in items:
+        if isinstance(entry, dict) and "output" in entry:
+            outputs.append(entry["output"])
+        else:
+            outputs.append(entry)
+            raw += 1
+    return StreamBatch(str(data.get("status", "")), outputs, raw)
+
+
+def parse_entry(text: bytes) -> tuple[object, bool]:
+    """One entry of a `/stream` list (a JSON text from `StreamSplitter`): (its `output`, False), or (the
+    entry itself, True) when it has none, for the Assembler to reject; an entry that is not JSON comes
+    back as a string saying so."""
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return f"an entry of RunPod's /stream answer is not JSON: {text[:80]!r}", True
+    if isinstance(entry, dict) and "output" in entry:
+        return entry["output"], False
+    return entry, True
+
+
+_TOKEN: Final = re.compile(rb'[\[\]{}",]')
+_STREAM_KEY: Final = re.compile(rb'"stream"\s*:\s*\Z')
+_QUOTE: Final = 0x22
+_BACKSLASH: Final = 0x5C
+_COMMA: Final = 0x2C
+_LIST: Final = 0x5B
+_OPEN: Final = frozenset(b"{[")
+_CLOSE: Final = frozenset(b"}]")
+
+
+class StreamSplitter:
+    """Splits a `/stream` answer body into the JSON texts of its `stream` entries as the bytes arrive.
+
+    Only the structure is scanned: brackets, commas and strings (a string's end is found with `find`, so a
+    long base64 string costs one memchr per chunk). Everything but the entries (`status`, `id`, ...) is the
+    *skeleton*: the answer with an empty `stream` list, parsed by `close`. A body that is not a JSON object
+    is kept whole for `close` to parse (and reject). Each entry is handed out as its own text, to be parsed
+    (and, if it is not JSON, rejected) on its own; a body that ends early or is malformed outside its
+    entries fails `close`.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._in_string = False
+        self._backslashes = 0  # backslashes that ended the last chunk inside a string
+        self._object: bool | None = None  # is the body a JSON object? (None: no byte seen yet)
+        self._skeleton = bytearray()
+        self._in_stream = False  # inside the top-level "stream" list
+        self._entry: list[bytes | memoryview] = []  # the current entry's bytes from earlier chunks
+        self._entries_here = 0  # entries of the current "stream" list so far
+        #: The answer's status as soon as it is known (RunPod sends it before the list), else "".
+        self.status = ""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The texts of the entries that `chunk` completed."""
+        if self._object is None:
+            start = chunk.lstrip()[:1]
+            if start:
+                self._object = start == b"{"
+        if not self._object:
+            self._skeleton += chunk
+            return []
+        view = memoryview(chunk)
+        out: list[bytes] = []
+        pos = mark = 0  # scan position; start of the bytes not yet given to the skeleton or an entry
+        while True:
+            if self._in_string:
+                end = chunk.find(b'"', pos)
+                if end < 0:
+                    run = len(chunk) - len(chunk.rstrip(b"\\"))
+                    self._backslashes = run + self._backslashes if run == len(chunk) - pos else run
+                    break
+                k = end - 1
+                while k >= pos and chunk[k] == _BACKSLASH:
+                    k -= 1
+                run = end - 1 - k + (self._backslashes if k < pos and pos == 0 else 0)
+                self._backslashes = 0
+                pos = end + 1
+                if run % 2 == 0:  # not an escaped quote
+                    self._in_string = False
+                continue
+            match = _TOKEN.search(chunk, pos)
+            if match is None:
+                break
+            i = match.start()
+            c = chunk[i]
+            pos = i + 1
+            if c == _QUOTE:
+                self._in_string = True
+                self._backslashes = 0
+            elif c in _OPEN:
+                self._depth += 1
+                if self._depth == 2 and c == _LIST and self._is_stream_key(chunk[max(mark, i - 64) : i]):
+                    self._skeleton += view[mark:pos]
+                    mark = pos
+                    self._in_stream = True
+                    self._entries_here = 0
+                    self.status = self._early_status()
+            elif c in _CLOSE:
+                if self._in_stream and self._depth == 2:
+                    text = self._take(view[mark:i])
+                    if self._entries_here or text.strip():
+                        out.append(text)
+                    mark = i  # the closing bracket goes to the skeleton
+                    self._in_stream = False
+                self._depth -= 1
+            elif c == _COMMA and self._in_stream and self._depth == 2:
+                out.append(self._take(view[mark:i]))
+                self._entries_here += 1
+                mark = pos
+        if self._in_stream:
+            if mark < len(chunk):
+                self._entry.append(view[mark:] if mark else chunk)
+        else:
+            self._skeleton += view[mark:]
+        return out
+
+    def _take(self, last: memoryview) -> bytes:
+        if not self._entry:
+            return bytes(last)
+        self._entry.append(last)
+        text = b"".join(self._entry)
+        self._entry.clear()
+        return text
+
+    def _is_stream_key(self, before: bytes) -> bool:
+        return _STREAM_KEY.search(bytes(self._skeleton[-64:]) + before) is not None
+
+    def _early_status(self) -> str:
+        try:
+            head = json.loads(bytes(self._skeleton) + b"]}")
+        except ValueError:
+            return ""
+        status = head.get("status") if isinstance(head, dict) else None
+        return status if isinstance(status, str) else ""
+
+    def close(self) -> object:
+        """The answer without the entries handed out (raises ValueError if it is not whole JSON)."""
+        if self._object and (self._in_stream or self._in_string or self._depth):
+            raise ValueError("the answer ended early")
+        return json.loads(bytes(self._skeleton))
+
+
+class _EntryReader:
+    """Reads a `/stream` body with a `StreamSplitter`, handing entries to `on_entries` in pieces."""
+
+    def __init__(self, on_entries: EntriesCallback, what: str) -> None:
+        self.on_entries = on_entries
+        self.what = what
+        self.delivered = 0
+
+    async def read(self, response: httpx.Response) -> dict[str, Any]:
+        splitter = StreamSplitter()
+        piece: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                texts = splitter.feed(chunk)
+                if texts:
+                    piece += texts
+                    size += sum(len(t) for t in texts)
+                    if size >= STREAM_PIECE_BYTES:
+                        await self._hand_over(splitter.status, piece)
+                        piece, size = [], 0
+        except httpx.TransportError as exc:
+            if not self.delivered and not piece:
+                raise  # nothing of it was taken: retried like any failed request
+            await self._hand_over(splitter.status, piece)
+            log.warning("RunPod %s broke off after %d entries: %s", self.what, self.delivered, exc)
+            return {"partial": True}
+        await self._hand_over(splitter.status, piece)
+        try:
+            data = splitter.close()
+        except ValueError:
+            if not self.delivered:
+                raise RunPodError(f"RunPod {self.what} answered non-JSON", 502) from None
+            log.warning("RunPod %s answered malformed JSON after %d entries", self.what, self.delivered)
+            return {"partial": True}
+        if not isinstance(data, dict):
+            raise RunPodError(f"RunPod {self.what} answered JSON that is not an object", 502)
+        return data
+
+    async def _hand_over(self, status: str, piece: list[bytes]) -> None:
+        if piece:
+            await self.on_entries(status, piece)
+            self.delivered += len(piece)

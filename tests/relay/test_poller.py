@@ -1,4 +1,5 @@
-"""relay.poller against the emulator: restart recovery, reported corruption and loss, RunPod retries."""
+"""relay.poller against the emulator: restart recovery, reported corruption and loss, RunPod retries; how
+`/stream` entries are decoded."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import asyncio
 import contextlib
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+from podstream import wire
 from podstream.emulator import Emulator
+from relay.poller import _entry_output
 from tests.relay.conftest import (
     Batch,
     Received,
@@ -174,3 +178,24 @@ async def test_a_new_run_starts_over(relay_server: RelayServer, worker: Scripted
         media = await http.get(f"{relay_server.url}/v1/jobs/{job}/media/0")
         assert media.content == files[0]
     assert sorted(p.parent.name for p in store.media.rglob("*.mp4")) == ["1", "1", "2", "2"]
+
+
+def test_entry_outputs_are_what_json_makes_of_them() -> None:
+    part = next(wire.Envelopes("j").parts(0, b"\x00\xff" * 3000, mime="video/mp4", id="a"))
+    entries = [
+        json.dumps({"output": part}),
+        json.dumps({"output": part}, separators=(",", ":")),
+        json.dumps({"output": {**part, "data": part["data"].replace("/", "\\/")}}),  # escapes: decoded
+        json.dumps({"output": {**part, "id": 'x\\"data'}}),
+        json.dumps({"output": {"data": "QUJD", "items": [{"data": "AAAA"}]}}),  # nested: not a part
+        json.dumps({"meta": {"data": "AAAA"}, "output": {"data": ""}}),  # two "data": parsed whole
+        json.dumps({"output": {"data": 12, "type": "part"}}),
+        json.dumps({"output": {"type": "data", "data": "é"}}, ensure_ascii=False),
+        json.dumps({"output": {"data": "QUJD"}, "data": "x"}),
+        json.dumps({"no_output": {"data": "QUJD"}}),
+    ]
+    for text in entries:
+        entry = json.loads(text)
+        expected = entry.get("output", entry)
+        assert _entry_output(text.encode()) == expected, text
+    assert isinstance(_entry_output(b'{"output": {"data": "AB'), str)  # not JSON: rejected by the Assembler

@@ -1,14 +1,18 @@
-"""relay.runpod against scripted answers (httpx.MockTransport): retries, backoff, Retry-After, errors."""
+"""relay.runpod against scripted answers (httpx.MockTransport): retries, backoff, Retry-After, errors, and
+`/stream` answers split into entries as they arrive."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
+from unittest.mock import patch
 
 import httpx
 import pytest
 
-from relay.runpod import Backoff, JobNotFound, RunPodClient, RunPodError
+from relay import runpod
+from relay.runpod import Backoff, JobNotFound, RunPodClient, RunPodError, StreamSplitter, parse_entry
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -128,3 +132,113 @@ def test_backoff_is_capped_full_jitter() -> None:
     b = Backoff(0.5, 4.0)
     assert [b.delay(n, lambda: 1.0) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
     assert b.delay(3, lambda: 0.0) == 0.0
+
+
+# ---------------------------------------------------------------- /stream answers taken in pieces
+
+
+def split(body: bytes, sizes: Callable[[], int]) -> tuple[list[bytes], object]:
+    splitter = StreamSplitter()
+    texts: list[bytes] = []
+    at = 0
+    while at < len(body):
+        step = sizes()
+        texts += splitter.feed(body[at : at + step])
+        at += step
+    return texts, splitter.close()
+
+
+def random_json(rng: random.Random, depth: int = 0) -> object:
+    tricky = ['a"b', "x\\", '\\"', '"', '\\\\"', "]", "[", "{", "}", ",", "é", "\u2028", "stream", "data"]
+    roll = rng.random()
+    if depth > 3 or roll < 0.3:
+        return rng.choice([*tricky, 1, 2.5, None, True])
+    if roll < 0.6:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(tricky): random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+def test_the_splitter_finds_every_entry_whatever_the_chunking() -> None:
+    rng = random.Random(7)
+    for _ in range(800):
+        keys = ["id", "status", "stream", rng.choice(["x", "stream ", 'q"'])]
+        rng.shuffle(keys)
+        doc: dict[str, object] = {}
+        for key in keys:
+            if key == "stream":
+                doc[key] = [
+                    {"output": random_json(rng)} if rng.random() < 0.8 else random_json(rng)
+                    for _ in range(rng.randint(0, 4))
+                ]
+            else:
+                doc[key] = random_json(rng)
+        for body in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False, indent=1).encode()):
+            texts, rest = split(body, lambda: rng.randint(1, 9))
+            assert isinstance(rest, dict) and rest.get("stream") in ([], doc["stream"])
+            entries = [json.loads(t) for t in texts] if texts else rest["stream"]
+            assert {**rest, "stream": entries} == doc
+
+
+def test_the_splitter_reads_the_status_before_the_entries_and_rejects_bad_bodies() -> None:
+    splitter = StreamSplitter()
+    assert splitter.feed(b' {"id": "j", "status": "IN_PROGRESS", "stream": [{"output": 1}') == []
+    assert splitter.status == "IN_PROGRESS"
+    assert splitter.feed(b", 2]}") == [b'{"output": 1}', b" 2"]
+    assert splitter.close() == {"id": "j", "status": "IN_PROGRESS", "stream": []}
+    for body in (b"<html>", b'{"stream": [{"output": 1}', b'{"status": "X"'):
+        with pytest.raises(ValueError):
+            split(body, lambda: 3)
+    assert split(b"[1]", lambda: 2) == ([], [1])  # not an object: the caller rejects it
+    assert parse_entry(b'{"output": {"a": 1}}') == ({"a": 1}, False)
+    assert parse_entry(b'"junk"') == ("junk", True)
+    assert parse_entry(b"{bad")[1]
+
+
+def chunked(body: bytes, size: int, fail_after: int | None = None) -> httpx.AsyncByteStream:
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for at in range(0, len(body), size):
+                if fail_after is not None and at >= fail_after:
+                    raise httpx.ReadError("connection reset")
+                yield body[at : at + size]
+
+    return Body()
+
+
+async def test_stream_hands_entries_over_in_pieces_as_they_arrive() -> None:
+    outputs = [{"seq": n, "data": "x" * 100_000} for n in range(100)]
+    body = json.dumps({"id": "j", "status": "IN_PROGRESS", "stream": [{"output": o} for o in outputs]})
+    handler, _ = scripted(httpx.Response(200, stream=chunked(body.encode(), 65536)))
+    pieces: list[tuple[str, list[object]]] = []
+
+    async def on_entries(status: str, texts: list[bytes]) -> None:
+        pieces.append((status, [parse_entry(t)[0] for t in texts]))
+
+    with patch.object(runpod, "STREAM_PIECE_BYTES", 1_000_000):
+        batch = await client(handler, []).stream("j", on_entries=on_entries)
+    assert batch == runpod.StreamBatch("IN_PROGRESS", [], 0, delivered=100) and not batch.finished
+    assert len(pieces) > 5 and {status for status, _ in pieces} == {"IN_PROGRESS"}
+    assert [o for _, piece in pieces for o in piece] == outputs
+
+
+async def test_a_stream_broken_off_keeps_what_was_handed_over_and_a_bad_one_is_retried() -> None:
+    body = json.dumps({"status": "IN_PROGRESS", "stream": [{"output": n} for n in range(2000)]}).encode()
+    got: list[object] = []
+
+    async def on_entries(status: str, texts: list[bytes]) -> None:
+        got.extend(parse_entry(t)[0] for t in texts)
+
+    handler, seen = scripted(
+        httpx.Response(200, stream=chunked(body, 10, fail_after=30)),  # no entry complete yet
+        httpx.Response(200, stream=chunked(body, 1000, fail_after=9000)),
+    )
+    with patch.object(runpod, "STREAM_PIECE_BYTES", 1):
+        batch = await client(handler, []).stream("j", on_entries=on_entries)
+    assert len(seen) == 2  # the first request was retried
+    assert batch.status == "" and batch.delivered == len(got) > 500 and got == list(range(len(got)))
+    handler, _ = scripted(httpx.Response(200, text="<html>"), httpx.Response(200, json=[1]))
+    c = client(handler, [])
+    with pytest.raises(RunPodError, match="non-JSON"):
+        await c.stream("j", on_entries=on_entries)
+    with pytest.raises(RunPodError, match="not an object"):
+        await c.stream("j", on_entries=on_entries)
