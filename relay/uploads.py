@@ -8,7 +8,8 @@ Request: the file as the body (`Content-Length` or chunked), `Authorization: Bea
 directory (`jobs/<job>/uploads/.<random>.part`) while it is hashed, never held whole in memory, and stops
 being read as soon as it passes `max_upload_bytes`. Only a body whose sha256 matches the header is renamed to
 `uploads/<item:05d>-<sha256>.bin`; the name is derived from the item index and the verified digest, nothing
-of the request's path is used as a path. Answer `201 {"job", "item", "size", "sha256", "url"}`: `url` (the
+of the request's path is used as a path. Every body byte written to disk (a refused upload's too) counts in
+the relay's `podstream_relay_bytes_in_total{source="upload"}`; streamed items count under `source="runpod"`. Answer `201 {"job", "item", "size", "sha256", "url"}`: `url` (the
 item's media URL on this relay) is what the worker puts in its `ref`.
 
 When that `ref` reaches the poller through RunPod's stream, `claim` moves the file into the job's media
@@ -36,6 +37,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -173,7 +175,8 @@ async def upload(request: Request) -> Response:
     relay = _relay(request)
     try:
         store, item, sha256, declared = _target(request)
-        await _receive(request, store, item, sha256, declared, relay.settings.max_upload_bytes)
+        counted = relay.metrics.bytes_in.labels("upload").inc
+        await _receive(request, store, item, sha256, declared, relay.settings.max_upload_bytes, counted)
     except UploadError as exc:
         return _error(exc.status, exc.code, str(exc))
     except ClientDisconnect:
@@ -186,7 +189,13 @@ async def upload(request: Request) -> Response:
 
 
 async def _receive(
-    request: Request, store: JobStore, item: int, sha256: str, declared: int | None, limit: int
+    request: Request,
+    store: JobStore,
+    item: int,
+    sha256: str,
+    declared: int | None,
+    limit: int,
+    counted: Callable[[int], None],
 ) -> None:
     reserved = 0
     if declared:  # the disk quota is reserved before the first byte is written, like a streamed item
@@ -204,9 +213,11 @@ async def _receive(
             buffer += chunk
             if len(buffer) >= _WRITE_BYTES:
                 await asyncio.to_thread(temp.write, bytes(buffer))
+                counted(len(buffer))
                 buffer.clear()
         if buffer:
             await asyncio.to_thread(temp.write, bytes(buffer))
+            counted(len(buffer))
         if declared is not None and temp.size != declared:
             raise UploadError(400, "bad_length", f"the body was {temp.size} bytes, not {declared}")
         if temp.hash.hexdigest() != sha256:

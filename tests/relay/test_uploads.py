@@ -1,6 +1,7 @@
-"""`PUT /v1/uploads/{job}/{item}` through real HTTP: uploaded items journaled like streamed ones, every bad
-upload refused with its documented status and nothing written outside the job's directory, and a real worker
-process uploading (and falling back to streaming when the relay refuses a file)."""
+"""`PUT /v1/uploads/{job}/{item}` through real HTTP: uploaded items journaled like streamed ones (and counted
+in the relay's metrics), every bad upload refused with its documented status and nothing written outside the
+job's directory, and a real worker process uploading (and falling back to streaming when the relay refuses a
+file)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
@@ -72,6 +74,19 @@ async def submit(server: RelayServer) -> str:
         return job
 
 
+async def bytes_in(server: RelayServer) -> dict[str, float]:
+    """`podstream_relay_bytes_in_total` by source, scraped from `GET /metrics`."""
+    async with server.http() as http:
+        answer = await http.get(f"{server.url}/metrics")
+        assert answer.status_code == 200, answer.text
+    return {
+        sample.labels["source"]: sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+        if sample.name == "podstream_relay_bytes_in_total"
+    }
+
+
 def put(server: RelayServer, job: str, item: int, data: bytes) -> str:
     """The worker's own uploader (sync, as the handler's encode thread runs it)."""
     uploader = Uploader(UploadConfig(url=server.url, key=UPLOAD_KEY, attempts=1))
@@ -89,6 +104,7 @@ async def test_an_uploaded_item_is_journaled_like_a_streamed_one(
     streamed, uploaded = os.urandom(3000), os.urandom(9000)
     url = await asyncio.to_thread(put, relay, job, 1, uploaded)
     assert url == f"{relay.url}/v1/jobs/{job}/media/1"
+    assert (await bytes_in(relay)).get("upload") == len(uploaded)
     store = relay.relay.job(job)
     assert [p.name for p in (store.dir / "uploads").iterdir()] == [f"00001-{sha(uploaded)}.bin"]
 
@@ -124,6 +140,8 @@ async def test_an_uploaded_item_is_journaled_like_a_streamed_one(
         assert [i.get("delivery") for i in manifest["items"]] == ["stream", "upload"]
         assert (await http.get(manifest["items"][1]["url"])).content == uploaded
     assert list((store.dir / "uploads").iterdir()) == []  # claimed: moved into the media directory
+    # Each byte counted once, under the way it came: claiming the upload does not count it again.
+    assert await bytes_in(relay) == {"runpod": len(streamed), "upload": len(uploaded)}
 
 
 # ------------------------------------------------------------------------------------------ bad uploads
