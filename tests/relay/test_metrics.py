@@ -49,9 +49,8 @@ async def scrape(relay: RelayServer) -> dict[tuple[str, tuple[tuple[str, str], .
 async def test_metrics_after_a_real_job(tmp_path: Path, emulator: Emulator, worker: ScriptedWorker) -> None:
     metrics_key = generate_key()
     keys = f"{hash_key(API_KEY)},prom={hash_key(metrics_key)}/metrics"
-    relay = await start_relay(relay_settings(tmp_path, emulator, api_keys=keys))
-    # The gap below stays a gap: this scripted worker answers no resend job.
-    relay.relay.pollers.recovery = None
+    # No gap recovery (recovery_attempts=0): the gap below stays a gap, this scripted worker answers no resend job.
+    relay = await start_relay(relay_settings(tmp_path, emulator, api_keys=keys, recovery_attempts=0))
     try:
         files = make_files(3, 100_000)
         emulator.faults.stream_responses = [429, 503]  # RunPod throttles, then fails once: both retried

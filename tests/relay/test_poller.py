@@ -8,8 +8,11 @@ import contextlib
 import copy
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from podstream import wire
 from podstream.emulator import Emulator
@@ -27,6 +30,17 @@ from tests.relay.conftest import (
     start_relay,
     ws_client,
 )
+
+
+@pytest.fixture
+async def relay_without_recovery(tmp_path: Path, emulator: Emulator) -> AsyncIterator[RelayServer]:
+    """A relay that reports gaps without asking for a resend (`recovery_attempts=0`): the scripted worker
+    answers no resend job."""
+    server = await start_relay(relay_settings(tmp_path, emulator, recovery_attempts=0))
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 async def submit(relay: RelayServer) -> str:
@@ -116,10 +130,9 @@ async def test_restart_mid_job_loses_nothing_and_resumes_polling(
 
 
 async def test_dropped_and_corrupt_parts_are_reported(
-    relay_server: RelayServer, worker: ScriptedWorker
+    relay_without_recovery: RelayServer, worker: ScriptedWorker
 ) -> None:
-    relay_server.relay.pollers.recovery = None  # no gap recovery: this scripted worker answers no resend job
-    job = await submit(relay_server)
+    job = await submit(relay_without_recovery)
     taken = await worker.take()
     files = make_files(3, 200_000)
     batch = Batch(taken["id"], files, part_bytes=100_000, progress=False)
@@ -139,8 +152,8 @@ async def test_dropped_and_corrupt_parts_are_reported(
     await worker.post(job, {"v": 1, "nonsense": True})
     await worker.post(job, envelopes[-1])  # a duplicate (RunPod's SDK retries 5xx POSTs)
     await worker.done(job)
-    await until(lambda: relay_server.relay.job(job).finished)
-    got = await records(relay_server, job)
+    await until(lambda: relay_without_recovery.relay.job(job).finished)
+    got = await records(relay_without_recovery, job)
     errors = [(r["item"], r["code"]) for r in got if r["k"] == "error"]
     assert (None, "unknown_type") in errors
     assert (1, "bad_sha256") in errors
@@ -151,7 +164,7 @@ async def test_dropped_and_corrupt_parts_are_reported(
     assert items == [2]
     assert got[-1]["k"] == "done" and got[-1]["items"] == 1 and got[-1]["errors"] >= 5
     # the bad bytes never reached a final name
-    media = relay_server.relay.job(job).media
+    media = relay_without_recovery.relay.job(job).media
     assert sorted(p.name for p in media.rglob("*") if p.is_file()) == ["00002-clip2.mp4"]
 
 

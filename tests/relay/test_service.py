@@ -154,8 +154,10 @@ async def test_the_sweep_leaves_a_job_alone_while_a_subscriber_reads_it(
 async def test_disk_quota_evicts_the_oldest_finished_jobs_then_refuses_items(
     tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
 ) -> None:
-    relay = await start_relay(relay_settings(tmp_path, emulator, disk_quota_bytes=1_000_000))
-    relay.relay.pollers.recovery = None  # a refused item is not lost in transit: nothing to ask a worker for
+    # No gap recovery (recovery_attempts=0): a refused item is not lost in transit, nothing to ask a worker for.
+    relay = await start_relay(
+        relay_settings(tmp_path, emulator, disk_quota_bytes=1_000_000, recovery_attempts=0)
+    )
     try:
         _, first = await submit_and_run(relay, worker, make_files(2, 200_000))
         _, second = await submit_and_run(relay, worker, make_files(1, 200_000))
