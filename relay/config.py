@@ -86,7 +86,7 @@ class RelaySettings:
     #: A file of such entries, one per line (e.g. a mounted secret).
     api_keys_file: str = ""
     #: HMAC secret of subscriber tokens and media URL signatures (>= 32 bytes). Empty: a random one is made
-    #: and kept in `<data_dir>/token-secret` (replicas behind one load balancer must share one).
+    #: and kept in `<data_dir>/token-secret` (set it explicitly to keep tokens valid across a new data directory).
     token_secret: str = field(default="", repr=False)
     token_audience: str = "podstream"
     token_ttl_s: float = 3600.0
