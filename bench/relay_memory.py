@@ -62,10 +62,19 @@ async def peak_rss(total_mb: float, subscribers: int) -> tuple[float, float]:
 
         sampler = asyncio.ensure_future(sample())
         env = wire.Envelopes(job)
+        manifest: list[wire.ManifestItem] = []
         for i in range(items):  # distinct items: the same bytes with a different first byte
             data = bytes([i % 256]) + blob[1:]
-            for envelope in env.parts(i, data, mime="video/mp4"):
+            parts = list(env.parts(i, data, mime="video/mp4"))
+            for envelope in parts:
                 await s.post(job, envelope)
+            manifest.append(
+                wire.ManifestItem(i, "", "ok", "video/mp4", len(data), wire.sha256_hex(data), len(parts))
+            )
+        # The manifest ends the job as a real worker's does (without it the relay sends a resend job for
+        # the missing end and waits for it: PODSTREAM_RECOVERY_TIMEOUT_S).
+        for envelope in env.manifest(manifest):
+            await s.post(job, envelope)
         await s.done(job)
         received = await asyncio.gather(*followers)
         stop.set()
