@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -50,6 +51,8 @@ from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
 from relay.store import BadJobId, JobStore, check_job_id, public
 from relay.ws import websocket_endpoint
+
+log = logging.getLogger("podstream.relay.app")
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 SSE_KEEPALIVE_S: Final = 15.0
@@ -151,16 +154,28 @@ def _summary(relay: Relay, store: JobStore) -> dict[str, Any]:
     }
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_loads(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity (Python's json takes them; RunPod and browsers do not), and nesting too
+    deep to decode is bad JSON, not a RecursionError."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(
+            400, "bad_json", "the body is not JSON (NaN, Infinity and deep nesting are refused)"
+        ) from None
+
+
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ApiError(413, "too_large", f"request bodies are limited to {limit} bytes")
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise ApiError(400, "bad_json", "the body is not JSON") from None
+    data = _json_loads(body or b"{}")
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     return data
@@ -277,7 +292,7 @@ async def media(request: Request) -> Response:
     job = _job_id(request)
     relay = _relay(request)
     raw_item = request.path_params["item"]
-    if not raw_item.isdigit() or len(raw_item) > 9:
+    if not _is_ascii_int(raw_item) or len(raw_item) > 9:
         raise ApiError(400, "bad_item", "the item is an integer index")
     item = int(raw_item)
     query = request.query_params
@@ -345,10 +360,9 @@ async def events(request: Request) -> Response:
     after = _int_param(request, "after", 0)
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
-        try:
-            after = int(last_event_id)
-        except ValueError:
-            raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be a seq") from None
+        if not _is_ascii_int(last_event_id) or len(last_event_id) > 18:
+            raise ApiError(400, "bad_last_event_id", "Last-Event-ID must be a seq")
+        after = int(last_event_id)
     if after < 0:
         raise ApiError(400, "bad_after", "'after' must be >= 0")
     if request.query_params.get("format") == "json":
@@ -405,10 +419,15 @@ def _int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"bad_{name}", f"'{name}' must be an integer") from None
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not _is_ascii_int(digits) or len(digits) > 18:
+        raise ApiError(400, f"bad_{name}", f"'{name}' must be an integer")
+    return int(raw)
+
+
+def _is_ascii_int(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` is true for '²' (int() then fails) and `int()` takes an Arabic-Indic one as 1."""
+    return text.isascii() and text.isdigit()
 
 
 async def cancel(request: Request) -> Response:
@@ -487,6 +506,12 @@ async def _denied(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Last resort: a bug. Logged with its traceback (uvicorn logs it too); the client gets a JSON 500."""
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal", "internal error (logged by the relay)")
+
+
 async def _overflow(request: Request, exc: Exception) -> Response:
     return _error(503, "busy", str(exc))
 
@@ -560,7 +585,7 @@ def create_app(
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
-            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied,
+            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied, Exception: _unexpected,
         },
     )  # fmt: skip
     app.state.relay = relay

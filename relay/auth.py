@@ -398,7 +398,7 @@ class KeyAuthorizer:
         URL carries none (the request may still have an Authorization header)."""
         if exp is None and sig is None:
             return False
-        if exp is None or sig is None or not exp.isdigit() or len(exp) > 12:
+        if exp is None or sig is None or not (exp.isascii() and exp.isdigit()) or len(exp) > 12:
             raise Denied("bad media URL signature", code="bad_signature")
         if not hmac.compare_digest(sig.encode(), self._signature(path, int(exp)).encode()):
             raise Denied("bad media URL signature", code="bad_signature")

@@ -173,3 +173,41 @@ async def test_cancel_and_failed_job_error(relay_server: RelayServer, worker: Sc
         assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
         await wait_done(relay_server, job2)
         assert (await http.get(f"{relay_server.url}/v1/jobs/{job2}")).json()["status"] == "CANCELLED"
+
+
+async def test_hostile_inputs_never_answer_500(
+    relay_server: RelayServer, worker: ScriptedWorker, emulator: Emulator
+) -> None:
+    """Issue 12 item 4: each of these answered 500 with a traceback; each is a clean 4xx now."""
+    files = make_files(2, 3000)
+    async with relay_server.http() as http, httpx.AsyncClient(timeout=30) as anonymous:
+        base = relay_server.url
+        job = (await submit(relay_server, http))["id"]
+        await run_job(worker, files)
+        await wait_done(relay_server, job)
+        runs_before = emulator.stats()["routes"].get("run", {}).get("requests", 0)
+        for client in (http, anonymous):
+            for item in ("%C2%B2", "%D9%A1", "%EF%BC%91"):  # '²', Arabic-Indic one, fullwidth one
+                r = await client.get(f"{base}/v1/jobs/{job}/media/{item}")
+                assert r.status_code == 400 and r.json()["error"]["code"] == "bad_item", (item, r.text)
+        r = await anonymous.get(f"{base}/v1/jobs/{job}/media/1?exp=%C2%B2&sig=x")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "bad_signature"
+        r = await http.post(f"{base}/v1/jobs/{job}/tokens", content=b'{"ttl_s": NaN}')
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json", r.text
+        r = await http.post(f"{base}/v1/jobs/{job}/tokens", content=b'{"ttl_s": Infinity}')
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json", r.text
+        deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        r = await http.post(f"{base}/v1/jobs", content=deep)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json", r.text
+        deep_objects = b'{"input": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001
+        r = await http.post(f"{base}/v1/jobs", content=deep_objects)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json", r.text
+        r = await http.post(f"{base}/v1/jobs", content=b'{"input": {"prompt": "x", "steps": NaN}}')
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json", r.text
+        assert (
+            emulator.stats()["routes"].get("run", {}).get("requests", 0) == runs_before
+        )  # nothing reached RunPod
+        # ASCII digits still work, and the relay is fine afterwards.
+        r = await http.get(f"{base}/v1/jobs/{job}/media/1")
+        assert r.status_code == 200 and r.content == files[1]
+        assert (await http.get(f"{base}/healthz")).status_code == 200
