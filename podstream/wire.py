@@ -14,12 +14,17 @@ Envelope shapes (version `v` = 1; see docs/protocol.md):
     {"v":1,"job":J,"run":R,"seq":n,"type":"progress","item":i,"step":s,"steps":T}
     {"v":1,"job":J,"run":R,"seq":n,"type":"ref","item":i,"id":ID,"mime":M,"size":S,"sha256":H,"url":U}
     {"v":1,"job":J,"run":R,"seq":n,"type":"error","item":i,"id":ID,"code":C,"message":MSG}
+    {"v":1,"job":J,"run":R,"seq":n,"type":"result","page":p,"pages":P,"size":S,"sha256":H,"data":TEXT}
     {"v":1,"job":J,"run":R,"seq":n,"type":"manifest","page":p,"pages":P,"items":[...],"errors":E,
      "last_seq":L}
 
 `seq` is dense from 1 across one run of a job. Part k of an item of `size` bytes in `parts` parts covers
 bytes [k*L, min(size,(k+1)*L)) where L = ceil(size/parts): a receiver places any part without having seen
 the others. The manifest always comes last; when it would not fit one chunk it is split into pages.
+
+A `result` (optional, at most one per run, after every file and before the manifest) carries the JSON value a
+wrapped handler returned (`worker.wrap`), each file in it replaced by `{"$file": item}`: its `data` fields,
+joined in page order, are that value's JSON text (`size` bytes, `sha256`). `substitute` puts files back.
 
 Problems form one small hierarchy, all `Problem` events (never exceptions):
 
@@ -33,6 +38,8 @@ Problems form one small hierarchy, all `Problem` events (never exceptions):
     +-- Incomplete        an item whose parts never all arrived (reported by `finish()`)
     +-- ManifestMismatch  the manifest disagrees with what arrived
     +-- MissingManifest   the stream ended without a (complete) manifest
+    +-- BadResult         the result's pages disagree, or joined they are not the JSON their sha256 names
+    +-- IncompleteResult  some pages of the result never arrived (reported by `finish()`)
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ PROGRESS: Final = "progress"
 REF: Final = "ref"
 ERROR: Final = "error"
 MANIFEST: Final = "manifest"
-TYPES: Final = frozenset({PART, PROGRESS, REF, ERROR, MANIFEST})
+RESULT: Final = "result"
+TYPES: Final = frozenset({PART, PROGRESS, REF, ERROR, RESULT, MANIFEST})
 
 #: RunPod's cap on one streamed chunk is 1 MB; this is the budget for the *whole* POST body
 #: `{"output": envelope}` as the SDK sends it.
@@ -69,6 +77,11 @@ MAX_MIME_CHARS: Final = 100
 MAX_MESSAGE_CHARS: Final = 2000
 MAX_CODE_CHARS: Final = 64
 MAX_URL_CHARS: Final = 4096
+#: The largest result JSON text a consumer accepts (it is held in memory until its last page arrives).
+MAX_RESULT_BYTES: Final = 64 * 1024 * 1024
+#: The key of a file reference inside a result, and the escape for a user's own one-key `$...` object.
+FILE_KEY: Final = "$file"
+LITERAL_KEY: Final = "$literal"
 # Room left in every budget for numbers that grow (seq, item, part) and JSON punctuation.
 _SLACK: Final = 256
 
@@ -140,6 +153,7 @@ class ManifestItem:
     sha256: str = ""
     parts: int = 0
     url: str = ""
+    seed: int | None = None  # the seed the file was generated with (drawn at random when the input had none)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"item": self.item, "id": self.id, "status": self.status}
@@ -147,6 +161,8 @@ class ManifestItem:
             out.update(mime=self.mime, size=self.size, sha256=self.sha256, parts=self.parts)
         if self.url:
             out["url"] = self.url
+        if self.seed is not None:
+            out["seed"] = self.seed
         return out
 
 
@@ -207,6 +223,32 @@ class Envelopes:
                 ERROR, item=item, id=id, code=code[:MAX_CODE_CHARS], message=message[:MAX_MESSAGE_CHARS]
             )
         )
+
+    def result(self, value: Any, *, page_chars: int | None = None) -> list[dict[str, Any]]:
+        """The `result` envelopes of a JSON-able `value` (files already replaced by `file_ref`), paged.
+
+        Each page is a slice of the value's compact ASCII JSON text. Inside the envelope that slice is
+        escaped once more, which at most doubles it (`"` -> `\\"`), so a page holds half the room left.
+        """
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        raw = text.encode("ascii")
+        if len(raw) > MAX_RESULT_BYTES:
+            raise EnvelopeTooLarge(f"the result is {len(raw)} bytes of JSON, over {MAX_RESULT_BYTES}")
+        room = self.budget - _SLACK - body_size(
+            {"v": VERSION, "job": self.job, "run": self.run, "seq": 10**15, "type": RESULT,
+             "page": MAX_PARTS, "pages": MAX_PARTS, "size": MAX_RESULT_BYTES, "sha256": "0" * 64, "data": ""}
+        )  # fmt: skip
+        chars = min(page_chars or room // 2, room // 2)
+        if chars < 1:
+            raise ValueError(f"a body budget of {self.budget} bytes leaves no room for a result page")
+        slices = [text[i : i + chars] for i in range(0, len(text), chars)] or [""]
+        digest = sha256_hex(raw)
+        return [
+            self._checked(
+                self._next(RESULT, page=p, pages=len(slices), size=len(raw), sha256=digest, data=piece)
+            )
+            for p, piece in enumerate(slices)
+        ]
 
     def manifest(self, items: Iterable[ManifestItem]) -> list[dict[str, Any]]:
         """The manifest, paged so that every page fits the budget; always the last envelopes of a run."""
@@ -298,6 +340,14 @@ class ManifestReceived(Event):
 
 
 @dataclass(frozen=True)
+class ResultReceived(Event):
+    """Every page of the job's result arrived and matches its sha256. `value` still holds `{"$file": i}`
+    references: `substitute(value, ...)` puts each file back."""
+
+    value: Any = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Restarted(Event):
     """Envelopes of a new run of the job arrived (RunPod `/retry`): state was reset, start over."""
 
@@ -354,6 +404,60 @@ class ManifestMismatch(Problem):
 @dataclass(frozen=True)
 class MissingManifest(Problem):
     pass
+
+
+@dataclass(frozen=True)
+class BadResult(Problem):
+    pass
+
+
+@dataclass(frozen=True)
+class IncompleteResult(Problem):
+    missing_pages: tuple[int, ...]
+
+
+# ------------------------------------------------------------------------------------ file references
+
+
+def file_ref(item: int) -> dict[str, int]:
+    """What stands for file `item` inside a result."""
+    return {FILE_KEY: item}
+
+
+def is_file_ref(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and type(value.get(FILE_KEY)) is int
+        and 0 <= value[FILE_KEY] < MAX_ITEMS
+    )
+
+
+def escape(obj: dict[str, Any]) -> dict[str, Any]:
+    """Wrap a user's own one-key object whose key starts with `$` so it is never taken for a reference."""
+    if len(obj) == 1 and next(iter(obj)).startswith("$"):
+        return {LITERAL_KEY: obj}
+    return obj
+
+
+def substitute(value: Any, replace: Callable[[int], Any]) -> Any:
+    """`value` with every `{"$file": i}` replaced by `replace(i)` and every `{"$literal": x}` unwrapped."""
+    if is_file_ref(value):
+        return replace(value[FILE_KEY])
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(LITERAL_KEY), dict):
+            return {k: substitute(v, replace) for k, v in value[LITERAL_KEY].items()}
+        return {k: substitute(v, replace) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, replace) for v in value]
+    return value
+
+
+def file_refs(value: Any) -> list[int]:
+    """The items a result refers to, in document order."""
+    found: list[int] = []
+    substitute(value, lambda i: found.append(i))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- sinks
@@ -422,6 +526,7 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     REF: {"item": int, "id": str, "mime": str, "size": int, "sha256": str, "url": str},
     ERROR: {"item": int, "id": str, "code": str, "message": str},
     MANIFEST: {"page": int, "pages": int, "items": list, "errors": int, "last_seq": int},
+    RESULT: {"page": int, "pages": int, "size": int, "sha256": str, "data": str},
 }
 _HEX = frozenset("0123456789abcdef")
 
@@ -453,6 +558,10 @@ class Assembler:
         self.failed: dict[int, ItemFailed] = {}
         self._manifest_pages: dict[int, dict[str, Any]] = {}
         self.manifest: ManifestReceived | None = None
+        self._result_pages: dict[int, tuple[int, str]] = {}  # page -> (seq, data)
+        self._result_shape: tuple[int, int, str] | None = None  # (pages, size, sha256) of the first page
+        self._result_bytes = 0
+        self.result: ResultReceived | None = None
 
     # ---- state queries
 
@@ -606,6 +715,45 @@ class Assembler:
         self.failed[failed.item] = failed
         return [failed]
 
+    def _on_result(self, seq: int, env: dict[str, Any]) -> list[Event]:
+        shape = (env["pages"], env["size"], env["sha256"])
+        if self.result is not None:
+            self.duplicates += 1
+            return [Duplicate(seq, "duplicate", "a result page after the result was complete; ignored")]
+        if self._result_shape is not None and shape != self._result_shape:
+            return [BadResult(seq, "bad_result", "the result's pages disagree on pages, size or sha256")]
+        if env["page"] in self._result_pages:
+            self.duplicates += 1
+            return [Duplicate(seq, "duplicate", f"result page {env['page']} was already received; ignored")]
+        if self._result_bytes + len(env["data"]) > env["size"]:
+            return [BadResult(seq, "bad_result", "the result's pages are longer than its size")]
+        self._result_shape = shape
+        self._result_pages[env["page"]] = (seq, env["data"])
+        self._result_bytes += len(env["data"])
+        if len(self._result_pages) < env["pages"]:
+            return []
+        pages, self._result_pages, self._result_bytes = self._result_pages, {}, 0
+        text = "".join(pages[p][1] for p in range(env["pages"]))
+        raw = text.encode("utf-8")
+        problem: str | None = None
+        value: Any = None
+        if len(raw) != env["size"] or sha256_hex(raw) != env["sha256"]:
+            problem = "the result does not match its size and sha256"
+        else:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                problem = "the result is not valid JSON"
+        if problem is not None:
+            # As for a bad_sha256 item: which page was bad cannot be known, so every page's seq is reopened.
+            self._result_shape = None
+            for page_seq, _ in pages.values():
+                if page_seq != seq:
+                    self._unmark(page_seq)
+            return [BadResult(seq, "bad_result", problem)]
+        self.result = ResultReceived(seq, value)
+        return [self.result]
+
     def _on_manifest(self, seq: int, env: dict[str, Any]) -> list[Event]:
         if env["page"] >= env["pages"]:
             return [Malformed(seq, "bad_field", f"manifest page {env['page']} of {env['pages']}")]
@@ -649,6 +797,14 @@ class Assembler:
                     f"item {item} is missing {len(lost)} of {state.parts} parts",
                     item,
                     lost,
+                )
+            )
+        if self._result_shape is not None and self.result is None:
+            pages = self._result_shape[0]
+            lost = tuple(p for p in range(pages) if p not in self._result_pages)
+            problems.append(
+                IncompleteResult(
+                    None, "incomplete_result", f"the result is missing {len(lost)} of {pages} pages", lost
                 )
             )
         if self.manifest is not None:
@@ -708,7 +864,7 @@ def _check_ranges(seq: int | None, type_: str, env: dict[str, Any]) -> Problem |
     def bad(message: str) -> Malformed:
         return Malformed(seq, "bad_field", message)
 
-    if type_ != MANIFEST and not 0 <= env["item"] < MAX_ITEMS:
+    if type_ not in (MANIFEST, RESULT) and not 0 <= env["item"] < MAX_ITEMS:
         return bad(f"item {env['item']} out of range 0..{MAX_ITEMS - 1}")
     if len(env["job"]) > MAX_ID_CHARS or len(env["run"]) > MAX_ID_CHARS:
         return bad("job or run id too long")
@@ -743,6 +899,13 @@ def _check_ranges(seq: int | None, type_: str, env: dict[str, Any]) -> Problem |
     elif type_ == REF:
         if len(env["url"]) > MAX_URL_CHARS or not env["url"].startswith(("http://", "https://")):
             return bad("ref url must be an http(s) URL")
+    elif type_ == RESULT:
+        if not 1 <= env["pages"] <= MAX_PARTS or not 0 <= env["page"] < env["pages"]:
+            return bad(f"result page {env['page']} of {env['pages']} out of range")
+        if env["size"] > MAX_RESULT_BYTES:
+            return bad(f"a result of {env['size']} bytes is over the {MAX_RESULT_BYTES} accepted")
+        if len(env["data"]) > DEFAULT_BODY_BUDGET:
+            return bad("a result page over the one-chunk cap")
     elif type_ == MANIFEST:
         if not 0 <= env["page"] < MAX_PARTS or not 1 <= env["pages"] <= MAX_PARTS:
             return bad("manifest page out of range")

@@ -348,3 +348,105 @@ def test_gap_message_is_compact() -> None:
     (gap,) = [p for p in asm.finish() if isinstance(p, wire.Gap)]
     assert len(gap.message) < 400
     assert gap.missing[:3] == (1, 2, 4)
+
+
+# ------------------------------------------------------------------------------------------- results
+
+RESULT_VALUE: Any = {
+    "images": [wire.file_ref(0), wire.file_ref(1)],
+    "count": 2,
+    "note": 'quotes " and \\ backslashes, é',
+    "own": wire.escape({"$file": "not a reference"}),
+}
+
+
+def result_job(value: Any, *, budget: int = wire.DEFAULT_BODY_BUDGET) -> list[dict[str, Any]]:
+    env = wire.Envelopes("job-1", budget=budget)
+    out = list(env.parts(0, b"a", mime="image/png")) + list(env.parts(1, b"bb", mime="image/png"))
+    out += env.result(value)
+    entries = [
+        wire.ManifestItem(i, "", "ok", "image/png", len(d), wire.sha256_hex(d), 1)
+        for i, d in enumerate([b"a", b"bb"])
+    ]
+    return out + env.manifest(entries)
+
+
+def test_a_result_round_trips_and_files_are_substituted() -> None:
+    assembler = wire.Assembler("job-1")
+    events = [e for env in result_job(RESULT_VALUE) for e in assembler.feed(env)]
+    results = [e for e in events if isinstance(e, wire.ResultReceived)]
+    assert len(results) == 1 and assembler.finish() == []
+    assert wire.file_refs(results[0].value) == [0, 1]
+    back = wire.substitute(results[0].value, lambda i: f"file-{i}.png")
+    assert back == {
+        "images": ["file-0.png", "file-1.png"],
+        "count": 2,
+        "note": 'quotes " and \\ backslashes, é',
+        "own": {"$file": "not a reference"},  # the user's own `$file` key is not taken for a file
+    }
+
+
+def test_a_large_result_is_paged_within_budget_in_any_order() -> None:
+    value = {"text": ['"' * 5000 + "\\" * 5000] * 40}  # escaping doubles it inside the envelope
+    envelopes = result_job(value, budget=100_000)
+    pages = [e for e in envelopes if e["type"] == "result"]
+    assert len(pages) > 4 and all(wire.body_size(e) <= 100_000 for e in envelopes)
+    assembler = wire.Assembler("job-1")
+    random.Random(3).shuffle(envelopes)
+    got = [e for env in envelopes for e in assembler.feed(env) if isinstance(e, wire.ResultReceived)]
+    assert got[0].value == value and assembler.finish() == []
+
+
+def test_a_lost_result_page_is_a_gap_and_an_incomplete_result() -> None:
+    envelopes = result_job({"text": "x" * 300_000}, budget=100_000)
+    lost = next(e for e in envelopes if e["type"] == "result" and e["page"] == 2)
+    assembler = wire.Assembler("job-1")
+    for env in envelopes:
+        if env is not lost:
+            assembler.feed(env)
+    codes = [p.code for p in assembler.finish()]
+    assert codes == ["gap", "incomplete_result"] and assembler.result is None
+    problem = assembler.finish()[1]
+    assert isinstance(problem, wire.IncompleteResult) and problem.missing_pages == (2,)
+
+
+def test_bad_result_pages_are_reported() -> None:
+    env = wire.Envelopes("job-1")
+    page = env.result({"a": 1})[0]
+    assembler = wire.Assembler("job-1")
+    tampered = dict(page, data=page["data"].replace("1", "2"))
+    assert [e.code for e in assembler.feed(tampered)] == ["bad_result"]
+    assert not assembler.seen(page["seq"])  # the genuine page can still arrive
+    assert isinstance(assembler.feed(page)[0], wire.ResultReceived)
+    assert [e.code for e in assembler.feed(dict(page, seq=page["seq"] + 1))] == ["duplicate"]
+    two = wire.Envelopes("job-2", budget=2000).result({"t": "y" * 3000})
+    fresh = wire.Assembler("job-2")
+    fresh.feed(two[0])
+    assert [e.code for e in fresh.feed(dict(two[1], sha256="0" * 64))] == ["bad_result"]  # pages disagree
+    damaged = wire.Assembler("job-2")
+    for piece in two[:-1]:
+        damaged.feed(piece)
+    assert [e.code for e in damaged.feed(dict(two[-1], data="z" * len(two[-1]["data"])))] == ["bad_result"]
+    assert damaged.result is None and damaged.missing(two[-1]["seq"]) == [p["seq"] for p in two]
+    resent = [e for piece in two for e in damaged.feed(piece)]  # a resend of every page rebuilds it
+    assert isinstance(resent[-1], wire.ResultReceived) and damaged.result is not None
+    not_json = wire.Envelopes("job-3")._next(
+        "result", page=0, pages=1, size=1, sha256=wire.sha256_hex(b"{"), data="{"
+    )
+    assert [e.code for e in wire.Assembler("job-3").feed(not_json)] == ["bad_result"]
+    out_of_range = dict(page, page=1, pages=1)
+    assert [e.code for e in wire.Assembler("job-1").feed(out_of_range)] == ["bad_field"]
+
+
+def test_an_unserialisable_or_huge_result_is_refused_when_building() -> None:
+    env = wire.Envelopes("job-1")
+    with pytest.raises(ValueError):
+        env.result({"x": float("nan")})
+    with pytest.raises(wire.EnvelopeTooLarge):
+        env.result("x" * (wire.MAX_RESULT_BYTES + 1))
+
+
+def test_manifest_entries_carry_the_seed() -> None:
+    entry = wire.ManifestItem(0, "", "ok", "image/png", 1, "0" * 64, 1, seed=1234)
+    assert entry.to_dict()["seed"] == 1234
+    assert "seed" not in wire.ManifestItem(0, "", "error").to_dict()
