@@ -6,8 +6,8 @@ sleeps until the job's poller publishes more. Replay of a finished job, a live j
 one loop. A slow subscriber only falls behind in the journal; it costs no memory and never blocks the poller.
 
 `ChunkCache` shares the encoded `chunk` frames of an item's bytes between the subscribers reading the same
-bytes at about the same time (bounded, least recently used out), so N subscribers cost one disk read and one
-encoding per chunk, not N.
+bytes at about the same time (bounded, least recently used out; concurrent misses share one load), so N
+subscribers cost one disk read and one encoding per chunk, not N.
 """
 
 from __future__ import annotations
@@ -100,15 +100,34 @@ class Hub:
 
 
 class ChunkCache:
-    """Encoded `chunk` frames keyed by (file, offset), bounded in bytes."""
+    """Encoded `chunk` frames keyed by (file, offset), bounded in bytes, least recently used out.
+
+    Single-flight: the first subscriber to miss a chunk starts one load (pread + msgpack, in a thread) and
+    every subscriber asking for the same chunk while it runs awaits that same load, so N subscribers in
+    lockstep cost one read and one encoding. The load is its own task, so a subscriber that disconnects
+    mid-wait does not cancel it for the others.
+
+    `hits` counts frames served without a load of their own (from the cache, or by joining a load in
+    flight: `joined` of them); `misses` counts loads.
+    """
 
     def __init__(self, max_bytes: int, chunk_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
         self._frames: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Task[bytes]] = {}
         self.bytes = 0
         self.hits = 0
+        self.joined = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def hit_rate(self) -> float:
+        served = self.hits + self.misses
+        return self.hits / served if served else 0.0
 
     async def frame(self, path: Path, head: dict[str, Any], offset: int, size: int) -> bytes:
         """The `chunk` frame of the bytes of `path` at `offset` (`head` holds its job/seq/item fields)."""
@@ -118,31 +137,62 @@ class ChunkCache:
             self._frames.move_to_end(key)
             self.hits += 1
             return frame
-        self.misses += 1
-        length = min(self.chunk_bytes, size - offset)
-        data = await asyncio.to_thread(_pread, path, length, offset)
-        if len(data) != length:
-            raise FileNotFoundError(f"{path.name} is shorter than its record says")
-        frame = msgpack.packb(
-            {"t": "chunk", **head, "off": offset, "data": data, "last": offset + length >= size},
-            use_bin_type=True,
-        )
-        if self.max_bytes >= len(frame):
-            self._frames[key] = frame
-            self.bytes += len(frame)
-            while self.bytes > self.max_bytes:
-                _key, old = self._frames.popitem(last=False)
-                self.bytes -= len(old)
-        return frame
+        load = self._loading.get(key)
+        if load is not None:
+            self.hits += 1
+            self.joined += 1
+        else:
+            self.misses += 1
+            load = asyncio.ensure_future(self._load(key, path, head, offset, size))
+            self._loading[key] = load
+            load.add_done_callback(_retrieve)
+        # shield: cancelling this subscriber must not cancel the load the others are waiting for
+        return await asyncio.shield(load)
+
+    async def _load(
+        self, key: tuple[str, int], path: Path, head: dict[str, Any], offset: int, size: int
+    ) -> bytes:
+        try:
+            length = min(self.chunk_bytes, size - offset)
+            frame = await asyncio.to_thread(_encode, path, head, offset, length, size)
+            self._insert(key, frame)
+            return frame
+        finally:
+            del self._loading[key]
+
+    def _insert(self, key: tuple[str, int], frame: bytes) -> None:
+        if self.max_bytes < len(frame):
+            return
+        old = self._frames.pop(key, None)
+        if old is not None:  # replaced, not added: its bytes are counted once
+            self.bytes -= len(old)
+        self._frames[key] = frame
+        self.bytes += len(frame)
+        while self.bytes > self.max_bytes:
+            _key, evicted = self._frames.popitem(last=False)
+            self.bytes -= len(evicted)
 
     def offsets(self, size: int) -> range:
         """Offsets of an item's chunks (one, at 0, for an empty item)."""
         return range(0, max(size, 1), self.chunk_bytes)
 
 
-def _pread(path: Path, length: int, offset: int) -> bytes:
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """A load whose every waiter went away still ends; its error is theirs, not the loop's to log."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _encode(path: Path, head: dict[str, Any], offset: int, length: int, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.pread(fd, length, offset)
+        data = os.pread(fd, length, offset)
     finally:
         os.close(fd)
+    if len(data) != length:
+        raise FileNotFoundError(f"{path.name} is shorter than its record says")
+    frame: bytes = msgpack.packb(
+        {"t": "chunk", **head, "off": offset, "data": data, "last": offset + length >= size},
+        use_bin_type=True,
+    )
+    return frame

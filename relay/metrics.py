@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -91,3 +91,8 @@ def labelled_gauge(name: str, documentation: str, label: str, values: dict[str, 
     for key, value in sorted(values.items()):
         family.add_metric([key], value)
     return family
+
+
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """A counter kept by the relay itself (read at each scrape, like the gauges)."""
+    return CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)

@@ -303,6 +303,10 @@ class Relay:
         yield m.gauge("disk_usage_bytes", "Bytes held by jobs in the data directory", self.quota.used)
         yield m.gauge("disk_quota_bytes", "The disk quota (0 = none)", self.settings.disk_quota_bytes)
         yield m.gauge("ready", "1 when the relay is ready for traffic", float(self.ready))
+        chunks = self.chunks
+        yield m.counter("chunk_cache_hits", "Chunk frames sent without a read of their own", chunks.hits)
+        yield m.counter("chunk_cache_misses", "Chunk frames read from disk and encoded", chunks.misses)
+        yield m.gauge("chunk_cache_bytes", "Bytes of encoded chunk frames held", chunks.bytes)
 
     def _status(self, job: str) -> str:
         store = self._jobs.get(job)
