@@ -12,6 +12,11 @@ Two levels of failure, on purpose:
 The top-level object forbids unknown keys so a typo is an error, not a silently ignored setting. New job
 shapes are added as new top-level keys next to `task`: `{"resend": {...}}` (`parse_resend`) asks the worker
 to yield again, from its output cache, envelopes of an earlier job that the relay never received.
+
+A model may declare its own input instead (`input_model`, a pydantic model): the whole job input is then one
+object of that model (`parse_custom`), e.g. `{"prompt": "a cat", "num_images": 4}`, generated as one item.
+Its fields named like `Params` fields (`width`, `num_images`, `steps`, ...) keep their meaning, and `seed`
+and `id` those of an item. `job_schema()` is the JSON Schema of whichever input the worker takes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import binascii
 import io
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
 
 from podstream import wire
 
@@ -33,6 +39,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 TASKS: Final = ("image-to-video", "text-to-image", "text-to-video")
+#: A custom task name (a model's own `tasks`): short, no spaces, so it reads well in logs and URLs.
+TASK_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+#: Seeds drawn for items that have none: below 2**32, so every framework's generator takes them.
+SEED_LIMIT: Final = 2**32
 VIDEO_TASKS: Final = frozenset({"image-to-video", "text-to-video"})
 Task = Literal["image-to-video", "text-to-image", "text-to-video"]
 Format = Literal["mp4", "webm", "png", "webp", "jpeg"]
@@ -90,6 +100,7 @@ class Params(_Strict):
     decode_chunk_size: Annotated[int, Field(ge=1, le=1024)] | None = None  # video VAE decode batch
     negative_prompt: Annotated[str, Field(max_length=2000)] | None = None
     batch_size: Annotated[int, Field(ge=1, le=64)] = 1  # items generated per pipeline call
+    num_images: Annotated[int, Field(ge=1, le=64)] = 1  # outputs (files) per item, seeds seed, seed+1, ...
 
 
 class Output(_Strict):
@@ -113,7 +124,7 @@ class Item(_Strict):
 
 
 class _Job(_Strict):
-    task: Task
+    task: Annotated[str, Field(pattern=TASK_PATTERN)]
     items: list[Any] = Field(min_length=1)
     params: Params = Params()
     output: Output = Output()
@@ -137,24 +148,37 @@ class Job:
     params: Params
     output: Output
     delivery: str = "auto"
+    custom: BaseModel | None = None  # the model's own input (`parse_custom`), handed to it as `Request.input`
 
     @property
     def video(self) -> bool:
         return self.task in VIDEO_TASKS
 
     @property
+    def builtin(self) -> bool:
+        return self.task in TASKS
+
+    @property
     def format(self) -> str:
-        return self.output.format or ("mp4" if self.video else "png")
+        """The encoding asked for; for a custom task without one, "" (each result's kind decides)."""
+        if self.output.format is not None or not self.builtin:
+            return self.output.format or ""
+        return "mp4" if self.video else "png"
 
 
-def parse_job(raw: object, limits: Limits = Limits()) -> Job:
-    """Validate a job's `input`. Raises `JobInputError` for a malformed job; bad items come back as `ItemError`."""
+def parse_job(raw: object, limits: Limits = Limits(), *, tasks: Iterable[str] = TASKS) -> Job:
+    """Validate a job's `input`. Raises `JobInputError` for a malformed job; bad items come back as `ItemError`.
+
+    `tasks` are the task names the worker's model does (built-in or its own)."""
     if not isinstance(raw, Mapping):
         raise JobInputError(f"input must be a JSON object, got {_json_type(raw)}")
     try:
         job = _Job.model_validate(raw)
     except ValidationError as exc:
         raise JobInputError(_describe(exc)) from None
+    known = sorted(set(tasks))
+    if job.task not in known:
+        raise JobInputError(f"input.task: must be one of {', '.join(repr(t) for t in known)}")
     if len(job.items) > limits.max_items:
         raise JobInputError(f"input.items: {len(job.items)} items, at most {limits.max_items} per job")
     params = job.params
@@ -166,15 +190,83 @@ def parse_job(raw: object, limits: Limits = Limits()) -> Job:
             raise JobInputError(f"input.params.{side}: at most {limits.max_side}, got {value}")
     video = job.task in VIDEO_TASKS
     fmt = job.output.format
-    if fmt is not None and (fmt in ("mp4", "webm")) != video:
+    if fmt is not None and job.task in TASKS and (fmt in ("mp4", "webm")) != video:
         kinds = "mp4 or webm" if video else "png, webp or jpeg"
         raise JobInputError(
             f"input.output.format: {job.task} makes {'videos' if video else 'images'}: use {kinds}"
         )
     if fmt in (None, "mp4") and job.output.crf is not None and job.output.crf > 51:
         raise JobInputError(f"input.output.crf: H.264 takes 0..51, got {job.output.crf}")
+    outputs = len(job.items) * params.num_images
+    if outputs > limits.max_items:
+        raise JobInputError(f"input.params.num_images: {outputs} outputs, at most {limits.max_items} per job")
     items = [_parse_item(i, raw_item, job.task, limits) for i, raw_item in enumerate(job.items)]
     return Job(job.task, items, params, job.output, job.delivery)
+
+
+def parse_custom(raw: object, input_model: type[BaseModel], task: str, limits: Limits = Limits()) -> Job:
+    """Validate a job input against a model's own `input_model`: one item, whose `Request.input` it is."""
+    if not isinstance(raw, Mapping):
+        raise JobInputError(f"input must be a JSON object, got {_json_type(raw)}")
+    try:
+        custom = input_model.model_validate(raw)
+    except ValidationError as exc:
+        raise JobInputError(_describe(exc)) from None
+    fields = custom.model_dump()
+    try:
+        params = Params.model_validate({k: v for k, v in fields.items() if k in Params.model_fields})
+    except ValidationError as exc:
+        raise JobInputError(_describe(exc)) from None
+    for side in ("width", "height"):
+        value = getattr(params, side)
+        if value is not None and value > limits.max_side:
+            raise JobInputError(f"input.{side}: at most {limits.max_side}, got {value}")
+    seed = fields.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise JobInputError(f"input.seed: must be an integer 0..2^63-1, got {seed!r}")
+    item_id = fields.get("id") if isinstance(fields.get("id"), str) else ""
+    item = Item.model_construct(
+        id=str(item_id)[: wire.MAX_ID_CHARS],
+        prompt=fields.get("prompt") if isinstance(fields.get("prompt"), str) else None,
+        negative_prompt=fields.get("negative_prompt")
+        if isinstance(fields.get("negative_prompt"), str)
+        else None,
+        image=fields.get("image") if isinstance(fields.get("image"), str) else None,
+        seed=seed,
+    )
+    return Job(task, [item], params, Output(), "auto", custom)
+
+
+def job_schema(
+    input_model: type[BaseModel] | None = None, *, tasks: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the job input the worker takes: the built-in job shape (its `task`
+    limited to `tasks`, default the built-in ones), or `input_model`'s schema when the model has its own.
+
+    Pure and torch-free: the relay imports it to check `POST /v1/jobs` before anything reaches RunPod. The
+    resend job shape (`{"resend": ...}`) is internal to recovery and not part of it."""
+    if input_model is not None:
+        schema = input_model.model_json_schema(schema_generator=GenerateJsonSchema)
+        schema.setdefault("title", input_model.__name__)
+    else:
+        schema = _Job.model_json_schema(schema_generator=GenerateJsonSchema)
+        defs = schema.setdefault("$defs", {})
+        defs["Item"] = _inline(Item.model_json_schema(ref_template="#/$defs/{model}"), defs)
+        props = schema["properties"]
+        props["task"] = {"title": "Task", "type": "string", "enum": sorted(set(tasks or TASKS))}
+        props["items"] = {
+            "title": "Items", "type": "array", "items": {"$ref": "#/$defs/Item"},
+            "minItems": 1, "maxItems": Limits().max_items,
+        }  # fmt: skip
+        schema["title"] = "Job input"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A sub-model's schema with its own `$defs` merged into the parent's."""
+    defs.update(schema.pop("$defs", {}))
+    return schema
 
 
 class _Resend(_Strict):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from tests.worker.support import png_base64
 from worker import inputs
@@ -214,3 +215,72 @@ def test_fetch_connection_refused() -> None:
     with pytest.raises(ImageError, match="failed") as info:
         inputs.load_image(f"http://127.0.0.1:{port}/x.png", Limits(fetch_timeout_s=2))
     assert info.value.code == "fetch_failed"
+
+
+# ---- custom tasks, several outputs per item, custom input models, the JSON Schema
+
+
+def test_custom_task_names_are_taken_when_the_model_does_them() -> None:
+    parsed = inputs.parse_job(job(task="upscale"), tasks={"upscale"})
+    assert parsed.task == "upscale" and parsed.format == ""  # each result's kind picks its encoding
+    assert (
+        inputs.parse_job(job(task="upscale", output={"format": "webp"}), tasks={"upscale"}).format == "webp"
+    )
+    with pytest.raises(JobInputError, match=r"input\.task: must be one of 'upscale'$"):
+        inputs.parse_job(job(), tasks={"upscale"})
+    with pytest.raises(JobInputError, match=r"input\.task: String should match pattern"):
+        inputs.parse_job(job(task="has spaces"), tasks={"has spaces"})
+
+
+def test_num_images_asks_for_several_outputs_per_item() -> None:
+    assert inputs.parse_job(job(params={"num_images": 4})).params.num_images == 4
+    with pytest.raises(
+        JobInputError, match=r"input\.params\.num_images: Input should be less than or equal to 64"
+    ):
+        inputs.parse_job(job(params={"num_images": 65}))
+    with pytest.raises(JobInputError, match=r"input\.params\.num_images: 6 outputs, at most 5 per job"):
+        inputs.parse_job(job(items=[{"prompt": "a"}] * 2, params={"num_images": 3}), Limits(max_items=5))
+
+
+class SeedStyle(BaseModel):
+    prompt: str
+    num_images: int = 1
+    width: int = 512
+    seed: int | None = None
+    style: str = "photo"
+
+
+def test_a_custom_input_model_is_the_whole_job_input() -> None:
+    parsed = inputs.parse_custom({"prompt": "a cat", "num_images": 3, "seed": 9}, SeedStyle, "draw")
+    assert parsed.task == "draw" and isinstance(parsed.custom, SeedStyle)
+    assert parsed.custom.style == "photo"
+    assert (parsed.params.num_images, parsed.params.width) == (
+        3,
+        512,
+    )  # params-named fields keep their meaning
+    [item] = parsed.items
+    assert isinstance(item, inputs.Item) and (item.prompt, item.seed) == ("a cat", 9)
+    with pytest.raises(JobInputError, match=r"^input\.prompt: Field required$"):
+        inputs.parse_custom({"num_images": 3}, SeedStyle, "draw")
+    with pytest.raises(JobInputError, match=r"^input\.num_images: Input should be less than or equal to 64$"):
+        inputs.parse_custom({"prompt": "a", "num_images": 100}, SeedStyle, "draw")
+    with pytest.raises(JobInputError, match=r"^input\.width: at most 4096, got 5000$"):
+        inputs.parse_custom({"prompt": "a", "width": 5000}, SeedStyle, "draw")
+    with pytest.raises(JobInputError, match=r"^input must be a JSON object, got an array$"):
+        inputs.parse_custom([], SeedStyle, "draw")
+
+
+def test_job_schema_accepts_good_jobs_and_refuses_bad_ones() -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    schema = inputs.job_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    check = jsonschema.Draft202012Validator(schema)
+    assert check.is_valid(job(params={"steps": 4, "num_images": 2}))
+    assert check.is_valid({"task": "image-to-video", "items": [{"image": "https://x/y.png", "seed": 3}]})
+    bad = {"task": "text-to-imag", "items": [{"prompt": "a", "colour": 1}], "params": {"steps": -3}}
+    paths = sorted("/".join(map(str, e.absolute_path)) for e in check.iter_errors(bad))
+    assert paths == ["items/0", "params/steps", "task"]
+    assert inputs.job_schema(tasks={"upscale"})["properties"]["task"]["enum"] == ["upscale"]
+    custom = jsonschema.Draft202012Validator(inputs.job_schema(SeedStyle))
+    assert custom.is_valid({"prompt": "a", "num_images": 2}) and not custom.is_valid({"num_images": 2})
