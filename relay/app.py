@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from relay import uploads
+from relay import links, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
 from relay.limits import RateLimited
@@ -50,7 +50,7 @@ from relay.recovery import GapRecovery, crash_after_drain
 from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
 from relay.store import BadJobId, JobStore, check_job_id, public
-from relay.ws import websocket_endpoint
+from relay.ws import PendingAuth, websocket_endpoint
 
 log = logging.getLogger("podstream.relay.app")
 
@@ -93,9 +93,21 @@ def _job_id(request: Request) -> str:
         raise ApiError(400, "bad_job_id", str(exc)) from None
 
 
+def _open(relay: Relay, job: str) -> JobStore | None:
+    """The job's store; a job whose files cannot be read (e.g. a corrupt job.json) is `broken_job`, for
+    that job alone."""
+    try:
+        return relay.job(job)
+    except BadJobId:
+        raise
+    except Exception:
+        log.exception("cannot open job %s", job, extra={"job": job})
+        raise ApiError(503, "broken_job", f"the relay cannot read the files of job {job} (logged)") from None
+
+
 def _job(request: Request) -> JobStore:
     job = _job_id(request)
-    store = _relay(request).job(job)
+    store = _open(_relay(request), job)
     if store is None:
         raise ApiError(404, "not_found", f"this relay does not know job {job}")
     return store
@@ -243,9 +255,13 @@ async def tokens(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     await _authorize(request, "list")
     relay = _relay(request)
-    jobs = []
+    jobs: list[dict[str, Any]] = []
     for job in relay.job_ids():
-        store = relay.job(job)
+        try:
+            store = _open(relay, job)
+        except ApiError as exc:
+            jobs.append({"id": job, "status": "BROKEN", "error": {"code": exc.code, "message": exc.message}})
+            continue
         if store is not None:
             jobs.append(_summary(relay, store))
     return JSONResponse({"jobs": jobs})
@@ -562,6 +578,7 @@ def create_app(
         Route("/v1/jobs/{job}/events", events, methods=["GET"]),
         Route("/v1/jobs/{job}/media/{item}", media, methods=["GET", "HEAD"]),
         *uploads.routes(),
+        *links.routes(),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
     if STATIC_DIR.is_dir():
@@ -589,4 +606,5 @@ def create_app(
         },
     )  # fmt: skip
     app.state.relay = relay
+    app.state.pending_auth = PendingAuth(settings.max_pending_auth)
     return app

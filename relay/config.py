@@ -99,7 +99,17 @@ class RelaySettings:
     #: Job submissions per API key per minute (then 429).
     submits_per_minute: int = 60
     #: A websocket that needs a token and sends no `auth` frame within this: bye 4501.
-    auth_timeout_s: float = 10.0
+    auth_timeout_s: float = 5.0
+    #: Websockets waiting for their `auth` frame, at most (their own budget, apart from `max_connections`):
+    #: past it the one waiting longest is closed (4004), so a flood of them cannot lock real clients out.
+    max_pending_auth: int = 1000
+
+    # --- connections (relay.serve)
+    #: A connection whose request headers are not complete within this is closed (idle or trickling).
+    header_timeout_s: float = 5.0
+    #: File descriptors kept free of client connections for journals, media and RunPod calls (0 = an eighth
+    #: of RLIMIT_NOFILE, at least 64); connections past the rest are refused at once.
+    fd_reserve: int = 0
     #: "text" or "json" (one JSON object per line, with the job id where there is one).
     log_format: Literal["text", "json"] = "text"
 
@@ -132,7 +142,7 @@ class RelaySettings:
             "ping_interval_s", "ping_timeout_s", "max_frame_bytes", "max_subscriptions", "max_connections",
             "max_pollers", "tail_records", "max_submit_bytes", "max_events_per_response", "token_ttl_s",
             "max_token_ttl_s", "media_url_ttl_s", "submits_per_minute", "auth_timeout_s", "max_retention_s",
-            "max_upload_bytes", "recovery_timeout_s",
+            "max_upload_bytes", "recovery_timeout_s", "max_pending_auth", "header_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -147,6 +157,8 @@ class RelaySettings:
                 "PODSTREAM_RETRIES, PODSTREAM_RETENTION_S, PODSTREAM_CHUNK_CACHE_BYTES and "
                 "PODSTREAM_DISK_QUOTA_BYTES must be >= 0"
             )
+        if self.fd_reserve < 0:
+            raise ConfigError("PODSTREAM_FD_RESERVE must be >= 0")
         if self.recovery_attempts < 0 or self.test_crash_after_drain < 0:
             raise ConfigError("PODSTREAM_RECOVERY_ATTEMPTS and PODSTREAM_TEST_CRASH_AFTER_DRAIN must be >= 0")
         if self.log_format not in ("text", "json"):

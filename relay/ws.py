@@ -11,7 +11,10 @@ read its socket gets `bye 4001` and resumes later from its last seq; nothing is 
 A client so stalled that even the `bye` cannot be written sees the connection drop instead.
 
 Auth (relay.auth): a connection either authenticates with an `Authorization` header on the upgrade, or must
-send an `auth` frame within `auth_timeout_s` (else `bye 4501`). A token's expiry ends the connection with
+send an `auth` frame within `auth_timeout_s` (else `bye 4501`). Connections waiting for their `auth` frame
+have their own budget (`max_pending_auth`, `PendingAuth`), apart from `max_connections`, which counts
+authenticated ones only: past it the connection waiting longest is closed with `bye 4004`, so a flood of
+sockets that never authenticate cannot lock out a client that does (it authenticates within one round trip). A token's expiry ends the connection with
 `bye 4003` (get a new token, reconnect and resume); an `auth` frame with a fresh token before then extends
 it, and subscriptions the new token does not cover end with `err forbidden`.
 """
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Final
 
@@ -61,15 +65,38 @@ class _Gone(Exception):
     """The client went away (disconnect, reset): nothing more to say to it."""
 
 
+class PendingAuth:
+    """The connections waiting for their `auth` frame, oldest first, at most `limit` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: OrderedDict[Connection, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, connection: Connection) -> Connection | None:
+        """Count `connection` in; returns the one that waited longest when that makes too many."""
+        self._waiting[connection] = None
+        if len(self._waiting) > self.limit:
+            oldest, _ = self._waiting.popitem(last=False)
+            return oldest
+        return None
+
+    def discard(self, connection: Connection) -> None:
+        self._waiting.pop(connection, None)
+
+
 def pack(frame: dict[str, Any]) -> bytes:
     data: bytes = msgpack.packb(frame, use_bin_type=True)
     return data
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, relay: Relay) -> None:
+    def __init__(self, ws: WebSocket, relay: Relay, pending: PendingAuth | None = None) -> None:
         self.ws = ws
         self.relay = relay
+        self.pending = pending if pending is not None else PendingAuth(relay.settings.max_pending_auth)
         self.settings = relay.settings
         self.principal = Principal()
         self.authenticated = False
@@ -104,7 +131,7 @@ class Connection:
             await self._close(Bye(exc.close_code, str(exc)))
             return
         await self.ws.accept()
-        if len(self.relay.connections) >= self.settings.max_connections:
+        if not self.principal.needs_token and self._full():
             await self._close(Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later"))
             return
         self.relay.connections.add(self)
@@ -113,11 +140,15 @@ class Connection:
                 await self._welcome()
                 self._watch_expiry()
             else:
+                evicted = self.pending.add(self)
+                if evicted is not None:
+                    evicted._end(Bye(TOO_MANY_CONNECTIONS, "too many connections waiting for auth; retry"))
                 self._spawn(self._auth_deadline())
             self._spawn(self._read_loop())
             self._spawn(self._ping_loop())
             bye = await self._ended
         finally:
+            self.pending.discard(self)
             self.relay.connections.discard(self)
             tasks = list(self._tasks)
             for task in tasks:
@@ -180,7 +211,15 @@ class Connection:
         self.sent_frames += 1
         self.relay.metrics.bytes_out.labels("ws").inc(len(frame))
 
+    def _full(self) -> bool:
+        """No room for one more authenticated connection (those waiting for auth do not count)."""
+        authenticated = len(self.relay.connections) - len(self.pending) - (self in self.relay.connections)
+        return authenticated >= self.settings.max_connections
+
     async def _welcome(self) -> None:
+        self.pending.discard(self)
+        if self._full():
+            raise Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later")
         self.authenticated = True
         hello = {
             "t": "welcome",
@@ -269,12 +308,19 @@ class Connection:
         except BadJobId as exc:
             await self._err("bad_job", str(exc), job[:128])
             return
-        store = self.relay.job(job)
-        if store is None:
-            await self._err("not_found", "this relay does not know the job", job)
-            return
+        # Authorization before the lookup: a token for job A must not tell whether job B exists.
         if not await self.relay.auth.may_read(self.principal, job):
             await self._err("forbidden", "not allowed to read this job", job)
+            return
+        try:
+            store = self.relay.job(job)
+        except Exception:
+            # One damaged job (e.g. an unreadable job.json) fails its own `sub`, not the connection.
+            log.exception("cannot open job %s for a subscriber", job, extra={"job": job})
+            await self._err("broken_job", "the relay cannot read this job's files (logged)", job)
+            return
+        if store is None:
+            await self._err("not_found", "this relay does not know the job", job)
             return
         task = self._spawn(self._stream(store, after, inline))
         self.subscriptions[job] = task
@@ -359,4 +405,5 @@ class Connection:
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     relay: Relay = ws.app.state.relay
-    await Connection(ws, relay).serve()
+    pending: PendingAuth = ws.app.state.pending_auth
+    await Connection(ws, relay, pending).serve()

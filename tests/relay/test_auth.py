@@ -297,6 +297,10 @@ async def test_websocket_tokens(relay: RelayServer, worker: ScriptedWorker) -> N
         await ws.send(pack({"t": "sub", "job": other, "from": 0}))
         frame = await recv(ws)
         assert frame["t"] == "err" and frame["code"] == "forbidden" and frame["job"] == other
+        # ... nor tells whether job B exists: an unknown job gets the very same answer
+        await ws.send(pack({"t": "sub", "job": "no-such-job", "from": 0}))
+        unknown = await recv(ws)
+        assert {**unknown, "job": other} == frame
         await ws.send(pack({"t": "sub", "job": job, "from": 0}))
         assert (await recv(ws))["t"] == "subscribed"
     # an API key with jobs:read in the header reads any job; one without is refused

@@ -247,7 +247,7 @@ async def test_malformed_frames_close_with_documented_codes(
 
 async def test_bad_and_unknown_jobs_get_err_and_the_connection_stays(relay_server: RelayServer) -> None:
     job = await new_job(relay_server)
-    async with ws_client(relay_server.ws_url, relay_server.token(job)) as ws:
+    async with ws_client(relay_server.ws_url, relay_server.token(job, "nope")) as ws:
         await ws.send(pack({"t": "sub", "job": "../../etc/passwd", "from": 0}))
         frame = await recv(ws)
         assert frame["t"] == "err" and frame["code"] == "bad_job"
@@ -298,3 +298,97 @@ async def test_drain_says_bye_4000(relay_server: RelayServer) -> None:
         await relay_server.relay.drain()
         frame = await recv(ws)
         assert frame["t"] == "bye" and frame["code"] == 4000
+
+
+async def test_unauthenticated_flood_does_not_lock_out_real_clients(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Issue 12 item 5: sockets that never send `auth` have their own budget; MAX_CONNECTIONS is for the rest."""
+    settings = relay_settings(tmp_path, emulator, max_connections=3, max_pending_auth=10, auth_timeout_s=60)
+    relay = await start_relay(settings)
+    flood: list[websockets.ClientConnection] = []
+    try:
+        job = await new_job(relay)
+        for _ in range(50):
+            flood.append(await websockets.connect(relay.ws_url, compression=None))
+        # A client with a token (sent in its first frame, as browsers must) and one with a key header get in.
+        async with (
+            ws_client(relay.ws_url, relay.token(job)) as ws1,
+            ws_client(relay.ws_url, additional_headers=relay.headers) as ws2,
+        ):
+            await subscribe(ws1, job)
+            await subscribe(ws2, job)
+            async with ws_client(relay.ws_url, relay.token(job)) as ws3:
+                await subscribe(ws3, job)
+                # authenticated connections are still capped by max_connections
+                async with websockets.connect(relay.ws_url, compression=None) as ws4:
+                    await ws4.send(pack({"t": "auth", "token": relay.token(job)}))
+                    assert (await recv(ws4)) == {
+                        "t": "bye",
+                        "code": 4004,
+                        "reason": "too many connections; retry later",
+                    }
+        codes = []
+        for ws in flood:
+            try:
+                frame = await recv(ws, 0.2)
+                codes.append(frame["code"] if frame["t"] == "bye" else frame["t"])
+            except TimeoutError:
+                codes.append("open")
+        # the oldest waiting sockets were closed (4004) to make room; at most the budget still waits
+        assert codes.count("open") <= 10 and set(codes) <= {4004, "open"}
+        assert codes[:30] == [4004] * 30
+    finally:
+        for ws in flood:
+            await ws.close()
+        await relay.stop()
+
+
+async def test_a_broken_job_fails_its_own_sub_only(
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    """Issue 12 item 3: an unreadable job.json gets `err broken_job`; other subscriptions and the list work."""
+    settings = relay_settings(tmp_path, emulator)
+    relay = await start_relay(settings)
+    files = make_files(2, 20_000)
+    try:
+        jobs = []
+        for _ in range(2):
+            job = await new_job(relay)
+            taken = await worker.take()
+            for envelope in Batch(taken["id"], files).envelopes:
+                await worker.post(taken["id"], envelope)
+            await worker.done(taken["id"])
+            jobs.append(job)
+        for job in jobs:
+            for _ in range(400):
+                store = relay.relay.job(job)
+                if store is not None and store.finished:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await relay.stop()
+    broken, good = jobs
+    (settings.data_dir / "jobs" / broken / "job.json").write_bytes(b'{"job": "\x00 not json')
+    relay = await start_relay(settings)
+    try:
+        async with relay.http() as http:
+            listing = await http.get(f"{relay.url}/v1/jobs")
+            assert listing.status_code == 200, listing.text
+            by_id = {j["id"]: j for j in listing.json()["jobs"]}
+            assert by_id[good]["status"] == "COMPLETED"
+            if by_id[broken]["status"] == "BROKEN":  # else the store rebuilt what it could: fine too
+                r = await http.get(f"{relay.url}/v1/jobs/{broken}")
+                assert r.status_code == 503 and r.json()["error"]["code"] == "broken_job"
+        async with ws_client(relay.ws_url, relay.token(broken, good)) as ws:
+            await ws.send(pack({"t": "sub", "job": broken, "from": 0}))
+            first = await recv(ws)
+            await subscribe(ws, good)
+            got = await consume(ws, good, Received())
+            check_complete(got, files, got.records[-1]["seq"])
+            if first["t"] == "err":
+                assert first["code"] == "broken_job" and first["job"] == broken
+            else:
+                assert first["t"] == "subscribed"
+    finally:
+        await relay.stop()
