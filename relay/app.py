@@ -43,7 +43,7 @@ from starlette.types import Message, Receive, Scope, Send
 from relay import links, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
-from relay.limits import RateLimited
+from relay.limits import RateLimited, fd_limit, open_fds
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
 from relay.recovery import GapRecovery, crash_after_drain
@@ -57,6 +57,8 @@ log = logging.getLogger("podstream.relay.app")
 STATIC_DIR: Final = Path(__file__).parent / "static"
 SSE_KEEPALIVE_S: Final = 15.0
 MAX_LONG_POLL_MS: Final = 60_000
+#: /readyz fails once this share of RLIMIT_NOFILE is open (new files and RunPod calls would soon fail).
+FD_PRESSURE: Final = 0.9
 
 
 class ApiError(Exception):
@@ -473,7 +475,13 @@ async def readyz(request: Request) -> Response:
     limit = relay.quota.limit
     if limit > 0 and relay.quota.used >= limit:
         problems.append("the disk quota is full")
-    body = {"ready": not problems, "problems": problems, "disk_usage_bytes": relay.quota.used}
+    fds, fd_max = open_fds(), fd_limit()
+    if fds is not None and fds >= FD_PRESSURE * fd_max:
+        problems.append(f"file descriptors nearly exhausted ({fds} of {fd_max} open)")
+    body = {
+        "ready": not problems, "problems": problems, "disk_usage_bytes": relay.quota.used,
+        "open_fds": fds, "fd_limit": fd_max,
+    }  # fmt: skip
     return JSONResponse(body, status_code=503 if problems else 200)
 
 
