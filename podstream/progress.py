@@ -85,7 +85,7 @@ class JobOutcome:
             f"{len(self.files)} file(s) saved ({human_bytes(self.bytes)})",
         ]
         if self.failures:
-            parts.append(f"{len(self.failures)} item(s) failed")
+            parts.append(f"{len({f.item for f in self.failures})} item(s) failed")
         if self.problems:
             codes = sorted({p.code for p in self.problems})
             parts.append(f"{len(self.problems)} stream problem(s): {', '.join(codes)}")
@@ -127,6 +127,12 @@ def display_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except (ValueError, OSError):
         return str(path)
+
+
+def failure_text(failure: ItemFailure) -> str:
+    """`item 3 (cat): bad_image: ...`: the item's number, its id when known, what went wrong."""
+    label = f"item {failure.item}" + (f" ({failure.id})" if failure.id else "")
+    return f"{label}: {failure.code}: {failure.message}" if failure.message else f"{label}: {failure.code}"
 
 
 def human_bytes(n: float) -> str:
@@ -312,8 +318,7 @@ class RichProgress(Observer):
     def item_failed(self, failure: ItemFailure) -> None:
         self._drop(failure.item)
         self._failed += 1
-        label = f"item {failure.item}" + (f" ({failure.id})" if failure.id else "")
-        self.console.print(f"[red]failed[/] {label}: {failure.code}: {failure.message}")
+        self.console.print(f"[red]failed[/] {failure_text(failure)}", highlight=False, markup=True)
         self._overall.advance(self._total_task)
         self._refresh_overall()
 
@@ -352,9 +357,7 @@ class LineProgress(Observer):
         self._say(f"saved {display_path(file.path)} ({human_bytes(file.size)} {file.mime})")
 
     def item_failed(self, failure: ItemFailure) -> None:
-        self._say(
-            f"failed item {failure.item} {failure.id}: {failure.code}: {failure.message}".replace("  ", " ")
-        )
+        self._say(f"failed {failure_text(failure)}")
 
     def problem(self, problem: StreamProblem) -> None:
         self._say(f"problem {problem.code}: {problem.message}")

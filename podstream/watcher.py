@@ -348,6 +348,10 @@ class Subscription:
         code, message = str(rec.get("code") or "error"), str(rec.get("message") or "")
         item = rec.get("item")
         if isinstance(item, int) and not isinstance(item, bool):
+            if any(f.item == item for f in self.outcome.failures):
+                # A lost item can be reported more than once (`incomplete`, then `missing_item` from the
+                # manifest check): it is one failed item, counted and shown once.
+                return
             failure = ItemFailure(item, str(rec.get("id") or ""), code, message)
             self.outcome.failures.append(failure)
             self.observer.item_failed(failure)

@@ -30,13 +30,14 @@ import base64
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podstream import wire
 from relay import uploads
+from relay.repair import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
 from relay.runpod import (
     TERMINAL,
     Backoff,
@@ -56,6 +57,8 @@ log = logging.getLogger("podstream.relay.poller")
 Entry = tuple[str, dict[str, Any]]
 #: Status of a job the relay could not follow to its end (RunPod no longer knows it).
 LOST = "LOST"
+#: Crashes of one poller journaled as `poller_crashed` records (later ones are only logged).
+MAX_JOURNALED_CRASHES = 10
 
 
 def media_url(job: str, item: int) -> str:
@@ -67,9 +70,12 @@ def _zeros_b64(length: int) -> str:
     return base64.b64encode(bytes(length)).decode("ascii")
 
 
-def _problem_entry(problem: wire.Problem) -> Entry:
+def _problem_entry(problem: wire.Problem, ids: Mapping[int, str] | None = None) -> Entry:
     item = getattr(problem, "item", None)
-    return ERROR, {"item": item, "code": problem.code, "message": problem.message}
+    body: dict[str, Any] = {"item": item, "code": problem.code, "message": problem.message}
+    if isinstance(item, int) and ids and item in ids:
+        body["id"] = ids[item]  # messages name a lost item by its id too, not only its number
+    return ERROR, body
 
 
 class JobPoller:
@@ -107,6 +113,16 @@ class JobPoller:
         self._piece: asyncio.Future[None] | None = None  # the piece of the current answer being written
         self._opened = False  # the current answer's early status was handled
         self._committing: asyncio.Future[None] | None = None  # the commit of the previous answer
+
+    def fresh(self) -> JobPoller:
+        """A new poller of the same job with the same settings (what `PollerSet` restarts after a crash:
+        it rebuilds its state from the files, as after a relay restart)."""
+        poller = JobPoller(
+            self.store, self.client, wait_ms=self.wait_ms, backoff=self.backoff, publish=self.publish
+        )
+        poller.recovery = self.recovery
+        poller.on_drained = self.on_drained
+        return poller
 
     # ---------------------------------------------------------------- sinks
 
@@ -210,11 +226,16 @@ class JobPoller:
         self.store.wire.append([record])
 
     def recover(self) -> None:
-        """Rebuild the Assembler from the ingest log (after a restart); safe on a new job."""
+        """Rebuild the Assembler from the ingest log (after a restart); safe on a new job.
+
+        Journal records of envelopes whose records never made it to the journal (a crash between the two
+        writes) are written again; a record the ingest log cannot give back becomes a `lost_record` error at
+        its seq (so seqs stay dense), and damage found in the ingest log itself is journaled too."""
         if self._recovered:
             return
         self._recovered = True
         self._replaying = True
+        lost: list[int] = []
         try:
             for _offset, record in self.store.wire.scan():
                 envelope = dict(record["e"])
@@ -224,18 +245,42 @@ class JobPoller:
                     self.highest_seq = 0
                 if self.assembler.seen(envelope["seq"]):
                     self.highest_seq = max(self.highest_seq, envelope["seq"])
-                if self.store.journal.head == record["h"] and record["r"]:
-                    self.store.record([(kind, fields) for kind, fields in record["r"]])
+                before, entries = record["h"], record["r"]
+                head = self.store.journal.head
+                if entries and before + len(entries) > head:  # some of its records are not in the journal
+                    if before > head:
+                        lost.extend(range(head + 1, before + 1))
+                        self.store.record([_lost_record(seq) for seq in range(head + 1, before + 1)])
+                    done = max(0, head - before)
+                    self.store.record([(kind, fields) for kind, fields in entries[done:]])
         finally:
             self._replaying = False
             for sink in self._replayed:
                 sink.replaying = False
             self._replayed.clear()
+        problems = []
+        if lost:
+            problems.append(
+                f"{len(lost)} journal record(s) (seq {seq_ranges(lost)}) were lost and could not be rebuilt"
+            )
+        if self.store.wire.damage:
+            skipped = sum(n for _offset, n in self.store.wire.damage)
+            kept = self.store.wire.quarantined
+            problems.append(
+                f"wire.log had {skipped} damaged byte(s), skipped"
+                + (f" (the damaged file is kept as quarantine/{kept.name})" if kept is not None else "")
+            )
+        if problems:
+            message = f"the job's files were damaged: {'; '.join(problems)}"
+            log.warning("job %s: %s", self.store.job, message)
+            self.store.record([_error(None, JOURNAL_DAMAGED, message)])
         self.store.commit()
 
     def finish(self, status: str) -> None:
         """The stream ended: journal the end checks and the `done` record."""
-        entries = [_problem_entry(p) for p in self.assembler.finish()]
+        manifest = self.assembler.manifest
+        ids = {entry["item"]: entry["id"] for entry in manifest.items} if manifest is not None else {}
+        entries = [_problem_entry(p, ids) for p in self.assembler.finish()]
         self.assembler.close()
         self.store.record(entries)
         self.store.commit()
@@ -371,6 +416,14 @@ def _error(item: int | None, code: str, message: str) -> Entry:
     return ERROR, {"item": item, "code": code, "message": message}
 
 
+def _lost_record(seq: int) -> Entry:
+    return ERROR, {
+        "item": None,
+        "code": LOST_RECORD,
+        "message": f"journal record {seq} was lost and could not be rebuilt",
+    }
+
+
 def _entry_output(text: bytes) -> object:
     """The `output` of one `/stream` entry. A part's base64 `data` (nearly all of its bytes) is sliced out
     of the text as is when it is a plain JSON string (no escapes, ASCII) and the only `"data"` in it: the
@@ -410,8 +463,18 @@ def _part_bytes(envelope: dict[str, Any]) -> int:
 class PollerSet:
     """Exactly one running `JobPoller` per job."""
 
-    def __init__(self, limit: int = 1000) -> None:
+    def __init__(
+        self,
+        limit: int = 1000,
+        *,
+        restart_backoff: Backoff | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.limit = limit
+        #: Delays between restarts of a crashed poller.
+        self.restart_backoff = restart_backoff or Backoff(1.0, 60.0)
+        self._rng = rng
+        self.restarts = 0  # pollers restarted after a crash, over the relay's life (tests, metrics)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.pollers: dict[str, JobPoller] = {}
         #: Given to every poller started without its own (set by `relay.app.create_app`).
@@ -441,16 +504,56 @@ class PollerSet:
         return True
 
     async def _run(self, poller: JobPoller) -> None:
+        """Run the job's poller; one that crashes is journaled and restarted after a backoff."""
         job = poller.store.job
+        crashes = 0
         try:
-            await poller.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the poller of job %s crashed; it resumes on the next restart or attach", job)
+            while True:
+                try:
+                    await poller.run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    crashes += 1
+                    delay = self.restart_delay(crashes)
+                    log.exception(
+                        "the poller of job %s crashed (%d time(s)); restarting it in %.1fs",
+                        job,
+                        crashes,
+                        delay,
+                    )
+                    if poller.stopping or poller.store.closed:
+                        return
+                    await self._journal_crash(poller, exc, crashes, delay)
+                    await asyncio.sleep(delay)
+                    if poller.stopping or poller.store.closed:
+                        return
+                    poller = poller.fresh()
+                    self.pollers[job] = poller
+                    self.restarts += 1
         finally:
             self._tasks.pop(job, None)
             self.pollers.pop(job, None)
+
+    def restart_delay(self, crashes: int) -> float:
+        """Exponential, capped, with jitter in its upper half (never a tight loop, never in lockstep)."""
+        ceiling = self.restart_backoff.delay(crashes, lambda: 1.0)
+        return ceiling * (0.5 + 0.5 * self._rng())
+
+    async def _journal_crash(self, poller: JobPoller, exc: Exception, crashes: int, delay: float) -> None:
+        if crashes > MAX_JOURNALED_CRASHES:
+            return  # a poller that keeps crashing is in the log; its journal says so already
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        message = f"the relay's poller of this job crashed ({detail}); restarting it in {delay:.1f} s"
+        if crashes == MAX_JOURNALED_CRASHES:
+            message += " (further crashes are only logged)"
+        try:
+            await _finish_in_thread(poller._record_commit, [_error(None, "poller_crashed", message)])
+        except Exception:
+            log.exception("cannot journal the crash of the poller of job %s", poller.store.job)
+            return
+        poller.publish()
 
     async def wait(self, job: str) -> None:
         task = self._tasks.get(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         job = args.job
         if args.submit is not None:
             job = pull_mod.run_job(load_input(args.submit), runpod_url=base, key=args.key, retry=retry)
-            print(f"submitted job {job}", flush=True)
+            # Status lines go to stderr, so that stdout holds only the outcome (JSON with --json).
+            print(f"submitted job {job}", file=sys.stderr, flush=True)
         observer = terminal_observer(quiet=args.quiet, title=f"job {job}")
         out = args.out / job if args.submit is not None else args.out
         outcome = _pull(job, base, args, retry, out, observer)

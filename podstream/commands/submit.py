@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
             if job.token:
                 print(f"token: {job.token}")
         return 0
-    if not args.json:
-        print(f"submitted job {job.id}; saving to {out}/", flush=True)
+    # A status line: on stderr, so that stdout holds only the outcome (JSON with --json).
+    print(f"submitted job {job.id}; saving to {out}/", file=sys.stderr, flush=True)
     items = data.get("items")
     total = len(items) if isinstance(items, list) else None
     try:

@@ -1,6 +1,7 @@
 """The emulator's HTTP face: RunPod's client API and its worker API, as a Starlette app.
 
-Client side, under `/v2/{endpoint_id}/`: run, runsync, stream, status, cancel, retry, purge-queue, health.
+Client side, under `/v2/{endpoint_id}/`: run, runsync, stream, status, status-sync, cancel, retry,
+purge-queue, health.
 Worker side, at the URLs the runpod SDK builds from its `RUNPOD_WEBHOOK_*` variables:
 `GET job-take/{worker}` and `GET job-take-batch/{worker}?batch_size=N` (long-polls; 204 when nothing came),
 `POST job-stream/{worker}/{job}` and `POST job-done/{worker}/{job}` (body: JSON text, sent as
@@ -32,7 +33,9 @@ from podstream.emulator.stats import RequestStats
 
 Handler = Callable[[Request, bytes], Awaitable[Response]]
 
-CLIENT_ROUTES = ("run", "runsync", "stream", "status", "cancel", "retry", "purge-queue", "health")
+CLIENT_ROUTES = (
+    "run", "runsync", "stream", "status", "status-sync", "cancel", "retry", "purge-queue", "health",
+)  # fmt: skip
 WORKER_ROUTES = ("job-take", "job-take-batch", "job-stream", "job-done", "job-stop", "ping")
 
 
@@ -89,6 +92,7 @@ class EmulatorApp:
             self._route(f"{prefix}/runsync", "runsync", post, self._runsync, cap=config.max_runsync_bytes),
             self._route(f"{prefix}/stream/{{job_id}}", "stream", both, self._stream),
             self._route(f"{prefix}/status/{{job_id}}", "status", both, self._status),
+            self._route(f"{prefix}/status-sync/{{job_id}}", "status-sync", both, self._status_sync),
             self._route(f"{prefix}/cancel/{{job_id}}", "cancel", post, self._cancel),
             self._route(f"{prefix}/retry/{{job_id}}", "retry", post, self._retry),
             self._route(f"{prefix}/purge-queue", "purge-queue", post, self._purge_queue),
@@ -268,12 +272,18 @@ class EmulatorApp:
         if isinstance(wait_ms, JSONResponse):
             return wait_ms
         job = self._submit(parsed, sync=True)
+        return await self._until_terminal(job, wait_ms)
+
+    async def _until_terminal(self, job: Job, wait_ms: int) -> Response:
+        """The status body once `job` ends, or `{"id", "status"}` when `wait_ms` runs out first."""
         deadline = time.monotonic() + wait_ms / 1000
         while not job.status.terminal and not self.table.closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             await job.changed.wait(remaining)
+        if self.table.get(job.id) is not job:
+            return _error(404, "request does not exist")
         if not job.status.terminal:
             return JSONResponse({"id": job.id, "status": job.status.value})
         return JSONResponse(job.status_body())
@@ -324,6 +334,19 @@ class EmulatorApp:
         if isinstance(found, JSONResponse):
             return found
         return JSONResponse(found.status_body())
+
+    async def _status_sync(self, request: Request, body: bytes) -> Response:
+        # The JS SDK's runSync calls this once /runsync's own wait ran out: `?wait=` ms (it sends
+        # 1000..90000), answered like /runsync, with the status body as soon as the job ends.
+        found = self._job_or_404(request)
+        if isinstance(found, JSONResponse):
+            return found
+        wait_ms = self._wait_ms(
+            request, self.config.runsync_wait_default_ms, 1, self.config.runsync_wait_max_ms
+        )
+        if isinstance(wait_ms, JSONResponse):
+            return wait_ms
+        return await self._until_terminal(found, wait_ms)
 
     async def _cancel(self, request: Request, body: bytes) -> Response:
         found = self._job_or_404(request)

@@ -30,6 +30,7 @@ def _production_rate_limits() -> Mapping[str, RateLimit]:
             "runsync": RateLimit(1000),
             "stream": RateLimit(2000, concurrent=400),
             "status": RateLimit(2000, concurrent=400),
+            "status-sync": RateLimit(2000, concurrent=400),  # (unconfirmed) taken to be /status's
             "cancel": RateLimit(100),
         }
     )

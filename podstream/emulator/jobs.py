@@ -57,6 +57,8 @@ class Signal:
 
 
 _NO_OUTPUT: Any = object()
+#: How many of its own finished job ids a worker's record keeps (pings lag a job's end by one interval).
+_FINISHED_KEPT = 256
 
 
 @dataclass(eq=False)
@@ -119,6 +121,9 @@ class Worker:
     job_in_progress: bool = False  # as the worker last said on job-take
     stop: deque[str] = field(default_factory=deque)
     stop_changed: Signal = field(default_factory=Signal)
+    # Jobs this worker itself ended with job-done (most recent last). Its ping process reads the SDK's
+    # job list on its own clock and can still name them afterwards: they must not be stopped then.
+    finished: deque[str] = field(default_factory=lambda: deque(maxlen=_FINISHED_KEPT))
 
     def heartbeat_age(self, now: float) -> float:
         return now - (self.last_ping if self.last_ping is not None else self.first_seen)
@@ -279,7 +284,11 @@ class JobTable:
             return
         worker.last_ping = self._clock()
         worker.runpod_version = version or worker.runpod_version
-        stale = [job_id for job_id in job_ids or [] if self.holder_job(worker_id, job_id) is None]
+        stale = [
+            job_id
+            for job_id in job_ids or []
+            if self.holder_job(worker_id, job_id) is None and job_id not in worker.finished
+        ]
         fresh = [job_id for job_id in stale if job_id not in worker.stop]
         if fresh:
             worker.stop.extend(fresh)
@@ -318,6 +327,9 @@ class JobTable:
 
     def complete(self, job: Job, body: dict[str, Any]) -> None:
         """A job-done body: `{"output": x}` or `{"error": "..."}` (plus `stopPod` and such)."""
+        worker = self.workers.get(job.worker_id or "")
+        if worker is not None:
+            worker.finished.append(job.id)
         if body.get("error"):
             self._finish(
                 job, JobStatus.FAILED, error=str(body["error"]), output=body.get("output", _NO_OUTPUT)

@@ -22,6 +22,7 @@ import pytest
 
 from podstream import wire
 from relay.auth import generate_key, hash_key
+from tests.podstream.stack import RUNPOD_KEY, emulator_with_worker, local_stack
 
 #: The API key of the real relays these tests start (auth on, as users run it).
 RELAY_KEY = generate_key()
@@ -225,84 +226,63 @@ def test_submit_to_a_relay_that_cannot_submit(relay: str, tmp_path: Path) -> Non
     one_line_error(result, 1, "refused the job")
 
 
-LIGHT_WORKER = """
-import hashlib, runpod
-from podstream import wire
-
-async def handler(job):
-    env = wire.Envelopes(job["id"])
-    entries = []
-    for item, size in enumerate(job["input"]["sizes"]):
-        data = hashlib.sha256(str(item).encode()).digest() * (size // 32)
-        parts = list(env.parts(item, data, mime="image/png", id=f"img{item}", part_bytes=100_000))
-        for part in parts:
-            yield part
-        entries.append(wire.ManifestItem(item, f"img{item}", "ok", "image/png", len(data), wire.sha256_hex(data), len(parts)))
-    for page in env.manifest(entries):
-        yield page
-
-runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
-"""
-
-
 def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
     """`podstream submit --input` streams a job's files to DIR/<job>/; `podstream watch` replays it."""
-    from podstream.emulator import Emulator, EmulatorConfig
+    (tmp_path / "job.json").write_text(json.dumps({"input": {"sizes": [250_000, 64, 90_000]}}))
+    with local_stack(tmp_path) as stack:
+        out = tmp_path / "out"
+        result = podstream(
+            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(tmp_path / "job.json"),
+            "--out", str(out), "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)  # stdout is the JSON outcome only
+        job = outcome["job"]
+        assert outcome["ok"] and [f["item"] for f in outcome["files"]] == [0, 1, 2]
+        assert f"submitted job {job}" in result.stderr
+        names = sorted(p.name for p in (out / job).iterdir())
+        assert names == ["00000-img0.png", "00001-img1.png", "00002-img2.png"]
 
-    script = tmp_path / "worker.py"
-    script.write_text(LIGHT_WORKER)
-    sizes = [250_000, 64, 90_000]
-    (tmp_path / "job.json").write_text(json.dumps({"input": {"sizes": sizes}}))
-    port = closed_port()
-    relay_url = f"http://127.0.0.1:{port}"
-    with Emulator(EmulatorConfig(endpoint_id="ep", api_key="rk")).serve_in_thread() as emu:
-        emu.spawn_workers(1, [sys.executable, str(script)], log_dir=tmp_path)
-        argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
-        argv += ["--data-dir", str(tmp_path / "data"), "--port", str(port), "--fsync", "never"]
-        with (tmp_path / "relay.log").open("wb") as log:
-            env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "rk", "PODSTREAM_API_KEYS": hash_key(RELAY_KEY)}
-            relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + 60
-            while not _healthy(relay_url):
-                assert relay.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "relay.log"
-                ).read_text()
-                time.sleep(0.1)
-            out = tmp_path / "out"
-            result = podstream(
-                "submit",
-                "--relay",
-                relay_url,
-                "--key",
-                RELAY_KEY,
-                "--input",
-                str(tmp_path / "job.json"),
-                "--out",
-                str(out),
-                "--json",
-            )
-            assert result.returncode == 0, result.stderr
-            outcome = json.loads(result.stdout)
-            job = outcome["job"]
-            assert outcome["ok"] and [f["item"] for f in outcome["files"]] == [0, 1, 2]
-            names = sorted(p.name for p in (out / job).iterdir())
-            assert names == ["00000-img0.png", "00001-img1.png", "00002-img2.png"]
-
-            replay = podstream(
-                "watch", job, "--relay", relay_url, "--key", RELAY_KEY, "--out", str(tmp_path / "replay")
-            )
-            assert replay.returncode == 0, replay.stderr
-            assert "COMPLETED; 3 file(s) saved" in replay.stdout
-            for name in names:
-                assert (tmp_path / "replay" / name).read_bytes() == (out / job / name).read_bytes()
-        finally:
-            relay.terminate()
-            relay.wait(30)
+        replay = podstream(
+            "watch", job, "--relay", stack.relay, "--key", stack.key, "--out", str(tmp_path / "replay")
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert "COMPLETED; 3 file(s) saved" in replay.stdout
+        for name in names:
+            assert (tmp_path / "replay" / name).read_bytes() == (out / job / name).read_bytes()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def test_a_lost_item_is_counted_once(tmp_path: Path) -> None:
+    """An item whose part RunPod lost is one failed item, in submit's and in a later watch's summary."""
+    (tmp_path / "job.json").write_text(json.dumps({"input": {"sizes": [250_000, 64, 90_000]}}))
+    with local_stack(tmp_path, {"PODSTREAM_RECOVERY_ATTEMPTS": "0"}) as stack:
+        stack.emu.faults.drop_stream_items = {2}  # the 2nd of item 0's 3 parts
+        result = podstream(
+            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(tmp_path / "job.json"),
+            "--out", str(tmp_path / "out"),
+        )  # fmt: skip
+        line = one_line_error(result, 1, "2 file(s) saved", "1 item(s) failed")
+        job = line.split()[3]
+        failed = [entry for entry in result.stderr.splitlines() if entry.startswith("failed")]
+        assert len(failed) == 1 and failed[0].startswith("failed item 0 (img0): "), result.stderr
+        replay = podstream(
+            "watch", job, "--relay", stack.relay, "--key", stack.key, "--out", str(tmp_path / "r"), "--json"
+        )
+        assert replay.returncode == 1
+        outcome = json.loads(replay.stdout)
+        assert [f["item"] for f in outcome["failures"]] == [0]
+        assert [f["item"] for f in outcome["files"]] == [1, 2]
+        one_line_error(replay, 1, "1 item(s) failed")
+
+
+def test_pull_submit_json_prints_only_json_on_stdout(tmp_path: Path) -> None:
+    (tmp_path / "job.json").write_text(json.dumps({"sizes": [1000, 2000]}))
+    with emulator_with_worker(tmp_path) as emu:
+        result = podstream(
+            "pull", "--submit", str(tmp_path / "job.json"), "--runpod-url", emu.endpoint_url,
+            "--key", RUNPOD_KEY, "--out", str(tmp_path / "out"), "--json", "--wait", "1000",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["ok"] and [f["size"] for f in outcome["files"]] == [992, 1984]
+    assert f"submitted job {outcome['job']}" in result.stderr

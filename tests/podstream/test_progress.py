@@ -91,7 +91,7 @@ def test_line_progress(tmp_path: Path) -> None:
     display.position(12)
     assert buffer.getvalue().splitlines() == [
         f"saved {tmp_path / '00000-a.mp4'} (1.5 MB video/mp4)",
-        "failed item 1 b: bad_image: cannot decode",
+        "failed item 1 (b): bad_image: cannot decode",  # the same words as the live bars
         "problem gap: 1 envelope(s) never arrived: 7",
     ]
     assert display.last_seq == 12

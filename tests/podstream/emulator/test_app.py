@@ -444,6 +444,54 @@ async def test_runsync_waits_for_the_result(serve: Start) -> None:
     assert response.json()["status"] == "IN_QUEUE"
 
 
+async def test_status_sync_waits_for_the_end_then_answers_the_status(serve: Start) -> None:
+    """The JS SDK's runSync calls `GET /status-sync/{id}?wait=ms` once /runsync's own wait ran out."""
+    s = await serve()
+    job_id = await s.client.run({"n": 1})
+    # nothing ends it within the wait: the current state comes back, as /runsync does
+    response = await s.client.call("GET", f"status-sync/{job_id}", params={"wait": "200"})
+    assert response.status_code == 200 and response.json() == {"id": job_id, "status": "IN_QUEUE"}
+
+    waiting = asyncio.create_task(s.client.call("GET", f"status-sync/{job_id}", params={"wait": "20000"}))
+    job = await s.worker.take_one()
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # still held: the job is running
+    await s.worker.done(job["id"], {"output": {"sum": 3}}, is_stream=False)
+    body = (await asyncio.wait_for(waiting, 10)).json()
+    assert body["status"] == "COMPLETED" and body["output"] == {"sum": 3} and body["id"] == job_id
+    # a finished job answers at once, POST works too; unknown ids and bad waits are refused
+    again = await s.client.call("POST", f"status-sync/{job_id}", params={"wait": "90000"})
+    assert again.json()["output"] == {"sum": 3}
+    assert (await s.client.call("GET", "status-sync/nope")).status_code == 404
+    bad = await s.client.call("GET", f"status-sync/{job_id}", params={"wait": "soon"})
+    assert bad.status_code == 400 and "wait" in bad.json()["error"]
+    assert s.emu.stats()["routes"]["status-sync"]["requests"] == 5
+
+
+async def test_no_stop_signal_for_a_job_its_worker_completed(serve: Start) -> None:
+    """The SDK's ping process can still list a job after job-done: that must not stop (cancel) it."""
+    s = await serve(job_stop_wait_s=0.3)
+    job_id = await s.client.run({})
+    await s.worker.take_one()
+    await s.worker.done(job_id, {"output": []})
+    assert (await s.worker.ping(job_id=job_id, runpod_version="1.12.0")).status_code == 200
+    assert (await s.worker.stop_poll()).status_code == 204  # no jobsToStop
+    # also once the finished job is deleted (retention), and for a job this worker failed itself
+    assert s.emu.expire(job_id)
+    failed = await s.client.run({})
+    await s.worker.take_one()
+    await s.worker.done(failed, {"error": "handler: boom"})
+    await s.worker.ping(job_id=f"{job_id},{failed}")
+    assert (await s.worker.stop_poll()).status_code == 204
+    # a job the platform ended (cancel) is still signalled when a ping names it
+    cancelled = await s.client.run({})
+    await s.worker.take_one()
+    await s.client.call("POST", f"cancel/{cancelled}")
+    assert (await s.worker.stop_poll()).json() == {"jobsToStop": [cancelled]}
+    await s.worker.ping(job_id=cancelled)
+    assert (await s.worker.stop_poll()).json() == {"jobsToStop": [cancelled]}
+
+
 # ---- rate limits, faults, webhooks, stats ----------------------------------------------------------
 
 

@@ -1,0 +1,110 @@
+"""A real local stack for end-to-end tests: the RunPod emulator, a light SDK worker and a relay process.
+
+    with local_stack(tmp_path) as stack:
+        stack.emu.faults.drop_stream_items = {2}
+        podstream("submit", "--relay", stack.relay, "--key", stack.key, ...)
+
+The worker is the real runpod SDK loop (spawned by the emulator) running a tiny async-generator handler
+that streams `input.sizes` items of sha256-derived bytes and a manifest (no torch). The relay is a real
+`podstream relay` process with an API key, on a free loopback port; everything stops on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from podstream.emulator import Emulator, EmulatorConfig
+from relay.auth import generate_key, hash_key
+
+RUNPOD_KEY = "rk"
+
+LIGHT_WORKER = """
+import asyncio, hashlib, os, runpod
+from podstream import wire
+
+async def handler(job):
+    env = wire.Envelopes(job["id"])
+    entries = []
+    delay = float(job["input"].get("delay_s", 0))
+    for item, size in enumerate(job["input"]["sizes"]):
+        await asyncio.sleep(delay)
+        data = hashlib.sha256(str(item).encode()).digest() * (size // 32)
+        parts = list(env.parts(item, data, mime="image/png", id=f"img{item}", part_bytes=100_000))
+        for part in parts:
+            yield part
+        entries.append(wire.ManifestItem(item, f"img{item}", "ok", "image/png", len(data), wire.sha256_hex(data), len(parts)))
+    for page in env.manifest(entries):
+        yield page
+
+runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Stack:
+    emu: Emulator
+    relay: str  # the relay's http URL
+    key: str  # an API key the relay accepts
+    tmp: Path
+
+    @property
+    def runpod_url(self) -> str:
+        return self.emu.endpoint_url
+
+
+@contextlib.contextmanager
+def emulator_with_worker(tmp: Path, workers: int = 1) -> Iterator[Emulator]:
+    """The emulator (client key `RUNPOD_KEY`) with `workers` light SDK workers."""
+    script = tmp / "light_worker.py"
+    script.write_text(LIGHT_WORKER)
+    with Emulator(EmulatorConfig(endpoint_id="ep", api_key=RUNPOD_KEY)).serve_in_thread() as emu:
+        emu.spawn_workers(workers, [sys.executable, str(script)], log_dir=tmp)
+        yield emu
+
+
+@contextlib.contextmanager
+def local_stack(tmp: Path, relay_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    key = generate_key()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with emulator_with_worker(tmp) as emu:
+        argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
+        argv += ["--data-dir", str(tmp / "data"), "--port", str(port), "--fsync", "never"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
+        env.update(PODSTREAM_RUNPOD_KEY=RUNPOD_KEY, PODSTREAM_API_KEYS=hash_key(key), **(relay_env or {}))
+        log_path = tmp / "relay.log"
+        with log_path.open("wb") as log:
+            relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not healthy(url):
+                assert relay.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            yield Stack(emu, url, key, tmp)
+        finally:
+            relay.terminate()
+            relay.wait(30)
