@@ -13,7 +13,7 @@ RunPod's `/stream` *drains*: each call hands out only items no earlier call got,
 one puller per job (a relay, or this). The stream has ended when the job's status is terminal AND a call
 returns no items; the last items can come together with COMPLETED. A FAILED job's error is not on the
 stream, so it is read from `/status`. 429 and 5xx answers, timeouts and dropped connections are retried
-with exponential backoff and full jitter, honouring `Retry-After`; a rejected key, an unknown job or an
+with exponential backoff and full jitter (`podstream.backoff`), honouring `Retry-After`; a rejected key, an unknown job or an
 unreachable server end the pull with a `TransferError` at once.
 
 At the end, a job that did not complete with every item whole raises `JobIncomplete` (its `outcome` says
@@ -27,9 +27,7 @@ programs. Both share `StreamDrain`, which does no I/O.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
-import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -40,6 +38,7 @@ from typing import Any, Final
 import httpx
 
 from podstream import sinks, wire
+from podstream.backoff import MAX_RETRY_AFTER_S, Backoff, retry_after_seconds
 from podstream.progress import (
     TERMINAL_STATUSES,
     ItemFailure,
@@ -64,35 +63,20 @@ RUNPOD_API_BASE: Final = "https://api.runpod.ai/v2"
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: try `n` waits `uniform(0, min(cap, base * 2**n))` seconds.
-
-    `attempts` is how many failures in a row end the transfer; a success resets the count. A
-    `Retry-After` from the server is honoured (up to `max_retry_after`) instead of the computed delay.
-    """
+    """How a transfer retries: `attempts` failures in a row end it (a success resets the count); the
+    waits are `podstream.backoff.Backoff(base, cap)` (exponential, full jitter), never shorter than a
+    server's `Retry-After` (honoured up to `max_retry_after`)."""
 
     attempts: int = 8
     base: float = 0.5
     cap: float = 30.0
-    max_retry_after: float = 120.0
+    max_retry_after: float = MAX_RETRY_AFTER_S
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        return random.uniform(0.0, min(self.cap, self.base * 2.0 ** max(attempt - 1, 0)))
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """The delay a `Retry-After` header asks for (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+        """The wait after failure number `attempt` (from 1) in a row."""
+        return Backoff(self.base, self.cap).delay(
+            attempt - 1, retry_after=retry_after, max_retry_after=self.max_retry_after
+        )
 
 
 def endpoint_url(runpod_url: str | None = None, endpoint: str | None = None) -> str:

@@ -18,10 +18,8 @@ overlap and the answer is never held whole in memory.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -31,6 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
+
+# One backoff for the whole project (podstream/backoff.py); re-exported: relay.poller and tests import it here.
+from podstream.backoff import Backoff as Backoff
+from podstream.backoff import retry_after_seconds
 
 TERMINAL: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 STATUSES: Final = frozenset({"IN_QUEUE", "IN_PROGRESS"}) | TERMINAL
@@ -79,18 +81,6 @@ class StreamBatch:
     def finished(self) -> bool:
         """End of stream: a terminal status AND nothing more handed out."""
         return self.status in TERMINAL and not self.outputs and not self.delivered
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        factor: float = rng()
-        return factor * min(self.cap_s, math.ldexp(self.base_s, min(attempt, 30)))
 
 
 class RunPodClient:
@@ -268,18 +258,9 @@ def _http_error(response: httpx.Response, method: str, path: str) -> RunPodError
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), capped."""
+    seconds = retry_after_seconds(value)
+    return None if seconds is None else min(seconds, _MAX_RETRY_AFTER_S)
 
 
 def _stream_batch(data: dict[str, Any]) -> StreamBatch:
