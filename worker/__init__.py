@@ -1,6 +1,7 @@
 """The podstream worker: a RunPod async-generator handler that streams every generated file.
 
-Bring your own model (see worker/model.py and docs/worker.md):
+Bring your own handler (worker/wrapper.py): `runpod.serverless.start({"handler": worker.wrap(handler)})` streams
+the files of an existing RunPod handler's result. Bring your own model (see worker/model.py and docs/worker.md):
 
     import worker
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         Video,
     )
     from worker.start import NotOnRunPod, run_once, serve
+    from worker.wrapper import WrapConfig, wrap
 
 _EXPORTS = {
     "HandlerConfig": "worker.handler",
@@ -55,6 +57,8 @@ _EXPORTS = {
     "NotOnRunPod": "worker.start",
     "run_once": "worker.start",
     "serve": "worker.start",
+    "WrapConfig": "worker.wrapper",
+    "wrap": "worker.wrapper",
 }
 __all__ = [
     "Cancelled",
@@ -71,9 +75,11 @@ __all__ = [
     "Request",
     "Result",
     "Video",
+    "WrapConfig",
     "make_handler",
     "run_once",
     "serve",
+    "wrap",
 ]
 
 
