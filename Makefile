@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints/dev.txt
 PKGS := podstream worker relay
 
-.PHONY: help venv js test test-py test-js lint bench demo clean
+.PHONY: help venv js test test-py test-js lint bench bench-full demo clean
 
 help:
 	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
 	@echo "make test   - every test suite (Python and client_js)"
 	@echo "make lint   - ruff, mypy --strict, hadolint"
-	@echo "make bench  - benchmarks (ratios against baselines measured in the same run)"
+	@echo "make bench  - benchmarks, short forms; writes docs/benchmarks.md and docs/bench/*.png"
+	@echo "make bench-full - the same at the full sizes (tens of minutes, GBs of disk)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +48,10 @@ lint: venv
 	@if [ -f Dockerfile ]; then $(VENV)/bin/hadolint Dockerfile; fi
 
 bench: venv
-	$(PY) -m bench
+	$(PY) -m bench --report docs
+
+bench-full: venv
+	$(PY) -m bench --full --report docs
 
 demo: venv js
 	$(VENV)/bin/podstream demo

@@ -1,26 +1,96 @@
-"""Run every benchmark module in its own process (so RSS figures are its own): `python -m bench [NAME...]`."""
+"""Run benchmarks, each in its own process (so its CPU and RSS figures are its own).
+
+    python -m bench                     # every benchmark, short forms (what `make bench` runs)
+    python -m bench relay_fanout        # some of them
+    python -m bench --full              # the full sizes (`make bench-full`: tens of minutes, GBs of disk)
+    python -m bench --report docs       # also write docs/benchmarks.md and docs/bench/*.png from this run
+
+Every figure is a ratio against a baseline measured in the same run, on the same machine.
+"""
 
 from __future__ import annotations
 
+import argparse
 import pkgutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+HERE = Path(__file__).parent
+
+#: The short forms: small enough for a busy 2-core machine, the same shape as the full ones.
+SHORT: dict[str, list[str]] = {
+    "relay_fanout": ["--subscribers", "5,10,20", "--items", "8", "--mb", "2"],
+    "relay_ingest": ["--items", "12", "--mb", "4"],
+    "relay_latency": ["--yields", "30", "--interval-ms", "100"],
+    "relay_memory": ["--sizes", "16,48,160", "--subscribers", "10"],
+    "pull_ingest": ["--items", "12", "--mb", "4"],
+    "worker_overlap": ["--items", "10", "--mb", "2"],
+    "worker_wire": ["--items", "10"],
+    "worker_memory": ["--small", "20", "--large", "100"],
+    "wire_assembler": ["--items", "10", "--mb", "4"],
+}
+
+#: The full forms (issue 16, target 5).
+FULL: dict[str, list[str]] = {
+    "relay_fanout": ["--subscribers", "20,50,100", "--items", "100", "--mb", "4"],
+    "relay_ingest": ["--items", "100", "--mb", "4"],
+    "relay_latency": ["--yields", "200", "--interval-ms", "100"],
+    "relay_memory": ["--sizes", "200,1000,2000", "--subscribers", "50"],
+    "pull_ingest": ["--items", "250", "--mb", "4"],
+    "worker_overlap": ["--items", "50", "--mb", "4"],
+    "worker_wire": ["--items", "1000"],
+    "worker_memory": ["--mb", "8", "--large", "1000"],
+    "wire_assembler": ["--items", "100", "--mb", "8"],
+}
+
+
+def benchmarks() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if not m.name.startswith("_"))
+
+
+def parser(names: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="benchmarks: " + ", ".join(names),
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    p.add_argument("--full", action="store_true", help="the full sizes instead of the short forms")
+    p.add_argument(
+        "--report", type=Path, metavar="DOCS", help="write DOCS/benchmarks.md and DOCS/bench/*.png"
+    )
+    return p
+
 
 def main(argv: list[str]) -> int:
-    here = Path(__file__).parent
-    names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
-    chosen = [n for n in names if not argv or n in argv]
+    names = benchmarks()
+    p = parser(names)
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in names]
+    if unknown:
+        p.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(names)})")
+    chosen = args.names or names
+    sizes = FULL if args.full else SHORT
     failed = []
-    for name in chosen:
-        print(f"\n=== bench.{name}", flush=True)
-        start = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", f"bench.{name}"])
-        print(f"=== bench.{name}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)
-        if code:
-            failed.append(name)
+    with tempfile.TemporaryDirectory(prefix="podstream-bench-results-") as results:
+        for name in chosen:
+            command = [sys.executable, "-m", f"bench.{name}", *sizes.get(name, [])]
+            command += ["--json", f"{results}/{name}.json"]
+            print(f"\n=== {' '.join(command[1:-2])}", flush=True)
+            start = time.monotonic()
+            code = subprocess.call(command)
+            print(f"=== bench.{name}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)
+            if code:
+                failed.append(name)
+        if args.report is not None:
+            from bench import _report
+
+            written = _report.write(Path(results), args.report, full=args.full, failed=failed)
+            print(f"\nwrote {', '.join(str(p) for p in written)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

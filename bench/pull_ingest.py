@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 import podstream.puller as pull_mod
+from bench import _results
 from podstream import wire
 from podstream.demo import free_port
 
@@ -102,6 +103,7 @@ def main() -> None:
     )
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--mb", type=float, default=4.0, help="size of each item in MB")
+    _results.add_json_option(parser)
     args = parser.parse_args()
     blobs = [os.urandom(int(args.mb * 1_000_000)) for _ in range(args.items)]
     total = sum(len(b) for b in blobs)
@@ -136,7 +138,13 @@ def main() -> None:
     print(
         f"  /stream requests: {stream['requests']}, largest answer {stream['max_response_bytes'] / 1e6:.1f} MB"
     )
-    print(f"ratio pull / baseline throughput: {baseline / pulled:.2f} (1.0 = as fast as the bare loop)")
+    print(
+        f"ratio pull / baseline throughput: {baseline / pulled:.2f} (target >= 0.8; 1.0 = as fast as the bare loop)"
+    )
+    _results.write(
+        args.json, "pull_ingest", args,
+        {"mb": mb, "baseline_mb_s": mb / baseline, "pull_mb_s": mb / pulled, "ratio": baseline / pulled},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

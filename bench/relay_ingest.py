@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import _results
 from bench._relay_stack import stack
 from podstream import wire
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--mb", type=float, default=4.0, help="size of each item in MB")
     parser.add_argument("--fsync", choices=("always", "never"), default="always")
+    _results.add_json_option(parser)
     args = parser.parse_args()
     blobs = [os.urandom(int(args.mb * 1_000_000)) for _ in range(args.items)]
     total = sum(len(b) for b in blobs)
@@ -78,11 +80,9 @@ def main() -> None:
         for i, b in enumerate(blobs)
     )  # fmt: skip
     # the baseline parses /stream bodies of the same shape (the emulator hands out everything buffered at once)
-    started = time.perf_counter()
     body = json.dumps(
         {"id": "job", "status": "COMPLETED", "stream": [{"output": e} for e in envelopes]}
     ).encode()
-    serialize_s = time.perf_counter() - started  # what the emulator (RunPod's part) spends on the answer
     with tempfile.TemporaryDirectory() as tmp:
         baseline = tight_loop([body], Path(tmp))
     del body
@@ -91,12 +91,14 @@ def main() -> None:
     print(f"job: {args.items} items x {args.mb} MB = {total / 1e6:.0f} MB in {len(envelopes)} envelopes")
     print(f"baseline tight loop (JSON + base64 + sha256 + write): {total / baseline / 1e6:.0f} MB/s")
     print(f"relay /stream -> verified files (fsync={args.fsync}):   {total / relay_s / 1e6:.0f} MB/s")
-    print(f"ratio relay/baseline: {baseline / relay_s:.2f} (target >= 0.5)")
-    # The emulator shares this machine: its JSON encoding of the /stream answer is RunPod's work, not ours.
-    print(
-        f"ratio without the emulator's {serialize_s:.1f} s of JSON encoding: "
-        f"{baseline / max(relay_s - serialize_s, 1e-9):.2f}"
-    )
+    print(f"ratio relay/baseline: {baseline / relay_s:.2f} (target >= 0.8)")
+    # The emulator shares this machine and its JSON encoding of the /stream answer (RunPod's work) is inside
+    # the relay's time: no ratio "without" it is printed, as that would be calculated, not measured.
+    _results.write(
+        args.json, "relay_ingest", args,
+        {"mb": total / 1e6, "baseline_mb_s": total / baseline / 1e6, "relay_mb_s": total / relay_s / 1e6,
+         "ratio": baseline / relay_s},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import msgpack
 import runpod
 import websockets
 
+from bench import _results
 from bench._relay_stack import stack
 from podstream import wire
 
@@ -43,9 +44,12 @@ async def relay_consumer(url: str, job: str, received: dict[int, float]) -> None
                 return
 
 
-def summary(sent: dict[int, float], received: dict[int, float]) -> tuple[float, float, int]:
-    lat = sorted((received[n] - sent[n]) * 1000 for n in sent if n in received)
-    return statistics.median(lat), lat[int(len(lat) * 0.9) - 1 if len(lat) > 1 else 0], len(sent) - len(lat)
+def latencies(sent: dict[int, float], received: dict[int, float]) -> list[float]:
+    return sorted((received[n] - sent[n]) * 1000 for n in sent if n in received)
+
+
+def summary(lat: list[float], sent: int) -> tuple[float, float, int]:
+    return statistics.median(lat), lat[int(len(lat) * 0.9) - 1 if len(lat) > 1 else 0], sent - len(lat)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -79,8 +83,9 @@ async def run(args: argparse.Namespace) -> None:
             await s.done(job)
         await asyncio.wait_for(follower, 60)
         await asyncio.to_thread(sdk_done.wait, 60)
-    relay_median, relay_p90, relay_lost = summary(sent_relay, relay_received)
-    sdk_median, sdk_p90, sdk_lost = summary(sent_sdk, sdk_received)
+    relay_ms, sdk_ms = latencies(sent_relay, relay_received), latencies(sent_sdk, sdk_received)
+    relay_median, relay_p90, relay_lost = summary(relay_ms, len(sent_relay))
+    sdk_median, sdk_p90, sdk_lost = summary(sdk_ms, len(sent_sdk))
     print(f"{args.yields} yields, {args.interval_ms} ms apart")
     print(f"runpod SDK job.stream(): median {sdk_median:.0f} ms, p90 {sdk_p90:.0f} ms, missed {sdk_lost}")
     print(
@@ -89,6 +94,8 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"relay median: {relay_median:.0f} ms (target <= 150); ratio sdk/relay: {sdk_median / relay_median:.1f}x"
     )
+    figures = {"relay_ms": relay_ms, "sdk_ms": sdk_ms, "relay_missed": relay_lost, "sdk_missed": sdk_lost}
+    _results.write(args.json, "relay_latency", args, figures)
 
 
 def main() -> None:
@@ -97,6 +104,7 @@ def main() -> None:
     )
     parser.add_argument("--yields", type=int, default=30)
     parser.add_argument("--interval-ms", type=int, default=200)
+    _results.add_json_option(parser)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import _results
 from podstream import wire
 from podstream.sinks import file_sinks
 
@@ -22,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--mb", type=int, default=8, help="size of each item in MB")
+    _results.add_json_option(parser)
     args = parser.parse_args()
     blobs = [os.urandom(args.mb * 1_000_000) for _ in range(args.items)]
     env = wire.Envelopes("bench")
@@ -61,6 +63,7 @@ def main() -> None:
     print(f"baseline tight loop: {total / baseline / 1e6:.0f} MB/s")
     print(f"assembler to disk:   {total / assembled / 1e6:.0f} MB/s")
     print(f"ratio assembler/baseline: {baseline / assembled:.2f} (target >= 0.5)")
+    _results.write(args.json, "wire_assembler", args, {"mb": total / 1e6, "ratio": baseline / assembled})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import resource
 import subprocess
 import sys
 
+from bench import _results
+
 
 async def _job(items: int, size: int) -> int:
     from worker.handler import make_handler
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=1.0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    _results.add_json_option(parser)
     args = parser.parse_args(argv)
     if args.child is not None:
         child(args.child, args.bytes)
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"N={args.small}: peak RSS {small['peak_rss_mib']:.1f} MiB ({small['sent'] / 1e6:.0f} MB sent)")
     print(f"N={args.large}: peak RSS {large['peak_rss_mib']:.1f} MiB ({large['sent'] / 1e6:.0f} MB sent)")
     print(f"ratio RSS(N={args.large}) / RSS(N={args.small}) = {ratio:.3f} (target <= 1.10)")
+    _results.write(args.json, "worker_memory", args, {"small": small, "large": large, "ratio": ratio})
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench import _results
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--mb", type=float, default=8.0)
     parser.add_argument("--serve", type=int, metavar="BYTES", help=argparse.SUPPRESS)  # the worker process
+    _results.add_json_option(parser)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
@@ -104,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         f"time {elapsed:.1f} s, {args.items * size / elapsed / 1e6:.1f} MB/s; first file after {first_file or 0:.1f} s"
     )
     ok = body["status"] == "COMPLETED" and not problems and largest <= 1_000_000
+    _results.write(
+        args.json, "worker_wire", args,
+        {"largest_body": largest, "cap": 1_000_000, "naive_body": naive, "seconds": elapsed,
+         "first_file_s": first_file, "verified": len(assembler.completed), "ok": ok},
+    )  # fmt: skip
     return 0 if ok else 1
 
 

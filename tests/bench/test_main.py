@@ -1,0 +1,122 @@
+"""`python -m bench`: usage, refusing unknown names, and the report it writes (real processes, real charts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import _report, _results
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_prints_usage_and_every_benchmark() -> None:
+    done = bench("--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: python -m bench")
+    for name in ("relay_fanout", "relay_ingest", "relay_memory", "worker_overlap", "pull_ingest"):
+        assert name in done.stdout
+    assert "--full" in done.stdout and "--report" in done.stdout
+
+
+def test_a_mistyped_name_runs_nothing_and_exits_non_zero() -> None:
+    done = bench("relay_fanot")
+    assert done.returncode == 2
+    assert "unknown benchmark relay_fanot (choose from" in done.stderr
+    assert "===" not in done.stdout  # nothing ran
+
+
+def test_an_unknown_option_exits_non_zero() -> None:
+    assert bench("--fulll").returncode == 2
+
+
+def test_a_benchmark_given_sizes_it_cannot_parse_exits_non_zero() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.relay_memory", "--sizes", "ten"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "ValueError" in done.stderr
+
+
+def test_peak_rss_is_the_kernel_high_water_mark() -> None:
+    before = _results.peak_rss_mb(os.getpid())
+    block = bytearray(64 * 2**20)  # touched: resident
+    block[::4096] = b"x" * len(block[::4096])
+    del block
+    assert _results.peak_rss_mb(os.getpid()) >= before + 60  # the peak stays after the memory is freed
+
+
+def test_peak_rss_of_a_process_that_is_gone_raises() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(OSError):
+        _results.peak_rss_mb(child.pid)
+
+
+def test_jain_index() -> None:
+    assert _results.jain([5.0, 5.0, 5.0]) == pytest.approx(1.0)
+    assert _results.jain([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+
+
+def test_machine_says_cores_cpu_and_date() -> None:
+    m = _results.machine()
+    assert m["cores"] >= 1 and m["cpu"] and m["date"].endswith("UTC")
+
+
+def figures(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    row = {
+        "subscribers": 5, "relay_mb_s": 90.0, "bare_mb_s": 100.0, "ratio": 0.9, "relay_cpu_s_per_gb": 1.0,
+        "bare_cpu_s_per_gb": 0.5, "cpu_ratio": 2.0, "relay_fairness": 0.999, "bare_fairness": 0.998,
+        "cache_hits": 40.0, "cache_misses": 10.0, "hit_rate": 0.8,
+    }  # fmt: skip
+    data: dict[str, dict[str, Any]] = {
+        "relay_fanout": {"job_mb": 16, "rows": [row, {**row, "subscribers": 10, "ratio": 0.85}]},
+        "relay_ingest": {"mb": 48, "baseline_mb_s": 100.0, "relay_mb_s": 61.0, "ratio": 0.61},
+        "relay_latency": {"relay_ms": [50.0, 52.0, 61.0], "sdk_ms": [400.0, 700.0], "relay_missed": 0,
+                          "sdk_missed": 0},
+        "relay_memory": {"subscribers": 10, "ratio": 1.05,
+                         "rows": [{"job_mb": 16, "idle_mb": 45, "peak_mb": 60}, {"job_mb": 160, "idle_mb": 45, "peak_mb": 63}]},
+    }  # fmt: skip
+    for name, body in data.items():
+        (results / f"{name}.json").write_text(json.dumps({"bench": name, "args": {}, **body}))
+    return results
+
+
+def test_report_writes_the_page_and_one_png_per_chart(tmp_path: Path) -> None:
+    written = _report.write(figures(tmp_path), tmp_path / "docs", full=False, failed=["worker_wire"])
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    charts = sorted(p.name for p in (tmp_path / "docs" / "bench").iterdir())
+    assert charts == ["fanout.png", "ingest.png", "latency.png", "memory.png"]
+    assert len(written) == 5
+    for name in charts:
+        assert (tmp_path / "docs" / "bench" / name).read_bytes().startswith(b"\x89PNG")
+        assert f"](bench/{name})" in page
+    assert "| 10 | 0.85 |" in page  # the fan-out row as measured
+    assert "| relay | 48 | 100 | 61 | 0.61 |" in page
+    assert "median 52 ms" in page
+    assert "**Failed in this run** (no figures): worker_wire." in page
+    assert "No GPU machine was lent" in page
+    assert "short forms" in page
+
+
+def test_report_leaves_out_what_did_not_run(tmp_path: Path) -> None:
+    results = figures(tmp_path)
+    (results / "relay_fanout.json").unlink()
+    _report.write(results, tmp_path / "docs", full=True, failed=["relay_fanout"])
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "## Fan-out" not in page and "make bench-full" in page and "short forms" not in page
+    assert not (tmp_path / "docs" / "bench" / "fanout.png").exists()
