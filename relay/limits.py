@@ -1,8 +1,11 @@
-"""Rate limits: job submissions per API key per minute (a sliding one-minute window per key)."""
+"""Limits: job submissions per API key per minute (a sliding one-minute window per key), and the process's
+file descriptors (how many client connections fit, and how close the relay is to running out)."""
 
 from __future__ import annotations
 
 import math
+import os
+import resource
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,3 +45,26 @@ class PerKeyRate:
         if len(self._calls) > 10_000:  # forget idle keys
             for idle in [k for k, c in self._calls.items() if not c or c[-1] <= now - self.window_s]:
                 del self._calls[idle]
+
+
+def fd_limit() -> int:
+    """The soft RLIMIT_NOFILE of this process (what `ulimit -n` / `prlimit --nofile` set)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def fd_budget(limit: int, reserve: int) -> int:
+    """Client connections allowed at once: the descriptor limit less a reserve for journals, media files,
+    RunPod connections and the listening socket (`reserve` 0 = an eighth of the limit, at least 64)."""
+    reserve = reserve or max(64, limit // 8)
+    return max(8, limit - reserve)
+
+
+def open_fds() -> int | None:
+    """File descriptors this process has open (Linux /proc, else /dev/fd), or None where neither exists."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(directory)) - 1  # less the one listdir itself opened
+        except OSError:
+            continue
+    return None
