@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import shlex
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 from podstream.cli import CommandError, UsageError
@@ -38,6 +39,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--worker-log-dir", default=None, help="write each worker's output to DIR/<pod-id>.log"
     )
     parser.add_argument("--no-restart", action="store_true", help="do not replace workers that exit")
+    parser.add_argument(
+        "--max-failed-starts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="workers exiting within 30 s of starting N times in a row are given up on, and the "
+        "emulator exits with their last log lines (default: 5; restarts back off meanwhile)",
+    )
     parser.add_argument(
         "--max-stream-item-bytes", type=int, default=None, help="job-stream body cap (default: 1 MB)"
     )
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         ("execution_timeout_ms", "execution_timeout_ms"),
         ("ping_interval_ms", "ping_interval_ms"),
         ("heartbeat_grace", "heartbeat_grace_s"),
+        ("max_failed_starts", "worker_max_failed_starts"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -103,6 +113,11 @@ async def _serve(emulator: Emulator, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A worker command that cannot start is given up on (after backing off): stop, and say why.
+    def given_up(failure: object) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    emulator.on_worker_failure = given_up
     try:
         async with emulator.serve(args.host, args.port) as emu:
             print(f"podstream emulator: {emu.endpoint_url}", flush=True)
@@ -119,10 +134,23 @@ async def _serve(emulator: Emulator, args: argparse.Namespace) -> int:
                 names = ", ".join(f"{w.pod_id} (pid {w.pid})" for w in started)
                 print(f"podstream emulator: started {names}", flush=True)
             await stop.wait()
+            failures = emu.worker_failures
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+    if failures:
+        failure = failures[0]
+        if failure.log_tail:
+            print(f"podstream emulator: last lines of {failure.log_path}:", file=sys.stderr)
+            for line in failure.log_tail:
+                print(f"  | {line}", file=sys.stderr)
+        elif failure.log_path is None:
+            print(
+                "podstream emulator: the worker's output is above (--worker-log-dir keeps it)",
+                file=sys.stderr,
+            )
+        raise CommandError(failure.message)
     return 0

@@ -12,6 +12,6 @@ from podstream.emulator.config import EmulatorConfig, RateLimit
 from podstream.emulator.faults import Faults
 from podstream.emulator.jobs import JobStatus
 from podstream.emulator.server import Emulator
-from podstream.emulator.workers import WorkerProcess
+from podstream.emulator.workers import WorkerFailure, WorkerProcess
 
-__all__ = ["Emulator", "EmulatorConfig", "Faults", "JobStatus", "RateLimit", "WorkerProcess"]
+__all__ = ["Emulator", "EmulatorConfig", "Faults", "JobStatus", "RateLimit", "WorkerFailure", "WorkerProcess"]

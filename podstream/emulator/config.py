@@ -91,6 +91,14 @@ class EmulatorConfig:
     tick_s: float = 0.2
     # How long a stopping worker gets between SIGTERM and SIGKILL.
     worker_stop_grace_s: float = 5.0
+    # Spawned workers that exit are replaced. An exit within `worker_crash_window_s` of starting is a
+    # failed start: replacements then back off (exponential, full jitter, from `worker_restart_delay_s`
+    # up to `worker_restart_max_delay_s`), and after `worker_max_failed_starts` in a row the emulator
+    # stops restarting the worker and reports its last log lines.
+    worker_restart_delay_s: float = 1.0
+    worker_restart_max_delay_s: float = 30.0
+    worker_crash_window_s: float = 30.0
+    worker_max_failed_starts: int = 5
 
     def __post_init__(self) -> None:
         if not self.endpoint_id or "/" in self.endpoint_id:
@@ -101,6 +109,8 @@ class EmulatorConfig:
         if self.ping_interval_ms < 1000:
             # The SDK sleeps RUNPOD_PING_INTERVAL // 1000 seconds: below 1000 it would ping in a busy loop.
             raise ValueError("ping_interval_ms must be at least 1000 (the SDK pings every ms // 1000 s)")
+        if self.worker_max_failed_starts < 1:
+            raise ValueError("worker_max_failed_starts must be at least 1")
         if self.stream_wait_min_ms > self.stream_wait_max_ms:
             raise ValueError("stream_wait_min_ms must not exceed stream_wait_max_ms")
 

@@ -26,7 +26,7 @@ from podstream.emulator.app import EmulatorApp
 from podstream.emulator.config import EmulatorConfig
 from podstream.emulator.faults import Faults
 from podstream.emulator.stats import RequestStats
-from podstream.emulator.workers import WorkerProcess, WorkerSupervisor
+from podstream.emulator.workers import WorkerFailure, WorkerProcess, WorkerSupervisor
 
 _T = TypeVar("_T")
 
@@ -46,11 +46,19 @@ class Emulator:
         self._stats = RequestStats()
         self._app: EmulatorApp | None = None
         self._base_url: str | None = None
+        cfg = self.config
         self._supervisor = WorkerSupervisor(
             self.worker_env,
             on_spawn=self._expect_worker,
-            stop_grace_s=self.config.worker_stop_grace_s,
+            stop_grace_s=cfg.worker_stop_grace_s,
+            restart_delay_s=cfg.worker_restart_delay_s,
+            max_restart_delay_s=cfg.worker_restart_max_delay_s,
+            crash_window_s=cfg.worker_crash_window_s,
+            max_failed_starts=cfg.worker_max_failed_starts,
+            on_give_up=self._worker_gave_up,
         )
+        #: Called (from the supervisor's thread) when a worker command is given up on; see `worker_failures`.
+        self.on_worker_failure: Callable[[WorkerFailure], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- addresses ---------------------------------------------------------------------------------
@@ -136,6 +144,16 @@ class Emulator:
     @property
     def workers(self) -> list[WorkerProcess]:
         return self._supervisor.processes
+
+    @property
+    def worker_failures(self) -> list[WorkerFailure]:
+        """Worker commands that kept exiting soon after starting and are no longer restarted."""
+        return list(self._supervisor.failures)
+
+    def _worker_gave_up(self, failure: WorkerFailure) -> None:
+        callback = self.on_worker_failure
+        if callback is not None:
+            callback(failure)
 
     def stop_workers(self) -> None:
         """Stop every spawned worker now (SIGTERM, SIGKILL after the grace); the emulator keeps serving."""

@@ -4,6 +4,13 @@ Each worker runs in its own process group (session), because the runpod SDK star
 child process: killing a worker means killing the group, or the orphaned pinger keeps the worker "alive".
 A worker that exits on its own is restarted under a new pod id (as RunPod replaces a lost worker), unless
 it was spawned with `restart=False` or the supervisor is stopping.
+
+A worker command that cannot start (`python -m worker` outside the venv, a missing model, a syntax error)
+would otherwise be restarted in a tight silent loop. Exits within `crash_window_s` of starting count as
+failed starts: each restart after one waits longer (`podstream.backoff`, exponential with full jitter),
+and after `max_failed_starts` in a row the supervisor stops restarting that worker and records a
+`WorkerFailure` (the command, its exit status and the last lines of its log) for the caller to report.
+A worker killed on purpose (`kill`, fault injection) never counts as a failed start.
 """
 
 from __future__ import annotations
@@ -18,7 +25,44 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
+
+from podstream.backoff import Backoff
+
+#: Log lines a `WorkerFailure` carries.
+LOG_TAIL_LINES: Final = 12
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A worker command that kept failing at start, so it is no longer restarted."""
+
+    command: list[str]
+    failed_starts: int
+    returncode: int | None
+    log_path: Path | None
+    log_tail: list[str]
+
+    @property
+    def message(self) -> str:
+        """One line: what failed, how often, and where its output is."""
+        status = _exit_text(self.returncode)
+        where = f"; its log: {self.log_path}" if self.log_path is not None else ""
+        return (
+            f"the worker command `{shlex.join(self.command)}` exited {self.failed_starts} times in a row "
+            f"soon after starting ({status}); not restarting it{where}"
+        )
+
+
+def _exit_text(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 @dataclass(eq=False)
@@ -31,6 +75,11 @@ class WorkerProcess:
     started_at: float = field(default_factory=time.monotonic)
     killed: bool = False  # by us, on purpose (kill_worker / fault injection)
     replaced_by: str | None = None
+    #: Failed starts in a row in this worker's line of replacements, this one included once it exited.
+    failed_starts: int = 0
+    #: When a replacement may start (monotonic); set once the exit was seen.
+    restart_at: float | None = None
+    gave_up: bool = False
     _log: IO[bytes] | None = None
 
     @property
@@ -65,12 +114,23 @@ class WorkerSupervisor:
         stop_grace_s: float = 5.0,
         poll_s: float = 0.2,
         restart_delay_s: float = 1.0,
+        max_restart_delay_s: float = 30.0,
+        crash_window_s: float = 30.0,
+        max_failed_starts: int = 5,
+        on_give_up: Callable[[WorkerFailure], None] = lambda failure: None,
     ) -> None:
+        if max_failed_starts < 1:
+            raise ValueError("max_failed_starts must be at least 1")
         self._env_for = env_for
         self._on_spawn = on_spawn
         self._stop_grace_s = stop_grace_s
         self._poll_s = poll_s
-        self._restart_delay_s = restart_delay_s
+        self._backoff = Backoff(restart_delay_s, max_restart_delay_s)
+        self._crash_window_s = crash_window_s
+        self._max_failed_starts = max_failed_starts
+        self._on_give_up = on_give_up
+        #: Worker commands given up on, oldest first.
+        self.failures: list[WorkerFailure] = []
         self._lock = threading.Lock()
         self._processes: list[WorkerProcess] = []
         self._counter = 0
@@ -199,11 +259,34 @@ class WorkerSupervisor:
             for process in self.processes:
                 if process.alive or not process.restart or process.replaced_by is not None:
                     continue
-                process.signal_group(signal.SIGKILL)  # the orphaned pinger must not outlive its worker
-                if time.monotonic() - process.started_at < self._restart_delay_s:
-                    continue  # crash-looping: wait a little between restarts
-                if self._stopping.is_set():
-                    return
+                if process.gave_up or self._stopping.is_set():
+                    continue
+                if process.restart_at is None:
+                    self._exited(process)
+                    continue
+                if time.monotonic() < process.restart_at:
+                    continue  # backing off
                 env, cwd, log_dir, prefix = self._spawn_args[process.pod_id]
                 replacement = self._start(process.command, env, cwd, log_dir, prefix, True)
+                replacement.failed_starts = process.failed_starts
                 process.replaced_by = replacement.pod_id
+
+    def _exited(self, process: WorkerProcess) -> None:
+        """A worker just exited: count a failed start, then schedule its replacement or give up."""
+        process.signal_group(signal.SIGKILL)  # the orphaned pinger must not outlive its worker
+        ran_s = time.monotonic() - process.started_at
+        if process.killed or ran_s >= self._crash_window_s:
+            process.failed_starts = 0  # it ran (or we killed it): a replacement starts afresh
+        else:
+            process.failed_starts += 1
+        if process.failed_starts >= self._max_failed_starts:
+            process.gave_up = True
+            tail = process.log_text().splitlines()[-LOG_TAIL_LINES:] if process.log_path else []
+            failure = WorkerFailure(
+                process.command, process.failed_starts, process.returncode, process.log_path, tail
+            )
+            with self._lock:
+                self.failures.append(failure)
+            self._on_give_up(failure)
+            return
+        process.restart_at = time.monotonic() + self._backoff.delay(max(process.failed_starts - 1, 0))

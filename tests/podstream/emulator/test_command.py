@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -65,3 +66,22 @@ def test_usage_errors_exit_2() -> None:
         )
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("podstream emulator: ")
+
+
+def test_a_worker_command_that_fails_at_once_backs_off_then_stops_with_its_log(tmp_path: Path) -> None:
+    """`python -m worker` outside the venv: restarts back off, then the emulator exits with the reason."""
+    failing = (
+        f"{sys.executable} -c 'import sys; print(\"No module named worker\", file=sys.stderr); sys.exit(3)'"
+    )
+    argv = [sys.executable, "-m", "podstream", "emulator", "--port", "0", "--workers", "1"]
+    argv += ["--worker-cmd", failing, "--worker-log-dir", str(tmp_path), "--max-failed-starts", "3"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("podstream emulator: the worker")
+    ]
+    assert len(errors) == 1, result.stderr
+    assert "exited 3 times in a row soon after starting (exit status 3); not restarting it" in errors[0]
+    assert "  | No module named worker" in result.stderr  # the worker's own last log lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-1.log", "worker-2.log", "worker-3.log"]

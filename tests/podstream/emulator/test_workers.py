@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from podstream.emulator.workers import WorkerSupervisor
+from podstream.emulator.workers import WorkerFailure, WorkerSupervisor
 from tests.podstream.emulator.support import gone
 
 # A "worker" that, like the runpod SDK, starts a child process (its pinger), then writes both pids.
@@ -96,3 +96,50 @@ def test_bad_arguments() -> None:
         except ValueError:
             continue
         raise AssertionError(f"spawn({n}, {command!r}) was accepted")
+
+
+def test_failed_starts_back_off_then_the_worker_is_given_up(tmp_path: Path) -> None:
+    given_up: list[WorkerFailure] = []
+    spawned: list[str] = []
+    sup = WorkerSupervisor(
+        lambda pod_id: {}, on_spawn=spawned.append, restart_delay_s=0.2, max_restart_delay_s=0.4,
+        crash_window_s=30, max_failed_starts=4, poll_s=0.02, on_give_up=given_up.append,
+    )  # fmt: skip
+    try:
+        script = "import sys; print('loading model'); print('OSError: no such file', flush=True); sys.exit(1)"
+        sup.spawn(1, [sys.executable, "-c", script], log_dir=tmp_path, prefix="pod")
+        until(lambda: bool(given_up), within_s=30)
+        time.sleep(0.5)  # nothing more is started once it was given up on
+        assert spawned == ["pod-1", "pod-2", "pod-3", "pod-4"]
+        (failure,) = given_up
+        assert sup.failures == [failure] and failure.failed_starts == 4 and failure.returncode == 1
+        assert failure.log_tail == ["loading model", "OSError: no such file"]
+        assert failure.log_path == tmp_path / "pod-4.log"
+        assert "exited 4 times in a row soon after starting (exit status 1)" in failure.message
+        assert [p.failed_starts for p in sup.processes] == [1, 2, 3, 4]
+    finally:
+        sup.stop_all()
+
+
+def test_a_worker_that_ran_or_was_killed_does_not_count_as_a_failed_start() -> None:
+    given_up: list[WorkerFailure] = []
+    sup = WorkerSupervisor(
+        lambda pod_id: {}, restart_delay_s=0.01, crash_window_s=0.0, max_failed_starts=1, poll_s=0.02,
+        on_give_up=given_up.append,
+    )  # fmt: skip
+    try:
+        (w,) = sup.spawn(1, [sys.executable, "-c", "pass"], prefix="pod")
+        until(lambda: len(sup.processes) >= 3)  # a crash window of 0 s: every run counts as having run
+        assert not given_up
+    finally:
+        sup.stop_all()
+    sup = WorkerSupervisor(
+        lambda pod_id: {}, restart_delay_s=0.01, max_failed_starts=1, poll_s=0.02, on_give_up=given_up.append
+    )
+    try:
+        (w,) = sup.spawn(1, [sys.executable, "-c", "import time; time.sleep(60)"], prefix="pod")
+        assert sup.kill(w.pod_id)
+        until(lambda: w.replaced_by is not None)  # killed on purpose: replaced, not given up on
+        assert not given_up and w.failed_starts == 0
+    finally:
+        sup.stop_all()
