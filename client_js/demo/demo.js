@@ -14,6 +14,8 @@ import { PodstreamClient, RelayHttpError, isTerminalStatus } from "../src/index.
 
 const KEY_STORAGE = "podstream.apiKey";
 const JOBS_STORAGE = "podstream.jobs";
+/** Read-only tokens from link codes, by job: `{token, expiresAt}` (unix ms). */
+const LINKS_STORAGE = "podstream.links";
 
 /**
  * @template {HTMLElement} T
@@ -50,21 +52,27 @@ function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
-/** @param {unknown} err */
+/** @param {unknown} err  a RelayHttpError's message is the relay's own sentence */
 function message(err) {
   return err instanceof Error ? err.message : String(err);
 }
 
-// ---- settings: API key (from the #key= fragment once, then local storage) ------------------------------
+// ---- credentials: the API key (from #key= once, then local storage), or a link's read-only token -----------
 
 const fragment = new URLSearchParams(location.hash.slice(1));
 if (fragment.has("key")) {
   localStorage.setItem(KEY_STORAGE, fragment.get("key") ?? "");
   fragment.delete("key");
-  history.replaceState(null, "", `${location.pathname}${location.search}${fragment.size ? `#${fragment}` : ""}`);
 }
-/** A subscriber token handed over in the link (`/?job=ID#token=T`, as `podstream demo` prints it). */
-const linkToken = fragment.get("token");
+/** A link code (`/#job=ID&code=C`, as `podstream demo` prints it): traded for a token below, then dropped. */
+const linkCode = fragment.get("code");
+fragment.delete("code");
+fragment.delete("token");
+history.replaceState(
+  null,
+  "",
+  `${location.pathname}${location.search}${fragment.size ? `#${fragment}` : ""}`,
+);
 const linkJob = fragment.get("job") ?? new URLSearchParams(location.search).get("job");
 const keyInput = /** @type {HTMLInputElement} */ ($("api-key"));
 keyInput.value = localStorage.getItem(KEY_STORAGE) ?? "";
@@ -73,36 +81,57 @@ keyInput.value = localStorage.getItem(KEY_STORAGE) ?? "";
 /** @type {Record<string, {total: number, task: string, at: number}>} */
 const knownJobs = JSON.parse(localStorage.getItem(JOBS_STORAGE) ?? "{}");
 
-/** Subscriber tokens from `POST /v1/jobs`, used once each; later ones are minted with the API key. */
-/** @type {Map<string, string>} */
-const submitTokens = new Map();
+/** @returns {Record<string, {token: string, expiresAt: number}>} the unexpired link tokens */
+function linkTokens() {
+  /** @type {Record<string, {token: string, expiresAt: number}>} */
+  const all = JSON.parse(localStorage.getItem(LINKS_STORAGE) ?? "{}");
+  return Object.fromEntries(Object.entries(all).filter(([, t]) => t.expiresAt > Date.now()));
+}
+
+/**
+ * The token for `jobs` from a link: one job only (a link is for one job). An expired one ends the subscription
+ * with a sentence (a 4xx RelayHttpError is final for the client), rather than being retried.
+ * @param {{jobs: string[]}} context
+ * @returns {string | null}
+ */
+function tokenFromLinks({ jobs }) {
+  if (jobs.length !== 1) return null;
+  const found = linkTokens()[jobs[0]];
+  if (found) return found.token;
+  throw new RelayHttpError({
+    status: 401, code: "no_credential", method: "GET", path: `/v1/jobs/${jobs[0]}`, body: null,
+    message: "this page has no API key, and no link to this job (or its link expired): open a new link",
+  }); // prettier-ignore
+}
+
+/**
+ * Which credential the client uses: the API key if there is one (the client mints and renews tokens itself),
+ * else tokens from links.
+ * @param {string} key
+ */
+function useKey(key) {
+  client.apiKey = key || undefined;
+  client.getToken = key ? undefined : tokenFromLinks;
+}
 
 /** @type {PodstreamClient} */
-const client = new PodstreamClient({
-  url: location.origin,
-  apiKey: keyInput.value || undefined,
-  /** @returns {Promise<string | null>} */
-  getToken: async ({ jobs }) => {
-    if (jobs.length === 1 && submitTokens.has(jobs[0])) {
-      const token = submitTokens.get(jobs[0]) ?? null;
-      submitTokens.delete(jobs[0]);
-      return token;
-    }
-    if (linkToken && jobs.length === 1 && jobs[0] === linkJob) return linkToken;
-    if (!client.apiKey || jobs.length !== 1) return null;
-    try {
-      return await client.mintToken(jobs[0]);
-    } catch (err) {
-      if (err instanceof RelayHttpError && (err.status === 404 || err.status === 405)) return null; // no auth
-      throw err;
-    }
-  },
-});
+const client = new PodstreamClient({ url: location.origin });
+useKey(keyInput.value);
+
+/** Trade the link's code for a read-only token of its job (unless this browser already holds one). */
+async function redeemLink() {
+  if (!linkCode || !linkJob || client.apiKey || linkTokens()[linkJob]) return;
+  const { job, token, expires_at: expiresAt } = await client.redeemLink(linkCode);
+  if (token === null) return; // a relay without auth
+  const tokens = linkTokens();
+  tokens[job] = { token, expiresAt: expiresAt * 1000 };
+  localStorage.setItem(LINKS_STORAGE, JSON.stringify(tokens));
+}
 
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   localStorage.setItem(KEY_STORAGE, keyInput.value);
-  client.apiKey = keyInput.value || undefined;
+  useKey(keyInput.value);
   /** @type {HTMLDetailsElement} */ (keyInput.closest("details")).open = false;
   void refreshJobs();
 });
@@ -204,7 +233,9 @@ function numberField(id) {
   const input = /** @type {HTMLInputElement} */ ($(id));
   const value = Number(input.value);
   if (!Number.isInteger(value) || value < Number(input.min) || value > Number(input.max)) {
-    throw new Error(`${input.closest("label")?.firstChild?.textContent?.trim() ?? id}: ${input.min}–${input.max}`);
+    throw new Error(
+      `${input.closest("label")?.firstChild?.textContent?.trim() ?? id}: ${input.min}–${input.max}`,
+    );
   }
   return value;
 }
@@ -216,16 +247,34 @@ function buildInput() {
   const steps = numberField("steps");
   if (task() === "image-to-video") {
     const frames = numberField("frames");
-    const items = Array.from({ length: batch }, (_, i) => ({ id: `clip-${i + 1}`, image: sources[i % sources.length], seed: i }));
-    return { task: "image-to-video", items, params: { width: size, height: size, frames, steps }, output: { format: "mp4" } };
+    const items = Array.from({ length: batch }, (_, i) => ({
+      id: `clip-${i + 1}`,
+      image: sources[i % sources.length],
+      seed: i,
+    }));
+    return {
+      task: "image-to-video",
+      items,
+      params: { width: size, height: size, frames, steps },
+      output: { format: "mp4" },
+    };
   }
-  const prompts = /** @type {HTMLTextAreaElement} */ ($("prompts"))
-    .value.split("\n")
+  const prompts = /** @type {HTMLTextAreaElement} */ ($("prompts")).value
+    .split("\n")
     .map((line) => line.trim())
     .filter(Boolean);
   if (!prompts.length) throw new Error("write at least one prompt");
-  const items = Array.from({ length: batch }, (_, i) => ({ id: `image-${i + 1}`, prompt: prompts[i % prompts.length], seed: i }));
-  return { task: "text-to-image", items, params: { width: size, height: size, steps }, output: { format: "png" } };
+  const items = Array.from({ length: batch }, (_, i) => ({
+    id: `image-${i + 1}`,
+    prompt: prompts[i % prompts.length],
+    seed: i,
+  }));
+  return {
+    task: "text-to-image",
+    items,
+    params: { width: size, height: size, steps },
+    output: { format: "png" },
+  };
 }
 
 form.addEventListener("submit", async (event) => {
@@ -236,7 +285,6 @@ form.addEventListener("submit", async (event) => {
   try {
     const input = buildInput();
     const job = await client.submit(input);
-    if (job.token) submitTokens.set(job.id, job.token);
     knownJobs[job.id] = { total: input.items.length, task: input.task, at: Date.now() };
     localStorage.setItem(JOBS_STORAGE, JSON.stringify(knownJobs));
     location.hash = `job=${encodeURIComponent(job.id)}`; // opens it (hashchange)
@@ -270,7 +318,10 @@ async function refreshJobs() {
         const li = h("li", { "data-job": job.id, title: job.id }, [
           h("code", {}, [job.id]),
           h("span", { class: "row-meta" }, [
-            h("span", { class: "when" }, [typeof job.items === "number" ? `${job.items} file${job.items === 1 ? "" : "s"} · ` : "", jobWhen(job)]),
+            h("span", { class: "when" }, [
+              typeof job.items === "number" ? `${job.items} file${job.items === 1 ? "" : "s"} · ` : "",
+              jobWhen(job),
+            ]),
             h("span", { class: "badge", "data-status": status }, [status]),
           ]),
         ]);
@@ -281,7 +332,10 @@ async function refreshJobs() {
     );
     if (!jobs.length) jobList.replaceChildren(h("li", { class: "muted" }, ["no jobs yet"]));
   } catch (err) {
-    $("jobs-error").textContent = `job list: ${message(err)}`;
+    const noKey = !client.apiKey && err instanceof RelayHttpError && err.status === 401;
+    $("jobs-error").textContent = noKey
+      ? "Enter the relay's API key (top right) to list and submit jobs."
+      : `job list: ${message(err)}`;
   }
 }
 $("refresh-jobs").addEventListener("click", () => void refreshJobs());
@@ -387,7 +441,13 @@ function showFile(file) {
   el.src = file.url;
   c.media.replaceChildren(el);
   c.name.textContent = file.id ? `#${file.index + 1} · ${file.id}` : `#${file.index + 1}`;
-  c.info.replaceChildren(formatBytes(file.size), " ", h("span", { class: "ok", title: `sha256 ${file.sha256}` }, [file.verified === "sha256" ? "✓ sha256" : file.inline ? "✓ size" : "↗ url"]));
+  c.info.replaceChildren(
+    formatBytes(file.size),
+    " ",
+    h("span", { class: "ok", title: `sha256 ${file.sha256}` }, [
+      file.verified === "sha256" ? "✓ sha256" : file.inline ? "✓ size" : "↗ url",
+    ]),
+  );
   if (c.state !== "ready") {
     view.ready += 1;
     if (file.inline) view.bytes += file.size - c.received;
@@ -404,7 +464,9 @@ function showFile(file) {
 async function openJob(id) {
   view?.sub?.unsubscribe();
   for (const c of view?.cards.values() ?? []) {
-    const media = /** @type {HTMLVideoElement | HTMLImageElement | null} */ (c.media.querySelector("video, img"));
+    const media = /** @type {HTMLVideoElement | HTMLImageElement | null} */ (
+      c.media.querySelector("video, img")
+    );
     if (media?.src.startsWith("blob:")) URL.revokeObjectURL(media.src);
   }
   grid.replaceChildren();
@@ -415,7 +477,15 @@ async function openJob(id) {
   $("job-id").textContent = id;
   setStatus("…");
   /** @type {View} */
-  const current = { id, sub: null, cards: new Map(), total: knownJobs[id]?.total ?? null, ready: 0, failed: 0, bytes: 0 };
+  const current = {
+    id,
+    sub: null,
+    cards: new Map(),
+    total: knownJobs[id]?.total ?? null,
+    ready: 0,
+    failed: 0,
+    bytes: 0,
+  };
   view = current;
   for (const li of jobList.querySelectorAll("li")) li.toggleAttribute("aria-current", li.dataset.job === id);
   for (let i = 0; i < (current.total ?? 0); i += 1) card(i);
@@ -427,7 +497,9 @@ async function openJob(id) {
   } catch (err) {
     if (view !== current) return;
     setStatus("unknown");
-    jobError(err instanceof RelayHttpError && err.status === 404 ? `No job ${id} on this relay.` : message(err));
+    jobError(
+      err instanceof RelayHttpError && err.status === 404 ? `No job ${id} on this relay.` : message(err),
+    );
     return;
   }
   if (view !== current) {
@@ -446,12 +518,22 @@ async function openJob(id) {
   sub.on("progress", (p) => {
     const c = card(p.item);
     if (p.phase === "generate") {
-      setCard(c, "generating", 0.5 * (p.steps ? p.step / p.steps : 0), `generating · step ${p.step}/${p.steps}`);
+      setCard(
+        c,
+        "generating",
+        0.5 * (p.steps ? p.step / p.steps : 0),
+        `generating · step ${p.step}/${p.steps}`,
+      );
     } else {
       current.bytes += p.received - c.received;
       c.received = p.received;
       const pct = p.size ? Math.floor((100 * p.received) / p.size) : 100;
-      setCard(c, "receiving", 0.5 + 0.5 * (p.size ? p.received / p.size : 1), `receiving · ${pct}% of ${formatBytes(p.size)}`);
+      setCard(
+        c,
+        "receiving",
+        0.5 + 0.5 * (p.size ? p.received / p.size : 1),
+        `receiving · ${pct}% of ${formatBytes(p.size)}`,
+      );
     }
   });
   sub.on("item", showFile);
@@ -474,7 +556,9 @@ async function openJob(id) {
     }
     const c = card(e.item);
     if (c.state === "ready" || c.state === "error") return;
-    c.media.replaceChildren(h("div", { class: "error-text" }, [h("strong", {}, [e.code]), h("br"), e.message]));
+    c.media.replaceChildren(
+      h("div", { class: "error-text" }, [h("strong", {}, [e.code]), h("br"), e.message]),
+    );
     c.info.textContent = "failed";
     current.failed += 1;
     c.state = "queued";
@@ -507,11 +591,24 @@ function route() {
   if (id && id !== view?.id) void openJob(id);
 }
 window.addEventListener("hashchange", route);
-route();
+redeemLink().then(route, (err) => {
+  $("empty").hidden = true;
+  $("job").hidden = false;
+  $("job-id").textContent = linkJob ?? "";
+  setStatus("unknown");
+  jobError(`This link cannot be used: ${message(err)}`);
+});
 void refreshJobs();
 setInterval(() => {
   if (document.visibilityState === "visible") void refreshJobs();
 }, 5000);
 
 // for tests and the console
-Object.assign(window, { podstream: { client, get view() { return view; } } });
+Object.assign(window, {
+  podstream: {
+    client,
+    get view() {
+      return view;
+    },
+  },
+});

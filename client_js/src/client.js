@@ -22,8 +22,11 @@ import { JobSubscription, isTerminalStatus } from "./subscription.js";
  * @property {string} [url]  the relay's base HTTP URL (default: the page's origin)
  * @property {string} [wsUrl]  the websocket URL (default: `url` with ws(s): and path /v1/ws)
  * @property {(context: {jobs: string[]}) => (string | null | Promise<string | null>)} [getToken]
- *   a job-scoped token for these jobs; called before connecting and again when the relay says it expired
- * @property {string} [apiKey]  sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel)
+ *   a job-scoped token for these jobs; called before connecting and again when the relay says it expired.
+ *   Without it, a client with an `apiKey` mints its own tokens (`POST /v1/jobs/{id}/tokens`) and refreshes them
+ *   before they expire; the key itself never goes over the websocket.
+ * @property {string} [apiKey]  sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel, tokens)
+ * @property {number} [tokenTtl]  seconds of life asked for the tokens the client mints (default: the relay's)
  * @property {typeof globalThis.WebSocket | any} [WebSocket]  a WebSocket constructor (default: the global one)
  * @property {typeof globalThis.fetch} [fetch]
  * @property {BackoffOptions} [backoff]
@@ -37,7 +40,9 @@ import { JobSubscription, isTerminalStatus } from "./subscription.js";
  * @property {ConnectionState} state
  * @property {{server: string, ping: number}} connected
  * @property {{code: number, reason: string, reconnectIn: number | null}} disconnected
- * @property {{code: string, message: string, job?: string}} error
+ * @property {{code: string, message: string, job?: string, fatal?: boolean}} error
+ *   a problem of the connection; `fatal: true` when it ended every subscription (a refused key, say)
+ * @property {{jobs: string[], expiresAt: number | null}} token  the client minted a token (itself, from `apiKey`)
  *
  * @typedef {object} SubmitResult  `POST /v1/jobs` answer
  * @property {string} id
@@ -51,19 +56,74 @@ const AUTH_ERROR_CODES = new Set(["unauthorized", "forbidden", "token_expired", 
 /** `err` codes that need no action: a race between our `unsub`/`sub` and the relay ending a cursor. */
 const IGNORED_ERROR_CODES = new Set(["not_subscribed", "already_subscribed"]);
 const OPEN = 1;
+/** A minted token is renewed when this fraction of its life is left (on the same socket: a fresh `auth` frame). */
+const REFRESH_AT = 0.2;
+/** HTTP statuses that retrying cannot fix: the request or its credential is refused. */
+const RETRYABLE_STATUSES = new Set([408, 425, 429]);
 
-/** An HTTP call to the relay failed. */
+/**
+ * Whether getting a token failed for good (a refused key, an unknown job, a forbidden scope), not for now
+ * (no network, a relay restarting, 5xx, 429).
+ * @param {unknown} err
+ */
+function isTerminalTokenError(err) {
+  return (
+    err instanceof RelayHttpError &&
+    err.status >= 400 &&
+    err.status < 500 &&
+    !RETRYABLE_STATUSES.has(err.status)
+  );
+}
+
+/**
+ * An HTTP call to the relay failed. `message` is the relay's own sentence (its JSON error body is
+ * `{"error": {"code", "message"}}`), `code` its machine-readable code (`unauthorized`, `not_found`, ...), `status`
+ * the HTTP status. An answer that is not the relay's JSON (a proxy's HTML page, say) gives `code` `http_<status>`
+ * and the status line as `message`.
+ */
 export class RelayHttpError extends Error {
   /**
-   * @param {number} status
-   * @param {string} message
-   * @param {unknown} body
+   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
    */
-  constructor(status, message, body) {
+  constructor({ status, code, message, method, path, body }) {
     super(message);
     this.name = "RelayHttpError";
+    /** The HTTP status, e.g. 401. */
     this.status = status;
+    /** The relay's error code, e.g. `"unauthorized"`. */
+    this.code = code;
+    /** The request, e.g. `"GET"` and `"/v1/jobs"`. */
+    this.method = method;
+    this.path = path;
+    /** The answer's body, parsed as JSON when it was JSON. @type {unknown} */
     this.body = body;
+  }
+
+  /**
+   * The error of a failed answer.
+   * @param {string} method
+   * @param {string} path
+   * @param {number} status
+   * @param {string} statusText
+   * @param {unknown} body  parsed JSON, or the text when it was not JSON
+   * @returns {RelayHttpError}
+   */
+  static from(method, path, status, statusText, body) {
+    const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
+    let code = `http_${status}`;
+    let message = fallback;
+    const b = /** @type {any} */ (body);
+    const error = b && typeof b === "object" ? b.error : undefined;
+    if (error && typeof error === "object") {
+      if (typeof error.code === "string" && error.code) code = error.code;
+      if (typeof error.message === "string" && error.message) message = error.message;
+    } else if (typeof error === "string" && error) {
+      code = error; // an older shape: {"error": "code", "message"?: "..."}
+      message = typeof b.message === "string" && b.message ? b.message : error;
+    } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
+      message = b.detail;
+    }
+    return new RelayHttpError({ status, code, message, method, path, body });
   }
 }
 
@@ -91,6 +151,7 @@ export class PodstreamClient extends Emitter {
     this.wsUrl = options.wsUrl ?? ws.toString();
     this.getToken = options.getToken;
     this.apiKey = options.apiKey;
+    this.tokenTtl = options.tokenTtl;
     this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.backoff = new Backoff(options.backoff);
@@ -120,6 +181,10 @@ export class PodstreamClient extends Emitter {
     /** The code of the last `bye`, used for the close that follows it. @type {number | null} */
     this._byeCode = null;
     this._authRetried = false;
+    /** When the token in use expires (unix ms), if known (tokens the client minted). @type {number | null} */
+    this._tokenExpiresAt = null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._refreshTimer = null;
     this._network = options.network === undefined ? defaultNetwork() : options.network;
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
@@ -149,7 +214,7 @@ export class PodstreamClient extends Emitter {
     });
     this._subs.set(jobId, job);
     if (this.state === "connected") {
-      if (this.getToken && !this._tokenJobs.has(jobId)) {
+      if (this._tokenSource() && !this._tokenJobs.has(jobId)) {
         this._reconnectNow("token does not cover a new job"); // tokens are job-scoped: get one for all jobs
       } else {
         this._sendSub(job);
@@ -218,14 +283,20 @@ export class PodstreamClient extends Emitter {
     const gen = ++this._gen;
     this._setState("connecting");
     const jobs = [...this._subs.keys()];
-    if (this.getToken && (this._token === null || jobs.some((job) => !this._tokenJobs.has(job)))) {
+    const source = this._tokenSource();
+    if (source && (this._token === null || jobs.some((job) => !this._tokenJobs.has(job)))) {
       try {
-        this._token = (await this.getToken({ jobs })) ?? null;
+        this._token = (await source.call(this, { jobs })) ?? null;
         this._tokenJobs = new Set(jobs);
       } catch (err) {
         if (gen !== this._gen) return;
-        this.emit("error", { code: "token", message: `getToken failed: ${errorMessage(err)}` });
-        this._scheduleReconnect(1006, "getToken failed");
+        if (isTerminalTokenError(err)) {
+          const http = /** @type {RelayHttpError} */ (err);
+          this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+          return;
+        }
+        this.emit("error", { code: "token", message: `getting a token failed: ${errorMessage(err)}` });
+        this._scheduleReconnect(1006, "getting a token failed");
         return;
       }
       if (gen !== this._gen) return;
@@ -242,9 +313,15 @@ export class PodstreamClient extends Emitter {
     ws.binaryType = "arraybuffer";
     this._ws = ws;
     this._byeCode = null;
+    // Without a token to send, a relay that needs one answers `bye 4501` after its auth timeout (10 s by
+    // default): wait a little longer for that verdict than for a welcome.
+    const wait = this._token ? this.connectTimeout : this.connectTimeout * 1.5;
     this._connectTimer = setTimeout(() => {
-      if (gen === this._gen) this._abandon(CloseCode.PING_TIMEOUT, "no welcome from the relay");
-    }, this.connectTimeout);
+      if (gen !== this._gen) return;
+      const hint = this._token ? "" : " (it may need a token: give the client an apiKey or a getToken)";
+      this.emit("error", { code: "no_welcome", message: `no welcome from the relay${hint}` });
+      this._abandon(CloseCode.PING_TIMEOUT, "no welcome from the relay");
+    }, wait);
     ws.onopen = () => {
       if (gen === this._gen && this._token) this._send({ t: "auth", token: this._token });
     };
@@ -300,6 +377,7 @@ export class PodstreamClient extends Emitter {
         this._armWatchdog(gen);
         this.emit("connected", { server: String(frame.server ?? ""), ping: frame.ping });
         for (const job of this._subs.values()) this._sendSub(job);
+        this._armRefresh(gen);
         return;
       case "subscribed":
         this._subs.get(frame.job)?._subscribed(frame);
@@ -329,7 +407,7 @@ export class PodstreamClient extends Emitter {
           job._itemUnavailable(frame.code, message); // that item fails; the job's stream goes on
           return;
         }
-        if (job && this.getToken && AUTH_ERROR_CODES.has(frame.code) && !this._authRetried) {
+        if (job && this._tokenSource() && AUTH_ERROR_CODES.has(frame.code) && !this._authRetried) {
           this._authRetried = true; // once: a fresh token may allow it
           this._token = null;
           this._abandon(CloseCode.TOKEN_EXPIRED, "token refused for a job", false);
@@ -358,7 +436,7 @@ export class PodstreamClient extends Emitter {
     if (this.state === "closed" || this.state === "offline") return;
     if (isTerminalClose(code)) {
       const message = reason || `connection closed by the relay with code ${code}`;
-      this.emit("error", { code: String(code), message });
+      this.emit("error", { code: String(code), message, fatal: true });
       for (const job of [...this._subs.values()]) job._fail(`close_${code}`, message);
       this._setState("disconnected");
       this.emit("disconnected", { code, reason, reconnectIn: null });
@@ -420,13 +498,120 @@ export class PodstreamClient extends Emitter {
   _dropSocket() {
     if (this._connectTimer) clearTimeout(this._connectTimer);
     if (this._watchdog) clearTimeout(this._watchdog);
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
     this._connectTimer = null;
     this._watchdog = null;
+    this._refreshTimer = null;
     if (this._ws) {
       this._ws.onmessage = null;
       this._ws.onopen = null;
     }
     this._ws = null;
+  }
+
+  /**
+   * Where tokens come from: the caller's `getToken`, else minting with the API key, else nowhere (a relay
+   * without auth, or a caller that subscribes only to jobs it has tokens for through `getToken`).
+   * @returns {((context: {jobs: string[]}) => (string | null | Promise<string | null>)) | null}
+   */
+  _tokenSource() {
+    if (this.getToken) return this.getToken;
+    if (this.apiKey) return ({ jobs }) => this._mintFor(jobs);
+    return null;
+  }
+
+  /**
+   * Mint one token covering `jobs` with the API key, and note when it expires so it is renewed in time.
+   * @param {string[]} jobs
+   * @returns {Promise<string | null>}
+   */
+  async _mintFor(jobs) {
+    if (jobs.length === 0) return null;
+    const [first, ...more] = jobs;
+    /** @type {Record<string, unknown>} */
+    const body = more.length ? { jobs: more } : {};
+    if (this.tokenTtl !== undefined) body.ttl_s = this.tokenTtl;
+    /** @type {{token?: string, expires_at?: number}} */
+    let answer;
+    try {
+      answer = await this._http(`/v1/jobs/${encodeURIComponent(first)}/tokens`, { method: "POST", body });
+    } catch (err) {
+      // A relay without auth (--insecure) has no tokens to give and needs none.
+      if (err instanceof RelayHttpError && err.code === "no_auth") return null;
+      throw err;
+    }
+    const expiresAt = typeof answer?.expires_at === "number" ? answer.expires_at * 1000 : null;
+    this._tokenExpiresAt = expiresAt;
+    this.emit("token", { jobs: [...jobs], expiresAt });
+    return typeof answer?.token === "string" ? answer.token : null;
+  }
+
+  /**
+   * Renew a minted token on the live socket before it expires (a fresh `auth` frame extends the connection).
+   * @param {number} gen
+   */
+  _armRefresh(gen) {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const expiresAt = this._tokenExpiresAt;
+    if (this.getToken || !this.apiKey || expiresAt === null || this._token === null) return;
+    const left = expiresAt - Date.now();
+    const delay = Math.max(0, left * (1 - REFRESH_AT));
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      if (gen === this._gen && this.state === "connected") void this._refresh(gen);
+    }, delay);
+  }
+
+  /** @param {number} gen */
+  async _refresh(gen) {
+    const jobs = [...this._subs.keys()];
+    if (jobs.length === 0) return;
+    /** @type {string | null} */
+    let token;
+    try {
+      token = await this._mintFor(jobs);
+    } catch (err) {
+      if (gen !== this._gen) return;
+      if (isTerminalTokenError(err)) {
+        const http = /** @type {RelayHttpError} */ (err);
+        this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+        return;
+      }
+      // For now only: the relay's `bye 4003` at expiry reconnects with a token minted then.
+      this.emit("error", { code: "token", message: `renewing the token failed: ${errorMessage(err)}` });
+      return;
+    }
+    if (gen !== this._gen || token === null) return;
+    this._token = token;
+    this._tokenJobs = new Set(jobs);
+    this._send({ t: "auth", token });
+    this._armRefresh(gen);
+  }
+
+  /**
+   * A failure no retry can fix (a refused key, a forbidden job): report it, end every subscription with it
+   * (each gets a fatal `error` and its `finished` rejects), and stay disconnected.
+   * @param {string} code
+   * @param {string} message
+   */
+  _failAll(code, message) {
+    if (this._retryTimer) clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    const ws = this._ws;
+    this._gen += 1;
+    this._dropSocket();
+    try {
+      ws?.close(1000, "giving up");
+    } catch {
+      // already closing
+    }
+    this._token = null;
+    this._tokenJobs = new Set();
+    this.emit("error", { code, message, fatal: true });
+    for (const job of [...this._subs.values()]) job._fail(code, message);
+    this._setState("disconnected");
+    this.emit("disconnected", { code: 1000, reason: message, reconnectIn: null });
   }
 
   /** @param {number} gen */
@@ -500,14 +685,15 @@ export class PodstreamClient extends Emitter {
 
   /**
    * @param {string} path
-   * @param {{method?: string, body?: unknown, token?: string | null}} [init]
+   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
+   *   `anonymous`: send no credential (the path carries one)
    * @returns {Promise<any>}
    */
   async _http(path, init = {}) {
     if (!this._fetch) throw new Error("no fetch() in this environment");
     /** @type {Record<string, string>} */
     const headers = { accept: "application/json" };
-    const bearer = this.apiKey ?? init.token;
+    const bearer = init.anonymous ? null : (this.apiKey ?? init.token);
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== undefined) headers["content-type"] = "application/json";
     const response = await this._fetch(this.resolve(path), {
@@ -524,12 +710,7 @@ export class PodstreamClient extends Emitter {
       body = text;
     }
     if (!response.ok) {
-      const detail = body && typeof body === "object" ? (body.message ?? body.detail ?? body.error) : body;
-      throw new RelayHttpError(
-        response.status,
-        `${init.method ?? "GET"} ${path}: ${response.status} ${detail ? String(detail) : response.statusText}`,
-        body,
-      );
+      throw RelayHttpError.from(init.method ?? "GET", path, response.status, response.statusText, body);
     }
     return body;
   }
@@ -586,6 +767,32 @@ export class PodstreamClient extends Emitter {
       body: {},
     });
     return String(body.token);
+  }
+
+  /**
+   * A short link code for a job (`POST /v1/jobs/{id}/links`, needs an API key that may read it): put it in a
+   * page URL instead of a key or a token; `redeemLink` trades it for a read-only token of that job.
+   * @param {string} jobId
+   * @param {{ttl?: number, uses?: number}} [options]  seconds it is good for (default: the relay's token
+   *   lifetime), and how many times it can be redeemed (default 1)
+   * @returns {Promise<{code: string, job: string, expires_at: number, uses: number}>}
+   */
+  createLink(jobId, options = {}) {
+    /** @type {Record<string, number>} */
+    const body = {};
+    if (options.ttl !== undefined) body.ttl_s = options.ttl;
+    if (options.uses !== undefined) body.uses = options.uses;
+    return this._http(`/v1/jobs/${encodeURIComponent(jobId)}/links`, { method: "POST", body });
+  }
+
+  /**
+   * Trade a link code for a read-only subscriber token of its job (`POST /v1/links/{code}`, no credential).
+   * A used-up, expired or unknown code fails with `RelayHttpError` code `link_not_found`.
+   * @param {string} code
+   * @returns {Promise<{job: string, token: string | null, expires_at: number}>}
+   */
+  redeemLink(code) {
+    return this._http(`/v1/links/${encodeURIComponent(code)}`, { method: "POST", anonymous: true });
   }
 }
 

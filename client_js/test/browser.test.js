@@ -173,8 +173,16 @@ function cardStates() {
 
 /** @param {string} name */
 async function screenshot(name) {
+  await screenshotOf(page, name);
+}
+
+/**
+ * @param {import("playwright-core").Page} target
+ * @param {string} name
+ */
+async function screenshotOf(target, name) {
   const path = join(shots, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
+  await target.screenshot({ path, fullPage: true });
   assert.ok(statSync(path).size > 10000, "a real screenshot");
   console.log(`screenshot: ${path}`);
 }
@@ -278,5 +286,107 @@ test(
       pageErrors.filter((e) => !/404/.test(e)),
       [],
     );
+  },
+);
+
+/** @type {import("playwright-core").Browser | null} */
+let plainBrowser = null;
+
+/**
+ * A page in a new, empty browser profile: no API key in its storage, nothing from the other tests.
+ * @returns {Promise<import("playwright-core").Page>}
+ */
+async function freshPage() {
+  plainBrowser ??= await chromium.launch({
+    executablePath: /** @type {string} */ (executablePath),
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+  });
+  const fresh = await (await plainBrowser.newContext({ viewport: { width: 1280, height: 860 } })).newPage();
+  fresh.on("pageerror", (err) => pageErrors.push(err.message));
+  return fresh;
+}
+after(async () => {
+  await plainBrowser?.close();
+});
+
+/**
+ * POST to the relay with the API key; the parsed answer.
+ * @param {string} path
+ * @param {unknown} body
+ */
+async function post(path, body) {
+  const headers = { ...stack.headers, "content-type": "application/json" };
+  const answer = await fetch(`${stack.relayUrl}${path}`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify(body),
+  });
+  if (!answer.ok) assert.fail(`${path}: ${answer.status} ${await answer.text()}`);
+  return answer.json();
+}
+
+test(
+  "a link with a one-time code shows the job in a browser that has no key; reused elsewhere it says why not",
+  { skip: !!missing },
+  async () => {
+    const prompts = ["a red fox", "a paper boat"];
+    const input = { task: "text-to-image", items: prompts.map((prompt) => ({ prompt })), params: { width: 64, height: 64, steps: 2 } }; // prettier-ignore
+    const job = await post("/v1/jobs", { input });
+    const link = await post(`/v1/jobs/${job.id}/links`, {});
+    const url = `${stack.relayUrl}/#job=${job.id}&code=${link.code}`;
+    assert.doesNotMatch(url, /psk_/, "no API key in the link");
+    const viewer = await freshPage();
+    await viewer.goto(url);
+    await viewer.waitForSelector("#grid[data-done=true]", { timeout: 120000 });
+    const images = await viewer.evaluate(() =>
+      Promise.all(
+        [...document.querySelectorAll("#grid img")].map(async (el) => {
+          const img = /** @type {HTMLImageElement} */ (el);
+          await img.decode();
+          return [img.naturalWidth, img.naturalHeight];
+        }),
+      ),
+    );
+    assert.deepEqual(images, [[64, 64], [64, 64]], "the job's two images, decoded"); // prettier-ignore
+    assert.equal(await viewer.textContent("#job-status"), "COMPLETED");
+    assert.doesNotMatch(viewer.url(), /code=/, "the page dropped the code from its address");
+    assert.equal(
+      await viewer.textContent("#jobs-error"),
+      "Enter the relay's API key (top right) to list and submit jobs.",
+    );
+    await viewer.reload(); // the token the code was traded for is kept: the job shows again
+    await viewer.waitForSelector("#grid[data-done=true]", { timeout: 60000 });
+    assert.equal(await viewer.locator("#grid img").count(), 2);
+
+    const second = await freshPage(); // the same link, in another browser: the code is spent
+    await second.goto(url);
+    await second.waitForSelector("#job-errors div");
+    assert.equal(
+      await second.textContent("#job-errors"),
+      "This link cannot be used: this link is unknown, used up or expired: ask for a new one",
+    );
+    await screenshotOf(second, "spent-link");
+  },
+);
+
+test(
+  "a wrong API key: the page shows the relay's sentence, never [object Object]",
+  { skip: !!missing },
+  async () => {
+    const viewer = await freshPage();
+    await viewer.goto(`${stack.relayUrl}/#key=psk_not-a-key-of-this-relay`);
+    await viewer.waitForFunction(() => document.getElementById("jobs-error")?.textContent);
+    assert.equal(await viewer.textContent("#jobs-error"), "job list: unknown API key");
+    await viewer.fill("#batch", "1");
+    await viewer.click("#submit");
+    await viewer.waitForFunction(() => document.getElementById("form-error")?.textContent);
+    assert.equal(await viewer.textContent("#form-error"), "unknown API key");
+    await viewer.fill("#open-id", "some-job");
+    await viewer.click("#open-form button");
+    await viewer.waitForSelector("#job-errors div");
+    assert.equal(await viewer.textContent("#job-errors"), "unknown API key");
+    assert.doesNotMatch((await viewer.textContent("body")) ?? "", /object Object/);
+    await screenshotOf(viewer, "wrong-key");
   },
 );

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { WebSocket } from "ws";
-import { PodstreamClient } from "../src/client.js";
+import { PodstreamClient, RelayHttpError } from "../src/client.js";
 import { FakeJob, FakeRelay, bytesOf, finishedJob } from "./fake_relay.js";
 
 /**
@@ -273,4 +273,42 @@ test("a malformed frame from the relay drops the connection and resumes", async 
   const job = client.subscribe("m");
   assert.deepEqual(await collect(job), expected(fake));
   assert.ok(relay.connections >= 2);
+});
+
+test("a failed HTTP call says what the relay said: status, code and the relay's sentence", async () => {
+  /** @type {Array<[number, string, string, string]>} status, status text, content type, body of each answer */
+  const answers = [
+    [
+      401,
+      "Unauthorized",
+      "application/json",
+      '{"error": {"code": "unauthorized", "message": "unknown API key"}}',
+    ],
+    [404, "Not Found", "application/json", '{"error": "not_found", "message": "no such job"}'],
+    [502, "Bad Gateway", "text/html", "<html><body>Bad Gateway</body></html>"], // a proxy's page
+  ];
+  /** @type {typeof globalThis.fetch} */
+  const fetch = async () => {
+    const [status, statusText, type, body] = /** @type {[number, string, string, string]} */ (
+      answers.shift()
+    );
+    return new Response(body, { status, statusText, headers: { "content-type": type } });
+  };
+  const client = new PodstreamClient({ url: "http://relay.test", fetch, network: null });
+  const seen = [];
+  for (const call of [() => client.listJobs(), () => client.getJob("j1"), () => client.cancel("j1")]) {
+    try {
+      await call();
+      assert.fail("the call should have failed");
+    } catch (err) {
+      assert.ok(err instanceof RelayHttpError);
+      seen.push([err.status, err.code, err.message, err.method, err.path]);
+      assert.doesNotMatch(String(err), /\[object Object\]/);
+    }
+  }
+  assert.deepEqual(seen, [
+    [401, "unauthorized", "unknown API key", "GET", "/v1/jobs"],
+    [404, "not_found", "no such job", "GET", "/v1/jobs/j1"],
+    [502, "http_502", "502 Bad Gateway", "DELETE", "/v1/jobs/j1"],
+  ]);
 });

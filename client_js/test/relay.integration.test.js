@@ -206,3 +206,129 @@ test("late join, resume from a seq, and URL mode replay a finished job", { skip:
   assert.equal(opened.inline, false, "a finished job opens from its manifest alone");
   assert.deepEqual(summary(await collect(opened)), first);
 });
+
+/**
+ * A client of the real relay with only an API key: no getToken.
+ * @param {import("node:test").TestContext} t
+ * @param {Partial<import("../src/client.js").ClientOptions>} [options]
+ */
+function keyClient(t, options = {}) {
+  const client = new PodstreamClient({
+    url: stack.relayUrl,
+    apiKey: stack.apiKey,
+    WebSocket,
+    network: null,
+    backoff: { minDelay: 50, maxDelay: 500 },
+    ...options,
+  });
+  t.after(() => client.close());
+  return client;
+}
+
+/**
+ * Subscribe with `client` to `jobId` and wait for the subscription to end; what the caller saw.
+ * @param {PodstreamClient} client
+ * @param {string} jobId
+ */
+async function failedSubscription(client, jobId) {
+  /** @type {any[]} */
+  const clientErrors = [];
+  client.on("error", (e) => clientErrors.push(e));
+  /** @type {any[]} */
+  const disconnects = [];
+  client.on("disconnected", (e) => disconnects.push(e));
+  const job = client.subscribe(jobId);
+  /** @type {any[]} */
+  const jobErrors = [];
+  job.on("error", (e) => jobErrors.push(e));
+  const rejected = await job.finished.then(
+    () => assert.fail("finished should reject"),
+    (/** @type {any} */ err) => err,
+  );
+  return { clientErrors, disconnects, jobErrors, rejected };
+}
+
+test(
+  "given only an API key, the client mints its own token and gets every file",
+  { skip: !!missing },
+  async (t) => {
+    const client = keyClient(t);
+    /** @type {any[]} */
+    const minted = [];
+    client.on("token", (e) => minted.push(e));
+    const submitted = await client.submit(imageInput(2));
+    const job = client.subscribe(submitted.id);
+    const files = await collect(job);
+    assert.equal((await job.finished).status, "COMPLETED");
+    assert.deepEqual(summary(files), await manifestFiles(client, submitted.id));
+    assert.deepEqual(minted[0].jobs, [submitted.id]);
+    assert.ok(minted[0].expiresAt > Date.now(), "the relay said when the token expires");
+  },
+);
+
+test(
+  "terminal failures reach the caller at once: a wrong key, a key that may not read, an unknown job",
+  { skip: !!missing },
+  async (t) => {
+    const submitted = await keyClient(t).submit(imageInput(1));
+
+    const wrong = await failedSubscription(
+      keyClient(t, { apiKey: "psk_not-a-key-of-this-relay" }),
+      submitted.id,
+    );
+    assert.deepEqual(
+      wrong.jobErrors.map((e) => [e.code, e.fatal, e.message]),
+      [["unauthorized", true, `no token for ${submitted.id}: unknown API key`]],
+    );
+    assert.equal(wrong.rejected.code, "unauthorized");
+    assert.match(wrong.rejected.message, /unknown API key/);
+    assert.deepEqual(wrong.clientErrors.map((e) => [e.code, e.fatal]), [["unauthorized", true]]); // prettier-ignore
+    assert.deepEqual(
+      wrong.disconnects.map((e) => e.reconnectIn),
+      [null],
+      "it does not reconnect",
+    );
+
+    const reader = await failedSubscription(keyClient(t, { apiKey: stack.writeOnlyKey }), submitted.id);
+    assert.deepEqual(
+      reader.jobErrors.map((e) => [e.code, e.fatal, e.message]),
+      [["forbidden", true, `no token for ${submitted.id}: this API key lacks the scope jobs:read`]],
+    );
+    assert.deepEqual(reader.disconnects.map((e) => e.reconnectIn), [null]); // prettier-ignore
+
+    const client = keyClient(t);
+    const unknown = await failedSubscription(client, "no-such-job");
+    assert.deepEqual(
+      unknown.jobErrors.map((e) => [e.code, e.fatal]),
+      [["not_found", true]],
+    );
+    assert.match(unknown.rejected.message, /job no-such-job: .+/);
+    const alive = await collect(client.subscribe(submitted.id));
+    assert.equal(alive.length, 1, "the connection goes on for the jobs that exist");
+  },
+);
+
+test("a minted token is renewed on the open socket before it expires", { skip: !!missing }, async (t) => {
+  const client = keyClient(t, { tokenTtl: 2 });
+  // One worker: a long job first keeps the next one queued for as long as this test needs.
+  const blocker = await client.submit(videoInput(40));
+  t.after(() => client.cancel(blocker.id));
+  const waiting = await client.submit(imageInput(1));
+  /** @type {number[]} */
+  const disconnects = [];
+  client.on("disconnected", ({ code }) => disconnects.push(code));
+  let connects = 0;
+  client.on("connected", () => (connects += 1));
+  const renewed = new Promise((resolve) => {
+    let minted = 0;
+    client.on("token", () => (minted += 1) === 3 && resolve(undefined)); // the first, then two renewals
+  });
+  const job = client.subscribe(waiting.id);
+  await renewed;
+  assert.notEqual(job.status, "COMPLETED", "still waiting for the worker");
+  await client.cancel(waiting.id);
+  const done = await job.finished;
+  assert.equal(done.status, "CANCELLED");
+  assert.equal(connects, 1, "one socket the whole time");
+  assert.deepEqual(disconnects, [], "the relay never closed it (no 4003 token expiry)");
+});

@@ -116,6 +116,8 @@ export class Stack {
     this.runpodKey = `rp-test-${Math.random().toString(36).slice(2)}`;
     /** The relay's API key (auth is on by default; the relay is configured with its sha256). */
     this.apiKey = `psk_${randomBytes(32).toString("base64url")}`;
+    /** A second key that may only submit (scope `jobs:write`): it may not read jobs or mint tokens. */
+    this.writeOnlyKey = `psk_${randomBytes(32).toString("base64url")}`;
     this.relayUrl = "";
     this.emulatorUrl = "";
     /** @type {Child[]} */
@@ -141,7 +143,10 @@ export class Stack {
     const relayEnv = {
       PODSTREAM_RUNPOD_URL: this.emulatorUrl,
       PODSTREAM_RUNPOD_KEY: this.runpodKey,
-      PODSTREAM_API_KEYS: `sha256:${createHash("sha256").update(this.apiKey).digest("hex")}`,
+      PODSTREAM_API_KEYS: [
+        `sha256:${createHash("sha256").update(this.apiKey).digest("hex")}`,
+        `writer=sha256:${createHash("sha256").update(this.writeOnlyKey).digest("hex")}/jobs:write`,
+      ].join(","),
       PODSTREAM_DATA_DIR: join(this.dir, "relay-data"),
       PODSTREAM_HOST: "127.0.0.1",
       PODSTREAM_PORT: String(relayPort),

@@ -1,12 +1,39 @@
-/** An HTTP call to the relay failed. */
+/**
+ * An HTTP call to the relay failed. `message` is the relay's own sentence (its JSON error body is
+ * `{"error": {"code", "message"}}`), `code` its machine-readable code (`unauthorized`, `not_found`, ...), `status`
+ * the HTTP status. An answer that is not the relay's JSON (a proxy's HTML page, say) gives `code` `http_<status>`
+ * and the status line as `message`.
+ */
 export class RelayHttpError extends Error {
     /**
+     * The error of a failed answer.
+     * @param {string} method
+     * @param {string} path
      * @param {number} status
-     * @param {string} message
-     * @param {unknown} body
+     * @param {string} statusText
+     * @param {unknown} body  parsed JSON, or the text when it was not JSON
+     * @returns {RelayHttpError}
      */
-    constructor(status: number, message: string, body: unknown);
+    static from(method: string, path: string, status: number, statusText: string, body: unknown): RelayHttpError;
+    /**
+     * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
+     */
+    constructor({ status, code, message, method, path, body }: {
+        status: number;
+        code: string;
+        message: string;
+        method: string;
+        path: string;
+        body: unknown;
+    });
+    /** The HTTP status, e.g. 401. */
     status: number;
+    /** The relay's error code, e.g. `"unauthorized"`. */
+    code: string;
+    /** The request, e.g. `"GET"` and `"/v1/jobs"`. */
+    method: string;
+    path: string;
+    /** The answer's body, parsed as JSON when it was JSON. @type {unknown} */
     body: unknown;
 }
 /**
@@ -22,6 +49,7 @@ export class PodstreamClient extends Emitter<ClientEvents & Record<string, unkno
         jobs: string[];
     }) => (string | null | Promise<string | null>)) | undefined;
     apiKey: string | undefined;
+    tokenTtl: number | undefined;
     _WebSocket: any;
     _fetch: typeof fetch;
     backoff: Backoff;
@@ -51,6 +79,10 @@ export class PodstreamClient extends Emitter<ClientEvents & Record<string, unkno
     /** The code of the last `bye`, used for the close that follows it. @type {number | null} */
     _byeCode: number | null;
     _authRetried: boolean;
+    /** When the token in use expires (unix ms), if known (tokens the client minted). @type {number | null} */
+    _tokenExpiresAt: number | null;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    _refreshTimer: ReturnType<typeof setTimeout> | null;
     _network: NetworkWatch | null;
     _onOnline: () => void;
     _onOffline: () => void;
@@ -118,6 +150,34 @@ export class PodstreamClient extends Emitter<ClientEvents & Record<string, unkno
     /** @param {string} reason */
     _reconnectNow(reason: string): void;
     _dropSocket(): void;
+    /**
+     * Where tokens come from: the caller's `getToken`, else minting with the API key, else nowhere (a relay
+     * without auth, or a caller that subscribes only to jobs it has tokens for through `getToken`).
+     * @returns {((context: {jobs: string[]}) => (string | null | Promise<string | null>)) | null}
+     */
+    _tokenSource(): ((context: {
+        jobs: string[];
+    }) => (string | null | Promise<string | null>)) | null;
+    /**
+     * Mint one token covering `jobs` with the API key, and note when it expires so it is renewed in time.
+     * @param {string[]} jobs
+     * @returns {Promise<string | null>}
+     */
+    _mintFor(jobs: string[]): Promise<string | null>;
+    /**
+     * Renew a minted token on the live socket before it expires (a fresh `auth` frame extends the connection).
+     * @param {number} gen
+     */
+    _armRefresh(gen: number): void;
+    /** @param {number} gen */
+    _refresh(gen: number): Promise<void>;
+    /**
+     * A failure no retry can fix (a refused key, a forbidden job): report it, end every subscription with it
+     * (each gets a fatal `error` and its `finished` rejects), and stay disconnected.
+     * @param {string} code
+     * @param {string} message
+     */
+    _failAll(code: string, message: string): void;
     /** @param {number} gen */
     _armWatchdog(gen: number): void;
     _offline(): void;
@@ -132,13 +192,15 @@ export class PodstreamClient extends Emitter<ClientEvents & Record<string, unkno
     resolve(url: string): string;
     /**
      * @param {string} path
-     * @param {{method?: string, body?: unknown, token?: string | null}} [init]
+     * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
+     *   `anonymous`: send no credential (the path carries one)
      * @returns {Promise<any>}
      */
     _http(path: string, init?: {
         method?: string;
         body?: unknown;
         token?: string | null;
+        anonymous?: boolean;
     }): Promise<any>;
     /**
      * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md).
@@ -175,6 +237,34 @@ export class PodstreamClient extends Emitter<ClientEvents & Record<string, unkno
      * @returns {Promise<string>}
      */
     mintToken(jobId: string): Promise<string>;
+    /**
+     * A short link code for a job (`POST /v1/jobs/{id}/links`, needs an API key that may read it): put it in a
+     * page URL instead of a key or a token; `redeemLink` trades it for a read-only token of that job.
+     * @param {string} jobId
+     * @param {{ttl?: number, uses?: number}} [options]  seconds it is good for (default: the relay's token
+     *   lifetime), and how many times it can be redeemed (default 1)
+     * @returns {Promise<{code: string, job: string, expires_at: number, uses: number}>}
+     */
+    createLink(jobId: string, options?: {
+        ttl?: number;
+        uses?: number;
+    }): Promise<{
+        code: string;
+        job: string;
+        expires_at: number;
+        uses: number;
+    }>;
+    /**
+     * Trade a link code for a read-only subscriber token of its job (`POST /v1/links/{code}`, no credential).
+     * A used-up, expired or unknown code fails with `RelayHttpError` code `link_not_found`.
+     * @param {string} code
+     * @returns {Promise<{job: string, token: string | null, expires_at: number}>}
+     */
+    redeemLink(code: string): Promise<{
+        job: string;
+        token: string | null;
+        expires_at: number;
+    }>;
 }
 export type ServerFrame = import("./frames.js").ServerFrame;
 export type ClientFrame = import("./frames.js").ClientFrame;
@@ -200,15 +290,21 @@ export type ClientOptions = {
      */
     wsUrl?: string | undefined;
     /**
-     * a job-scoped token for these jobs; called before connecting and again when the relay says it expired
+     * a job-scoped token for these jobs; called before connecting and again when the relay says it expired.
+     * Without it, a client with an `apiKey` mints its own tokens (`POST /v1/jobs/{id}/tokens`) and refreshes them
+     * before they expire; the key itself never goes over the websocket.
      */
     getToken?: ((context: {
         jobs: string[];
     }) => (string | null | Promise<string | null>)) | undefined;
     /**
-     * sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel)
+     * sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel, tokens)
      */
     apiKey?: string | undefined;
+    /**
+     * seconds of life asked for the tokens the client mints (default: the relay's)
+     */
+    tokenTtl?: number | undefined;
     /**
      * a WebSocket constructor (default: the global one)
      */
@@ -240,10 +336,21 @@ export type ClientEvents = {
         reason: string;
         reconnectIn: number | null;
     };
+    /**
+     * a problem of the connection; `fatal: true` when it ended every subscription (a refused key, say)
+     */
     error: {
         code: string;
         message: string;
         job?: string;
+        fatal?: boolean;
+    };
+    /**
+     * the client minted a token (itself, from `apiKey`)
+     */
+    token: {
+        jobs: string[];
+        expiresAt: number | null;
     };
 };
 /**

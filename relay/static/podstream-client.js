@@ -2096,17 +2096,52 @@ var JobSubscription = class extends Emitter {
 var AUTH_ERROR_CODES = /* @__PURE__ */ new Set(["unauthorized", "forbidden", "token_expired", "expired"]);
 var IGNORED_ERROR_CODES = /* @__PURE__ */ new Set(["not_subscribed", "already_subscribed"]);
 var OPEN = 1;
-var RelayHttpError = class extends Error {
+var REFRESH_AT = 0.2;
+var RETRYABLE_STATUSES = /* @__PURE__ */ new Set([408, 425, 429]);
+function isTerminalTokenError(err) {
+  return err instanceof RelayHttpError && err.status >= 400 && err.status < 500 && !RETRYABLE_STATUSES.has(err.status);
+}
+var RelayHttpError = class _RelayHttpError extends Error {
   /**
-   * @param {number} status
-   * @param {string} message
-   * @param {unknown} body
+   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
    */
-  constructor(status, message, body) {
+  constructor({ status, code, message, method, path, body }) {
     super(message);
     this.name = "RelayHttpError";
     this.status = status;
+    this.code = code;
+    this.method = method;
+    this.path = path;
     this.body = body;
+  }
+  /**
+   * The error of a failed answer.
+   * @param {string} method
+   * @param {string} path
+   * @param {number} status
+   * @param {string} statusText
+   * @param {unknown} body  parsed JSON, or the text when it was not JSON
+   * @returns {RelayHttpError}
+   */
+  static from(method, path, status, statusText, body) {
+    const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
+    let code = `http_${status}`;
+    let message = fallback;
+    const b = (
+      /** @type {any} */
+      body
+    );
+    const error = b && typeof b === "object" ? b.error : void 0;
+    if (error && typeof error === "object") {
+      if (typeof error.code === "string" && error.code) code = error.code;
+      if (typeof error.message === "string" && error.message) message = error.message;
+    } else if (typeof error === "string" && error) {
+      code = error;
+      message = typeof b.message === "string" && b.message ? b.message : error;
+    } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
+      message = b.detail;
+    }
+    return new _RelayHttpError({ status, code, message, method, path, body });
   }
 };
 function defaultNetwork() {
@@ -2133,6 +2168,7 @@ var PodstreamClient = class extends Emitter {
     this.wsUrl = options.wsUrl ?? ws.toString();
     this.getToken = options.getToken;
     this.apiKey = options.apiKey;
+    this.tokenTtl = options.tokenTtl;
     this._WebSocket = options.WebSocket ?? /** @type {any} */
     globalThis.WebSocket;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
@@ -2152,6 +2188,8 @@ var PodstreamClient = class extends Emitter {
     this._pingMs = 0;
     this._byeCode = null;
     this._authRetried = false;
+    this._tokenExpiresAt = null;
+    this._refreshTimer = null;
     this._network = options.network === void 0 ? defaultNetwork() : options.network;
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
@@ -2179,7 +2217,7 @@ var PodstreamClient = class extends Emitter {
     });
     this._subs.set(jobId, job);
     if (this.state === "connected") {
-      if (this.getToken && !this._tokenJobs.has(jobId)) {
+      if (this._tokenSource() && !this._tokenJobs.has(jobId)) {
         this._reconnectNow("token does not cover a new job");
       } else {
         this._sendSub(job);
@@ -2238,14 +2276,23 @@ var PodstreamClient = class extends Emitter {
     const gen = ++this._gen;
     this._setState("connecting");
     const jobs = [...this._subs.keys()];
-    if (this.getToken && (this._token === null || jobs.some((job) => !this._tokenJobs.has(job)))) {
+    const source = this._tokenSource();
+    if (source && (this._token === null || jobs.some((job) => !this._tokenJobs.has(job)))) {
       try {
-        this._token = await this.getToken({ jobs }) ?? null;
+        this._token = await source.call(this, { jobs }) ?? null;
         this._tokenJobs = new Set(jobs);
       } catch (err) {
         if (gen !== this._gen) return;
-        this.emit("error", { code: "token", message: `getToken failed: ${errorMessage(err)}` });
-        this._scheduleReconnect(1006, "getToken failed");
+        if (isTerminalTokenError(err)) {
+          const http = (
+            /** @type {RelayHttpError} */
+            err
+          );
+          this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+          return;
+        }
+        this.emit("error", { code: "token", message: `getting a token failed: ${errorMessage(err)}` });
+        this._scheduleReconnect(1006, "getting a token failed");
         return;
       }
       if (gen !== this._gen) return;
@@ -2261,9 +2308,13 @@ var PodstreamClient = class extends Emitter {
     ws.binaryType = "arraybuffer";
     this._ws = ws;
     this._byeCode = null;
+    const wait = this._token ? this.connectTimeout : this.connectTimeout * 1.5;
     this._connectTimer = setTimeout(() => {
-      if (gen === this._gen) this._abandon(CloseCode.PING_TIMEOUT, "no welcome from the relay");
-    }, this.connectTimeout);
+      if (gen !== this._gen) return;
+      const hint = this._token ? "" : " (it may need a token: give the client an apiKey or a getToken)";
+      this.emit("error", { code: "no_welcome", message: `no welcome from the relay${hint}` });
+      this._abandon(CloseCode.PING_TIMEOUT, "no welcome from the relay");
+    }, wait);
     ws.onopen = () => {
       if (gen === this._gen && this._token) this._send({ t: "auth", token: this._token });
     };
@@ -2318,6 +2369,7 @@ var PodstreamClient = class extends Emitter {
         this._armWatchdog(gen);
         this.emit("connected", { server: String(frame.server ?? ""), ping: frame.ping });
         for (const job of this._subs.values()) this._sendSub(job);
+        this._armRefresh(gen);
         return;
       case "subscribed":
         this._subs.get(frame.job)?._subscribed(frame);
@@ -2347,7 +2399,7 @@ var PodstreamClient = class extends Emitter {
           job._itemUnavailable(frame.code, message);
           return;
         }
-        if (job && this.getToken && AUTH_ERROR_CODES.has(frame.code) && !this._authRetried) {
+        if (job && this._tokenSource() && AUTH_ERROR_CODES.has(frame.code) && !this._authRetried) {
           this._authRetried = true;
           this._token = null;
           this._abandon(CloseCode.TOKEN_EXPIRED, "token refused for a job", false);
@@ -2375,7 +2427,7 @@ var PodstreamClient = class extends Emitter {
     if (this.state === "closed" || this.state === "offline") return;
     if (isTerminalClose(code)) {
       const message = reason || `connection closed by the relay with code ${code}`;
-      this.emit("error", { code: String(code), message });
+      this.emit("error", { code: String(code), message, fatal: true });
       for (const job of [...this._subs.values()]) job._fail(`close_${code}`, message);
       this._setState("disconnected");
       this.emit("disconnected", { code, reason, reconnectIn: null });
@@ -2432,13 +2484,112 @@ var PodstreamClient = class extends Emitter {
   _dropSocket() {
     if (this._connectTimer) clearTimeout(this._connectTimer);
     if (this._watchdog) clearTimeout(this._watchdog);
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
     this._connectTimer = null;
     this._watchdog = null;
+    this._refreshTimer = null;
     if (this._ws) {
       this._ws.onmessage = null;
       this._ws.onopen = null;
     }
     this._ws = null;
+  }
+  /**
+   * Where tokens come from: the caller's `getToken`, else minting with the API key, else nowhere (a relay
+   * without auth, or a caller that subscribes only to jobs it has tokens for through `getToken`).
+   * @returns {((context: {jobs: string[]}) => (string | null | Promise<string | null>)) | null}
+   */
+  _tokenSource() {
+    if (this.getToken) return this.getToken;
+    if (this.apiKey) return ({ jobs }) => this._mintFor(jobs);
+    return null;
+  }
+  /**
+   * Mint one token covering `jobs` with the API key, and note when it expires so it is renewed in time.
+   * @param {string[]} jobs
+   * @returns {Promise<string | null>}
+   */
+  async _mintFor(jobs) {
+    if (jobs.length === 0) return null;
+    const [first, ...more] = jobs;
+    const body = more.length ? { jobs: more } : {};
+    if (this.tokenTtl !== void 0) body.ttl_s = this.tokenTtl;
+    let answer;
+    try {
+      answer = await this._http(`/v1/jobs/${encodeURIComponent(first)}/tokens`, { method: "POST", body });
+    } catch (err) {
+      if (err instanceof RelayHttpError && err.code === "no_auth") return null;
+      throw err;
+    }
+    const expiresAt = typeof answer?.expires_at === "number" ? answer.expires_at * 1e3 : null;
+    this._tokenExpiresAt = expiresAt;
+    this.emit("token", { jobs: [...jobs], expiresAt });
+    return typeof answer?.token === "string" ? answer.token : null;
+  }
+  /**
+   * Renew a minted token on the live socket before it expires (a fresh `auth` frame extends the connection).
+   * @param {number} gen
+   */
+  _armRefresh(gen) {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const expiresAt = this._tokenExpiresAt;
+    if (this.getToken || !this.apiKey || expiresAt === null || this._token === null) return;
+    const left = expiresAt - Date.now();
+    const delay = Math.max(0, left * (1 - REFRESH_AT));
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      if (gen === this._gen && this.state === "connected") void this._refresh(gen);
+    }, delay);
+  }
+  /** @param {number} gen */
+  async _refresh(gen) {
+    const jobs = [...this._subs.keys()];
+    if (jobs.length === 0) return;
+    let token;
+    try {
+      token = await this._mintFor(jobs);
+    } catch (err) {
+      if (gen !== this._gen) return;
+      if (isTerminalTokenError(err)) {
+        const http = (
+          /** @type {RelayHttpError} */
+          err
+        );
+        this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+        return;
+      }
+      this.emit("error", { code: "token", message: `renewing the token failed: ${errorMessage(err)}` });
+      return;
+    }
+    if (gen !== this._gen || token === null) return;
+    this._token = token;
+    this._tokenJobs = new Set(jobs);
+    this._send({ t: "auth", token });
+    this._armRefresh(gen);
+  }
+  /**
+   * A failure no retry can fix (a refused key, a forbidden job): report it, end every subscription with it
+   * (each gets a fatal `error` and its `finished` rejects), and stay disconnected.
+   * @param {string} code
+   * @param {string} message
+   */
+  _failAll(code, message) {
+    if (this._retryTimer) clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    const ws = this._ws;
+    this._gen += 1;
+    this._dropSocket();
+    try {
+      ws?.close(1e3, "giving up");
+    } catch {
+    }
+    this._token = null;
+    this._tokenJobs = /* @__PURE__ */ new Set();
+    this.emit("error", { code, message, fatal: true });
+    for (const job of [...this._subs.values()]) job._fail(code, message);
+    this._setState("disconnected");
+    this.emit("disconnected", { code: 1e3, reason: message, reconnectIn: null });
   }
   /** @param {number} gen */
   _armWatchdog(gen) {
@@ -2503,13 +2654,14 @@ var PodstreamClient = class extends Emitter {
   }
   /**
    * @param {string} path
-   * @param {{method?: string, body?: unknown, token?: string | null}} [init]
+   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
+   *   `anonymous`: send no credential (the path carries one)
    * @returns {Promise<any>}
    */
   async _http(path, init = {}) {
     if (!this._fetch) throw new Error("no fetch() in this environment");
     const headers = { accept: "application/json" };
-    const bearer = this.apiKey ?? init.token;
+    const bearer = init.anonymous ? null : this.apiKey ?? init.token;
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== void 0) headers["content-type"] = "application/json";
     const response = await this._fetch(this.resolve(path), {
@@ -2525,12 +2677,7 @@ var PodstreamClient = class extends Emitter {
       body = text;
     }
     if (!response.ok) {
-      const detail = body && typeof body === "object" ? body.message ?? body.detail ?? body.error : body;
-      throw new RelayHttpError(
-        response.status,
-        `${init.method ?? "GET"} ${path}: ${response.status} ${detail ? String(detail) : response.statusText}`,
-        body
-      );
+      throw RelayHttpError.from(init.method ?? "GET", path, response.status, response.statusText, body);
     }
     return body;
   }
@@ -2582,6 +2729,29 @@ var PodstreamClient = class extends Emitter {
       body: {}
     });
     return String(body.token);
+  }
+  /**
+   * A short link code for a job (`POST /v1/jobs/{id}/links`, needs an API key that may read it): put it in a
+   * page URL instead of a key or a token; `redeemLink` trades it for a read-only token of that job.
+   * @param {string} jobId
+   * @param {{ttl?: number, uses?: number}} [options]  seconds it is good for (default: the relay's token
+   *   lifetime), and how many times it can be redeemed (default 1)
+   * @returns {Promise<{code: string, job: string, expires_at: number, uses: number}>}
+   */
+  createLink(jobId, options = {}) {
+    const body = {};
+    if (options.ttl !== void 0) body.ttl_s = options.ttl;
+    if (options.uses !== void 0) body.uses = options.uses;
+    return this._http(`/v1/jobs/${encodeURIComponent(jobId)}/links`, { method: "POST", body });
+  }
+  /**
+   * Trade a link code for a read-only subscriber token of its job (`POST /v1/links/{code}`, no credential).
+   * A used-up, expired or unknown code fails with `RelayHttpError` code `link_not_found`.
+   * @param {string} code
+   * @returns {Promise<{job: string, token: string | null, expires_at: number}>}
+   */
+  redeemLink(code) {
+    return this._http(`/v1/links/${encodeURIComponent(code)}`, { method: "POST", anonymous: true });
   }
 };
 function errorMessage(err) {
