@@ -431,12 +431,19 @@ def _entry_output(text: bytes) -> object:
     result is what `json.loads` makes of the entry, except that a control character in such `data` (which
     `json.loads` refuses) is left for the Assembler's base64 check to reject, as it does any non-base64."""
     at = text.find(b'"data"')
-    if at > 0 and text[at - 1] != 0x5C and text.find(b'"data"', at + 6) < 0:
+    if at > 0 and text[at - 1] != 0x5C:
         start = at + 6
         while start < len(text) and text[start] in b" \t\r\n:":
             start += 1
         end = text.find(b'"', start + 1) if text[start : start + 1] == b'"' else -1
-        if end > 0 and text.find(b"\\", start, end) < 0 and text.count(b":", at + 6, start) == 1:
+        # A string with no backslash holds no quote, so another `"data"` can only come after it: the
+        # base64 is scanned for the quote and the backslash, not a third time for a second key.
+        if (
+            end > 0
+            and text.find(b"\\", start, end) < 0
+            and text.count(b":", at + 6, start) == 1
+            and text.find(b'"data"', end + 1) < 0
+        ):
             try:
                 data = text[start + 1 : end].decode("ascii")
                 entry = json.loads(text[:start] + b'""' + text[end + 1 :])
