@@ -49,7 +49,7 @@ from relay.poller import media_url
 from relay.recovery import GapRecovery, crash_after_drain
 from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
-from relay.store import BadJobId, JobStore, check_job_id, public
+from relay.store import BadJobId, JobBroken, JobStore, MediaGone, MediaRetry, check_job_id, public
 from relay.ws import PendingAuth, websocket_endpoint
 
 log = logging.getLogger("podstream.relay.app")
@@ -102,6 +102,8 @@ def _open(relay: Relay, job: str) -> JobStore | None:
         return relay.job(job)
     except BadJobId:
         raise
+    except JobBroken as exc:  # the store says why (e.g. "its job.json is not valid JSON (...)")
+        raise ApiError(503, "broken_job", str(exc)) from None
     except Exception:
         log.exception("cannot open job %s", job, extra={"job": job})
         raise ApiError(503, "broken_job", f"the relay cannot read the files of job {job} (logged)") from None
@@ -335,8 +337,12 @@ async def media(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     try:
         stat = await asyncio.to_thread(path.stat)
-    except OSError:
-        raise ApiError(410, "gone", f"the file of item {item} is no longer available") from None
+        await asyncio.to_thread(store.check_media, record)  # missing or damaged: gone; EMFILE etc.: retry
+    except MediaRetry as exc:
+        raise ApiError(503, "try_again", str(exc), headers={"retry-after": "1"}) from None
+    except (MediaGone, OSError) as exc:
+        message = str(exc) if isinstance(exc, MediaGone) else f"the file of item {item} is no longer available"
+        raise ApiError(410, "gone", message) from None
     return _ReadingFileResponse(
         store, relay, path, headers=headers, media_type=record["mime"] or "application/octet-stream",
         stat_result=stat, filename=path.name, content_disposition_type="inline",

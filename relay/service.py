@@ -116,7 +116,8 @@ class Relay:
             settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota
         )
         self.hub = Hub()
-        self.pollers = PollerSet(settings.max_pollers)
+        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self.pollers = PollerSet(settings.max_pollers, restart_backoff=self.backoff)
         self.chunks = ChunkCache(settings.chunk_cache_bytes, settings.chunk_bytes)
         self.submits = PerKeyRate(settings.submits_per_minute)
         self.connections: set[Closable] = set()
@@ -132,7 +133,6 @@ class Relay:
         self._janitor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._removals: set[asyncio.Task[None]] = set()
-        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.metrics.observe(self._state_metrics)
 
     # ------------------------------------------------------------------ lifecycle

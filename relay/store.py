@@ -31,27 +31,25 @@ files until the last reader is done, so a sweep never pulls a file out from unde
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
-import struct
 import threading
 import time
-import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-import msgpack
-
 from podstream.sinks import fsync_dir, media_name
 
-_HEADER: Final = struct.Struct(">II")
-#: No single record is larger than this (a manifest page is under 1 MB); a longer frame means corruption.
-MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
+# Re-exported: they lived here before relay/records.py.
+from relay.records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
+from relay.records import RecordLog as RecordLog
+
 JOB_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 STATUS: Final = "status"
@@ -59,7 +57,8 @@ PROGRESS: Final = "progress"
 ITEM: Final = "item"
 ERROR: Final = "error"
 DONE: Final = "done"
-KINDS: Final = frozenset({STATUS, PROGRESS, ITEM, ERROR, DONE})
+RESULT: Final = "result"  # a wrapped handler's value, files as {"$file": i} (relay/results.py)
+KINDS: Final = frozenset({STATUS, PROGRESS, ITEM, ERROR, RESULT, DONE})
 
 
 class StoreError(Exception):
@@ -68,6 +67,38 @@ class StoreError(Exception):
 
 class QuotaExceeded(StoreError):
     """Storing this would take the data directory over its disk quota."""
+
+
+class JobBroken(StoreError):
+    """The job's directory cannot be opened as a job (its `job.json` is missing or unreadable).
+
+    The job is reported as broken (`GET /v1/jobs` lists it with `status: "broken"` and the reason; a
+    websocket `sub` gets an `err` frame) and its files are left as they are for an operator; every other
+    job goes on working."""
+
+    def __init__(self, job: str, reason: str) -> None:
+        super().__init__(f"job {job} is broken: {reason}")
+        self.job = job
+        self.reason = reason
+
+
+class MediaGone(StoreError):
+    """An item's file is gone for good: deleted, or damaged (it no longer matches its size or sha256)."""
+
+
+class MediaRetry(StoreError):
+    """Reading an item's file failed for a reason that passes (EMFILE, ENOSPC, EIO, ...): try again later."""
+
+
+#: OSErrors that say "not now" rather than "never": too many open files, a full disk, an I/O hiccup.
+TRANSIENT_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ENOMEM,
+     errno.EINTR, errno.EBUSY, errno.ETIMEDOUT}
+)  # fmt: skip
+
+
+def transient(exc: OSError) -> bool:
+    return exc.errno in TRANSIENT_ERRNOS
 
 
 class DiskQuota:
@@ -154,85 +185,6 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def _pack(record: dict[str, Any]) -> bytes:
-    body: bytes = msgpack.packb(record, use_bin_type=True)
-    return _HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-class RecordLog:
-    """An append-only file of msgpack maps. One writer; `scan` and `read_at` may run beside it."""
-
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
-        self.path = path
-        self.fsync = fsync
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self.size = 0
-        self.truncated = 0  # bytes of torn tail dropped on open
-
-    def scan(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Every whole record with its offset; truncates the file after the last good one. Call once, first."""
-        offset = 0
-        with open(self.path, "rb", buffering=1 << 20) as f:
-            while True:
-                header = f.read(_HEADER.size)
-                if len(header) < _HEADER.size:
-                    break
-                length, crc = _HEADER.unpack(header)
-                if length > MAX_RECORD_BYTES:
-                    break
-                body = f.read(length)
-                if len(body) < length or zlib.crc32(body) != crc:
-                    break
-                try:
-                    record = msgpack.unpackb(body, raw=False)
-                except (ValueError, msgpack.UnpackException):
-                    break
-                if not isinstance(record, dict):
-                    break
-                yield offset, record
-                offset += _HEADER.size + length
-        end = os.fstat(self._fd).st_size
-        if end > offset:
-            self.truncated = end - offset
-            os.ftruncate(self._fd, offset)
-            self.sync()
-        self.size = offset
-
-    def append(self, records: list[dict[str, Any]]) -> list[int]:
-        """Write the records in one `write`; returns their offsets. Not durable until `sync`."""
-        frames = [_pack(r) for r in records]
-        offsets: list[int] = []
-        for frame in frames:
-            offsets.append(self.size)
-            self.size += len(frame)
-        data = b"".join(frames)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        return offsets
-
-    def sync(self) -> None:
-        if self.fsync:
-            os.fsync(self._fd)
-
-    def read_at(self, offset: int, count: int) -> list[dict[str, Any]]:
-        """Up to `count` records starting at `offset` (which must be a record boundary)."""
-        out: list[dict[str, Any]] = []
-        end = self.size
-        while len(out) < count and offset < end:
-            header = os.pread(self._fd, _HEADER.size, offset)
-            length, _crc = _HEADER.unpack(header)
-            body = os.pread(self._fd, length, offset + _HEADER.size)
-            out.append(msgpack.unpackb(body, raw=False))
-            offset += _HEADER.size + length
-        return out
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
 class Journal:
     """A job's records, `seq` dense from 1. Written by one poller; read by any number of cursors."""
 
@@ -245,21 +197,32 @@ class Journal:
         self.head = 0  # last seq written
         self.published = 0  # last seq readers may see
         self.last: dict[str, Any] | None = None
+        #: Set by `load` when records are missing or out of place (see `relay.repair`).
+        self.damaged = False
 
     def load(self) -> Iterator[dict[str, Any]]:
-        """Read the journal back (truncating a torn tail); yields every record. Call once, first."""
+        """Read the journal back; yields its records while they are in order. Call once, first.
+
+        A record out of place (a hole in `seq` left by damage, or one not in sequence) stops the yielding
+        and sets `damaged`: the journal then needs rebuilding (`relay.repair`), which reads it again."""
+        self.damaged = False
         for offset, record in self.log.scan():
-            if record.get("seq") != self.head + 1:
-                # A record out of sequence cannot have been written by us: treat it as the torn end.
-                os.ftruncate(self.log._fd, offset)
-                self.log.size = offset
-                break
+            if self.damaged:
+                continue
+            if record.get("seq") != self.head + 1 or record.get("k") not in KINDS:
+                self.damaged = True
+                continue
             self._offsets.append(offset)
             self.head += 1
             self._remember(record)
             yield record
+        self.damaged = self.damaged or bool(self.log.damage)
         self.published = self.head
         self._trim()
+
+    @property
+    def tail_max(self) -> int:
+        return self._tail_max
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         return self.extend([(kind, fields)])[0]
@@ -439,18 +402,37 @@ class JobStore:
         self.items: dict[int, dict[str, Any]] = {}  # latest `item` record per item index
         self.errors = 0
         self.done: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None  # the current run's `result` record, if one came
         self.closed = False
         self._pending: list[dict[str, Any]] = []
+        #: Media files known to match their record in this process (stored by it, or hashed once).
+        self._verified: set[str] = set()
+        #: What `relay.repair` did when the job was opened (None: the journal was whole).
+        self.repaired: str | None = None
 
-    def open(self, *, meta: dict[str, Any] | None = None) -> JobStore:
-        meta_path = self.dir / "job.json"
+    def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
+        """A new job (`meta`, written to job.json) or an existing one (`stored`, read by `Store.read_meta`).
+
+        An existing job whose journal was damaged is rebuilt here (`relay.repair.rebuild`)."""
         if meta is not None:
             self.write_meta(meta)
-        elif meta_path.exists():
-            self.meta = json.loads(meta_path.read_text())
+        elif stored is not None:
+            self.meta = dict(stored)
         for record in self.journal.load():
             self._apply(record)
+        if meta is None:
+            from relay.repair import rebuild  # the repair reads the store; it is not needed otherwise
+
+            rebuild(self)
         return self
+
+    def reset_summaries(self) -> None:
+        """Forget the summaries (before the journal is read again from the start)."""
+        self.status = ""
+        self.items = {}
+        self.errors = 0
+        self.done = None
+        self.result = None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
@@ -492,10 +474,17 @@ class JobStore:
         return sink
 
     def commit(self) -> int:
-        """Make the appended records durable and visible (journal readers and the summaries)."""
+        """Make the appended records durable and visible (journal readers and the summaries).
+
+        The ingest log is synced first: a record a subscriber saw must be rebuildable from it."""
+        if self.journal.published != self.journal.head:
+            self.wire.sync()
         head = self.journal.commit()
         for record in self._pending:
             self._apply(record)
+            name = record.get("_file")
+            if record["k"] == ITEM and isinstance(name, str):
+                self._verified.add(name)  # verified as it was stored (MediaSink, or an upload's sha256)
             if self.on_commit is not None:
                 self.on_commit(record)
         self._pending.clear()
@@ -513,8 +502,11 @@ class JobStore:
             if record.get("code") == "restarted":
                 self.items.clear()
                 self.errors = 0
+                self.result = None
             elif record.get("code") != "duplicate":
                 self.errors += 1
+        elif kind == RESULT:
+            self.result = record
         elif kind == DONE:
             self.done = record
             self.status = record["status"]
@@ -537,6 +529,42 @@ class JobStore:
         if path.resolve().parent.parent != self.media.resolve():
             return None
         return path
+
+    def check_media(self, record: dict[str, Any]) -> Path | None:
+        """The verified file of an `item` record (None for a ref: its bytes live elsewhere). Blocking: run
+        it in a thread. A file not stored by this process is hashed once before it is first served.
+
+        Raises `MediaGone` when the file is missing or damaged (a damaged one is moved to `quarantine/`),
+        `MediaRetry` when reading it failed for a passing reason (see `transient`)."""
+        path = self.media_path(record)
+        if path is None:
+            return None
+        item, name = record.get("item"), str(record["_file"])
+        try:
+            size = os.stat(path).st_size
+            if name not in self._verified:
+                if size != record.get("size") or sha256_file(path) != record.get("sha256"):
+                    kept = self.quarantine_file(path, f"media-{name.replace('/', '-')}")
+                    raise MediaGone(
+                        f"the file of item {item} is damaged (it does not match its size and sha256); "
+                        f"it was kept aside as {kept.relative_to(self.dir)}"
+                    )
+                self._verified.add(name)
+        except FileNotFoundError:
+            raise MediaGone(f"the file of item {item} is no longer available") from None
+        except OSError as exc:
+            if transient(exc):
+                raise MediaRetry(f"reading the file of item {item} failed ({exc.strerror}); retry") from exc
+            raise MediaGone(f"the file of item {item} cannot be read ({exc.strerror})") from exc
+        return path
+
+    def quarantine_file(self, path: Path, name: str) -> Path:
+        """Move a damaged file out of the way, into the job's `quarantine/` (kept for an operator)."""
+        directory = self.dir / "quarantine"
+        directory.mkdir(exist_ok=True)
+        target = directory / f"{name}.{time.time_ns()}"
+        os.replace(path, target)
+        return target
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
@@ -562,6 +590,14 @@ class JobStore:
             self.wire.close()
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class Store:
     """The data directory: creates, opens, lists and deletes jobs."""
 
@@ -576,16 +612,42 @@ class Store:
         self.quota = quota or DiskQuota()
 
     def exists(self, job: str) -> bool:
-        return (self.root / check_job_id(job) / "journal.log").exists()
+        """Whether the job has a directory here (a journal, or a job.json whose journal was lost)."""
+        directory = self.root / check_job_id(job)
+        return (directory / "journal.log").exists() or (directory / "job.json").exists()
 
     def create(self, job: str, **meta: Any) -> JobStore:
         store = JobStore(self.root, job, fsync=self.fsync, tail=self.tail, quota=self.quota)
         return store.open(meta={"job": job, "created_at": time.time(), **meta})
 
     def open(self, job: str) -> JobStore:
+        """An existing job (KeyError when there is none; `JobBroken` when its job.json is unreadable)."""
         if not self.exists(job):
             raise KeyError(job)
-        return JobStore(self.root, job, fsync=self.fsync, tail=self.tail, quota=self.quota).open()
+        stored = self.read_meta(job)
+        store = JobStore(self.root, job, fsync=self.fsync, tail=self.tail, quota=self.quota)
+        try:
+            return store.open(stored=stored)
+        except BaseException:
+            store.close()
+            raise
+
+    def read_meta(self, job: str) -> dict[str, Any]:
+        """The job's job.json, or `JobBroken` saying why it cannot be read."""
+        path = self.root / check_job_id(job) / "job.json"
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise JobBroken(job, "its job.json is missing") from None
+        except IsADirectoryError:
+            raise JobBroken(job, "its job.json is not a file") from None
+        try:
+            meta = json.loads(text)
+        except ValueError as exc:
+            raise JobBroken(job, f"its job.json is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise JobBroken(job, "its job.json does not hold a JSON object")
+        return meta
 
     def meta(self, job: str) -> dict[str, Any]:
         """The job's metadata (without opening its journal); {} when unreadable."""
@@ -615,7 +677,7 @@ class Store:
     def job_ids(self) -> list[str]:
         ids = []
         for path in self.root.iterdir():
-            if JOB_ID.match(path.name) and (path / "journal.log").exists():
+            if JOB_ID.match(path.name) and ((path / "journal.log").exists() or (path / "job.json").exists()):
                 ids.append(path.name)
         return sorted(ids)
 

@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay.auth import Denied, Principal
 from relay.service import Relay
-from relay.store import ITEM, BadJobId, JobStore, check_job_id
+from relay.store import ITEM, BadJobId, JobStore, MediaGone, MediaRetry, check_job_id, transient
 
 log = logging.getLogger("podstream.relay.ws")
 
@@ -46,6 +46,7 @@ SLOW_CONSUMER: Final = 4001
 PING_TIMEOUT: Final = 4002
 TOKEN_EXPIRED: Final = 4003
 TOO_MANY_CONNECTIONS: Final = 4004
+TRY_AGAIN: Final = 4005  # a passing storage error (EMFILE, ENOSPC, EIO): reconnect and resume
 MALFORMED: Final = 4500
 UNAUTHORIZED: Final = 4501
 FRAME_TOO_LARGE: Final = 4502
@@ -376,7 +377,13 @@ class Connection:
             del self.subscriptions[job]
 
     async def _send_item(self, store: JobStore, record: dict[str, Any]) -> None:
-        path = store.media_path(record)
+        try:
+            path = await asyncio.to_thread(store.check_media, record)  # verified once per process
+        except MediaGone as exc:
+            await self._err("media_unavailable", str(exc), store.job)
+            return
+        except MediaRetry as exc:
+            raise Bye(TRY_AGAIN, f"{exc}: reconnect and resume from your last seq") from None
         if path is None:
             return  # uploaded out of band (a ref): the client fetches record["url"]
         head = {"job": store.job, "seq": record["seq"], "item": record["item"]}
@@ -384,7 +391,9 @@ class Connection:
         for offset in self.relay.chunks.offsets(size):
             try:
                 frame = await self.relay.chunks.frame(path, head, offset, size)
-            except OSError:
+            except OSError as exc:
+                if transient(exc):  # EMFILE, ENOSPC, EIO...: the file is still there, try again
+                    raise Bye(TRY_AGAIN, "reading the item failed for now: reconnect and resume") from None
                 message = f"the file of item {record['item']} is no longer available"
                 await self._err("media_unavailable", message, store.job)
                 return
