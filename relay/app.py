@@ -43,7 +43,7 @@ from starlette.types import Message, Receive, Scope, Send
 from relay import links, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
-from relay.limits import RateLimited, fd_limit, open_fds
+from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
 from relay.recovery import GapRecovery, crash_after_drain
@@ -620,5 +620,7 @@ def create_app(
         },
     )  # fmt: skip
     app.state.relay = relay
-    app.state.pending_auth = PendingAuth(settings.max_pending_auth)
+    # Websockets waiting for auth never hold more than half the connections RLIMIT_NOFILE leaves room for.
+    budget = fd_budget(fd_limit(), settings.fd_reserve)
+    app.state.pending_auth = PendingAuth(min(settings.max_pending_auth, max(1, budget // 2)))
     return app
