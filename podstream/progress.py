@@ -69,6 +69,7 @@ class JobOutcome:
     failures: list[ItemFailure] = field(default_factory=list)
     problems: list[StreamProblem] = field(default_factory=list)
     expected_items: int | None = None  # from the manifest / done record, when it arrived
+    result: Path | None = None  # result.json of a wrapped handler (podstream.results), if it sent one
 
     @property
     def ok(self) -> bool:
@@ -89,6 +90,8 @@ class JobOutcome:
         if self.problems:
             codes = sorted({p.code for p in self.problems})
             parts.append(f"{len(self.problems)} stream problem(s): {', '.join(codes)}")
+        if self.result is not None:
+            parts.append(f"result in {display_path(self.result)}")
         if self.error:
             parts.append(f"error: {self.error}")
         return "; ".join(parts)
@@ -118,6 +121,7 @@ def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
         "files": [{**asdict(f), "path": str(f.path)} for f in outcome.files],
         "failures": [asdict(f) for f in outcome.failures],
         "problems": [asdict(p) for p in outcome.problems],
+        "result": str(outcome.result) if outcome.result is not None else None,
     }
 
 

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import httpx
 
-from podstream import sinks, wire
+from podstream import results, sinks, wire
 from podstream.backoff import MAX_RETRY_AFTER_S, Backoff, retry_after_seconds
 from podstream.progress import (
     TERMINAL_STATUSES,
@@ -243,6 +243,7 @@ class StreamDrain:
         outcome.error = error
         for problem in self.assembler.finish():
             self._problem(StreamProblem(problem.code, problem.message))
+        outcome.result = results.write_result(self.out, self.assembler.result, outcome.files)
         self.observer.finished(outcome)
         return outcome
 

@@ -37,7 +37,7 @@ from typing import Any, Final
 import httpx
 import msgpack
 
-from podstream import sinks
+from podstream import results, sinks
 from podstream.progress import (
     TERMINAL_STATUSES,
     ItemFailure,
@@ -255,6 +255,8 @@ class Subscription:
             self.observer.item_progress(_int(rec, "item"), _int(rec, "step"), _int(rec, "steps"))
         elif kind == "error":
             self._on_error(rec)
+        elif kind == "result":  # a wrapped handler's value: its files were all recorded before it
+            self.outcome.result = results.write_value(self.out, rec.get("value"), self.outcome.files)
         elif kind == "done":
             self._on_done(rec)
         self._advance(seq)

@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from relay import links, uploads
+from relay import links, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
 from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
@@ -288,6 +288,7 @@ async def manifest(request: Request) -> Response:
     errors = [{k: r.get(k) for k in ("seq", "item", "code", "message")} for r in _error_records(store)]
     body = _summary(relay, store)
     body.update(items=items, errors=errors, error_count=store.errors, urls=_urls(request, store.job))
+    body["result"] = results.with_urls(store, {e["item"]: e["url"] for e in items})
     return JSONResponse(body)
 
 
@@ -336,8 +337,8 @@ async def media(request: Request) -> Response:
     if if_none_match is not None and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
         return Response(status_code=304, headers=headers)
     try:
-        stat = await asyncio.to_thread(path.stat)
         await asyncio.to_thread(store.check_media, record)  # missing or damaged: gone; EMFILE etc.: retry
+        stat = await asyncio.to_thread(path.stat)
     except MediaRetry as exc:
         raise ApiError(503, "try_again", str(exc), headers={"retry-after": "1"}) from None
     except (MediaGone, OSError) as exc:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podstream import wire
-from relay import uploads
+from relay import results, uploads
 from relay.repair import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
 from relay.runpod import (
     TERMINAL,
@@ -163,6 +163,8 @@ class JobPoller:
                 out.append((ERROR, {"item": event.item, "code": event.code, "message": event.message}))
             elif isinstance(event, wire.Progress):
                 out.append((PROGRESS, {"item": event.item, "step": event.step, "steps": event.steps}))
+            elif isinstance(event, wire.ResultReceived):
+                out.append(results.result_entry(event))
             elif isinstance(event, wire.Restarted):
                 message = "RunPod re-ran the job (retry): the items that follow replace the earlier ones"
                 out.append((ERROR, {"item": None, "code": "restarted", "message": message}))

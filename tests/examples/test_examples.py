@@ -1,0 +1,108 @@
+"""examples/: the seeds' handlers as they were fail at RunPod's caps; ported with `worker.wrap` (a few lines
+changed), every file arrives through the emulator and `podstream pull`, with the result in place."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from PIL import Image
+
+from podstream import wire
+from tests.examples.support import (
+    EXAMPLES,
+    changed_lines,
+    example_worker,
+    noise_png_base64,
+    pull,
+    run_until_done_is_refused,
+    worker_log,
+)
+
+
+def load_example(path: Path) -> Any:
+    """An example's module, imported from its file (examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("example", ["batch_images", "batch_videos"])
+def test_each_port_changes_at_most_five_lines(example: str) -> None:
+    changed = changed_lines(EXAMPLES / example / "original.py", EXAMPLES / example / "handler.py")
+    assert 0 < len(changed) <= 5, changed
+    assert any("worker.wrap(handler)" in line for line in changed)
+
+
+IMAGES_JOB = {"prompt": "a lighthouse at dusk", "num_images": 6, "width": 1024, "height": 1024, "seed": 7}
+
+
+def expected_pngs() -> list[bytes]:
+    job = {"input": IMAGES_JOB}
+    original = load_example(EXAMPLES / "batch_images" / "original.py")
+    return [base64.b64decode(b) for b in original.handler(job)["images"]]
+
+
+def test_the_original_images_handler_loses_its_result_at_the_cap(tmp_path: Path) -> None:
+    with example_worker(EXAMPLES / "batch_images" / "original.py", tmp_path) as emu:
+        status = run_until_done_is_refused(emu, IMAGES_JOB)
+        stats = emu.stats()
+    assert stats["routes"]["job-done"]["max_request_bytes"] > 20_000_000  # six 1024x1024 PNGs in one body
+    assert status["status"] == "IN_PROGRESS" and "output" not in status  # the result never arrives
+    assert "Failed to return job results" in worker_log(tmp_path, "Failed to return job results")
+
+
+def test_the_ported_images_handler_streams_every_image_and_its_result(tmp_path: Path) -> None:
+    with example_worker(EXAMPLES / "batch_images" / "handler.py", tmp_path) as emu:
+        done, out = pull(emu, IMAGES_JOB, tmp_path / "out")
+        stats = emu.stats()
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "COMPLETED" and outcome["ok"] and len(outcome["files"]) == 6
+    assert stats["routes"]["job-stream"]["max_request_bytes"] <= wire.DEFAULT_BODY_BUDGET
+    result = json.loads((out / "result.json").read_text())
+    assert outcome["result"] == str(out / "result.json")
+    assert result["count"] == 6 and result["prompt"] == IMAGES_JOB["prompt"]
+    assert [(out / p).read_bytes() for p in result["images"]] == expected_pngs()
+    assert Image.open(out / result["images"][0]).size == (1024, 1024)
+
+
+def clips_job(count: int) -> dict[str, object]:
+    images = [{"id": f"photo-{i}", "image_base64": noise_png_base64(128, 128, i)} for i in range(count)]
+    return {"images": images, "frames": 6, "size": 128}  # ~220 KB of lossless noise per clip
+
+
+def test_the_original_videos_handler_loses_100_clips_at_the_cap(tmp_path: Path) -> None:
+    with example_worker(EXAMPLES / "batch_videos" / "original.py", tmp_path) as emu:
+        status = run_until_done_is_refused(emu, clips_job(100))
+        stats = emu.stats()
+    assert stats["routes"]["job-done"]["max_request_bytes"] > 20_000_000
+    assert status["status"] == "IN_PROGRESS" and "output" not in status
+    assert "Failed to return job results" in worker_log(tmp_path, "Failed to return job results")
+
+
+def test_the_ported_videos_handler_delivers_100_clips_under_1_mb_per_message(tmp_path: Path) -> None:
+    with example_worker(EXAMPLES / "batch_videos" / "handler.py", tmp_path) as emu:
+        done, out = pull(emu, clips_job(100), tmp_path / "out")
+        stats = emu.stats()
+    assert done.returncode == 0, done.stderr
+    routes = stats["routes"]
+    assert routes["job-stream"]["max_request_bytes"] <= wire.DEFAULT_BODY_BUDGET  # every message
+    assert routes["job-stream"]["statuses"] == {"200": routes["job-stream"]["requests"]}  # none refused
+    assert routes["job-done"]["max_request_bytes"] < 1000
+    assert routes["job-stream"]["request_bytes"] > 20_000_000  # what used to be one body over the cap
+    result = json.loads((out / "result.json").read_text())
+    assert result["count"] == 100 and len(result["videos"]) == 100
+    for i, video in enumerate(result["videos"]):
+        assert video["id"] == f"photo-{i}"
+        with av.open(io.BytesIO((out / video["video_base64"]).read_bytes()), mode="r") as clip:
+            frames = list(clip.decode(video=0))
+        assert len(frames) == 6 and (frames[0].width, frames[0].height) == (128, 128)
