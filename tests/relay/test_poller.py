@@ -212,3 +212,71 @@ def test_entry_outputs_are_what_json_makes_of_them() -> None:
         expected = entry.get("output", entry)
         assert _entry_output(text.encode()) == expected, text
     assert isinstance(_entry_output(b'{"output": {"data": "AB'), str)  # not JSON: rejected by the Assembler
+
+
+# ------------------------------------------------------------------------------ crashes
+
+
+async def test_a_crashed_poller_is_journaled_restarted_and_the_job_ends(
+    relay_without_recovery: RelayServer, worker: ScriptedWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception out of a poller (here EMFILE opening an item's file, as under an fd flood) is journaled
+    as `poller_crashed`; PollerSet starts a fresh poller after a backoff, which rebuilds its state from the
+    files and polls on: what the worker sends afterwards arrives, and the job ends with `done`."""
+    import errno
+
+    from relay.store import JobStore
+
+    relay = relay_without_recovery
+    job = await submit(relay)
+    taken = await worker.take()
+    files = make_files(3, 50_000)
+    envelopes = Batch(taken["id"], files, part_bytes=20_000, progress=False).envelopes
+    by_item: dict[int, list[dict[str, Any]]] = {}
+    for envelope in envelopes:
+        by_item.setdefault(envelope.get("item", -1), []).append(envelope)
+    for envelope in by_item[0]:
+        await worker.post(job, envelope)
+    await until(lambda: 0 in relay.relay.job(job).items)
+
+    original = JobStore.media_sink
+    faults = []
+
+    def failing(store: JobStore, directory: Path, item: int, *args: Any, **kwargs: Any) -> Any:
+        if item == 1 and not kwargs.get("replaying") and not faults:
+            faults.append(item)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return original(store, directory, item, *args, **kwargs)
+
+    monkeypatch.setattr(JobStore, "media_sink", failing)
+    for envelope in by_item[1]:
+        await worker.post(job, envelope)
+    await until(lambda: relay.relay.pollers.restarts == 1)
+    for envelope in by_item[2] + by_item[-1]:  # item 2 and the manifest, to the restarted poller
+        await worker.post(job, envelope)
+    await worker.done(job)
+    await until(lambda: relay.relay.job(job).finished)
+
+    events = await records(relay, job)
+    [crash] = [e for e in events if e["k"] == "error" and e["code"] == "poller_crashed"]
+    assert "OSError" in crash["message"] and "Too many open files" in crash["message"]
+    assert "restarting it in" in crash["message"]
+    store = relay.relay.job(job)
+    assert sorted(store.items) == [0, 2] and store.status == "COMPLETED"
+    # item 1 was drained from RunPod by the poller that crashed: reported as lost, never silently
+    lost = [e for e in events if e["k"] == "error" and e.get("item") == 1]
+    assert lost and events[-1]["k"] == "done"
+    assert crash["seq"] < min(e["seq"] for e in lost)
+
+
+def test_restart_delays_grow_jittered_and_capped() -> None:
+    from relay.poller import PollerSet
+    from relay.runpod import Backoff
+
+    low = PollerSet(restart_backoff=Backoff(0.5, 30.0), rng=lambda: 0.0)
+    high = PollerSet(restart_backoff=Backoff(0.5, 30.0), rng=lambda: 0.999999)
+    lows = [low.restart_delay(n) for n in range(1, 12)]
+    highs = [high.restart_delay(n) for n in range(1, 12)]
+    assert lows[0] == 0.5 and highs[0] == pytest.approx(1.0)  # never an immediate, tight restart loop
+    assert lows == sorted(lows) and max(highs) == pytest.approx(30.0) and max(lows) == 15.0
+    assert all(lo < hi for lo, hi in zip(lows, highs, strict=True))  # jittered within [d/2, d]

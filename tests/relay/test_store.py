@@ -218,3 +218,111 @@ def test_a_retired_store_stays_open_for_its_readers(tmp_path: Path) -> None:
     (target / "link").symlink_to(outside)  # a symlink in a job directory is removed, never followed
     Store.remove(target)
     assert not target.exists() and outside.read_text() == "keep"
+
+
+# ------------------------------------------------------------------------------ media: gone or try again
+
+
+def stored_item(tmp_path: Path, data: bytes) -> tuple[Store, dict[str, object]]:
+    """A job with one stored item, reopened (so its file is not known to be verified in this process)."""
+    root = Store(tmp_path, fsync=False)
+    job = root.create("job-1")
+    directory = job.media_dir(1)
+    (directory / "00000-a.mp4").write_bytes(data)
+    fields = {"item": 0, "id": "a", "mime": "video/mp4", "size": len(data)}
+    job.record([("item", {**fields, "sha256": hashlib.sha256(data).hexdigest(), "_file": "1/00000-a.mp4"})])
+    job.commit()
+    job.close()
+    return root, root.open("job-1").items[0]
+
+
+def test_check_media_tells_gone_from_try_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import relay.store as store_module
+    from relay.store import MediaGone, MediaRetry
+
+    data = os.urandom(5000)
+    root, record = stored_item(tmp_path, data)
+    job = root.open("job-1")
+    path = tmp_path / "jobs" / "job-1" / "media" / "1" / "00000-a.mp4"
+
+    def emfile(_path: Path) -> str:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(store_module, "sha256_file", emfile)
+    with pytest.raises(MediaRetry, match="Too many open files"):
+        job.check_media(record)  # the file is there: a passing error says "try again"
+    monkeypatch.undo()
+    assert job.check_media(record) == path  # and it is served once the error passes
+    assert job.check_media({**record, "_file": ""}) is None  # a ref: no file here
+
+    damaged = bytearray(data)
+    damaged[100] ^= 1
+    again = root.open("job-1")  # a new process would not know the file was verified
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(MediaGone, match="damaged"):
+        again.check_media(record)
+    [kept] = list((tmp_path / "jobs" / "job-1" / "quarantine").iterdir())
+    assert kept.read_bytes() == bytes(damaged) and not path.exists()
+    with pytest.raises(MediaGone, match="no longer available"):
+        again.check_media(record)
+    job.close()
+    again.close()
+
+
+async def test_a_passing_read_error_makes_the_subscriber_reconnect_not_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE while the relay reads an item's bytes for a subscriber: `bye 4005` (reconnect class), and the
+    subscriber that resumes from its last applied seq gets the item whole; no `media_unavailable`."""
+    import errno
+
+    from podstream.emulator import Emulator, EmulatorConfig
+    from relay import hub
+    from tests.relay.conftest import (
+        Received,
+        ScriptedWorker,
+        consume,
+        pack,
+        recv,
+        relay_settings,
+        start_relay,
+        ws_client,
+    )
+    from tests.relay.test_service import submit_and_run
+
+    async with Emulator(EmulatorConfig.for_tests()).serve(host="127.0.0.1", port=0) as emu:
+        worker = ScriptedWorker(emu)
+        relay = await start_relay(relay_settings(tmp_path, emu, chunk_cache_bytes=0))
+        try:
+            files = [os.urandom(70_000), os.urandom(80_000)]
+            _status, created = await submit_and_run(relay, worker, files)
+            job = created["id"]
+            original = hub._encode
+            calls: list[int] = []
+
+            def flaky(path: Path, head: dict[str, object], offset: int, length: int, size: int) -> bytes:
+                calls.append(offset)
+                if len(calls) == 2:  # the second item's bytes (os.open: EMFILE)
+                    raise OSError(errno.EMFILE, "Too many open files")
+                return original(path, head, offset, length, size)
+
+            monkeypatch.setattr(hub, "_encode", flaky)
+            got = Received()
+            async with ws_client(relay.ws_url, relay.token(job)) as ws:
+                await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+                assert (await recv(ws))["t"] == "subscribed"
+                with pytest.raises(ConnectionAbortedError):
+                    await consume(ws, job, got)
+            assert got.closed_code == 4005 and 4000 <= got.closed_code < 4500
+            resumed = Received(last_applied=got.last_applied)
+            async with ws_client(relay.ws_url, relay.token(job)) as ws:
+                await ws.send(pack({"t": "sub", "job": job, "from": got.last_applied}))
+                assert (await recv(ws))["t"] == "subscribed"
+                await consume(ws, job, resumed)
+            assert {i: bytes(b) for i, b in got.files.items() if i != 1} == {0: files[0]}
+            assert {i: bytes(b) for i, b in resumed.files.items()} == {1: files[1]}  # whole, not skipped
+        finally:
+            await relay.stop()
+            await worker.close()
