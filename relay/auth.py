@@ -15,7 +15,10 @@ Every decision about who may do what goes through one `Authorizer`; the HTTP and
   the expiry, so an `<img src>` works without a header and a URL stops working after `exp`.
 - **Origins**: a browser websocket's `Origin` must be the relay's own origin or in the allow-list.
 
-`AllowAll` is the insecure mode (`podstream relay --insecure`): everyone may do everything.
+`AllowAll` is the insecure mode (`podstream relay --insecure`): everyone may do everything, except a browser
+on another site: with no credential to check, a write (submit, attach, cancel, upload) or a websocket whose
+`Origin` is neither the relay's own nor allow-listed is refused (`origin_not_allowed`, 4504), so a page on
+some other site cannot spend the developer's RunPod key (CSRF; a text/plain POST needs no CORS preflight).
 
 Calls of the `Authorizer` protocol:
 - `connect(origin, headers)`: a websocket is being opened. Returns a `Principal` (`needs_token`: the client
@@ -47,6 +50,8 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection
 
 ACTIONS: Final = frozenset({"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics"})
+#: Actions that change something (or spend money): what a cross-site page must not do without a credential.
+WRITES: Final = frozenset({"submit", "attach", "cancel", "token", "upload"})
 SCOPES: Final = frozenset({"jobs:write", "jobs:read", "upload", "metrics"})
 #: The scope an action needs from an API key (`read` is also allowed to a token covering the job).
 ACTION_SCOPES: Final = {
@@ -408,24 +413,37 @@ class KeyAuthorizer:
 
 
 class AllowAll:
-    """No authentication (`--insecure`): everyone may do everything; media URLs are not signed."""
+    """No authentication (`--insecure`): everyone may do everything, but browsers only from the relay's own
+    origin or the allow-list (for websockets and writes); media URLs are not signed."""
 
     def __init__(self, origins: frozenset[str] | None = None) -> None:
-        #: None: any Origin; else the allow-list (plus the relay's own origin).
-        self.origins = origins
+        #: Origins allowed besides the relay's own (`*` = any); None = none.
+        self.origins = origins or frozenset()
+
+    def _check_origin(self, headers: Mapping[str, str]) -> None:
+        origin = headers.get("origin")
+        if not origin_allowed(origin, headers.get("host"), self.origins):
+            raise Denied(
+                f"origin {origin!r} is not allowed (an insecure relay takes writes and websockets from its own "
+                "origin and PODSTREAM_ALLOWED_ORIGINS / PODSTREAM_CORS_ORIGINS only)",
+                close_code=ORIGIN_NOT_ALLOWED, code="origin_not_allowed",
+            )  # fmt: skip
 
     async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:
-        if self.origins is not None and not origin_allowed(origin, headers.get("host"), self.origins):
-            raise Denied(f"origin {origin!r} is not allowed", close_code=ORIGIN_NOT_ALLOWED)
+        self._check_origin({**headers, "origin": origin} if origin is not None else headers)
         return Principal()
 
     async def token(self, principal: Principal, token: str) -> Principal:
         return principal
 
     async def http(self, headers: Mapping[str, str], action: str, job: str | None) -> Principal:
+        if action in WRITES:
+            self._check_origin(headers)
         return Principal()
 
     async def scope(self, headers: Mapping[str, str], scope: str) -> Principal:
+        if scope == "upload":
+            self._check_origin(headers)
         return Principal()
 
     async def may_read(self, principal: Principal, job: str) -> bool:

@@ -78,7 +78,7 @@ def authorizer_from(settings: RelaySettings) -> Authorizer:
     """The authorizer the settings ask for: API keys and tokens, or everything open with `insecure`."""
     origins = parse_origins(settings.allowed_origins)
     if settings.insecure:
-        return AllowAll(origins if settings.allowed_origins else None)
+        return AllowAll(origins | parse_origins(settings.cors_origins))  # browsers: these and its own only
     text = settings.api_keys
     if settings.api_keys_file:
         try:

@@ -508,3 +508,37 @@ def test_no_keys_no_relay(tmp_path: Path) -> None:
     create_app(RelaySettings(data_dir=tmp_path, api_keys=hash_key(API_KEY)))
     secret = tmp_path / "token-secret"
     assert len(secret.read_bytes().strip()) >= 32 and (secret.stat().st_mode & 0o777) == 0o600
+
+
+async def test_insecure_mode_refuses_cross_site_writes(tmp_path: Path, emulator: Emulator) -> None:
+    """Issue 12 item 6 (CSRF): without auth, a page on another site must not submit (and spend the RunPod
+    key), cancel or open websockets; the relay's own page, allow-listed origins and non-browsers may."""
+    settings = relay_settings(
+        tmp_path, emulator, api_keys="", insecure=True, allowed_origins="https://app.example",
+        cors_origins="https://dash.example",
+    )  # fmt: skip
+    relay = await start_relay(settings)
+    evil = {"origin": "https://evil.example", "content-type": "text/plain"}
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            runs = emulator.stats()["routes"].get("run", {}).get("requests", 0)
+            r = await http.post(f"{relay.url}/v1/jobs", content=b'{"input": {}}', headers=evil)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed", r.text
+            assert emulator.stats()["routes"].get("run", {}).get("requests", 0) == runs  # nothing submitted
+            for origin in (relay.url, "https://app.example", "https://dash.example", None):
+                headers = {"content-type": "text/plain"} | ({"origin": origin} if origin else {})
+                r = await http.post(f"{relay.url}/v1/jobs", content=b'{"input": {}}', headers=headers)
+                assert r.status_code == 201, (origin, r.text)
+            job = r.json()["id"]
+            for method, path in (("DELETE", f"/v1/jobs/{job}"), ("POST", f"/v1/jobs/{job}/attach")):
+                r = await http.request(method, relay.url + path, headers=evil)
+                assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed", path
+            r = await http.get(f"{relay.url}/v1/jobs/{job}", headers={"origin": "https://evil.example"})
+            assert r.status_code == 200  # reads stay open (the browser's CORS keeps the answer from evil)
+        async with raw(relay.ws_url, origin="https://evil.example") as ws:
+            await closed_with(ws, 4504)
+        async with ws_client(relay.ws_url, origin=relay.url) as ws:
+            await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+            assert (await recv(ws))["t"] == "subscribed"
+    finally:
+        await relay.stop()
