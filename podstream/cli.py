@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "pull": ("podstream.commands.pull", "poll RunPod's /stream directly (no relay) and save the job's files"),
     "jobs": ("podstream.commands.jobs", "list the jobs a relay knows"),
+    "cancel": ("podstream.commands.cancel", "cancel a job on RunPod (through a relay, or directly)"),
     "relay": ("podstream.commands.relay", "run the relay (poller, journal, websocket fan-out)"),
     "emulator": ("podstream.commands.emulator", "run the local RunPod job-API emulator"),
     "worker": ("podstream.commands.worker", "run the RunPod worker (python -m worker)"),

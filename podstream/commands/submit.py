@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if job.token:
                 print(f"token: {job.token}")
+            print(f"cancel it with: podstream cancel {job.id} --relay {job.relay}")
         return 0
     # A status line: on stderr, so that stdout holds only the outcome (JSON with --json).
     print(f"submitted job {job.id}; saving to {out}/", file=sys.stderr, flush=True)
@@ -123,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
     total = len(items) if isinstance(items, list) else None
     try:
         outcome = watch_job(job.id, args, out, token=job.token or args.token, total=total)
+    except KeyboardInterrupt:
+        # Stopping the watch does not stop the job: it runs on (and is paid for) until it ends.
+        cancel = f"podstream cancel {job.id} --relay {job.relay}"
+        if args.key:
+            cancel += ' --key "$PODSTREAM_API_KEY"'
+        print(f"the job keeps running on RunPod; to stop it (and its GPU bill): {cancel}", file=sys.stderr)
+        raise
     except TransferError as exc:
         raise CommandError(str(exc)) from None
     return report(outcome, args.json)

@@ -104,15 +104,29 @@ def watch_job(
     try:
         return consume(files, observer)
     except KeyboardInterrupt:
-        print(
-            f"interrupted; resume with: podstream watch {job} --relay {args.relay} --out {out} --from {observer.last_seq}",
-            file=sys.stderr,
-        )
+        hint = resume_command(job, args.relay, out, observer.last_seq, key=args.key, token=token)
+        print(f"interrupted; resume with: {hint}", file=sys.stderr)
         raise
     except TransferError as exc:
         raise CommandError(
             f"{exc} (resume with --from {observer.last_seq})" if observer.last_seq else str(exc)
         ) from None
+
+
+def resume_command(job: str, relay: str, out: Path, seq: int, *, key: str | None, token: str | None) -> str:
+    """The `podstream watch` line that carries on from `seq`. Credentials are named by their variable,
+    never printed: a terminal's scrollback and a CI log are no place for a key."""
+    command = f"podstream watch {job} --relay {relay} --out {out} --from {seq}"
+    if key:
+        flag, variable, value, what = "--key", "PODSTREAM_API_KEY", key, "the relay API key"
+    elif token:
+        flag, variable, value, what = "--token", "PODSTREAM_TOKEN", token, "the job's token"
+    else:
+        return command
+    command += f' {flag} "${variable}"'
+    if os.environ.get(variable) != value:
+        command += f"  (with {variable} set to {what} used here)"
+    return command
 
 
 def report(outcome: JobOutcome, as_json: bool) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -286,3 +287,106 @@ def test_pull_submit_json_prints_only_json_on_stdout(tmp_path: Path) -> None:
     outcome = json.loads(result.stdout)
     assert outcome["ok"] and [f["size"] for f in outcome["files"]] == [992, 1984]
     assert f"submitted job {outcome['job']}" in result.stderr
+
+
+def podstream_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSTREAM_", "RUNPOD_"))}
+    return {**env, "COLUMNS": "200", **variables}
+
+
+def test_cancel_through_the_relay_and_straight_to_runpod(tmp_path: Path) -> None:
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({"sizes": [1000] * 20, "delay_s": 1}))
+    with local_stack(tmp_path) as stack:
+        detach = podstream(
+            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(slow), "--out", str(tmp_path),
+            "--detach",
+        )  # fmt: skip
+        assert detach.returncode == 0, detach.stderr
+        job = detach.stdout.split()[2]
+        assert f"cancel it with: podstream cancel {job} --relay {stack.relay}" in detach.stdout
+        result = podstream("cancel", job, "--relay", stack.relay, "--key", stack.key)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"cancelled job {job}\n"
+        assert stack.emu.job(job)["status"] == "CANCELLED"  # type: ignore[index]
+        again = podstream("cancel", job, "--relay", stack.relay, "--key", stack.key)
+        assert again.returncode == 0 and "had already ended (CANCELLED): nothing to cancel" in again.stdout
+
+        # straight to RunPod, the key from RUNPOD_API_KEY, as `podstream pull` takes it
+        direct_job = httpx.post(
+            f"{stack.runpod_url}/run", json={"input": {"sizes": [1000] * 20, "delay_s": 1}},
+            headers={"Authorization": f"Bearer {RUNPOD_KEY}"},
+        ).json()["id"]  # fmt: skip
+        direct = subprocess.run(
+            [sys.executable, "-m", "podstream", "cancel", direct_job, "--runpod-url", stack.runpod_url],
+            capture_output=True, text=True, timeout=60, env=podstream_env(RUNPOD_API_KEY=RUNPOD_KEY),
+        )  # fmt: skip
+        assert direct.returncode == 0 and direct.stdout == f"cancelled job {direct_job}\n", direct.stderr
+        assert stack.emu.job(direct_job)["status"] == "CANCELLED"  # type: ignore[index]
+
+        one_line_error(
+            podstream("cancel", "no-such-job", "--relay", stack.relay, "--key", stack.key), 1, "404"
+        )
+        one_line_error(
+            podstream("cancel", job, "--relay", stack.relay), 1, "rejected the API key (HTTP 401)",
+            "no key given: --key or PODSTREAM_API_KEY",
+        )  # fmt: skip
+        one_line_error(
+            podstream("cancel", job, "--runpod-url", stack.runpod_url, "--key", "bad"), 1, "RunPod rejected"
+        )
+    one_line_error(
+        podstream("cancel", job, "--relay", f"http://127.0.0.1:{closed_port()}"), 1, "cannot reach the relay"
+    )
+    one_line_error(podstream("cancel", job, "--relay", "relay:80"), 2, "not a relay URL")
+
+
+def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path: Path) -> None:
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({"sizes": [1000] * 6, "delay_s": 0.5}))
+    out = tmp_path / "out"
+    with local_stack(tmp_path) as stack:
+        argv = [sys.executable, "-m", "podstream", "submit", "--relay", stack.relay, "--key", stack.key]
+        argv += ["--input", str(slow), "--out", str(out)]
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=podstream_env(),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            seen = []
+            while not any(line.startswith("saved") for line in seen):
+                line = proc.stderr.readline()
+                assert line, "".join(seen)
+                seen.append(line)
+            proc.send_signal(signal.SIGINT)
+            stdout, rest = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stderr = "".join(seen) + rest
+        assert proc.returncode == 130, stderr
+        assert stack.key not in stderr and stack.key not in stdout  # the key is named, never shown
+        job = seen[0].split()[2].rstrip(";")
+        hint = next(line for line in stderr.splitlines() if line.startswith("interrupted; resume with: "))
+        command = hint.removeprefix("interrupted; resume with: ")
+        assert command.startswith(f"podstream watch {job} --relay {stack.relay} --out {out / job} --from ")
+        assert (
+            ' --key "$PODSTREAM_API_KEY"  (with PODSTREAM_API_KEY set to the relay API key used here)'
+            in command
+        )
+        assert (
+            f'to stop it (and its GPU bill): podstream cancel {job} --relay {stack.relay} --key "$PODSTREAM_API_KEY"'
+            in stderr
+        )
+        assert "Traceback" not in stderr
+
+        # the hint works as printed, once the variable holds the key
+        resume = command.split("  (")[0].split()[1:]
+        resume = [stack.key if word == '"$PODSTREAM_API_KEY"' else word for word in resume]
+        done = subprocess.run(
+            [sys.executable, "-m", "podstream", *resume], capture_output=True, text=True, timeout=120,
+            env=podstream_env(),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in (out / job).iterdir()) == [f"{k:05d}-img{k}.png" for k in range(6)]
