@@ -85,7 +85,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(*relay_args: str, fsync: str = "always") -> AsyncIterator[Stack]:
+async def stack(
+    *relay_args: str, fsync: str = "always", runpod_url: str | None = None
+) -> AsyncIterator[Stack]:
+    """The emulator and a relay following it (or following `runpod_url`, a RunPod stand-in, instead)."""
     config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0)
     with tempfile.TemporaryDirectory(prefix="podstream-bench-") as tmp:
         async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
@@ -93,7 +96,7 @@ async def stack(*relay_args: str, fsync: str = "always") -> AsyncIterator[Stack]
             # Auth costs one HMAC per connection or request: beside the point of these benchmarks.
             env = {**os.environ, "PODSTREAM_FSYNC": fsync, "PODSTREAM_INSECURE": "1"}
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url, "--data-dir",
+                sys.executable, "-m", "podstream", "relay", "--runpod-url", runpod_url or emu.endpoint_url, "--data-dir",
                 f"{tmp}/data", "--port", str(port), "--log-level", "warning", *relay_args, env=env,
             )  # fmt: skip
             url = f"http://127.0.0.1:{port}"

@@ -85,7 +85,10 @@ def figures(tmp_path: Path) -> Path:
     }  # fmt: skip
     data: dict[str, dict[str, Any]] = {
         "relay_fanout": {"job_mb": 16, "rows": [row, {**row, "subscribers": 10, "ratio": 0.85}]},
-        "relay_ingest": {"mb": 48, "baseline_mb_s": 100.0, "relay_mb_s": 61.0, "ratio": 0.61},
+        "relay_ingest": {
+            "mb": 48, "baseline_mb_s": 100.0, "relay_mb_s": 61.0, "ratio": 0.61, "pre_encoded_mb_s": 85.0,
+            "pre_encoded_ratio": 0.85, "stdlib_baseline_mb_s": 40.0,
+        },
         "relay_latency": {"relay_ms": [50.0, 52.0, 61.0], "sdk_ms": [400.0, 700.0], "relay_missed": 0,
                           "sdk_missed": 0},
         "relay_memory": {"subscribers": 10, "ratio": 1.05,
@@ -106,7 +109,8 @@ def test_report_writes_the_page_and_one_png_per_chart(tmp_path: Path) -> None:
         assert (tmp_path / "docs" / "bench" / name).read_bytes().startswith(b"\x89PNG")
         assert f"](bench/{name})" in page
     assert "| 10 | 0.85 |" in page  # the fan-out row as measured
-    assert "| relay | 48 | 100 | 61 | 0.61 |" in page
+    assert "| relay | 48 | 100 | 61 | 0.61 | 40 |" in page
+    assert "| relay, answer pre-encoded | 48 | 100 | 85 | 0.85 | 40 |" in page
     assert "median 52 ms" in page
     assert "**Failed in this run** (no figures): worker_wire." in page
     assert "No GPU machine was lent" in page
