@@ -9,6 +9,8 @@ The job input is the worker's schema (docs/worker.md): `task`, `items` (each wit
 `image` as a data URL or http(s) URL, or a `prompt`, and an optional `seed`), `params`, `output`. Images
 travel inside the job input, so the whole `POST /run` body must stay under RunPod's 10 MB cap: that is
 checked here, before anything is sent, with a clear message (send fewer or smaller images, or URLs).
+`validate` checks the input against the worker's JSON Schema (`worker.inputs.job_schema()`, or a
+worker's own schema file) for the same reason: a typo must not reach a paid GPU.
 """
 
 from __future__ import annotations
@@ -149,6 +151,54 @@ def _dedupe_ids(items: Iterable[dict[str, Any]]) -> None:
         seen[base] = count + 1
         if count:
             item["id"] = f"{base}-{count}"
+
+
+def builtin_schema() -> dict[str, Any]:
+    """The JSON Schema of the built-in worker's job input (`worker.inputs.job_schema()`).
+
+    Imported on first use: `import podstream` stays light, and `worker.inputs` is pydantic only, no torch.
+    """
+    from worker.inputs import job_schema
+
+    return job_schema()
+
+
+def load_schema(path: Path | str) -> dict[str, Any]:
+    """A job-input JSON Schema from a file (a worker with its own input model: `podstream schema`'s output)."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the input schema {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"the input schema {path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise InputError(f"the input schema {path} is not a JSON Schema object")
+    return schema
+
+
+def validate(job_input: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
+    """Check `job_input` against the worker's input schema (default: the built-in worker's) before it is
+    sent, so that a typo costs no GPU time. `InputError` names the field: `params.steps: -3 is less
+    than the minimum of 1`."""
+    import jsonschema
+
+    schema = builtin_schema() if schema is None else dict(schema)
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InputError(f"the input schema is not a valid JSON Schema: {exc.message}") from None
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(dict(job_input)))
+    if error is not None:
+        raise InputError(f"the job input is not valid: {field_path(error.absolute_path)}: {error.message}")
+
+
+def field_path(path: Iterable[str | int]) -> str:
+    """`items[0].seed` for the path ["items", 0, "seed"]; `(the input)` for the input itself."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(the input)"
 
 
 def check_size(job_input: Mapping[str, Any], policy: Mapping[str, Any] | None = None) -> int:

@@ -20,8 +20,9 @@ Examples:
   podstream submit --images cat.png dog.jpg --frames 14 --out results/
   podstream submit --prompts prompts.txt --width 512 --height 512 --out results/
   podstream submit --input job.json --out results/ --detach
-The job input schema (task, items, params, output) is in docs/worker.md. Images travel inside the job,
-so the whole request must stay under RunPod's 10 MB /run cap: checked before anything is sent.
+The job input schema (task, items, params, output) is in docs/worker.md (`podstream schema` prints it).
+The input is checked against it, and against RunPod's 10 MB /run cap (images travel inside the job),
+before anything is sent: a mistake ends with the field's path and exit status 2.
 """
 
 
@@ -38,6 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--input", metavar="FILE", type=Path, help="a whole job input as JSON")
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="files go to DIR/<job id>/")
+    parser.add_argument(
+        "--input-schema",
+        metavar="FILE",
+        type=Path,
+        help="check the input against this JSON Schema (a worker with its own input model; "
+        "default: the built-in worker's schema, `podstream schema`)",
+    )
     parser.add_argument("--task", choices=submit_mod.TASKS, help="override the task chosen from the inputs")
     parser.add_argument("--prompt", help="a prompt given to every image item")
     parser.add_argument("--seed", type=int, help="seed of the first item (the next ones get seed+1, ...)")
@@ -98,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--retries must be at least 1")
     data = job_input(args)
     try:
+        schema = submit_mod.load_schema(args.input_schema) if args.input_schema else None
+        submit_mod.validate(data, schema)  # locally, before anything is sent: no GPU paid for a typo
         submit_mod.check_size(data)
         job = submit_mod.submit(data, relay=args.relay, key=args.key)
     except submit_mod.InputError as exc:

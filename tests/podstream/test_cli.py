@@ -218,6 +218,47 @@ def test_unknown_job_on_a_real_relay(relay: str, tmp_path: Path) -> None:
     one_line_error(result, 1, "not_found", "does not know the job")
 
 
+@pytest.mark.parametrize(
+    ("args", "job", "fragment"),
+    [
+        (["--steps", "-3"], None, "params.steps: -3 is less than the minimum of 1"),
+        (
+            [],
+            {"task": "text-to-imag", "items": [{"id": "a", "prompt": "x"}]},
+            "task: 'text-to-imag' is not one of",
+        ),
+        (
+            [],
+            {"task": "text-to-image", "items": [{"id": "a", "promt": "x"}]},
+            "items[0]: Additional properties",
+        ),
+    ],
+)
+def test_submit_checks_the_input_locally_before_sending(
+    relay: str, tmp_path: Path, args: list[str], job: dict[str, object] | None, fragment: str
+) -> None:
+    if job is None:
+        (tmp_path / "p.txt").write_text("a fox\n")
+        what = ["--prompts", str(tmp_path / "p.txt")]
+    else:
+        (tmp_path / "job.json").write_text(json.dumps(job))
+        what = ["--input", str(tmp_path / "job.json")]
+    result = podstream("submit", "--relay", relay, "--key", RELAY_KEY, *what, *args, "--out", str(tmp_path))
+    one_line_error(result, 2, "the job input is not valid: " + fragment)
+    listed = httpx.get(f"{relay}/v1/jobs", headers={"Authorization": f"Bearer {RELAY_KEY}"}).json()
+    assert listed["jobs"] == []  # nothing reached the relay, so nothing could reach RunPod
+
+
+def test_submit_checks_a_workers_own_schema(relay: str, tmp_path: Path) -> None:
+    (tmp_path / "schema.json").write_text(json.dumps({"type": "object", "required": ["text"]}))
+    (tmp_path / "job.json").write_text(json.dumps({"txt": "hi"}))
+    result = podstream(
+        "submit", "--relay", relay, "--key", RELAY_KEY, "--input", str(tmp_path / "job.json"),
+        "--input-schema", str(tmp_path / "schema.json"), "--out", str(tmp_path),
+    )  # fmt: skip
+    one_line_error(result, 2, "(the input): 'text' is a required property")
+
+
 def test_submit_to_a_relay_that_cannot_submit(relay: str, tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("a fox\n")

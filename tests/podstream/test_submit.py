@@ -144,3 +144,60 @@ def test_submit_errors_are_one_clear_line(response: httpx.Response, message: str
 def test_submit_to_nothing_says_so() -> None:
     with pytest.raises(TransferError, match=r"cannot reach the relay at http://127\.0\.0\.1:9"):
         submit_mod.submit({"task": "text-to-image"}, relay="http://127.0.0.1:9")
+
+
+# ---- validation against the worker's JSON Schema, before anything is sent
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"params": {"steps": -3}}, "params.steps: -3 is less than the minimum of 1"),
+        ({"task": "text-to-imag"}, "task: 'text-to-imag' is not one of"),
+        (
+            {"items": [{"id": "a", "prompt": "x", "sed": 3}]},
+            "items[0]: Additional properties are not allowed",
+        ),
+        ({"items": []}, "items: [] should be non-empty"),
+        ({"output": {"format": "gif"}}, "output.format: 'gif'"),
+    ],
+)
+def test_validate_names_the_field(change: dict[str, Any], message: str) -> None:
+    job_input = {"task": "text-to-image", "items": [{"id": "a", "prompt": "a fox"}], **change}
+    with pytest.raises(InputError) as info:
+        submit_mod.validate(job_input)
+    assert str(info.value).startswith("the job input is not valid: ") and message in str(info.value)
+
+
+def test_validate_accepts_what_build_input_makes_and_a_workers_own_schema(tmp_path: Path) -> None:
+    submit_mod.validate(submit_mod.build_input(prompts=["a fox", "a hen"], params={"steps": 4}))
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(
+        json.dumps({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}})
+    )
+    schema = submit_mod.load_schema(schema_file)
+    submit_mod.validate({"text": "hi"}, schema)
+    with pytest.raises(InputError, match=r"\(the input\): 'text' is a required property"):
+        submit_mod.validate({"task": "text-to-image"}, schema)
+    schema_file.write_text('{"type": 12}')
+    with pytest.raises(InputError, match="not a valid JSON Schema"):
+        submit_mod.validate({}, submit_mod.load_schema(schema_file))
+    schema_file.write_text("[1")
+    with pytest.raises(InputError, match="is not valid JSON"):
+        submit_mod.load_schema(schema_file)
+    with pytest.raises(InputError, match="cannot read the input schema"):
+        submit_mod.load_schema(tmp_path / "missing.json")
+
+
+def test_validation_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, podstream, podstream.submit as s\n"
+        "assert 'jsonschema' not in sys.modules and 'worker' not in sys.modules\n"
+        "s.validate({'task': 'text-to-image', 'items': [{'id': 'a', 'prompt': 'x'}]})\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
