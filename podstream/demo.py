@@ -8,6 +8,12 @@ relay's websocket with live progress bars, saves every file (sha256-verified) to
 the demo page's URL, and ends with a summary: items, bytes, the largest RunPod message against the 1 MB
 stream-chunk cap (measured by the emulator on the wire), and time to first file against the total.
 
+The page URL is short and carries no key: the first job's id and a one-time link code
+(`POST /v1/jobs/{id}/links`), which the page trades for a read-only token of that job. It is printed on a
+line of its own, never wrapped, so it can be copied from any terminal. The relay's API key goes to
+`<out>/api-key` (mode 0600), for the page's settings or `PODSTREAM_API_KEY`, and is never printed. With
+`keep_running` (the CLI's default when stdin is a terminal) the stack stays up until Ctrl-C.
+
 `Stack` (the children) and `run_demo` are usable from Python and tests; every child runs in its own
 session and is stopped (SIGTERM, then SIGKILL of its process group) when the stack exits, including on
 Ctrl-C.
@@ -42,6 +48,8 @@ from podstream.progress import JobOutcome, RichProgress, TransferError, display_
 if TYPE_CHECKING:
     from rich.console import Console
 
+#: How long the printed page link can be traded for a token, and how long that token lives.
+LINK_TTL_S: Final = 12 * 3600.0
 #: RunPod's cap on one streamed chunk, and on a whole job result.
 STREAM_CHUNK_CAP: Final = 1_000_000
 RESULT_CAP: Final = 20_000_000
@@ -396,11 +404,39 @@ def demo_inputs(settings: DemoSettings, samples: list[Path]) -> list[tuple[JobRu
     return jobs
 
 
-def page_url(relay_url: str, job: str, token: str | None = None, key: str | None = None) -> str:
-    """The relay's demo page opened on `job`: `#job=ID`, plus the job's subscriber `token` and the API
-    `key` when the relay has auth. In the fragment, so neither is ever sent to a server or logged."""
-    params = {"job": job, "token": token, "key": key}
+def page_url(relay_url: str, job: str, code: str | None = None) -> str:
+    """The relay's demo page opened on `job`: `#job=ID`, plus a link `code` when the relay has auth. In the
+    fragment, so it is never sent to a server or logged."""
+    params = {"job": job, "code": code}
     return f"{relay_url}/#" + urllib.parse.urlencode({k: v for k, v in params.items() if v})
+
+
+def create_link(relay_url: str, key: str | None, job: str, ttl_s: float = LINK_TTL_S) -> str | None:
+    """A one-time link code for `job` (`POST /v1/jobs/{id}/links` with the API key); None without a key."""
+    if key is None:
+        return None
+    url = f"{relay_url}/v1/jobs/{urllib.parse.quote(job, safe='')}/links"
+    try:
+        answer = httpx.post(
+            url, json={"ttl_s": ttl_s}, headers={"Authorization": f"Bearer {key}"}, timeout=10.0
+        )
+    except httpx.HTTPError as exc:
+        raise DemoError(f"asking the relay for a link to job {job}: {exc}") from None
+    if answer.status_code != 201:
+        raise DemoError(
+            f"asking the relay for a link to job {job}: HTTP {answer.status_code} {answer.text[:200]}"
+        )
+    code: str = answer.json()["code"]
+    return code
+
+
+def write_key(path: Path, key: str) -> None:
+    """The API key in a file only its owner can read (never printed, never in a URL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    path.chmod(0o600)
 
 
 def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
@@ -433,11 +469,15 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
             runs.append(run)
             console.print(f"submitted [bold]{run.label}[/] job {job.id} ({run.items} items)")
         first_page = (
-            page_url(stack.relay_url, runs[0].job, runs[0].token, stack.relay_key)
+            page_url(stack.relay_url, runs[0].job, create_link(stack.relay_url, stack.relay_key, runs[0].job))
             if runs
             else stack.relay_url
         )
-        console.print(f"watch it in a browser: [bold underline]{first_page}[/]")
+        key_file = out / "api-key"
+        if stack.relay_key is not None:
+            write_key(key_file, stack.relay_key)
+        console.print(f"watch {runs[0].label if runs else 'it'} in a browser (a one-time link):")
+        _print_url(console, first_page)
         for run in runs:
             console.rule(f"{run.label}: job {run.job}")
             display = RichProgress(
@@ -465,17 +505,31 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
         summary = DemoSummary(runs, stack.emulator_stats(), first_page, out)
         _print_summary(console, summary, Table)
         if settings.keep_running:
+            console.print("\nthe stack keeps running; the demo page:")
+            _print_url(console, first_page)
             console.print(
-                f"\nthe stack keeps running: demo page {first_page}\n"
-                f"relay {stack.relay_url}  emulator {stack.endpoint_url} (key {stack.runpod_key})\n"
-                "press Ctrl-C to stop every process"
+                f"relay {stack.relay_url}  emulator {stack.endpoint_url} (key {stack.runpod_key})",
+                soft_wrap=True,
             )
+            if stack.relay_key is not None:
+                console.print(
+                    f"to submit from the page or the CLI, use the relay's API key: "
+                    f"export PODSTREAM_API_KEY=$(cat {display_path(key_file)})",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+            console.print("press Ctrl-C to stop every process")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     stack.check_alive()
                     time.sleep(0.5)
             console.print("stopping…")
     return summary
+
+
+def _print_url(console: Console, url: str) -> None:
+    """`url` on a line of its own, whole: never wrapped or cropped at the terminal's width, so it copies."""
+    console.print(url, style="bold underline", soft_wrap=True, highlight=False, markup=False)
 
 
 def _print_summary(console: Console, summary: DemoSummary, table_cls: Any) -> None:

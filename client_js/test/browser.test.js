@@ -2,26 +2,13 @@
 // ever downloaded), served by a real relay fed by the emulator and a tiny CPU worker (test/stack.js).
 // Set SCREENSHOT_DIR to keep the screenshots.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
+import { CHROMIUM_ARGS, findChromium } from "./chromium.js";
 import { Stack, unavailable } from "./stack.js";
-
-/** @returns {string | null} */
-function findChromium() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const name of ["chromium", "chromium-browser"]) {
-    try {
-      return execFileSync("which", [name], { encoding: "utf8" }).trim() || null;
-    } catch {
-      // not on PATH
-    }
-  }
-  return null;
-}
 
 const executablePath = findChromium();
 const missing = executablePath ? unavailable() : "no chromium on PATH (apt-get install chromium)";
@@ -53,15 +40,7 @@ before(async () => {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: /** @type {string} */ (executablePath),
     headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--no-first-run",
-      "--autoplay-policy=no-user-gesture-required",
-    ],
+    args: CHROMIUM_ARGS,
     viewport: { width: 1280, height: 860 },
   });
   page = context.pages()[0] ?? (await context.newPage());
@@ -300,7 +279,7 @@ async function freshPage() {
   plainBrowser ??= await chromium.launch({
     executablePath: /** @type {string} */ (executablePath),
     headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+    args: CHROMIUM_ARGS,
   });
   const fresh = await (await plainBrowser.newContext({ viewport: { width: 1280, height: 860 } })).newPage();
   fresh.on("pageerror", (err) => pageErrors.push(err.message));

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from podstream.cli import CommandError, UsageError
@@ -10,7 +11,10 @@ from podstream.cli import CommandError, UsageError
 EPILOG = """\
 Everything runs on loopback as child processes; nothing is downloaded (the `tiny` pipelines are built in
 code with random weights, so the videos show noise shaped by the sample images, not art). Files are saved
-to OUT/<job id>/, logs to OUT/logs/. Ctrl-C stops every process.
+to OUT/<job id>/, logs to OUT/logs/. It prints a short link to the demo page (the job's id and a one-time
+code, never the API key; the key is in OUT/api-key). When stdin is a terminal the stack then keeps running
+until Ctrl-C, so the link can be opened; otherwise (CI, a pipe) it ends after the summary. Ctrl-C stops every
+process.
 """
 
 
@@ -50,8 +54,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keep-running",
-        action="store_true",
-        help="keep the stack up after the batch (for the browser demo page) until Ctrl-C",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the stack up after the batch (for the browser demo page) until Ctrl-C "
+        "(default: when stdin is a terminal)",
     )
     parser.add_argument(
         "--worker-cmd", metavar="CMD", help="command that starts one worker (default: python -m worker)"
@@ -79,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         frames=args.frames,
         size=args.size,
         steps=args.steps,
-        keep_running=args.keep_running,
+        keep_running=(sys.stdin is not None and sys.stdin.isatty())
+        if args.keep_running is None
+        else args.keep_running,
         **({"worker_cmd": args.worker_cmd} if args.worker_cmd else {}),
     )
     console = Console(stderr=args.json)
