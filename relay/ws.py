@@ -103,6 +103,9 @@ class Connection:
         self.authenticated = False
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self.last_seen = time.monotonic()
+        #: When a data frame (not a ping) last left for the client's socket: a subscriber draining bulk data
+        #: is alive even while its pongs wait behind megabytes of chunks.
+        self.last_progress = self.last_seen
         self._send_lock = asyncio.Lock()
         self._ended: asyncio.Future[Bye | None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,7 +205,9 @@ class Connection:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, frame: bytes) -> None:
+    async def send(self, frame: bytes, *, progress: bool = True) -> None:
+        """Send one frame; it completes once the transport took it (uvicorn waits while the client's socket
+        does not drain), so a completed data frame is progress: the client is reading."""
         try:
             async with asyncio.timeout(self.settings.send_timeout_s):
                 async with self._send_lock:
@@ -210,6 +215,8 @@ class Connection:
         except TimeoutError:
             raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
         self.sent_frames += 1
+        if progress:
+            self.last_progress = time.monotonic()
         self.relay.metrics.bytes_out.labels("ws").inc(len(frame))
 
     def _full(self) -> bool:
@@ -406,10 +413,12 @@ class Connection:
         n = 0
         while True:
             await asyncio.sleep(interval)
-            if time.monotonic() - self.last_seen > interval + timeout:
+            # Alive: a frame from the client, or data drained to it, within the window. A client reading
+            # nothing stalls the data sends (bye 4001 after send_timeout_s) and sends no pong (4002).
+            if time.monotonic() - max(self.last_seen, self.last_progress) > interval + timeout:
                 raise Bye(PING_TIMEOUT, "no pong in time")
             n += 1
-            await self.send(pack({"t": "ping", "n": n}))
+            await self.send(pack({"t": "ping", "n": n}), progress=False)
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from podstream.emulator import Emulator
+from podstream.emulator import Emulator, EmulatorConfig
 from tests.relay.conftest import (
     Batch,
     Received,
@@ -390,5 +391,79 @@ async def test_a_broken_job_fails_its_own_sub_only(
                 assert first["code"] == "broken_job" and first["job"] == broken
             else:
                 assert first["t"] == "subscribed"
+    finally:
+        await relay.stop()
+
+
+async def test_a_slow_reader_is_never_closed_for_a_missed_ping(tmp_path: Path) -> None:
+    """Issue 16 item 3: a subscriber draining a large job slowly (its pings stuck behind megabytes of chunks,
+    so its pongs come late or not at all) is alive while its socket drains; one that stops reading is not."""
+    async with contextlib.AsyncExitStack() as stack:
+        # a long heartbeat grace: the scripted worker posts 24 MB without pinging
+        config = EmulatorConfig.for_tests(heartbeat_grace_s=120.0)
+        emulator = await stack.enter_async_context(Emulator(config).serve(host="127.0.0.1", port=0))
+        worker = ScriptedWorker(emulator)
+        stack.push_async_callback(worker.close)
+        await _slow_reader(tmp_path, emulator, worker)
+
+
+async def _slow_reader(tmp_path: Path, emulator: Emulator, worker: ScriptedWorker) -> None:
+    settings = relay_settings(tmp_path, emulator, ping_interval_s=0.2, ping_timeout_s=0.3, send_timeout_s=3.0)
+    relay = await start_relay(settings)
+    files = make_files(3, 8 * 1024 * 1024)
+    try:
+        job = await new_job(relay)
+        taken = await worker.take()
+        for envelope in Batch(taken["id"], files, part_bytes=512 * 1024).envelopes:
+            await worker.post(taken["id"], envelope)
+        await worker.done(taken["id"])
+        for _ in range(600):
+            store = relay.relay.job(job)
+            if store is not None and store.finished:
+                break
+            await asyncio.sleep(0.05)
+        # Reads one frame every 30 ms (about 8 MB/s) and answers each ping when it reads it, behind the
+        # megabytes queued before it: 96 chunks take several ping windows (0.5 s) to drain.
+        async with ws_client(relay.ws_url, relay.token(job), max_queue=1) as ws:
+            await subscribe(ws, job)
+            got, pings = Received(), 0
+            while True:
+                frame = await recv(ws, 30)
+                await asyncio.sleep(0.03)
+                if frame["t"] == "ping":
+                    pings += 1
+                    await ws.send(pack({"t": "pong", "n": frame["n"]}))
+                    continue
+                assert frame["t"] in ("ev", "chunk"), frame
+                if frame["t"] == "ev":
+                    got.records.append(frame)
+                    if frame["k"] == "item":
+                        got.files[frame["item"]] = bytearray()
+                    if frame["k"] == "done":
+                        break
+                else:
+                    got.files[frame["item"]].extend(frame["data"])
+            assert [bytes(got.files[i]) for i in range(3)] == files
+            assert pings >= 1
+            # Idle now, and it stops answering pings: closed for that.
+            while (frame := await recv(ws, 30))["t"] == "ping":
+                pass
+            assert frame["t"] == "bye" and frame["code"] == 4002
+        # A subscriber that stops reading mid-transfer is closed (its sends stall: 4001, or no pong: 4002).
+        registry = relay.relay.metrics.registry
+
+        def ended(code: str) -> float:
+            value = registry.get_sample_value("podstream_relay_ws_disconnects_total", {"code": code})
+            return value or 0.0
+
+        before = ended("4001") + ended("4002")
+        async with ws_client(relay.ws_url, relay.token(job), max_queue=1) as ws:
+            await subscribe(ws, job)
+            for _ in range(200):  # the relay ends it (the client never reads again)
+                if not relay.relay.connections:
+                    break
+                await asyncio.sleep(0.1)
+            assert not relay.relay.connections
+            assert ended("4001") + ended("4002") == before + 1
     finally:
         await relay.stop()
