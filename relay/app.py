@@ -11,6 +11,7 @@
     WS     /v1/ws                       see relay.ws
     GET    /healthz, /readyz            liveness; readiness (503 while starting, draining or out of disk)
     GET    /metrics                     Prometheus (an API key with the `metrics` scope)
+    GET    /openapi.json                this API as an OpenAPI 3.1 document (relay.openapi)
     GET    /                            the demo page (relay/static/index.html) when present; /static/...
 
 Who may call what is relay.auth's decision: API keys by scope, subscriber tokens for reading their jobs,
@@ -40,7 +41,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from relay import links, results, uploads
+from relay import links, openapi, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import RelaySettings
 from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
@@ -498,6 +499,11 @@ async def metrics(request: Request) -> Response:
     return Response(await asyncio.to_thread(relay.metrics.render), media_type=METRICS_CONTENT_TYPE)
 
 
+async def openapi_json(request: Request) -> Response:
+    """`GET /openapi.json`: the HTTP API (relay.openapi), open like /healthz."""
+    return JSONResponse(openapi.document())
+
+
 async def index(request: Request) -> Response:
     page = STATIC_DIR / "index.html"
     if not page.is_file():
@@ -584,6 +590,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi_json),
         Route("/v1/jobs", submit, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job}", manifest, methods=["GET"]),
