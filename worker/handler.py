@@ -29,6 +29,7 @@ import asyncio
 import collections
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -69,6 +70,7 @@ class _Encoded:
     id: str
     data: bytes
     mime: str
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class _Uploaded:
     size: int
     sha256: str
     url: str
+    seed: int | None = None
 
 
 _Outcome: TypeAlias = _Encoded | _Uploaded | ItemError
@@ -135,7 +138,13 @@ class JobRun:
             raise JobInputError("the job has no id")
         if "input" not in job or job["input"] is None:
             raise JobInputError("the job has no input")
-        self.spec: Job = inputs.parse_job(job["input"], config.limits)
+        input_model = getattr(model, "input_model", None)  # a model's own input schema (docs/worker.md)
+        if input_model is not None:
+            task = sorted(model.tasks)[0] if model.tasks else "custom"
+            self.spec: Job = inputs.parse_custom(job["input"], input_model, task, config.limits)
+        else:
+            known = {*inputs.TASKS, *model.tasks}  # built-in names parse; the model check below names its own
+            self.spec = inputs.parse_job(job["input"], config.limits, tasks=known)
         if self.spec.task not in model.tasks:
             raise JobInputError(
                 f"input.task: this worker's model does not do {self.spec.task!r}; it does {sorted(model.tasks)}"
@@ -220,6 +229,7 @@ class JobRun:
                         outcome.sha256,
                         0,
                         outcome.url,
+                        outcome.seed,
                     )
                 )
                 self._pending.append(
@@ -246,6 +256,7 @@ class JobRun:
                         envelope["size"],
                         envelope["sha256"],
                         envelope["parts"],
+                        seed=outcome.seed,
                     )
                 )
             yield envelope
@@ -331,26 +342,35 @@ class JobRun:
         await out.put(None)
 
     def _load(self, start: int, batch: list[inputs.Item | ItemError]) -> list[Request | ItemError]:
+        """Requests for a batch of items: `params.num_images` per item, output k of item i being file
+        `i * num_images + k` with seed `seed + k` (a seed left out is drawn at random, and reported)."""
+        count = self.spec.params.num_images
         loaded: list[Request | ItemError] = []
         for index, item in enumerate(batch, start):
             if isinstance(item, ItemError):
-                loaded.append(item)
+                loaded += [
+                    ItemError(index * count + k, item.id, item.code, item.message) for k in range(count)
+                ]
                 continue
             image = None
             if item.image is not None:
                 try:
                     image = inputs.load_image(item.image, self.config.limits)
                 except inputs.ImageError as exc:
-                    loaded.append(ItemError(index, item.id, exc.code, f"input.items[{index}].image: {exc}"))
+                    message = f"input.items[{index}].image: {exc}"
+                    loaded += [ItemError(index * count + k, item.id, exc.code, message) for k in range(count)]
                     continue
             negative = (
                 item.negative_prompt if item.negative_prompt is not None else self.spec.params.negative_prompt
             )
-            loaded.append(
-                Request(
-                    index, item.id, self.spec.task, self.spec.params, item.prompt, negative, image, item.seed
-                )
-            )
+            seed = item.seed if item.seed is not None else secrets.randbelow(inputs.SEED_LIMIT)
+            for k in range(count):
+                loaded.append(
+                    Request(
+                        index * count + k, item.id, self.spec.task, self.spec.params, item.prompt, negative,
+                        image, (seed + k) % 2**63, input=self.spec.custom, output=k,
+                    )
+                )  # fmt: skip
         return loaded
 
     async def _generate(
@@ -428,7 +448,7 @@ class JobRun:
                 log.warning("job %s: %s; streaming item %d instead", self.job_id, exc, encoded.index)
             else:
                 size = len(encoded.data)
-                return _Uploaded(encoded.index, encoded.id, encoded.mime, size, digest, url)
+                return _Uploaded(encoded.index, encoded.id, encoded.mime, size, digest, url, encoded.seed)
         if self.cached is not None:
             self.cached.put_item(encoded.index, encoded.data)
         return encoded
@@ -436,7 +456,9 @@ class JobRun:
     def _encode_one(self, request: Request, result: Result) -> _Outcome:
         from worker import encode
 
-        output, fmt = self.spec.output, self.spec.format
+        output = self.spec.output
+        # A custom task without `output.format`: each result's kind picks the usual encoding.
+        fmt = self.spec.format or ("mp4" if isinstance(result, Video) else "png")
         try:
             if isinstance(result, File):
                 if (
@@ -447,7 +469,7 @@ class JobRun:
                     raise encode.EncodeError(
                         "a File result needs bytes and a mime type of at most 100 characters"
                     )
-                return _Encoded(request.index, request.id, bytes(result.data), result.mime)
+                return _Encoded(request.index, request.id, bytes(result.data), result.mime, request.seed)
             if isinstance(result, Video):
                 if fmt not in encode.VIDEO_FORMATS:
                     raise encode.EncodeError(f"the model made a video but the job asked for {fmt}")
@@ -455,13 +477,17 @@ class JobRun:
                 fps = result.fps or self.spec.params.fps or 7.0
                 settings = encode.VideoSettings(fmt, fps, crf, fragmented=output.fragmented)
                 return _Encoded(
-                    request.index, request.id, encode.encode_video(result.frames, settings), encode.MIME[fmt]
+                    request.index,
+                    request.id,
+                    encode.encode_video(result.frames, settings),
+                    encode.MIME[fmt],
+                    request.seed,
                 )
             if isinstance(result, Image):
                 if fmt not in encode.IMAGE_FORMATS:
                     raise encode.EncodeError(f"the model made an image but the job asked for {fmt}")
                 data = encode.encode_image(result.image, encode.ImageSettings(fmt, output.quality))
-                return _Encoded(request.index, request.id, data, encode.MIME[fmt])
+                return _Encoded(request.index, request.id, data, encode.MIME[fmt], request.seed)
             raise encode.EncodeError(
                 f"the model returned {type(result).__name__}, not a Video, Image or File"
             )

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
+    from pydantic import BaseModel
 
     from worker.inputs import Params
 
@@ -69,7 +70,9 @@ class Request:
     prompt: str | None = None
     negative_prompt: str | None = None
     image: PILImage.Image | None = None
-    seed: int | None = None
+    seed: int | None = None  # always set by the handler: drawn at random when the input had none
+    input: Any = None  # the model's own input (an `input_model` instance), when it declares one
+    output: int = 0  # which of the item's `num_images` outputs this is (its seed is the item's + output)
 
 
 class Cancelled(Exception):
@@ -138,11 +141,29 @@ GenerateFn: TypeAlias = Callable[[Request, Context], Result]
 
 
 class FunctionModel:
-    """A `Model` from a per-item function; an exception from it fails that item only."""
+    """A `Model` from a per-item function; an exception from it fails that item only.
 
-    def __init__(self, generate: GenerateFn, tasks: Iterable[str]) -> None:
+    `input_model`: the pydantic model of the job input, when the function takes its own (`Request.input`).
+    `size_multiple`: width and height must be multiples of it (8, a VAE's scale factor, by default)."""
+
+    def __init__(
+        self,
+        generate: GenerateFn,
+        tasks: Iterable[str],
+        *,
+        input_model: type[BaseModel] | None = None,
+        size_multiple: int = 8,
+    ) -> None:
+        if size_multiple < 1:
+            raise ValueError("size_multiple must be at least 1")
         self._generate = generate
         self.tasks = frozenset(tasks)
+        self.input_model = input_model
+        self.size_multiple = size_multiple
+
+    def check(self, task: str, params: Params) -> None:
+        """The model's size rule, checked before anything is generated (raises ValueError)."""
+        check_sizes(params, self.size_multiple, "input" if self.input_model is not None else "input.params")
 
     def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]:
         results: list[Result | BaseException] = []
@@ -158,6 +179,14 @@ class FunctionModel:
 
     def release(self) -> None:
         pass
+
+
+def check_sizes(params: Params, multiple: int, prefix: str = "input.params") -> None:
+    """Refuse a width or height that is not a multiple of `multiple`, naming the field."""
+    for side in ("width", "height"):
+        value = getattr(params, side)
+        if value is not None and value % multiple:
+            raise ValueError(f"{prefix}.{side}: must be a multiple of {multiple} for this model, got {value}")
 
 
 class Models:

@@ -18,34 +18,69 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podstream import sinks, wire
 from worker.handler import HandlerConfig, make_handler
 from worker.inputs import TASKS
-from worker.model import FunctionModel, GenerateFn, Model
+from worker.model import Context, FunctionModel, GenerateFn, Model, Request, Result
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 class NotOnRunPod(RuntimeError):
     """`serve` was called where RunPod's job API is not configured (no RUNPOD_WEBHOOK_GET_JOB)."""
 
 
-def as_model(model: Model | GenerateFn, tasks: Iterable[str] | None = None) -> Model:
+def as_model(
+    model: Model | GenerateFn,
+    tasks: Iterable[str] | None = None,
+    *,
+    input_model: type[BaseModel] | None = None,
+    size_multiple: int = 8,
+) -> Model:
+    """A `Model` from a model or a per-item function; `input_model` declares the job input it takes."""
     if isinstance(model, Model):
-        return model
+        return model if input_model is None else DeclaredInput(model, input_model)
     if callable(model):
-        return FunctionModel(model, tasks or TASKS)
+        return FunctionModel(model, tasks or TASKS, input_model=input_model, size_multiple=size_multiple)
     raise TypeError(f"serve() needs a Model or a function generate(request, ctx), got {type(model).__name__}")
+
+
+class DeclaredInput:
+    """A `Model` with an `input_model` given to `serve` rather than declared on its class."""
+
+    def __init__(self, model: Model, input_model: type[BaseModel]) -> None:
+        self.model = model
+        self.tasks = model.tasks
+        self.input_model = input_model
+
+    def check(self, task: str, params: Any) -> None:
+        check = getattr(self.model, "check", None)
+        if check is not None:
+            check(task, params)
+
+    def generate(self, batch: Sequence[Request], ctx: Context) -> Sequence[Result | BaseException]:
+        return self.model.generate(batch, ctx)
+
+    def release(self) -> None:
+        self.model.release()
 
 
 def serve(
     model: Model | GenerateFn,
     *,
     tasks: Iterable[str] | None = None,
+    input_model: type[BaseModel] | None = None,
+    size_multiple: int = 8,
     config: HandlerConfig | None = None,
     environ: Mapping[str, str] = os.environ,
 ) -> None:
     """Run RunPod's worker loop with this model until the worker is stopped (blocks).
+
+    `input_model` (a pydantic model) is the job input the model takes instead of the built-in job shape;
+    `size_multiple` the rule a function model's width and height must meet (see docs/worker.md).
 
     Outside RunPod the SDK would run a `test_input.json` without ever iterating the generator; so without
     `RUNPOD_WEBHOOK_GET_JOB` this raises `NotOnRunPod` (use `run_once`, or point the worker at
@@ -56,7 +91,9 @@ def serve(
             "RUNPOD_WEBHOOK_GET_JOB is not set, so this is not a RunPod worker: use `--once INPUT.json` to run "
             "one job locally, or run it against `podstream emulator`"
         )
-    handler = make_handler(as_model(model, tasks), config)
+    handler = make_handler(
+        as_model(model, tasks, input_model=input_model, size_multiple=size_multiple), config
+    )
     import runpod  # reads the RUNPOD_WEBHOOK_* variables at import
 
     runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
@@ -123,7 +160,9 @@ def run_once(
     *,
     job_id: str = "local",
     tasks: Sequence[str] | None = None,
+    input_model: type[BaseModel] | None = None,
 ) -> OnceReport:
     """Run one job in this process and write its files into `out` (created). Raises `JobInputError`."""
     out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_once_async(as_model(model, tasks), job_input, out, job_id=job_id))
+    model = as_model(model, tasks, input_model=input_model)
+    return asyncio.run(run_once_async(model, job_input, out, job_id=job_id))

@@ -8,10 +8,11 @@ import io
 import itertools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from PIL import Image as PILImage
+from pydantic import BaseModel, ConfigDict, Field
 
 from podstream import wire
 from tests.worker.support import Spy, collect, decode_video, png_base64, reassemble
@@ -305,3 +306,106 @@ async def test_closing_the_generator_early_stops_generation() -> None:
     assert time.monotonic() - started < 1.5
     assert not spy.running and spy.generated == 0
     assert spy.released == 1
+
+
+# ---- custom inputs, several outputs per item, seeds, size rules, custom task names
+
+
+def seeded(request: Request, ctx: Context) -> Result:
+    """A file that depends only on the request's seed and prompt (so a reported seed reproduces it)."""
+    ctx.step(1, 1)
+    return File(f"{request.prompt}|{request.seed}|{request.output}".encode(), "text/plain")
+
+
+def manifest_of(got: Any) -> list[dict[str, Any]]:
+    assert got.assembler.manifest is not None
+    return list(got.assembler.manifest.items)
+
+
+async def test_num_images_makes_several_files_per_item_with_consecutive_seeds() -> None:
+    model = FunctionModel(seeded, tasks={"text-to-image"})
+    items = [{"prompt": "a", "seed": 10, "id": "first"}, {"prompt": ""}, {"prompt": "c"}]
+    job = {"id": "j", "input": {"task": "text-to-image", "items": items, "params": {"num_images": 2}}}
+    got = reassemble(await collect(make_handler(model)(job)), "j")
+    assert got.problems == []
+    assert sorted(got.assembler.completed) == [0, 1, 4, 5] and sorted(got.assembler.failed) == [2, 3]
+    assert got.file(0) == b"a|10|0" and got.file(1) == b"a|11|1"
+    assert got.assembler.failed[3].message.startswith("input.items[1].prompt: required")
+    seeds = {e["item"]: e.get("seed") for e in manifest_of(got)}
+    assert seeds[0] == 10 and seeds[1] == 11 and seeds[2] is None
+    assert seeds[5] == seeds[4] + 1  # a seed left out was drawn, and reported
+
+
+async def test_a_seed_left_out_is_drawn_at_random_reported_and_reproduces_the_file() -> None:
+    model = FunctionModel(seeded, tasks={"text-to-image"})
+    job: dict[str, Any] = {"id": "j", "input": {"task": "text-to-image", "items": [{"prompt": "x"}] * 2}}
+    first = reassemble(await collect(make_handler(model)(job)), "j")
+    seeds = [e["seed"] for e in manifest_of(first)]
+    assert all(isinstance(s, int) for s in seeds) and seeds[0] != seeds[1]
+    again = {"id": "j", "input": {"task": "text-to-image", "items": [{"prompt": "x", "seed": seeds[1]}]}}
+    second = reassemble(await collect(make_handler(model)(again)), "j")
+    assert second.file(0) == first.file(1)
+
+
+async def test_size_rules_are_checked_per_model() -> None:
+    job = {
+        "id": "j",
+        "input": {"task": "text-to-image", "items": [{"prompt": "x"}], "params": {"width": 1001}},
+    }
+    with pytest.raises(
+        JobInputError, match=r"input\.params\.width: must be a multiple of 8 for this model, got 1001"
+    ):
+        await collect(make_handler(FunctionModel(seeded, tasks={"text-to-image"}))(job))
+    loose = FunctionModel(seeded, tasks={"text-to-image"}, size_multiple=1)
+    assert reassemble(await collect(make_handler(loose)(job)), "j").problems == []
+    with pytest.raises(ValueError, match="size_multiple must be at least 1"):
+        FunctionModel(seeded, tasks={"x"}, size_multiple=0)
+
+
+async def test_custom_task_names() -> None:
+    def upscale(request: Request, ctx: Context) -> Result:
+        return Image(PILImage.new("RGB", (8, 8), (1, 2, 3)))
+
+    model = FunctionModel(upscale, tasks={"upscale"})
+    job = {"id": "j", "input": {"task": "upscale", "items": [{"prompt": "x"}]}}
+    got = reassemble(await collect(make_handler(model)(job)), "j")
+    assert got.assembler.completed[0].mime == "image/png"  # no format asked: an image is a PNG
+    with pytest.raises(JobInputError, match=r"input\.task: must be one of .*'upscale'"):
+        await collect(
+            make_handler(model)({"id": "j", "input": {"task": "upscal", "items": [{"prompt": "x"}]}})
+        )
+
+
+class Poster(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    num_images: int = Field(1, ge=1, le=8)
+    width: int = 64
+    seed: int | None = None
+    palette: Literal["warm", "cool"] = "warm"
+
+
+async def test_a_custom_input_model_takes_a_seed_style_input() -> None:
+    seen: list[Any] = []
+
+    def poster(request: Request, ctx: Context) -> Result:
+        seen.append(request.input)
+        assert isinstance(request.input, Poster)
+        return File(f"{request.input.palette}|{request.prompt}|{request.seed}".encode(), "text/plain")
+
+    model = FunctionModel(poster, tasks={"poster"}, input_model=Poster)
+    job = {"id": "j", "input": {"prompt": "a cat", "num_images": 3, "palette": "cool", "seed": 4}}
+    got = reassemble(await collect(make_handler(model)(job)), "j")
+    assert got.problems == [] and [got.file(k) for k in range(3)] == [
+        b"cool|a cat|4", b"cool|a cat|5", b"cool|a cat|6"
+    ]  # fmt: skip
+    assert [e["seed"] for e in manifest_of(got)] == [4, 5, 6] and len(seen) == 3
+    for bad, message in [
+        ({"num_images": 3}, r"^input\.prompt: Field required$"),
+        ({"prompt": "a", "palette": "red"}, r"^input\.palette: must be one of 'warm' or 'cool'$"),
+        ({"prompt": "a", "width": 1001}, r"^input\.width: must be a multiple of 8 for this model, got 1001$"),
+        ({"prompt": "a", "task": "text-to-image"}, r"^input\.task: unknown field$"),
+    ]:
+        with pytest.raises(JobInputError, match=message):
+            await collect(make_handler(model)({"id": "j", "input": bad}))
