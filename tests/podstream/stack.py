@@ -5,7 +5,8 @@
         podstream("submit", "--relay", stack.relay, "--key", stack.key, ...)
 
 The worker is the real runpod SDK loop (spawned by the emulator) running a tiny async-generator handler
-that streams `input.sizes` items of sha256-derived bytes and a manifest (no torch). The relay is a real
+that streams `input.sizes` items (or one per item of a built-in-shaped input) of sha256-derived bytes
+and a manifest: the wire protocol of the real worker, without torch. The relay is a real
 `podstream relay` process with an API key, on a free loopback port; everything stops on exit.
 """
 
@@ -35,14 +36,19 @@ from podstream import wire
 async def handler(job):
     env = wire.Envelopes(job["id"])
     entries = []
-    delay = float(job["input"].get("delay_s", 0))
-    for item, size in enumerate(job["input"]["sizes"]):
+    given = job["input"]
+    delay = float(given.get("delay_s", 0))
+    # {"sizes": [...]}, or the built-in worker's input shape ({"task", "items": [{"id", ...}]})
+    items = given.get("items") or []
+    sizes = given.get("sizes") or [1024 * (k + 1) for k in range(len(items))]
+    ids = [item.get("id") or f"img{k}" for k, item in enumerate(items)] or [f"img{k}" for k in range(len(sizes))]
+    for item, size in enumerate(sizes):
         await asyncio.sleep(delay)
         data = hashlib.sha256(str(item).encode()).digest() * (size // 32)
-        parts = list(env.parts(item, data, mime="image/png", id=f"img{item}", part_bytes=100_000))
+        parts = list(env.parts(item, data, mime="image/png", id=ids[item], part_bytes=100_000))
         for part in parts:
             yield part
-        entries.append(wire.ManifestItem(item, f"img{item}", "ok", "image/png", len(data), wire.sha256_hex(data), len(parts)))
+        entries.append(wire.ManifestItem(item, ids[item], "ok", "image/png", len(data), wire.sha256_hex(data), len(parts)))
     for page in env.manifest(entries):
         yield page
 
@@ -79,6 +85,7 @@ class Stack:
 @contextlib.contextmanager
 def emulator_with_worker(tmp: Path, workers: int = 1) -> Iterator[Emulator]:
     """The emulator (client key `RUNPOD_KEY`) with `workers` light SDK workers."""
+    tmp.mkdir(parents=True, exist_ok=True)
     script = tmp / "light_worker.py"
     script.write_text(LIGHT_WORKER)
     with Emulator(EmulatorConfig(endpoint_id="ep", api_key=RUNPOD_KEY)).serve_in_thread() as emu:
