@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import schemathesis
+from schemathesis.core.result import Ok
 from starlette.routing import Route
 
 from relay import openapi
@@ -43,7 +44,7 @@ def test_the_document_describes_exactly_the_routes(tmp_path: Path) -> None:
 
 def test_the_document_loads_as_openapi() -> None:
     schema = schemathesis.openapi.from_dict(openapi.document())
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
     assert len(operations) == sum(len(ops) for ops in openapi.paths().values())
 
 
