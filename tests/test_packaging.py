@@ -1,0 +1,86 @@
+"""The Python package as a user gets it: `python -m build` makes an sdist and a wheel that pass
+`twine check` and carry the relay's page, the licence and the type marker; the wheel installs into a
+fresh virtual environment (core dependencies only: no torch) where `podstream` runs.
+
+Needs only PyPI (or the pip cache) reachable: the build backend and the core dependencies are fetched
+the ordinary way. Slow-ish (one build, one venv), so it is one test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*argv: str | Path, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{argv}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_build_check_install_and_run(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    # sdist first, then the wheel built from that sdist (what `python -m build` does): a file missing
+    # from the sdist is then missing from the wheel too, and this test sees it.
+    run(sys.executable, "-m", "build", "--outdir", dist, ROOT)
+    (sdist,) = dist.glob("podstream-*.tar.gz")
+    (wheel,) = dist.glob("podstream-*-py3-none-any.whl")
+    check = run(sys.executable, "-m", "twine", "check", "--strict", sdist, wheel)
+    assert check.stdout.count("PASSED") == 2, check.stdout
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = zf.read(info).decode()
+    for needed in ("relay/static/index.html", "relay/static/podstream-client.js", "podstream/py.typed",
+                   "worker/inputs.py", "podstream/backoff.py"):  # fmt: skip
+        assert needed in names, needed
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: Apache-2.0" in metadata
+    assert not any(n.startswith("tests/") for n in names)
+    with tarfile.open(sdist) as tf:
+        members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
+    assert {"LICENSE", "CHANGELOG.md", "README.md", "relay/static/index.html", "pyproject.toml"} <= members
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    # This interpreter's pip installs into the fresh venv: the wheel and its core dependencies only.
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", wheel)
+    freeze = run(sys.executable, "-m", "pip", "--python", python, "list", "--format", "json").stdout
+    installed = {entry["name"].lower() for entry in json.loads(freeze)}
+    assert "podstream" in installed and "torch" not in installed and "starlette" not in installed
+
+    help_text = run(venv / "bin" / "podstream", "--help", cwd=tmp_path).stdout
+    assert help_text.startswith("usage: podstream") and "cancel" in help_text and "submit" in help_text
+    assert run(venv / "bin" / "podstream", "--version", cwd=tmp_path).stdout.strip() == "podstream 0.1.0"
+    code = (
+        "import sys, importlib.resources as r, podstream, podstream.puller, podstream.watcher, podstream.submit\n"
+        "assert podstream.__file__.startswith(sys.prefix), podstream.__file__\n"
+        "assert (r.files('relay') / 'static' / 'index.html').is_file()\n"
+        "podstream.submit.validate({'task': 'text-to-image', 'items': [{'id': 'a', 'prompt': 'x'}]})\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('ok', podstream.__version__)\n"
+    )
+    assert run(python, "-c", code, cwd=tmp_path).stdout.strip() == "ok 0.1.0"
+    # a user mistake in the installed CLI: one line, exit 2, the schema check shipped with the wheel
+    (tmp_path / "p.txt").write_text("a fox\n")
+    bad = subprocess.run(
+        [venv / "bin" / "podstream", "submit", "--prompts", "p.txt", "--steps", "-3", "--out", "x",
+         "--relay", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "params.steps: -3 is less than the minimum of 1" in bad.stderr, bad.stderr
