@@ -161,6 +161,7 @@ def _summary(relay: Relay, store: JobStore) -> dict[str, Any]:
         "status": store.status or "UNKNOWN",
         "head": store.journal.published,
         "items": len(store.items),
+        "expected_items": store.meta.get("expected_items"),  # from the input at submit; None if unknown
         "errors": store.errors,
         "finished": store.finished,
         "polling": relay.polling(store.job),

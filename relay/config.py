@@ -116,6 +116,9 @@ class RelaySettings:
     # --- delivery and recovery (docs/relay.md, "Delivery and recovery")
     #: Largest accepted `PUT /v1/uploads/{job}/{item}` body (a worker's direct upload of one file).
     max_upload_bytes: int = 4 * 1024**3
+    #: An upload that no item claimed (no `ref` came for it) is deleted this long after it arrived (at once
+    #: once its job has ended), by the retention sweep.
+    upload_grace_s: float = 3600.0
     #: Gap recovery: `resend` jobs submitted for a job whose stream ended with gaps (0 = report, never resend).
     recovery_attempts: int = 2
     #: How long one resend job may take (queued, run and drained) before the relay stops waiting for it.
@@ -142,7 +145,7 @@ class RelaySettings:
             "ping_interval_s", "ping_timeout_s", "max_frame_bytes", "max_subscriptions", "max_connections",
             "max_pollers", "tail_records", "max_submit_bytes", "max_events_per_response", "token_ttl_s",
             "max_token_ttl_s", "media_url_ttl_s", "submits_per_minute", "auth_timeout_s", "max_retention_s",
-            "max_upload_bytes", "recovery_timeout_s", "max_pending_auth", "header_timeout_s",
+            "max_upload_bytes", "recovery_timeout_s", "max_pending_auth", "header_timeout_s", "upload_grace_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

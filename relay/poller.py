@@ -13,8 +13,9 @@ committed (fsynced), and only then are subscribers woken through `publish`.
 Throughput: a `/stream` answer is taken in pieces as it arrives (`RunPodClient.stream(on_entries=...)`):
 each piece is parsed and written in the worker thread while the next one is received, and all thread work
 runs in order on one lane (`_then`). A part's base64 `data` is sliced straight out of its entry's JSON text
-(`_entry_output`) instead of going through the JSON string decoder. The answer is still committed (and
-published) once, whole, after its last piece: what subscribers see is unchanged.
+(`_entry_output`) instead of going through the JSON string decoder. Each piece is committed, then
+published, as soon as it is written (persist, then publish): a backlog's first files reach subscribers
+while the rest of the answer is still being received, not all at once after its last piece.
 
 Restart: every envelope the Assembler accepted is also written to the job's ingest log (`wire.log`, without
 its bytes, with the journal head before it and the records it produced). `recover` replays that log into a
@@ -27,9 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -217,6 +221,7 @@ class JobPoller:
                 self.store.record([(STATUS, {"status": status})])  # as `_commit_batch` would, first
                 self.status = status
         self.ingest([_entry_output(text) for text in texts])
+        self.store.commit()  # before `_then` publishes: what subscribers see is on disk
 
     def _log_envelope(self, envelope: dict[str, Any], events: list[wire.Event], entries: list[Entry]) -> None:
         meta = envelope
@@ -286,9 +291,27 @@ class JobPoller:
         self.assembler.close()
         self.store.record(entries)
         self.store.commit()
+        if manifest is None:
+            self._record_commit(self._never_arrived())
         items = len(self.store.items)
         self.store.record([(DONE, {"status": status, "items": items, "errors": self.store.errors})])
         self.store.commit()
+
+    def _never_arrived(self) -> list[Entry]:
+        """Without a manifest, the items the job's input asked for (`expected_items`, counted at submit)
+        that neither arrived nor failed: named one by one, since no seq of theirs ever came to show them."""
+        expected = self.store.meta.get("expected_items")
+        if not isinstance(expected, int) or isinstance(expected, bool):
+            return []
+        out = []
+        for item in range(min(expected, wire.MAX_ITEMS)):
+            if item not in self.store.items and item not in self.store.failed_items:
+                message = (
+                    f"item {item} never arrived, nor did the manifest "
+                    f"(the job's input asks for {expected} item(s))"
+                )
+                out.append(_error(item, "missing_item", message))
+        return out
 
     def _commit_batch(self, batch: StreamBatch, error: str | None) -> None:
         terminal = batch.status in TERMINAL
@@ -327,7 +350,13 @@ class JobPoller:
                         self.on_drained(batch)
                     error = None
                     if batch.status == "FAILED" and self.status != "FAILED":
+                        # What was drained lands on disk first: reading the error may take a while.
+                        await self._then(self._ingest_commit, batch.outputs, publish=True)
+                        delivered = batch.delivered + len(batch.outputs)
+                        batch = dataclasses.replace(batch, outputs=[], delivered=delivered)
                         error = await self._failure_reason()
+                        if error is None:  # stopping: the job resumes after the restart, its error read then
+                            return
                 except JobNotFound as exc:
                     await self._then(self._lost, str(exc), publish=True)
                     return
@@ -362,10 +391,11 @@ class JobPoller:
                     self.publish()
 
     async def _on_entries(self, status: str, texts: list[bytes]) -> None:
-        """A piece of the answer being received: written while the next piece arrives (one at a time)."""
+        """A piece of the answer being received: written and committed while the next piece arrives (one at
+        a time), then published."""
         if self._piece is not None:
             await self._piece
-        self._piece = self._then(self._ingest_piece, status, texts)
+        self._piece = self._then(self._ingest_piece, status, texts, publish=True)
 
     def _then(self, fn: Callable[..., None], *args: Any, publish: bool = False) -> asyncio.Future[None]:
         """Run `fn(*args)` in a worker thread after the thread work scheduled before it (then `publish`)."""
@@ -381,14 +411,38 @@ class JobPoller:
         self._lane = asyncio.ensure_future(step())
         return self._lane
 
-    async def _failure_reason(self) -> str:
+    async def _failure_reason(self) -> str | None:
+        """A FAILED job's error, as one line (RunPod never streams it: `/status` has it). Retried with
+        backoff until read; None if the relay stops first. The full error (the SDK's traceback) is logged."""
         assert self.client is not None
-        try:
-            status = await self.client.status(self.store.job)
-        except RunPodError as exc:
-            return f"(the job failed; its error could not be read: {exc})"
+        attempt = 0
+        while True:
+            try:
+                status = await self.client.status(self.store.job)
+                break
+            except JobNotFound as exc:
+                return f"the job failed; RunPod no longer has its error ({exc})"
+            except RunPodError as exc:
+                attempt += 1
+                delay = max(self.backoff.delay(attempt, random.random), self.backoff.base_s)
+                log.warning(
+                    "reading the error of failed job %s failed (%s); retrying in %.1fs",
+                    self.store.job,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                if self.stopping:
+                    return None
         error = status.get("error")
-        return str(error) if error else "the job failed without an error message"
+        if not error:
+            return "the job failed without an error message"
+        log.warning("job %s failed: %s", self.store.job, error)  # with the worker's traceback, for operators
+        return one_line_error(error)
+
+    def _ingest_commit(self, outputs: list[object]) -> None:
+        self.ingest(outputs)
+        self.store.commit()
 
     def _record_commit(self, entries: list[Entry]) -> None:
         self.store.record(entries)
@@ -416,6 +470,29 @@ async def _finish_in_thread(fn: Callable[..., None], *args: Any) -> None:
 
 def _error(item: int | None, code: str, message: str) -> Entry:
     return ERROR, {"item": item, "code": code, "message": message}
+
+
+#: A consumer's error message is at most this long (the whole error is in the relay's log).
+MAX_ERROR_CHARS = 300
+
+
+def one_line_error(error: object) -> str:
+    """What consumers see of a worker's error: its message on one line, without the SDK's traceback.
+
+    The RunPod SDK reports a generator handler's exception as `"handler: <message> \ntraceback: <...>"`,
+    and a plain handler's as JSON `{"error_type", "error_message", "error_traceback", ...}`."""
+    text = error if isinstance(error, str) else json.dumps(error)
+    details: object = None
+    with contextlib.suppress(ValueError):
+        details = json.loads(text)
+    if isinstance(details, dict) and isinstance(details.get("error_message"), str):
+        kind = str(details.get("error_type") or "")
+        name = kind.removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
+        text = f"{name}: {details['error_message']}" if name else details["error_message"]
+    text = re.split(r"\s*\btraceback:|\nTraceback \(most recent call last\)", text, maxsplit=1)[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = (lines[0] if lines else "the job failed").removeprefix("handler: ").strip()
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _lost_record(seq: int) -> Entry:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from podstream import wire
+from relay.poller import one_line_error
 from relay.runpod import RunPodClient, RunPodError, StreamBatch
 from relay.store import ERROR
 
@@ -275,7 +276,7 @@ async def _failure(client: RunPodClient, job: str, status: str) -> str:
         error = (await client.status(job)).get("error")
     except RunPodError:
         error = None
-    detail = f": {str(error)[:300]}" if error else ""
+    detail = f": {one_line_error(error)}" if error else ""
     return f"the resend job {job} ended {status}{detail}"
 
 

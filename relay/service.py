@@ -27,13 +27,14 @@ import httpx
 from prometheus_client.core import Metric
 
 from relay import metrics as m
+from relay import uploads
 from relay.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
 from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
 from relay.limits import PerKeyRate
 from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
-from relay.runpod import Backoff, RunPodClient
+from relay.runpod import Backoff, JobNotFound, RunPodClient
 from relay.store import DONE, ERROR, ITEM, DiskQuota, JobStore, Store, check_job_id, public
 
 log = logging.getLogger("podstream.relay")
@@ -98,6 +99,19 @@ def authorizer_from(settings: RelaySettings) -> Authorizer:
         keys, token_secret(settings), audience=settings.token_audience, token_ttl_s=settings.token_ttl_s,
         max_token_ttl_s=settings.max_token_ttl_s, media_url_ttl_s=settings.media_url_ttl_s, origins=origins,
     )  # fmt: skip
+
+
+def expected_items(input: dict[str, Any]) -> int | None:
+    """How many items a job's input asks for: its `items`, times `params.num_images` (outputs per item);
+    None when the input does not say (a model's own input, a resend job)."""
+    items = input.get("items")
+    if not isinstance(items, list) or not items:
+        return None
+    params = input.get("params")
+    per_item = params.get("num_images", 1) if isinstance(params, dict) else 1
+    if isinstance(per_item, bool) or not isinstance(per_item, int) or per_item < 1:
+        per_item = 1
+    return len(items) * per_item
 
 
 class Relay:
@@ -217,17 +231,27 @@ class Relay:
         client = self._client()
         answer = await client.run(input, policy=policy)
         job = check_job_id(answer["id"])
-        store = self._create(job, source="submit", **meta)
+        store = self._create(job, source="submit", expected_items=expected_items(input), **meta)
         self._poll(store)
         log.info("submitted job %s", job, extra=job_log(job))
         return store
 
     async def attach(self, job: str, **meta: Any) -> tuple[JobStore, bool]:
-        """Start following a job submitted elsewhere; (store, True) when it was new to this relay."""
-        self._client()
+        """Start following a job submitted elsewhere; (store, True) when it was new to this relay.
+
+        A job new to the relay is looked up on RunPod (`/status`) first: one RunPod does not know raises
+        `JobNotFound` (404) and nothing is created."""
+        client = self._client()
         check_job_id(job)
         store = self.job(job)
         created = store is None
+        if store is None:
+            try:
+                await client.status(job)
+            except JobNotFound:
+                raise JobNotFound(f"RunPod does not know job {job}: nothing to attach to", 404) from None
+            store = self.job(job)  # attached meanwhile by another request?
+            created = store is None
         if store is None:
             store = self._create(job, source="attach", **meta)
         if not store.finished:
@@ -352,6 +376,23 @@ class Relay:
                 deleted.append(job)
         return deleted
 
+    def sweep_uploads(self, now: float | None = None) -> int:
+        """Delete uploads that no item claimed, past their grace (`relay.uploads.sweep_unclaimed`)."""
+        now = time.time() if now is None else now
+        count = 0
+        for job in self.store.job_ids():
+            finished = self.store.finished_at(job) is not None
+            removed = uploads.sweep_unclaimed(
+                self.store.root / job, finished=finished, now=now, grace_s=self.settings.upload_grace_s
+            )
+            if removed:
+                names = ", ".join(p.name for p in removed[:5])
+                log.info(
+                    "job %s: deleted %d unclaimed upload(s): %s", job, len(removed), names, extra=job_log(job)
+                )
+            count += len(removed)
+        return count
+
     def evict(self, needed: int) -> int:
         """Delete finished jobs, oldest first (not those being read), until `needed` bytes are freed."""
         candidates = []
@@ -432,6 +473,7 @@ class Relay:
         deleted = self.sweep()
         if deleted:
             log.info("deleted %d expired job(s)", len(deleted))
+        self.sweep_uploads()
         self.quota.set_measured(await asyncio.to_thread(self.store.measure))
         limit = self.settings.disk_quota_bytes
         if limit > 0 and self.quota.used > limit:

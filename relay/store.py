@@ -400,6 +400,7 @@ class JobStore:
         # Summaries kept current as records are appended (used by the HTTP API and the poller).
         self.status = ""
         self.items: dict[int, dict[str, Any]] = {}  # latest `item` record per item index
+        self.failed_items: set[int] = set()  # items with an `error` record (of the current run)
         self.errors = 0
         self.done: dict[str, Any] | None = None
         self.result: dict[str, Any] | None = None  # the current run's `result` record, if one came
@@ -430,6 +431,7 @@ class JobStore:
         """Forget the summaries (before the journal is read again from the start)."""
         self.status = ""
         self.items = {}
+        self.failed_items = set()
         self.errors = 0
         self.done = None
         self.result = None
@@ -499,12 +501,16 @@ class JobStore:
         elif kind == ITEM:
             self.items[record["item"]] = record
         elif kind == ERROR:
-            if record.get("code") == "restarted":
+            code = record.get("code")
+            if code == "restarted":
                 self.items.clear()
+                self.failed_items.clear()
                 self.errors = 0
                 self.result = None
-            elif record.get("code") != "duplicate":
+            elif code not in ("duplicate", "lost_record"):  # a lost record's error is `journal_damaged`
                 self.errors += 1
+                if isinstance(record.get("item"), int):
+                    self.failed_items.add(record["item"])
         elif kind == RESULT:
             self.result = record
         elif kind == DONE:

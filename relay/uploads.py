@@ -18,6 +18,10 @@ relative media `url`, its bytes fanned out as `chunk` frames), plus `delivery: "
 `ref`, not on the PUT, keeps the poller the job's single writer, the journal in the worker's order, and a
 lost `ref` recoverable like any other envelope (relay/recovery.py).
 
+An upload that no `ref` ever claims (the worker crashed after its PUT, or its job failed) is deleted by
+the relay's retention sweep (`sweep_unclaimed`): `upload_grace_s` after it arrived, or as soon as its job
+has ended.
+
 Errors (JSON `{"error": {"code", "message"}}`), each leaving nothing behind on disk:
 
     401 unauthorized      no or unknown API key          403 forbidden        a key without the `upload` scope
@@ -96,6 +100,29 @@ def claim(
     if store.fsync:
         fsync_dir(directory)
     return target
+
+
+def sweep_unclaimed(job_dir: Path, *, finished: bool, now: float, grace_s: float) -> list[Path]:
+    """Delete the uploads of a job that no item claimed: each `grace_s` after it arrived (its `ref` may
+    still be on its way through RunPod's stream), or at once when the job has ended (no `ref` can come).
+    A temp file (an upload being received, or one a crash cut off) always gets its grace: a body may still
+    be arriving. Returns what was deleted."""
+    try:
+        entries = list((job_dir / UPLOADS).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for path in entries:
+        try:
+            modified = path.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        temp = path.name.endswith(".part")
+        if modified + grace_s <= now or (finished and not temp):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 class _TempFile:

@@ -372,6 +372,7 @@ class Connection:
                     "head": head,
                     "status": store.status,
                     "recovered": after <= head,
+                    "expected_items": store.meta.get("expected_items"),  # None when the input did not say
                 }
             )
         )

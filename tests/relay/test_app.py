@@ -123,11 +123,9 @@ async def test_bad_requests_get_clean_errors(relay_server: RelayServer) -> None:
         r = await http.post(f"{base}/v1/jobs", json={"input": "x"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_input"
         r = await http.post(f"{base}/v1/jobs/unknown-on-runpod/attach")
-        assert r.status_code == 201  # attached; the poller finds out
-        await wait_done(relay_server, "unknown-on-runpod")
-        manifest = (await http.get(f"{base}/v1/jobs/unknown-on-runpod")).json()
-        assert manifest["status"] == "LOST"
-        assert manifest["errors"][0]["code"] == "not_found"
+        assert r.status_code == 404 and "RunPod does not know job" in r.json()["error"]["message"]
+        assert not relay_server.relay.store.exists("unknown-on-runpod")  # nothing was created
+        assert (await http.get(f"{base}/v1/jobs/unknown-on-runpod")).status_code == 404
         r = await http.get(f"{base}/v1/jobs/unknown-on-runpod/media/0")
         assert r.status_code == 404
         r = await http.get(f"{base}/v1/jobs/unknown-on-runpod/media/x")

@@ -193,6 +193,108 @@ async def test_a_new_run_starts_over(relay_server: RelayServer, worker: Scripted
     assert sorted(p.parent.name for p in store.media.rglob("*.mp4")) == ["1", "1", "2", "2"]
 
 
+class BacklogRunPod:
+    """A stand-in for RunPod (plain HTTP/1.1 on 127.0.0.1) whose first `/stream` answer, a backlog, stops
+    after `first` until `release` is set, then sends `rest`; later answers say COMPLETED with nothing."""
+
+    def __init__(self, job: str, first: bytes, rest: bytes) -> None:
+        self.job, self.first, self.rest = job, first, rest
+        self.release = asyncio.Event()
+        self.streams = 0
+        self.answered = False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1].split(b"?")[0].decode()
+                if path.endswith(f"/stream/{self.job}"):
+                    self.streams += 1
+                    if self.streams == 1:
+                        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                        writer.write(b"transfer-encoding: chunked\r\n\r\n" + _chunk(self.first))
+                        await writer.drain()
+                        await self.release.wait()
+                        writer.write(_chunk(self.rest) + b"0\r\n\r\n")
+                        await writer.drain()
+                        self.answered = True
+                        continue
+                    body = {"id": self.job, "status": "COMPLETED", "stream": []}
+                elif path.endswith(f"/status/{self.job}"):
+                    body = {"id": self.job, "status": "COMPLETED" if self.answered else "IN_PROGRESS"}
+                else:
+                    body = {"error": "not found"}
+                data = json.dumps(body).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(f"content-length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def test_a_backlogs_first_file_is_published_before_its_answer_ends(tmp_path: Path) -> None:
+    from relay.runpod import STREAM_PIECE_BYTES  # the size at which the relay hands a piece over
+
+    job = "backlog-1"
+    files = [*make_files(1, STREAM_PIECE_BYTES // 2), *make_files(1, 2 * STREAM_PIECE_BYTES), b"last"]
+    env = wire.Envelopes(job)
+    entries: list[list[bytes]] = []
+    manifest = []
+    for i, data in enumerate(files):
+        parts = list(env.parts(i, data, mime="video/mp4", id=f"clip{i}"))
+        entries.append([json.dumps({"output": e}).encode() for e in parts])
+        manifest.append(
+            wire.ManifestItem(i, f"clip{i}", "ok", "video/mp4", len(data), wire.sha256_hex(data), len(parts))
+        )
+    tail = [json.dumps({"output": e}).encode() for e in env.manifest(manifest)]
+    # Items 0 and 1 come first: item 1 is big enough that item 0 is in a piece handed over in full.
+    first = b'{"id": "%s", "status": "IN_PROGRESS", "stream": [' % job.encode()
+    first += b",".join(entries[0] + entries[1]) + b","
+    rest = b",".join(entries[2] + tail) + b"]}"
+    runpod = BacklogRunPod(job, first, rest)
+    server = await asyncio.start_server(runpod.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v2/backlog"
+    relay = await start_relay(relay_settings(tmp_path, None, runpod_url=url, poll_wait_ms=60_000))
+    try:
+        async with relay.http() as http:
+            assert (await http.post(f"{relay.url}/v1/jobs/{job}/attach")).status_code == 201
+            events = f"{relay.url}/v1/jobs/{job}/events"
+
+            async def records_until(kinds: set[str], after: int = 0) -> list[dict[str, Any]]:
+                """Journal records (long polls) up to the first of `kinds`."""
+                out: list[dict[str, Any]] = []
+                while not out or out[-1]["k"] not in kinds:
+                    got = await http.get(events, params={"format": "json", "after": after, "wait": 10_000})
+                    for event in got.json()["events"]:
+                        after = event["seq"]
+                        if not out or out[-1]["k"] not in kinds:
+                            out.append(event)
+                return out
+
+            seen = await asyncio.wait_for(records_until({"item", "done"}), 60)
+            assert seen[-1]["k"] == "item" and seen[-1]["item"] == 0
+            assert not runpod.answered and runpod.streams == 1, "published while its answer is received"
+            runpod.release.set()
+            rest_of_it = await asyncio.wait_for(records_until({"done"}, seen[-1]["seq"]), 60)
+            done = rest_of_it[-1]
+            assert done["items"] == 3 and done["errors"] == 0, rest_of_it
+            assert [e["item"] for e in seen + rest_of_it if e["k"] == "item"] == [0, 1, 2]
+            for i, data in enumerate(files):
+                r = await http.get(f"{relay.url}/v1/jobs/{job}/media/{i}")
+                assert r.status_code == 200 and r.content == data
+    finally:
+        await relay.stop()
+        server.close()
+        await server.wait_closed()
+
+
 def test_entry_outputs_are_what_json_makes_of_them() -> None:
     part = next(wire.Envelopes("j").parts(0, b"\x00\xff" * 3000, mime="video/mp4", id="a"))
     entries = [
@@ -240,7 +342,7 @@ async def test_a_crashed_poller_is_journaled_restarted_and_the_job_ends(
     await until(lambda: 0 in relay.relay.job(job).items)
 
     original = JobStore.media_sink
-    faults = []
+    faults: list[int] = []
 
     def failing(store: JobStore, directory: Path, item: int, *args: Any, **kwargs: Any) -> Any:
         if item == 1 and not kwargs.get("replaying") and not faults:
@@ -280,3 +382,58 @@ def test_restart_delays_grow_jittered_and_capped() -> None:
     assert lows[0] == 0.5 and highs[0] == pytest.approx(1.0)  # never an immediate, tight restart loop
     assert lows == sorted(lows) and max(highs) == pytest.approx(30.0) and max(lows) == 15.0
     assert all(lo < hi for lo, hi in zip(lows, highs, strict=True))  # jittered within [d/2, d]
+
+
+# ------------------------------------------------------------------------------ a failed job's error
+
+
+async def test_a_failed_jobs_error_is_read_through_status_errors_and_reaches_consumers_as_one_line(
+    relay_without_recovery: RelayServer,
+    emulator: Emulator,
+    worker: ScriptedWorker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay = relay_without_recovery
+    job = await submit(relay)
+    await worker.take()
+    traceback = (
+        'Traceback (most recent call last):\n  File "/app/worker/handler.py", line 9\nValueError: boom'
+    )
+    emulator.faults.status_responses = [503] * 14  # more than one call's retries (5): keep asking
+    await worker.done(job, error=f"handler: the model ran out of memory \ntraceback: {traceback}")
+    await until(lambda: relay.relay.job(job).finished, seconds=60)
+    assert emulator.faults.status_responses == []  # every injected error was answered, then it was read
+    events = await records(relay, job)
+    [failed] = [e for e in events if e["k"] == "status" and e["status"] == "FAILED"]
+    assert failed["error"] == "the model ran out of memory"  # one line: no traceback for token holders
+    assert events[-1]["k"] == "done" and events[-1]["status"] == "FAILED"
+    async with relay.http() as http:
+        body = (await http.get(f"{relay.url}/v1/jobs/{job}")).text
+    assert "Traceback" not in body and "handler.py" not in body
+    assert any("Traceback" in r.getMessage() for r in caplog.records)  # the relay's log has it all
+
+
+async def test_when_the_manifest_and_the_last_item_are_lost_the_item_is_named(
+    relay_without_recovery: RelayServer, worker: ScriptedWorker
+) -> None:
+    """No seq of the last item (nor the manifest) ever came, so only the input's item count, kept at
+    submit, shows that item 2 is missing: it is named in its own `missing_item` error."""
+    relay = relay_without_recovery
+    items = [{"prompt": "a", "id": "a"}, {"prompt": "b", "id": "b"}, {"prompt": "c", "id": "c"}]
+    async with relay.http() as http:
+        created = await http.post(
+            f"{relay.url}/v1/jobs", json={"input": {"task": "text-to-video", "items": items}}
+        )
+        job: str = created.json()["id"]
+    await worker.take()
+    files = make_files(3, 3000)
+    envelopes = Batch(job, files, part_bytes=1000, progress=False).envelopes
+    for envelope in envelopes:
+        if envelope["type"] == "part" and envelope["item"] < 2:
+            await worker.post(job, envelope)
+    await worker.done(job)
+    await until(lambda: relay.relay.job(job).finished)
+    errors = [e for e in await records(relay, job) if e["k"] == "error"]
+    assert [e["code"] for e in errors] == ["missing_manifest", "missing_item"]
+    assert errors[1]["item"] == 2 and "asks for 3 item(s)" in errors[1]["message"]
+    assert sorted(relay.relay.job(job).items) == [0, 1]

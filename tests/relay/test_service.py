@@ -28,6 +28,7 @@ from tests.relay.conftest import (
     recv,
     relay_settings,
     start_relay,
+    ws_client,
 )
 
 
@@ -206,3 +207,47 @@ async def test_readyz(tmp_path: Path, emulator: Emulator) -> None:
             assert (await http.get(f"{relay.url}/healthz")).status_code == 200  # alive all the same
     finally:
         await relay.stop()
+
+
+# ------------------------------------------------------------------------------ expected item count
+
+
+def test_expected_items_are_counted_from_the_input() -> None:
+    from relay.service import expected_items
+
+    items = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]
+    assert expected_items({"task": "t", "items": items}) == 3
+    assert expected_items({"task": "t", "items": items, "params": {"num_images": 4}}) == 12
+    for odd in ({"num_images": 0}, {"num_images": True}, {"num_images": "2"}, "x"):
+        assert expected_items({"task": "t", "items": items, "params": odd}) == 3
+    unknown: dict[str, Any]
+    for unknown in (
+        {"prompt": "a cat", "num_images": 4},
+        {"resend": {"job": "x"}},
+        {"items": []},
+        {"items": 3},
+    ):
+        assert expected_items(unknown) is None
+
+
+async def test_the_expected_item_count_is_shown_in_the_manifest_the_list_and_subscribed(
+    relay_server: RelayServer, worker: ScriptedWorker, emulator: Emulator
+) -> None:
+    body = {"task": "text-to-image", "items": [{"prompt": "a"}, {"prompt": "b"}], "params": {"num_images": 2}}
+    async with relay_server.http() as http:
+        created = (await http.post(f"{relay_server.url}/v1/jobs", json={"input": body})).json()
+        job = created["id"]
+        other = (await http.post(f"{emulator.endpoint_url}/run", json={"input": {"prompt": "x"}})).json()[
+            "id"
+        ]
+        assert (await http.post(f"{relay_server.url}/v1/jobs/{other}/attach")).status_code == 201
+        manifest = (await http.get(f"{relay_server.url}/v1/jobs/{job}")).json()
+        listed = {j["id"]: j for j in (await http.get(f"{relay_server.url}/v1/jobs")).json()["jobs"]}
+    assert manifest["expected_items"] == 4 and listed[job]["expected_items"] == 4
+    assert listed[other]["expected_items"] is None  # attached: the relay never saw its input
+    async with ws_client(relay_server.ws_url, created["token"]) as ws:
+        await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+        subscribed = await recv(ws)
+    assert subscribed["t"] == "subscribed" and subscribed["expected_items"] == 4
+    reopened = relay_server.relay.store.read_meta(job)  # kept in job.json: it survives a restart
+    assert reopened["expected_items"] == 4

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -271,5 +272,46 @@ async def test_a_worker_uploads_to_the_relay_and_streams_what_the_relay_refuses(
                 assert entry["sha256"] == hashlib.sha256(expected).hexdigest()
                 assert (await http.get(entry["url"])).content == expected
         assert "HTTP 413" in logs and "streaming item 1 instead" in logs
+    finally:
+        await server.stop()
+
+
+# ------------------------------------------------------------------------------------------ unclaimed uploads
+
+
+async def test_uploads_no_item_claims_are_swept(
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    """A worker PUT files whose `ref`s never came: the retention sweep deletes them after `upload_grace_s`
+    (at once when the job has ended); a claimed upload and the job's media are left alone."""
+    server = await start_relay(settings(tmp_path, emulator, recovery_attempts=0, upload_grace_s=600))
+    try:
+        running, ended = await submit(server), await submit(server)
+        await worker.take()
+        await worker.take()
+        orphan, claimed, late = os.urandom(2000), os.urandom(3000), os.urandom(4000)
+        await asyncio.to_thread(put, server, running, 0, orphan)
+        url = await asyncio.to_thread(put, server, ended, 1, claimed)
+        await asyncio.to_thread(put, server, ended, 2, late)  # its ref never comes
+        envs = wire.Envelopes(ended)
+        await worker.post(
+            ended, envs.ref(1, url=url, mime="video/mp4", size=3000, sha256=sha(claimed), id="b")
+        )
+        await worker.done(ended)
+        for _ in range(400):
+            if server.relay.job(ended).finished:
+                break
+            await asyncio.sleep(0.05)
+        uploads_of = {job: server.relay.job(job).dir / "uploads" for job in (running, ended)}
+        assert [p.name for p in uploads_of[ended].iterdir()] == [f"00002-{sha(late)}.bin"]
+
+        await server.relay.sweep_once()  # the janitor's round: the ended job's orphan goes now
+        assert list(uploads_of[ended].iterdir()) == []
+        assert [p.name for p in uploads_of[running].iterdir()] == [f"00000-{sha(orphan)}.bin"]  # in its grace
+        assert server.relay.sweep_uploads(now=time.time() + 601) == 1  # past it
+        assert list(uploads_of[running].iterdir()) == []
+        async with server.http() as http:  # the claimed one is the job's item, untouched
+            manifest = (await http.get(f"{server.url}/v1/jobs/{ended}")).json()
+            assert (await http.get(manifest["items"][0]["url"])).content == claimed
     finally:
         await server.stop()
