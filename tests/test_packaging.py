@@ -84,3 +84,37 @@ def test_build_check_install_and_run(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 2 and "params.steps: -3 is less than the minimum of 1" in bad.stderr, bad.stderr
+
+
+#: Declared dependencies the code never imports by name, and why they are declared anyway.
+RUNTIME_ONLY = {
+    "accelerate": "diffusers loads big checkpoints through it (low_cpu_mem_usage, device_map)",
+}
+#: Distribution name -> import name, where they differ.
+IMPORT_NAMES = {"pillow": "PIL", "prometheus-client": "prometheus_client", "pyjwt": "jwt"}
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    """A dependency nothing imports (`filelock`, `redis` until a backend uses it) is dead weight for every
+    install: each one declared for the package (not the dev tools) must be imported somewhere in it."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"core": project["dependencies"], **project["optional-dependencies"]}
+    groups.pop("dev")
+    sources = "\n".join(
+        path.read_text(encoding="utf-8")
+        for package in ("podstream", "worker", "relay")
+        for path in (ROOT / package).rglob("*.py")
+    )
+    unused = []
+    for group, requirements in groups.items():
+        for requirement in requirements:
+            name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower()
+            module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+            if name in RUNTIME_ONLY:
+                continue
+            if not re.search(rf"^\s*(import|from) {re.escape(module)}\b", sources, re.MULTILINE):
+                unused.append(f"{name} ({group})")
+    assert not unused, f"declared but never imported: {unused}"
