@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ class Stack:
         r = await self.http.post(f"{self.relay_url}/v1/jobs/{job}/attach")
         r.raise_for_status()
 
-    async def wait_done(self, job: str) -> dict[str, Any]:
+    async def wait_done(self, job: str, item_seen: list[float] | None = None) -> dict[str, Any]:
+        """The job's `done` record; `item_seen` gets the `time.perf_counter()` at which each item record was
+        first seen (through the events long poll, as a subscriber would)."""
         after = 0
         while True:
             r = await self.http.get(
@@ -77,6 +80,9 @@ class Stack:
                 params={"format": "json", "after": after, "wait": 10000},
             )
             body: dict[str, Any] = r.json()
+            now = time.perf_counter()
+            if item_seen is not None:
+                item_seen += [now for e in body["events"] if e["k"] == "item"]
             if body["events"]:
                 after = body["events"][-1]["seq"]
                 if body["events"][-1]["k"] == "done":

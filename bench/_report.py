@@ -212,6 +212,15 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
                 f"| {who.replace(chr(10), ' ')} | {d['mb']:.0f} | {d['baseline_mb_s']:.0f} | {mb_s:.0f} | "
                 f"{mb_s / d['baseline_mb_s']:.2f} | {stdlib} |"
             )
+        if "first_item_s" in figures.get("relay_ingest", {}):
+            d = figures["relay_ingest"]
+            out += [
+                "",
+                f"Backlog: a relay attaching to the buffered job published its first file "
+                f"{d['first_item_s']:.2f} s after attaching and its last after {d['last_item_s']:.2f} s "
+                f"(first/last {d['first_item_s'] / d['last_item_s']:.2f}; seen through the events long "
+                "poll): each piece of the `/stream` answer is committed and published as it is received.",
+            ]
         out += ["", "![ingest against the bare loop](bench/ingest.png)", ""]
     if "relay_latency" in figures:
         d = figures["relay_latency"]
