@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def load_example(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -106,3 +108,23 @@ def test_the_ported_videos_handler_delivers_100_clips_under_1_mb_per_message(tmp
         with av.open(io.BytesIO((out / video["video_base64"]).read_bytes()), mode="r") as clip:
             frames = list(clip.decode(video=0))
         assert len(frames) == 6 and (frames[0].width, frames[0].height) == (128, 128)
+
+
+def test_a_custom_input_model_through_the_emulator_and_pull(tmp_path: Path) -> None:
+    example = load_example(EXAMPLES / "custom_input" / "sketch.py")
+    job = {"prompt": "a red kite", "num_images": 3, "palette": "cool", "width": 48, "height": 32, "seed": 5}
+    with example_worker(EXAMPLES / "custom_input" / "sketch.py", tmp_path) as emu:
+        done, out = pull(emu, job, tmp_path / "out")
+        refused, _ = pull(emu, {**job, "width": 1001}, tmp_path / "bad")
+    assert done.returncode == 0, done.stderr
+    files = sorted(json.loads(done.stdout)["files"], key=lambda f: f["item"])
+    assert [f["mime"] for f in files] == ["image/png"] * 3
+    sketch = example.Sketch.model_validate(job)
+    for k, file in enumerate(files):  # output k was drawn with seed 5 + k
+        assert (Image.open(file["path"]).convert("RGB").tobytes()) == Image.fromarray(
+            example.draw(sketch, 5 + k)
+        ).convert("RGB").tobytes()
+    assert refused.returncode == 1
+    assert (
+        "input.width: must be a multiple of 8 for this model, got 1001" in json.loads(refused.stdout)["error"]
+    )
