@@ -37,7 +37,8 @@ def draw(sketch: Sketch, seed: int) -> np.ndarray:
     digest = hashlib.sha256(f"{sketch.prompt}/{seed}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
     noise = rng.random((sketch.height, sketch.width, 1))
-    return (noise * np.array(PALETTES[sketch.palette])).astype(np.uint8)
+    tinted: np.ndarray = (noise * np.array(PALETTES[sketch.palette])).astype(np.uint8)
+    return tinted
 
 
 def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:

@@ -118,7 +118,9 @@ def test_a_custom_input_model_through_the_emulator_and_pull(tmp_path: Path) -> N
         refused, _ = pull(emu, {**job, "width": 1001}, tmp_path / "bad")
     assert done.returncode == 0, done.stderr
     files = sorted(json.loads(done.stdout)["files"], key=lambda f: f["item"])
-    assert [f["mime"] for f in files] == ["image/png"] * 3
+    assert [f["mime"] for f in files] == ["image/png"] * 3 and all(
+        Path(f["path"]).parent == out for f in files
+    )
     sketch = example.Sketch.model_validate(job)
     for k, file in enumerate(files):  # output k was drawn with seed 5 + k
         assert (Image.open(file["path"]).convert("RGB").tobytes()) == Image.fromarray(
