@@ -43,7 +43,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from relay import links, openapi, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
-from relay.config import RelaySettings
+from relay.config import ConfigError, RelaySettings
+from relay.input_schema import InputSchema, SchemaConfigError
 from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
@@ -217,6 +218,9 @@ async def submit(request: Request) -> Response:
         raise ApiError(400, "bad_input", "the body needs an 'input' object")
     if policy is not None and not isinstance(policy, dict):
         raise ApiError(400, "bad_input", "'policy' must be an object")
+    problem = request.app.state.input_schema.problem(input_)
+    if problem is not None:  # refused here: nothing reaches RunPod, no GPU is paid for a typo
+        raise ApiError(400, "bad_input", f"the job input is not valid: {problem}")
     store = await relay.submit(input_, policy, **_retention(relay, body))
     answer = {"id": store.job, "status": store.status or "IN_QUEUE", "urls": _urls(request, store.job)}
     answer.update(_token_fields(relay, principal, [store.job]))
@@ -629,6 +633,11 @@ def create_app(
         },
     )  # fmt: skip
     app.state.relay = relay
+    app.state.input_schema = InputSchema(settings.input_schema)
+    try:
+        app.state.input_schema.check_config()  # a bad schema file stops the relay, not every submit
+    except SchemaConfigError as exc:
+        raise ConfigError(f"PODSTREAM_INPUT_SCHEMA: {exc}") from None
     # Websockets waiting for auth never hold more than half the connections RLIMIT_NOFILE leaves room for.
     budget = fd_budget(fd_limit(), settings.fd_reserve)
     app.state.pending_auth = PendingAuth(min(settings.max_pending_auth, max(1, budget // 2)))

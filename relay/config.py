@@ -61,6 +61,9 @@ class RelaySettings:
     disk_quota_bytes: int = 0
     #: Largest accepted `POST /v1/jobs` body (RunPod's own `/run` cap is 10 MB).
     max_submit_bytes: int = 10_000_000
+    #: The JSON Schema `POST /v1/jobs` checks inputs against (relay/input_schema.py): "builtin" (the built-in
+    #: worker's), a file (a worker with its own input model), or "off".
+    input_schema: str = "builtin"
 
     # --- websocket fan-out
     #: Bytes of an item per `chunk` frame (the protocol caps it at 256 KiB).

@@ -56,6 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disk-quota-bytes", type=int, help="bytes the data directory may hold (0 = no quota)"
     )
+    parser.add_argument(
+        "--input-schema", metavar="FILE",
+        help="JSON Schema POST /v1/jobs checks inputs against: a file (`podstream schema` of a worker with "
+        "its own model), builtin (default: the built-in worker's) or off",
+    )  # fmt: skip
     security = parser.add_argument_group("security")
     security.add_argument(
         "--api-keys", metavar="ENTRIES",
@@ -98,7 +103,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     names = (
         "runpod_url", "runpod_key", "data_dir", "host", "port", "public_url", "poll_wait_ms", "fsync",
         "retention_s", "send_timeout_s", "disk_quota_bytes", "api_keys", "api_keys_file", "allowed_origins",
-        "cors_origins", "insecure", "log_format",
+        "cors_origins", "insecure", "log_format", "input_schema",
     )  # fmt: skip
     try:
         return RelaySettings.from_env(environ, **{name: getattr(args, name, None) for name in names})
@@ -148,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("no RunPod URL (--runpod-url / PODSTREAM_RUNPOD_URL): serving stored jobs only")
     try:
         serve(settings, log_level=args.log_level, log_config=None, access_log=False)
+    except ConfigError as exc:  # e.g. an input schema file that will not do
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
     return 0

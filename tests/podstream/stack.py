@@ -102,7 +102,8 @@ def local_stack(tmp: Path, relay_env: Mapping[str, str] | None = None) -> Iterat
         argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
         argv += ["--data-dir", str(tmp / "data"), "--port", str(port), "--fsync", "never"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
-        env.update(PODSTREAM_RUNPOD_KEY=RUNPOD_KEY, PODSTREAM_API_KEYS=hash_key(key), **(relay_env or {}))
+        env.update(PODSTREAM_RUNPOD_KEY=RUNPOD_KEY, PODSTREAM_API_KEYS=hash_key(key), PODSTREAM_INPUT_SCHEMA="off")
+        env.update(relay_env or {})  # the light worker takes {"sizes": [...]}: no input schema unless asked
         log_path = tmp / "relay.log"
         with log_path.open("wb") as log:
             relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)

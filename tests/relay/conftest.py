@@ -178,6 +178,7 @@ def relay_settings(tmp_path: Path, emu: Emulator | None, **changes: Any) -> Rela
         "runpod_url": emu.endpoint_url if emu is not None else "", "data_dir": tmp_path / "data",
         "fsync": "never", "poll_wait_ms": 2000, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
         "send_timeout_s": 2.0, "api_keys": hash_key(API_KEY), "token_secret": TOKEN_SECRET,
+        "input_schema": "off",  # scripted workers take any input; test_app checks the input schema itself
     }  # fmt: skip
     values.update(changes)
     return RelaySettings(**values)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from podstream.emulator import Emulator
-from tests.relay.conftest import Batch, RelayServer, ScriptedWorker, make_files
+from relay.app import create_app
+from relay.config import ConfigError
+from tests.relay.conftest import Batch, RelayServer, ScriptedWorker, make_files, relay_settings, start_relay
 
 
 async def submit(relay: RelayServer, http: httpx.AsyncClient) -> dict[str, Any]:
@@ -209,3 +216,73 @@ async def test_hostile_inputs_never_answer_500(
         r = await http.get(f"{base}/v1/jobs/{job}/media/1")
         assert r.status_code == 200 and r.content == files[1]
         assert (await http.get(f"{base}/healthz")).status_code == 200
+
+
+VALID_INPUT = {"task": "text-to-image", "items": [{"id": "cat", "prompt": "a cat"}], "params": {"steps": 4}}
+
+
+async def test_submit_checks_the_input_schema_before_runpod(tmp_path: Path, emulator: Emulator) -> None:
+    """Issue 14 item 2: a typo or `steps: -3` is `400 bad_input` naming the field; RunPod sees nothing."""
+    relay = await start_relay(relay_settings(tmp_path, emulator, input_schema="builtin"))
+    try:
+        async with relay.http() as http:
+            runs = emulator.stats()["routes"].get("run", {}).get("requests", 0)
+            bad = {
+                "task": ({**VALID_INPUT, "task": "text-to-imgae"}, "task: 'text-to-imgae' is not one of"),
+                "steps": (
+                    {**VALID_INPUT, "params": {"steps": -3}},
+                    "params.steps: -3 is less than the minimum",
+                ),
+                "item": ({**VALID_INPUT, "items": [{"id": "cat", "prompt": 5}]}, "items[0].prompt"),
+            }
+            for name, (job_input, expected) in bad.items():
+                r = await http.post(f"{relay.url}/v1/jobs", json={"input": job_input})
+                assert r.status_code == 400, (name, r.text)
+                error = r.json()["error"]
+                assert error["code"] == "bad_input" and expected in error["message"], (name, error)
+            assert emulator.stats()["routes"].get("run", {}).get("requests", 0) == runs
+            r = await http.post(f"{relay.url}/v1/jobs", json={"input": VALID_INPUT})
+            assert r.status_code == 201, r.text
+            assert emulator.stats()["routes"].get("run", {}).get("requests", 0) == runs + 1
+    finally:
+        await relay.stop()
+
+
+async def test_a_worker_with_its_own_input_schema(tmp_path: Path, emulator: Emulator) -> None:
+    schema = {"type": "object", "required": ["sizes"], "additionalProperties": False,
+              "properties": {"sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}}}}  # fmt: skip
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    relay = await start_relay(relay_settings(tmp_path, emulator, input_schema=str(path)))
+    try:
+        async with relay.http() as http:
+            r = await http.post(f"{relay.url}/v1/jobs", json={"input": {"sizes": [10, 0]}})
+            assert (
+                r.status_code == 400
+                and "sizes[1]: 0 is less than the minimum of 1" in r.json()["error"]["message"]
+            )
+            r = await http.post(f"{relay.url}/v1/jobs", json={"input": VALID_INPUT})
+            assert r.status_code == 400 and "(the input)" in r.json()["error"]["message"]
+            assert (
+                await http.post(f"{relay.url}/v1/jobs", json={"input": {"sizes": [3]}})
+            ).status_code == 201
+    finally:
+        await relay.stop()
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"PODSTREAM_INPUT_SCHEMA: the input schema .* is not JSON"):
+        create_app(relay_settings(tmp_path, emulator, input_schema=str(path)))
+    path.write_text(json.dumps({"type": "objekt"}))
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        create_app(relay_settings(tmp_path, emulator, input_schema=str(path)))
+
+
+def test_import_relay_app_does_not_import_torch() -> None:
+    code = "import relay.app, relay.input_schema, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # nor does loading the built-in schema (worker.inputs is pydantic only)
+    code = (
+        "from relay.input_schema import load; import sys; load('builtin'); assert 'torch' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

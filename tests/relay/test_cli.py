@@ -140,6 +140,7 @@ async def test_insecure_says_so_and_logs_json_with_job_ids(tmp_path: Path, emula
         "PODSTREAM_RUNPOD_KEY": "unused",
         "PODSTREAM_FSYNC": "never",
         "PODSTREAM_API_KEYS": "",
+        "PODSTREAM_INPUT_SCHEMA": "off",  # {"input": {}} is not a built-in worker's input
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "podstream", "relay", "--insecure", "--log-format", "json", "--runpod-url",

@@ -58,7 +58,8 @@ async def relay_process(tmp_path: Path, emulator: Emulator, **env: str) -> Async
     stderr = tmp_path / "relay.stderr"
     full_env = {
         **os.environ, "PODSTREAM_RUNPOD_KEY": "unused", "PODSTREAM_FSYNC": "never",
-        "PODSTREAM_API_KEYS": hash_key(API_KEY), "PODSTREAM_TOKEN_SECRET": TOKEN_SECRET, **env,
+        "PODSTREAM_API_KEYS": hash_key(API_KEY), "PODSTREAM_TOKEN_SECRET": TOKEN_SECRET,
+        "PODSTREAM_INPUT_SCHEMA": "off", **env,
     }  # fmt: skip
     with stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
