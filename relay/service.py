@@ -35,7 +35,7 @@ from relay.limits import PerKeyRate
 from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
 from relay.runpod import Backoff, JobNotFound, RunPodClient
-from relay.store import DONE, ERROR, ITEM, DiskQuota, JobStore, Store, check_job_id, public
+from relay.store import DONE, ERROR, ITEM, DiskQuota, JobBroken, JobStore, Store, check_job_id, public
 
 log = logging.getLogger("podstream.relay")
 
@@ -170,6 +170,9 @@ class Relay:
                 continue  # opened when first asked for
             try:
                 store = self.job(job)
+            except JobBroken as exc:  # reported as broken to whoever asks; every other job goes on
+                log.warning("%s; leaving it alone", exc, extra=job_log(job))
+                continue
             except Exception:
                 log.exception("cannot reopen job %s; leaving it alone", job, extra=job_log(job))
                 continue
