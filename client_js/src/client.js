@@ -135,7 +135,7 @@ function defaultNetwork() {
 }
 
 /**
- * @extends {Emitter<ClientEvents & Record<string, unknown>>}
+ * @extends {Emitter<ClientEvents>}
  */
 export class PodstreamClient extends Emitter {
   /** @param {ClientOptions} [options] */

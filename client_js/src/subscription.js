@@ -54,7 +54,7 @@ export function isTerminalStatus(status) {
 }
 
 /**
- * @extends {Emitter<JobEvents & Record<string, unknown>>}
+ * @extends {Emitter<JobEvents>}
  */
 export class JobSubscription extends Emitter {
   /**

@@ -37,9 +37,9 @@ export class RelayHttpError extends Error {
     body: unknown;
 }
 /**
- * @extends {Emitter<ClientEvents & Record<string, unknown>>}
+ * @extends {Emitter<ClientEvents>}
  */
-export class PodstreamClient extends Emitter<ClientEvents & Record<string, unknown>> {
+export class PodstreamClient extends Emitter<ClientEvents> {
     /** @param {ClientOptions} [options] */
     constructor(options?: ClientOptions);
     /** The relay's base HTTP URL, without a trailing slash. */

@@ -5,9 +5,9 @@
  */
 export function isTerminalStatus(status: string | null | undefined): boolean;
 /**
- * @extends {Emitter<JobEvents & Record<string, unknown>>}
+ * @extends {Emitter<JobEvents>}
  */
-export class JobSubscription extends Emitter<JobEvents & Record<string, unknown>> {
+export class JobSubscription extends Emitter<JobEvents> {
     /**
      * @param {string} jobId
      * @param {{from?: number, inline?: boolean, resolveUrl?: (url: string) => string,
