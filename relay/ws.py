@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay.auth import Denied, Principal
 from relay.service import Relay
-from relay.store import ITEM, BadJobId, JobStore, MediaGone, MediaRetry, check_job_id, transient
+from relay.store import ITEM, BadJobId, JobBroken, JobStore, MediaGone, MediaRetry, check_job_id, transient
 
 log = logging.getLogger("podstream.relay.ws")
 
@@ -322,6 +322,9 @@ class Connection:
             return
         try:
             store = self.relay.job(job)
+        except JobBroken as exc:  # the store knows why (e.g. "its job.json is missing")
+            await self._err("broken_job", str(exc), job)
+            return
         except Exception:
             # One damaged job (e.g. an unreadable job.json) fails its own `sub`, not the connection.
             log.exception("cannot open job %s for a subscriber", job, extra={"job": job})

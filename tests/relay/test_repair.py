@@ -363,7 +363,7 @@ async def test_a_job_without_a_readable_job_json_is_reported_broken_alone(
             assert r.status_code == 503 and r.json()["error"]["code"] == "broken_job"
             assert reason in r.json()["error"]["message"]
         got = await watch(relay, broken.job)
-        assert got.err is not None and got.err["code"] == "broken_job"
+        assert got.err is not None and got.err["code"] == "broken_job" and reason in got.err["message"]
         assert_every_item(await watch(relay, healthy.job), healthy)  # everything else works
         assert broken.dir.is_dir() and (broken.dir / "journal.log").exists()  # left for an operator
     finally:
