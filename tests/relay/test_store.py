@@ -326,3 +326,48 @@ async def test_a_passing_read_error_makes_the_subscriber_reconnect_not_skip(
         finally:
             await relay.stop()
             await worker.close()
+
+
+async def test_media_over_http_says_try_again_for_a_passing_error_and_gone_for_a_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import relay.store as store_module
+    from podstream.emulator import Emulator, EmulatorConfig
+    from tests.relay.conftest import ScriptedWorker, relay_settings, start_relay
+    from tests.relay.test_service import submit_and_run
+
+    async with Emulator(EmulatorConfig.for_tests()).serve(host="127.0.0.1", port=0) as emu:
+        worker = ScriptedWorker(emu)
+        files = [os.urandom(30_000), os.urandom(20_000)]
+        first = await start_relay(relay_settings(tmp_path, emu))
+        try:
+            _status, created = await submit_and_run(first, worker, files)
+        finally:
+            await first.stop()
+        job = created["id"]
+        relay = await start_relay(relay_settings(tmp_path, emu))  # its files are not verified in this process
+        try:
+            original = store_module.sha256_file
+            failures = [OSError(errno.EMFILE, "Too many open files")]
+
+            def flaky(path: Path) -> str:
+                if failures:
+                    raise failures.pop()
+                return original(path)
+
+            monkeypatch.setattr(store_module, "sha256_file", flaky)
+            async with relay.http() as http:
+                url = f"{relay.url}/v1/jobs/{job}/media/0"
+                busy = await http.get(url)
+                assert busy.status_code == 503 and busy.json()["error"]["code"] == "try_again"
+                assert busy.headers["retry-after"] == "1"
+                ok = await http.get(url)
+                assert ok.status_code == 200 and ok.content == files[0]
+                next((tmp_path / "data" / "jobs" / job / "media" / "1").glob("00001-*")).unlink()
+                gone = await http.get(f"{relay.url}/v1/jobs/{job}/media/1")
+                assert gone.status_code == 410 and "no longer available" in gone.json()["error"]["message"]
+        finally:
+            await relay.stop()
+            await worker.close()
