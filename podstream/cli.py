@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("podstream.commands.emulator", "run the local RunPod job-API emulator"),
     "worker": ("podstream.commands.worker", "run the RunPod worker (python -m worker)"),
     "prefetch": ("podstream.commands.prefetch", "download a model into a network volume's HF cache once"),
+    "schema": ("podstream.commands.schema", "print the JSON Schema of the job input a worker takes"),
 }
 
 
