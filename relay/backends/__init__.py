@@ -1,0 +1,13 @@
+"""Storage backends of the relay, chosen by URL (like broadcaster's): local disk, or Redis + S3 (cluster mode).
+
+    protocols.py      the seams: journal, ingest log, job index, media store, lease
+    lease.py          a lease per job in Redis (SET NX PX, renewed) with a fencing token
+    fenced_stream.py  a Redis Stream whose appends are fenced by that token, ids dense `<n>-0`
+    redis_journal.py  the job's journal on a fenced stream (the `relay.store.Journal` surface)
+    job_index.py      the job list, metadata and retention deadlines in Redis
+    s3_media.py       media in an S3-compatible bucket: verified uploads, ranged reads, presigned URLs
+    cluster.py        cluster-mode settings checked, the Redis and S3 clients made and probed
+
+Cluster mode is on when both `PODSTREAM_REDIS_URL` and `PODSTREAM_MEDIA_URL` are set; the local-disk
+default (relay/store.py) needs none of this package.
+"""
