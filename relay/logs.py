@@ -16,8 +16,16 @@ from typing import Any, Final
 _STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+#: Extras that are not fields: uvicorn's `color_message` is its message with ANSI colour codes in it.
+_NOT_FIELDS: Final = frozenset({"color_message"})
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD and k not in _NOT_FIELDS and not k.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):

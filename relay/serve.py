@@ -137,8 +137,20 @@ class RelayServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts: a port in use is an `OSError` here, for one clear
+    line from the caller (uvicorn would log its own and exit 3)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
 def serve(settings: RelaySettings, **changes: object) -> None:
-    """Run the relay in the foreground until SIGINT/SIGTERM."""
+    """Run the relay in the foreground until SIGINT/SIGTERM; `OSError` when it cannot listen."""
     app = create_app(settings)
-    server = RelayServer(uvicorn_config(app, settings, **changes), app.state.relay)
-    server.run()
+    config = uvicorn_config(app, settings, **changes)
+    sock = listen(config.host, config.port, config.backlog)
+    server = RelayServer(config, app.state.relay)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

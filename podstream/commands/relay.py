@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from podstream.cli import UsageError
+from podstream.cli import CommandError, UsageError
 
 EPILOG = """\
 Every option can also come from the environment as PODSTREAM_<NAME> (PODSTREAM_RUNPOD_URL,
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         serve(settings, log_level=args.log_level, log_config=None, access_log=False)
     except ConfigError as exc:  # e.g. an input schema file that will not do
         raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    except OSError as exc:  # e.g. the port is in use: one line, exit 1
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     return 0

@@ -169,3 +169,50 @@ async def test_insecure_says_so_and_logs_json_with_job_ids(tmp_path: Path, emula
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_port_in_use_is_one_line_and_exit_1_and_logs_have_no_ansi(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "unused", "PODSTREAM_API_KEYS": hash_key(API_KEY)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = (
+            "relay",
+            "--runpod-url",
+            emulator.endpoint_url,
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            str(port),
+        )
+        done = await asyncio.to_thread(podstream, *args, env=env)
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == f"podstream relay: cannot listen on 127.0.0.1:{port}: address already in use", lines
+    assert "Traceback" not in done.stderr and "\x1b[" not in done.stderr
+    # and a relay that does start logs its text lines without colour codes (stderr is not a terminal)
+    free = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podstream", "relay", "--runpod-url", emulator.endpoint_url, "--data-dir",
+        str(tmp_path / "d2"), "--port", str(free), env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{free}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 20)
+        stderr = (await process.stderr.read()).decode() if process.stderr else ""
+        assert "Uvicorn running on" in stderr or "Application startup complete" in stderr, stderr
+        assert "\x1b[" not in stderr and "color_message" not in stderr, stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -38,3 +38,11 @@ def test_exceptions_stay_on_one_line() -> None:
 
 def test_text_lines_name_the_job() -> None:
     assert TextFormatter().format(record("hello", **job("j-2"))).endswith("hello job=j-2")
+
+
+def test_uvicorn_colour_messages_leave_no_ansi_codes() -> None:
+    # uvicorn passes its message again with colours as `extra={"color_message": ...}`
+    entry = record("Uvicorn running on %s", "http://x", color_message="Uvicorn running on \x1b[1m%s\x1b[0m")
+    for formatter in (TextFormatter(), JsonFormatter()):
+        line = formatter.format(entry)
+        assert "\x1b" not in line and "color_message" not in line and "http://x" in line
