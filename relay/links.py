@@ -101,7 +101,7 @@ async def _body(request: Request) -> dict[str, Any] | JSONResponse:
             return _error(413, "too_large", f"request bodies are limited to {_MAX_BODY} bytes")
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to decode
         return _error(400, "bad_json", "the body is not JSON")
     if not isinstance(data, dict):
         return _error(400, "bad_json", "the body must be a JSON object")
