@@ -61,13 +61,19 @@ class Limits:
     fetch_timeout_s: float = 20.0
     max_frames: int = 1024
     max_side: int = 4096
+    max_redirects: int = 5
+    #: Image URLs resolving to loopback, private, link-local (cloud metadata) ... addresses are refused
+    #: unless this is set (`PODSTREAM_ALLOW_PRIVATE_URLS=1`): a job must not make the worker probe its network.
+    allow_private_urls: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Limits:
         values: dict[str, Any] = {}
         for name, field_ in cls.__dataclass_fields__.items():
             raw = environ.get(f"PODSTREAM_{name.upper()}")
-            if raw is not None:
+            if raw is not None and field_.type in (bool, "bool"):
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif raw is not None:
                 kind = float if field_.type in (float, "float") else int
                 try:
                     values[name] = kind(raw)
@@ -403,7 +409,13 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
             return picture.convert("RGB")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own message ends in a repr (`cannot identify image file <_io.BytesIO object at 0x...>`).
+        raise ImageError(
+            "bad_image",
+            "image cannot be decoded: not in a format Pillow reads (PNG, JPEG, WebP, GIF, BMP, ...)",
+        ) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError("bad_image", f"image cannot be decoded: {exc}") from None
 
 
@@ -412,30 +424,99 @@ def _fetch(url: str, limits: Limits) -> bytes:
 
     deadline = time.monotonic() + limits.fetch_timeout_s  # httpx's timeouts are per read, not in total
     try:
-        with httpx.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise ImageError("fetch_failed", f"GET {_short(url)} answered {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_image_bytes:
-                raise ImageError(
-                    "image_too_large", f"{_short(url)} is {declared} bytes, at most {limits.max_image_bytes}"
-                )
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("total time exceeded")
-                if len(body) > limits.max_image_bytes:
-                    raise ImageError(
-                        "image_too_large", f"{_short(url)} is over {limits.max_image_bytes} bytes"
-                    )
-            return bytes(body)
+        # Redirects are followed here, not by httpx, so that every hop's address is checked. The proxy
+        # variables are ignored: the address checked must be the one connected to.
+        with httpx.Client(timeout=limits.fetch_timeout_s, trust_env=False) as client:
+            for _hop in range(limits.max_redirects + 1):
+                _check_url(url, limits)
+                with client.stream("GET", url) as response:
+                    _check_peer(response, url, limits)
+                    if response.is_redirect and "location" in response.headers:
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    return _read_image(response, url, limits, deadline)
+            raise ImageError("fetch_failed", f"GET {_short(url)}: more than {limits.max_redirects} redirects")
     except httpx.TimeoutException:
         raise ImageError(
             "fetch_failed", f"GET {_short(url)} timed out after {limits.fetch_timeout_s:g} s"
         ) from None
     except httpx.HTTPError as exc:
         raise ImageError("fetch_failed", f"GET {_short(url)} failed: {exc}") from None
+
+
+def _read_image(response: Any, url: str, limits: Limits, deadline: float) -> bytes:
+    """The body of a 200 answer, within the size limit and the fetch's total deadline."""
+    import httpx
+
+    if response.status_code != 200:
+        raise ImageError("fetch_failed", f"GET {_short(url)} answered {response.status_code}")
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_image_bytes:
+        raise ImageError(
+            "image_too_large", f"{_short(url)} is {declared} bytes, at most {limits.max_image_bytes}"
+        )
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("total time exceeded")
+        if len(body) > limits.max_image_bytes:
+            raise ImageError("image_too_large", f"{_short(url)} is over {limits.max_image_bytes} bytes")
+    return bytes(body)
+
+
+def _check_url(url: str, limits: Limits) -> None:
+    """Refuse a URL that is not http(s), or whose host resolves to an address a job may not reach."""
+    import socket
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ImageError("url_refused", f"{_short(url)} is not an http(s) URL")
+    if limits.allow_private_urls:
+        return
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
+    except (OSError, ValueError) as exc:
+        raise ImageError(
+            "fetch_failed", f"GET {_short(url)}: cannot resolve {parsed.hostname}: {exc}"
+        ) from None
+    for info in infos:
+        _check_address(str(info[4][0]), url)
+
+
+def _check_peer(response: Any, url: str, limits: Limits) -> None:
+    """Check the address actually connected to (a name may resolve differently the second time)."""
+    if limits.allow_private_urls:
+        return
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    if peer:
+        _check_address(str(peer[0]), url)
+
+
+def _check_address(address: str, url: str) -> None:
+    kind = blocked_kind(address)
+    if kind is not None:
+        raise ImageError(
+            "url_refused",
+            f"GET {_short(url)} refused: {address} is a {kind} address (set PODSTREAM_ALLOW_PRIVATE_URLS=1 to allow it)",
+        )
+
+
+def blocked_kind(address: str) -> str | None:
+    """Why a job may not make the worker connect to `address` (loopback, private, ...), or None."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    kinds = [
+        ("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified), ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
+    ]  # fmt: skip
+    return next((kind for kind, matched in kinds if matched), None)
 
 
 def _short(url: str) -> str:

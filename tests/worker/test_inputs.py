@@ -149,6 +149,11 @@ class _Images(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/ok.png":
             self._send(200, self.png)
+        elif self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/redirect?to="))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/big.png":
             self._send(200, b"x" * 5000)
         elif self.path == "/slow.png":
@@ -188,13 +193,17 @@ def image_server() -> Iterator[str]:
         thread.join(5)
 
 
+#: The test servers listen on loopback, which the worker refuses by default (see the SSRF tests below).
+LOCAL = Limits(allow_private_urls=True)
+
+
 def test_fetch_image_over_http(image_server: str) -> None:
-    assert inputs.load_image(f"{image_server}/ok.png").size == (24, 16)
+    assert inputs.load_image(f"{image_server}/ok.png", LOCAL).size == (24, 16)
     with pytest.raises(ImageError, match="answered 404") as info:
-        inputs.load_image(f"{image_server}/missing.png")
+        inputs.load_image(f"{image_server}/missing.png", LOCAL)
     assert info.value.code == "fetch_failed"
     with pytest.raises(ImageError, match="5000 bytes, at most 1000") as info:
-        inputs.load_image(f"{image_server}/big.png", Limits(max_image_bytes=1000))
+        inputs.load_image(f"{image_server}/big.png", Limits(max_image_bytes=1000, allow_private_urls=True))
     assert info.value.code == "image_too_large"
 
 
@@ -202,7 +211,7 @@ def test_fetch_has_a_total_deadline(image_server: str) -> None:
     # The server sends a byte every 50 ms: no single read times out, the whole fetch does.
     started = time.monotonic()
     with pytest.raises(ImageError, match=r"timed out after 0\.5 s") as info:
-        inputs.load_image(f"{image_server}/slow.png", Limits(fetch_timeout_s=0.5))
+        inputs.load_image(f"{image_server}/slow.png", Limits(fetch_timeout_s=0.5, allow_private_urls=True))
     assert info.value.code == "fetch_failed"
     assert time.monotonic() - started < 1.9
 
@@ -214,7 +223,9 @@ def test_fetch_connection_refused() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(ImageError, match="failed") as info:
-        inputs.load_image(f"http://127.0.0.1:{port}/x.png", Limits(fetch_timeout_s=2))
+        inputs.load_image(
+            f"http://127.0.0.1:{port}/x.png", Limits(fetch_timeout_s=2, allow_private_urls=True)
+        )
     assert info.value.code == "fetch_failed"
 
 
@@ -285,3 +296,81 @@ def test_job_schema_accepts_good_jobs_and_refuses_bad_ones() -> None:
     assert inputs.job_schema(tasks={"upscale"})["properties"]["task"]["enum"] == ["upscale"]
     custom = jsonschema.Draft202012Validator(inputs.job_schema(SeedStyle))
     assert custom.is_valid({"prompt": "a", "num_images": 2}) and not custom.is_valid({"num_images": 2})
+
+
+# ---- SSRF: image URLs that reach the worker's own network are refused
+
+
+def test_a_loopback_server_is_refused_then_allowed_with_the_variable(image_server: str) -> None:
+    url = f"{image_server}/ok.png"
+    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+        inputs.load_image(url)
+    assert info.value.code == "url_refused" and "PODSTREAM_ALLOW_PRIVATE_URLS=1" in str(info.value)
+    allowed = Limits.from_env({"PODSTREAM_ALLOW_PRIVATE_URLS": "1"})
+    assert allowed.allow_private_urls and inputs.load_image(url, allowed).size == (24, 16)
+    assert not Limits.from_env({"PODSTREAM_ALLOW_PRIVATE_URLS": "0"}).allow_private_urls
+
+
+def test_names_are_checked_after_dns_resolution(image_server: str) -> None:
+    port = image_server.rsplit(":", 1)[1]
+    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address"):
+        inputs.load_image(f"http://localhost:{port}/ok.png")
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.7", "private"),
+        ("172.16.5.4", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+        ("::ffff:10.0.0.1", "private"), ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"),
+        ("fd00::1", "private"), ("93.184.216.34", None), ("2606:4700::1111", None),
+    ],
+)  # fmt: skip
+def test_which_addresses_are_refused(address: str, kind: str | None) -> None:
+    assert inputs.blocked_kind(address) == kind
+
+
+def checks_passing(monkeypatch: pytest.MonkeyPatch, passing: int) -> list[str]:
+    """Only loopback servers may run in tests: let the first `passing` address checks through (as if those
+    addresses were public), then check for real. Returns every address checked."""
+    real, checked = inputs.blocked_kind, []
+
+    def fake(address: str) -> str | None:
+        checked.append(address)
+        return None if len(checked) <= passing else real(address)
+
+    monkeypatch.setattr(inputs, "blocked_kind", fake)
+    return checked
+
+
+def test_every_redirect_is_checked(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert inputs.load_image(f"{image_server}/redirect?to=/ok.png", LOCAL).size == (24, 16)  # followed
+    checked = checks_passing(monkeypatch, 2)  # the first hop: its resolved address and its peer
+    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+        inputs.load_image(f"{image_server}/redirect?to={image_server}/ok.png")
+    assert info.value.code == "url_refused" and checked == ["127.0.0.1"] * 3  # the redirect's target too
+    with pytest.raises(ImageError, match="more than 2 redirects"):
+        hops = "/redirect?to=/redirect?to=/redirect?to=/ok.png"
+        inputs.load_image(f"{image_server}{hops}", Limits(max_redirects=2, allow_private_urls=True))
+
+
+def test_the_address_connected_to_is_checked_too(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name may resolve to a public address when checked and to a private one when connecting (DNS
+    # rebinding): the peer of the connection is checked as well.
+    import socket
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo",
+        lambda host, *a, **k: real("127.0.0.1" if host == "images.example" else host, *a, **k),
+    )  # fmt: skip
+    checked = checks_passing(monkeypatch, 1)  # the resolution check passes; the peer check follows
+    port = image_server.rsplit(":", 1)[1]
+    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address"):
+        inputs.load_image(f"http://images.example:{port}/ok.png")
+    assert len(checked) == 2
+
+
+def test_only_http_urls_are_fetched() -> None:
+    with pytest.raises(ImageError, match="is not an http"):
+        inputs._check_url("http:///nohost", Limits())
