@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "subscribe to a job on a relay (live or replay) and save its files",
     ),
     "pull": ("podstream.commands.pull", "poll RunPod's /stream directly (no relay) and save the job's files"),
-    "jobs": ("podstream.commands.jobs", "list the jobs a relay knows"),
+    "jobs": ("podstream.commands.jobs", "list the jobs a relay knows, newest first"),
     "cancel": ("podstream.commands.cancel", "cancel a job on RunPod (through a relay, or directly)"),
     "relay": ("podstream.commands.relay", "run the relay (poller, journal, websocket fan-out)"),
     "emulator": ("podstream.commands.emulator", "run the local RunPod job-API emulator"),

@@ -13,10 +13,12 @@ thrown away.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -93,7 +95,7 @@ class JobOutcome:
         if self.result is not None:
             parts.append(f"result in {display_path(self.result)}")
         if self.error:
-            parts.append(f"error: {self.error}")
+            parts.append(f"error: {readable(self.error)}")
         return "; ".join(parts)
 
 
@@ -136,15 +138,29 @@ def display_path(path: Path) -> str:
 def failure_text(failure: ItemFailure) -> str:
     """`item 3 (cat): bad_image: ...`: the item's number, its id when known, what went wrong."""
     label = f"item {failure.item}" + (f" ({failure.id})" if failure.id else "")
-    return f"{label}: {failure.code}: {failure.message}" if failure.message else f"{label}: {failure.code}"
+    message = readable(failure.message)
+    return f"{label}: {failure.code}: {message}" if message else f"{label}: {failure.code}"
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    """A byte count as the demo page writes it, so the CLI and the page say the same for the same file:
+    binary multiples labelled KB and MB (1 KB = 1024 bytes; 37,920 bytes is `37.0 KB`), one decimal,
+    rounded half up like JavaScript's `toFixed` (client_js/demo/demo.js `formatBytes`; a test runs both)."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    value, unit = (n / 1024, "KB") if n < 1024 * 1024 else (n / 1024 / 1024, "MB")
+    # Decimal(float) is the float's exact value: rounding it half up is what toFixed does (format() would
+    # round half to even: 1280 bytes would be 1.2 KB here and 1.3 KB on the page).
+    return f"{Decimal(value).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP)} {unit}"
+
+
+def readable(text: str) -> str:
+    """`text` without Python object reprs (`<_io.BytesIO object at 0x7f...>` becomes `a BytesIO`): messages
+    from workers and servers are shown to people."""
+    return _REPR.sub(lambda m: f"a {m.group(1).rsplit('.', 1)[-1]}", text)
+
+
+_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
 
 
 class Observer:
@@ -250,6 +266,10 @@ class RichProgress(Observer):
         from rich.console import Group
         from rich.live import Live
 
+        if not self.console.is_terminal:
+            # Live redraws need a terminal; in a log or a pipe its last frame ends without a newline and
+            # the next line runs into it. There, only the lines (saved, failed, ...) and a last summary.
+            return self
         self._live = Live(Group(self._overall, self._items), console=self.console, refresh_per_second=8)
         self._live.__enter__()
         return self
@@ -258,6 +278,8 @@ class RichProgress(Observer):
         if self._live is not None:
             self._live.__exit__(None, None, None)
             self._live = None
+        elif not self.console.is_terminal:
+            self.console.print(self._overall)  # the overall bar once, as a whole line
 
     def set_total(self, total: int | None) -> None:
         self._overall.update(self._total_task, total=total)
@@ -313,7 +335,7 @@ class RichProgress(Observer):
         self._saved += 1
         self._bytes_saved += file.size
         self.console.print(
-            f"[green]saved[/] {display_path(file.path)}  [dim]{human_bytes(file.size)} {file.mime}[/]",
+            f"[green]saved[/] {_escape(display_path(file.path))}  [dim]{human_bytes(file.size)} {file.mime}[/]",
             highlight=False,
         )
         self._overall.advance(self._total_task)
@@ -322,15 +344,15 @@ class RichProgress(Observer):
     def item_failed(self, failure: ItemFailure) -> None:
         self._drop(failure.item)
         self._failed += 1
-        self.console.print(f"[red]failed[/] {failure_text(failure)}", highlight=False, markup=True)
+        self.console.print(f"[red]failed[/] {_escape(failure_text(failure))}", highlight=False)
         self._overall.advance(self._total_task)
         self._refresh_overall()
 
     def problem(self, problem: StreamProblem) -> None:
-        self.console.print(f"[bold red]problem[/] {problem.code}: {problem.message}")
+        self.console.print(f"[bold red]problem[/] {problem.code}: {_escape(readable(problem.message))}")
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
-        self.console.print(f"[yellow]retrying[/] in {delay:.1f}s (attempt {attempt}): {reason}")
+        self.console.print(f"[yellow]retrying[/] in {delay:.1f}s (attempt {attempt}): {_escape(reason)}")
 
     def finished(self, outcome: JobOutcome) -> None:
         super().finished(outcome)
@@ -346,6 +368,13 @@ class RichProgress(Observer):
         if self._failed:
             detail += f"  [red]{self._failed} failed[/]"
         self._overall.update(self._total_task, detail=detail)
+
+
+def _escape(text: str) -> str:
+    """Text shown through rich: `[...]` in a message (`items[0]`, `[Errno 111]`) is text, not markup."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 class LineProgress(Observer):
@@ -364,7 +393,7 @@ class LineProgress(Observer):
         self._say(f"failed {failure_text(failure)}")
 
     def problem(self, problem: StreamProblem) -> None:
-        self._say(f"problem {problem.code}: {problem.message}")
+        self._say(f"problem {problem.code}: {readable(problem.message)}")
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         self._say(f"retrying in {delay:.1f}s (attempt {attempt}): {reason}")

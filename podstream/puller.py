@@ -27,6 +27,7 @@ programs. Both share `StreamDrain`, which does no I/O.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import urllib.parse
@@ -145,7 +146,7 @@ class StreamDrain:
         """Apply one `/stream` answer `{"status", "stream": [{"output": envelope}, ...]}`."""
         self.polls += 1
         if not isinstance(body, Mapping) or not isinstance(body.get("status"), str):
-            raise TransferError(f"RunPod's /stream answer is not a job status: {str(body)[:200]}")
+            raise TransferError(f"RunPod's /stream answer is not a job status: {json.dumps(body)[:200]}")
         stream = body.get("stream") or []
         if not isinstance(stream, list):
             raise TransferError("RunPod's /stream answer has a 'stream' that is not a list")
@@ -536,5 +537,5 @@ def run_job(
             http.close()
     job = body.get("id") if isinstance(body, dict) else None
     if not isinstance(job, str) or not job:
-        raise TransferError(f"POST /run answered without a job id: {str(body)[:200]}")
+        raise TransferError(f"POST /run answered without a job id: {json.dumps(body)[:200]}")
     return job

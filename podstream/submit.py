@@ -209,7 +209,8 @@ def check_size(job_input: Mapping[str, Any], policy: Mapping[str, Any] | None = 
     size = len(json.dumps(body, separators=(",", ":")).encode())
     if size > RUN_BODY_CAP:
         raise InputError(
-            f"the job input is {human_bytes(size)}, over RunPod's {human_bytes(RUN_BODY_CAP)} /run cap: "
+            f"the job input is {size:,} bytes ({human_bytes(size)}), over RunPod's 10 MB /run cap "
+            f"({RUN_BODY_CAP:,} bytes): "
             "send fewer or smaller images, or image URLs, or split the batch"
         )
     return size
@@ -258,7 +259,7 @@ def submit(
         raise TransferError(f"the relay's answer is not JSON: {response.text[:200]}") from None
     job = answer.get("id") if isinstance(answer, dict) else None
     if not isinstance(job, str) or not job:
-        raise TransferError(f"the relay's answer has no job id: {str(answer)[:200]}")
+        raise TransferError(f"the relay's answer has no job id: {json.dumps(answer)[:200]}")
     urls = answer.get("urls") if isinstance(answer.get("urls"), dict) else {}
     token = answer.get("token") if isinstance(answer.get("token"), str) else None
     return SubmittedJob(job, base, str(answer.get("status") or "IN_QUEUE"), token, dict(urls))
@@ -276,4 +277,4 @@ def _error_text(response: httpx.Response) -> str:
         for name in ("error", "message", "detail"):
             if body.get(name):
                 return str(body[name])[:300]
-    return str(body)[:200]
+    return json.dumps(body)[:200]

@@ -1,4 +1,4 @@
-"""`podstream jobs`: list the jobs a relay knows (GET /v1/jobs)."""
+"""`podstream jobs`: list the jobs a relay knows (GET /v1/jobs), newest first."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def fetch(relay: str, key: str | None = None, timeout: float = 10.0) -> list[dic
     return jobs
 
 
+def by_age(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Newest first (as `ls -t`): the job just submitted is the first line; jobs of unknown age last."""
+
+    def created(job: dict[str, Any]) -> float:
+        value = job.get("created_at")
+        return (
+            float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("-inf")
+        )
+
+    return sorted(jobs, key=created, reverse=True)
+
+
 def format_table(jobs: list[dict[str, Any]], now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [("JOB", "STATUS", "ITEMS", "ERRORS", "EVENTS", "AGE", "STATE")]
@@ -70,7 +82,7 @@ def _age(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    jobs = fetch(args.relay, args.key)
+    jobs = by_age(fetch(args.relay, args.key))
     if args.unfinished:
         jobs = [j for j in jobs if not j.get("finished")]
     if args.json:

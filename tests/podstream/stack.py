@@ -13,6 +13,7 @@ and a manifest: the wire protocol of the real worker, without torch. The relay i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -56,6 +57,21 @@ runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
 """
 
 
+#: What the light worker takes: `{"sizes": [...], "delay_s": s}`, or the built-in shape (`items`). Given to
+#: the relay (`--input-schema`) and to `podstream submit --input-schema`, as for a worker with its own model.
+LIGHT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Light test worker input",
+    "type": "object",
+    "properties": {
+        "sizes": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        "delay_s": {"type": "number", "minimum": 0},
+        "items": {"type": "array", "minItems": 1},
+    },
+    "anyOf": [{"required": ["sizes"]}, {"required": ["items"]}],
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,10 +92,16 @@ class Stack:
     relay: str  # the relay's http URL
     key: str  # an API key the relay accepts
     tmp: Path
+    schema: Path  # LIGHT_SCHEMA as a file
 
     @property
     def runpod_url(self) -> str:
         return self.emu.endpoint_url
+
+    @property
+    def submit_args(self) -> list[str]:
+        """`podstream submit` arguments for this stack: relay, key, the light worker's schema."""
+        return ["--relay", self.relay, "--key", self.key, "--input-schema", str(self.schema)]
 
 
 @contextlib.contextmanager
@@ -99,10 +121,15 @@ def local_stack(tmp: Path, relay_env: Mapping[str, str] | None = None) -> Iterat
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with emulator_with_worker(tmp) as emu:
+        schema = tmp / "light_schema.json"
+        schema.write_text(json.dumps(LIGHT_SCHEMA))
         argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url]
         argv += ["--data-dir", str(tmp / "data"), "--port", str(port), "--fsync", "never"]
+        argv += ["--input-schema", str(schema)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
-        env.update(PODSTREAM_RUNPOD_KEY=RUNPOD_KEY, PODSTREAM_API_KEYS=hash_key(key), PODSTREAM_INPUT_SCHEMA="off")
+        env.update(
+            PODSTREAM_RUNPOD_KEY=RUNPOD_KEY, PODSTREAM_API_KEYS=hash_key(key), PODSTREAM_INPUT_SCHEMA="off"
+        )
         env.update(relay_env or {})  # the light worker takes {"sizes": [...]}: no input schema unless asked
         log_path = tmp / "relay.log"
         with log_path.open("wb") as log:
@@ -112,7 +139,7 @@ def local_stack(tmp: Path, relay_env: Mapping[str, str] | None = None) -> Iterat
             while not healthy(url):
                 assert relay.poll() is None and time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
-            yield Stack(emu, url, key, tmp)
+            yield Stack(emu, url, key, tmp, schema)
         finally:
             relay.terminate()
             relay.wait(30)

@@ -274,7 +274,7 @@ def test_submit_then_watch_through_a_real_stack(tmp_path: Path) -> None:
     with local_stack(tmp_path) as stack:
         out = tmp_path / "out"
         result = podstream(
-            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(tmp_path / "job.json"),
+            "submit", *stack.submit_args, "--input", str(tmp_path / "job.json"),
             "--out", str(out), "--json",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -300,7 +300,7 @@ def test_a_lost_item_is_counted_once(tmp_path: Path) -> None:
     with local_stack(tmp_path, {"PODSTREAM_RECOVERY_ATTEMPTS": "0"}) as stack:
         stack.emu.faults.drop_stream_items = {2}  # the 2nd of item 0's 3 parts
         result = podstream(
-            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(tmp_path / "job.json"),
+            "submit", *stack.submit_args, "--input", str(tmp_path / "job.json"),
             "--out", str(tmp_path / "out"),
         )  # fmt: skip
         line = one_line_error(result, 1, "2 file(s) saved", "1 item(s) failed")
@@ -340,7 +340,7 @@ def test_cancel_through_the_relay_and_straight_to_runpod(tmp_path: Path) -> None
     slow.write_text(json.dumps({"sizes": [1000] * 20, "delay_s": 1}))
     with local_stack(tmp_path) as stack:
         detach = podstream(
-            "submit", "--relay", stack.relay, "--key", stack.key, "--input", str(slow), "--out", str(tmp_path),
+            "submit", *stack.submit_args, "--input", str(slow), "--out", str(tmp_path),
             "--detach",
         )  # fmt: skip
         assert detach.returncode == 0, detach.stderr
@@ -386,7 +386,7 @@ def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path:
     slow.write_text(json.dumps({"sizes": [1000] * 6, "delay_s": 0.5}))
     out = tmp_path / "out"
     with local_stack(tmp_path) as stack:
-        argv = [sys.executable, "-m", "podstream", "submit", "--relay", stack.relay, "--key", stack.key]
+        argv = [sys.executable, "-m", "podstream", "submit", *stack.submit_args]
         argv += ["--input", str(slow), "--out", str(out)]
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=podstream_env(),
@@ -431,3 +431,22 @@ def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert sorted(p.name for p in (out / job).iterdir()) == [f"{k:05d}-img{k}.png" for k in range(6)]
+
+
+def test_jobs_lists_the_newest_first(tmp_path: Path) -> None:
+    with local_stack(tmp_path) as stack:
+        submitted = []
+        for sizes in ([10], [20], [30]):
+            (tmp_path / "j.json").write_text(json.dumps({"sizes": sizes}))
+            result = podstream(
+                "submit", *stack.submit_args, "--input", str(tmp_path / "j.json"),
+                "--out", str(tmp_path), "--detach", "--json",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            submitted.append(json.loads(result.stdout)["id"])
+        listing = podstream("jobs", "--relay", stack.relay, "--key", stack.key)
+        assert listing.returncode == 0, listing.stderr
+        rows = listing.stdout.strip().splitlines()[1:]
+        assert [row.split()[0] for row in rows] == submitted[::-1]
+        as_json = json.loads(podstream("jobs", "--relay", stack.relay, "--key", stack.key, "--json").stdout)
+        assert [job["id"] for job in as_json["jobs"]] == submitted[::-1]

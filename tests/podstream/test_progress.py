@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,13 @@ from podstream.progress import (
     SavedFile,
     StreamProblem,
     display_path,
+    failure_text,
     human_bytes,
     outcome_dict,
+    readable,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def outcome(tmp_path: Path) -> JobOutcome:
@@ -37,7 +43,7 @@ def test_outcome_summary_and_json(tmp_path: Path) -> None:
     result = outcome(tmp_path)
     assert not result.ok and result.bytes == 1_500_000
     assert result.summary() == (
-        "job j1 COMPLETED; 1 file(s) saved (1.5 MB); 1 item(s) failed; 1 stream problem(s): gap"
+        "job j1 COMPLETED; 1 file(s) saved (1.4 MB); 1 item(s) failed; 1 stream problem(s): gap"
     )
     data = json.loads(json.dumps(outcome_dict(result)))
     assert data["files"][0]["path"] == str(tmp_path / "00000-a.mp4")
@@ -46,11 +52,51 @@ def test_outcome_summary_and_json(tmp_path: Path) -> None:
     assert not JobOutcome("j3", status="FAILED", error="oom").ok
 
 
+SIZES = [0, 1, 999, 1023, 1024, 1280, 1536, 2560, 37_920, 1_000_000, 1_048_575, 1_048_576, 1_500_000,
+         10_000_000, 123_456_789, 5 * 2**30]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("n", "text"), [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (2_500_000, "2.5 MB"), (3e12, "3000.0 GB")]
-)
+    ("n", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KB"), (37_920, "37.0 KB"), (1280, "1.3 KB"),
+     (1_048_576, "1.0 MB"), (2_500_000, "2.4 MB"), (5 * 2**30, "5120.0 MB")],
+)  # fmt: skip
 def test_human_bytes(n: float, text: str) -> None:
     assert human_bytes(n) == text
+
+
+def test_human_bytes_says_what_the_demo_page_says() -> None:
+    """The page's own formatBytes (client_js/demo/demo.js), run by node, against human_bytes."""
+    source = (ROOT / "client_js" / "demo" / "demo.js").read_text()
+    match = re.search(r"^function formatBytes\(bytes\) \{.*?^\}", source, re.MULTILINE | re.DOTALL)
+    assert match, "formatBytes is gone from demo.js: keep the CLI and the page on one format"
+    script = f"{match.group(0)}\nconsole.log(JSON.stringify({json.dumps(SIZES)}.map(formatBytes)));"
+    node = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60)
+    assert node.returncode == 0, node.stderr
+    assert json.loads(node.stdout) == [human_bytes(n) for n in SIZES]
+
+
+def test_messages_carry_no_python_reprs(tmp_path: Path) -> None:
+    text = "cannot identify image file <_io.BytesIO object at 0x7f3a2c1d5e40>"
+    assert readable(text) == "cannot identify image file a BytesIO"
+    failure = ItemFailure(2, "cat", "bad_image", text)
+    assert failure_text(failure) == "item 2 (cat): bad_image: cannot identify image file a BytesIO"
+    assert failure_text(ItemFailure(1, "", "missing_item", "")) == "item 1: missing_item"  # no stray space
+    lost = JobOutcome("j", status="COMPLETED", error="handler: <foo.Bar object at 0xABCDEF>")
+    assert "0x" not in lost.summary() and "error: handler: a Bar" in lost.summary()
+
+
+def test_rich_progress_off_a_terminal_keeps_lines_apart() -> None:
+    """In a log or a pipe the bars are not redrawn: each job's last line is a line of its own."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=False)
+    for title in ("image -> video", "text -> image"):
+        with RichProgress(total=2, console=console, title=title) as display:
+            display.status("COMPLETED")
+            display.item_failed(ItemFailure(0, "a", "bad_input", "items[0].seed: [Errno 2] odd"))
+    lines = buffer.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == ["failed", "image", "failed", "text"]
+    assert lines[0] == "failed item 0 (a): bad_input: items[0].seed: [Errno 2] odd"  # brackets are text
 
 
 def test_display_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +136,7 @@ def test_line_progress(tmp_path: Path) -> None:
     display.problem(result.problems[0])
     display.position(12)
     assert buffer.getvalue().splitlines() == [
-        f"saved {tmp_path / '00000-a.mp4'} (1.5 MB video/mp4)",
+        f"saved {tmp_path / '00000-a.mp4'} (1.4 MB video/mp4)",
         "failed item 1 (b): bad_image: cannot decode",  # the same words as the live bars
         "problem gap: 1 envelope(s) never arrived: 7",
     ]

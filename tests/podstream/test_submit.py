@@ -94,7 +94,9 @@ def test_inputs_over_runpods_run_cap_are_refused_before_sending() -> None:
     small = {"task": "text-to-image", "items": [{"prompt": "x"}]}
     assert submit_mod.check_size(small) < 100
     big = {"task": "image-to-video", "items": [{"image": "A" * 10_000_000}]}
-    with pytest.raises(InputError, match=r"over RunPod's 10.0 MB /run cap"):
+    with pytest.raises(
+        InputError, match=r"bytes \(\d+\.\d MB\), over RunPod's 10 MB /run cap \(10,000,000 bytes\)"
+    ):
         submit_mod.check_size(big)
 
 
