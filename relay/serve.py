@@ -87,6 +87,8 @@ class GuardedH11Protocol(H11Protocol):
             super().connection_lost(exc)
 
     def _between_requests(self) -> bool:
+        if self.transport.get_protocol() is not self:
+            return False  # upgraded to a websocket: no more HTTP requests, so no header deadline
         return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete)
 
     def _arm(self) -> None:

@@ -170,3 +170,19 @@ def test_fd_budget_keeps_a_reserve() -> None:
     assert fd_budget(65536, 0) == 65536 - 8192
     assert fd_budget(1024, 100) == 924
     assert fd_budget(16, 0) == 8
+
+
+async def test_a_websocket_outlives_the_header_deadline(tmp_path: Path, emulator: Emulator) -> None:
+    """The header deadline is for HTTP requests: an upgraded websocket is not closed by it."""
+    from tests.relay.conftest import relay_settings, start_relay
+
+    settings = relay_settings(tmp_path, emulator, header_timeout_s=0.2, insecure=True)
+    relay = await start_relay(settings)
+    try:
+        async with ws_client(relay.ws_url) as ws:
+            await asyncio.sleep(5 * settings.header_timeout_s)  # well past the deadline, idle
+            await ws.send(pack({"t": "sub", "job": "no-such-job", "from": 0}))
+            frame = await recv(ws)
+            assert frame["t"] == "err" and frame["code"] == "not_found", frame  # and the socket is open
+    finally:
+        await relay.stop()
