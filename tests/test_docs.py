@@ -141,10 +141,33 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+def run_your_own_input(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/worker.md: a model with its own input model, as a worker under the emulator, pulled."""
+    import podstream
+    from podstream.emulator import Emulator, EmulatorConfig
+
+    script = tmp / "sketch_worker.py"
+    script.write_text(block.code)
+    job_input = {"prompt": "a red kite", "num_images": 3, "width": 48}
+    with Emulator(EmulatorConfig(endpoint_id="own", api_key="k")).serve_in_thread() as emu:
+        emu.spawn_workers(1, [sys.executable, str(script)], cwd=ROOT, log_dir=tmp)
+        answer = httpx.post(
+            f"{emu.endpoint_url}/run", json={"input": job_input}, headers={"Authorization": "Bearer k"}
+        )
+        job = answer.json()["id"]
+        try:
+            files = list(podstream.pull(job, runpod_url=emu.endpoint_url, key="k", out=tmp / "out"))
+        except Exception:
+            print("\n".join(w.log_text() for w in emu.workers))
+            raise
+    assert sorted(f.item for f in files) == [0, 1, 2] and {f.mime for f in files} == {"image/png"}
+
+
 RUNNERS: dict[tuple[str, str], Callable[[Block, Path, pytest.MonkeyPatch], None]] = {
     ("docs/cli.md", "Python API"): run_client_api,
     ("docs/emulator.md", "Use"): run_emulator_api,
     ("docs/worker.md", "Bring your own model"): run_bring_your_own_model,
+    ("docs/worker.md", "Your own input"): run_your_own_input,
 }
 
 
