@@ -2,9 +2,9 @@
 # podstream images. Targets (docker build --target NAME .):
 #   worker       the RunPod GPU worker: CUDA base, torch + diffusers + PyAV + runpod, the app. No weights inside:
 #                they load offline from the network volume's HF cache (podstream prefetch). CMD python -m worker.
-#   worker-slim  seed 002's pattern for registries/CI with image-size limits: a small Python image with the app
-#                only; on first start it creates (or reuses) a venv with the heavy packages on the network
-#                volume, keyed by a hash of the locked requirements (worker/volume.py).
+#   worker-slim  for registries/CI with image-size limits: a small Python image with the app only; on first
+#                start it creates (or reuses) a venv with the heavy packages on the network volume, keyed by a
+#                hash of the locked requirements (worker/volume.py).
 #   relay        the relay (and the demo page), non-root, with a HEALTHCHECK: podstream relay.
 # The locked requirements live in deploy/requirements/ (regenerate with deploy/update-locks.sh).
 # Build arguments of the worker target:

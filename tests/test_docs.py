@@ -190,3 +190,22 @@ def test_python_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
     started = time.monotonic()
     runner(block, tmp_path, monkeypatch)
     print(f"{block.file}:{block.line} ran in {time.monotonic() - started:.1f}s")
+
+
+def test_no_internal_jargon_in_user_facing_files() -> None:
+    """Words only this project's authors know ("seed 002's pattern") mean nothing to a user."""
+    jargon = re.compile(r"\bseed \d{3}\b|\bseeds?/|\bshared/seeds\b", re.IGNORECASE)
+    files = [
+        ROOT / "README.md",
+        ROOT / "Dockerfile",
+        ROOT / "docker-compose.yml",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in files
+        if path.exists()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if jargon.search(line)
+    ]
+    assert not found, found

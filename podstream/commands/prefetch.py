@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import socket
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from podstream.cli import CommandError, UsageError
+from podstream.progress import human_bytes
 
 VOLUME = Path("/runpod-volume")
 HF_HOME_ON_VOLUME = VOLUME / "huggingface-cache"
@@ -157,14 +160,6 @@ def _size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 def run(args: argparse.Namespace) -> int:
     target = resolve_target(args.model, args.include, args.exclude, everything=args.all)
     home = hf_home(args.to, os.environ)
@@ -185,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise CommandError(f"{target.repo_id} is not complete in {cache}: {_first_line(exc)}") from exc
         count, total = _size(path)
-        print(f"{target.repo_id}: complete in {path} ({count} files, {_human(total)})")
+        print(f"{target.repo_id}: complete in {path} ({count} files, {human_bytes(total)})")
         return 0
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -196,27 +191,67 @@ def run(args: argparse.Namespace) -> int:
             **common, token=args.token, max_workers=args.max_workers, dry_run=bool(args.dry_run)
         )
     except Exception as exc:
-        raise CommandError(f"downloading {target.repo_id} failed: {_first_line(exc)}") from exc
+        unreachable = _unreachable(hub, exc)
+        if unreachable is not None:
+            raise CommandError(unreachable) from exc
+        what = "listing" if args.dry_run else "downloading"
+        raise CommandError(f"{what} {target.repo_id} failed: {_first_line(exc)}") from exc
     if args.dry_run:
         files = list(result)
         todo = [f for f in files if getattr(f, "will_download", True)]
         total = sum(int(getattr(f, "file_size", 0) or 0) for f in todo)
         for info in files:
             state = "download" if getattr(info, "will_download", True) else "cached"
-            size = _human(int(getattr(info, "file_size", 0) or 0))
+            size = human_bytes(int(getattr(info, "file_size", 0) or 0))
             print(f"{state}\t{size}\t{getattr(info, 'filename', info)}")
         print(
-            f"{target.repo_id}: {len(todo)} of {len(files)} files to download, {_human(total)}, into {cache}"
+            f"{target.repo_id}: {len(todo)} of {len(files)} files to download, {human_bytes(total)}, into {cache}"
         )
         return 0
     path = Path(result)
     count, total = _size(path)
-    print(f"{target.repo_id}: {count} files, {_human(total)} in {path}")
+    print(f"{target.repo_id}: {count} files, {human_bytes(total)} in {path}")
     if target.exclude:
         print(f"skipped: {' '.join(target.exclude)}")
     hint = f"PODSTREAM_MODEL={target.family}" if target.family else f"PODSTREAM_MODEL_PATH={target.repo_id}"
     print(f"workers load it offline with HF_HOME={home} and {hint}")
     return 0
+
+
+def _unreachable(hub: Any, exc: BaseException) -> str | None:
+    """A plain sentence when `exc` comes from a Hub that cannot be reached (offline, DNS, firewall), else None.
+
+    huggingface_hub says so in many ways (`DryRunError: ... cannot be accessed`, `LocalEntryNotFoundError`,
+    a connection error deep in the chain): when the error could be one of those, connect to the Hub's
+    host to find out, rather than guess from the words."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    connection = any(isinstance(e, ConnectionError | TimeoutError | socket.gaierror) for e in _chain(exc))
+    if not (
+        connection or names & {"DryRunError", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout"}
+    ):
+        return None
+    endpoint = str(getattr(getattr(hub, "constants", None), "ENDPOINT", "") or "https://huggingface.co")
+    parsed = urllib.parse.urlsplit(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=10):
+            return None  # the Hub answers: the error is something else, say it as it is
+    except OSError as probe:
+        reason = probe.strerror or type(probe).__name__
+    return (
+        f"cannot reach the Hugging Face Hub at {endpoint} ({reason}): nothing was downloaded. "
+        "Run this where the Hub is reachable (a pod with the volume attached), or check HF_ENDPOINT and "
+        "any proxy settings"
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 20:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -228,6 +229,19 @@ def test_check_on_an_empty_cache_and_unknown_repo_fail_clearly(hub: FakeHub, tmp
     assert unknown.returncode == 1
     assert "podstream prefetch: downloading acme/nothing-here failed" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], []])
+def test_an_unreachable_hub_is_said_plainly(mode: list[str], tmp_path: Path) -> None:
+    """Offline (here: nothing listens at HF_ENDPOINT), dry run or not: one sentence, no DryRunError."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = prefetch_cli(REPO, "--to", str(tmp_path), *mode, endpoint=endpoint)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"podstream prefetch: cannot reach the Hugging Face Hub at {endpoint} (")
+    assert "nothing was downloaded" in line and "DryRunError" not in line and "Error" not in line
 
 
 @pytest.mark.parametrize("model", ["acme", "a/b/c", "../x", "acme/", "/etc"])
