@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import redis
 from moto.server import ThreadedMotoServer
@@ -115,6 +116,8 @@ def s3_server(aws_env: dict[str, str]) -> Iterator[S3Server]:
     server.start()
     try:
         s3 = S3Server(f"http://127.0.0.1:{port}", "media")
+        # moto keeps its buckets per process, not per server: start each test from an empty S3
+        httpx.post(f"{s3.endpoint_url}/moto-api/reset").raise_for_status()
         s3.client().create_bucket(Bucket=s3.bucket)
         yield s3
     finally:

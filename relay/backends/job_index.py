@@ -1,0 +1,66 @@
+"""The job index in Redis: which jobs exist (sorted by creation), their metadata, and retention deadlines.
+
+`create` is `SET meta NX` (two replicas attaching the same job at once: one creates it, the other finds it),
+plus `ZADD jobs`. A finished job's deadline goes into the `expiry` sorted set, so the sweeper (one replica at
+a time, by lease) asks Redis for what is due instead of reading every job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from relay.backends.keys import Keys
+
+
+class RedisJobIndex:
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+
+    def create(self, job: str, meta: dict[str, Any]) -> bool:
+        """Record a new job; False (and nothing changed) when it exists already."""
+        if not self.client.set(self.keys.meta(job), json.dumps(meta), nx=True):
+            return False
+        self.client.zadd(self.keys.jobs, {job: float(meta.get("created_at", 0.0))})
+        return True
+
+    def meta(self, job: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.keys.meta(job))
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        return meta if isinstance(meta, dict) else None
+
+    def update(self, job: str, meta: dict[str, Any]) -> None:
+        """Replace the job's metadata; a finished job (`finished_at`) with a retention gets its deadline."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.meta(job), json.dumps(meta))
+        finished, keep = meta.get("finished_at"), meta.get("retention_s")
+        if isinstance(finished, int | float) and isinstance(keep, int | float) and keep > 0:
+            pipe.zadd(self.keys.expiry, {job: float(finished) + float(keep)})
+        pipe.execute()
+
+    def exists(self, job: str) -> bool:
+        return bool(self.client.exists(self.keys.meta(job)))
+
+    def job_ids(self) -> list[str]:
+        return sorted(
+            j.decode() if isinstance(j, bytes) else str(j) for j in self.client.zrange(self.keys.jobs, 0, -1)
+        )
+
+    def expired(self, now: float) -> list[str]:
+        """Finished jobs whose retention deadline is at or before `now`."""
+        due = self.client.zrangebyscore(self.keys.expiry, "-inf", now)
+        return [j.decode() if isinstance(j, bytes) else str(j) for j in due]
+
+    def delete(self, job: str) -> None:
+        """Forget the job: its metadata, journal, ingest log, lease and fence (its media: `MediaStore`)."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(k.meta(job), k.journal(job), k.wire(job), k.lease(job), k.fence(job))
+        pipe.zrem(k.jobs, job)
+        pipe.zrem(k.expiry, job)
+        pipe.execute()
