@@ -43,7 +43,7 @@ export class FrameError extends Error {
  * @typedef {{t: "err", code: string, message: string, job?: string}} ErrFrame
  * @typedef {{t: "bye", code: number, reason: string}} ByeFrame
  * @typedef {WelcomeFrame | SubscribedFrame | EvFrame | ChunkFrame | PingFrame | ErrFrame | ByeFrame} ServerFrame
- * @typedef {"status" | "progress" | "item" | "error" | "done"} RecordKind
+ * @typedef {"status" | "progress" | "item" | "error" | "result" | "done"} RecordKind
  *
  * @typedef {{t: "auth", token: string}} AuthFrame
  * @typedef {{t: "sub", job: string, from: number, inline: boolean}} SubFrame
@@ -53,7 +53,7 @@ export class FrameError extends Error {
  */
 
 /** @type {ReadonlySet<string>} */
-const RECORD_KINDS = new Set(["status", "progress", "item", "error", "done"]);
+const RECORD_KINDS = new Set(["status", "progress", "item", "error", "result", "done"]);
 
 /**
  * Encode a client frame as the bytes of one binary websocket message.

@@ -4,7 +4,7 @@ export { PodstreamClient, RelayHttpError } from "./client.js";
 export { Emitter } from "./emitter.js";
 export { IntegrityError, PodstreamFile, sha256Hex } from "./file.js";
 export { CloseCode, FrameError, decodeFrame, encodeFrame, isTerminalClose } from "./frames.js";
-export { JobSubscription, isTerminalStatus } from "./subscription.js";
+export { JobSubscription, isTerminalStatus, substituteFiles } from "./subscription.js";
 
 // The types of options, events and answers, for TypeScript users: `import type {ProgressEvent} from "@podstream/client"`.
 /**
@@ -21,5 +21,6 @@ export { JobSubscription, isTerminalStatus } from "./subscription.js";
  * @typedef {import("./subscription.js").ErrorEvent} ErrorEvent
  * @typedef {import("./subscription.js").DoneEvent} DoneEvent
  * @typedef {import("./subscription.js").ItemStart} ItemStart
+ * @typedef {import("./subscription.js").ResultEvent} ResultEvent
  * @typedef {import("./subscription.js").Manifest} Manifest
  */

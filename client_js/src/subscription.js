@@ -18,6 +18,7 @@ import { IntegrityError, PodstreamFile, concatBytes, verifyBytes } from "./file.
  * @typedef {{seq: number, status: string, items: number, errors: number}} DoneEvent
  * @typedef {{item: number, id: string, mime: string, size: number, sha256: string, url: string | null,
  *   seq: number}} ItemStart
+ * @typedef {{seq: number, value: unknown}} ResultEvent  the job's result as sent, files as `{"$file": i}`
  *
  * @typedef {object} JobEvents
  * @property {SubscribedEvent} subscribed  the relay accepted the subscription (again after each reconnect)
@@ -25,6 +26,7 @@ import { IntegrityError, PodstreamFile, concatBytes, verifyBytes } from "./file.
  * @property {ProgressEvent} progress      generation steps of an item, or bytes of an item received
  * @property {ItemStart} itemstart         an item's bytes start arriving (inline mode)
  * @property {PodstreamFile} item          an item is complete and verified
+ * @property {ResultEvent} result          a wrapped handler's result arrived (before `done`); see `result()`
  * @property {ErrorEvent} error            an item failed, a job-level problem, or (fatal) the subscription ended
  * @property {DoneEvent} done              the job is over; always the last record
  */
@@ -40,7 +42,36 @@ import { IntegrityError, PodstreamFile, concatBytes, verifyBytes } from "./file.
  *   status?: string, code?: string, message?: string}>} [items]
  * @property {number | ManifestError[]} [errors]
  * @property {number} [head]
+ * @property {unknown} [result]  a wrapped handler's result, files already replaced by their media URLs
  */
+
+/** Job-level error codes that mean the job's result was sent but cannot be had. */
+const RESULT_PROBLEMS = new Set(["bad_result", "incomplete_result", "result_too_large"]);
+const FILE_KEY = "$file";
+const LITERAL_KEY = "$literal";
+
+/**
+ * `value` with every file reference `{"$file": i}` replaced by `replace(i)` and every `{"$literal": {...}}` (a
+ * user's own one-key `$` object, escaped by the worker) unwrapped; as podstream.wire.substitute does.
+ * @param {unknown} value
+ * @param {(item: number) => unknown} replace
+ * @returns {unknown}
+ */
+export function substituteFiles(value, replace) {
+  if (Array.isArray(value)) return value.map((v) => substituteFiles(v, replace));
+  if (value === null || typeof value !== "object") return value;
+  const entries = Object.entries(value);
+  if (entries.length === 1) {
+    const [key, inner] = entries[0];
+    if (key === FILE_KEY && Number.isSafeInteger(inner) && /** @type {number} */ (inner) >= 0) {
+      return replace(/** @type {number} */ (inner));
+    }
+    if (key === LITERAL_KEY && inner !== null && typeof inner === "object" && !Array.isArray(inner)) {
+      return Object.fromEntries(Object.entries(inner).map(([k, v]) => [k, substituteFiles(v, replace)]));
+    }
+  }
+  return Object.fromEntries(entries.map(([k, v]) => [k, substituteFiles(v, replace)]));
+}
 
 const TERMINAL_STATUSES = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
 
@@ -84,6 +115,13 @@ export class JobSubscription extends Emitter {
     this.doneRecord = null;
     /** Why the subscription ended without `done` (terminal close, relay error, unsubscribe). @type {Error | null} */
     this.failure = null;
+    /** The `result` record, if the job sent one (a wrapped handler). @type {ResultEvent | null} */
+    this.resultRecord = null;
+    /** Why the job's result cannot be had (`bad_result`, ...), if the relay said so. @type {ErrorEvent | null} */
+    this._resultProblem = null;
+    /** From a manifest: the result with media URLs already in place (undefined: not from a manifest). */
+    /** @type {unknown} */
+    this._manifestResult = undefined;
     /** @type {{record: ItemStart, chunks: Uint8Array[], received: number} | null} */
     this._pending = null;
     this._resolveUrl = options.resolveUrl ?? ((url) => url);
@@ -132,6 +170,30 @@ export class JobSubscription extends Emitter {
         this._waiters.add(wake);
       });
     }
+  }
+
+  /**
+   * The job's structured result (a handler wrapped with `worker.wrap`), once the job is done: the value the
+   * handler returned with each file it held replaced by that file's URL (an object URL of the verified bytes
+   * in inline mode, the relay's media URL otherwise; `null` for an item that failed). `null` when the job
+   * has no result. Rejects if the subscription fails, or if the job's result was sent but did not arrive
+   * whole (`bad_result`, `incomplete_result`, `result_too_large`: the error's `code`).
+   * @returns {Promise<unknown>}
+   */
+  async result() {
+    await this.finished;
+    if (this._manifestResult !== undefined) return this._manifestResult;
+    const record = this.resultRecord;
+    if (record === null) {
+      const problem = this._resultProblem;
+      if (problem === null) return null;
+      throw Object.assign(new Error(`job ${this.jobId}: no result: ${problem.message}`), {
+        code: problem.code,
+      });
+    }
+    /** @type {Map<number, PodstreamFile>} */
+    const files = new Map(this.results.map((file) => [file.index, file]));
+    return substituteFiles(record.value, (item) => files.get(item)?.url ?? null);
   }
 
   /** Stop receiving this job (the client sends `unsub`). */
@@ -253,15 +315,25 @@ export class JobSubscription extends Emitter {
         });
         return undefined;
       }
-      case "error":
+      case "error": {
         this.lastSeq = ev.seq;
-        this.emit("error", {
+        /** @type {ErrorEvent} */
+        const error = {
           seq: ev.seq,
           item: typeof r.item === "number" ? r.item : null,
           code: String(r.code ?? "error"),
           message: String(r.message ?? ""),
           fatal: false,
-        });
+        };
+        if (error.item === null && RESULT_PROBLEMS.has(error.code)) this._resultProblem = error;
+        if (error.item === null && error.code === "restarted") this.resultRecord = null; // a new run's result follows
+        this.emit("error", error);
+        return undefined;
+      }
+      case "result":
+        this.lastSeq = ev.seq;
+        this.resultRecord = { seq: ev.seq, value: r.value ?? null };
+        this.emit("result", this.resultRecord);
         return undefined;
       case "done": {
         this.lastSeq = ev.seq;
@@ -417,6 +489,7 @@ export class JobSubscription extends Emitter {
     } else if (typeof manifest.errors === "number") {
       errors = Math.max(errors, manifest.errors);
     }
+    this._manifestResult = manifest.result ?? null;
     this.lastSeq = seq;
     if (isTerminalStatus(status)) {
       /** @type {DoneEvent} */

@@ -104,6 +104,8 @@ class Child {
  * @typedef {object} StackOptions
  * @property {number} [workers]  worker processes (default 1)
  * @property {number} [chunkBytes]  relay chunk frame size (default 8192, so small files still span chunks)
+ * @property {string} [workerCmd]  the command of each worker (default: `python -m worker`, tiny pipelines)
+ * @property {Record<string, string>} [relayEnv]  more PODSTREAM_* settings for the relay
  */
 
 export class Stack {
@@ -135,7 +137,7 @@ export class Stack {
       [
         "-m", "podstream", "emulator", "--host", "127.0.0.1", "--port", String(emulatorPort),
         "--endpoint-id", ENDPOINT, "--api-key", this.runpodKey, "--workers", String(this.options.workers ?? 1),
-        "--worker-cmd", `${PYTHON} -m worker`, "--worker-log-dir", this.logs,
+        "--worker-cmd", this.options.workerCmd ?? `${PYTHON} -m worker`, "--worker-log-dir", this.logs,
       ], // prettier-ignore
       { PODSTREAM_MODEL: "tiny" },
       join(this.logs, "emulator.log"),
@@ -153,6 +155,7 @@ export class Stack {
       PODSTREAM_FSYNC: "never",
       PODSTREAM_CHUNK_BYTES: String(this.options.chunkBytes ?? 8192),
       PODSTREAM_POLL_WAIT_MS: "2000",
+      ...this.options.relayEnv,
     };
     const relay = new Child(
       "relay",

@@ -300,3 +300,66 @@ test("the relay losing an item's file fails that item only", async () => {
   assert.deepEqual(errors, [[0, "media_unavailable"]]);
   assert.equal(job.doneRecord?.seq, 2);
 });
+
+test("result(): the handler's value with each file reference replaced by that file's object URL", async () => {
+  const job = new JobSubscription("j");
+  const results = record(job);
+  job.on("result", (r) => results.push(["result", r]));
+  const png = bytesOf(0, 3000);
+  const value = {
+    images: [{ $file: 0 }, { $file: 1 }],
+    count: 2,
+    meta: { $literal: { $file: "not a reference" } }, // a user's own `$` object, escaped by the worker
+  };
+  await feed(job, [
+    ...itemFrames(1, 0, png, 1000),
+    { t: "ev", job: "j", seq: 2, k: "error", item: 1, code: "bad_image", message: "cannot decode" },
+    { t: "ev", job: "j", seq: 3, k: "result", value },
+    { t: "ev", job: "j", seq: 4, k: "done", status: "COMPLETED", items: 2, errors: 1 },
+  ]);
+  assert.deepEqual(
+    results.map(([name]) => name).filter((name) => name !== "progress"),
+    ["item", "error", "result", "done"],
+  );
+  const result = /** @type {any} */ (await job.result());
+  assert.match(result.images[0], /^blob:/, "an object URL of item 0's verified bytes");
+  assert.equal(result.images[0], job.results[0].url);
+  assert.equal((await job.results[0].blob()).size, png.byteLength);
+  assert.deepEqual(
+    { ...result, images: [typeof result.images[0], result.images[1]] },
+    { images: ["string", null], count: 2, meta: { $file: "not a reference" } },
+    "the failed item is null; the escaped object comes back as the handler wrote it",
+  );
+  assert.deepEqual(job.resultRecord?.value, value, "the record keeps the value as sent");
+});
+
+test("result(): null without one; rejected when it was sent but did not arrive whole", async () => {
+  const plain = new JobSubscription("j");
+  await feed(plain, [{ t: "ev", job: "j", seq: 1, k: "done", status: "COMPLETED", items: 0, errors: 0 }]);
+  assert.equal(await plain.result(), null);
+
+  const broken = new JobSubscription("j");
+  await feed(broken, [
+    { t: "ev", job: "j", seq: 1, k: "error", item: null, code: "incomplete_result", message: "page 1 of 2 never came" },
+    { t: "ev", job: "j", seq: 2, k: "done", status: "COMPLETED", items: 0, errors: 1 },
+  ]); // prettier-ignore
+  await assert.rejects(broken.result(), {
+    code: "incomplete_result",
+    message: "job j: no result: page 1 of 2 never came",
+  });
+
+  const failed = new JobSubscription("j");
+  failed._fail("close_4501", "unknown token");
+  await assert.rejects(failed.result(), { code: "close_4501" });
+});
+
+test("result() of a job opened from its manifest: the relay's media URLs are already in place", async () => {
+  const job = new JobSubscription("j", { resolveUrl: (url) => `http://r${url}` });
+  job._applyManifest({
+    status: "COMPLETED",
+    items: [{ item: 0, id: "a", mime: "image/png", size: 10, sha256: "ab", url: "/m/0", status: "ok" }],
+    errors: 0,
+    result: { images: ["http://r/m/0?exp=1&sig=x"] },
+  });
+  assert.deepEqual(await job.result(), { images: ["http://r/m/0?exp=1&sig=x"] });
+});

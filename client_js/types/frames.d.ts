@@ -80,7 +80,7 @@ export type ByeFrame = {
     reason: string;
 };
 export type ServerFrame = WelcomeFrame | SubscribedFrame | EvFrame | ChunkFrame | PingFrame | ErrFrame | ByeFrame;
-export type RecordKind = "status" | "progress" | "item" | "error" | "done";
+export type RecordKind = "status" | "progress" | "item" | "error" | "result" | "done";
 export type AuthFrame = {
     t: "auth";
     token: string;

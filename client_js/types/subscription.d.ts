@@ -1,4 +1,12 @@
 /**
+ * `value` with every file reference `{"$file": i}` replaced by `replace(i)` and every `{"$literal": {...}}` (a
+ * user's own one-key `$` object, escaped by the worker) unwrapped; as podstream.wire.substitute does.
+ * @param {unknown} value
+ * @param {(item: number) => unknown} replace
+ * @returns {unknown}
+ */
+export function substituteFiles(value: unknown, replace: (item: number) => unknown): unknown;
+/**
  * Whether a RunPod job status is final.
  * @param {string | null | undefined} status
  * @returns {boolean}
@@ -37,6 +45,13 @@ export class JobSubscription extends Emitter<JobEvents> {
     doneRecord: DoneEvent | null;
     /** Why the subscription ended without `done` (terminal close, relay error, unsubscribe). @type {Error | null} */
     failure: Error | null;
+    /** The `result` record, if the job sent one (a wrapped handler). @type {ResultEvent | null} */
+    resultRecord: ResultEvent | null;
+    /** Why the job's result cannot be had (`bad_result`, ...), if the relay said so. @type {ErrorEvent | null} */
+    _resultProblem: ErrorEvent | null;
+    /** From a manifest: the result with media URLs already in place (undefined: not from a manifest). */
+    /** @type {unknown} */
+    _manifestResult: unknown;
     /** @type {{record: ItemStart, chunks: Uint8Array[], received: number} | null} */
     _pending: {
         record: ItemStart;
@@ -60,6 +75,15 @@ export class JobSubscription extends Emitter<JobEvents> {
      * @returns {AsyncGenerator<PodstreamFile, void, undefined>}
      */
     files(): AsyncGenerator<PodstreamFile, void, undefined>;
+    /**
+     * The job's structured result (a handler wrapped with `worker.wrap`), once the job is done: the value the
+     * handler returned with each file it held replaced by that file's URL (an object URL of the verified bytes
+     * in inline mode, the relay's media URL otherwise; `null` for an item that failed). `null` when the job
+     * has no result. Rejects if the subscription fails, or if the job's result was sent but did not arrive
+     * whole (`bad_result`, `incomplete_result`, `result_too_large`: the error's `code`).
+     * @returns {Promise<unknown>}
+     */
+    result(): Promise<unknown>;
     /** Stop receiving this job (the client sends `unsub`). */
     unsubscribe(): void;
     _wake(): void;
@@ -166,6 +190,13 @@ export type ItemStart = {
     url: string | null;
     seq: number;
 };
+/**
+ * the job's result as sent, files as `{"$file": i}`
+ */
+export type ResultEvent = {
+    seq: number;
+    value: unknown;
+};
 export type JobEvents = {
     /**
      * the relay accepted the subscription (again after each reconnect)
@@ -187,6 +218,10 @@ export type JobEvents = {
      * an item is complete and verified
      */
     item: PodstreamFile;
+    /**
+     * a wrapped handler's result arrived (before `done`); see `result()`
+     */
+    result: ResultEvent;
     /**
      * an item failed, a job-level problem, or (fatal) the subscription ended
      */
@@ -224,6 +259,10 @@ export type Manifest = {
     }[] | undefined;
     errors?: number | ManifestError[] | undefined;
     head?: number | undefined;
+    /**
+     * a wrapped handler's result, files already replaced by their media URLs
+     */
+    result?: unknown;
 };
 import { Emitter } from "./emitter.js";
 import { PodstreamFile } from "./file.js";

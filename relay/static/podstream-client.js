@@ -1551,7 +1551,7 @@ var FrameError = class extends Error {
     this.name = "FrameError";
   }
 };
-var RECORD_KINDS = /* @__PURE__ */ new Set(["status", "progress", "item", "error", "done"]);
+var RECORD_KINDS = /* @__PURE__ */ new Set(["status", "progress", "item", "error", "result", "done"]);
 function encodeFrame(frame) {
   return encode(frame);
 }
@@ -1740,6 +1740,28 @@ var PodstreamFile = class {
 };
 
 // src/subscription.js
+var RESULT_PROBLEMS = /* @__PURE__ */ new Set(["bad_result", "incomplete_result", "result_too_large"]);
+var FILE_KEY = "$file";
+var LITERAL_KEY = "$literal";
+function substituteFiles(value, replace) {
+  if (Array.isArray(value)) return value.map((v) => substituteFiles(v, replace));
+  if (value === null || typeof value !== "object") return value;
+  const entries = Object.entries(value);
+  if (entries.length === 1) {
+    const [key, inner] = entries[0];
+    if (key === FILE_KEY && Number.isSafeInteger(inner) && /** @type {number} */
+    inner >= 0) {
+      return replace(
+        /** @type {number} */
+        inner
+      );
+    }
+    if (key === LITERAL_KEY && inner !== null && typeof inner === "object" && !Array.isArray(inner)) {
+      return Object.fromEntries(Object.entries(inner).map(([k, v]) => [k, substituteFiles(v, replace)]));
+    }
+  }
+  return Object.fromEntries(entries.map(([k, v]) => [k, substituteFiles(v, replace)]));
+}
 var TERMINAL_STATUSES = /* @__PURE__ */ new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
 function isTerminalStatus(status) {
   return status != null && TERMINAL_STATUSES.has(status);
@@ -1764,6 +1786,9 @@ var JobSubscription = class extends Emitter {
     this.results = [];
     this.doneRecord = null;
     this.failure = null;
+    this.resultRecord = null;
+    this._resultProblem = null;
+    this._manifestResult = void 0;
     this._pending = null;
     this._resolveUrl = options.resolveUrl ?? ((url) => url);
     this._fetch = options.fetch;
@@ -1808,6 +1833,28 @@ var JobSubscription = class extends Emitter {
         this._waiters.add(wake);
       });
     }
+  }
+  /**
+   * The job's structured result (a handler wrapped with `worker.wrap`), once the job is done: the value the
+   * handler returned with each file it held replaced by that file's URL (an object URL of the verified bytes
+   * in inline mode, the relay's media URL otherwise; `null` for an item that failed). `null` when the job
+   * has no result. Rejects if the subscription fails, or if the job's result was sent but did not arrive
+   * whole (`bad_result`, `incomplete_result`, `result_too_large`: the error's `code`).
+   * @returns {Promise<unknown>}
+   */
+  async result() {
+    await this.finished;
+    if (this._manifestResult !== void 0) return this._manifestResult;
+    const record = this.resultRecord;
+    if (record === null) {
+      const problem = this._resultProblem;
+      if (problem === null) return null;
+      throw Object.assign(new Error(`job ${this.jobId}: no result: ${problem.message}`), {
+        code: problem.code
+      });
+    }
+    const files = new Map(this.results.map((file) => [file.index, file]));
+    return substituteFiles(record.value, (item) => files.get(item)?.url ?? null);
   }
   /** Stop receiving this job (the client sends `unsub`). */
   unsubscribe() {
@@ -1924,15 +1971,24 @@ var JobSubscription = class extends Emitter {
         });
         return void 0;
       }
-      case "error":
+      case "error": {
         this.lastSeq = ev.seq;
-        this.emit("error", {
+        const error = {
           seq: ev.seq,
           item: typeof r.item === "number" ? r.item : null,
           code: String(r.code ?? "error"),
           message: String(r.message ?? ""),
           fatal: false
-        });
+        };
+        if (error.item === null && RESULT_PROBLEMS.has(error.code)) this._resultProblem = error;
+        if (error.item === null && error.code === "restarted") this.resultRecord = null;
+        this.emit("error", error);
+        return void 0;
+      }
+      case "result":
+        this.lastSeq = ev.seq;
+        this.resultRecord = { seq: ev.seq, value: r.value ?? null };
+        this.emit("result", this.resultRecord);
         return void 0;
       case "done": {
         this.lastSeq = ev.seq;
@@ -2079,6 +2135,7 @@ var JobSubscription = class extends Emitter {
     } else if (typeof manifest.errors === "number") {
       errors = Math.max(errors, manifest.errors);
     }
+    this._manifestResult = manifest.result ?? null;
     this.lastSeq = seq;
     if (isTerminalStatus(status)) {
       const done = { seq: ++seq, status, items: items.length, errors };
@@ -2771,5 +2828,6 @@ export {
   encodeFrame,
   isTerminalClose,
   isTerminalStatus,
-  sha256Hex
+  sha256Hex,
+  substituteFiles
 };
