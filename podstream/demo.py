@@ -559,12 +559,12 @@ def _print_summary(console: Console, summary: DemoSummary, table_cls: Any) -> No
     as_one = math.ceil(total / 3) * 4  # the whole batch as one base64 result
     console.print(
         f"largest RunPod message: {human_bytes(largest_post)} worker -> RunPod "
-        f"(cap {human_bytes(STREAM_CHUNK_CAP)} per stream chunk, {largest_post / STREAM_CHUNK_CAP:.0%} of it); "
+        f"(cap 1 MB = {STREAM_CHUNK_CAP:,} bytes per stream chunk, {largest_post / STREAM_CHUNK_CAP:.0%} of it); "
         f"largest /stream answer {human_bytes(largest_poll)}"
     )
     console.print(
         f"as one job result these files would be {human_bytes(as_one)} of base64 "
-        f"(RunPod's cap: {human_bytes(RESULT_CAP)}); streamed, no message comes near a cap at any batch size"
+        f"(RunPod's cap: 20 MB = {RESULT_CAP:,} bytes); streamed, no message comes near a cap at any batch size"
     )
     for run in summary.runs:
         if run.outcome is not None and not run.outcome.ok:
