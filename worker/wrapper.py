@@ -22,6 +22,10 @@ yielded first, so those files stay available and complete to every consumer.
 
 The returned function is itself an async generator function, as the SDK requires for streaming
 (`inspect.isasyncgenfunction`); sync handlers run in a worker thread, so the event loop never blocks.
+
+Recovery works as for the built-in worker: every envelope is recorded in the output cache (`worker.cache`)
+before it is yielded, and a `{"resend": {...}}` job (sent by a relay that found a gap) is answered from it,
+without calling the handler.
 """
 
 from __future__ import annotations
@@ -32,15 +36,18 @@ import binascii
 import inspect
 import io
 import logging
+import math
 import mimetypes
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from podstream import wire
+from worker.cache import CacheConfig, CacheWriter, OutputCache
 
 log = logging.getLogger("worker.wrapper")
 
@@ -73,6 +80,8 @@ class WrapConfig:
     output_dir: Path | None = None  # paths to files under it are streamed; None: paths stay strings
     part_bytes: int = wire.DEFAULT_PART_BYTES
     body_budget: int = wire.DEFAULT_BODY_BUDGET
+    cache: CacheConfig | None = None  # None: no output cache, so nothing can be resent
+    cache_sweep_interval_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WrapConfig:
@@ -82,7 +91,8 @@ class WrapConfig:
             chars = int(raw) if raw else cls.min_base64_chars
         except ValueError:
             raise ValueError(f"PODSTREAM_WRAP_MIN_BASE64={raw!r} is not a number") from None
-        return cls(min_base64_chars=chars, output_dir=Path(out) if out else None)
+        cache = CacheConfig.from_env(environ)
+        return cls(min_base64_chars=chars, output_dir=Path(out) if out else None, cache=cache)
 
 
 @dataclass
@@ -172,32 +182,49 @@ def wrap(handler: Callable[[dict[str, Any]], Any], config: WrapConfig | None = N
     if not callable(handler):
         raise TypeError(f"wrap() needs a handler function, got {type(handler).__name__}")
     cfg = config or WrapConfig.from_env()
+    cache = OutputCache(cfg.cache) if cfg.cache is not None and cfg.cache.enabled else None
+    swept = [-math.inf]
 
     async def streaming(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
+        from worker import handler as builtin  # the resend answer and the input check are the built-in's
+        from worker import inputs
+
+        if inputs.is_resend(job.get("input")):
+            async for resent in builtin.resend(cache, job):
+                yield resent
+            return
+        if cache is not None and time.monotonic() - swept[0] >= cfg.cache_sweep_interval_s:
+            swept[0] = time.monotonic()
+            await asyncio.to_thread(cache.sweep)
         job_id = job.get("id") if isinstance(job.get("id"), str) and job.get("id") else "local"
-        run = _Run(wire.Envelopes(str(job_id)[: wire.MAX_ID_CHARS], budget=cfg.body_budget), cfg)
+        envs = wire.Envelopes(str(job_id)[: wire.MAX_ID_CHARS], budget=cfg.body_budget)
+        run = _Run(envs, cfg, cache.writer(envs.job, envs.run) if cache is not None else None)
         values: list[Any] = []
         generator = inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler)
         try:
-            async for value in _outputs(handler, job):
-                if isinstance(value, Mapping) and value.get("error"):
-                    # RunPod's own FAILED convention: close what was streamed, then hand the SDK the error.
-                    for envelope in run.manifest():
+            try:
+                async for value in _outputs(handler, job):
+                    if isinstance(value, Mapping) and value.get("error"):
+                        # RunPod's own FAILED convention: close what was streamed, then give the SDK the error.
+                        for envelope in run.manifest():
+                            yield envelope
+                        yield {"error": value["error"]}
+                        return
+                    walked = run.walk.value(value, str(len(values)) if generator else "")
+                    async for envelope in run.stream_found():
                         yield envelope
-                    yield {"error": value["error"]}
-                    return
-                walked = run.walk.value(value, str(len(values)) if generator else "")
-                async for envelope in run.stream_found():
+                    values.append(walked)
+            except Exception:
+                for envelope in run.manifest():  # the files already streamed stay available, then FAILED
                     yield envelope
-                values.append(walked)
-        except Exception:
-            for envelope in run.manifest():  # the files already streamed stay available, then FAILED
+                raise
+            for envelope in run.recorded(envs.result(values if generator else values[0])):
                 yield envelope
-            raise
-        for envelope in run.envs.result(values if generator else values[0]):
-            yield envelope
-        for envelope in run.manifest():
-            yield envelope
+            for envelope in run.manifest():
+                yield envelope
+        finally:
+            if run.cached is not None:
+                run.cached.close()
 
     streaming.__name__ = getattr(handler, "__name__", "handler")
     streaming.__doc__ = getattr(handler, "__doc__", None)
@@ -207,11 +234,19 @@ def wrap(handler: Callable[[dict[str, Any]], Any], config: WrapConfig | None = N
 class _Run:
     """The envelopes of one wrapped job: files as they are found, then the manifest."""
 
-    def __init__(self, envs: wire.Envelopes, config: WrapConfig) -> None:
+    def __init__(self, envs: wire.Envelopes, config: WrapConfig, cached: CacheWriter | None) -> None:
         self.envs = envs
         self.config = config
+        self.cached = cached
         self.walk = _Walk(config)
         self.items: list[wire.ManifestItem] = []
+
+    def recorded(self, envelopes: Iterable[Envelope]) -> Iterator[Envelope]:
+        """Each envelope, recorded in the output cache first (a dropped POST can then be resent)."""
+        for envelope in envelopes:
+            if self.cached is not None:
+                self.cached.record(envelope)
+            yield envelope
 
     async def stream_found(self) -> AsyncIterator[Envelope]:
         found, self.walk.found = self.walk.found, []
@@ -221,14 +256,21 @@ class _Run:
             except Exception as exc:  # a file that cannot be read or encoded fails that item, not the job
                 log.warning("job %s: file %s failed: %s", self.envs.job, file.id, exc)
                 self.items.append(wire.ManifestItem(file.item, file.id, "error"))
-                yield self.envs.error(file.item, "file_failed", _message(exc), id=file.id)
+                for envelope in self.recorded(
+                    [self.envs.error(file.item, "file_failed", _message(exc), id=file.id)]
+                ):
+                    yield envelope
                 continue
-            parts = self.envs.parts(
-                file.item,
-                data,
-                mime=mime or "application/octet-stream",
-                id=file.id,
-                part_bytes=self.config.part_bytes,
+            if self.cached is not None:
+                await asyncio.to_thread(self.cached.put_item, file.item, data)
+            parts = self.recorded(
+                self.envs.parts(
+                    file.item,
+                    data,
+                    mime=mime or "application/octet-stream",
+                    id=file.id,
+                    part_bytes=self.config.part_bytes,
+                )
             )
             for envelope in parts:
                 if envelope["part"] == 0:
@@ -242,7 +284,7 @@ class _Run:
             del data
 
     def manifest(self) -> list[Envelope]:
-        return self.envs.manifest(sorted(self.items, key=lambda m: m.item))
+        return list(self.recorded(self.envs.manifest(sorted(self.items, key=lambda m: m.item))))
 
 
 async def _outputs(handler: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> AsyncIterator[Any]:

@@ -26,6 +26,7 @@ from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from tests.worker.support import Reassembled, reassemble
 from tests.worker.wrapped import b64, payload
+from worker.cache import CacheConfig
 from worker.wrapper import WrapConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +224,10 @@ def test_wrap_refuses_what_is_not_a_handler_and_reads_its_env() -> None:
     with pytest.raises(TypeError, match="needs a handler function"):
         worker.wrap(42)  # type: ignore[arg-type]
     config = WrapConfig.from_env({"PODSTREAM_OUTPUT_DIR": "/tmp/out", "PODSTREAM_WRAP_MIN_BASE64": "64"})
-    assert config == WrapConfig(min_base64_chars=64, output_dir=Path("/tmp/out"))
+    assert (config.min_base64_chars, config.output_dir) == (64, Path("/tmp/out"))
+    assert config.cache is not None and config.cache.enabled  # as for the built-in worker
+    off = WrapConfig.from_env({"PODSTREAM_CACHE_MAX_BYTES": "0"}).cache
+    assert off is not None and not off.enabled
     with pytest.raises(ValueError, match="PODSTREAM_WRAP_MIN_BASE64='x' is not a number"):
         WrapConfig.from_env({"PODSTREAM_WRAP_MIN_BASE64": "x"})
 
@@ -296,3 +300,29 @@ def test_the_wrapped_worker_takes_the_next_job_after_one(tmp_path: Path) -> None
                 assert result_with_files(got) == [
                     {"index": k, "video": payload(k, 5000)} for k in range(files)
                 ]
+
+
+def test_a_resend_job_is_answered_from_the_output_cache_without_the_handler(tmp_path: Path) -> None:
+    calls: list[Any] = []
+
+    def handler(job: dict[str, Any]) -> Any:
+        calls.append(job["input"])
+        return {"files": [b64(0, 5000), b64(1, 700_000)]}
+
+    wrapped = worker.wrap(handler, WrapConfig(cache=CacheConfig(root=tmp_path / "cache")))
+    first = asyncio.run(_collect_job(wrapped, {"id": "job-1", "input": {"n": 2}}))
+    lost = [e["seq"] for e in first if e["type"] in ("part", "result")]
+    again = asyncio.run(
+        _collect_job(wrapped, {"id": "resend-1", "input": {"resend": {"job": "job-1", "seqs": lost}}})
+    )
+    assert calls == [{"n": 2}]  # the resend never reached the handler
+    assert again[-1]["resent"]["count"] == len(lost) and again[-1]["resent"]["missing"] == []
+    by_seq = {e["seq"]: e for e in first}
+    assert again[:-1] == [by_seq[s] for s in lost]  # the very envelopes, data included
+    survivor = [e for e in first if e["seq"] not in lost]  # as if only those had arrived, then the resend
+    got = reassemble(survivor + again[:-1], "job-1")
+    assert got.problems == [] and result_with_files(got) == {"files": [payload(0, 5000), payload(1, 700_000)]}
+
+
+async def _collect_job(handler: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e async for e in handler(job)]
