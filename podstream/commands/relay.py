@@ -89,6 +89,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--scopes", default=None, help="with --generate-key: the key's scopes, e.g. jobs:read (default: all)"
     )
+    cluster = parser.add_argument_group(
+        "cluster mode (docs/deploy.md: both URLs, the same PODSTREAM_TOKEN_SECRET)"
+    )
+    cluster.add_argument(
+        "--redis-url", metavar="URL", help="redis://HOST:PORT/DB: journals, leases, job index"
+    )
+    cluster.add_argument("--media-url", metavar="URL", help="s3://BUCKET/PREFIX: media files")
+    cluster.add_argument("--s3-endpoint-url", metavar="URL", help="S3 API endpoint (MinIO, R2); default AWS")
+    cluster.add_argument("--replica-id", metavar="NAME", help="this replica's name (default hostname-pid)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument(
         "--log-format",
@@ -132,6 +141,42 @@ def generate(scopes: str | None) -> str:
     )
 
 
+def cluster_settings(args: argparse.Namespace, settings: Any) -> Any:
+    """The cluster-mode settings (both URLs, or neither), checked against the rest: else exit 2."""
+    from relay.backends.settings import ClusterSettings
+    from relay.config import ConfigError
+
+    try:
+        names = ("redis_url", "media_url", "s3_endpoint_url", "replica_id")
+        cluster = ClusterSettings.from_env(None, **{name: getattr(args, name, None) for name in names})
+        cluster.check(settings)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return cluster
+
+
+def start_cluster(cluster: Any) -> None:
+    """Cluster mode: Redis and the bucket probed (exit 1 when one cannot be used)."""
+    from podstream.cli import CommandError
+
+    try:
+        from relay.backends.cluster import ClusterUnavailable, start_check
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"cluster mode needs the cluster extra (pip install 'podstream[cluster]'): {exc}"
+        ) from None
+    try:
+        logging.getLogger("podstream.relay").info("cluster mode: %s", start_check(cluster))
+    except ClusterUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    # The pollers, journals and subscribers do not run on these backends yet (issue 13): refuse rather than
+    # run as a lone replica on local disk while the operator believes it shares Redis and S3.
+    raise UsageError(
+        "cluster mode: Redis and the bucket answer, but this relay cannot serve from them yet "
+        "(relay/backends is not wired into the pollers); start it without --redis-url/--media-url"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.generate_key:
         print(generate(args.scopes), end="")
@@ -142,12 +187,15 @@ def run(args: argparse.Namespace) -> int:
     from relay.service import authorizer_from
 
     settings = settings_from(args)
+    cluster = cluster_settings(args, settings)
     configure(args.log_level, settings.log_format)
     log = logging.getLogger("podstream.relay")
     try:
         authorizer_from(settings)  # refuses to start without keys unless --insecure
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    if cluster.enabled:
+        start_cluster(cluster)
     if settings.insecure:
         log.warning(INSECURE_WARNING.format(where=f"{settings.host}:{settings.port}"))
     if not settings.runpod_url:

@@ -18,10 +18,9 @@ from typing import Final
 import redis
 
 from relay.backends.keys import Keys
-from relay.backends.protocols import Lease
+from relay.backends.protocols import DEFAULT_LEASE_TTL_S, Lease
 
-#: How long a lease lasts without renewal; a dead holder's jobs are taken over within about this.
-DEFAULT_TTL_S: Final = 10.0
+DEFAULT_TTL_S: Final = DEFAULT_LEASE_TTL_S
 
 _ACQUIRE: Final = """
 if not redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[2]) then return false end

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 
 class JournalBackend(Protocol):
@@ -76,6 +76,10 @@ class MediaStore(Protocol):
     def stat(self, key: str) -> StoredObject | None: ...
 
     def delete_job(self, job: str) -> int: ...
+
+
+#: How long a lease lasts without renewal; a dead holder's jobs are taken over within about this.
+DEFAULT_LEASE_TTL_S: Final = 10.0
 
 
 @dataclass(frozen=True)
