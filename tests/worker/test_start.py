@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 import worker
-from worker.model import Context, File, Request, Result
-from worker.start import NotOnRunPod, as_model, read_job_input
+from worker.model import Context, File, FunctionModel, Request, Result
+from worker.start import DeclaredInput, NotOnRunPod, as_model, read_job_input
 
 
 def generate(request: Request, ctx: Context) -> Result:
@@ -53,3 +54,34 @@ def test_read_job_input_accepts_the_input_or_a_run_body(tmp_path: Path) -> None:
     assert read_job_input(str(path)) == {"task": "text-to-image"}
     path.write_text(json.dumps({"task": "text-to-image"}))
     assert read_job_input(str(path)) == {"task": "text-to-image"}
+
+
+class Card(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    num_images: int = 1
+    seed: int | None = None
+
+
+def card(request: Request, ctx: Context) -> Result:
+    assert isinstance(request.input, Card)
+    return File(f"{request.input.prompt} #{request.output} seed {request.seed}".encode(), "text/plain")
+
+
+def test_run_once_with_an_input_model(tmp_path: Path) -> None:
+    report = worker.run_once(card, {"prompt": "hi", "num_images": 2, "seed": 3}, tmp_path, input_model=Card)
+    assert report.ok and [p.read_bytes() for _, p in sorted(report.files.items())] == [
+        b"hi #0 seed 3", b"hi #1 seed 4"
+    ]  # fmt: skip
+    with pytest.raises(worker.JobInputError, match=r"^input\.prompt: Field required$"):
+        worker.run_once(card, {"num_images": 2}, tmp_path, input_model=Card)
+
+
+def test_an_input_model_given_to_serve_for_a_model_object(tmp_path: Path) -> None:
+    model = FunctionModel(card, tasks={"cards"})
+    declared = as_model(model, input_model=Card)
+    assert (
+        isinstance(declared, DeclaredInput) and declared.input_model is Card and declared.tasks == {"cards"}
+    )
+    report = worker.run_once(declared, {"prompt": "yo"}, tmp_path)
+    assert report.ok and report.files[0].read_bytes().startswith(b"yo #0 seed ")
