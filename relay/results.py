@@ -16,16 +16,17 @@ from podstream import wire
 from relay.records import MAX_RECORD_BYTES
 from relay.store import ERROR, RESULT, JobStore
 
-#: Room left in a journal record for its other fields and encoding.
-_RECORD_SLACK: Final = 4096
+#: The largest result (as compact JSON) the journal keeps. Half a record: the ingest log's record of the
+#: result's last page holds that page (under 1 MB) and this record together, within `MAX_RECORD_BYTES`.
+MAX_RESULT_RECORD_BYTES: Final = MAX_RECORD_BYTES // 2
 
 
 def result_entry(event: wire.ResultReceived) -> tuple[str, dict[str, Any]]:
     """The journal entry for a complete result: `result {value}`, or an error when it cannot be stored."""
     size = len(json.dumps(event.value, separators=(",", ":")).encode())
-    if size > MAX_RECORD_BYTES - _RECORD_SLACK:
+    if size > MAX_RESULT_RECORD_BYTES:
         message = (
-            f"the job's result is {size} bytes of JSON, over the {MAX_RECORD_BYTES} a journal record holds"
+            f"the job's result is {size} bytes of JSON, over the {MAX_RESULT_RECORD_BYTES} the relay keeps"
         )
         return ERROR, {"item": None, "code": "result_too_large", "message": message}
     return RESULT, {"value": event.value}

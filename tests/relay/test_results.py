@@ -82,3 +82,13 @@ def test_the_result_is_served_with_media_urls_and_watched_into_result_json(tmp_p
         finally:
             relay.terminate()
             relay.wait(30)
+
+
+def test_a_result_too_large_for_the_journal_is_a_job_level_error() -> None:
+    from podstream import wire
+    from relay.results import MAX_RESULT_RECORD_BYTES, result_entry
+
+    kind, fields = result_entry(wire.ResultReceived(9, {"images": [wire.file_ref(0)]}))
+    assert (kind, fields) == ("result", {"value": {"images": [{"$file": 0}]}})
+    kind, fields = result_entry(wire.ResultReceived(9, "x" * MAX_RESULT_RECORD_BYTES))
+    assert kind == "error" and fields["code"] == "result_too_large" and fields["item"] is None
