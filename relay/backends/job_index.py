@@ -1,4 +1,5 @@
-"""The job index in Redis: which jobs exist (sorted by creation), their metadata, and retention deadlines.
+"""The job index in Redis: which jobs exist (sorted by creation), which are unfinished, their metadata, and
+retention deadlines.
 
 `create` is `SET meta NX` (two replicas attaching the same job at once: one creates it, the other finds it),
 plus `ZADD jobs`. A finished job's deadline goes into the `expiry` sorted set, so the sweeper (one replica at
@@ -24,7 +25,11 @@ class RedisJobIndex:
         """Record a new job; False (and nothing changed) when it exists already."""
         if not self.client.set(self.keys.meta(job), json.dumps(meta), nx=True):
             return False
-        self.client.zadd(self.keys.jobs, {job: float(meta.get("created_at", 0.0))})
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self.keys.jobs, {job: float(meta.get("created_at", 0.0))})
+        if not meta.get("finished_at"):
+            pipe.sadd(self.keys.active, job)
+        pipe.execute()
         return True
 
     def meta(self, job: str) -> dict[str, Any] | None:
@@ -39,9 +44,17 @@ class RedisJobIndex:
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.meta(job), json.dumps(meta))
         finished, keep = meta.get("finished_at"), meta.get("retention_s")
-        if isinstance(finished, int | float) and isinstance(keep, int | float) and keep > 0:
-            pipe.zadd(self.keys.expiry, {job: float(finished) + float(keep)})
+        if isinstance(finished, int | float):
+            pipe.srem(self.keys.active, job)
+            if isinstance(keep, int | float) and keep > 0:
+                pipe.zadd(self.keys.expiry, {job: float(finished) + float(keep)})
         pipe.execute()
+
+    def active(self) -> list[str]:
+        """Jobs not finished yet (each needs exactly one poller somewhere)."""
+        return sorted(
+            j.decode() if isinstance(j, bytes) else str(j) for j in self.client.smembers(self.keys.active)
+        )
 
     def exists(self, job: str) -> bool:
         return bool(self.client.exists(self.keys.meta(job)))
@@ -63,4 +76,5 @@ class RedisJobIndex:
         pipe.delete(k.meta(job), k.journal(job), k.wire(job), k.lease(job), k.fence(job))
         pipe.zrem(k.jobs, job)
         pipe.zrem(k.expiry, job)
+        pipe.srem(k.active, job)
         pipe.execute()

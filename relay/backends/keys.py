@@ -37,6 +37,11 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def active(self) -> str:
+        """Set: jobs not finished yet (what a replica may have to take over)."""
+        return f"{self.prefix}:active"
+
+    @property
     def expiry(self) -> str:
         """Sorted set: finished job -> the time it is to be deleted."""
         return f"{self.prefix}:expiry"

@@ -19,6 +19,9 @@ def test_a_job_is_created_once_and_listed(rclient: redis.Redis) -> None:
     assert not index.create("a", {"job": "a", "created_at": 9.0, "source": "other replica"})
     assert index.meta("a") == {"job": "a", "created_at": 1.0, "source": "attach"}
     assert index.job_ids() == ["a", "b"] and index.exists("b")
+    assert index.active() == ["a", "b"]  # not finished: each needs a poller
+    index.update("a", {"job": "a", "created_at": 1.0, "finished_at": 3.0})
+    assert index.active() == ["b"] and index.job_ids() == ["a", "b"]
 
 
 def test_finished_jobs_with_a_retention_expire(rclient: redis.Redis) -> None:
@@ -28,6 +31,7 @@ def test_finished_jobs_with_a_retention_expire(rclient: redis.Redis) -> None:
     index.update("keep", {"created_at": 1.0, "finished_at": 100.0})  # no retention: never expires
     index.update("short", {"created_at": 1.0, "finished_at": 100.0, "retention_s": 50.0})
     assert index.meta("short") == {"created_at": 1.0, "finished_at": 100.0, "retention_s": 50.0}
+    assert index.active() == []
     assert index.expired(149.0) == [] and index.expired(150.0) == ["short"]
 
 
@@ -45,4 +49,8 @@ def test_delete_forgets_every_key_of_the_job(rclient: redis.Redis) -> None:
     index.delete("job")
     assert index.job_ids() == ["other"] and index.meta("job") is None and index.expired(10.0) == []
     keys: Any = rclient.keys("*")
-    assert sorted(k.decode() for k in keys) == ["podstream:jobs", "podstream:{other}:meta"]
+    assert sorted(k.decode() for k in keys) == [
+        "podstream:active",
+        "podstream:jobs",
+        "podstream:{other}:meta",
+    ]
