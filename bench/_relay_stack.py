@@ -95,7 +95,9 @@ async def stack(
     *relay_args: str, fsync: str = "always", runpod_url: str | None = None
 ) -> AsyncIterator[Stack]:
     """The emulator and a relay following it (or following `runpod_url`, a RunPod stand-in, instead)."""
-    config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0)
+    # The scripted worker sends no heartbeats (worker liveness is beside the point here): a long grace, so a
+    # slow run on a busy machine is not failed by the emulator's heartbeat check.
+    config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0, heartbeat_grace_s=3600.0)
     with tempfile.TemporaryDirectory(prefix="podstream-bench-") as tmp:
         async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
             port = free_port()

@@ -246,7 +246,9 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "",
             f"Peak RSS (the kernel's `VmHWM`) of a fresh relay process per job size while the job streams live "
             f"to {d['subscribers']} subscribers. Target: flat in job size (biggest within 1.20x of the "
-            "smallest) and under 200 MiB.",
+            "smallest) and under 200 MiB. Memory is bounded by configuration: the chunk cache alone may "
+            "hold 32 MiB of encoded frames, which a job smaller than that cannot fill, so the sizes start "
+            "above it.",
             "",
             "| job MB | idle MiB | peak MiB |",
             "| --- | --- | --- |",
@@ -263,7 +265,9 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "## Worker overlap",
             "",
             "The real handler with a model of controlled generation time G; E (encode and send one item: "
-            "base64, sha256, JSON, POST) is measured per item. Target: total <= 1.1 x N x max(G, E).",
+            "base64, sha256, JSON, POST) is measured per item. Target: total <= 1.1 x N x max(G, E). "
+            "The model here (`worker.model.SleepModel`) sleeps, so its generation releases the GIL as a "
+            "GPU's does; encoding and the POSTs share one interpreter.",
             "",
             "| case | G s | E s (median) | total / N max(G,E) | total / serial N(G+E) | first file s |",
             "| --- | --- | --- | --- | --- | --- |",
