@@ -447,6 +447,7 @@ def start_relay(endpoint_url: str, data_dir: Path, port: int, log: Path) -> subp
     argv = [
         sys.executable, "-m", "podstream", "relay", "--runpod-url", endpoint_url, "--data-dir", str(data_dir),
         "--port", str(port), "--fsync", "never", "--poll-wait-ms", "2000",
+        "--input-schema", "off",  # the scripted handler takes {"sizes", "delay"}, not the built-in shape
     ]  # fmt: skip
     with log.open("ab") as out:
         env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "k", "PODSTREAM_API_KEYS": hash_key(RELAY_KEY)}
