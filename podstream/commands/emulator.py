@@ -113,6 +113,7 @@ async def _serve(emulator: Emulator, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
     # A worker command that cannot start is given up on (after backing off): stop, and say why.
     def given_up(failure: object) -> None:
         loop.call_soon_threadsafe(stop.set)
