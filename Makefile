@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints/dev.txt
 PKGS := podstream worker relay
 
-.PHONY: help venv js test test-py test-js lint bench bench-full demo clean
+.PHONY: help venv js test test-py test-js lint bench bench-full chaos demo clean
 
 help:
 	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint   - ruff, mypy --strict, hadolint"
 	@echo "make bench  - benchmarks, short forms; writes docs/benchmarks.md and docs/bench/*.png"
 	@echo "make bench-full - the same at the full sizes (tens of minutes, GBs of disk)"
+	@echo "make chaos  - relay kills, RunPod faults, connection floods and fuzz at once; one table (a few minutes)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,9 @@ bench: venv
 
 bench-full: venv
 	$(PY) -m bench --full --report docs
+
+chaos: venv
+	$(PY) -m bench.chaos --items 60 --kills 5 --probes 600 --flood 300
 
 demo: venv js
 	$(VENV)/bin/podstream demo
