@@ -450,3 +450,28 @@ def test_jobs_lists_the_newest_first(tmp_path: Path) -> None:
         assert [row.split()[0] for row in rows] == submitted[::-1]
         as_json = json.loads(podstream("jobs", "--relay", stack.relay, "--key", stack.key, "--json").stdout)
         assert [job["id"] for job in as_json["jobs"]] == submitted[::-1]
+
+
+def test_resume_command_names_credentials_never_shows_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from podstream.commands.watch import resume_command
+
+    out = Path("out")
+    monkeypatch.delenv("PODSTREAM_API_KEY", raising=False)
+    monkeypatch.delenv("PODSTREAM_TOKEN", raising=False)
+    base = "podstream watch j --relay http://r --out out --from 7"
+    assert resume_command("j", "http://r", out, 7, key=None, token=None) == base
+    with_key = resume_command("j", "http://r", out, 7, key="psk_secret", token="tok")
+    assert (
+        with_key
+        == base + ' --key "$PODSTREAM_API_KEY"  (with PODSTREAM_API_KEY set to the relay API key used here)'
+    )
+    with_token = resume_command("j", "http://r", out, 7, key=None, token="tok_secret")
+    assert (
+        with_token
+        == base + ' --token "$PODSTREAM_TOKEN"  (with PODSTREAM_TOKEN set to the job\'s token used here)'
+    )
+    monkeypatch.setenv("PODSTREAM_API_KEY", "psk_secret")  # already where the command will read it
+    assert (
+        resume_command("j", "http://r", out, 7, key="psk_secret", token=None)
+        == base + ' --key "$PODSTREAM_API_KEY"'
+    )
