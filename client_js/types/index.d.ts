@@ -1,5 +1,4 @@
 export { Backoff } from "./backoff.js";
-export { Emitter } from "./emitter.js";
 export type ClientOptions = import("./client.js").ClientOptions;
 export type ClientEvents = import("./client.js").ClientEvents;
 export type ConnectionState = import("./client.js").ConnectionState;
@@ -16,6 +15,7 @@ export type ItemStart = import("./subscription.js").ItemStart;
 export type ResultEvent = import("./subscription.js").ResultEvent;
 export type Manifest = import("./subscription.js").Manifest;
 export { PodstreamClient, RelayHttpError } from "./client.js";
+export { Emitter, PodstreamEvent } from "./emitter.js";
 export { IntegrityError, PodstreamFile, sha256Hex } from "./file.js";
 export { CloseCode, FrameError, decodeFrame, encodeFrame, isTerminalClose } from "./frames.js";
 export { JobSubscription, isTerminalStatus, substituteFiles } from "./subscription.js";

@@ -34,55 +34,68 @@ var Backoff = class {
 };
 
 // src/emitter.js
-var Emitter = class {
+var PodstreamEvent = class extends Event {
+  /**
+   * @param {string} type
+   * @param {unknown} detail
+   */
+  constructor(type, detail) {
+    super(type);
+    this.detail = detail;
+  }
+};
+var Emitter = class extends EventTarget {
   constructor() {
-    this._handlers = /* @__PURE__ */ new Map();
+    super();
+    this._listeners = /* @__PURE__ */ new Map();
   }
   /**
-   * Call `handler` on every `event`; returns a function that removes it.
-   * @template {keyof Events} K
+   * Call `handler` with the payload of every `event`; returns a function that removes it. Adding the same
+   * handler twice for one event adds it once, as `addEventListener` does.
+   * @template {keyof Events & string} K
    * @param {K} event
    * @param {(payload: Events[K]) => void} handler
    * @returns {() => void}
    */
   on(event, handler) {
-    let set = this._handlers.get(event);
-    if (!set) {
-      set = /* @__PURE__ */ new Set();
-      this._handlers.set(event, set);
+    let byHandler = this._listeners.get(event);
+    if (!byHandler) {
+      byHandler = /* @__PURE__ */ new Map();
+      this._listeners.set(event, byHandler);
     }
-    set.add(handler);
+    if (!byHandler.has(handler)) {
+      const listener = (e) => handler(
+        /** @type {Events[K]} */
+        /** @type {PodstreamEvent} */
+        e.detail
+      );
+      byHandler.set(handler, listener);
+      this.addEventListener(event, listener);
+    }
     return () => this.off(event, handler);
   }
   /**
-   * @template {keyof Events} K
+   * @template {keyof Events & string} K
    * @param {K} event
    * @param {(payload: Events[K]) => void} handler
    * @returns {void}
    */
   off(event, handler) {
-    this._handlers.get(event)?.delete(handler);
+    const listener = this._listeners.get(event)?.get(handler);
+    if (!listener) return;
+    this._listeners.get(event)?.delete(handler);
+    this.removeEventListener(event, listener);
   }
   /**
-   * Call the handlers of `event` in the order they were added. A handler that throws does not stop the others
-   * or the caller: the error is reported asynchronously (as an uncaught error), like a DOM event listener's.
-   * @template {keyof Events} K
+   * Dispatch `event` with `payload` to its listeners, synchronously, in the order they were added. A listener
+   * that throws does not stop the others or the caller: the platform reports the error as uncaught.
+   * @template {keyof Events & string} K
    * @param {K} event
    * @param {Events[K]} payload
    * @returns {void}
    */
   emit(event, payload) {
-    const set = this._handlers.get(event);
-    if (!set) return;
-    for (const handler of [...set]) {
-      try {
-        handler(payload);
-      } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
-    }
+    this.dispatchEvent(new PodstreamEvent(event, payload));
   }
 };
 
@@ -2822,6 +2835,7 @@ export {
   IntegrityError,
   JobSubscription,
   PodstreamClient,
+  PodstreamEvent,
   PodstreamFile,
   RelayHttpError,
   decodeFrame,
