@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +290,25 @@ def test_import_relay_app_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+async def test_readyz_reports_file_descriptor_pressure(relay_server: RelayServer) -> None:
+    """Issue 12 item 1: near RLIMIT_NOFILE, /readyz says so (503), so a balancer stops sending traffic."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        ready = (await http.get(f"{relay_server.url}/readyz")).json()
+        assert ready["ready"] is True and ready["open_fds"] < ready["fd_limit"]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        ballast = [os.open(os.devnull, os.O_RDONLY) for _ in range(80)]  # so that 6 more is > 90 % in use
+        try:
+            open_now = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 6, hard))  # > 90 % in use
+            r = await http.get(f"{relay_server.url}/readyz")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for fd in ballast:
+                os.close(fd)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["fd_limit"] == open_now + 6
+        assert any("file descriptors" in p for p in body["problems"]), body
+        assert (await http.get(f"{relay_server.url}/readyz")).status_code == 200
