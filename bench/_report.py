@@ -98,7 +98,8 @@ def ingest_chart(figures: dict[str, dict[str, Any]], out: Path, machine: dict[st
                     ha="center", va="bottom", fontsize=8)  # fmt: skip
     ax.set_xticks(list(x), names)
     ax.set(ylabel="MB/s", title="Ingest against the bare loop (target >= 0.8)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, max(bare + ours, default=1) * 1.4)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper left")
     return save(fig, out / "ingest.png", machine, form)
 
 
@@ -308,6 +309,8 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "",
         ]
     out += [
+        "The figures behind this page and its charts, as measured: [bench/results.json](bench/results.json).",
+        "",
         "## Not measured here",
         "",
         "- GPU pipelines (issue 16, item 7): no GPU machine was lent to this session; see above.",
@@ -334,6 +337,8 @@ def write(results: Path, docs: Path, *, full: bool, failed: list[str]) -> list[P
         charts.append(latency_chart(figures["relay_latency"], charts_dir, machine, form))
     if "relay_memory" in figures:
         charts.append(memory_chart(figures["relay_memory"], charts_dir, machine, form))
+    raw = charts_dir / "results.json"  # the figures behind the page and charts, as measured
+    raw.write_text(json.dumps({"machine": machine, "full": full, "failed": failed, **figures}, indent=1))
     page = docs / "benchmarks.md"
     page.write_text(markdown(figures, charts, machine, full, failed))
-    return [page, *charts]
+    return [page, *charts, raw]

@@ -103,9 +103,11 @@ def test_report_writes_the_page_and_one_png_per_chart(tmp_path: Path) -> None:
     written = _report.write(figures(tmp_path), tmp_path / "docs", full=False, failed=["worker_wire"])
     page = (tmp_path / "docs" / "benchmarks.md").read_text()
     charts = sorted(p.name for p in (tmp_path / "docs" / "bench").iterdir())
-    assert charts == ["fanout.png", "ingest.png", "latency.png", "memory.png"]
-    assert len(written) == 5
-    for name in charts:
+    assert charts == ["fanout.png", "ingest.png", "latency.png", "memory.png", "results.json"]
+    assert len(written) == 6
+    raw = json.loads((tmp_path / "docs" / "bench" / "results.json").read_text())
+    assert raw["failed"] == ["worker_wire"] and raw["relay_ingest"]["ratio"] == 0.61
+    for name in charts[:-1]:
         assert (tmp_path / "docs" / "bench" / name).read_bytes().startswith(b"\x89PNG")
         assert f"](bench/{name})" in page
     assert "| 10 | 0.85 |" in page  # the fan-out row as measured
