@@ -108,6 +108,7 @@ class OnceReport:
     problems: list[str] = field(default_factory=list)
     envelopes: int = 0
     largest_body: int = 0
+    seeds: dict[int, int] = field(default_factory=dict)  # the seed of each file, from the manifest
 
     @property
     def ok(self) -> bool:
@@ -138,6 +139,10 @@ async def run_once_async(
                     report.files[event.item] = Path(event.result)
                 elif isinstance(event, wire.ItemFailed):
                     report.errors[event.item] = f"{event.code}: {event.message}"
+                elif isinstance(event, wire.ManifestReceived):
+                    report.seeds = {
+                        e["item"]: e["seed"] for e in event.items if isinstance(e.get("seed"), int)
+                    }
                 elif isinstance(event, wire.Problem):
                     report.problems.append(f"{event.code}: {event.message}")
         report.problems.extend(f"{p.code}: {p.message}" for p in assembler.finish())
@@ -147,6 +152,7 @@ async def run_once_async(
         "job": job_id,
         "files": {str(i): p.name for i, p in sorted(report.files.items())},
         "errors": {str(i): e for i, e in sorted(report.errors.items())},
+        "seeds": {str(i): s for i, s in sorted(report.seeds.items())},
         "problems": report.problems,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -73,6 +73,8 @@ def test_run_once_with_an_input_model(tmp_path: Path) -> None:
     assert report.ok and [p.read_bytes() for _, p in sorted(report.files.items())] == [
         b"hi #0 seed 3", b"hi #1 seed 4"
     ]  # fmt: skip
+    assert report.seeds == {0: 3, 1: 4}
+    assert json.loads((tmp_path / "manifest.json").read_text())["seeds"] == {"0": 3, "1": 4}
     with pytest.raises(worker.JobInputError, match=r"^input\.prompt: Field required$"):
         worker.run_once(card, {"num_images": 2}, tmp_path, input_model=Card)
 
