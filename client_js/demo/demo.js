@@ -415,7 +415,8 @@ function setStatus(status) {
   const badge = $("job-status");
   badge.textContent = status;
   badge.dataset.status = status;
-  $("cancel").hidden = isTerminalStatus(status);
+  // Only a job that is still running can be cancelled, and only with an API key (a link gives read access).
+  $("cancel").hidden = isTerminalStatus(status) || status === "unknown" || status === "…" || !client.apiKey;
 }
 
 /** @param {string} text */

@@ -345,6 +345,7 @@ test(
       await second.textContent("#job-errors"),
       "This link cannot be used: this link is unknown, used up or expired: ask for a new one",
     );
+    assert.ok(await second.isHidden("#cancel"), "nothing to cancel, and no key to cancel with");
     await screenshotOf(second, "spent-link");
   },
 );
@@ -365,6 +366,7 @@ test(
     await viewer.click("#open-form button");
     await viewer.waitForSelector("#job-errors div");
     assert.equal(await viewer.textContent("#job-errors"), "unknown API key");
+  assert.ok(await viewer.isHidden("#cancel"), "no Cancel for a job that could not be opened");
     assert.doesNotMatch((await viewer.textContent("body")) ?? "", /object Object/);
     await screenshotOf(viewer, "wrong-key");
   },
