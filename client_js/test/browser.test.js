@@ -366,7 +366,7 @@ test(
     await viewer.click("#open-form button");
     await viewer.waitForSelector("#job-errors div");
     assert.equal(await viewer.textContent("#job-errors"), "unknown API key");
-  assert.ok(await viewer.isHidden("#cancel"), "no Cancel for a job that could not be opened");
+    assert.ok(await viewer.isHidden("#cancel"), "no Cancel for a job that could not be opened");
     assert.doesNotMatch((await viewer.textContent("body")) ?? "", /object Object/);
     await screenshotOf(viewer, "wrong-key");
   },
