@@ -348,7 +348,9 @@ async def media(request: Request) -> Response:
     except MediaRetry as exc:
         raise ApiError(503, "try_again", str(exc), headers={"retry-after": "1"}) from None
     except (MediaGone, OSError) as exc:
-        message = str(exc) if isinstance(exc, MediaGone) else f"the file of item {item} is no longer available"
+        message = (
+            str(exc) if isinstance(exc, MediaGone) else f"the file of item {item} is no longer available"
+        )
         raise ApiError(410, "gone", message) from None
     return _ReadingFileResponse(
         store, relay, path, headers=headers, media_type=record["mime"] or "application/octet-stream",
