@@ -394,6 +394,10 @@ class JobStore:
         self.fsync = fsync
         self.media = self.dir / "media"
         self.media.mkdir(parents=True, exist_ok=True)
+        self._media_real = self.media.resolve()
+        #: `_file` names already checked to stay inside `media` (resolve() is a syscall per path component,
+        #: and media_path runs for every item sent to every subscriber).
+        self._media_paths: dict[str, Path] = {}
         self.journal = Journal(self.dir / "journal.log", fsync=fsync, tail=tail)
         self.wire = RecordLog(self.dir / "wire.log", fsync=fsync)
         self.meta: dict[str, Any] = {}
@@ -531,9 +535,12 @@ class JobStore:
         name = record.get("_file")
         if not isinstance(name, str) or not name:
             return None
-        path = self.media / name
-        if path.resolve().parent.parent != self.media.resolve():
-            return None
+        path = self._media_paths.get(name)
+        if path is None:
+            path = self.media / name
+            if path.resolve().parent.parent != self._media_real:
+                return None
+            self._media_paths[name] = path
         return path
 
     def check_media(self, record: dict[str, Any]) -> Path | None:

@@ -371,3 +371,28 @@ async def test_media_over_http_says_try_again_for_a_passing_error_and_gone_for_a
         finally:
             await relay.stop()
             await worker.close()
+
+
+def test_media_path_stays_inside_media_and_resolves_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = Store(tmp_path, fsync=False).create("job-1", source="attach")
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", job.media / "9")  # a run directory that leads out of the job
+    for bad in ("../../../etc/passwd", "1/../../x.mp4", "/etc/passwd", "x.mp4", "1/2/x.mp4", "9/x.mp4"):
+        assert job.media_path({"_file": bad}) is None, bad
+    assert job.media_path({"_file": ""}) is None and job.media_path({}) is None
+    resolved: list[Path] = []
+    resolve = Path.resolve
+
+    def counting(self: Path, strict: bool = False) -> Path:
+        resolved.append(self)
+        return resolve(self, strict)
+
+    monkeypatch.setattr(Path, "resolve", counting)
+    path = job.media_path({"_file": "1/00000.mp4"})
+    assert path == job.media / "1" / "00000.mp4"
+    for _ in range(10):  # every subscriber, every item: the same answer without resolving again
+        assert job.media_path({"_file": "1/00000.mp4"}) == path
+    assert resolved == [path]
+    assert job.media_path({"_file": "9/x.mp4"}) is None  # a refused name is not remembered as good
