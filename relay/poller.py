@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podstream import wire
+from podstream.stream_split import entry_output as _entry_output
 from relay import results, uploads
 from relay.repair import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
 from relay.runpod import (
@@ -49,7 +50,6 @@ from relay.runpod import (
     RunPodClient,
     RunPodError,
     StreamBatch,
-    parse_entry,
 )
 from relay.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
 
@@ -501,43 +501,6 @@ def _lost_record(seq: int) -> Entry:
         "code": LOST_RECORD,
         "message": f"journal record {seq} was lost and could not be rebuilt",
     }
-
-
-def _entry_output(text: bytes) -> object:
-    """The `output` of one `/stream` entry. A part's base64 `data` (nearly all of its bytes) is sliced out
-    of the text as is when it is a plain JSON string (no escapes, ASCII) and the only `"data"` in it: the
-    JSON decoder then only sees the rest. Anything else goes through `parse_entry` whole. Either way the
-    result is what `json.loads` makes of the entry, except that a control character in such `data` (which
-    `json.loads` refuses) is left for the Assembler's base64 check to reject, as it does any non-base64."""
-    at = text.find(b'"data"')
-    if at > 0 and text[at - 1] != 0x5C:
-        start = at + 6
-        while start < len(text) and text[start] in b" \t\r\n:":
-            start += 1
-        end = text.find(b'"', start + 1) if text[start : start + 1] == b'"' else -1
-        # A string with no backslash holds no quote, so another `"data"` can only come after it: the
-        # base64 is scanned for the quote and the backslash, not a third time for a second key.
-        if (
-            end > 0
-            and text.find(b"\\", start, end) < 0
-            and text.count(b":", at + 6, start) == 1
-            and text.find(b'"data"', end + 1) < 0
-        ):
-            try:
-                data = text[start + 1 : end].decode("ascii")
-                entry = json.loads(text[:start] + b'""' + text[end + 1 :])
-            except ValueError:
-                pass
-            else:
-                output = entry.get("output") if isinstance(entry, dict) else None
-                if (
-                    isinstance(output, dict)
-                    and output.get("data") == ""
-                    and not any(isinstance(v, dict | list) for v in output.values())
-                ):
-                    output["data"] = data
-                    return output
-    return parse_entry(text)[0]
 
 
 def _part_bytes(envelope: dict[str, Any]) -> int:

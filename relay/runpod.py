@@ -18,10 +18,8 @@ overlap and the answer is never held whole in memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +31,10 @@ import httpx
 # One backoff for the whole project (podstream/backoff.py); re-exported: relay.poller and tests import it here.
 from podstream.backoff import Backoff as Backoff
 from podstream.backoff import retry_after_seconds
+
+# The sans-I/O splitter lives in podstream/ (the pull uses it too, without the relay's server deps).
+from podstream.stream_split import StreamSplitter as StreamSplitter
+from podstream.stream_split import parse_entry as parse_entry
 
 TERMINAL: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 STATUSES: Final = frozenset({"IN_QUEUE", "IN_PROGRESS"}) | TERMINAL
@@ -276,142 +278,6 @@ def _stream_batch(data: dict[str, Any]) -> StreamBatch:
             outputs.append(entry)
             raw += 1
     return StreamBatch(str(data.get("status", "")), outputs, raw)
-
-
-def parse_entry(text: bytes) -> tuple[object, bool]:
-    """One entry of a `/stream` list (a JSON text from `StreamSplitter`): (its `output`, False), or (the
-    entry itself, True) when it has none, for the Assembler to reject; an entry that is not JSON comes
-    back as a string saying so."""
-    try:
-        entry = json.loads(text)
-    except ValueError:
-        return f"an entry of RunPod's /stream answer is not JSON: {text[:80]!r}", True
-    if isinstance(entry, dict) and "output" in entry:
-        return entry["output"], False
-    return entry, True
-
-
-_TOKEN: Final = re.compile(rb'[\[\]{}",]')
-_STREAM_KEY: Final = re.compile(rb'"stream"\s*:\s*\Z')
-_QUOTE: Final = 0x22
-_BACKSLASH: Final = 0x5C
-_COMMA: Final = 0x2C
-_LIST: Final = 0x5B
-_OPEN: Final = frozenset(b"{[")
-_CLOSE: Final = frozenset(b"}]")
-
-
-class StreamSplitter:
-    """Splits a `/stream` answer body into the JSON texts of its `stream` entries as the bytes arrive.
-
-    Only the structure is scanned: brackets, commas and strings (a string's end is found with `find`, so a
-    long base64 string costs one memchr per chunk). Everything but the entries (`status`, `id`, ...) is the
-    *skeleton*: the answer with an empty `stream` list, parsed by `close`. A body that is not a JSON object
-    is kept whole for `close` to parse (and reject). Each entry is handed out as its own text, to be parsed
-    (and, if it is not JSON, rejected) on its own; a body that ends early or is malformed outside its
-    entries fails `close`.
-    """
-
-    def __init__(self) -> None:
-        self._depth = 0
-        self._in_string = False
-        self._backslashes = 0  # backslashes that ended the last chunk inside a string
-        self._object: bool | None = None  # is the body a JSON object? (None: no byte seen yet)
-        self._skeleton = bytearray()
-        self._in_stream = False  # inside the top-level "stream" list
-        self._entry: list[bytes | memoryview] = []  # the current entry's bytes from earlier chunks
-        self._entries_here = 0  # entries of the current "stream" list so far
-        #: The answer's status as soon as it is known (RunPod sends it before the list), else "".
-        self.status = ""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The texts of the entries that `chunk` completed."""
-        if self._object is None:
-            start = chunk.lstrip()[:1]
-            if start:
-                self._object = start == b"{"
-        if not self._object:
-            self._skeleton += chunk
-            return []
-        view = memoryview(chunk)
-        out: list[bytes] = []
-        pos = mark = 0  # scan position; start of the bytes not yet given to the skeleton or an entry
-        while True:
-            if self._in_string:
-                end = chunk.find(b'"', pos)
-                if end < 0:
-                    run = len(chunk) - len(chunk.rstrip(b"\\"))
-                    self._backslashes = run + self._backslashes if run == len(chunk) - pos else run
-                    break
-                k = end - 1
-                while k >= pos and chunk[k] == _BACKSLASH:
-                    k -= 1
-                run = end - 1 - k + (self._backslashes if k < pos and pos == 0 else 0)
-                self._backslashes = 0
-                pos = end + 1
-                if run % 2 == 0:  # not an escaped quote
-                    self._in_string = False
-                continue
-            match = _TOKEN.search(chunk, pos)
-            if match is None:
-                break
-            i = match.start()
-            c = chunk[i]
-            pos = i + 1
-            if c == _QUOTE:
-                self._in_string = True
-                self._backslashes = 0
-            elif c in _OPEN:
-                self._depth += 1
-                if self._depth == 2 and c == _LIST and self._is_stream_key(chunk[max(mark, i - 64) : i]):
-                    self._skeleton += view[mark:pos]
-                    mark = pos
-                    self._in_stream = True
-                    self._entries_here = 0
-                    self.status = self._early_status()
-            elif c in _CLOSE:
-                if self._in_stream and self._depth == 2:
-                    text = self._take(view[mark:i])
-                    if self._entries_here or text.strip():
-                        out.append(text)
-                    mark = i  # the closing bracket goes to the skeleton
-                    self._in_stream = False
-                self._depth -= 1
-            elif c == _COMMA and self._in_stream and self._depth == 2:
-                out.append(self._take(view[mark:i]))
-                self._entries_here += 1
-                mark = pos
-        if self._in_stream:
-            if mark < len(chunk):
-                self._entry.append(view[mark:] if mark else chunk)
-        else:
-            self._skeleton += view[mark:]
-        return out
-
-    def _take(self, last: memoryview) -> bytes:
-        if not self._entry:
-            return bytes(last)
-        self._entry.append(last)
-        text = b"".join(self._entry)
-        self._entry.clear()
-        return text
-
-    def _is_stream_key(self, before: bytes) -> bool:
-        return _STREAM_KEY.search(bytes(self._skeleton[-64:]) + before) is not None
-
-    def _early_status(self) -> str:
-        try:
-            head = json.loads(bytes(self._skeleton) + b"]}")
-        except ValueError:
-            return ""
-        status = head.get("status") if isinstance(head, dict) else None
-        return status if isinstance(status, str) else ""
-
-    def close(self) -> object:
-        """The answer without the entries handed out (raises ValueError if it is not whole JSON)."""
-        if self._object and (self._in_stream or self._in_string or self._depth):
-            raise ValueError("the answer ended early")
-        return json.loads(bytes(self._skeleton))
 
 
 class _EntryReader:
