@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import msgpack
+import pytest
 import schemathesis
 import websockets
 from hypothesis import HealthCheck, given, settings
@@ -84,6 +85,7 @@ async def assert_whole(relay: RelayServer, job: str, files: list[bytes]) -> None
     ]
 
 
+@pytest.mark.timeout(900)  # a shared CI machine can be slow; the examples are bounded, not timed
 async def test_http_api_fuzz(tmp_path: Path, emulator: Emulator, worker: ScriptedWorker) -> None:
     relay = await start_relay(relay_settings(tmp_path, emulator, submits_per_minute=100_000))
     files = make_files(2, 5000)
@@ -154,6 +156,7 @@ def frames() -> st.SearchStrategy[bytes | str]:
     )
 
 
+@pytest.mark.timeout(900)
 async def test_websocket_frame_fuzz(tmp_path: Path, emulator: Emulator, worker: ScriptedWorker) -> None:
     relay = await start_relay(relay_settings(tmp_path, emulator))
     files = make_files(2, 5000)
