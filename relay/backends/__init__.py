@@ -5,8 +5,11 @@
     fenced_stream.py  a Redis Stream whose appends are fenced by that token, ids dense `<n>-0`
     redis_journal.py  the job's journal on a fenced stream (the `relay.store.Journal` surface)
     job_index.py      the job list, metadata and retention deadlines in Redis
+    claims.py         keeping a job's lease alive; taking over jobs nobody holds
+    follower.py       one XREAD BLOCK per replica following the journals its subscribers watch
     s3_media.py       media in an S3-compatible bucket: verified uploads, ranged reads, presigned URLs
-    cluster.py        cluster-mode settings checked, the Redis and S3 clients made and probed
+    settings.py       cluster-mode settings (both URLs or neither), checked
+    cluster.py        the Redis and S3 clients made and probed
 
 Cluster mode is on when both `PODSTREAM_REDIS_URL` and `PODSTREAM_MEDIA_URL` are set; the local-disk
 default (relay/store.py) needs none of this package.
