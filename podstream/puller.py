@@ -22,6 +22,15 @@ that did arrive was yielded. Pass `check=False` to get the outcome from the obse
 
 `pull` is a plain generator on `httpx.Client`; `apull` is the same on `httpx.AsyncClient` for asyncio
 programs. Both share `StreamDrain`, which does no I/O.
+
+Throughput: a `/stream` answer can be large (everything buffered at RunPod, 100 MB of base64), so it is
+taken in pieces as it arrives, never held or JSON-decoded whole: `podstream.stream_split.StreamSplitter`
+(the relay's splitter) cuts it into entries while the bytes come in, and each entry is parsed on its own
+(`entry_output` slices a part's base64 out of the text instead of JSON-decoding it). Receiving and
+splitting run in a thread of their own (`pull`) or a task (`apull`), handing entries over through a small
+bounded queue, while the consumer decodes, hashes and writes the entries before them; the first files are
+yielded before the answer's last byte has arrived. The observer is called from the consumer's thread
+(`pull`) or from one worker thread at a time (`apull`, which keeps the event loop free meanwhile).
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
+import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -50,6 +61,7 @@ from podstream.progress import (
     StreamProblem,
     TransferError,
 )
+from podstream.stream_split import StreamSplitter, entry_output
 
 #: How long RunPod may hold one `/stream` request open waiting for an item (RunPod allows 1000..300000).
 DEFAULT_WAIT_MS: Final = 30_000
@@ -59,6 +71,9 @@ READ_SLACK_S: Final = 20.0
 _MIN_POLL_S: Final = 0.1
 _IDLE_PAUSE_S: Final = 0.25
 _RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+#: Pieces of an answer (each the entries one received chunk completed) received ahead of the consumer:
+#: bounds memory to about this many parts while keeping the network busy.
+_AHEAD_PIECES: Final = 16
 RUNPOD_API_BASE: Final = "https://api.runpod.ai/v2"
 
 
@@ -143,26 +158,44 @@ class StreamDrain:
         self.assembler = wire.Assembler(job, factory)
 
     def feed(self, body: object) -> list[SavedFile | wire.ItemRef]:
-        """Apply one `/stream` answer `{"status", "stream": [{"output": envelope}, ...]}`."""
-        self.polls += 1
-        if not isinstance(body, Mapping) or not isinstance(body.get("status"), str):
-            raise TransferError(f"RunPod's /stream answer is not a job status: {json.dumps(body)[:200]}")
-        stream = body.get("stream") or []
-        if not isinstance(stream, list):
-            raise TransferError("RunPod's /stream answer has a 'stream' that is not a list")
-        if body["status"] != self.status:
-            self.status = body["status"]
-            self.observer.status(self.status)
+        """Apply one whole `/stream` answer `{"status", "stream": [{"output": envelope}, ...]}`."""
+        stream = _check_answer(body)
+        outputs = [chunk.get("output") if isinstance(chunk, Mapping) else chunk for chunk in stream]
+        out = self.feed_outputs(str(body["status"]), outputs)  # type: ignore[index]
+        self.answer_end(body, len(stream))
+        return out
+
+    def feed_entries(self, status: str, texts: Iterable[bytes]) -> list[SavedFile | wire.ItemRef]:
+        """Apply some entries of an answer as `StreamSplitter` handed them out (`status`: "" until known)."""
+        return self.feed_outputs(status, [entry_output(text) for text in texts])
+
+    def feed_outputs(self, status: str, outputs: Iterable[object]) -> list[SavedFile | wire.ItemRef]:
+        """Apply the `output`s of some entries of an answer (`status`: "" until known)."""
+        self._status(status)
         out: list[SavedFile | wire.ItemRef] = []
-        for chunk in stream:
-            output = chunk.get("output") if isinstance(chunk, Mapping) else chunk
+        for output in outputs:
             for event in self.assembler.feed(output):
                 result = self._on_event(event)
                 if result is not None:
                     out.append(result)
-        if self.status in TERMINAL_STATUSES and not stream:
-            self.ended = True
         return out
+
+    def answer_end(self, body: object, entries: int) -> None:
+        """An answer ended: `body` is what it held besides the `entries` entries already fed."""
+        self.polls += 1
+        stream = _check_answer(body)
+        self._status(str(body["status"]))  # type: ignore[index]
+        if self.status in TERMINAL_STATUSES and not stream and not entries:
+            self.ended = True
+
+    def answer_broken(self) -> None:
+        """An answer broke off after some of its entries were fed: they stand (RunPod drained them)."""
+        self.polls += 1
+
+    def _status(self, status: str) -> None:
+        if status and status != self.status:
+            self.status = status
+            self.observer.status(status)
 
     def _on_event(self, event: wire.Event) -> SavedFile | wire.ItemRef | None:
         outcome, observer = self.outcome, self.observer
@@ -252,6 +285,16 @@ class StreamDrain:
         self.assembler.close()
 
 
+def _check_answer(body: object) -> list[Any]:
+    """The `stream` list of a `/stream` answer, after checking it is one."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("status"), str):
+        raise TransferError(f"RunPod's /stream answer is not a job status: {json.dumps(body)[:200]}")
+    stream = body.get("stream") or []
+    if not isinstance(stream, list):
+        raise TransferError("RunPod's /stream answer has a 'stream' that is not a list")
+    return stream
+
+
 # ----------------------------------------------------------------------------------------- HTTP, shared
 
 
@@ -291,6 +334,52 @@ def _transport_failure(exc: httpx.TransportError, what: str, url: str, reached: 
     return _Retry(f"{what}: {type(exc).__name__} {exc}".rstrip())
 
 
+@dataclass(frozen=True)
+class _Entries:
+    """Entries of an answer as received (`status`: "" until the answer has shown it)."""
+
+    status: str
+    texts: list[bytes]
+
+
+@dataclass(frozen=True)
+class _Done:
+    """How an answer ended: split whole (`splitter`), a non-2xx `response` (read), or an `error`."""
+
+    splitter: StreamSplitter | None = None
+    response: httpx.Response | None = None
+    error: Exception | None = None
+
+
+def _settle(
+    done: _Done, delivered: int, drain: StreamDrain, what: str, url: str, reached: bool
+) -> _Retry | None:
+    """Apply the end of an answer of which `delivered` entries were fed: None, or why to retry it."""
+    if done.error is not None:
+        if not isinstance(done.error, httpx.TransportError):
+            raise done.error
+        if delivered:  # what arrived stands (RunPod drained it): poll again, do not retry this one
+            drain.answer_broken()
+            return None
+        return _transport_failure(done.error, what, url, reached)
+    if done.response is not None:
+        result = _classify(done.response, what)
+        if isinstance(result, _Retry):
+            return result
+        drain.answer_end(result, 0)
+        return None
+    assert done.splitter is not None
+    try:
+        body = done.splitter.close()
+    except ValueError:
+        if delivered:
+            drain.answer_broken()
+            return None
+        return _Retry(f"{what}: answer is not JSON")
+    drain.answer_end(body, delivered)
+    return None
+
+
 def _give_up(retry: _Retry, attempts: int) -> TransferError:
     return TransferError(f"giving up after {attempts} failed attempts in a row; last: {retry.reason}")
 
@@ -314,10 +403,98 @@ def _check_wait(wait_ms: int) -> None:
 # --------------------------------------------------------------------------------------------- sync
 
 
+class _SyncAnswer:
+    """One `/stream` request received and split in a thread of its own, handed over as `messages`."""
+
+    def __init__(
+        self, client: httpx.Client, url: str, headers: dict[str, str], params: dict[str, Any]
+    ) -> None:
+        self._queue: queue.Queue[_Entries | _Done] = queue.Queue(_AHEAD_PIECES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._receive,
+            args=(client, url, headers, params),
+            name="podstream-pull-receive",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _receive(
+        self, client: httpx.Client, url: str, headers: dict[str, str], params: dict[str, Any]
+    ) -> None:
+        done: _Done
+        try:
+            with client.stream("GET", url, headers=headers, params=params) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    done = _Done(response=response)
+                else:
+                    splitter = StreamSplitter()
+                    for chunk in response.iter_bytes():
+                        texts = splitter.feed(chunk)
+                        if texts and not self._put(_Entries(splitter.status, texts)):
+                            return  # the consumer went away: leaving the block closes the response
+                    done = _Done(splitter=splitter)
+        except Exception as exc:  # the consumer decides what it means (retry, partial answer, fatal)
+            done = _Done(error=exc)
+        self._put(done)
+
+    def _put(self, message: _Entries | _Done) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def messages(self) -> Iterator[_Entries | _Done]:
+        while True:
+            message = self._queue.get()
+            yield message
+            if isinstance(message, _Done):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class _SyncCaller:
     def __init__(self, client: httpx.Client, key: str | None, retry: RetryPolicy, observer: Observer) -> None:
         self.client, self.key, self.retry, self.observer = client, key, retry, observer
         self.reached = False
+        #: Entries the last `stream` answer held.
+        self.entries = 0
+
+    def stream(
+        self, url: str, what: str, drain: StreamDrain, params: dict[str, Any]
+    ) -> Iterator[SavedFile | wire.ItemRef]:
+        """One `/stream` long-poll into `drain`, retried like `call`: yields what each piece completed."""
+        failures = 0
+        while True:
+            answer = _SyncAnswer(self.client, url, _headers(self.key), params)
+            delivered = 0
+            result: _Retry | None = None
+            try:
+                for message in answer.messages():
+                    if isinstance(message, _Entries):
+                        self.reached = True
+                        delivered += len(message.texts)
+                        yield from drain.feed_entries(message.status, message.texts)
+                    else:
+                        self.reached = self.reached or message.error is None
+                        result = _settle(message, delivered, drain, what, url, self.reached)
+            finally:
+                answer.close()
+            self.entries = delivered
+            if result is None:
+                return
+            failures += 1
+            if failures >= self.retry.attempts:
+                raise _give_up(result, failures)
+            delay = self.retry.delay(failures, result.retry_after)
+            self.observer.reconnecting(failures, delay, result.reason)
+            time.sleep(delay)
 
     def call(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         failures = 0
@@ -367,15 +544,14 @@ def pull(
     try:
         while not drain.ended:
             started = time.monotonic()
-            body = caller.call("GET", f"{base}/stream/{quoted}", "GET /stream", params={"wait": wait_ms})
-            for result in drain.feed(body):
+            for result in caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms}):
                 if isinstance(result, wire.ItemRef):
                     saved = _fetch_ref_sync(http, drain, result)
                     if saved is not None:
                         yield saved
                 else:
                     yield result
-            if not drain.ended and not body.get("stream") and time.monotonic() - started < _MIN_POLL_S:
+            if not drain.ended and not caller.entries and time.monotonic() - started < _MIN_POLL_S:
                 time.sleep(_IDLE_PAUSE_S)
         error = None
         if drain.status != "COMPLETED":
@@ -402,12 +578,89 @@ def _fetch_ref_sync(http: httpx.Client, drain: StreamDrain, ref: wire.ItemRef) -
 # -------------------------------------------------------------------------------------------- async
 
 
+class _AsyncAnswer:
+    """One `/stream` request received and split in a task of its own, handed over as `messages`."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], params: dict[str, Any]
+    ) -> None:
+        self._queue: asyncio.Queue[_Entries | _Done] = asyncio.Queue(_AHEAD_PIECES)
+        self._task = asyncio.create_task(self._receive(client, url, headers, params))
+
+    async def _receive(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], params: dict[str, Any]
+    ) -> None:
+        done: _Done
+        try:
+            async with client.stream("GET", url, headers=headers, params=params) as response:
+                if response.status_code >= 300:
+                    await response.aread()
+                    done = _Done(response=response)
+                else:
+                    splitter = StreamSplitter()
+                    async for chunk in response.aiter_bytes():
+                        texts = splitter.feed(chunk)
+                        if texts:
+                            await self._queue.put(_Entries(splitter.status, texts))
+                    done = _Done(splitter=splitter)
+        except Exception as exc:  # the consumer decides what it means (retry, partial answer, fatal)
+            done = _Done(error=exc)
+        await self._queue.put(done)
+
+    async def messages(self) -> AsyncIterator[_Entries | _Done]:
+        while True:
+            message = await self._queue.get()
+            yield message
+            if isinstance(message, _Done):
+                return
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])  # a cancellation of the caller itself still propagates
+
+
 class _AsyncCaller:
     def __init__(
         self, client: httpx.AsyncClient, key: str | None, retry: RetryPolicy, observer: Observer
     ) -> None:
         self.client, self.key, self.retry, self.observer = client, key, retry, observer
         self.reached = False
+        #: Entries the last `stream` answer held.
+        self.entries = 0
+
+    async def stream(
+        self, url: str, what: str, drain: StreamDrain, params: dict[str, Any]
+    ) -> AsyncIterator[SavedFile | wire.ItemRef]:
+        """`_SyncCaller.stream` on asyncio: each piece is decoded, hashed and written in a worker thread
+        while the next one is received."""
+        failures = 0
+        while True:
+            answer = _AsyncAnswer(self.client, url, _headers(self.key), params)
+            delivered = 0
+            result: _Retry | None = None
+            try:
+                async for message in answer.messages():
+                    if isinstance(message, _Entries):
+                        self.reached = True
+                        delivered += len(message.texts)
+                        for saved in await asyncio.to_thread(
+                            drain.feed_entries, message.status, message.texts
+                        ):
+                            yield saved
+                    else:
+                        self.reached = self.reached or message.error is None
+                        result = _settle(message, delivered, drain, what, url, self.reached)
+            finally:
+                await answer.close()
+            self.entries = delivered
+            if result is None:
+                return
+            failures += 1
+            if failures >= self.retry.attempts:
+                raise _give_up(result, failures)
+            delay = self.retry.delay(failures, result.retry_after)
+            self.observer.reconnecting(failures, delay, result.reason)
+            await asyncio.sleep(delay)
 
     async def call(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
         failures = 0
@@ -452,17 +705,15 @@ async def apull(
     try:
         while not drain.ended:
             started = time.monotonic()
-            body = await caller.call(
-                "GET", f"{base}/stream/{quoted}", "GET /stream", params={"wait": wait_ms}
-            )
-            for result in drain.feed(body):
+            stream = caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms})
+            async for result in stream:
                 if isinstance(result, wire.ItemRef):
                     saved = await _fetch_ref_async(http, drain, result)
                     if saved is not None:
                         yield saved
                 else:
                     yield result
-            if not drain.ended and not body.get("stream") and time.monotonic() - started < _MIN_POLL_S:
+            if not drain.ended and not caller.entries and time.monotonic() - started < _MIN_POLL_S:
                 await asyncio.sleep(_IDLE_PAUSE_S)
         error = None
         if drain.status != "COMPLETED":

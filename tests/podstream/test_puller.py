@@ -8,7 +8,9 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 import podstream
 import podstream.puller as pull_mod
 from podstream import wire
+from podstream.backoff import retry_after_seconds
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 
 BASE = "http://runpod.test/v2/ep"
@@ -311,11 +314,146 @@ def test_apull_is_the_same_on_asyncio(tmp_path: Path) -> None:
     assert {f.item: f.path.read_bytes() for f in saved} == files
 
 
+class TricklingRunPod:
+    """A real HTTP server on 127.0.0.1 whose first /stream answer is sent in two writes: `head`, then, only
+    once `release` is set (or after a safety wait), `tail`; later /stream answers are COMPLETED and empty.
+    With `cut`, the connection is closed after `head` instead (the answer breaks off)."""
+
+    def __init__(self, head: bytes, tail: bytes, *, cut: bool = False) -> None:
+        self.release = threading.Event()
+        self.tail_sent = threading.Event()
+        self.stream_requests = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if not self.path.startswith(f"/v2/ep/stream/{JOB}"):
+                    self.send_error(404)
+                    return
+                owner.stream_requests += 1
+                if owner.stream_requests > 1:
+                    body = json.dumps({"id": JOB, "status": "COMPLETED", "stream": []}).encode()
+                    head_, tail_ = body, b""
+                else:
+                    head_, tail_ = head, tail
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(head_) + len(tail_)))
+                self.end_headers()
+                self.wfile.write(head_)
+                self.wfile.flush()
+                if not tail_:
+                    return
+                if cut:
+                    self.close_connection = True
+                    return
+                owner.release.wait(30)  # a safety net only: the test sets it as soon as it has seen a file
+                owner.tail_sent.set()
+                self.wfile.write(tail_)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/ep"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TricklingRunPod:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def split_answer(envelopes: list[dict[str, Any]], at: int) -> tuple[bytes, bytes]:
+    """A COMPLETED /stream answer of `envelopes`, cut in two bytes strings after envelope `at`."""
+    body = json.dumps({"id": JOB, "status": "COMPLETED", "stream": [{"output": e} for e in envelopes]})
+    cut = body.index(json.dumps({"output": envelopes[at]})) + len(json.dumps({"output": envelopes[at]}))
+    return body[:cut].encode(), body[cut:].encode()
+
+
+def test_first_file_is_written_before_the_answer_has_arrived(tmp_path: Path) -> None:
+    envelopes, files = make_job([5000, 3000])
+    last_of_item_0 = max(i for i, e in enumerate(envelopes) if e.get("item") == 0 and e["type"] == "part")
+    head, tail = split_answer(envelopes, last_of_item_0 + 1)  # one more: the splitter needs the comma
+    with TricklingRunPod(head, tail) as runpod:
+        seen: list[tuple[int, bool, bytes]] = []
+        for saved in pull_mod.pull(JOB, runpod_url=runpod.url, key="k", out=tmp_path, retry=FAST):
+            seen.append((saved.item, runpod.tail_sent.is_set(), saved.path.read_bytes()))
+            runpod.release.set()
+    assert seen[0] == (0, False, files[0])  # on disk, verified, while the answer's tail was still unsent
+    assert {item: data for item, _, data in seen} == files
+    assert runpod.stream_requests == 2  # one answer held everything; the next was COMPLETED and empty
+
+
+def test_apull_writes_the_first_file_before_the_answer_has_arrived(tmp_path: Path) -> None:
+    envelopes, files = make_job([5000, 3000])
+    last_of_item_0 = max(i for i, e in enumerate(envelopes) if e.get("item") == 0 and e["type"] == "part")
+    head, tail = split_answer(envelopes, last_of_item_0 + 1)
+
+    async def main(runpod: TricklingRunPod) -> list[tuple[int, bool, bytes]]:
+        seen = []
+        async for saved in pull_mod.apull(JOB, runpod_url=runpod.url, key="k", out=tmp_path, retry=FAST):
+            seen.append((saved.item, runpod.tail_sent.is_set(), saved.path.read_bytes()))
+            runpod.release.set()
+        return seen
+
+    with TricklingRunPod(head, tail) as runpod:
+        seen = asyncio.run(main(runpod))
+    assert seen[0] == (0, False, files[0])
+    assert {item: data for item, _, data in seen} == files
+
+
+def test_an_answer_cut_off_midway_keeps_what_arrived_and_polls_again(tmp_path: Path) -> None:
+    """RunPod drained what it sent: the entries before the cut stand, the pull does not count it as a
+    failed attempt, and the rest (never to come) is reported as missing at the end."""
+    envelopes, files = make_job([5000, 3000])
+    last_of_item_0 = max(i for i, e in enumerate(envelopes) if e.get("item") == 0 and e["type"] == "part")
+    head, tail = split_answer(envelopes, last_of_item_0 + 1)
+    recorder = Recorder()
+    with TricklingRunPod(head, tail, cut=True) as runpod, pytest.raises(JobIncomplete) as info:
+        saved = []
+        stream = pull_mod.pull(
+            JOB, runpod_url=runpod.url, key="k", out=tmp_path, retry=FAST, observer=recorder
+        )
+        for f in stream:
+            saved.append(f)
+    assert [(f.item, f.path.read_bytes()) for f in saved] == [(0, files[0])]
+    assert recorder.kinds("retry") == []
+    assert runpod.stream_requests == 2
+    assert "missing_manifest" in {p.code for p in info.value.outcome.problems}
+
+
+def test_malformed_answer_after_entries_keeps_them(tmp_path: Path) -> None:
+    envelopes, files = make_job([1200, 300])
+    head, _ = split_answer(envelopes, 3)  # entries 0..3, then a broken one and no end
+    runpod = ScriptedRunPod(
+        [lambda r: httpx.Response(200, content=head + b", garbage"), batch(envelopes[4:], "COMPLETED")]
+    )
+    saved = run_pull(runpod, tmp_path)
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+
+
+def test_non_json_answer_without_entries_is_retried(tmp_path: Path) -> None:
+    envelopes, files = make_job([1200])
+    recorder = Recorder()
+    runpod = ScriptedRunPod(
+        [lambda r: httpx.Response(200, content=b"<html>busy</html>"), batch(envelopes, "COMPLETED")]
+    )
+    saved = run_pull(runpod, tmp_path, observer=recorder)
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+    assert [reason for _, _, reason in recorder.kinds("retry")] == ["GET /stream: answer is not JSON"]
+
+
 def test_retry_after_parsing_and_policy() -> None:
-    assert pull_mod.retry_after_seconds("7") == 7.0
-    assert pull_mod.retry_after_seconds(None) is None
-    assert pull_mod.retry_after_seconds("soon") is None
-    assert pull_mod.retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     policy = pull_mod.RetryPolicy(base=1.0, cap=4.0, max_retry_after=60)
     assert policy.delay(3, retry_after=500) == 60
     assert all(0 <= policy.delay(n) <= min(4.0, 2 ** (n - 1)) for n in range(1, 10) for _ in range(20))
@@ -357,6 +495,7 @@ def test_run_job_posts_the_input_and_retries_only_429() -> None:
 HANDLER = """
 import hashlib, os, runpod
 from podstream import wire
+from podstream.backoff import retry_after_seconds
 
 async def handler(job):
     env = wire.Envelopes(job["id"])
