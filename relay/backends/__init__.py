@@ -5,6 +5,7 @@
     fenced_stream.py  a Redis Stream whose appends are fenced by that token, ids dense `<n>-0`
     redis_journal.py  the job's journal on a fenced stream (the `relay.store.Journal` surface)
     job_index.py      the job list, metadata and retention deadlines in Redis
+    job_store.py      `relay.store.JobStore` on those: what `relay.poller.JobPoller` runs on in cluster mode
     claims.py         keeping a job's lease alive; taking over jobs nobody holds
     follower.py       one XREAD BLOCK per replica following the journals its subscribers watch
     s3_media.py       media in an S3-compatible bucket: verified uploads, ranged reads, presigned URLs
