@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import sys
@@ -70,6 +71,16 @@ class Stack:
         r = await self.http.post(f"{self.relay_url}/v1/jobs/{job}/attach")
         r.raise_for_status()
 
+    async def wait_record(self, job: str) -> None:
+        """Until the job has at least one record (through the events long poll)."""
+        while True:
+            r = await self.http.get(
+                f"{self.relay_url}/v1/jobs/{job}/events", params={"format": "json", "after": 0, "wait": 10000}
+            )
+            r.raise_for_status()
+            if r.json()["events"]:
+                return
+
     async def wait_done(self, job: str, item_seen: list[float] | None = None) -> dict[str, Any]:
         """The job's `done` record; `item_seen` gets the `time.perf_counter()` at which each item record was
         first seen (through the events long poll, as a subscriber would)."""
@@ -92,9 +103,16 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(
-    *relay_args: str, fsync: str = "always", runpod_url: str | None = None
+    *relay_args: str,
+    fsync: str = "always",
+    runpod_url: str | None = None,
+    api_key: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
-    """The emulator and a relay following it (or following `runpod_url`, a RunPod stand-in, instead)."""
+    """The emulator and a relay following it (or following `runpod_url`, a RunPod stand-in, instead).
+
+    With `api_key` the relay runs with auth on (that one key, every scope) and `Stack.http` sends it;
+    without, insecure. `env` adds to the relay's environment."""
     # The scripted worker sends no heartbeats (worker liveness is beside the point here): a long grace, so a
     # slow run on a busy machine is not failed by the emulator's heartbeat check.
     config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0, heartbeat_grace_s=3600.0)
@@ -102,13 +120,18 @@ async def stack(
         async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
             port = free_port()
             # Auth costs one HMAC per connection or request: beside the point of these benchmarks.
-            env = {**os.environ, "PODSTREAM_FSYNC": fsync, "PODSTREAM_INSECURE": "1"}
+            relay_env = {**os.environ, "PODSTREAM_FSYNC": fsync, **(env or {})}
+            if api_key is None:
+                relay_env["PODSTREAM_INSECURE"] = "1"
+            else:
+                relay_env["PODSTREAM_API_KEYS"] = "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "podstream", "relay", "--runpod-url", runpod_url or emu.endpoint_url, "--data-dir",
-                f"{tmp}/data", "--port", str(port), "--log-level", "warning", *relay_args, env=env,
+                f"{tmp}/data", "--port", str(port), "--log-level", "warning", *relay_args, env=relay_env,
             )  # fmt: skip
             url = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(timeout=60) as http:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            async with httpx.AsyncClient(timeout=60, headers=headers) as http:
                 try:
                     for _ in range(400):
                         with contextlib.suppress(httpx.TransportError):

@@ -308,17 +308,65 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             f"ratio {d['ratio']:.2f}.",
             "",
         ]
+    if "relay_idle" in figures:
+        out += _idle_section(figures["relay_idle"], full)
     out += [
         "The figures behind this page and its charts, as measured: [bench/results.json](bench/results.json).",
         "",
         "## Not measured here",
         "",
         "- GPU pipelines (issue 16, item 7): no GPU machine was lent to this session; see above.",
-        "- The most idle subscribers one relay holds (issue 16, item 4) has no benchmark yet.",
-        "",
     ]
+    if "relay_idle" in figures and not full:
+        out.append(
+            "- 10,000 idle subscribers (issue 16, item 4) at full size: `make bench-full` measures it; "
+            "the short form above gives the per-subscriber cost."
+        )
+    out.append("")
     del charts
     return "\n".join(out)
+
+
+def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
+    soft, hard = d["relay_nofile"]
+    out = [
+        "## Many connections",
+        "",
+        f"Idle, authenticated websocket subscribers on one relay process (auth on: each sends a job-scoped "
+        f"token in its `auth` frame, subscribes to a live job and reads its first record, then only answers "
+        f"pings), added in steps. Target (issue 16, item 4): 10,000 under 1 GB. Held "
+        f"**{d['subscribers_held']:,} of {d['subscribers_asked']:,}**; relay RSS {d['idle_rss_mib']:.0f} MiB "
+        f"with none, {d['rss_mib']:.0f} MiB with all (peak `VmHWM` {d['hwm_mib']:.0f} MiB); "
+        f"**{d['per_subscriber_kib']:.1f} KiB per extra subscriber** (least-squares slope over the steps).",
+        "",
+        "| subscribers | relay RSS MiB | relay open fds |",
+        "| --- | --- | --- |",
+    ]
+    out += [f"| {r['subscribers']:,} | {r['rss_mib']:.0f} | {r['fds']:,} |" for r in d["rows"]]
+    out += [
+        "",
+        f"File descriptors: one per subscriber in the relay (and one in the bench's own process). The bench "
+        f"raises its soft `RLIMIT_NOFILE` to the hard limit before starting the relay, which inherits it: "
+        f"the relay ran with soft {soft:,} / hard {hard:,}. "
+        + (
+            "**The descriptor limit is what bound this run**: raise `ulimit -n`."
+            if d["fd_limit_binds"]
+            else "The descriptor limit did not bind in this run."
+        )
+        + " The relay accepts client connections up to `RLIMIT_NOFILE` less `FD_RESERVE` (an eighth, at "
+        "least 64): with the common default soft limit of 1,024 that is 896 subscribers, so an operator "
+        "expecting N subscribers needs `ulimit -n` of at least N x 8/7 + 64 (65,536 is a safe setting; "
+        "docs/relay.md).",
+        "",
+    ]
+    if not full:
+        projected = d["rss_mib"] + (10_000 - d["subscribers_held"]) * d["per_subscriber_kib"] / 1024
+        out += [
+            f"At that slope 10,000 subscribers would take about {projected:.0f} MiB: a projection from this "
+            "short run, not a measurement (`make bench-full` runs 10,000).",
+            "",
+        ]
+    return out
 
 
 def write(results: Path, docs: Path, *, full: bool, failed: list[str]) -> list[Path]:
