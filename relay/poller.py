@@ -564,6 +564,11 @@ class PollerSet:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if getattr(exc, "ends_polling", False):
+                        # Not a crash: this relay may no longer poll the job (cluster mode: another replica
+                        # holds its lease, relay/backends/fenced_stream.Fenced). A restart would be refused too.
+                        log.warning("stopped polling job %s: %s", job, exc)
+                        return
                     crashes += 1
                     delay = self.restart_delay(crashes)
                     log.exception(

@@ -45,6 +45,9 @@ class StreamError(Exception):
 class Fenced(StreamError):
     """This writer's fencing token is stale: another replica holds the job now. Stop writing."""
 
+    #: `relay.poller.PollerSet` stops the job's poller instead of restarting it.
+    ends_polling = True
+
 
 class OutOfSequence(StreamError):
     """The batch does not start right after the stream's last entry (another writer appended)."""

@@ -22,6 +22,9 @@ from relay.store import KINDS
 class ReadOnly(Exception):
     """This replica does not hold the job's lease: it cannot append to its journal."""
 
+    #: `relay.poller.PollerSet` stops the job's poller instead of restarting it.
+    ends_polling = True
+
 
 class RedisJournal:
     def __init__(self, stream: FencedStream, *, token: int | None, tail: int = 1024) -> None:

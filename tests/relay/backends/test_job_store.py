@@ -15,14 +15,14 @@ import pytest
 import redis
 
 from podstream.emulator import Emulator
-from relay.backends.fenced_stream import Fenced, FencedStream
+from relay.backends.fenced_stream import FencedStream
 from relay.backends.job_index import RedisJobIndex
 from relay.backends.job_store import ClusterJobStore
 from relay.backends.keys import Keys
 from relay.backends.lease import RedisLeases
 from relay.backends.redis_journal import RedisIngestLog, RedisJournal
 from relay.backends.s3_media import S3MediaStore
-from relay.poller import JobPoller
+from relay.poller import JobPoller, PollerSet
 from relay.runpod import RunPodClient
 from tests.relay.conftest import Batch, ScriptedWorker, make_files
 
@@ -87,14 +87,16 @@ async def test_a_poller_that_lost_its_job_cannot_publish(
     tmp_path: Path, runpod: RunPodClient, worker: ScriptedWorker, rclient: redis.Redis, media: S3MediaStore
 ) -> None:
     """Replica a polls; its lease is taken over by b (a stalled past the TTL). a's next commit is refused by
-    the fence: its poller stops with `Fenced` and nothing it drained afterwards is in the journal."""
+    the fence: its poller stops (`Fenced`; PollerSet does not restart it, a restart would be refused too)
+    and nothing it drained afterwards is in the journal."""
     job = (await runpod.run({}))["id"]
     a = RedisLeases(rclient, "replica-a")
     lease = a.acquire(job)
     assert lease is not None
     store = cluster_store(tmp_path, rclient, media, job, lease.token)
     store.open(meta={"job": job, "created_at": time.time()})
-    polling = asyncio.create_task(JobPoller(store, runpod, wait_ms=1000).run())
+    pollers = PollerSet()
+    pollers.start(JobPoller(store, runpod, wait_ms=1000))
     envelopes = Batch(job, make_files(2, 100_000)).envelopes
     await worker.take()
     await worker.post(job, envelopes[0])
@@ -108,7 +110,7 @@ async def test_a_poller_that_lost_its_job_cannot_publish(
     for envelope in envelopes[1:]:
         await worker.post(job, envelope)
     await worker.done(job)
-    with pytest.raises(Fenced):
-        await asyncio.wait_for(polling, 60)
+    await asyncio.wait_for(pollers.wait(job), 60)
+    assert job not in pollers and pollers.restarts == 0
     assert journal.refresh() == 2
     assert [r["k"] for r in journal.read(0, 100)] == ["status", "progress"]
