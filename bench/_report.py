@@ -79,6 +79,8 @@ def _ingest_rows(figures: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str
     if "pull_ingest" in figures:
         d = figures["pull_ingest"]
         rows.append(("podstream pull", d, d["pull_mb_s"]))
+        if "pre_encoded_mb_s" in d:
+            rows.append(("pull, answer\npre-encoded", d, d["pre_encoded_mb_s"]))
     return rows
 
 
@@ -199,8 +201,8 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "against the bare loop on the same bytes: parse the `/stream` JSON, base64-decode each part "
             "(with pybase64, as the relay and the pull do), sha256 it, write and fsync. Target >= 0.8. The "
             "emulator shares the machine and JSON-encodes each answer when asked, inside the relay's and "
-            "the pull's time; the *pre-encoded* row is the relay measured against a stand-in for RunPod "
-            "(its own process) that serves the same answer encoded before the clock starts. The last "
+            "the pull's time; the *pre-encoded* rows are the relay and the pull measured against a stand-in "
+            "for RunPod (its own process) that serves the same answer encoded before the clock starts. The last "
             "column is the bare loop with the standard library's base64 instead, for comparison with "
             "figures from before the switch.",
             "",
