@@ -138,7 +138,7 @@ def frames() -> st.SearchStrategy[bytes | str]:
     """Client frames: well-formed msgpack maps of every frame type with fuzzed fields, any msgpack value,
     random bytes, and text frames."""
     leaves = st.one_of(
-        st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40), st.binary(max_size=40),
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=40), st.binary(max_size=40),
     )  # fmt: skip
     values = st.recursive(
         leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -147,7 +147,7 @@ def frames() -> st.SearchStrategy[bytes | str]:
     kinds = st.sampled_from(["auth", "sub", "unsub", "pong", "ping", "bye", "welcome", "", "x" * 300])
     typed = st.fixed_dictionaries(
         {"t": kinds},
-        optional={"job": values | st.text(max_size=140), "from": values | st.integers(-5, 10**20),
+        optional={"job": values | st.text(max_size=140), "from": values | st.integers(-5, 2**64 - 1),
                   "inline": values, "token": values | st.text(max_size=50), "n": values},
     )  # fmt: skip
     packed = (typed | values).map(lambda v: msgpack.packb(v, use_bin_type=True))
