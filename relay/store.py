@@ -175,7 +175,7 @@ class BadJobId(StoreError, ValueError):
 
 
 def check_job_id(job: str) -> str:
-    if not isinstance(job, str) or not JOB_ID.match(job) or ".." in job:
+    if not isinstance(job, str) or not JOB_ID.fullmatch(job) or ".." in job:
         raise BadJobId("a job id is 1-128 characters: letters, digits and _ . : - (not starting with one)")
     return job
 
@@ -690,7 +690,7 @@ class Store:
     def job_ids(self) -> list[str]:
         ids = []
         for path in self.root.iterdir():
-            if JOB_ID.match(path.name) and ((path / "journal.log").exists() or (path / "job.json").exists()):
+            if JOB_ID.fullmatch(path.name) and ((path / "journal.log").exists() or (path / "job.json").exists()):
                 ids.append(path.name)
         return sorted(ids)
 

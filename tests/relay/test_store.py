@@ -130,7 +130,7 @@ def test_media_sink_resumes_after_a_restart(tmp_path: Path) -> None:
 def test_job_ids_are_validated() -> None:
     for good in ("abc", "8d4a-e1", "sync-1.2_x:y"):
         assert check_job_id(good) == good
-    for bad in ("", "../x", "a/b", ".hidden", "a..b", "x" * 129, "-x", "a b"):
+    for bad in ("", "../x", "a/b", ".hidden", "a..b", "x" * 129, "-x", "a b", "abc\n"):
         with pytest.raises(BadJobId):
             check_job_id(bad)
 
