@@ -44,6 +44,13 @@ def cluster_store(
     )  # fmt: skip
 
 
+async def ping(worker: ScriptedWorker, job: str) -> None:
+    """The worker's heartbeat (the SDK pings every few seconds; the scripted worker does not by itself)."""
+    while True:
+        await worker.http.get(f"{worker.base}/ping/{worker.pod}", params={"job_id": job})
+        await asyncio.sleep(0.5)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -99,18 +106,26 @@ async def test_a_poller_that_lost_its_job_cannot_publish(
     pollers.start(JobPoller(store, runpod, wait_ms=1000))
     envelopes = Batch(job, make_files(2, 100_000)).envelopes
     await worker.take()
-    await worker.post(job, envelopes[0])
-    reader = cluster_store(tmp_path / "b", rclient, media, job, None).open()
-    journal = reader.journal
-    assert isinstance(journal, RedisJournal)
-    while await asyncio.to_thread(journal.wait, 30_000) < 2:  # status, then the first envelope's progress
-        pass
-    rclient.delete(a.keys.lease(job))
-    assert RedisLeases(rclient, "replica-b").acquire(job) is not None
-    for envelope in envelopes[1:]:
-        await worker.post(job, envelope)
-    await worker.done(job)
-    await asyncio.wait_for(pollers.wait(job), 60)
+    heartbeat = asyncio.create_task(ping(worker, job))  # the job must outlive the takeover, not time out
+    try:
+        await worker.post(job, envelopes[0])
+        reader = cluster_store(tmp_path / "b", rclient, media, job, None).open()
+        journal = reader.journal
+        assert isinstance(journal, RedisJournal)
+        while await asyncio.to_thread(journal.wait, 30_000) < 2:  # status, then the first envelope's progress
+            pass
+        rclient.delete(a.keys.lease(job))
+        assert RedisLeases(rclient, "replica-b").acquire(job) is not None
+        fenced_at = journal.refresh()  # what a committed before the fence moved (at least those two) stays
+        assert job in pollers  # a still polls: it is about to drain envelopes it may not publish
+        for envelope in envelopes[1:]:
+            await worker.post(job, envelope)
+        await worker.done(job)
+        await asyncio.wait_for(pollers.wait(job), 60)
+    finally:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
     assert job not in pollers and pollers.restarts == 0
-    assert journal.refresh() == 2
-    assert [r["k"] for r in journal.read(0, 100)] == ["status", "progress"]
+    assert journal.refresh() == fenced_at  # nothing after the fence moved: no item, no done
+    kinds = [r["k"] for r in journal.read(0, 100)]
+    assert kinds[:2] == ["status", "progress"] and "item" not in kinds and "done" not in kinds
