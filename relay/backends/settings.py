@@ -4,7 +4,7 @@
     PODSTREAM_MEDIA_URL        --media-url        s3://BUCKET/PREFIX
     PODSTREAM_S3_ENDPOINT_URL  --s3-endpoint-url  MinIO, R2, RunPod's S3 API (empty: AWS S3)
     PODSTREAM_REPLICA_ID       --replica-id       the replica's name in logs, metrics, leases (hostname-pid)
-    PODSTREAM_LEASE_TTL_S      --lease-ttl-s      a job's poller lease (10 s): takeover within 2x this
+    PODSTREAM_LEASE_TTL_S      (no flag)          a job's poller lease (10 s): takeover within 1.5x this
 
 Both URLs set = cluster mode; one without the other is a configuration error naming the missing one.
 Credentials and region come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
