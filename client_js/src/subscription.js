@@ -352,6 +352,17 @@ export class JobSubscription extends Emitter {
         this._onClose?.(this);
         return undefined;
       }
+      default:
+        // A record kind from a newer relay: report it, keep the cursor moving, lose nothing after it.
+        this.lastSeq = ev.seq;
+        this.emit("error", {
+          seq: ev.seq,
+          item: null,
+          code: "unknown_kind",
+          message: `record ${ev.seq} has a kind this client does not know (${String(ev.k)}): skipped`,
+          fatal: false,
+        });
+        return undefined;
     }
   }
 

@@ -30,7 +30,7 @@ test("malformed frames are rejected with a FrameError naming the problem", () =>
     [encode({ t: "nope" }), /unknown frame type nope/],
     [encode({ t: "ev", job: "j", seq: -1, k: "status" }), /seq must be int/],
     [encode({ t: "ev", job: "j", seq: 1.5, k: "status" }), /seq must be int/],
-    [encode({ t: "ev", job: "j", seq: 1, k: "weird" }), /unknown record kind/],
+    [encode({ t: "ev", job: "j", seq: 1, k: 7 }), /k must be string/],
     [encode({ t: "chunk", job: "j", seq: 1, item: 0, off: 0, data: "text", last: true }), /data must be bin/],
     [
       encode({ t: "subscribed", job: "j", head: 0, status: "X", recovered: "yes" }),

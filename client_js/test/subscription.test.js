@@ -98,6 +98,29 @@ test("records apply in order; chunks assemble into a verified Blob of the right 
   assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 1, errors: 0 });
 });
 
+test("a record kind from a newer relay is reported, skipped, and the job goes on", async () => {
+  const job = new JobSubscription("j");
+  const events = record(job);
+  const data = bytesOf(20, 3);
+  const outcomes = await feed(job, [
+    { t: "ev", job: "j", seq: 1, k: "status", status: "IN_PROGRESS" },
+    { t: "ev", job: "j", seq: 2, k: "hologram", frames: 3 },
+    ...itemFrames(3, 0, data, 8),
+    { t: "ev", job: "j", seq: 4, k: "done", status: "COMPLETED", items: 1, errors: 0 },
+  ]);
+  assert.ok(
+    outcomes.every((o) => o === undefined),
+    "no resync, no close",
+  );
+  const [unknown] = events.filter(([n]) => n === "error").map(([, p]) => p);
+  assert.equal(unknown.code, "unknown_kind");
+  assert.equal(unknown.seq, 2);
+  assert.equal(unknown.fatal, false);
+  assert.match(unknown.message, /hologram/);
+  assert.equal(job.results.length, 1);
+  assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 1, errors: 0 });
+});
+
 test("resume: records at or before lastSeq are dropped, so a replay applies nothing twice", async () => {
   const job = new JobSubscription("j", { from: 2 });
   const events = record(job);

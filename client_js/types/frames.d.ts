@@ -5,6 +5,23 @@
  */
 export function isTerminalClose(code: number): boolean;
 /**
+ * @typedef {{t: "welcome", v: number, server: string, ping: number}} WelcomeFrame
+ * @typedef {{t: "subscribed", job: string, head: number, status: string, recovered: boolean}} SubscribedFrame
+ * @typedef {{t: "ev", job: string, seq: number, k: RecordKind, [field: string]: unknown}} EvFrame
+ * @typedef {{t: "chunk", job: string, seq: number, item: number, off: number, data: Uint8Array, last: boolean}} ChunkFrame
+ * @typedef {{t: "ping", n: number}} PingFrame
+ * @typedef {{t: "err", code: string, message: string, job?: string}} ErrFrame
+ * @typedef {{t: "bye", code: number, reason: string}} ByeFrame
+ * @typedef {WelcomeFrame | SubscribedFrame | EvFrame | ChunkFrame | PingFrame | ErrFrame | ByeFrame} ServerFrame
+ * @typedef {"status" | "progress" | "item" | "error" | "result" | "done"} RecordKind
+ *
+ * @typedef {{t: "auth", token: string}} AuthFrame
+ * @typedef {{t: "sub", job: string, from: number, inline: boolean}} SubFrame
+ * @typedef {{t: "unsub", job: string}} UnsubFrame
+ * @typedef {{t: "pong", n: number}} PongFrame
+ * @typedef {AuthFrame | SubFrame | UnsubFrame | PongFrame} ClientFrame
+ */
+/**
  * Encode a client frame as the bytes of one binary websocket message.
  * @param {ClientFrame} frame
  * @returns {Uint8Array}

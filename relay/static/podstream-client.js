@@ -1564,7 +1564,6 @@ var FrameError = class extends Error {
     this.name = "FrameError";
   }
 };
-var RECORD_KINDS = /* @__PURE__ */ new Set(["status", "progress", "item", "error", "result", "done"]);
 function encodeFrame(frame) {
   return encode(frame);
 }
@@ -1609,12 +1608,6 @@ function decodeFrame(bytes) {
       need(map, "job", "string");
       need(map, "seq", "int");
       need(map, "k", "string");
-      if (!RECORD_KINDS.has(
-        /** @type {string} */
-        map.k
-      )) {
-        throw new FrameError(`ev frame: unknown record kind ${String(map.k)}`);
-      }
       break;
     case "chunk":
       need(map, "job", "string");
@@ -2019,6 +2012,16 @@ var JobSubscription = class extends Emitter {
         this._onClose?.(this);
         return void 0;
       }
+      default:
+        this.lastSeq = ev.seq;
+        this.emit("error", {
+          seq: ev.seq,
+          item: null,
+          code: "unknown_kind",
+          message: `record ${ev.seq} has a kind this client does not know (${String(ev.k)}): skipped`,
+          fatal: false
+        });
+        return void 0;
     }
   }
   /**
