@@ -690,7 +690,9 @@ class Store:
     def job_ids(self) -> list[str]:
         ids = []
         for path in self.root.iterdir():
-            if JOB_ID.fullmatch(path.name) and ((path / "journal.log").exists() or (path / "job.json").exists()):
+            if JOB_ID.fullmatch(path.name) and (
+                (path / "journal.log").exists() or (path / "job.json").exists()
+            ):
                 ids.append(path.name)
         return sorted(ids)
 
