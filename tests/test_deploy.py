@@ -147,11 +147,9 @@ def flags_in(argv: list[str]) -> Iterator[str]:
 @cache
 def relay_env_names() -> frozenset[str]:
     """Every PODSTREAM_* variable the relay's settings read (RelaySettings field -> PODSTREAM_<FIELD>)."""
-    import dataclasses
-
     from relay.config import ENV_PREFIX, RelaySettings
 
-    return frozenset(f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(RelaySettings))
+    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in RelaySettings.model_fields)
 
 
 @cache

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from relay.config import ConfigError, RelaySettings
 
@@ -20,9 +20,44 @@ def test_environment_then_overrides() -> None:
     assert settings.runpod_url_base == "https://api.runpod.ai/v2/abc"
     assert settings.data_dir == Path("/tmp/x") and settings.poll_wait_ms == 30000
     assert settings.send_timeout_s == 2.5 and settings.port == 9000 and settings.host == "127.0.0.1"
-    assert "secret" not in repr(settings)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.port = 1  # type: ignore[misc]
+    assert settings.runpod_key == "secret" and "secret" not in repr(settings)
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.port = 1  # frozen (mypy does not know it without the pydantic plugin)
+
+
+def test_overrides_win_over_the_environment_and_empty_means_unset() -> None:
+    env = {"PODSTREAM_PORT": "8001", "PODSTREAM_FSYNC": "never", "PODSTREAM_HOST": ""}
+    settings = RelaySettings.from_env(env, port=8002)
+    assert (settings.port, settings.fsync, settings.host) == (8002, "never", "127.0.0.1")
+
+
+def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODSTREAM_MAX_PENDING_AUTH", "7")
+    assert RelaySettings.from_env().max_pending_auth == 7
+    # keyword construction is the defaults plus the keywords: it does not read the environment
+    assert RelaySettings(port=1).max_pending_auth == 1000
+
+
+def test_only_relay_variables_in_upper_case_are_read() -> None:
+    # other components' PODSTREAM_* variables (worker, cluster) share the prefix and are not errors
+    env = {"PODSTREAM_REDIS_URL": "redis://x", "PODSTREAM_OUTPUT_DIR": "/out", "podstream_port": "1"}
+    assert RelaySettings.from_env(env).port == 8700
+
+
+def test_no_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("PODSTREAM_PORT=1234\nPODSTREAM_INSECURE=1\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    settings = RelaySettings.from_env({})
+    assert settings.port == 8700 and settings.insecure is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("Yes", True), (" on ", True), ("0", False), ("false", False),
+     ("NO", False), ("off", False)],
+)  # fmt: skip
+def test_bool_words(raw: str, expected: bool) -> None:
+    assert RelaySettings.from_env({"PODSTREAM_INSECURE": raw}).insecure is expected
 
 
 @pytest.mark.parametrize(
@@ -41,6 +76,34 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
         RelaySettings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PODSTREAM_PORT": "eighty"}, "PODSTREAM_PORT must be a number, got 'eighty'"),
+        ({"PODSTREAM_RETENTION_S": "soon"}, "PODSTREAM_RETENTION_S must be a number, got 'soon'"),
+        ({"PODSTREAM_RETRIES": "1.5"}, "PODSTREAM_RETRIES must be a number, got '1.5'"),
+        ({"PODSTREAM_INSECURE": "maybe"}, "PODSTREAM_INSECURE must be true or false, got 'maybe'"),
+        ({"PODSTREAM_INSECURE": "t"}, "PODSTREAM_INSECURE must be true or false, got 't'"),
+        ({"PODSTREAM_RETENTION_S": "-1"}, "PODSTREAM_RETENTION_S must be >= 0"),
+        ({"PODSTREAM_PORT": "70000"}, "PODSTREAM_PORT out of range: 70000"),
+        ({"PODSTREAM_LOG_FORMAT": "xml"}, "PODSTREAM_LOG_FORMAT must be one of 'text' or 'json', got 'xml'"),
+    ],
+)
+def test_error_messages_are_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RelaySettings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_bad_override_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^PODSTREAM_MAX_PENDING_AUTH must be positive$"):
+        RelaySettings.from_env({}, max_pending_auth=0)
+    with pytest.raises(ConfigError, match=r"^PODSTREAM_RETRIES must be a whole number, got 1\.5$"):
+        RelaySettings.from_env({}, retries=1.5)
+
+
 def test_unknown_overrides_are_refused() -> None:
     with pytest.raises(ConfigError, match="unknown"):
         RelaySettings.from_env({}, colour="blue")
+    with pytest.raises(ConfigError, match=r"^unknown setting\(s\): \['colour', 'size'\]$"):
+        RelaySettings.from_env({}, colour="blue", size=3)
