@@ -144,9 +144,19 @@ class RelayProcess:
 
 
 async def play_worker(
-    emu: Emulator, files: list[bytes], tally: Tally, rng: random.Random, progress: list[float]
+    emu: Emulator,
+    files: list[bytes],
+    tally: Tally,
+    rng: random.Random,
+    kills: int,
+    kill_requests: asyncio.Queue[asyncio.Event],
 ) -> str:
-    """Take the job and post its envelopes (retrying 5xx, as the SDK does), with stream 503s injected."""
+    """Take the job and post its envelopes (retrying 5xx, as the SDK does), with stream 503s injected.
+
+    At `kills` points spread over the job the worker asks for a relay kill and waits until it happened (not
+    for the restart: it goes on posting while the relay is down), so every kill lands mid-job however slow
+    the machine is.
+    """
     base = emu.endpoint_url
     async with httpx.AsyncClient(timeout=30) as http:
         for _ in range(100):
@@ -169,8 +179,12 @@ async def play_worker(
                 wire.ManifestItem(i, f"f{i}", "ok", "application/octet-stream", len(data), sha, parts)
             )
         envelopes.extend(env.manifest(entries))
+        kill_at = {max(1, len(envelopes) * k // (kills + 1)) for k in range(1, kills + 1)}
         for n, envelope in enumerate(envelopes, start=1):
-            progress[0] = n / len(envelopes)
+            if n in kill_at:
+                killed = asyncio.Event()
+                await kill_requests.put(killed)
+                await killed.wait()
             if rng.random() < 0.05:
                 emu.faults.stream_item_5xx[n] = 1  # this post is answered 503 once
                 tally.faults += 1
@@ -288,18 +302,17 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
                 created = await http.post(f"{relay.url}/v1/jobs", json={"input": {"chaos": True}})
                 created.raise_for_status()
                 job = created.json()["id"]
-            progress = [0.0]
-            worker = asyncio.create_task(play_worker(emu, files, tally, rng, progress))
+            kill_requests: asyncio.Queue[asyncio.Event] = asyncio.Queue()
+            worker = asyncio.create_task(play_worker(emu, files, tally, rng, kills, kill_requests))
             held = await flood(relay, flood_size)
 
             async def killer() -> None:
-                # kills spread over the job: the k-th once the worker is k/(kills+1) through its envelopes
-                while tally.kills < kills and not worker.done():
-                    if progress[0] < (tally.kills + 1) / (kills + 1):
-                        await asyncio.sleep(0.02)
-                        continue
+                # kills spread over the job: the worker asks for each one at k/(kills+1) of its envelopes
+                while tally.kills < kills:
+                    killed = await kill_requests.get()
                     await relay.kill()
                     tally.kills += 1
+                    killed.set()
                     # a 429/5xx storm meets the restarted relay
                     storm = [rng.choice([429, 500, 503]) for _ in range(rng.randint(2, 6))]
                     emu.faults.stream_responses.extend(storm)
@@ -319,8 +332,11 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
                 )  # fmt: skip
                 if not batch:
                     await asyncio.sleep(0.1)
-            await kills_task
             await worker
+            if tally.kills < kills:  # a job too short for that many kill points: no more requests come
+                kills_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await kills_task  # a restart in progress finishes before the files are checked
             await check_files(relay, auth, job, files, tally)
             for conn in held:
                 with contextlib.suppress(Exception):
@@ -328,6 +344,10 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
                     if asyncio.iscoroutine(close):
                         await close
         finally:
+            if "kills_task" in locals() and not kills_task.done():
+                kills_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await kills_task
             if "worker" in locals() and not worker.done():
                 worker.cancel()
                 with contextlib.suppress(BaseException):
