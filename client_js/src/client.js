@@ -290,11 +290,7 @@ export class PodstreamClient extends Emitter {
         this._tokenJobs = new Set(jobs);
       } catch (err) {
         if (gen !== this._gen) return;
-        if (isTerminalTokenError(err)) {
-          const http = /** @type {RelayHttpError} */ (err);
-          this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
-          return;
-        }
+        if (this._failIfTerminal(err, jobs)) return;
         this.emit("error", { code: "token", message: `getting a token failed: ${errorMessage(err)}` });
         this._scheduleReconnect(1006, "getting a token failed");
         return;
@@ -573,11 +569,7 @@ export class PodstreamClient extends Emitter {
       token = await this._mintFor(jobs);
     } catch (err) {
       if (gen !== this._gen) return;
-      if (isTerminalTokenError(err)) {
-        const http = /** @type {RelayHttpError} */ (err);
-        this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
-        return;
-      }
+      if (this._failIfTerminal(err, jobs)) return;
       // For now only: the relay's `bye 4003` at expiry reconnects with a token minted then.
       this.emit("error", { code: "token", message: `renewing the token failed: ${errorMessage(err)}` });
       return;
@@ -587,6 +579,19 @@ export class PodstreamClient extends Emitter {
     this._tokenJobs = new Set(jobs);
     this._send({ t: "auth", token });
     this._armRefresh(gen);
+  }
+
+  /**
+   * End every subscription when a token for `jobs` was refused for good (bad key, forbidden, unknown job).
+   * @param {unknown} err
+   * @param {string[]} jobs
+   * @returns {boolean} whether it was terminal (and everything has been failed)
+   */
+  _failIfTerminal(err, jobs) {
+    if (!isTerminalTokenError(err)) return false;
+    const http = /** @type {RelayHttpError} */ (err);
+    this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+    return true;
   }
 
   /**

@@ -172,6 +172,13 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     /** @param {number} gen */
     _refresh(gen: number): Promise<void>;
     /**
+     * End every subscription when a token for `jobs` was refused for good (bad key, forbidden, unknown job).
+     * @param {unknown} err
+     * @param {string[]} jobs
+     * @returns {boolean} whether it was terminal (and everything has been failed)
+     */
+    _failIfTerminal(err: unknown, jobs: string[]): boolean;
+    /**
      * A failure no retry can fix (a refused key, a forbidden job): report it, end every subscription with it
      * (each gets a fatal `error` and its `finished` rejects), and stay disconnected.
      * @param {string} code

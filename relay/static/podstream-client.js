@@ -2356,14 +2356,7 @@ var PodstreamClient = class extends Emitter {
         this._tokenJobs = new Set(jobs);
       } catch (err) {
         if (gen !== this._gen) return;
-        if (isTerminalTokenError(err)) {
-          const http = (
-            /** @type {RelayHttpError} */
-            err
-          );
-          this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
-          return;
-        }
+        if (this._failIfTerminal(err, jobs)) return;
         this.emit("error", { code: "token", message: `getting a token failed: ${errorMessage(err)}` });
         this._scheduleReconnect(1006, "getting a token failed");
         return;
@@ -2624,14 +2617,7 @@ var PodstreamClient = class extends Emitter {
       token = await this._mintFor(jobs);
     } catch (err) {
       if (gen !== this._gen) return;
-      if (isTerminalTokenError(err)) {
-        const http = (
-          /** @type {RelayHttpError} */
-          err
-        );
-        this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
-        return;
-      }
+      if (this._failIfTerminal(err, jobs)) return;
       this.emit("error", { code: "token", message: `renewing the token failed: ${errorMessage(err)}` });
       return;
     }
@@ -2640,6 +2626,21 @@ var PodstreamClient = class extends Emitter {
     this._tokenJobs = new Set(jobs);
     this._send({ t: "auth", token });
     this._armRefresh(gen);
+  }
+  /**
+   * End every subscription when a token for `jobs` was refused for good (bad key, forbidden, unknown job).
+   * @param {unknown} err
+   * @param {string[]} jobs
+   * @returns {boolean} whether it was terminal (and everything has been failed)
+   */
+  _failIfTerminal(err, jobs) {
+    if (!isTerminalTokenError(err)) return false;
+    const http = (
+      /** @type {RelayHttpError} */
+      err
+    );
+    this._failAll(http.code, `no token for ${jobs.join(", ")}: ${http.message}`);
+    return true;
   }
   /**
    * A failure no retry can fix (a refused key, a forbidden job): report it, end every subscription with it
