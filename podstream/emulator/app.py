@@ -184,9 +184,11 @@ class EmulatorApp:
             elif not self._limiter.acquire(name):
                 response = _error(429, "rate limit exceeded, retry with backoff")
             else:
+                self.stats.enter(name)
                 try:
                     response = await handler(request, body.data)
                 finally:
+                    self.stats.leave(name)
                     self._limiter.release(name)
             self.stats.record(name, response.status_code, body.size, len(response.body))
             return response

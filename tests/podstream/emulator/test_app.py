@@ -189,6 +189,24 @@ async def test_two_pollers_split_the_items(serve: Start) -> None:
     assert two.json()["stream"] == [{"output": "b"}]
 
 
+async def test_stats_count_the_long_polls_held_at_once(serve: Start) -> None:
+    s = await serve()
+    job_id = await s.client.run({})
+    await s.worker.take_one()
+    await s.client.stream(job_id, wait_ms=300)
+    await s.client.stream(job_id, wait_ms=300)  # one after the other: never two at once
+    assert s.emu.stats()["routes"]["stream"]["max_in_flight"] == 1
+    polls = [asyncio.create_task(s.client.stream(job_id, wait_ms=20_000)) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    assert s.emu.stats()["routes"]["stream"]["in_flight"] == 2
+    s.emu.reset_stats()  # the two still held are counted on, and leave later without going below 0
+    await s.worker.stream(job_id, "x")
+    await s.worker.done(job_id, {"output": []})
+    await asyncio.wait_for(asyncio.gather(*polls), 10)
+    stream = s.emu.stats()["routes"]["stream"]
+    assert (stream["in_flight"], stream["max_in_flight"], stream["requests"]) == (0, 2, 2)
+
+
 # ---- worker API -----------------------------------------------------------------------------------
 
 
