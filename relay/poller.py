@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
-import json
 import logging
 import random
-import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from podstream import wire
 from podstream.stream_split import entry_output as _entry_output
@@ -52,9 +49,7 @@ from relay.runpod import (
     StreamBatch,
 )
 from relay.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
-
-if TYPE_CHECKING:
-    from relay.recovery import GapRecovery
+from relay.worker_errors import one_line_error
 
 log = logging.getLogger("podstream.relay.poller")
 
@@ -80,6 +75,13 @@ def _problem_entry(problem: wire.Problem, ids: Mapping[int, str] | None = None) 
     if isinstance(item, int) and ids and item in ids:
         body["id"] = ids[item]  # messages name a lost item by its id too, not only its number
     return ERROR, body
+
+
+class Recovery(Protocol):
+    """What the poller asks of gap recovery (relay/recovery.py `GapRecovery`) when a job's stream ends:
+    to bring back what is missing, before the end checks and `done` are journaled."""
+
+    async def recover(self, poller: JobPoller, status: str) -> None: ...
 
 
 class JobPoller:
@@ -109,7 +111,7 @@ class JobPoller:
         #: Highest seq of the current run accepted so far (gap recovery asks for what came after it).
         self.highest_seq = 0
         #: Set by `PollerSet.start` when unset: recovers gaps at the end of the stream (relay/recovery.py).
-        self.recovery: GapRecovery | None = None
+        self.recovery: Recovery | None = None
         #: Called with every non-empty `/stream` answer before it is written (a test-only crash hook; with
         #: it set, answers are taken whole instead of in pieces).
         self.on_drained: Callable[[StreamBatch], None] | None = None
@@ -472,29 +474,6 @@ def _error(item: int | None, code: str, message: str) -> Entry:
     return ERROR, {"item": item, "code": code, "message": message}
 
 
-#: A consumer's error message is at most this long (the whole error is in the relay's log).
-MAX_ERROR_CHARS = 300
-
-
-def one_line_error(error: object) -> str:
-    """What consumers see of a worker's error: its message on one line, without the SDK's traceback.
-
-    The RunPod SDK reports a generator handler's exception as `"handler: <message> \ntraceback: <...>"`,
-    and a plain handler's as JSON `{"error_type", "error_message", "error_traceback", ...}`."""
-    text = error if isinstance(error, str) else json.dumps(error)
-    details: object = None
-    with contextlib.suppress(ValueError):
-        details = json.loads(text)
-    if isinstance(details, dict) and isinstance(details.get("error_message"), str):
-        kind = str(details.get("error_type") or "")
-        name = kind.removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
-        text = f"{name}: {details['error_message']}" if name else details["error_message"]
-    text = re.split(r"\s*\btraceback:|\nTraceback \(most recent call last\)", text, maxsplit=1)[0]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = (lines[0] if lines else "the job failed").removeprefix("handler: ").strip()
-    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
-
-
 def _lost_record(seq: int) -> Entry:
     return ERROR, {
         "item": None,
@@ -527,7 +506,7 @@ class PollerSet:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.pollers: dict[str, JobPoller] = {}
         #: Given to every poller started without its own (set by `relay.app.create_app`).
-        self.recovery: GapRecovery | None = None
+        self.recovery: Recovery | None = None
         self.on_drained: Callable[[StreamBatch], None] | None = None
 
     def __contains__(self, job: str) -> bool:

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from podstream import wire
-from relay.poller import one_line_error
 from relay.runpod import RunPodClient, RunPodError, StreamBatch
 from relay.store import ERROR
+from relay.worker_errors import one_line_error
 
 if TYPE_CHECKING:
     from relay.poller import JobPoller

@@ -43,7 +43,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -52,10 +52,9 @@ from starlette.routing import Route
 from podstream import wire
 from podstream.sinks import fsync_dir, media_name
 from relay.auth import require_scope
+from relay.config import RelaySettings
+from relay.metrics import RelayMetrics
 from relay.store import BadJobId, JobStore, QuotaExceeded, check_job_id
-
-if TYPE_CHECKING:
-    from relay.service import Relay
 
 SHA256_HEADER: Final = "x-podstream-sha256"
 UPLOADS: Final = "uploads"
@@ -63,6 +62,19 @@ _ITEM: Final = re.compile(r"^[0-9]{1,7}$")
 _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 #: Bytes gathered from the request before one write (in a worker thread).
 _WRITE_BYTES: Final = 1 << 20
+
+
+class UploadHost(Protocol):
+    """What the upload route needs of the relay (`relay.service.Relay`, the app's `state.relay`). Named here,
+    not imported: the service imports the poller, which imports this module for `claim`."""
+
+    @property
+    def settings(self) -> RelaySettings: ...
+
+    @property
+    def metrics(self) -> RelayMetrics: ...
+
+    def job(self, job: str) -> JobStore | None: ...
 
 
 class UploadError(Exception):
@@ -159,8 +171,8 @@ class _TempFile:
         self.path.unlink(missing_ok=True)
 
 
-def _relay(request: Request) -> Relay:
-    relay: Relay = request.app.state.relay
+def _relay(request: Request) -> UploadHost:
+    relay: UploadHost = request.app.state.relay
     return relay
 
 
