@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,9 @@ from typing import Any
 import httpx
 
 from podstream.emulator import Emulator, EmulatorConfig
+
+#: A server process, as `wait_healthy` watches it: started with asyncio or with `subprocess.Popen`.
+Server = asyncio.subprocess.Process | subprocess.Popen[bytes]
 
 
 def free_port() -> int:
@@ -101,6 +105,48 @@ class Stack:
                     return done
 
 
+async def wait_healthy(
+    url: str, *, timeout_s: float, process: Server | None = None, log: Path | None = None
+) -> None:
+    """Until `{url}/healthz` answers 200, else RuntimeError after `timeout_s`.
+
+    With `process` (the server's), it fails as soon as that process has exited instead of waiting out the
+    timeout, and says what the process wrote: `log`, and an asyncio process's stdout and stderr where they
+    are pipes. A caller without an event loop (a `subprocess.Popen` server) runs it with `asyncio.run`."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as http:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"{url}/healthz")).status_code == 200:
+                    return
+            code = None if process is None else _returncode(process)
+            if process is not None and code is not None:
+                output = await _output(process, log)
+                raise RuntimeError(f"{url}: the server exited ({code}) before it was healthy{output}")
+            if time.monotonic() > deadline:
+                output = "" if process is None else await _output(process, log)
+                raise RuntimeError(f"{url}: not healthy after {timeout_s} s{output}")
+            await asyncio.sleep(0.05)
+
+
+def _returncode(process: Server) -> int | None:
+    return process.poll() if isinstance(process, subprocess.Popen) else process.returncode
+
+
+async def _output(process: Server, log: Path | None) -> str:
+    parts = [] if log is None else [await asyncio.to_thread(_read, log)]
+    if isinstance(process, asyncio.subprocess.Process) and process.returncode is not None:
+        # only once it has exited: before, read() would wait for output that may never come
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                parts.append((await pipe.read()).decode(errors="replace"))
+    return "".join(f"\n{part}" for part in parts if part)
+
+
+def _read(log: Path) -> str:
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
 @contextlib.asynccontextmanager
 async def stack(
     *relay_args: str,
@@ -133,11 +179,7 @@ async def stack(
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
             async with httpx.AsyncClient(timeout=60, headers=headers) as http:
                 try:
-                    for _ in range(400):
-                        with contextlib.suppress(httpx.TransportError):
-                            if (await http.get(f"{url}/healthz")).status_code == 200:
-                                break
-                        await asyncio.sleep(0.05)
+                    await wait_healthy(url, timeout_s=30, process=process)
                     yield Stack(emu, url, process, http, Path(tmp) / "data")
                 finally:
                     process.terminate()

@@ -42,6 +42,7 @@ import httpx
 import msgpack
 import websockets
 
+from bench._relay_stack import wait_healthy
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
@@ -119,15 +120,7 @@ class RelayProcess:
                 str(self.data_dir), "--port", str(self.port), "--poll-wait-ms", "1000", "--log-level", "warning",
                 env=self.env, stdout=log, stderr=log,
             )  # fmt: skip
-        async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(600):
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                if self.process.returncode is not None:
-                    break
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"the relay did not start (see {self.log})")
+        await wait_healthy(self.url, timeout_s=30, process=self.process, log=self.log)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -12,19 +12,18 @@ and a manifest: the wire protocol of the real worker, without torch. The relay i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from bench._relay_stack import wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
 
@@ -79,13 +78,6 @@ def free_port() -> int:
     return port
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @dataclass
 class Stack:
     emu: Emulator
@@ -135,10 +127,7 @@ def local_stack(tmp: Path, relay_env: Mapping[str, str] | None = None) -> Iterat
         with log_path.open("wb") as log:
             relay = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while not healthy(url):
-                assert relay.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+            asyncio.run(wait_healthy(url, timeout_s=60, process=relay, log=log_path))
             yield Stack(emu, url, key, tmp, schema)
         finally:
             relay.terminate()

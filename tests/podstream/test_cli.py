@@ -6,6 +6,7 @@ one clear line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench._relay_stack import wait_healthy
 from podstream import wire
 from relay.auth import generate_key, hash_key
 from tests.podstream.stack import RUNPOD_KEY, emulator_with_worker, local_stack
@@ -198,15 +199,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (data / "relay.log").read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the relay did not start"
-                time.sleep(0.1)
+        asyncio.run(wait_healthy(url, timeout_s=60, process=process, log=data / "relay.log"))
         yield url
     finally:
         process.terminate()
@@ -394,7 +387,7 @@ def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path:
         )  # fmt: skip
         try:
             assert proc.stderr is not None
-            seen = []
+            seen: list[str] = []
             while not any(line.startswith("saved") for line in seen):
                 line = proc.stderr.readline()
                 assert line, "".join(seen)

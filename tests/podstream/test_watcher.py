@@ -15,13 +15,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgpack
 import pytest
 from websockets.datastructures import Headers
@@ -30,6 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 import podstream.watcher as watch_mod
+from bench._relay_stack import wait_healthy
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 from podstream.puller import RetryPolicy
 from relay.auth import generate_key, hash_key
@@ -452,16 +451,13 @@ def start_relay(endpoint_url: str, data_dir: Path, port: int, log: Path) -> subp
     with log.open("ab") as out:
         env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "k", "PODSTREAM_API_KEYS": hash_key(RELAY_KEY)}
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the relay did not start:\n" + log.read_text())
+    try:
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{port}", timeout_s=60, process=process, log=log))
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    return process
 
 
 def test_watch_survives_a_relay_restart_mid_job(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._relay_stack import wait_healthy
 from podstream.commands.jobs import format_table
 from podstream.emulator import Emulator
 from relay.auth import hash_key
@@ -60,12 +61,7 @@ async def test_relay_process_serves_lists_and_says_bye_on_sigterm(tmp_path: Path
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+            await wait_healthy(base, timeout_s=30, process=process)
             listing = await asyncio.to_thread(podstream, "jobs", "--relay", base, "--key", API_KEY)
             assert listing.returncode == 0 and listing.stdout.strip() == "no jobs"
             refused = await asyncio.to_thread(podstream, "jobs", "--relay", base)
@@ -150,12 +146,7 @@ async def test_insecure_says_so_and_logs_json_with_job_ids(tmp_path: Path, emula
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+            await wait_healthy(base, timeout_s=30, process=process)
             job = (await http.post(f"{base}/v1/jobs", json={"input": {}})).json()["id"]  # no key needed
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 20)
@@ -200,13 +191,7 @@ async def test_a_port_in_use_is_one_line_and_exit_1_and_logs_have_no_ansi(
         str(tmp_path / "d2"), "--port", str(free), env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"http://127.0.0.1:{free}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+        await wait_healthy(f"http://127.0.0.1:{free}", timeout_s=30, process=process)
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 20)
         stderr = (await process.stderr.read()).decode() if process.stderr else ""

@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bench._relay_stack import wait_healthy
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import hash_key
-from relay.recovery import ResendRequest, compact, wanted
+from relay.config import RelaySettings
+from relay.recovery import GapRecovery, ResendRequest, compact, crash_after_drain, wanted
 from tests.relay.conftest import API_KEY, TOKEN_SECRET, ScriptedWorker, relay_settings, sha, start_relay
 from tests.relay.file_worker import file_bytes
 from tests.relay.test_cli import free_port
@@ -128,7 +130,7 @@ async def test_a_relay_killed_between_draining_and_persisting_restores_every_ite
     ) as relay:
         await emulator.workers_ready(1)
         async with httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}, timeout=10) as http:
-            await until_up(http, base)
+            await wait_healthy(base, timeout_s=30, process=relay, log=tmp_path / "relay1.log")
             submitted = await http.post(f"{base}/v1/jobs", json=video_job(SIZES))
             assert submitted.status_code == 201, submitted.text
             job = submitted.json()["id"]
@@ -137,27 +139,16 @@ async def test_a_relay_killed_between_draining_and_persisting_restores_every_ite
     assert "killing the relay after draining 2" in (tmp_path / "relay1.log").read_text()
 
     async with (
-        relay_process(args, env, tmp_path / "relay2.log"),
+        relay_process(args, env, tmp_path / "relay2.log") as relay,
         httpx.AsyncClient(headers={"authorization": f"Bearer {API_KEY}"}, timeout=10) as http,
     ):
-        await until_up(http, base)
+        await wait_healthy(base, timeout_s=30, process=relay, log=tmp_path / "relay2.log")
         try:
             await assert_every_item_arrived(http, base, job, SIZES)
         except AssertionError:
             print(worker_logs(tmp_path), (tmp_path / "relay2.log").read_text())
             raise
     assert emulator.stats()["routes"]["run"]["requests"] == 2  # the job and the resend job
-
-
-async def until_up(http: httpx.AsyncClient, base: str) -> None:
-    for _ in range(300):
-        try:
-            if (await http.get(f"{base}/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the relay did not come up")
 
 
 class relay_process:  # used like a function: `async with relay_process(...) as process`
@@ -286,3 +277,13 @@ def test_wanted() -> None:
     for envelope in [parts[1], *manifest]:
         assembler.feed(envelope)
     assert wanted(assembler, 4, "COMPLETED") is None
+
+
+def test_gap_recovery_from_the_settings_and_the_crash_hook_off_by_default(tmp_path: Path) -> None:
+    settings = RelaySettings(
+        data_dir=tmp_path, recovery_attempts=5, recovery_timeout_s=7.5, poll_wait_ms=1500, insecure=True
+    )
+    recovery = GapRecovery.from_settings(settings)
+    assert (recovery.attempts, recovery.timeout_s, recovery.wait_ms) == (5, 7.5, 1500)
+    assert crash_after_drain(settings.test_crash_after_drain) is None  # 0: no hook
+    assert callable(crash_after_drain(2))

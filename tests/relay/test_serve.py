@@ -16,6 +16,7 @@ import httpx
 import pytest
 import websockets
 
+from bench._relay_stack import wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import hash_key
 from relay.limits import fd_budget
@@ -69,13 +70,7 @@ async def relay_process(tmp_path: Path, emulator: Emulator, **env: str) -> Async
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+        await wait_healthy(base, timeout_s=30, process=process, log=stderr)
         yield base, stderr
     finally:
         if process.returncode is None:
