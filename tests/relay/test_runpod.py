@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import AsyncIterator, Callable
 from unittest.mock import patch
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from relay import runpod
-from relay.runpod import Backoff, JobNotFound, RunPodClient, RunPodError, StreamSplitter, parse_entry
+from relay.runpod import Backoff, JobNotFound, RunPodClient, RunPodError, parse_entry
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -135,63 +134,6 @@ def test_backoff_is_capped_full_jitter() -> None:
 
 
 # ---------------------------------------------------------------- /stream answers taken in pieces
-
-
-def split(body: bytes, sizes: Callable[[], int]) -> tuple[list[bytes], object]:
-    splitter = StreamSplitter()
-    texts: list[bytes] = []
-    at = 0
-    while at < len(body):
-        step = sizes()
-        texts += splitter.feed(body[at : at + step])
-        at += step
-    return texts, splitter.close()
-
-
-def random_json(rng: random.Random, depth: int = 0) -> object:
-    tricky = ['a"b', "x\\", '\\"', '"', '\\\\"', "]", "[", "{", "}", ",", "é", "\u2028", "stream", "data"]
-    roll = rng.random()
-    if depth > 3 or roll < 0.3:
-        return rng.choice([*tricky, 1, 2.5, None, True])
-    if roll < 0.6:
-        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {rng.choice(tricky): random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))}
-
-
-def test_the_splitter_finds_every_entry_whatever_the_chunking() -> None:
-    rng = random.Random(7)
-    for _ in range(800):
-        keys = ["id", "status", "stream", rng.choice(["x", "stream ", 'q"'])]
-        rng.shuffle(keys)
-        doc: dict[str, object] = {}
-        for key in keys:
-            if key == "stream":
-                doc[key] = [
-                    {"output": random_json(rng)} if rng.random() < 0.8 else random_json(rng)
-                    for _ in range(rng.randint(0, 4))
-                ]
-            else:
-                doc[key] = random_json(rng)
-        for body in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False, indent=1).encode()):
-            texts, rest = split(body, lambda: rng.randint(1, 9))
-            assert isinstance(rest, dict) and rest.get("stream") in ([], doc["stream"])
-            entries = [json.loads(t) for t in texts] if texts else rest["stream"]
-            assert {**rest, "stream": entries} == doc
-
-
-def test_the_splitter_reads_the_status_before_the_entries_and_rejects_bad_bodies() -> None:
-    splitter = StreamSplitter()
-    assert splitter.feed(b' {"id": "j", "status": "IN_PROGRESS", "stream": [{"output": 1}') == []
-    assert splitter.status == "IN_PROGRESS"
-    assert splitter.feed(b", 2]}") == [b'{"output": 1}', b" 2"]
-    assert splitter.close() == {"id": "j", "status": "IN_PROGRESS", "stream": []}
-    for body in (b"<html>", b'{"stream": [{"output": 1}', b'{"status": "X"'):
-        with pytest.raises(ValueError):
-            split(body, lambda: 3)
-    assert split(b"[1]", lambda: 2) == ([], [1])  # not an object: the caller rejects it
-    assert parse_entry(b'{"output": {"a": 1}}') == ({"a": 1}, False)
-    assert parse_entry(b'"junk"') == ("junk", True)
-    assert parse_entry(b"{bad")[1]
 
 
 def chunked(body: bytes, size: int, fail_after: int | None = None) -> httpx.AsyncByteStream:
