@@ -2,8 +2,10 @@
 
 The compose file against the Compose Specification's JSON schema; every build target, build argument,
 command, flag, module and environment variable the compose file and the Dockerfile use exists in this
-checkout; COPY sources exist and reach the build context; the stack runs exactly one relay; the locked
-requirements agree with pyproject.toml; hadolint passes.
+checkout; COPY sources exist and reach the build context; the default stack runs exactly one relay, and the
+`scaled` profile relay replicas in cluster mode on one Redis (AOF on) and one bucket, behind the nginx of
+deploy/nginx.conf, which passes websockets to every replica; the locked requirements agree with
+pyproject.toml; hadolint passes.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -33,6 +36,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+SCALED = "scaled"
 REQUIREMENTS = ROOT / "deploy" / "requirements"
 SCHEMA_CANDIDATES = (
     os.environ.get("PODSTREAM_COMPOSE_SCHEMA", ""),
@@ -52,6 +57,37 @@ def compose() -> dict[str, Any]:
 def services() -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = compose()["services"]
     return result
+
+
+def default_services() -> dict[str, dict[str, Any]]:
+    """What `docker compose up` starts: the services without profiles."""
+    return {name: s for name, s in services().items() if not s.get("profiles")}
+
+
+def scaled_services() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services().items() if SCALED in s.get("profiles", [])}
+
+
+def is_relay(service: dict[str, Any]) -> bool:
+    return command_of(service)[:2] == ["podstream", "relay"]
+
+
+def strings_in(value: object) -> Iterator[str]:
+    """Every string in a parsed YAML value (keys and values, nested)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def option(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
 
 
 def command_of(service: dict[str, Any]) -> list[str]:
@@ -146,10 +182,13 @@ def flags_in(argv: list[str]) -> Iterator[str]:
 
 @cache
 def relay_env_names() -> frozenset[str]:
-    """Every PODSTREAM_* variable the relay's settings read (RelaySettings field -> PODSTREAM_<FIELD>)."""
+    """Every PODSTREAM_* variable the relay's settings read (RelaySettings field -> PODSTREAM_<FIELD>), the
+    cluster-mode ones (relay.backends.settings.ClusterSettings, read apart from RelaySettings) included."""
+    from relay.backends.settings import ClusterSettings
     from relay.config import ENV_PREFIX, RelaySettings
 
-    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in RelaySettings.model_fields)
+    names = list(RelaySettings.model_fields) + [f.name for f in fields(ClusterSettings)]
+    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in names)
 
 
 @cache
@@ -188,6 +227,73 @@ def declared(*extras: str) -> list[Requirement]:
     return [Requirement(item) for item in items]
 
 
+@dataclass(frozen=True)
+class Directive:
+    """One nginx directive: `name args...;` or `name args... { block }`."""
+
+    name: str
+    args: tuple[str, ...]
+    block: tuple[Directive, ...] | None = None
+
+    def all(self, name: str) -> list[Directive]:
+        return [d for d in self.block or () if d.name == name]
+
+    def one(self, name: str, *args: str) -> Directive:
+        found = [d for d in self.all(name) if d.args[: len(args)] == args]
+        assert len(found) == 1, f"{self.name} {' '.join(self.args)}: {len(found)} `{name} {' '.join(args)}`"
+        return found[0]
+
+    def value(self, name: str, *args: str) -> str:
+        return " ".join(self.one(name, *args).args[len(args) :])
+
+
+NGINX_TOKEN = re.compile(r"""'[^']*'|"[^"]*"|#[^\n]*|[{};]|[^\s{};'"]+""")
+
+
+def parse_nginx(text: str) -> Directive:
+    """nginx's configuration syntax (directives, blocks, quotes, comments) as a tree under a root."""
+    tokens = [t for t in NGINX_TOKEN.findall(text) if not t.startswith("#")]
+    position = 0
+
+    def block(closing: str | None) -> tuple[Directive, ...]:
+        nonlocal position
+        out: list[Directive] = []
+        words: list[str] = []
+        while position < len(tokens):
+            token = tokens[position]
+            position += 1
+            if token == ";":
+                assert words, "an empty directive"
+                out.append(Directive(words[0], tuple(words[1:])))
+                words = []
+            elif token == "{":
+                assert words, "a block without a name"
+                out.append(Directive(words[0], tuple(words[1:]), block("}")))
+                words = []
+            elif token == "}":
+                assert closing == "}" and not words, "an unbalanced }"
+                return tuple(out)
+            else:
+                words.append(token[1:-1] if token[:1] in "'\"" else token)
+        assert closing is None and not words, "the configuration ends inside a block or directive"
+        return tuple(out)
+
+    return Directive("", (), block(None))
+
+
+@cache
+def nginx_conf() -> Directive:
+    return parse_nginx(NGINX_CONF.read_text(encoding="utf-8"))
+
+
+def nginx_seconds(value: str) -> float:
+    """An nginx time ("90", "500ms", "3s", "1m", "1h", "1d") in seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert match, f"not an nginx time: {value}"
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return int(match.group(1)) * unit
+
+
 # ------------------------------------------------------------------------------------------- compose
 
 
@@ -220,16 +326,17 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert len(list(validator.iter_errors(broken))) >= 2
 
 
-def test_the_stack_has_the_services_the_design_names_and_one_relay() -> None:
-    assert set(services()) == {"emulator", "relay"}
-    assert [name for name, service in services().items() if "profiles" in service] == []
-    # One relay per deployment: the relay has no scale-out (lease, shared event log, shared media) yet, and two
-    # relays polling one job would split its items between them (RunPod's /stream hands each out once).
-    relays = [
-        name for name, service in services().items() if command_of(service)[:2] == ["podstream", "relay"]
-    ]
+def test_the_default_stack_has_the_services_the_design_names_and_one_relay() -> None:
+    assert set(default_services()) == {"emulator", "relay"}
+    # Every other service belongs to the scaled profile, so `docker compose up` starts what it always did.
+    assert set(services()) - set(default_services()) == set(scaled_services())
+    assert all(s["profiles"] == [SCALED] for s in scaled_services().values())
+    # One relay on local disk: two such relays polling one job would split its items between them (RunPod's
+    # /stream hands each out once); only cluster-mode replicas share a lease per job.
+    relays = [name for name, service in default_services().items() if is_relay(service)]
     assert relays == ["relay"]
     relay = services()["relay"]
+    assert "--redis-url" not in command_of(relay) and "PODSTREAM_REDIS_URL" not in environment_of(relay)
     assert "scale" not in relay and relay.get("deploy", {}).get("replicas", 1) == 1
     # The worker in the local stack runs the embedded tiny model on CPU.
     emulator = services()["emulator"]
@@ -238,16 +345,23 @@ def test_the_stack_has_the_services_the_design_names_and_one_relay() -> None:
 
 
 def test_published_ports_are_loopback_only_and_match_what_the_services_listen_on() -> None:
-    published = 0
+    published: dict[str, str] = {}
     for name, service in services().items():
         for mapping in service.get("ports", []):
-            host_ip, _, container_port = str(mapping).split(":")
+            assert isinstance(mapping, str), f"{name}: write ports as HOST_IP:HOST:CONTAINER strings"
+            host_ip, host_port, container_port = mapping.split(":")
             assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip}"
-            command = command_of(service)
-            assert "--port" in command, f"{name} publishes {container_port} but sets no --port"
-            assert command[command.index("--port") + 1] == container_port, name
-            published += 1
-    assert published == 2
+            if name == "nginx":
+                listens = [d.args[0] for d in nginx_conf().one("http").one("server").all("listen")]
+                assert listens == [container_port], f"nginx listens on {listens}"
+            else:
+                command = command_of(service)
+                assert "--port" in command, f"{name} publishes {container_port} but sets no --port"
+                assert option(command, "--port") == container_port, name
+            assert host_port not in published.values(), f"{name} and another service publish {host_port}"
+            published[name] = host_port
+    # Redis, MinIO and the replicas are reached through the containers' network (and nginx) only.
+    assert set(published) == {"emulator", "relay", "nginx"}
 
 
 def test_every_build_target_and_argument_exists_in_the_dockerfile() -> None:
@@ -295,18 +409,159 @@ def test_environment_variables_in_compose_are_read_by_what_they_configure() -> N
 
 
 def test_relay_services_use_the_relay_image_and_persist_their_data() -> None:
+    data_volumes = []
     for name, service in services().items():
-        if command_of(service)[:2] != ["podstream", "relay"]:
+        if not is_relay(service):
             continue
         assert service["build"]["target"] == "relay"
+        assert service["image"] == services()["relay"]["image"], name
         command = command_of(service)
         data_dir = command[command.index("--data-dir") + 1]
-        assert any(str(v).endswith(":" + data_dir) for v in service["volumes"]), name
+        [volume] = [str(v) for v in service["volumes"] if str(v).endswith(":" + data_dir)]
+        data_volumes.append(volume.split(":", 1)[0])
         assert environment_of(service)["PODSTREAM_RUNPOD_URL"].startswith("http://emulator:")
         url = command[command.index("--runpod-url") + 1]
         assert url == "http://emulator:8800/v2/local"
     emulator = command_of(services()["emulator"])
     assert emulator[emulator.index("--endpoint-id") + 1] == "local"
+    # Each relay its own data directory: two processes must never share one (journal files, locks, spool).
+    assert len(set(data_volumes)) == len(data_volumes) >= 3
+    assert all(v in compose()["volumes"] for v in data_volumes)
+
+
+# --------------------------------------------------------------------------------------- scaled profile
+
+
+def test_required_variables_are_only_those_the_default_stack_needs_too() -> None:
+    # Compose interpolates every service before it picks the active profiles, so a `${X:?}` in a scaled
+    # service would stop a plain `docker compose up` whenever X is unset.
+    text = COMPOSE.read_text(encoding="utf-8")
+    required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", text))
+    assert "PODSTREAM_API_KEYS" in required
+    default_text = "\n".join(strings_in(default_services()))
+    for name in required:
+        assert re.search(r"\$\{" + name + r":?\?", default_text), (
+            f"${{{name}:?...}} is required by a profile's service only: `docker compose up` would need it"
+        )
+
+
+def test_scaled_profile_runs_replicas_in_cluster_mode_on_one_redis_and_one_bucket() -> None:
+    from relay.backends.s3_media import MediaUrl
+    from relay.backends.settings import ClusterSettings
+
+    replicas = {name: s for name, s in scaled_services().items() if is_relay(s)}
+    assert len(replicas) >= 2
+    commands = {name: command_of(s) for name, s in replicas.items()}
+    envs = {name: environment_of(s) for name, s in replicas.items()}
+    # Cluster mode is both URLs; every replica the same Redis, bucket and endpoint, each its own name.
+    for flag in ("--redis-url", "--media-url", "--s3-endpoint-url"):
+        assert len({option(c, flag) for c in commands.values()}) == 1, f"replicas differ in {flag}"
+    replica_ids = [option(c, "--replica-id") for c in commands.values()]
+    assert len(set(replica_ids)) == len(replica_ids)
+    command = next(iter(commands.values()))
+    cluster = ClusterSettings(
+        redis_url=option(command, "--redis-url"),
+        media_url=option(command, "--media-url"),
+        s3_endpoint_url=option(command, "--s3-endpoint-url"),
+    )
+    assert cluster.enabled
+    assert cluster.redis_url.startswith("redis://redis:6379/")
+    assert cluster.s3_endpoint_url == "http://minio:9000"
+    # Tokens and signed URLs minted by one replica are checked by the others: one set of keys, one secret.
+    for variable in ("PODSTREAM_API_KEYS", "PODSTREAM_TOKEN_SECRET"):
+        values = {env[variable] for env in envs.values()}
+        assert len(values) == 1, f"replicas differ in {variable}"
+        assert values.pop().startswith("${" + variable), variable
+    for env in envs.values():
+        minio = environment_of(services()["minio"])
+        assert env["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+        assert env["AWS_DEFAULT_REGION"]
+        assert env["PODSTREAM_PUBLIC_URL"] == "http://" + services()["nginx"]["ports"][0].rsplit(":", 1)[0]
+    for name, service in [*replicas.items(), ("nginx", services()["nginx"])]:
+        # One descriptor per subscriber (two in nginx): Docker's default soft limit can be 1,024.
+        assert service["ulimits"]["nofile"]["soft"] >= 65536, name
+    nginx_limit = int(nginx_conf().value("worker_rlimit_nofile"))
+    assert nginx_limit <= services()["nginx"]["ulimits"]["nofile"]["soft"]
+    assert nginx_limit >= int(nginx_conf().one("events").value("worker_connections"))
+    for name, service in replicas.items():
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert service["depends_on"]["bucket-init"]["condition"] == "service_completed_successfully", name
+        # Ready means Redis and the bucket answer: the image's own check (/healthz) does not say that.
+        assert any("/readyz" in str(part) for part in service["healthcheck"]["test"]), name
+    # bucket-init creates the bucket the replicas store media in, on the MinIO they use, once it is healthy.
+    init = services()["bucket-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init.get("restart") == "no"
+    mc = [str(part) for part in init["entrypoint"] + init["command"]]
+    alias, _, bucket = mc[-1].partition("/")
+    assert mc[:3] == ["mc", "mb", "--ignore-existing"] and bucket == MediaUrl.parse(cluster.media_url).bucket
+    minio = environment_of(services()["minio"])
+    assert environment_of(init)[f"MC_HOST_{alias}"] == (
+        f"http://{minio['MINIO_ROOT_USER']}:{minio['MINIO_ROOT_PASSWORD']}@minio:9000"
+    )
+    assert services()["minio"]["healthcheck"]["test"]
+
+
+def test_redis_keeps_an_append_only_file_and_never_evicts() -> None:
+    redis = services()["redis"]
+    assert str(redis["image"]).startswith("redis:")
+    command = command_of(redis)
+    assert command[0] == "redis-server"
+    assert option(command, "--appendonly") == "yes"
+    # `always`: what docs/cluster.md ("Redis durability") says persist-then-publish needs.
+    assert option(command, "--appendfsync") == "always"
+    # An evicted key would be a journal (or a lease) gone.
+    assert option(command, "--maxmemory-policy") == "noeviction"
+    assert any(str(v).endswith(":/data") for v in redis["volumes"])
+    assert "ping" in " ".join(map(str, redis["healthcheck"]["test"]))
+
+
+def test_nginx_passes_websockets_to_every_replica_unbuffered() -> None:
+    nginx = services()["nginx"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in nginx["volumes"]}
+    assert (ROOT / mounts["/etc/nginx/nginx.conf"]).resolve() == NGINX_CONF
+    for replica in (name for name, s in scaled_services().items() if is_relay(s)):
+        assert nginx["depends_on"][replica]["condition"] == "service_healthy"
+    http = nginx_conf().one("http")
+    # Every replica, at the port it listens on, and nothing else.
+    replicas = {
+        f"{name}:{option(command_of(s), '--port')}" for name, s in scaled_services().items() if is_relay(s)
+    }
+    location = http.one("server").one("location", "/")
+    upstream_name = location.value("proxy_pass").removeprefix("http://")
+    upstream = http.one("upstream", upstream_name)
+    assert {d.args[0] for d in upstream.all("server")} == replicas
+    # No sticky sessions: resuming from a seq works on any replica.
+    assert not {"ip_hash", "hash", "sticky"} & {d.name for d in upstream.block or ()}
+    # Websockets: HTTP/1.1 upstream, Upgrade and Connection passed, Connection from a map on $http_upgrade.
+    assert location.value("proxy_http_version") == "1.1"
+    assert location.value("proxy_set_header", "Upgrade") == "$http_upgrade"
+    connection = location.value("proxy_set_header", "Connection")
+    mapping = http.one("map", "$http_upgrade", connection)
+    assert mapping.value("default") == "upgrade"
+    # The replica compares a browser's Origin with Host, port included ($host would drop it).
+    assert location.value("proxy_set_header", "Host") == "$http_host"
+    # Events and media bytes are not held back, and an idle websocket outlives the relay's ping interval.
+    assert location.value("proxy_buffering") == "off"
+    assert location.value("proxy_request_buffering") == "off"
+    from relay.config import RelaySettings
+
+    ping = RelaySettings.model_fields["ping_interval_s"].default
+    assert nginx_seconds(location.value("proxy_read_timeout")) >= 3600 > 10 * ping
+    assert nginx_seconds(location.value("proxy_send_timeout")) >= 3600
+
+
+def test_the_nginx_parser_reads_blocks_quotes_and_comments() -> None:
+    parsed = parse_nginx("a 1; # c { ;\nb 'x y' \"\" { c; d e; }\n")
+    assert parsed.block == (
+        Directive("a", ("1",)),
+        Directive("b", ("x y", ""), (Directive("c", ()), Directive("d", ("e",)))),
+    )
+    for broken in ("a {", "a }", "a", "{ b; }"):
+        with pytest.raises(AssertionError):
+            parse_nginx(broken)
+    assert [nginx_seconds(v) for v in ("90", "500ms", "3s", "1m", "1h")] == [90, 0.5, 3, 60, 3600]
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
