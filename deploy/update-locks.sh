@@ -25,8 +25,8 @@ echo 'torch ; sys_platform == "never"' > "$tmp/no-torch.txt"
 compile pyproject.toml --extra worker --extra emulator --override "$tmp/no-torch.txt" -c "$tmp/torch-cuda.txt" -o "$tmp/worker.txt"
 { header "podstream's worker (and emulator) dependencies, torch excluded: install a torch-*.txt first."; cat "$tmp/worker.txt"; } > "$out/worker.txt"
 
-compile pyproject.toml --extra relay -o "$tmp/relay.txt"
-{ header "podstream's relay dependencies."; cat "$tmp/relay.txt"; } > "$out/relay.txt"
+compile pyproject.toml --extra relay --extra cluster -o "$tmp/relay.txt"
+{ header "podstream's relay dependencies (cluster mode: redis and boto3 included)."; cat "$tmp/relay.txt"; } > "$out/relay.txt"
 
 cat > "$out/torch-cpu.txt" <<CPU
 # torch without CUDA, for the local compose stack and CPU-only machines (the same version as torch-cuda.txt).

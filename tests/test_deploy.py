@@ -639,7 +639,7 @@ def test_hadolint_passes() -> None:
 
 @pytest.mark.parametrize(
     ("lock", "extras", "excluded"),
-    [("worker.txt", ("worker", "emulator"), {"torch"}), ("relay.txt", ("relay",), set())],
+    [("worker.txt", ("worker", "emulator"), {"torch"}), ("relay.txt", ("relay", "cluster"), set())],
 )
 def test_locks_pin_every_declared_dependency_within_its_range(
     lock: str, extras: tuple[str, ...], excluded: set[str]
