@@ -646,7 +646,10 @@ def _manifest_sync(conn: _Connection) -> dict[str, Any]:
 def _fetch_sync(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:
     absolute, headers = _media_request(conn, url)
     try:
-        with httpx.stream("GET", absolute, headers=headers, timeout=FETCH_TIMEOUT) as response:
+        # A relay run with --media-redirect answers 302 to the bucket (httpx drops Authorization there).
+        with httpx.stream(
+            "GET", absolute, headers=headers, timeout=FETCH_TIMEOUT, follow_redirects=True
+        ) as response:
             if response.status_code != 200:
                 sub.fetch_failed(absolute, f"HTTP {response.status_code}")
                 return []
@@ -660,7 +663,7 @@ async def _fetch_async(sub: Subscription, conn: _Connection, url: str) -> list[S
     absolute, headers = _media_request(conn, url)
     try:
         async with (
-            httpx.AsyncClient(timeout=FETCH_TIMEOUT) as http,
+            httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=True) as http,
             http.stream("GET", absolute, headers=headers) as response,
         ):
             if response.status_code != 200:

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from starlette.applications import Starlette
@@ -41,18 +41,20 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from relay import links, openapi, results, uploads
+from relay import bucket_media, links, openapi, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import ConfigError, RelaySettings
 from relay.input_schema import InputSchema, SchemaConfigError
 from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
-from relay.recovery import GapRecovery, crash_after_drain
 from relay.runpod import JobNotFound, RunPodError
 from relay.service import NotConfigured, Relay
 from relay.store import BadJobId, JobBroken, JobStore, MediaGone, MediaRetry, check_job_id, public
 from relay.ws import PendingAuth, websocket_endpoint
+
+if TYPE_CHECKING:
+    from relay.backends.settings import ClusterSettings
 
 log = logging.getLogger("podstream.relay.app")
 
@@ -335,7 +337,7 @@ async def media(request: Request) -> Response:
     if record is None:
         raise ApiError(404, "not_found", f"job {store.job} has no item {item} (yet)")
     path = store.media_path(record)
-    if path is None:
+    if path is None and not _in_bucket(store, record):
         raise ApiError(404, "not_here", f"item {item} was uploaded elsewhere: {record['url']}")
     etag = f'"{record["sha256"]}"'
     headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
@@ -343,7 +345,9 @@ async def media(request: Request) -> Response:
     if if_none_match is not None and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
         return Response(status_code=304, headers=headers)
     try:
-        await asyncio.to_thread(store.check_media, record)  # missing or damaged: gone; EMFILE etc.: retry
+        source = await asyncio.to_thread(store.check_media, record)  # missing/damaged: gone; EMFILE: retry
+        if path is None:  # cluster mode: the item is an object in the bucket
+            return bucket_media.response(request, relay, store, record, source, headers)
         stat = await asyncio.to_thread(path.stat)
     except MediaRetry as exc:
         raise ApiError(503, "try_again", str(exc), headers={"retry-after": "1"}) from None
@@ -487,6 +491,9 @@ async def readyz(request: Request) -> Response:
         problems.append("starting or shutting down")
     if not os.access(relay.store.root, os.W_OK):
         problems.append("the data directory is not writable")
+    cluster_problem = relay.not_ready()
+    if cluster_problem is not None:  # Redis or the bucket cannot be reached: nothing could be stored
+        problems.append(cluster_problem)
     limit = relay.quota.limit
     if limit > 0 and relay.quota.used >= limit:
         problems.append("the disk quota is full")
@@ -568,21 +575,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, code, str(exc.detail))
 
 
+def _in_bucket(store: JobStore, record: dict[str, Any]) -> bool:
+    key = getattr(store, "object_key", None)  # cluster mode's ClusterJobStore
+    return key is not None and key(record) is not None
+
+
 def create_app(
     settings: RelaySettings,
     *,
     http_client: httpx.AsyncClient | None = None,
     authorizer: Authorizer | None = None,
+    cluster: ClusterSettings | None = None,
 ) -> Starlette:
-    """The relay app. `http_client` (for RunPod calls) and `authorizer` are injectable for tests and embedding."""
-    relay = Relay(settings, http_client=http_client, authorizer=authorizer)
-    relay.pollers.recovery = GapRecovery(
-        attempts=settings.recovery_attempts,
-        timeout_s=settings.recovery_timeout_s,
-        wait_ms=settings.poll_wait_ms,
-    )
-    if settings.test_crash_after_drain:
-        relay.pollers.on_drained = crash_after_drain(settings.test_crash_after_drain)
+    """The relay app. `http_client` (for RunPod calls) and `authorizer` are injectable for tests and embedding;
+    `cluster` (both URLs set) runs it as a replica on Redis and a bucket (docs/cluster.md)."""
+    relay = Relay(settings, http_client=http_client, authorizer=authorizer, cluster=cluster)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -137,6 +137,9 @@ class RelaySettings(BaseSettings):
     token_ttl_s: PositiveFloat = 3600.0
     max_token_ttl_s: PositiveFloat = 24 * 3600.0
     media_url_ttl_s: PositiveFloat = 3600.0
+    #: Cluster mode: answer `GET /v1/jobs/{id}/media/{item}` with 302 to a presigned bucket URL (valid for
+    #: `media_url_ttl_s`), so browsers download from the bucket or its CDN and the relays carry no media bytes.
+    media_redirect: EnvBool = False
     #: Websocket Origins allowed besides the relay's own (comma separated; `*` = any).
     allowed_origins: str = ""
     #: Origins allowed to call the HTTP API from a browser (CORS; comma separated; `*` = any; empty = none).

@@ -7,7 +7,8 @@ one loop. A slow subscriber only falls behind in the journal; it costs no memory
 
 `ChunkCache` shares the encoded `chunk` frames of an item's bytes between the subscribers reading the same
 bytes at about the same time (bounded, least recently used out; concurrent misses share one load), so N
-subscribers cost one disk read and one encoding per chunk, not N.
+subscribers cost one disk read and one encoding per chunk, not N. In cluster mode the bytes come from the
+bucket (a `MediaSource`: one ranged GET per chunk per replica, not per subscriber).
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
 from relay.store import JobStore
+
+
+class MediaSource(Protocol):
+    """An item's bytes somewhere other than a local file (cluster mode: an object in the bucket). Its
+    `str()` names it (the cache's key); `read` blocks (it runs in a thread) and raises OSError."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
 
 
 class JobSignal:
@@ -129,7 +137,7 @@ class ChunkCache:
         served = self.hits + self.misses
         return self.hits / served if served else 0.0
 
-    async def frame(self, path: Path, head: dict[str, Any], offset: int, size: int) -> bytes:
+    async def frame(self, path: Path | MediaSource, head: dict[str, Any], offset: int, size: int) -> bytes:
         """The `chunk` frame of the bytes of `path` at `offset` (`head` holds its job/seq/item fields)."""
         key = (str(path), offset)
         frame = self._frames.get(key)
@@ -150,7 +158,7 @@ class ChunkCache:
         return await asyncio.shield(load)
 
     async def _load(
-        self, key: tuple[str, int], path: Path, head: dict[str, Any], offset: int, size: int
+        self, key: tuple[str, int], path: Path | MediaSource, head: dict[str, Any], offset: int, size: int
     ) -> bytes:
         try:
             length = min(self.chunk_bytes, size - offset)
@@ -183,14 +191,17 @@ def _retrieve(task: asyncio.Task[bytes]) -> None:
         task.exception()
 
 
-def _encode(path: Path, head: dict[str, Any], offset: int, length: int, size: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
-    if len(data) != length:
-        raise FileNotFoundError(f"{path.name} is shorter than its record says")
+def _encode(path: Path | MediaSource, head: dict[str, Any], offset: int, length: int, size: int) -> bytes:
+    if isinstance(path, Path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise FileNotFoundError(f"{path.name} is shorter than its record says")
+    else:
+        data = path.read(offset, length)
     frame: bytes = msgpack.packb(
         {"t": "chunk", **head, "off": offset, "data": data, "last": offset + length >= size},
         use_bin_type=True,

@@ -93,6 +93,8 @@ class JobPoller:
         wait_ms: int = 10_000,
         backoff: Backoff | None = None,
         publish: Callable[[], None] = lambda: None,
+        recovery: Recovery | None = None,
+        on_drained: Callable[[StreamBatch], None] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -110,11 +112,11 @@ class JobPoller:
         self.stopping = False
         #: Highest seq of the current run accepted so far (gap recovery asks for what came after it).
         self.highest_seq = 0
-        #: Set by `PollerSet.start` when unset: recovers gaps at the end of the stream (relay/recovery.py).
-        self.recovery: Recovery | None = None
+        #: Recovers gaps at the end of the stream (relay/recovery.py); when None, the `PollerSet`'s is used.
+        self.recovery = recovery
         #: Called with every non-empty `/stream` answer before it is written (a test-only crash hook; with
-        #: it set, answers are taken whole instead of in pieces).
-        self.on_drained: Callable[[StreamBatch], None] | None = None
+        #: it set, answers are taken whole instead of in pieces); when None, the `PollerSet`'s is used.
+        self.on_drained = on_drained
         self._lane: asyncio.Future[None] | None = None  # the last thread work scheduled (`_then`)
         self._piece: asyncio.Future[None] | None = None  # the piece of the current answer being written
         self._opened = False  # the current answer's early status was handled
@@ -123,12 +125,15 @@ class JobPoller:
     def fresh(self) -> JobPoller:
         """A new poller of the same job with the same settings (what `PollerSet` restarts after a crash:
         it rebuilds its state from the files, as after a relay restart)."""
-        poller = JobPoller(
-            self.store, self.client, wait_ms=self.wait_ms, backoff=self.backoff, publish=self.publish
+        return JobPoller(
+            self.store,
+            self.client,
+            wait_ms=self.wait_ms,
+            backoff=self.backoff,
+            publish=self.publish,
+            recovery=self.recovery,
+            on_drained=self.on_drained,
         )
-        poller.recovery = self.recovery
-        poller.on_drained = self.on_drained
-        return poller
 
     # ---------------------------------------------------------------- sinks
 
@@ -497,6 +502,8 @@ class PollerSet:
         *,
         restart_backoff: Backoff | None = None,
         rng: Callable[[], float] = random.random,
+        recovery: Recovery | None = None,
+        on_drained: Callable[[StreamBatch], None] | None = None,
     ) -> None:
         self.limit = limit
         #: Delays between restarts of a crashed poller.
@@ -505,9 +512,10 @@ class PollerSet:
         self.restarts = 0  # pollers restarted after a crash, over the relay's life (tests, metrics)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.pollers: dict[str, JobPoller] = {}
-        #: Given to every poller started without its own (set by `relay.app.create_app`).
-        self.recovery: Recovery | None = None
-        self.on_drained: Callable[[StreamBatch], None] | None = None
+        #: Gap recovery and the test-only crash hook (see `JobPoller`), given to every poller started without
+        #: its own (the relay builds them from its settings: relay/service.py).
+        self.recovery = recovery
+        self.on_drained = on_drained
 
     def __contains__(self, job: str) -> bool:
         return job in self._tasks

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from podstream import wire
+from relay.config import RelaySettings
 from relay.runpod import RunPodClient, RunPodError, StreamBatch
 from relay.store import ERROR
 from relay.worker_errors import one_line_error
@@ -157,6 +158,16 @@ class GapRecovery:
         self.wait_ms = wait_ms
         self._clock = clock
         self.recovered = 0  # envelopes brought back, over the relay's life (metrics, tests)
+
+    @classmethod
+    def from_settings(cls, settings: RelaySettings) -> GapRecovery:
+        """The relay's gap recovery: `recovery_attempts` resend jobs (0: report gaps, never resend), each
+        followed for up to `recovery_timeout_s`, long-polled like the job itself."""
+        return cls(
+            attempts=settings.recovery_attempts,
+            timeout_s=settings.recovery_timeout_s,
+            wait_ms=settings.poll_wait_ms,
+        )
 
     async def recover(self, poller: JobPoller, status: str) -> None:
         client = poller.client
@@ -280,9 +291,12 @@ async def _failure(client: RunPodClient, job: str, status: str) -> str:
     return f"the resend job {job} ended {status}{detail}"
 
 
-def crash_after_drain(n: int) -> Callable[[StreamBatch], None]:
+def crash_after_drain(n: int) -> Callable[[StreamBatch], None] | None:
     """Tests only (`PODSTREAM_TEST_CRASH_AFTER_DRAIN`): SIGKILL this process once its n-th non-empty `/stream`
-    answer has been drained from RunPod, before any of it is written: a crash between draining and persisting."""
+    answer has been drained from RunPod, before any of it is written: a crash between draining and persisting.
+    None for n = 0 (the setting's default: no hook, answers are taken in pieces)."""
+    if n <= 0:
+        return None
     drained = 0
 
     def on_drained(batch: StreamBatch) -> None:

@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,6 +32,9 @@ from relay.app import create_app
 from relay.config import RelaySettings
 from relay.limits import fd_budget, fd_limit
 from relay.service import Relay
+
+if TYPE_CHECKING:
+    from relay.backends.settings import ClusterSettings
 
 #: uvicorn refuses (1009) inbound messages above this; between 64 KiB and this the relay says 4502.
 WS_MAX_SIZE = 1 << 20
@@ -146,9 +149,10 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=backlog)
 
 
-def serve(settings: RelaySettings, **changes: object) -> None:
-    """Run the relay in the foreground until SIGINT/SIGTERM; `OSError` when it cannot listen."""
-    app = create_app(settings)
+def serve(settings: RelaySettings, *, cluster: ClusterSettings | None = None, **changes: object) -> None:
+    """Run the relay in the foreground until SIGINT/SIGTERM; `OSError` when it cannot listen. `cluster`:
+    as a replica on Redis and a bucket (docs/cluster.md)."""
+    app = create_app(settings, cluster=cluster)
     config = uvicorn_config(app, settings, **changes)
     sock = listen(config.host, config.port, config.backlog)
     server = RelayServer(config, app.state.relay)

@@ -8,6 +8,12 @@ Retention: a finished job is deleted `retention_s` after it finished (its own `r
 submitted with one), by a periodic sweep that also re-measures the data directory against the disk quota
 and, above it, deletes the oldest finished jobs first. A job with readers (websocket or SSE subscribers
 replaying it, media downloads) is left for a later sweep, so a reader never loses a file mid-read.
+
+Cluster mode (`cluster` settings with both URLs; docs/cluster.md): the same object on other storage. The
+store is a `relay.backends.cluster_store.ClusterStore` (the job index in Redis, journals in Redis Streams,
+items in the bucket) and `replica` (`relay.backends.replica.Replica`) decides which jobs this replica polls
+(by lease), follows the others live, reports whether Redis and the bucket answer, and holds the sweeper's
+lease (one retention sweep at a time across the replicas).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from prometheus_client.core import Metric
@@ -34,8 +40,13 @@ from relay.hub import ChunkCache, Hub
 from relay.limits import PerKeyRate
 from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
+from relay.recovery import GapRecovery, crash_after_drain
 from relay.runpod import Backoff, JobNotFound, RunPodClient
 from relay.store import DONE, ERROR, ITEM, DiskQuota, JobBroken, JobStore, Store, check_job_id, public
+
+if TYPE_CHECKING:
+    from relay.backends.replica import Replica
+    from relay.backends.settings import ClusterSettings
 
 log = logging.getLogger("podstream.relay")
 
@@ -121,17 +132,25 @@ class Relay:
         *,
         http_client: httpx.AsyncClient | None = None,
         authorizer: Authorizer | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self.settings = settings
         self.auth: Authorizer = authorizer or authorizer_from(settings)
         self.metrics = m.RelayMetrics()
         self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
-        self.store = Store(
+        #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
+        self.replica: Replica | None = None
+        self.store: Store = Store(
             settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota
-        )
+        ) if cluster is None or not cluster.enabled else self._cluster_store(cluster)  # fmt: skip
         self.hub = Hub()
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
-        self.pollers = PollerSet(settings.max_pollers, restart_backoff=self.backoff)
+        self.pollers = PollerSet(
+            settings.max_pollers,
+            restart_backoff=self.backoff,
+            recovery=GapRecovery.from_settings(settings),
+            on_drained=crash_after_drain(settings.test_crash_after_drain),
+        )
         self.chunks = ChunkCache(settings.chunk_cache_bytes, settings.chunk_bytes)
         self.submits = PerKeyRate(settings.submits_per_minute)
         self.connections: set[Closable] = set()
@@ -149,6 +168,41 @@ class Relay:
         self._removals: set[asyncio.Task[None]] = set()
         self.metrics.observe(self._state_metrics)
 
+    def _cluster_store(self, settings: ClusterSettings) -> Store:
+        from relay.backends.cluster import Cluster
+        from relay.backends.cluster_store import ClusterStore
+        from relay.backends.replica import Replica
+
+        cluster = Cluster.from_settings(settings)
+        spool = Path(self.settings.data_dir) / "spool"
+        cluster.media.spool_dir = spool
+        store = ClusterStore(
+            cluster, spool, tail=self.settings.tail_records, quota=self.quota,
+            retention_s=self.settings.retention_s,
+        )  # fmt: skip
+        self.replica = Replica(
+            cluster, settings, open_job=self._open_quietly, start_poller=self._poll,
+            stop_poller=self._stop_poller, publish=lambda job: self.hub.publish(job),
+        )  # fmt: skip
+        return store  # type: ignore[return-value]  # the same surface (relay.backends.cluster_store)
+
+    def _open_quietly(self, job: str) -> JobStore | None:
+        try:
+            return self.job(job)
+        except Exception:
+            log.exception("cannot open job %s", job, extra=job_log(job))
+            return None
+
+    def _stop_poller(self, job: str) -> None:
+        task = self.pollers._tasks.get(job)  # one job's poller, not the set's shutdown
+        if task is not None:
+            task.cancel()
+
+    def not_ready(self) -> str | None:
+        """Why this relay cannot take traffic now beyond its own state (cluster mode: Redis or the bucket
+        cannot be reached), or None."""
+        return self.replica.problem if self.replica is not None else None
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -163,6 +217,12 @@ class Relay:
                 retries=self.settings.retries, backoff=self.backoff, read_timeout_s=self.settings.read_timeout_s,
                 observe=self._observe_runpod,
             )  # fmt: skip
+        if self.replica is not None:
+            (Path(self.settings.data_dir) / "spool").mkdir(parents=True, exist_ok=True)
+            await self.replica.start()  # its claim loop takes the unfinished jobs nobody polls
+            self._janitor = asyncio.create_task(self._sweep_forever(), name="relay janitor")
+            self.ready = True
+            return
         await asyncio.to_thread(self.store.empty_trash)
         self.quota.set_measured(await asyncio.to_thread(self.store.measure))
         for job in self.store.job_ids():
@@ -189,6 +249,8 @@ class Relay:
                 await self._janitor
         await self.drain()
         await self.pollers.stop(grace_s=self.settings.poll_wait_ms / 1000 + 1.0)
+        if self.replica is not None:
+            await self.replica.stop()  # after the pollers: no write after the leases are given back
         if self._removals:
             await asyncio.wait(list(self._removals))
         for store in self._jobs.values():
@@ -215,6 +277,8 @@ class Relay:
             if not self.store.exists(job):
                 return None
             store = self._jobs[job] = self._hook(self.store.open(job))
+            if self.replica is not None:
+                self.replica.opened(store)
         return store
 
     def job_ids(self) -> list[str]:
@@ -235,7 +299,7 @@ class Relay:
         answer = await client.run(input, policy=policy)
         job = check_job_id(answer["id"])
         store = self._create(job, source="submit", expected_items=expected_items(input), **meta)
-        self._poll(store)
+        await self._start_polling(store)
         log.info("submitted job %s", job, extra=job_log(job))
         return store
 
@@ -258,7 +322,7 @@ class Relay:
         if store is None:
             store = self._create(job, source="attach", **meta)
         if not store.finished:
-            self._poll(store)
+            await self._start_polling(store)
         return store, created
 
     async def cancel(self, job: str) -> dict[str, Any]:
@@ -271,6 +335,13 @@ class Relay:
     def _create(self, job: str, **meta: Any) -> JobStore:
         store = self._jobs[job] = self._hook(self.store.create(job, **meta))
         return store
+
+    async def _start_polling(self, store: JobStore) -> None:
+        """Poll the job here (cluster mode: if this replica wins its lease; else another one polls it)."""
+        if self.replica is not None:
+            await self.replica.poll(store)
+        else:
+            self._poll(store)
 
     def _hook(self, store: JobStore) -> JobStore:
         store.on_commit = lambda record: self._on_record(store.job, record)
@@ -291,6 +362,9 @@ class Relay:
         elif kind == DONE:
             status = record.get("status")
             log.info("job %s finished: %s", job, status, extra=job_log(job, status=status))
+            replica, loop = self.replica, self._loop
+            if replica is not None and loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(replica.ended, job)  # commits run in the poller's thread
 
     def _client(self) -> RunPodClient:
         if self.runpod is None:
@@ -369,7 +443,9 @@ class Relay:
         """Delete finished jobs past their retention (not those being read); returns their ids."""
         now = time.time() if now is None else now
         deleted = []
-        for job in self.store.job_ids():
+        # Cluster mode: Redis says which jobs are due, instead of a read of every job's metadata.
+        candidates = self.store.expired(now) if self.replica is not None else self.store.job_ids()  # type: ignore[attr-defined]
+        for job in candidates:
             if not self._deletable(job):
                 continue
             expires = self._expires(self.store.meta(job))
@@ -472,7 +548,14 @@ class Relay:
                 log.exception("retention sweep failed")
 
     async def sweep_once(self) -> None:
-        """One round of the janitor: expired jobs, then the disk quota (measured afresh)."""
+        """One round of the janitor: expired jobs, then the disk quota (measured afresh). In cluster mode
+        only the replica holding the sweeper's lease sweeps; items leave the local spool once in the bucket."""
+        if self.replica is not None:
+            if await asyncio.to_thread(self.replica.sweep_lease):
+                deleted = self.sweep()  # a few Redis calls on the loop: deletion touches the loop's state
+                if deleted:
+                    log.info("deleted %d expired job(s)", len(deleted))
+            return
         deleted = self.sweep()
         if deleted:
             log.info("deleted %d expired job(s)", len(deleted))

@@ -98,6 +98,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--media-url", metavar="URL", help="s3://BUCKET/PREFIX: media files")
     cluster.add_argument("--s3-endpoint-url", metavar="URL", help="S3 API endpoint (MinIO, R2); default AWS")
     cluster.add_argument("--replica-id", metavar="NAME", help="this replica's name (default hostname-pid)")
+    cluster.add_argument(
+        "--media-redirect", action="store_true", default=None,
+        help="answer media downloads with 302 to a presigned bucket URL (the relay carries no media bytes)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument(
         "--log-format",
@@ -113,7 +117,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
     names = (
         "runpod_url", "runpod_key", "data_dir", "host", "port", "public_url", "poll_wait_ms", "fsync",
         "retention_s", "send_timeout_s", "disk_quota_bytes", "api_keys", "api_keys_file", "allowed_origins",
-        "cors_origins", "insecure", "log_format", "input_schema",
+        "cors_origins", "insecure", "log_format", "input_schema", "media_redirect",
     )  # fmt: skip
     try:
         return RelaySettings.from_env(environ, **{name: getattr(args, name, None) for name in names})
@@ -156,7 +160,7 @@ def cluster_settings(args: argparse.Namespace, settings: Any) -> Any:
 
 
 def start_cluster(cluster: Any) -> None:
-    """Cluster mode: Redis and the bucket probed (exit 1 when one cannot be used)."""
+    """Cluster mode: Redis and the bucket probed before serving (exit 1 when one cannot be used)."""
     from podstream.cli import CommandError
 
     try:
@@ -169,12 +173,6 @@ def start_cluster(cluster: Any) -> None:
         logging.getLogger("podstream.relay").info("cluster mode: %s", start_check(cluster))
     except ClusterUnavailable as exc:
         raise CommandError(str(exc)) from None
-    # The pollers, journals and subscribers do not run on these backends yet (issue 13): refuse rather than
-    # run as a lone replica on local disk while the operator believes it shares Redis and S3.
-    raise UsageError(
-        "cluster mode: Redis and the bucket answer, but this relay cannot serve from them yet "
-        "(relay/backends is not wired into the pollers); start it without --redis-url/--media-url"
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,7 +199,10 @@ def run(args: argparse.Namespace) -> int:
     if not settings.runpod_url:
         log.warning("no RunPod URL (--runpod-url / PODSTREAM_RUNPOD_URL): serving stored jobs only")
     try:
-        serve(settings, log_level=args.log_level, log_config=None, access_log=False)
+        serve(
+            settings, cluster=cluster if cluster.enabled else None,
+            log_level=args.log_level, log_config=None, access_log=False,
+        )  # fmt: skip
     except ConfigError as exc:  # e.g. an input schema file that will not do
         raise UsageError(str(exc)) from None
     except OSError as exc:  # e.g. the port is in use: one line, exit 1

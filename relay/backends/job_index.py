@@ -39,11 +39,12 @@ class RedisJobIndex:
         meta = json.loads(raw)
         return meta if isinstance(meta, dict) else None
 
-    def update(self, job: str, meta: dict[str, Any]) -> None:
-        """Replace the job's metadata; a finished job (`finished_at`) with a retention gets its deadline."""
+    def update(self, job: str, meta: dict[str, Any], *, default_retention_s: float = 0.0) -> None:
+        """Replace the job's metadata; a finished job (`finished_at`) with a retention (its own
+        `retention_s`, else `default_retention_s`, the relay's) gets its deadline."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.meta(job), json.dumps(meta))
-        finished, keep = meta.get("finished_at"), meta.get("retention_s")
+        finished, keep = meta.get("finished_at"), meta.get("retention_s", default_retention_s)
         if isinstance(finished, int | float):
             pipe.srem(self.keys.active, job)
             if isinstance(keep, int | float) and keep > 0:

@@ -9,20 +9,64 @@ A finished item's result is the object key relative to the job, `<run>/<file>` (
 the record's `_file`, as on disk). While the poller replays the ingest log after a takeover, sinks ignore
 the bytes and an item counts as stored when its object is in the bucket.
 
-Not covered yet (docs/cluster.md, "What remains"): the disk quota (the bucket has none), local media reads
-(`check_media`: chunk frames must come from `S3MediaStore.read_range`), uploads (`PUT /v1/uploads`).
+A job is open on every replica that has readers of it; one replica polls it. The others hold it read-only
+(`token` None) and take in what the poller committed when Redis wakes them (`fetch_new` in a thread, then
+`take_in` on the event loop, so a subscriber's slice of the journal's tail never shifts under it). The
+replica that wins the job's lease turns its store writable with `acquire(token)`; one that loses it goes
+back to read-only with `release`.
+
+Media reads go to the bucket: `check_media` answers a `BucketObject` (HEAD once per process: size and
+sha256 against the record), which `relay.hub.ChunkCache` reads by range, shared between the replica's
+subscribers, and `GET /v1/jobs/{id}/media/{item}` streams or redirects to (`--media-redirect`).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Final
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from podstream.sinks import media_name
 from relay.backends.job_index import RedisJobIndex
 from relay.backends.redis_journal import RedisIngestLog, RedisJournal
-from relay.backends.s3_media import S3MediaSink, S3MediaStore
-from relay.store import JobStore
+from relay.backends.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore
+from relay.store import ITEM, JobStore, MediaGone, MediaRetry
+
+log = logging.getLogger("podstream.relay.cluster")
+
+#: How long a verified item waits for an unreachable bucket before its poller gives up on it.
+UPLOAD_PATIENCE_S: Final = 300.0
+
+
+class BucketObject:
+    """An item's object in the bucket, as a media source: what `relay.hub.ChunkCache` reads chunks of."""
+
+    def __init__(self, media: S3MediaStore, key: str, size: int) -> None:
+        self.media = media
+        self.key = key
+        self.size = size
+
+    def __str__(self) -> str:  # the chunk cache's key
+        return f"s3://{self.media.url.bucket}/{self.key}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (blocking: run in a thread). Raises OSError when the bucket cannot be
+        reached (the subscriber reconnects and resumes), FileNotFoundError when the object is gone."""
+        try:
+            data = self.media.read_range(self.key, offset, length)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"{self} is gone") from None
+            raise OSError(errno.EIO, f"reading {self} failed: {exc}") from None
+        except BotoCoreError as exc:
+            raise OSError(errno.EIO, f"reading {self} failed: {exc}") from None
+        if len(data) != length:
+            raise FileNotFoundError(f"{self} is shorter than its record says")
+        return data
 
 
 class BucketSink:
@@ -53,8 +97,32 @@ class BucketSink:
         if self._sink is None:  # stored before the takeover: the object is in the bucket, or it is not
             stored = self.media.stat(self.key)
             return (True, self.result) if stored is not None and stored.sha256 == sha256 else (False, None)
-        ok, _stored = self._sink.finish(sha256)
+        try:
+            ok, _stored = self._sink.finish(sha256)
+        except MediaUploadFailed as exc:
+            self._upload_until_stored(exc)  # verified and spooled: only the bucket is missing
+            return True, self.result
         return (True, self.result) if ok else (False, None)
+
+    def _upload_until_stored(self, first: MediaUploadFailed) -> None:
+        """The bucket did not take a verified item: retry (in the poller's thread, so nothing after it is
+        journaled or published meanwhile; RunPod keeps the rest of the stream) for up to `UPLOAD_PATIENCE_S`,
+        then give up (the poller restarts and gap recovery resends the item)."""
+        assert self._sink is not None
+        deadline = time.monotonic() + UPLOAD_PATIENCE_S
+        delay, error = 0.2, first
+        while time.monotonic() < deadline:
+            log.warning("item %s: %s; retrying in %.1fs", self.key, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                self._sink.retry()
+                log.info("item %s: stored in the bucket after a retry", self.key)
+                return
+            except MediaUploadFailed as exc:
+                error = exc
+        self._sink.abort()
+        raise error
 
     def abort(self) -> None:
         if self._sink is not None:
@@ -84,6 +152,8 @@ class ClusterJobStore(JobStore):
         self.wire = wire  # type: ignore[assignment]
         self.index = index
         self.bucket = media
+        #: The relay's retention of finished jobs without their own (their deadline in the index).
+        self.default_retention_s = 0.0
 
     def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
         """A new job (`meta`, into the index) or one another replica created (its metadata from the index).
@@ -99,7 +169,7 @@ class ClusterJobStore(JobStore):
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
-        self.index.update(self.job, self.meta)
+        self.index.update(self.job, self.meta, default_retention_s=self.default_retention_s)
 
     def media_sink(  # type: ignore[override]  # a BucketSink, not a MediaSink: same ItemSink surface
         self, directory: Path, item: int, id: str, mime: str, size: int, *, replaying: bool
@@ -107,3 +177,94 @@ class ClusterJobStore(JobStore):
         return BucketSink(
             self.bucket, self.job, directory.name, media_name(item, id, mime), size, replaying=replaying
         )
+
+    # ------------------------------------------------------------------ media
+
+    def media_path(self, record: dict[str, Any]) -> Path | None:
+        """Cluster mode holds no item files locally; `check_media` answers the item's `BucketObject`."""
+        return None
+
+    def object_key(self, record: dict[str, Any]) -> str | None:
+        """The bucket key of an `item` record's object (None for a ref, or a `_file` that is not ours)."""
+        name = record.get("_file")
+        if not isinstance(name, str) or not name:
+            return None
+        parts = name.split("/")
+        if len(parts) != 2 or not parts[0].isdigit() or parts[1] in ("", ".", "..") or "\\" in name:
+            return None
+        return self.bucket.item_key(self.job, int(parts[0]), parts[1])
+
+    def check_media(self, record: dict[str, Any]) -> BucketObject | None:  # type: ignore[override]
+        """The item's verified object (HEAD once per process: size and sha256 against the record).
+        Blocking. `MediaGone` when it is missing or differs, `MediaRetry` when the bucket cannot be reached."""
+        key = self.object_key(record)
+        if key is None:
+            return None
+        item = record.get("item")
+        if key not in self._verified and record["_file"] not in self._verified:  # (stored by this replica)
+            try:
+                stored = self.bucket.stat(key)
+            except (ClientError, BotoCoreError) as exc:
+                raise MediaRetry(f"the bucket cannot be reached for item {item} ({exc}); retry") from None
+            if stored is None:
+                raise MediaGone(f"the file of item {item} is no longer available")
+            if stored.size != record.get("size") or stored.sha256 != record.get("sha256"):
+                raise MediaGone(f"the object of item {item} does not match its size and sha256")
+            self._verified.add(key)
+        return BucketObject(self.bucket, key, int(record.get("size") or 0))
+
+    # ------------------------------------------------------------------ read-only and writable
+
+    @property
+    def writable(self) -> bool:
+        return self.journal.token is not None  # type: ignore[attr-defined]
+
+    def fetch_new(self, limit: int = 1024) -> list[dict[str, Any]]:
+        """Records other replicas committed past what this store has taken in (blocking: in a thread)."""
+        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        records: list[dict[str, Any]] = []
+        after = journal.published
+        while entries := journal.stream.read(after, limit):
+            records.extend(record for _seq, record in entries)
+            after = entries[-1][0]
+        return records
+
+    def take_in(self, records: list[dict[str, Any]]) -> int:
+        """Make fetched records visible here (on the event loop); returns how many were new."""
+        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        new = 0
+        for record in records:
+            seq = int(record["seq"])
+            if seq != journal.published + 1:
+                continue  # taken in already (two fetches overlapped)
+            journal._remember(record)
+            journal.published = journal.head = seq
+            self._apply(record)
+            if record["k"] == ITEM and isinstance(record.get("_file"), str):
+                key = self.object_key(record)
+                if key is not None:
+                    self._verified.add(key)  # verified by the replica that stored it
+            new += 1
+        journal._trim()
+        if new and self.done is not None:
+            meta = self.index.meta(self.job)
+            if meta is not None:
+                self.meta = meta
+        return new
+
+    def acquire(self, token: int) -> None:
+        """This replica won the job's lease (token `token`): its poller may append from now on. Call after
+        taking in everything committed so far (`fetch_new` / `take_in`)."""
+        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        wire: RedisIngestLog = self.wire  # type: ignore[assignment]
+        journal.token = wire.token = token
+        wire._count = wire.stream.last()
+
+    def release(self) -> None:
+        """The lease is gone (lost, or the job ended): read-only again."""
+        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        wire: RedisIngestLog = self.wire  # type: ignore[assignment]
+        journal.token = wire.token = None
+        journal.head = journal.published
+        journal._pending.clear()
+        wire._pending.clear()

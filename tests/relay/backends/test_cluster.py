@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from bench._relay_stack import wait_healthy
 from relay.auth import hash_key
 from relay.backends.cluster import Cluster, ClusterUnavailable, replica_id
 from relay.backends.settings import ClusterSettings
@@ -79,24 +82,38 @@ def test_unreachable_redis_or_bucket_is_one_line_exit_1(
     )
 
 
-def test_reachable_backends_are_probed_and_the_unwired_mode_refuses_to_serve(
+def test_a_replica_probes_its_backends_then_serves_and_stops_cleanly(
     tmp_path: Path, redis_server: RedisServer, s3_server: S3Server
 ) -> None:
-    """Until the pollers run on relay/backends, a relay asked for cluster mode must not quietly run alone
-    on local disk: it probes Redis and the bucket, then says it cannot serve from them (exit 2)."""
-    result = relay(
-        tmp_path, "--redis-url", redis_server.url, "--media-url", "s3://media/relay", "--s3-endpoint-url",
-        s3_server.endpoint_url, "--replica-id", "relay-a", PODSTREAM_TOKEN_SECRET=TOKEN_SECRET,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "cluster mode: replica relay-a: Redis at 127.0.0.1:" in result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "podstream relay: cluster mode: Redis and the bucket answer, but this relay cannot serve from them yet"
-        )
-    )
+    """With both URLs the relay probes Redis and the bucket, says what it runs on, serves as a replica
+    (ready on /readyz, the jobs listed from Redis) and gives everything back on SIGTERM."""
+    port = free_port()
+    env = {
+        **os.environ, **AWS_ENV, "PODSTREAM_API_KEYS": hash_key(API_KEY), "PODSTREAM_DATA_DIR": str(tmp_path),
+        "PODSTREAM_TOKEN_SECRET": TOKEN_SECRET,
+    }  # fmt: skip
+    log = tmp_path / "relay.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "podstream", "relay", "--port", str(port), "--redis-url", redis_server.url,
+             "--media-url", "s3://media/relay", "--s3-endpoint-url", s3_server.endpoint_url,
+             "--replica-id", "relay-a"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{port}", timeout_s=60, process=process, log=log))
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
+        assert ready.status_code == 200, ready.text
+        jobs = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers={"authorization": f"Bearer {API_KEY}"})
+        assert jobs.status_code == 200 and jobs.json()["jobs"] == []
+    finally:
+        process.terminate()
+        # uvicorn shuts down, then re-raises the SIGTERM it caught (exit -15), as a supervisor expects
+        assert process.wait(30) in (0, -15)
+    text = log.read_text()
+    assert "Application shutdown complete" in text
+    assert "cluster mode: replica relay-a: Redis at 127.0.0.1:" in text and "media in s3://media" in text
+    assert "Traceback" not in text
 
 
 def test_probe_in_process(redis_server: RedisServer, s3_server: S3Server) -> None:

@@ -1,0 +1,216 @@
+"""Relay replicas in cluster mode, end to end: real uvicorn replicas sharing a real `redis-server` and moto's
+S3 server, the RunPod emulator and a scripted worker; real websocket clients and HTTP.
+
+(Through separate processes, with kills, Redis restarts and an unreachable bucket: test_replicas.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from podstream.emulator import Emulator
+from relay import serve
+from relay.app import create_app
+from relay.backends.settings import ClusterSettings
+from relay.bucket_media import byte_range
+from tests.relay.backends.conftest import RedisServer, S3Server, stop
+from tests.relay.conftest import (
+    Batch,
+    Received,
+    RelayServer,
+    ScriptedWorker,
+    consume,
+    make_files,
+    pack,
+    recv,
+    relay_settings,
+    sha,
+    ws_client,
+)
+
+Start = Callable[..., Any]
+
+
+async def start_replica(settings: Any, cluster: ClusterSettings) -> RelayServer:
+    app = create_app(settings, cluster=cluster)
+    server = serve.RelayServer(
+        serve.uvicorn_config(app, settings, port=0, log_level="warning"), app.state.relay
+    )
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+        raise AssertionError("replica did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RelayServer(settings, server, task, port, app)
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, emulator: Emulator, redis_server: RedisServer, s3_server: S3Server
+) -> AsyncIterator[Start]:
+    """Starts replicas on the same Redis and bucket (each its own data directory); stops them all."""
+    started: list[RelayServer] = []
+
+    async def start(name: str, **changes: Any) -> RelayServer:
+        settings = relay_settings(tmp_path / name, emulator, **changes)
+        cluster = ClusterSettings(
+            redis_url=redis_server.url, media_url=f"s3://{s3_server.bucket}/relay",
+            s3_endpoint_url=s3_server.endpoint_url, replica_id=name, lease_ttl_s=2.0,
+        )  # fmt: skip
+        replica = await start_replica(settings, cluster)
+        started.append(replica)
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in reversed(started):
+            with contextlib.suppress(Exception):
+                await replica.stop()
+
+
+async def submit(relay: RelayServer) -> str:
+    async with relay.http() as http:
+        r = await http.post(f"{relay.url}/v1/jobs", json={"input": {}})
+        assert r.status_code == 201, r.text
+        job: str = r.json()["id"]
+        return job
+
+
+async def subscriber(relay: RelayServer, job: str, token: str | None) -> Received:
+    async with ws_client(relay.ws_url, token) as ws:
+        await ws.send(pack({"t": "sub", "job": job, "from": 0}))
+        frame = await recv(ws)
+        assert frame["t"] == "subscribed", frame
+        return await consume(ws, job, Received(), seconds=30)
+
+
+async def run_job(worker: ScriptedWorker, job: str, files: list[bytes]) -> None:
+    taken = await worker.take()
+    for envelope in Batch(taken["id"], files).envelopes:
+        await worker.post(job, envelope)
+    await worker.done(job)
+
+
+async def test_a_job_submitted_on_one_replica_is_followed_live_on_another(
+    replicas: Start, worker: ScriptedWorker, emulator: Emulator
+) -> None:
+    a, b = await replicas("a"), await replicas("b")
+    job = await submit(a)
+    assert a.relay.polling(job) and not b.relay.polling(job), "the submitting replica holds the lease"
+    token = a.token(job)  # minted by one replica, accepted by the other (the same secret)
+    files = make_files(5, 150_000)
+    live_b = asyncio.ensure_future(subscriber(b, job, token))
+    live_a = asyncio.ensure_future(subscriber(a, job, token))
+    await asyncio.sleep(0.3)  # subscribed before the first envelope: B follows the job live from Redis
+    await run_job(worker, job, files)
+    for got in await asyncio.gather(live_b, live_a):
+        assert got.records[-1]["k"] == "done" and got.records[-1]["status"] == "COMPLETED"
+        assert got.seqs == list(range(1, len(got.seqs) + 1)), "every record once, in order"
+        assert [bytes(got.files[i]) for i in range(len(files))] == files
+    late = await subscriber(b, job, token)  # replay of the finished job from Redis and the bucket
+    assert [sha(late.files[i]) for i in range(len(files))] == [sha(f) for f in files]
+    assert not b.relay.polling(job)
+    stream = emulator.stats()["routes"]["stream"]
+    assert stream["max_in_flight"] == 1, "one /stream long-poll at a time: one poller for the job"
+
+
+async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
+    replicas: Start, worker: ScriptedWorker
+) -> None:
+    a = await replicas("a")
+    b = await replicas("b", media_redirect=True)
+    job = await submit(a)
+    files = make_files(2, 300_000)
+    await run_job(worker, job, files)
+    async with a.http() as http:
+        for _ in range(200):
+            manifest = (await http.get(f"{a.url}/v1/jobs/{job}")).json()
+            if manifest.get("finished"):
+                break
+            await asyncio.sleep(0.05)
+        url = manifest["items"][1]["url"].removeprefix(a.url)  # signed, absolute
+        url = url.split("?")[0]
+        whole = await http.get(f"{a.url}{url}")
+        assert whole.status_code == 200 and whole.content == files[1]
+        assert whole.headers["etag"] == f'"{sha(files[1])}"'
+        part = await http.get(f"{a.url}{url}", headers={"range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == files[1][1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{len(files[1])}"
+        tail = await http.get(f"{a.url}{url}", headers={"range": "bytes=-10"})
+        assert tail.status_code == 206 and tail.content == files[1][-10:]
+        head = await http.head(f"{a.url}{url}")
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(files[1])
+        missing = await http.get(f"{a.url}/v1/jobs/{job}/media/7")
+        assert missing.status_code == 404
+    async with b.http() as http:  # --media-redirect: 302 to a presigned URL of the object
+        redirect = await http.get(f"{b.url}{url}")
+        assert redirect.status_code == 302
+        location = redirect.headers["location"]
+        assert location.startswith(a.relay.store.cluster.media.client.meta.endpoint_url)
+        assert "Signature" in location or "X-Amz-Signature" in location
+    async with httpx.AsyncClient() as plain:  # the presigned URL is the grant: no relay key needed
+        direct = await plain.get(location)
+        assert direct.status_code == 200 and direct.content == files[1]
+        unauthorized = await plain.get(f"{b.url}{url}")
+        assert unauthorized.status_code == 401, "the redirect is only given to an authorized request"
+
+
+async def test_readyz_is_503_while_redis_is_down(replicas: Start, redis_server: RedisServer) -> None:
+    a = await replicas("a")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{a.url}/readyz")).status_code == 200
+        stop(redis_server.process)
+        for _ in range(100):
+            answer = await http.get(f"{a.url}/readyz")
+            if answer.status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert answer.status_code == 503
+        assert any("Redis" in problem for problem in answer.json()["problems"]), answer.json()
+        assert (await http.get(f"{a.url}/healthz")).status_code == 200, "alive, only not ready"
+
+
+async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
+    replicas: Start, worker: ScriptedWorker, s3_server: S3Server
+) -> None:
+    a, b = await replicas("a", retention_s=1.0), await replicas("b", retention_s=1.0)
+    job = await submit(a)
+    await run_job(worker, job, make_files(2, 10_000))
+    for _ in range(200):
+        if a.relay.store.finished_at(job) is not None:
+            break
+        await asyncio.sleep(0.05)
+    objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
+    assert objects["KeyCount"] == 2
+    await asyncio.sleep(1.1)
+    await asyncio.gather(a.relay.sweep_once(), b.relay.sweep_once())  # one holds the sweeper's lease
+    assert not a.relay.store.exists(job) and not b.relay.store.exists(job)
+    await asyncio.sleep(0.2)  # the objects go in a background task after the job left the index
+    objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
+    assert objects["KeyCount"] == 0
+    deleted = sum(r.relay.metrics.deleted.labels("expired")._value.get() for r in (a, b))
+    assert deleted == 1, "exactly one replica deleted it"
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None), ("bytes=0-9", 100, (0, 9)), ("bytes=90-", 100, (90, 99)), ("bytes=-5", 100, (95, 99)),
+        ("bytes=50-500", 100, (50, 99)), ("bytes=100-", 100, None), ("bytes=-0", 100, None),
+        ("bytes=5-1", 100, None), ("bytes=0-1,4-5", 100, None), ("items=0-1", 100, None), ("bytes=0-0", 0, None),
+    ],
+)  # fmt: skip
+def test_byte_range(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
+    assert byte_range(header, size) == expected
