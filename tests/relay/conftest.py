@@ -156,8 +156,9 @@ class RelayServer:
         await asyncio.wait_for(self.task, 15)
 
 
-async def start_relay(settings: RelaySettings) -> RelayServer:
-    app = create_app(settings)
+async def start_relay(settings: RelaySettings, cluster: Any = None) -> RelayServer:
+    """A relay on real uvicorn on a free port; `cluster` (ClusterSettings): as a replica on Redis and S3."""
+    app = create_app(settings, cluster=cluster)
     server = serve.RelayServer(
         serve.uvicorn_config(app, settings, port=0, log_level="warning"), app.state.relay
     )
@@ -185,12 +186,58 @@ def relay_settings(tmp_path: Path, emu: Emulator | None, **changes: Any) -> Rela
 
 
 @pytest.fixture
-async def relay_server(tmp_path: Path, emulator: Emulator) -> AsyncIterator[RelayServer]:
-    server = await start_relay(relay_settings(tmp_path, emulator))
+def backend() -> str:
+    """Where `relay_server` keeps its jobs: "disk" (the default) or "cluster" (a replica on a real
+    redis-server and moto's S3 server). A test module runs on both by overriding this fixture with
+    `params=BACKENDS` (test_ws.py, test_app.py)."""
+    return "disk"
+
+
+BACKENDS = ["disk", "cluster"]
+
+
+@contextlib.contextmanager
+def cluster_backend(tmp_path: Path) -> Iterator[Any]:
+    """ClusterSettings of a fresh redis-server and moto S3 server (with its bucket), stopped afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    from relay.backends.settings import ClusterSettings
+    from tests.relay.backends.conftest import AWS_ENV, free_port, start_redis, stop
+
+    saved = {name: os.environ.get(name) for name in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    (tmp_path / "redis").mkdir()
+    redis_server = start_redis(tmp_path / "redis")
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
     try:
-        yield server
+        endpoint = f"http://127.0.0.1:{port}"
+        httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()  # moto's state is per process
+        httpx.put(f"{endpoint}/media").raise_for_status()  # CreateBucket
+        yield ClusterSettings(
+            redis_url=redis_server.url, media_url="s3://media/relay", s3_endpoint_url=endpoint,
+            replica_id="test-replica", lease_ttl_s=2.0,
+        )  # fmt: skip
     finally:
-        await server.stop()
+        moto.stop()
+        stop(redis_server.process)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+async def relay_server(tmp_path: Path, emulator: Emulator, backend: str) -> AsyncIterator[RelayServer]:
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(cluster_backend(tmp_path)) if backend == "cluster" else None
+        server = await start_relay(relay_settings(tmp_path, emulator), cluster)
+        try:
+            yield server
+        finally:
+            await server.stop()
 
 
 # ------------------------------------------------------------------------------------------ ws clients

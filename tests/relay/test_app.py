@@ -18,7 +18,21 @@ import pytest
 from podstream.emulator import Emulator
 from relay.app import create_app
 from relay.config import ConfigError
-from tests.relay.conftest import Batch, RelayServer, ScriptedWorker, make_files, relay_settings, start_relay
+from tests.relay.conftest import (
+    BACKENDS,
+    Batch,
+    RelayServer,
+    ScriptedWorker,
+    make_files,
+    relay_settings,
+    start_relay,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test on `relay_server` runs on local disk and as a cluster replica (Redis + S3)."""
+    return str(request.param)
 
 
 async def submit(relay: RelayServer, http: httpx.AsyncClient) -> dict[str, Any]:

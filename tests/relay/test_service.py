@@ -18,6 +18,7 @@ from relay.app import STATIC_DIR
 from relay.config import RelaySettings
 from relay.service import Relay
 from tests.relay.conftest import (
+    BACKENDS,
     Batch,
     Received,
     RelayServer,
@@ -30,6 +31,12 @@ from tests.relay.conftest import (
     start_relay,
     ws_client,
 )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test on `relay_server` runs on local disk and as a cluster replica (Redis + S3)."""
+    return str(request.param)
 
 
 async def test_sweep_deletes_finished_jobs_past_retention(tmp_path: Path) -> None:

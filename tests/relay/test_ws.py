@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from podstream.emulator import Emulator, EmulatorConfig
 from tests.relay.conftest import (
+    BACKENDS,
     Batch,
     Received,
     RelayServer,
@@ -26,6 +27,12 @@ from tests.relay.conftest import (
     start_relay,
     ws_client,
 )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test on `relay_server` runs on local disk and as a cluster replica (Redis + S3)."""
+    return str(request.param)
 
 
 async def new_job(relay: RelayServer) -> str:
