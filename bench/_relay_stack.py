@@ -147,6 +147,61 @@ def _read(log: Path) -> str:
     return log.read_text(errors="replace") if log.exists() else ""
 
 
+class Relay:
+    """`podstream relay` as a child process on one port and data directory, started, killed and started
+    again at will (each start recovers from that data directory, as a restart in production does).
+
+    `args` follow `--runpod-url`, `--data-dir` and `--port`; with `log` its stdout and stderr are appended
+    there, else they are this process's own."""
+
+    def __init__(
+        self, runpod_url: str, data_dir: Path, *args: str, env: dict[str, str], log: Path | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runpod_url = runpod_url
+        self.data_dir = data_dir
+        self.args = args
+        self.env = env
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, *, timeout_s: float = 30.0) -> asyncio.subprocess.Process:
+        """Start it and wait until it is healthy (else RuntimeError, with what it wrote)."""
+        argv = [
+            sys.executable, "-m", "podstream", "relay", "--runpod-url", self.runpod_url, "--data-dir",
+            str(self.data_dir), "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+        if self.log is None:
+            self.process = await asyncio.create_subprocess_exec(*argv, env=self.env)
+        else:
+            with self.log.open("ab") as log:
+                self.process = await asyncio.create_subprocess_exec(
+                    *argv, env=self.env, stdout=log, stderr=log
+                )
+        try:
+            await wait_healthy(self.url, timeout_s=timeout_s, process=self.process, log=self.log)
+        except RuntimeError:
+            await self.stop()  # one that never became healthy is not left running
+            raise
+        return self.process
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown, whatever it had not written is lost."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, and SIGKILL if it has not exited 20 s later."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 20)
+            except TimeoutError:
+                await self.kill()
+
+
 @contextlib.asynccontextmanager
 async def stack(
     *relay_args: str,
@@ -164,27 +219,20 @@ async def stack(
     config = EmulatorConfig(max_stream_item_bytes=1_000_000, job_take_wait_s=2.0, heartbeat_grace_s=3600.0)
     with tempfile.TemporaryDirectory(prefix="podstream-bench-") as tmp:
         async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
-            port = free_port()
             # Auth costs one HMAC per connection or request: beside the point of these benchmarks.
             relay_env = {**os.environ, "PODSTREAM_FSYNC": fsync, **(env or {})}
             if api_key is None:
                 relay_env["PODSTREAM_INSECURE"] = "1"
             else:
                 relay_env["PODSTREAM_API_KEYS"] = "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "podstream", "relay", "--runpod-url", runpod_url or emu.endpoint_url, "--data-dir",
-                f"{tmp}/data", "--port", str(port), "--log-level", "warning", *relay_args, env=relay_env,
+            relay = Relay(
+                runpod_url or emu.endpoint_url, Path(tmp) / "data", "--log-level", "warning", *relay_args,
+                env=relay_env,
             )  # fmt: skip
-            url = f"http://127.0.0.1:{port}"
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-            async with httpx.AsyncClient(timeout=60, headers=headers) as http:
-                try:
-                    await wait_healthy(url, timeout_s=30, process=process)
-                    yield Stack(emu, url, process, http, Path(tmp) / "data")
-                finally:
-                    process.terminate()
-                    try:
-                        await asyncio.wait_for(process.wait(), 20)
-                    except TimeoutError:
-                        process.kill()
-                        await process.wait()
+            try:
+                process = await relay.start()
+                async with httpx.AsyncClient(timeout=60, headers=headers) as http:
+                    yield Stack(emu, relay.url, process, http, relay.data_dir)
+            finally:
+                await relay.stop()

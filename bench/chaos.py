@@ -30,9 +30,6 @@ import hashlib
 import json
 import os
 import random
-import signal
-import socket
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +39,7 @@ import httpx
 import msgpack
 import websockets
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import Relay
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
@@ -90,50 +87,18 @@ class Tally:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RelayProcess:
-    """`podstream relay` on one port and data directory, killed and started again at will."""
-
-    def __init__(self, runpod_url: str, data_dir: Path, key: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        self.runpod_url = runpod_url
-        self.env = {
-            **os.environ, "PODSTREAM_RUNPOD_KEY": "chaos", "PODSTREAM_API_KEYS": hash_key(key),
-            "PODSTREAM_INPUT_SCHEMA": "off", "PODSTREAM_HEADER_TIMEOUT_S": "2", "PODSTREAM_AUTH_TIMEOUT_S": "2",
-            "PODSTREAM_BACKOFF_MAX_S": "1", "PODSTREAM_RECOVERY_TIMEOUT_S": "5",
-        }  # fmt: skip
-        self.process: asyncio.subprocess.Process | None = None
-        self.log = data_dir.parent / "relay.log"
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "podstream", "relay", "--runpod-url", self.runpod_url, "--data-dir",
-                str(self.data_dir), "--port", str(self.port), "--poll-wait-ms", "1000", "--log-level", "warning",
-                env=self.env, stdout=log, stderr=log,
-            )  # fmt: skip
-        await wait_healthy(self.url, timeout_s=30, process=self.process, log=self.log)
-
-    async def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 20)
-            except TimeoutError:
-                await self.kill()
+def chaos_relay(runpod_url: str, data_dir: Path, key: str) -> Relay:
+    """The relay under test: auth on with `key`, and short timeouts and backoffs, so that it shakes off a
+    kill or a storm within the run; its output goes to `relay.log` beside `data_dir`."""
+    env = {
+        **os.environ, "PODSTREAM_RUNPOD_KEY": "chaos", "PODSTREAM_API_KEYS": hash_key(key),
+        "PODSTREAM_INPUT_SCHEMA": "off", "PODSTREAM_HEADER_TIMEOUT_S": "2", "PODSTREAM_AUTH_TIMEOUT_S": "2",
+        "PODSTREAM_BACKOFF_MAX_S": "1", "PODSTREAM_RECOVERY_TIMEOUT_S": "5",
+    }  # fmt: skip
+    return Relay(
+        runpod_url, data_dir, "--poll-wait-ms", "1000", "--log-level", "warning", env=env,
+        log=data_dir.parent / "relay.log",
+    )  # fmt: skip
 
 
 async def play_worker(
@@ -220,7 +185,7 @@ def hostile_request(rng: random.Random, job: str) -> tuple[str, str, dict[str, s
     return method, path, headers, rng.choice(bodies)
 
 
-async def probe(relay: RelayProcess, key: str, job: str, tally: Tally, rng: random.Random) -> None:
+async def probe(relay: Relay, key: str, job: str, tally: Tally, rng: random.Random) -> None:
     method, path, headers, body = hostile_request(rng, job)
     if rng.random() < 0.7:
         headers["authorization"] = f"Bearer {key}"
@@ -238,7 +203,7 @@ async def probe(relay: RelayProcess, key: str, job: str, tally: Tally, rng: rand
         tally.notes.append(f"500: {method} {path[:80]} -> {r.text[:120]}")
 
 
-async def ws_probe(relay: RelayProcess, key: str, tally: Tally, rng: random.Random) -> None:
+async def ws_probe(relay: Relay, key: str, tally: Tally, rng: random.Random) -> None:
     frames: list[bytes | str] = [
         os.urandom(rng.randint(1, 300)), "text", msgpack.packb([1, 2]),
         msgpack.packb({"t": "sub", "job": rng.choice(["x", 5, None, "a" * 500]), "from": rng.choice([-1, 2**63, "0"])}),
@@ -264,7 +229,7 @@ async def ws_probe(relay: RelayProcess, key: str, tally: Tally, rng: random.Rand
         return  # the relay is down
 
 
-async def flood(relay: RelayProcess, count: int) -> list[Any]:
+async def flood(relay: Relay, count: int) -> list[Any]:
     held: list[Any] = []
     host, port = "127.0.0.1", relay.port
     for n in range(count):
@@ -288,7 +253,7 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
     tally.files = len(files)
     config = EmulatorConfig.for_tests(heartbeat_grace_s=600.0)
     async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
-        relay = RelayProcess(emu.endpoint_url, work / "data", key)
+        relay = chaos_relay(emu.endpoint_url, work / "data", key)
         await relay.start()
         try:
             async with httpx.AsyncClient(timeout=30, headers=auth) as http:
@@ -349,9 +314,7 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
     return tally
 
 
-async def check_files(
-    relay: RelayProcess, auth: dict[str, str], job: str, files: list[bytes], tally: Tally
-) -> None:
+async def check_files(relay: Relay, auth: dict[str, str], job: str, files: list[bytes], tally: Tally) -> None:
     """Every item the worker sent, compared byte for byte; losses counted, and whether the job reports each."""
     async with httpx.AsyncClient(timeout=30, headers=auth) as http:
         manifest: dict[str, Any] = {}
