@@ -189,6 +189,10 @@ class JobPoller:
         run = self.assembler.run or ""
         if run not in self.runs:
             self.runs.append(run)
+        claim: Any = getattr(self.store, "claim_upload", None)
+        if claim is not None:  # cluster mode: the upload is an object in the bucket (ClusterJobStore)
+            claimed: Path | None = claim(self.runs.index(run) + 1, ref)
+            return claimed
         directory = self.store.media / str(self.runs.index(run) + 1)
         if not directory.is_dir() and not uploads.upload_path(self.store, ref.item, ref.sha256).exists():
             return None

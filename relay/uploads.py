@@ -222,6 +222,12 @@ async def upload(request: Request) -> Response:
         return _error(400, "disconnected", "the upload ended before its body did")
     base = (relay.settings.public_url or str(request.base_url)).rstrip("/")
     size = upload_path(store, item, sha256).stat().st_size
+    stash = getattr(store, "stash_upload", None)
+    if stash is not None:  # cluster mode: into the bucket, where the replica polling the job claims it
+        try:
+            await asyncio.to_thread(stash, upload_path(store, item, sha256), item, sha256, size)
+        except Exception as exc:  # the bucket did not take it (MediaUploadFailed): the worker retries
+            return _error(503, "try_again", f"the upload could not be stored in the bucket: {exc}")
     body: dict[str, Any] = {"job": store.job, "item": item, "size": size, "sha256": sha256}
     body["url"] = f"{base}/v1/jobs/{store.job}/media/{item}"
     return JSONResponse(body, status_code=201)

@@ -213,6 +213,37 @@ class ClusterJobStore(JobStore):
             self._verified.add(key)
         return BucketObject(self.bucket, key, int(record.get("size") or 0))
 
+    # ------------------------------------------------------------------ uploads (PUT /v1/uploads)
+
+    def upload_key(self, item: int, sha256: str) -> str:
+        return self.bucket.url.key(self.job, "uploads", f"{item:05d}-{sha256}.bin")
+
+    def stash_upload(self, path: Path, item: int, sha256: str, size: int) -> None:
+        """A verified upload received by this replica (`relay.uploads`): into the bucket, where whichever
+        replica polls the job claims it when the item's `ref` arrives. Blocking."""
+        try:
+            self.bucket.upload(self.upload_key(item, sha256), path, size, sha256)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def claim_upload(self, run: int, ref: Any) -> PurePosixPath | None:
+        """The `ref` of an uploaded item arrived (the poller, in its thread): its object becomes the item's
+        object, named as a streamed item's. None when no matching upload is in the bucket (the ref points
+        elsewhere). Idempotent: an upload claimed before a crash is found in place."""
+        if len(ref.sha256) != 64:
+            return None
+        name = media_name(ref.item, ref.id, ref.mime)
+        target = self.bucket.item_key(self.job, run, name)
+        source = self.upload_key(ref.item, ref.sha256)
+        uploaded = self.bucket.stat(source)
+        if uploaded is None or uploaded.size != ref.size:
+            stored = self.bucket.stat(target)
+            if stored is not None and stored.size == ref.size and stored.sha256 == ref.sha256:
+                return PurePosixPath(str(run), name)
+            return None
+        self.bucket.move(source, target, ref.size, ref.sha256)
+        return PurePosixPath(str(run), name)
+
     # ------------------------------------------------------------------ read-only and writable
 
     @property

@@ -107,6 +107,24 @@ class S3MediaStore:
             )
         return StoredObject(key, size, sha256)
 
+    def move(self, source: str, target: str, size: int, sha256: str) -> StoredObject:
+        """Copy `source` to `target` inside the bucket (with the sha256 in its metadata), check the copy's
+        size, then delete `source`: an uploaded file becomes an item's object."""
+        bucket = self.url.bucket
+        try:
+            self.client.copy_object(
+                Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source},
+                MetadataDirective="REPLACE", Metadata={"sha256": sha256},
+            )  # fmt: skip
+            head = self.client.head_object(Bucket=bucket, Key=target)
+        except Exception as exc:  # botocore: ClientError, EndpointConnectionError, ...
+            raise MediaUploadFailed(f"moving {source} to {target} failed: {exc}") from exc
+        if int(head["ContentLength"]) != size:
+            raise MediaUploadFailed(f"the copy {target} has {head['ContentLength']} bytes, not {size}")
+        with contextlib.suppress(Exception):
+            self.client.delete_object(Bucket=bucket, Key=source)
+        return StoredObject(target, size, sha256)
+
     def stat(self, key: str) -> StoredObject | None:
         """The object's size and sha256 (our metadata), or None when there is no such object."""
         try:

@@ -15,13 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
+from podstream import wire
 from podstream.emulator import Emulator
 from relay import serve
 from relay.app import create_app
+from relay.auth import generate_key, hash_key
 from relay.backends.settings import ClusterSettings
 from relay.bucket_media import byte_range
 from tests.relay.backends.conftest import RedisServer, S3Server, stop
 from tests.relay.conftest import (
+    API_KEY,
     Batch,
     Received,
     RelayServer,
@@ -34,6 +37,7 @@ from tests.relay.conftest import (
     sha,
     ws_client,
 )
+from worker.upload import UploadConfig, Uploader
 
 Start = Callable[..., Any]
 
@@ -214,3 +218,43 @@ async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
 )  # fmt: skip
 def test_byte_range(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
     assert byte_range(header, size) == expected
+
+
+async def test_an_upload_to_one_replica_is_claimed_by_the_polling_one(
+    replicas: Start, worker: ScriptedWorker, s3_server: S3Server
+) -> None:
+    """`PUT /v1/uploads` lands on any replica (the load balancer picks), the object waits in the bucket, and
+    the replica polling the job claims it when the item's `ref` arrives; every replica serves its bytes."""
+    upload_key = generate_key()
+    keys = f"{hash_key(API_KEY)},uploader={hash_key(upload_key)}/upload"
+    a, b = await replicas("a", api_keys=keys), await replicas("b", api_keys=keys)
+    job = await submit(a)
+    await worker.take()
+    data = make_files(1, 9000)[0]
+    uploader = Uploader(UploadConfig(url=b.url, key=upload_key, attempts=1))
+    try:
+        url = await asyncio.to_thread(uploader.upload, job, 0, data, mime="video/mp4", sha256=sha(data))
+    finally:
+        uploader.close()
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/uploads/")
+    assert [o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]] == [f"00000-{sha(data)}.bin"]
+    assert not any((b.settings.data_dir / "spool").rglob("*.bin")), "nothing kept on the receiving replica"
+    envs = wire.Envelopes(job)
+    await worker.post(job, envs.ref(0, url=url, mime="video/mp4", size=len(data), sha256=sha(data), id="u"))
+    for envelope in envs.manifest(
+        [wire.ManifestItem(0, "u", "ref", "video/mp4", len(data), sha(data), 0, url)]
+    ):
+        await worker.post(job, envelope)
+    await worker.done(job)
+    got = await subscriber(b, job, a.token(job))
+    [item] = [r for r in got.records if r["k"] == "item"]
+    assert item["delivery"] == "upload" and bytes(got.files[0]) == data
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
+    assert [o["Key"].split(f"{job}/", 1)[1] for o in listed["Contents"]] == ["1/00000-u.mp4"], (
+        "moved, not copied"
+    )
+    bad = await asyncio.to_thread(
+        httpx.put, f"{b.url}/v1/uploads/{job}/1", content=b"x" * 10,
+        headers={"authorization": f"Bearer {upload_key}", "x-podstream-sha256": sha(b"y")},
+    )  # fmt: skip
+    assert bad.status_code == 409  # the job has ended on the replica that polled it, and B knows
