@@ -16,7 +16,7 @@ import pytest
 
 from podstream import wire
 from podstream.emulator import Emulator
-from relay.poller import _entry_output
+from podstream.stream_split import entry_output as _entry_output
 from tests.relay.conftest import (
     Batch,
     Received,
@@ -382,6 +382,30 @@ def test_restart_delays_grow_jittered_and_capped() -> None:
     assert lows[0] == 0.5 and highs[0] == pytest.approx(1.0)  # never an immediate, tight restart loop
     assert lows == sorted(lows) and max(highs) == pytest.approx(30.0) and max(lows) == 15.0
     assert all(lo < hi for lo, hi in zip(lows, highs, strict=True))  # jittered within [d/2, d]
+
+
+async def test_gap_recovery_and_the_crash_hook_are_given_to_pollers_without_their_own(tmp_path: Path) -> None:
+    from relay.poller import JobPoller, PollerSet
+    from relay.recovery import GapRecovery
+    from relay.runpod import StreamBatch
+    from relay.store import Store
+
+    def hook(batch: StreamBatch) -> None:
+        raise AssertionError("no answer is drained here")
+
+    shared, own = GapRecovery(attempts=1), GapRecovery(attempts=3)
+    pollers = PollerSet(recovery=shared, on_drained=hook)
+    store = Store(tmp_path, fsync=False)
+    plain = JobPoller(store.create("plain"), None)
+    mine = JobPoller(store.create("mine"), None, recovery=own)
+    assert pollers.start(plain) and pollers.start(mine)
+    assert (plain.recovery, plain.on_drained) == (shared, hook)
+    assert (mine.recovery, mine.on_drained) == (own, hook)
+    restarted = mine.fresh()  # what a crashed poller is replaced by keeps them
+    assert (restarted.recovery, restarted.on_drained) == (own, hook)
+    await pollers.wait("plain")  # no RunPod URL: each poller reads its job back and stops
+    await pollers.wait("mine")
+    assert len(pollers) == 0
 
 
 # ------------------------------------------------------------------------------ a failed job's error
