@@ -46,6 +46,47 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class PartFile:
+    """The verify core every item sink shares (this module's `FileSink`, the relay's `MediaSink` and its
+    bucket spool `S3MediaSink`): an item's parts written at their offsets into one open file, in any order,
+    hashed as they come when in order; `digest` hashes whatever arrived early back from the file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes hashed so far, in order
+
+    def write(self, offset: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, offset)
+        if offset == self._hashed:
+            self._hash.update(data)
+            self._hashed += len(data)
+
+    def digest(self) -> tuple[int, str]:
+        """(size, sha256 hex) of the file as it is now."""
+        size = os.fstat(self.fd).st_size
+        while self._hashed < size:  # out-of-order parts: hash the rest back from disk
+            chunk = os.pread(self.fd, 1 << 20, self._hashed)
+            self._hash.update(chunk)
+            self._hashed += len(chunk)
+        return size, self._hash.hexdigest()
+
+    def keep(self, temp: Path, final: Path, *, fsync: bool) -> None:
+        """The verified file becomes `final`: fsynced, closed, renamed, its directory fsynced."""
+        if fsync:
+            os.fsync(self.fd)
+        self.close()
+        os.replace(temp, final)
+        if fsync:
+            fsync_dir(final.parent)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
 class FileSink:
     """Writes one item to `directory/media_name(...)` via a temp file; `result` is the final Path."""
 
@@ -55,36 +96,20 @@ class FileSink:
         self.final = directory / media_name(item, id, mime)
         self.temp = directory / f".{self.final.name}.part"
         self.fsync = fsync
-        self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._hash = hashlib.sha256()
-        self._hashed = 0  # bytes hashed so far, in order; parts that arrive early are hashed at the end
+        self._file = PartFile(os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
 
     def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self._fd, data, offset)
-        if offset == self._hashed:
-            self._hash.update(data)
-            self._hashed += len(data)
+        self._file.write(offset, data)
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
-        size = os.fstat(self._fd).st_size
-        while self._hashed < size:  # out-of-order parts: hash the rest back from disk
-            chunk = os.pread(self._fd, 1 << 20, self._hashed)
-            self._hash.update(chunk)
-            self._hashed += len(chunk)
-        if self._hash.hexdigest() != sha256:
+        if self._file.digest()[1] != sha256:
             self.abort()
             return False, None
-        if self.fsync:
-            os.fsync(self._fd)
-        os.close(self._fd)
-        os.replace(self.temp, self.final)
-        if self.fsync:
-            fsync_dir(self.final.parent)
+        self._file.keep(self.temp, self.final, fsync=self.fsync)
         return True, self.final
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):  # already closed by a finished write
-            os.close(self._fd)
+        self._file.close()
         self.temp.unlink(missing_ok=True)
 
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from podstream.sinks import fsync_dir, media_name
+from podstream.sinks import PartFile, media_name
 
 # Re-exported: they lived here before relay/records.py.
 from relay.records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
@@ -312,26 +312,21 @@ class MediaSink:
         #: Called once if the item is abandoned (its quota reservation goes back), or once it is stored.
         self.on_abort = on_abort
         self.on_stored = on_stored
-        self._fd: int | None = None
-        self._hash = hashlib.sha256()
-        self._hashed = 0
+        self._file: PartFile | None = None
         if not replaying and refused is None:
-            self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._file = PartFile(os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
 
-    def _open(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o644)
-        return self._fd
+    def _open(self) -> PartFile:
+        if self._file is None:  # live again after a replay: the parts written before it are in the file
+            self._file = PartFile(os.open(self.temp, os.O_RDWR | os.O_CREAT, 0o644))
+        return self._file
 
     def write(self, offset: int, data: bytes) -> None:
         if self.replaying or self.refused is not None:
             return
-        os.pwrite(self._open(), data, offset)
+        self._open().write(offset, data)
         if self.on_bytes is not None:
             self.on_bytes(len(data))
-        if offset == self._hashed:
-            self._hash.update(data)
-            self._hashed += len(data)
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
         if self.replaying:  # it was finished before the restart: the outcome is on disk
@@ -340,25 +335,13 @@ class MediaSink:
             # Every part arrived (nothing is lost in transit, so no gap and no resend): the store journals
             # the item as refused, not as stored (`JobStore.record`).
             return True, self.final
-        fd = self._open()
-        end = os.fstat(fd).st_size
-        if end != self.size:
+        file = self._open()
+        size, digest = file.digest()
+        if size != self.size or digest != sha256:
             self.abort()
             return False, None
-        while self._hashed < end:
-            chunk = os.pread(fd, 1 << 20, self._hashed)
-            self._hash.update(chunk)
-            self._hashed += len(chunk)
-        if self._hash.hexdigest() != sha256:
-            self.abort()
-            return False, None
-        if self.fsync:
-            os.fsync(fd)
-        os.close(fd)
-        self._fd = None
-        os.replace(self.temp, self.final)
-        if self.fsync:
-            fsync_dir(self.final.parent)
+        file.keep(self.temp, self.final, fsync=self.fsync)
+        self._file = None
         if self.on_stored is not None:
             self.on_stored()
         return True, self.final
@@ -367,10 +350,9 @@ class MediaSink:
         if self.on_abort is not None:
             self.on_abort()
             self.on_abort = None
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self.temp.unlink(missing_ok=True)
 
 

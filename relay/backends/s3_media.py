@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from podstream.sinks import PartFile
 from relay.backends.protocols import StoredObject
 
 if TYPE_CHECKING:
@@ -176,27 +175,18 @@ class S3MediaSink:
         self.key = key
         self.size = size
         fd, name = tempfile.mkstemp(prefix=".podstream-", suffix=".part", dir=store.spool_dir)
-        self._fd: int | None = fd
+        self._file: PartFile | None = PartFile(fd)
         self.path = Path(name)
-        self._hash = hashlib.sha256()
-        self._hashed = 0
         self.sha256: str | None = None
 
     def write(self, offset: int, data: bytes) -> None:
-        assert self._fd is not None
-        os.pwrite(self._fd, data, offset)
-        if offset == self._hashed:  # in-order parts are hashed as they come; the rest is read back at finish
-            self._hash.update(data)
-            self._hashed += len(data)
+        assert self._file is not None
+        self._file.write(offset, data)
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
-        assert self._fd is not None
-        end = os.fstat(self._fd).st_size
-        while self._hashed < end:
-            chunk = os.pread(self._fd, 1 << 20, self._hashed)
-            self._hash.update(chunk)
-            self._hashed += len(chunk)
-        if end != self.size or self._hash.hexdigest() != sha256:
+        assert self._file is not None
+        size, digest = self._file.digest()
+        if size != self.size or digest != sha256:
             self.abort()
             return False, None
         self.sha256 = sha256
@@ -210,9 +200,8 @@ class S3MediaSink:
         return stored
 
     def abort(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         with contextlib.suppress(OSError):
             self.path.unlink()
