@@ -326,6 +326,10 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
         ]
     if "relay_idle" in figures:
         out += _idle_section(figures["relay_idle"], full)
+    if "cluster" in figures:
+        from bench.cluster import report_section
+
+        out += report_section(figures["cluster"])
     out += [
         "The figures behind this page and its charts, as measured: [bench/results.json](bench/results.json).",
         "",
