@@ -276,6 +276,14 @@ class JobPoller:
             for sink in self._replayed:
                 sink.replaying = False
             self._replayed.clear()
+        if getattr(self.store, "partial_items_lost", False):  # cluster mode: see ClusterJobStore
+            dropped = wire.drop_partial(self.assembler)
+            if dropped:
+                log.info(
+                    "job %s: items %s were half-received elsewhere; asking for them again",
+                    self.store.job,
+                    dropped,
+                )
         problems = []
         if lost:
             problems.append(

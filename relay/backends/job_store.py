@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from podstream.sinks import media_name
 from relay.backends.job_index import RedisJobIndex
+from relay.backends.protocols import StoredObject
 from relay.backends.redis_journal import RedisIngestLog, RedisJournal
 from relay.backends.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore
 from relay.store import ITEM, JobStore, MediaGone, MediaRetry
@@ -87,15 +88,14 @@ class BucketSink:
         if self.replaying:
             return
         if self._sink is None:
-            # The replay ended with this item half-received; its earlier parts were spooled by the replica
-            # that died, so the item cannot be completed here: it fails its sha256 and is reported (and
-            # resent by gap recovery), never published half.
+            # (Not reached after a takeover: the poller drops items the replay left half-received, see
+            # `ClusterJobStore.partial_items_lost`; kept for a sink made live without a replay.)
             self._sink = self.media.sink(self.job, self.run, self.name, self.size)
         self._sink.write(offset, data)
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
         if self._sink is None:  # stored before the takeover: the object is in the bucket, or it is not
-            stored = self.media.stat(self.key)
+            stored = self._stat_until_answered()
             return (True, self.result) if stored is not None and stored.sha256 == sha256 else (False, None)
         try:
             ok, _stored = self._sink.finish(sha256)
@@ -103,6 +103,23 @@ class BucketSink:
             self._upload_until_stored(exc)  # verified and spooled: only the bucket is missing
             return True, self.result
         return (True, self.result) if ok else (False, None)
+
+    def _stat_until_answered(self) -> StoredObject | None:
+        """HEAD the item's object, waiting out an unreachable bucket (as `_upload_until_stored` does): the
+        replay after a takeover must not take "cannot ask" for "not there"."""
+        deadline = time.monotonic() + UPLOAD_PATIENCE_S
+        delay = 0.2
+        while True:
+            try:
+                return self.media.stat(self.key)
+            except (BotoCoreError, ClientError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning(
+                    "item %s: the bucket cannot be asked (%s); retrying in %.1fs", self.key, exc, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _upload_until_stored(self, first: MediaUploadFailed) -> None:
         """The bucket did not take a verified item: retry (in the poller's thread, so nothing after it is
@@ -154,6 +171,10 @@ class ClusterJobStore(JobStore):
         self.bucket = media
         #: The relay's retention of finished jobs without their own (their deadline in the index).
         self.default_retention_s = 0.0
+        #: A half-received item's parts were spooled by the replica that received them, which may be dead:
+        #: after the ingest log's replay the poller forgets such items (their seqs reopen as gaps, and gap
+        #: recovery has the worker resend them whole) instead of finishing them without their first bytes.
+        self.partial_items_lost = True
 
     def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
         """A new job (`meta`, into the index) or one another replica created (its metadata from the index).
