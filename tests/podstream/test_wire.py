@@ -273,6 +273,9 @@ BAD: list[tuple[object, str]] = [
     (_part(job="other"), "wrong_job"),
     (_part(id="x" * 1000), "bad_field"),
     (_part(sha256="0" * 64), "bad_sha256"),
+    (_part(data=memoryview(b"!!!not base64!!!")), "bad_base64"),
+    (_part(data=memoryview(b"A" * 10_000)), "bad_part_size"),
+    (_part(data=b"aGVsbG8gd29ybGQ="), "bad_field"),  # bytes: only a memoryview is taken for the text
 ]
 
 
@@ -286,6 +289,19 @@ def test_bad_envelopes_give_specific_problems(envelope: object, code: str) -> No
     assert problem.code == code, problem
     assert problem.message
     assert not asm.completed
+
+
+def test_a_part_s_base64_may_come_as_a_memoryview_of_its_ascii_bytes() -> None:
+    """What `stream_split.entry_output` hands over (no copy out of the JSON text): the same item as from
+    strings, and a mistyped `data` is still named a string in the problem."""
+    data = bytes(range(256)) * 40
+    envs = list(wire.Envelopes("j", run="r").parts(0, data, mime="image/png", part_bytes=1000))
+    viewed = [{**e, "data": memoryview(e["data"].encode("ascii"))} for e in envs]
+    asm = wire.Assembler("j")
+    (done,) = [e for e in feed_all(asm, viewed) if isinstance(e, wire.ItemComplete)]
+    assert done.result == data and asm.bytes_received == len(data)
+    (problem,) = wire.Assembler("j").feed(_part(data=12))
+    assert isinstance(problem, wire.Malformed) and "must be a string" in problem.message
 
 
 def test_parts_disagreeing_is_inconsistent_and_recoverable() -> None:
