@@ -200,9 +200,10 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "RunPod `/stream` (the emulator, with a job's envelopes all buffered) to verified files on disk, "
             "against the bare loop on the same bytes: parse the `/stream` JSON, base64-decode each part "
             "(with pybase64, as the relay and the pull do), sha256 it, write and fsync. Target >= 0.8. The "
-            "emulator shares the machine and JSON-encodes each answer when asked, inside the relay's and "
-            "the pull's time; the *pre-encoded* rows are the relay and the pull measured against a stand-in "
-            "for RunPod (its own process) that serves the same answer encoded before the clock starts. The last "
+            "emulator runs in its own process and encodes each entry when the worker posts it (as RunPod "
+            "does, on its own machines), then sends a `/stream` answer entry by entry; the *pre-encoded* rows "
+            "are the relay and the pull against a plainer stand-in (`http.server`, its own process) serving "
+            "the same answer read from a file. The last "
             "column is the bare loop with the standard library's base64 instead, for comparison with "
             "figures from before the switch.",
             "",

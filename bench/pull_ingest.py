@@ -15,28 +15,21 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pybase64
 
 import podstream.puller as pull_mod
 from bench import _results
+from bench._standins import buffered_job, emulator, pre_encoded, stream_stats
 from podstream import wire
-from podstream.demo import free_port
-
-POD = "bench-pod"
-
 
 #: The bare loop decodes with the library the relay and the pull use (pybase64); `stdlib` re-runs it with
 #: `base64.b64decode` to compare with figures from before the switch.
@@ -62,79 +55,6 @@ def tight_loop(body: bytes, directory: Path, decode: Decode = pybase64.b64decode
         os.fsync(fd)
         os.close(fd)
     return time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def emulator() -> Iterator[str]:
-    """`podstream emulator` in its own process (so its JSON work is not counted); yields the endpoint URL."""
-    port = free_port()
-    argv = [sys.executable, "-m", "podstream", "emulator", "--port", str(port), "--endpoint-id", "bench"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v2/bench"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the emulator did not start")
-            time.sleep(0.05)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def buffered_job(base: str, envelopes: list[dict[str, Any]]) -> str:
-    """A COMPLETED job at the emulator with every envelope buffered on its stream, posted as a worker would."""
-    with httpx.Client(timeout=60) as http:
-        job: str = http.post(f"{base}/run", json={"input": {}}).json()["id"]
-        while (taken := http.get(f"{base}/job-take/{POD}", params={"gpu": "CPU"})).status_code != 200:
-            pass
-        assert taken.json()["id"] == job
-        for envelope in envelopes:
-            http.post(
-                f"{base}/job-stream/{POD}/{job}",
-                params={"isStream": "false"},
-                json={"output": {**envelope, "job": job}},
-            ).raise_for_status()
-        http.post(f"{base}/job-done/{POD}/{job}", json={"output": []}).raise_for_status()
-    return job
-
-
-@contextlib.contextmanager
-def pre_encoded(body: bytes, job: str) -> Iterator[str]:
-    """A stand-in for RunPod (its own process, `bench.relay_ingest`'s) serving `body`, encoded before the
-    clock starts, as the job's one `/stream` answer; yields the endpoint URL."""
-    with tempfile.NamedTemporaryFile(prefix="podstream-bench-answer-") as answer:
-        answer.write(body)
-        answer.flush()
-        port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.relay_ingest",
-            "--serve-pre-encoded",
-            str(port),
-            answer.name,
-            job,
-        ]
-        process = subprocess.Popen(argv)
-        base = f"http://127.0.0.1:{port}/v2/bench"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/status/{job}", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the pre-encoded stand-in did not start")
-                time.sleep(0.05)
-            yield base
-        finally:
-            process.terminate()
-            process.wait(30)
 
 
 def main() -> None:
@@ -172,7 +92,7 @@ def main() -> None:
             start = time.perf_counter()
             files = list(pull_mod.pull(job, runpod_url=base, key=None, out=Path(tmp) / "pull"))
             pulled = time.perf_counter() - start
-            stream = httpx.get(base.split("/v2/")[0] + "/_emulator/stats").json()["routes"]["stream"]
+            stream = stream_stats(base)
     assert sorted(f.item for f in files) == list(range(args.items))
     mb = total / 1e6
     print(f"{args.items} items x {args.mb:g} MB = {mb:.0f} MB, {len(envelopes)} envelopes")

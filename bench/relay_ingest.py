@@ -5,9 +5,10 @@ the `/stream` JSON body, base64-decode each part, sha256 it, write it to a file.
 time from attaching to a job whose envelopes are all buffered at the emulator to its `done` record: the long
 poll, the Assembler's checks, fsynced files renamed into place and journal records.
 
-The emulator JSON-encodes its `/stream` answer when asked (as RunPod does), on this same machine and inside
-the relay's time. A second relay run measures the relay without that: it follows a stand-in for RunPod (its
-own process) that answers `/stream` with the same answer encoded before the clock starts.
+RunPod is the emulator in its own process (`bench._standins`), which encodes each entry when the worker posts
+it, as RunPod does on its own machines. A second relay run follows a plainer stand-in (`http.server`, its own
+process) that answers `/stream` with the same answer read from a file: the relay with nearly nothing else
+running beside it.
 
     python -m bench.relay_ingest                # 20 x 4 MB
     python -m bench.relay_ingest --items 100 --mb 4
@@ -18,22 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import hashlib
-import http.server
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pybase64
 
 from bench import _results
-from bench._relay_stack import free_port, stack
+from bench._relay_stack import stack
+from bench._standins import buffered_job, emulator, pre_encoded
 from podstream import wire
 
 #: The bare loop decodes with the library the relay and the pull use (pybase64); `stdlib` re-runs it with
@@ -63,86 +61,15 @@ def tight_loop(bodies: list[bytes], directory: Path, decode: Decode = pybase64.b
     return time.perf_counter() - start
 
 
-async def relay_ingest(
-    envelopes: list[dict[str, object]], fsync: str
-) -> tuple[float, dict[str, object], list[float]]:
-    """(seconds from attach to `done`, the `done` record, seconds from attach to each item record)."""
-    async with stack(fsync=fsync) as s:
-        job = await s.run_job()
-        taken = await s.take()
-        assert taken == job
-        for envelope in envelopes:
-            await s.post(job, {**envelope, "job": job})
-        await s.done(job)
+async def relay_follows(base: str, job: str, fsync: str) -> tuple[float, dict[str, object], list[float]]:
+    """A relay following RunPod at `base` attaches to `job`, whose envelopes are all buffered there:
+    (seconds from attach to `done`, the `done` record, seconds from attach to each item record)."""
+    async with stack(fsync=fsync, runpod_url=base) as s:
         start = time.perf_counter()
         await s.attach(job)
         seen: list[float] = []
         done = await s.wait_done(job, seen)
         return time.perf_counter() - start, done, [t - start for t in seen]
-
-
-class _PreEncoded(http.server.BaseHTTPRequestHandler):
-    """RunPod's `/stream` and `/status` for one finished job whose answer was encoded in advance."""
-
-    protocol_version = "HTTP/1.1"
-    answer: bytes = b""
-    job = ""
-    served = False
-
-    def do_GET(self) -> None:
-        kind = self.path.split("?")[0].split("/")[-2:]
-        if kind == ["stream", self.job]:
-            cls = type(self)
-            body = cls.answer if not cls.served else json.dumps(
-                {"id": self.job, "status": "COMPLETED", "stream": []}
-            ).encode()  # fmt: skip
-            cls.served = True
-        elif kind == ["status", self.job]:
-            body = json.dumps({"id": self.job, "status": "COMPLETED", "output": []}).encode()
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def serve_pre_encoded(port: int, answer_file: str, job: str) -> None:
-    _PreEncoded.answer = Path(answer_file).read_bytes()
-    _PreEncoded.job = job
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), _PreEncoded).serve_forever()
-
-
-async def relay_ingest_pre_encoded(body: bytes, fsync: str) -> tuple[float, dict[str, object]]:
-    job = "job"
-    with tempfile.NamedTemporaryFile(prefix="podstream-bench-answer-") as answer:
-        answer.write(body)
-        answer.flush()
-        port = free_port()
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.relay_ingest", "--serve-pre-encoded", str(port), answer.name, job
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/v2/bench"
-            async with httpx.AsyncClient() as http_client:
-                for _ in range(400):
-                    with contextlib.suppress(httpx.TransportError):
-                        await http_client.get(f"{url}/status/{job}")
-                        break
-                    await asyncio.sleep(0.05)
-            async with stack(fsync=fsync, runpod_url=url) as s:
-                start = time.perf_counter()
-                await s.attach(job)
-                done = await s.wait_done(job)
-                return time.perf_counter() - start, done
-        finally:
-            server.terminate()
-            await server.wait()
 
 
 def main() -> None:
@@ -152,13 +79,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20)
     parser.add_argument("--mb", type=float, default=4.0, help="size of each item in MB")
     parser.add_argument("--fsync", choices=("always", "never"), default="always")
-    parser.add_argument("--serve-pre-encoded", nargs=3, help=argparse.SUPPRESS)  # PORT FILE JOB
     _results.add_json_option(parser)
     args = parser.parse_args()
-    if args.serve_pre_encoded:
-        port, answer_file, job = args.serve_pre_encoded
-        serve_pre_encoded(int(port), answer_file, job)
-        return
     blobs = [os.urandom(int(args.mb * 1_000_000)) for _ in range(args.items)]
     total = sum(len(b) for b in blobs)
     env = wire.Envelopes("job")
@@ -174,13 +96,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         baseline = tight_loop([body], Path(tmp))
         stdlib = tight_loop([body], Path(tmp), base64.b64decode)
-    relay_s, done, items_s = asyncio.run(relay_ingest(envelopes, args.fsync))
+    with emulator() as base:
+        job = buffered_job(base, envelopes)
+        relay_s, done, items_s = asyncio.run(relay_follows(base, job, args.fsync))
     assert done["items"] == args.items and done["errors"] == 0, done
     pre_body = json.dumps(
         {"id": "job", "status": "COMPLETED", "stream": [{"output": {**e, "job": "job"}} for e in envelopes]}
     ).encode()
     del body
-    pre_s, pre_done = asyncio.run(relay_ingest_pre_encoded(pre_body, args.fsync))
+    with pre_encoded(pre_body, "job") as base:
+        pre_s, pre_done, _ = asyncio.run(relay_follows(base, "job", args.fsync))
     assert pre_done["items"] == args.items and pre_done["errors"] == 0, pre_done
     print(f"job: {args.items} items x {args.mb} MB = {total / 1e6:.0f} MB in {len(envelopes)} envelopes")
     print(f"baseline tight loop (JSON + pybase64 + sha256 + write): {total / baseline / 1e6:.0f} MB/s")
@@ -194,9 +119,7 @@ def main() -> None:
         f"(first/last {items_s[0] / items_s[-1]:.2f}; 1.00 = all at once)"
     )
     print(f"relay from a pre-encoded /stream answer:          {total / pre_s / 1e6:.0f} MB/s")
-    print(
-        f"ratio relay (pre-encoded answer)/baseline: {baseline / pre_s:.2f} (the emulator's encoding left out, measured)"
-    )
+    print(f"ratio relay (plain stand-in, answer read from a file)/baseline: {baseline / pre_s:.2f}")
     _results.write(
         args.json, "relay_ingest", args,
         {"mb": total / 1e6, "baseline_mb_s": total / baseline / 1e6, "relay_mb_s": total / relay_s / 1e6,

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from podstream.emulator.config import EmulatorConfig
@@ -41,6 +41,30 @@ WORKER_ROUTES = ("job-take", "job-take-batch", "job-stream", "job-done", "job-st
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _stream_answer(job_id: str, status: str, entries: list[bytes]) -> StreamingResponse:
+    """The `GET /stream` answer, `{"id":..,"status":..,"stream":[entries]}` as `JSONResponse` would write it,
+    sent entry by entry from the encoded entries: a backlog of hundreds of MB is never joined (and copied
+    again into the transport's buffer) in one piece."""
+    head = json.dumps({"id": job_id, "status": status}, ensure_ascii=False, separators=(",", ":"))
+    opening = head[:-1].encode() + b',"stream":['
+    length = len(opening) + sum(map(len, entries)) + max(len(entries) - 1, 0) + 2
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield opening
+        for n, entry in enumerate(entries):
+            if n:
+                yield b","
+            yield entry
+        yield b"]}"
+
+    headers = {"content-length": str(length)}
+    return StreamingResponse(pieces(), media_type="application/json", headers=headers)
+
+
+def _length(response: Response) -> int:
+    return int(response.headers.get("content-length", 0))
 
 
 @dataclass
@@ -190,7 +214,8 @@ class EmulatorApp:
                 finally:
                     self.stats.leave(name)
                     self._limiter.release(name)
-            self.stats.record(name, response.status_code, body.size, len(response.body))
+            sent = len(response.body) if not isinstance(response, StreamingResponse) else _length(response)
+            self.stats.record(name, response.status_code, body.size, sent)
             return response
 
         return Route(path, endpoint, methods=methods, name=name)
@@ -326,7 +351,7 @@ class EmulatorApp:
             await asyncio.sleep(self.faults.stream_delay_s)
         status = job.status.value  # read before draining: items and a terminal status can come together
         items = self.table.drain(job)
-        return JSONResponse({"id": job.id, "status": status, "stream": [{"output": x} for x in items]})
+        return _stream_answer(job.id, status, items)
 
     async def _status(self, request: Request, body: bytes) -> Response:
         scripted = self.faults.take_status_response()
@@ -438,7 +463,10 @@ class EmulatorApp:
         if n in self.faults.drop_stream_items:
             self.stats.count("stream_items_dropped")
             return JSONResponse({})
-        self.table.add_stream_item(job, parsed.get("output"))
+        try:
+            self.table.add_stream_item(job, parsed.get("output"))
+        except ValueError:  # NaN or Infinity: not JSON, so no `/stream` reader could take it
+            return _error(400, "output holds NaN or Infinity, which JSON cannot carry")
         return JSONResponse({})
 
     async def _job_done(self, request: Request, body: bytes) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections import deque
@@ -78,7 +79,8 @@ class Job:
     output: Any = _NO_OUTPUT
     error: str | None = None
     progress: Any = _NO_OUTPUT
-    stream: deque[Any] = field(default_factory=deque)
+    #: Buffered `/stream` entries, each `{"output": ...}` already JSON-encoded (see `encode_entry`).
+    stream: deque[bytes] = field(default_factory=deque)
     stream_items: int = 0  # items posted in this run, for fault injection
     retries: int = 0
     changed: Signal = field(default_factory=Signal)
@@ -185,8 +187,8 @@ class JobTable:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def drain(self, job: Job) -> list[Any]:
-        """Hand out every buffered stream item, once."""
+    def drain(self, job: Job) -> list[bytes]:
+        """Hand out every buffered stream entry (JSON text), once."""
         items = list(job.stream)
         job.stream.clear()
         return items
@@ -318,7 +320,7 @@ class JobTable:
         return job
 
     def add_stream_item(self, job: Job, output: Any) -> None:
-        job.stream.append(output)
+        job.stream.append(encode_entry(output))
         job.changed.fire()
 
     def set_progress(self, job: Job, progress: Any) -> None:
@@ -452,3 +454,16 @@ class JobTable:
             self._unqueue(job)
         del self.jobs[job.id]
         job.changed.fire()
+
+
+def encode_entry(output: Any) -> bytes:
+    """One `/stream` entry, `{"output": ...}`, as the JSON text `GET /stream` answers (Starlette's
+    `JSONResponse` encoding, byte for byte).
+
+    Encoded when the worker posts it, not when `/stream` is asked: RunPod encodes on its own machines, while
+    the emulator shares the consumer's. Encoding a backlog of 100 MB at the `GET` put that work inside the
+    relay's and the pull's measured time (issue 16: 0.3 of the bare loop with it, 0.9 without).
+    """
+    return json.dumps(
+        {"output": output}, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()

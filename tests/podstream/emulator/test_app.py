@@ -133,6 +133,34 @@ async def test_stream_hands_out_each_item_once(serve: Start) -> None:
     assert (await s.client.stream(job_id))["stream"] == [{"output": {"k": 3}}]
 
 
+async def test_stream_answer_is_the_json_text_runpod_writes(serve: Start) -> None:
+    """Entries are encoded when posted; the answer must still be exactly what a JSON encoder writes (compact,
+    UTF-8, not ASCII-escaped), whatever the outputs hold."""
+    s = await serve()
+    job_id = await s.client.run({})
+    await s.worker.take_one()
+    outputs: list[Any] = [{"data": "QUJD", "é": "ü\u2028\"\\"}, [1, 2.5, None, True], "x", 7, None]
+    for output in outputs:
+        assert (await s.worker.stream(job_id, output)).status_code == 200
+    response = await s.client.call("GET", f"stream/{job_id}")
+    assert response.headers["content-type"] == "application/json"
+    expected = {"id": job_id, "status": "IN_PROGRESS", "stream": [{"output": x} for x in outputs]}
+    assert response.content == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    empty = await s.client.call("GET", f"stream/{job_id}", params={"wait": "1000"})
+    assert empty.json() == {"id": job_id, "status": "IN_PROGRESS", "stream": []}
+
+
+async def test_stream_item_holding_nan_is_rejected_with_400(serve: Start) -> None:
+    s = await serve()
+    job_id = await s.client.run({})
+    await s.worker.take_one()
+    response = await s.worker.stream_raw(job_id, b'{"output": {"loss": NaN}}')
+    assert response.status_code == 400
+    assert "NaN" in response.json()["error"]
+    assert (await s.worker.stream(job_id, {"k": 1})).status_code == 200
+    assert (await s.client.stream(job_id))["stream"] == [{"output": {"k": 1}}]  # the job runs on
+
+
 async def test_stream_long_polls_until_an_item_arrives(serve: Start) -> None:
     s = await serve()
     job_id = await s.client.run({})
