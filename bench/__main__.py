@@ -24,11 +24,11 @@ HERE = Path(__file__).parent
 SHORT: dict[str, list[str]] = {
     "cluster": ["--items", "8", "--mb", "2", "--subscribers", "10", "--kills", "2"],
     "relay_fanout": ["--subscribers", "5,10,20", "--items", "8", "--mb", "2"],
-    "relay_ingest": ["--items", "12", "--mb", "4"],
+    "relay_ingest": ["--items", "24", "--mb", "4"],
     "relay_latency": ["--yields", "30", "--interval-ms", "100"],
     "relay_memory": ["--sizes", "40,80,120", "--subscribers", "10"],
     "relay_idle": ["--subscribers", "2000"],
-    "pull_ingest": ["--items", "12", "--mb", "4"],
+    "pull_ingest": ["--items", "24", "--mb", "4"],
     "worker_overlap": ["--items", "20", "--mb", "2"],
     "worker_wire": ["--items", "10"],
     "worker_memory": ["--small", "20", "--large", "100"],

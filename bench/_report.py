@@ -233,8 +233,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
                 "in a thread while the entries before are decoded, hashed and written, and no answer is "
                 "JSON-decoded whole (`tests/podstream/test_puller.py::"
                 "test_first_file_is_written_before_the_answer_has_arrived`). Where the rest of its time goes "
-                "(py-spy): the emulator's JSON encoding of the whole answer before its first byte (the gap "
-                "between the pull's two rows), h11's and the splitter's per-chunk work in the receiving thread "
+                "(py-spy): h11's and the splitter's per-chunk work in the receiving thread "
                 "(about 40 % of the pull's samples), and in the consumer writes, the part's base64 copied out "
                 "of its entry, and fsync; loading the CA bundle when `pull` makes its `httpx.Client` costs "
                 "about 0.17 s once per pull, inside the short form's time.",
