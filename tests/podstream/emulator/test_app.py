@@ -139,7 +139,7 @@ async def test_stream_answer_is_the_json_text_runpod_writes(serve: Start) -> Non
     s = await serve()
     job_id = await s.client.run({})
     await s.worker.take_one()
-    outputs: list[Any] = [{"data": "QUJD", "é": "ü\u2028\"\\"}, [1, 2.5, None, True], "x", 7, None]
+    outputs: list[Any] = [{"data": "QUJD", "é": 'ü\u2028"\\'}, [1, 2.5, None, True], "x", 7, None]
     for output in outputs:
         assert (await s.worker.stream(job_id, output)).status_code == 200
     response = await s.client.call("GET", f"stream/{job_id}")
