@@ -33,30 +33,35 @@ from bench._relay_stack import free_port
 POD = "bench-pod"
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"{what} did not start")
-        time.sleep(0.05)
+@contextlib.contextmanager
+def _serving(module: str, *args: str, probe: str, what: str) -> Iterator[str]:
+    """`python -m module *args` (`{port}` in args: a free port) in its own process, until `GET base/probe`
+    answers 200 (60 s at most); yields the endpoint URL `http://127.0.0.1:PORT/v2/bench`."""
+    port = free_port()
+    argv = [sys.executable, "-m", module, *(a.replace("{port}", str(port)) for a in args)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v2/bench"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/{probe}", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 @contextlib.contextmanager
 def emulator() -> Iterator[str]:
     """`podstream emulator` in its own process; yields the endpoint URL."""
-    port = free_port()
-    argv = [sys.executable, "-m", "podstream", "emulator", "--port", str(port), "--endpoint-id", "bench"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/v2/bench"
-    try:
-        _wait_until_up(f"{base}/health", process, "the emulator")
+    args = ("emulator", "--port", "{port}", "--endpoint-id", "bench")
+    with _serving("podstream", *args, probe="health", what="the emulator") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def buffered_job(base: str, envelopes: list[dict[str, Any]]) -> str:
@@ -89,16 +94,11 @@ def pre_encoded(body: bytes, job: str) -> Iterator[str]:
     with tempfile.NamedTemporaryFile(prefix="podstream-bench-answer-") as answer:
         answer.write(body)
         answer.flush()
-        port = free_port()
-        argv = [sys.executable, "-m", "bench._standins", str(port), answer.name, job]
-        process = subprocess.Popen(argv)
-        base = f"http://127.0.0.1:{port}/v2/bench"
-        try:
-            _wait_until_up(f"{base}/status/{job}", process, "the pre-encoded stand-in")
+        args = ("{port}", answer.name, job)
+        with _serving(
+            "bench._standins", *args, probe=f"status/{job}", what="the pre-encoded stand-in"
+        ) as base:
             yield base
-        finally:
-            process.terminate()
-            process.wait(30)
 
 
 class _PreEncoded(http.server.BaseHTTPRequestHandler):

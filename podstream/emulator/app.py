@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from podstream.emulator.config import EmulatorConfig
 from podstream.emulator.faults import Faults
-from podstream.emulator.jobs import Job, JobStatus, JobTable
+from podstream.emulator.jobs import Job, JobStatus, JobTable, encode_json
 from podstream.emulator.ratelimit import RateLimiter
 from podstream.emulator.stats import RequestStats
 
@@ -47,8 +47,7 @@ def _stream_answer(job_id: str, status: str, entries: list[bytes]) -> StreamingR
     """The `GET /stream` answer, `{"id":..,"status":..,"stream":[entries]}` as `JSONResponse` would write it,
     sent entry by entry from the encoded entries: a backlog of hundreds of MB is never joined (and copied
     again into the transport's buffer) in one piece."""
-    head = json.dumps({"id": job_id, "status": status}, ensure_ascii=False, separators=(",", ":"))
-    opening = head[:-1].encode() + b',"stream":['
+    opening = encode_json({"id": job_id, "status": status})[:-1] + b',"stream":['
     length = len(opening) + sum(map(len, entries)) + max(len(entries) - 1, 0) + 2
 
     async def pieces() -> AsyncIterator[bytes]:
@@ -61,10 +60,6 @@ def _stream_answer(job_id: str, status: str, entries: list[bytes]) -> StreamingR
 
     headers = {"content-length": str(length)}
     return StreamingResponse(pieces(), media_type="application/json", headers=headers)
-
-
-def _length(response: Response) -> int:
-    return int(response.headers.get("content-length", 0))
 
 
 @dataclass
@@ -214,7 +209,8 @@ class EmulatorApp:
                 finally:
                     self.stats.leave(name)
                     self._limiter.release(name)
-            sent = len(response.body) if not isinstance(response, StreamingResponse) else _length(response)
+            # Every response here declares its length (a streamed `/stream` answer too; none for a 204).
+            sent = int(response.headers.get("content-length", 0))
             self.stats.record(name, response.status_code, body.size, sent)
             return response
 

@@ -464,6 +464,11 @@ def encode_entry(output: Any) -> bytes:
     the emulator shares the consumer's. Encoding a backlog of 100 MB at the `GET` put that work inside the
     relay's and the pull's measured time (issue 16: 0.3 of the bare loop with it, 0.9 without).
     """
+    return encode_json({"output": output})
+
+
+def encode_json(content: Any) -> bytes:
+    """JSON as Starlette's `JSONResponse` writes it: compact, UTF-8, NaN refused (ValueError)."""
     return json.dumps(
-        {"output": output}, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
     ).encode()
