@@ -21,6 +21,9 @@ from matplotlib.figure import Figure
 from bench import _results
 
 COMMAND = {False: "make bench", True: "make bench-full"}
+#: Each form has its own page and charts, so a full run never overwrites the short forms' page (or back).
+PAGE = {False: "benchmarks.md", True: "benchmarks-full.md"}
+CHARTS = {False: "bench", True: "bench-full"}
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
@@ -148,8 +151,9 @@ def _fanout_table(d: dict[str, Any]) -> list[str]:
 
 
 def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: dict[str, Any],
-             full: bool, failed: list[str]) -> str:  # fmt: skip
+             full: bool, failed: list[str], not_run: list[str], full_page: bool) -> str:  # fmt: skip
     form = COMMAND[full]
+    img = CHARTS[full]
     out: list[str] = [
         "# Benchmarks",
         "",
@@ -166,11 +170,18 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "These are the **short forms** (small sizes, the same shape as the full ones); `make bench-full` "
             "runs the sizes of the targets (fan-out 20/50/100 subscribers x 100 x 4 MB, a 2 GB job to 50 "
             "subscribers, 1000 x 8 MB through the worker, 1 GB pulled). The short forms' sizes are in "
-            "`bench/__main__.py` (`SHORT`, `FULL`).",
+            "`bench/__main__.py` (`SHORT`, `FULL`)."
+            + (
+                " The last full-size run's figures: [benchmarks-full.md](benchmarks-full.md)."
+                if full_page
+                else ""
+            ),
             "",
         ]
     if failed:
         out += [f"**Failed in this run** (no figures): {', '.join(failed)}.", ""]
+    if not_run:
+        out += [f"**Not run in this run** (no figures): {', '.join(not_run)}.", ""]
     out += [
         "**GPU figures (issue 16, item 7) are not measured.** No GPU machine was lent to the session that "
         "wrote this page, so GPU busy share and time to the first file for SVD-XT, SDXL and LTX are not "
@@ -190,7 +201,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "",
             *_fanout_table(d),
             "",
-            "![throughput and CPU against subscribers](bench/fanout.png)",
+            f"![throughput and CPU against subscribers]({img}/fanout.png)",
             "",
         ]
     if "relay_ingest" in figures or "pull_ingest" in figures:
@@ -238,7 +249,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
                 "of its entry, and fsync; loading the CA bundle when `pull` makes its `httpx.Client` costs "
                 "about 0.17 s once per pull, inside the short form's time.",
             ]
-        out += ["", "![ingest against the bare loop](bench/ingest.png)", ""]
+        out += ["", f"![ingest against the bare loop]({img}/ingest.png)", ""]
     if "relay_latency" in figures:
         d = figures["relay_latency"]
         r, s = d["relay_ms"], d["sdk_ms"]
@@ -253,7 +264,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             f"- SDK poller: median {statistics.median(s):.0f} ms, max {max(s):.0f} ms, missed {d['sdk_missed']}",
             f"- ratio of medians SDK / relay: {statistics.median(s) / statistics.median(r):.1f}",
             "",
-            "![latency distributions](bench/latency.png)",
+            f"![latency distributions]({img}/latency.png)",
             "",
         ]
     if "relay_memory" in figures:
@@ -273,7 +284,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "",
             f"Biggest / smallest peak: {d['ratio']:.2f}.",
             "",
-            "![memory against job size](bench/memory.png)",
+            f"![memory against job size]({img}/memory.png)",
             "",
         ]
     if "worker_overlap" in figures:
@@ -331,7 +342,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
 
         out += report_section(figures["cluster"])
     out += [
-        "The figures behind this page and its charts, as measured: [bench/results.json](bench/results.json).",
+        f"The figures behind this page and its charts, as measured: [{img}/results.json]({img}/results.json).",
         "",
         "## Not measured here",
         "",
@@ -390,11 +401,15 @@ def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
 
 
 def write(results: Path, docs: Path, *, full: bool, failed: list[str]) -> list[Path]:
-    """Write `docs`/benchmarks.md and `docs`/bench/*.png from the JSON in `results`; return the paths."""
+    """Write `docs`/benchmarks.md and `docs`/bench/*.png (`--full`: benchmarks-full.md, bench-full/) from
+    the JSON in `results`; return the paths."""
+    from bench.__main__ import benchmarks
+
     figures = load(results)
     machine = _results.machine()
     form = COMMAND[full]
-    charts_dir = docs / "bench"
+    not_run = [n for n in benchmarks() if n not in figures and n not in failed]
+    charts_dir = docs / CHARTS[full]
     charts_dir.mkdir(parents=True, exist_ok=True)
     charts: list[Path] = []
     if "relay_fanout" in figures:
@@ -407,6 +422,7 @@ def write(results: Path, docs: Path, *, full: bool, failed: list[str]) -> list[P
         charts.append(memory_chart(figures["relay_memory"], charts_dir, machine, form))
     raw = charts_dir / "results.json"  # the figures behind the page and charts, as measured
     raw.write_text(json.dumps({"machine": machine, "full": full, "failed": failed, **figures}, indent=1))
-    page = docs / "benchmarks.md"
-    page.write_text(markdown(figures, charts, machine, full, failed))
+    page = docs / PAGE[full]
+    full_page = (docs / PAGE[True]).exists()
+    page.write_text(markdown(figures, charts, machine, full, failed, not_run, full_page))
     return [page, *charts, raw]

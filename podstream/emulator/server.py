@@ -30,6 +30,9 @@ from podstream.emulator.workers import WorkerFailure, WorkerProcess, WorkerSuper
 
 _T = TypeVar("_T")
 
+#: The worker key given to workers when the emulator checks none (see `Emulator.worker_env`).
+NO_AUTH_WORKER_KEY = "emulator-auth-off"
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: the process that embeds the emulator owns its signals."""
@@ -90,7 +93,10 @@ class Emulator:
             "RUNPOD_POD_ID": pod_id,
             "RUNPOD_POD_HOSTNAME": f"{pod_id}-emulator",
             "RUNPOD_ENDPOINT_ID": self.config.endpoint_id,
-            "RUNPOD_AI_API_KEY": self.config.effective_worker_key or "",
+            # RunPod always gives a worker a key, and the SDK sends no heartbeat at all without one
+            # (rp_ping returns early): with auth off, an empty key would fail every job that outlives the
+            # heartbeat grace. The emulator checks nothing then, so any non-empty key will do.
+            "RUNPOD_AI_API_KEY": self.config.effective_worker_key or NO_AUTH_WORKER_KEY,
             "RUNPOD_PING_INTERVAL": str(self.config.ping_interval_ms),
             "RUNPOD_GPU_COUNT": "0",
             "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",

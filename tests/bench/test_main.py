@@ -123,6 +123,20 @@ def test_report_leaves_out_what_did_not_run(tmp_path: Path) -> None:
     results = figures(tmp_path)
     (results / "relay_fanout.json").unlink()
     _report.write(results, tmp_path / "docs", full=True, failed=["relay_fanout"])
-    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    page = (tmp_path / "docs" / "benchmarks-full.md").read_text()
     assert "## Fan-out" not in page and "make bench-full" in page and "short forms" not in page
-    assert not (tmp_path / "docs" / "bench" / "fanout.png").exists()
+    assert "**Failed in this run** (no figures): relay_fanout." in page
+    assert "**Not run in this run** (no figures): cluster, pull_ingest," in page
+    assert not (tmp_path / "docs" / "bench-full" / "fanout.png").exists()
+    assert (tmp_path / "docs" / "bench-full" / "memory.png").exists()
+    assert "](bench-full/memory.png)" in page
+
+
+def test_full_and_short_forms_keep_their_own_pages(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _report.write(figures(tmp_path), docs, full=True, failed=[])
+    assert not (docs / "benchmarks.md").exists() and not (docs / "bench").exists()
+    _report.write(tmp_path / "results", docs, full=False, failed=[])
+    short = (docs / "benchmarks.md").read_text()
+    assert "[benchmarks-full.md](benchmarks-full.md)" in short  # the short page points to the full one
+    assert (docs / "benchmarks-full.md").exists() and (docs / "bench-full" / "fanout.png").exists()

@@ -260,6 +260,19 @@ async def test_asyncio_client(fleet: dict[str, Emulator]) -> None:
 # ---- a worker that dies ---------------------------------------------------------------------------
 
 
+def test_with_auth_off_the_sdk_still_pings_and_a_long_job_completes(tmp_path: Path) -> None:
+    # The SDK sends no heartbeat when RUNPOD_AI_API_KEY is empty: an emulator without keys must still give
+    # its workers one, or every job longer than the grace fails (bench.worker_wire at 1000 x 8 MB did).
+    cfg = config(api_key=None, worker_api_key=None, job_take_wait_s=2, heartbeat_grace_s=3)
+    with Emulator(cfg).serve_in_thread() as emu:
+        emu.spawn_workers(1, [sys.executable, WORKER], env={"EMU_MODE": "async"}, log_dir=tmp_path)
+        assert emu.wait_for_workers(1, timeout=90) == ["worker-1"]
+        job = endpoint(emu).run({"items": 12, "sleep": 0.5})  # 6 s: twice the heartbeat grace
+        assert len(list(job.stream())) == 12
+        assert wait_status(job, "COMPLETED") == "COMPLETED"
+        assert emu.stats()["routes"]["ping"]["requests"] >= 3
+
+
 def test_worker_killed_mid_job_fails_the_job_and_is_replaced(tmp_path: Path) -> None:
     cfg = config(job_take_wait_s=5, job_stop_wait_s=5, heartbeat_grace_s=3)
     with Emulator(cfg).serve_in_thread() as emu:
