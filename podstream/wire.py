@@ -195,12 +195,22 @@ class Envelopes:
         return env
 
     def parts(
-        self, item: int, data: bytes, *, mime: str, id: str = "", part_bytes: int = DEFAULT_PART_BYTES
+        self,
+        item: int,
+        data: bytes,
+        *,
+        mime: str,
+        id: str = "",
+        part_bytes: int = DEFAULT_PART_BYTES,
+        sha256: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One `part` envelope per part of `data`; `part_bytes` is lowered to what fits the budget."""
+        """One `part` envelope per part of `data`; `part_bytes` is lowered to what fits the budget.
+
+        `sha256` is `data`'s digest when the caller has it already (the worker hashes in its encode
+        thread, so the event loop that sends the parts does not); otherwise it is computed here."""
         _check_id(id)
         fit = min(part_bytes, max_part_bytes(self.budget, id=id, mime=mime))
-        digest = sha256_hex(data)
+        digest = sha256 if sha256 is not None else sha256_hex(data)
         chunks = list(split(data, fit))
         for k, chunk in enumerate(chunks):
             env = self._next(

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeAlias
 
@@ -71,6 +71,7 @@ class _Encoded:
     data: bytes
     mime: str
     seed: int | None = None
+    sha256: str | None = None  # set in the encode thread (`JobRun._deliver`), so the loop never hashes
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,12 @@ class JobRun:
     def _item_parts(self, outcome: _Encoded) -> Iterator[Envelope]:
         part_bytes = self.spec.output.part_bytes
         for envelope in self.envs.parts(
-            outcome.index, outcome.data, mime=outcome.mime, id=outcome.id, part_bytes=part_bytes
+            outcome.index,
+            outcome.data,
+            mime=outcome.mime,
+            id=outcome.id,
+            part_bytes=part_bytes,
+            sha256=outcome.sha256,
         ):
             if envelope["part"] == 0:
                 self._manifest.append(
@@ -438,8 +444,8 @@ class JobRun:
     def _deliver(self, encoded: _Encoded) -> _Encoded | _Uploaded:
         """Upload the file when the job's delivery asks for it; otherwise (or when that fails) cache it for
         streaming. Runs in the encode thread."""
+        digest = wire.sha256_hex(encoded.data)
         if self.uploader is not None and self.uploader.config.wants(self.spec.delivery, len(encoded.data)):
-            digest = wire.sha256_hex(encoded.data)
             try:
                 url = self.uploader.upload(
                     self.job_id, encoded.index, encoded.data, mime=encoded.mime, sha256=digest
@@ -451,7 +457,7 @@ class JobRun:
                 return _Uploaded(encoded.index, encoded.id, encoded.mime, size, digest, url, encoded.seed)
         if self.cached is not None:
             self.cached.put_item(encoded.index, encoded.data)
-        return encoded
+        return replace(encoded, sha256=digest)
 
     def _encode_one(self, request: Request, result: Result) -> _Outcome:
         from worker import encode

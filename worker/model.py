@@ -229,11 +229,16 @@ class SleepModel:
         results: list[Result | BaseException] = []
         for request in batch:
             ctx.items = (request.index,)
-            for step in range(self.steps):
-                time.sleep(self.seconds / self.steps)
-                ctx.step(step + 1, self.steps)
+            # `seconds` is the whole item, making its bytes included (randbytes holds the GIL for about
+            # 12 ms per MB): each step sleeps until its deadline, as a GPU-bound step ends on the GPU's
+            # clock however late its Python thread wakes.
+            began = time.monotonic()
             rng = random.Random(request.seed if request.seed is not None else request.index)
-            results.append(File(rng.randbytes(self.size), self.mime))
+            data = rng.randbytes(self.size)
+            for step in range(self.steps):
+                time.sleep(max(0.0, began + self.seconds * (step + 1) / self.steps - time.monotonic()))
+                ctx.step(step + 1, self.steps)
+            results.append(File(data, self.mime))
         return results
 
     def release(self) -> None:

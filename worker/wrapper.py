@@ -263,6 +263,7 @@ class _Run:
                 continue
             if self.cached is not None:
                 await asyncio.to_thread(self.cached.put_item, file.item, data)
+            digest = await asyncio.to_thread(wire.sha256_hex, data)  # off the loop that sends the parts
             parts = self.recorded(
                 self.envs.parts(
                     file.item,
@@ -270,6 +271,7 @@ class _Run:
                     mime=mime or "application/octet-stream",
                     id=file.id,
                     part_bytes=self.config.part_bytes,
+                    sha256=digest,
                 )
             )
             for envelope in parts:

@@ -99,6 +99,15 @@ def test_default_parts_fill_most_of_the_cap() -> None:
     assert max(wire.body_size(b) for b in bodies) > 0.6 * wire.DEFAULT_BODY_BUDGET
 
 
+def test_parts_carry_a_digest_the_caller_computed_or_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"clip" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    assert {b["sha256"] for b in wire.Envelopes("job").parts(0, data, mime="video/mp4")} == {digest}
+    monkeypatch.setattr(wire, "sha256_hex", lambda _data: pytest.fail("hashed again"))
+    given = list(wire.Envelopes("job").parts(0, data, mime="video/mp4", part_bytes=1000, sha256=digest))
+    assert len(given) == 4 and {b["sha256"] for b in given} == {digest}
+
+
 def test_oversized_part_request_is_lowered_to_fit() -> None:
     bodies = list(wire.Envelopes("job").parts(0, bytes(3_000_000), mime="image/png", part_bytes=10_000_000))
     assert all(wire.body_size(b) <= wire.DEFAULT_BODY_BUDGET for b in bodies)

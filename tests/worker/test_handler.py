@@ -410,3 +410,23 @@ async def test_a_custom_input_model_takes_a_seed_style_input() -> None:
     ]:
         with pytest.raises(JobInputError, match=message):
             await collect(make_handler(model)({"id": "j", "input": bad}))
+
+
+async def test_files_are_hashed_in_the_encode_thread_not_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop sends the parts (the SDK's POSTs run on it): a hash there would stall every send.
+    import threading
+
+    hashed_on: list[str] = []
+    real = wire.sha256_hex
+
+    def spy(data: bytes) -> str:
+        hashed_on.append(threading.current_thread().name)
+        return real(data)
+
+    monkeypatch.setattr(wire, "sha256_hex", spy)
+    job = {"id": "job-hash", "input": {"task": "text-to-video", "items": [{"prompt": "x"}] * 3}}
+    envelopes = await collect(make_handler(SleepModel(0, 300_000))(job))
+    assert len(hashed_on) == 3 and threading.main_thread().name not in hashed_on
+    monkeypatch.undo()  # the test's own assembler hashes what it checks
+    got = reassemble(envelopes, "job-hash")
+    assert got.problems == [] and sorted(got.assembler.completed) == [0, 1, 2]
