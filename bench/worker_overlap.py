@@ -10,8 +10,10 @@ runs (from its first part envelope to its last POST answered). Two cases run sid
 - generation-dominated: G = --gen (default 0.25 s, well above E);
 - encode-dominated: G = E/3 (E the median of the first run), so the encode-and-send stage is the bottleneck.
 
-Baselines: the pure time of the slower stage, N * max(G, E), and the serial time N * (G + E). Target: total
-<= 1.1 * N * max(G, E) in both cases, and the first file on the wire after about one item's time.
+Baselines: the pure time of the slower stage, max(N * G, sum of E), and the serial time N * G + sum of E
+(E summed over the items, not N times its median: the stage is busy for the sum, and one slow POST costs
+the run its full length). Target: total <= 1.1 * the slower stage in both cases, and the first file on the
+wire after about one item's time (the pipeline's fill, which no overlap can hide, is in the total).
 
     python -m bench.worker_overlap                       # 20 items, G = 0.25 s, 2 MB files
     python -m bench.worker_overlap --items 50 --gen 0.5 --mb 4
@@ -96,15 +98,15 @@ async def run(items: int, gen_s: float, size: int, url: str) -> Timed:
 def case(name: str, items: int, gen_s: float, size: int, url: str) -> dict[str, Any]:
     timed = asyncio.run(run(items, gen_s, size, url))
     e = statistics.median(timed.encode_s)
-    bound = items * max(gen_s, e)
-    serial = items * (gen_s + e)
+    bound = max(items * gen_s, sum(timed.encode_s))
+    serial = items * gen_s + sum(timed.encode_s)
     print(
         f"{name}: G = {gen_s:.3f} s, E per item median {e:.3f} s (min {min(timed.encode_s):.3f}, "
         f"max {max(timed.encode_s):.3f}); total {timed.total:.2f} s"
     )
     print(
-        f"  N*max(G,E) = {bound:.2f} s: ratio {timed.total / bound:.3f} (target <= 1.1); "
-        f"serial N*(G+E) = {serial:.2f} s: ratio {timed.total / serial:.3f}; "
+        f"  slower stage max(N*G, sum E) = {bound:.2f} s: ratio {timed.total / bound:.3f} (target <= 1.1); "
+        f"serial N*G + sum E = {serial:.2f} s: ratio {timed.total / serial:.3f}; "
         f"first file after {timed.first:.2f} s"
     )
     return {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -68,3 +69,26 @@ def test_sleep_model_is_deterministic_per_seed() -> None:
     a = model.generate([Request(0, "", "text-to-image", Params(), seed=1)], Context())
     b = model.generate([Request(5, "", "text-to-image", Params(), seed=1)], Context())
     assert a == b
+    [c] = model.generate([Request(0, "", "text-to-image", Params(), seed=2)], Context())
+    [d] = SleepModel(0, 64, steps=2).generate([Request(0, "", "text-to-image", Params(), seed=2)], Context())
+    assert isinstance(c, File) and len(c.data) == 64 and c != a[0] and c == d
+
+
+def test_sleep_model_takes_its_seconds_per_item_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `seconds` covers making the bytes too: the steps sleep to deadlines, never a fixed share each.
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    steps: list[int] = []
+    began = time.monotonic()
+    SleepModel(0.1, 4_000_000, steps=5).generate(
+        [Request(i, "", "text-to-video", Params()) for i in range(3)],
+        Context(lambda _i, s, _n: steps.append(s)),
+    )
+    assert steps == [1, 2, 3, 4, 5] * 3 and len(slept) == 15
+    assert time.monotonic() - began >= 0.3 and sum(slept) < 0.3  # the bytes took some of it
