@@ -88,7 +88,13 @@ async def test_the_polling_replica_sigkilled_three_times_loses_nothing(tmp_path:
         finally:
             await stop_all(tasks)
         assert len(set(killed)) == 3, killed
-        assert all(len(sub.replicas_used) >= 2 for sub in subs), [sub.replicas_used for sub in subs]
+        # A subscriber moves when its replica dies or when it hops. Which replica holds the lease (and so
+        # is killed) is up to the lease race, so a subscriber that never hops and sat on a replica that was
+        # never killed rightly stays put: asserting that every subscriber moved made this test flaky.
+        moved = [sub for i, sub in enumerate(subs) if i % 2 or sub.replicas_used & set(killed)]
+        assert moved and all(len(sub.replicas_used) >= 2 for sub in moved), [
+            (sub.name, sub.replicas_used) for sub in subs
+        ]
         # issue 13: another replica takes over within 2x the lease TTL (the slack: process scheduling on CI)
         assert max(takeovers) <= 2 * TTL + 1.0, takeovers
 
