@@ -14,7 +14,7 @@ help:
 	@echo "make test   - every test suite (Python and client_js)"
 	@echo "make lint   - ruff, mypy --strict, hadolint"
 	@echo "make bench  - benchmarks, short forms; writes docs/benchmarks.md and docs/bench/*.png"
-	@echo "make bench-full - the same at the full sizes (tens of minutes, GBs of disk)"
+	@echo "make bench-full - the same at the full sizes (about an hour, GBs of disk); writes docs/benchmarks-full.md"
 	@echo "make chaos  - relay kills, RunPod faults, connection floods and fuzz at once; one table (a few minutes)"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
