@@ -221,10 +221,12 @@ async def fanout(blobs: list[bytes], subscribers: int, work: Path) -> dict[str, 
 # ---------------------------------------------------------------------------------------------- takeover
 
 
-async def journal_length(http: httpx.AsyncClient, url: str, job: str) -> int:
-    body = (await http.get(f"{url}/v1/jobs/{job}/events", params={"format": "json", "after": 0})).json()
-    events = body["events"]
-    return int(events[-1]["seq"]) if events else 0
+async def journal_length(http: httpx.AsyncClient, url: str, job: str, after: int = 0) -> int:
+    """The replica's published journal head. Asking for the records after `after` (the last head seen)
+    keeps each probe small: a probe from 0 every 10 ms made the survivor encode the whole journal each
+    time, so the measured regrowth grew with the job, and the events cap could hide the head."""
+    params = {"format": "json", "after": after}
+    return int((await http.get(f"{url}/v1/jobs/{job}/events", params=params)).json()["head"])
 
 
 async def poll(
@@ -268,7 +270,7 @@ async def takeover(kills: int, ttl: float, work: Path) -> dict[str, Any]:
                         return cs.poller(job) not in (None, holder)
 
                     async def grown(url: str = survivor.url, before: int = before) -> bool:
-                        return await journal_length(http, url, job) > before
+                        return await journal_length(http, url, job, before) > before
 
                     await poll(taken, 0.005, cs)
                     now = cs.poller(job)

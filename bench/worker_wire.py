@@ -29,6 +29,9 @@ from podstream.emulator import Emulator, EmulatorConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+#: 1000 x 8 MB takes about 10 min through the real SDK here, past RunPod's (and the emulator's) default
+#: execution timeout of 600 s: the full form timed out at 658 files. A deployment of this size sets it too.
+POLICY = {"executionTimeout": 3_600_000}
 
 
 class HashSink:
@@ -74,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "bench.worker_wire", "--serve", str(size)]
         emu.spawn_workers(1, command, cwd=ROOT, log_dir=logs)
         with httpx.Client(timeout=60) as client:
-            job_id = client.post(f"{emu.endpoint_url}/run", json={"input": job}).json()["id"]
+            job_id = client.post(f"{emu.endpoint_url}/run", json={"input": job, "policy": POLICY}).json()[
+                "id"
+            ]
             assembler = wire.Assembler(job_id, sink=lambda item, id, mime, size: HashSink())
             started = time.monotonic()
             first_file = None
