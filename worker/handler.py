@@ -39,7 +39,7 @@ from functools import partial
 from typing import Any, TypeAlias
 
 from podstream import wire
-from worker import inputs
+from worker import allocator, inputs
 from worker.cache import CacheConfig, CacheWriter, OutputCache, Selection
 from worker.inputs import ItemError, Job, JobInputError, Limits
 from worker.model import Cancelled, Context, File, Image, Model, Request, Result, Video
@@ -92,6 +92,7 @@ _Generated: TypeAlias = tuple[Request, Result] | ItemError
 def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
     """The async generator function to hand to `runpod.serverless.start` (it must *be* one, not return one)."""
     cfg = config or HandlerConfig()
+    allocator.limit_arenas()  # before the job's threads exist: one arena keeps RSS flat (worker.allocator)
     lock = threading.Lock()  # one generation at a time on this model, whatever the SDK's concurrency
     cache = OutputCache(cfg.cache) if cfg.cache.enabled else None
     uploader = Uploader(cfg.upload) if cfg.upload.configured else None

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from podstream import wire
+from worker import allocator
 from worker.cache import CacheConfig, CacheWriter, OutputCache
 
 log = logging.getLogger("worker.wrapper")
@@ -182,6 +183,7 @@ def wrap(handler: Callable[[dict[str, Any]], Any], config: WrapConfig | None = N
     if not callable(handler):
         raise TypeError(f"wrap() needs a handler function, got {type(handler).__name__}")
     cfg = config or WrapConfig.from_env()
+    allocator.limit_arenas()  # the wrapped handler's files pass between threads too (worker.allocator)
     cache = OutputCache(cfg.cache) if cfg.cache is not None and cfg.cache.enabled else None
     swept = [-math.inf]
 
