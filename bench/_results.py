@@ -24,7 +24,8 @@ def write(path: Path | None, name: str, args: argparse.Namespace, figures: dict[
     if path is None:
         return
     given = {k: v for k, v in vars(args).items() if k != "json" and not k.startswith("serve")}
-    path.write_text(json.dumps({"bench": name, "args": given, **figures}, indent=1, default=str))
+    record = {"bench": name, "measured": machine()["date"], "args": given, **figures}
+    path.write_text(json.dumps(record, indent=1, default=str))
 
 
 def machine() -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,11 +50,19 @@ def test_a_benchmark_given_sizes_it_cannot_parse_exits_non_zero() -> None:
 
 
 def test_peak_rss_is_the_kernel_high_water_mark() -> None:
-    before = _results.peak_rss_mb(os.getpid())
-    block = bytearray(64 * 2**20)  # touched: resident
-    block[::4096] = b"x" * len(block[::4096])
-    del block
-    assert _results.peak_rss_mb(os.getpid()) >= before + 60  # the peak stays after the memory is freed
+    # A fresh process (this one's peak depends on the tests before it) touches 64 MiB, frees it and waits.
+    script = (
+        "import sys\nblock = bytearray(64 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
+        "del block\nprint('freed', flush=True)\nsys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "freed"
+        assert _results.peak_rss_mb(child.pid) >= 64  # the peak stays after the memory is freed
+    finally:
+        child.communicate("", timeout=30)
 
 
 def test_peak_rss_of_a_process_that_is_gone_raises() -> None:
@@ -140,3 +147,53 @@ def test_full_and_short_forms_keep_their_own_pages(tmp_path: Path) -> None:
     short = (docs / "benchmarks.md").read_text()
     assert "[benchmarks-full.md](benchmarks-full.md)" in short  # the short page points to the full one
     assert (docs / "benchmarks-full.md").exists() and (docs / "bench-full" / "fanout.png").exists()
+
+
+def test_merge_reruns_one_and_keeps_and_dates_the_others(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _report.write(figures(tmp_path), docs, full=True, failed=["worker_wire"])
+    first = json.loads((docs / "bench-full" / "results.json").read_text())["machine"]["date"]
+    assert "Every figure below comes from that one run" in (docs / "benchmarks-full.md").read_text()
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    wire = {"bench": "worker_wire", "measured": "2099-01-02 03:04 UTC", "args": {"items": 1000, "mb": 8},
+            "verified": 1000, "largest_body": 666971, "cap": 1000000, "naive_body": 10666672014}  # fmt: skip
+    (rerun / "worker_wire.json").write_text(json.dumps(wire))
+    _report.write(rerun, docs, full=True, failed=[], merge=True)
+    page = (docs / "benchmarks-full.md").read_text()
+    assert "largest job-stream POST body 666,971 bytes = 0.667 of the 1,000,000-byte cap" in page
+    assert "| 10 | 0.85 |" in page and "| relay | 48 | 100 | 61 | 0.61 | 40 |" in page  # kept as measured
+    assert "Failed in this run" not in page  # worker_wire failed before, not now
+    assert "worker_wire on 2099-01-02 03:04 UTC" in page
+    assert f"relay_fanout, relay_ingest, relay_latency, relay_memory on {first}" in page
+    raw = json.loads((docs / "bench-full" / "results.json").read_text())
+    assert raw["relay_ingest"]["measured"] == first and raw["worker_wire"]["verified"] == 1000
+
+
+def test_merge_drops_the_old_figure_of_a_rerun_that_failed(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _report.write(figures(tmp_path), docs, full=False, failed=[])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _report.write(empty, docs, full=False, failed=["relay_fanout"], merge=True)
+    page = (docs / "benchmarks.md").read_text()
+    assert "## Fan-out" not in page and "**Failed in this run** (no figures): relay_fanout." in page
+    assert "## Ingest" in page  # the others stay
+
+
+def test_merge_without_a_page_to_keep_from_writes_only_this_run(tmp_path: Path) -> None:
+    _report.write(figures(tmp_path), tmp_path / "docs", full=False, failed=[], merge=True)
+    assert "Every figure below comes from that one run" in (tmp_path / "docs" / "benchmarks.md").read_text()
+
+
+def test_merge_needs_a_report() -> None:
+    done = bench("--merge", "worker_wire")
+    assert done.returncode == 2 and "--merge keeps the figures of a page: give --report DOCS" in done.stderr
+
+
+def test_every_figure_records_when_it_was_measured(tmp_path: Path) -> None:
+    import argparse
+
+    _results.write(tmp_path / "x.json", "x", argparse.Namespace(json=None, n=1), {"ratio": 1.0})
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["bench"] == "x" and record["measured"].endswith("UTC") and record["args"] == {"n": 1}
