@@ -4,6 +4,7 @@
     python -m bench relay_fanout        # some of them
     python -m bench --full              # the full sizes (`make bench-full`: tens of minutes, GBs of disk)
     python -m bench --report docs       # also write docs/benchmarks.md and docs/bench/*.png from this run
+    python -m bench --full --report docs --merge worker_wire   # rerun one; keep the page's other figures
 
 Every figure is a ratio against a baseline measured in the same run, on the same machine.
 """
@@ -68,6 +69,11 @@ def parser(names: list[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--report", type=Path, metavar="DOCS", help="write DOCS/benchmarks.md and DOCS/bench/*.png"
     )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --report: keep the page's figures of benchmarks not run now (the page dates each one)",
+    )
     return p
 
 
@@ -78,6 +84,8 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in args.names if n not in names]
     if unknown:
         p.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(names)})")
+    if args.merge and args.report is None:
+        p.error("--merge keeps the figures of a page: give --report DOCS with it")
     chosen = args.names or names
     sizes = FULL if args.full else SHORT
     failed = []
@@ -94,7 +102,9 @@ def main(argv: list[str]) -> int:
         if args.report is not None:
             from bench import _report
 
-            written = _report.write(Path(results), args.report, full=args.full, failed=failed)
+            written = _report.write(
+                Path(results), args.report, full=args.full, failed=failed, merge=args.merge
+            )
             print(f"\nwrote {', '.join(str(p) for p in written)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -1,7 +1,9 @@
 """docs/benchmarks.md and its charts (docs/bench/*.png), from the JSON figures of one `python -m bench` run.
 
 Only what this run measured is written: a benchmark that failed or did not run is listed as such, and no
-figure is carried over from an earlier run. Each chart says the machine and date it was measured on.
+figure is carried over from an earlier run, unless `--merge` asks for it (`python -m bench --merge NAME...`
+reruns NAME and keeps the page's other figures); the page then says which figure was measured when. Each
+chart says the machine and date it was measured on.
 """
 
 from __future__ import annotations
@@ -150,6 +152,23 @@ def _fanout_table(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _provenance(figures: dict[str, dict[str, Any]]) -> str:
+    """Which run each figure comes from: one sentence when they share a run, the dates when merged."""
+    runs: dict[str, list[str]] = {}
+    for name, data in sorted(figures.items()):
+        runs.setdefault(str(data.get("measured", "")), []).append(name)
+    same = "every ratio is against a baseline measured in the same run, on the same machine, side by side."
+    if len(runs) <= 1:
+        return f"Every figure below comes from that one run; {same}"
+    dated = "; ".join(
+        f"{', '.join(names)} on {date or 'an unrecorded date'}" for date, names in sorted(runs.items())
+    )
+    return (
+        f"The figures come from more than one run (`--merge` reran some and kept the rest): {dated}. For "
+        f"each benchmark, {same}"
+    )
+
+
 def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: dict[str, Any],
              full: bool, failed: list[str], not_run: list[str], full_page: bool) -> str:  # fmt: skip
     form = COMMAND[full]
@@ -159,8 +178,7 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
         "",
         f"Written by `{form}` (`python -m bench --report docs{' --full' if full else ''}`) on "
         f"{machine['date']}: {machine['cores']} cores, {machine['cpu']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}. Every figure below comes from that one run; every ratio is against a "
-        "baseline measured in the same run, on the same machine, side by side. The machine was shared with "
+        f"Python {machine['python']}. {_provenance(figures)} The machine was shared with "
         "other work while it ran, so absolute MB/s and milliseconds are noisy: read the ratios and the "
         "shapes. Run it again to get your machine's figures.",
         "",
@@ -316,7 +334,14 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             f"The real runpod SDK worker loop against the emulator, {d['args']['items']} x "
             f"{d['args']['mb']:g} MB files, {d['verified']} verified: largest job-stream POST body "
             f"{d['largest_body']:,} bytes = {d['largest_body'] / d['cap']:.3f} of the 1,000,000-byte cap "
-            f"(one result carrying every file would be {d['naive_body']:,} bytes).",
+            f"(one result carrying every file would be {d['naive_body']:,} bytes)."
+            + (
+                f" The job took {d['seconds']:.0f} s ({d['args']['items'] * d['args']['mb'] / d['seconds']:.1f} "
+                f"MB/s through the SDK's one POST at a time); the first file was out after "
+                f"{d['first_file_s']:.1f} s."
+                if "seconds" in d and "first_file_s" in d
+                else ""
+            ),
             "",
         ]
     if "worker_memory" in figures:
@@ -325,7 +350,8 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             "## Worker memory",
             "",
             f"Peak RSS of the handler for N={d['args']['large']} vs N={d['args']['small']} items of "
-            f"{d['args']['mb']:g} MB: ratio {d['ratio']:.3f} (target <= 1.10).",
+            f"{d['args']['mb']:g} MB: {d['large']['peak_rss_mib']:.1f} MiB vs {d['small']['peak_rss_mib']:.1f} "
+            f"MiB, ratio {d['ratio']:.3f} (target <= 1.10).",
             "",
         ]
     if "wire_assembler" in figures:
@@ -402,16 +428,34 @@ def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
     return out
 
 
-def write(results: Path, docs: Path, *, full: bool, failed: list[str]) -> list[Path]:
+def merged(raw: Path, fresh: dict[str, dict[str, Any]], failed: list[str]) -> dict[str, dict[str, Any]]:
+    """The figures of the page's last results.json (`raw`) that this run did not measure, each stamped
+    with when it was measured, under this run's `fresh` figures. A benchmark that failed now is not kept:
+    its old figure would read as this run's."""
+    if not raw.exists():
+        return dict(fresh)
+    prior: dict[str, Any] = json.loads(raw.read_text())
+    date = prior.get("machine", {}).get("date")
+    kept = {
+        name: {**data, "measured": data.get("measured", date)}
+        for name, data in prior.items()
+        if isinstance(data, dict) and "bench" in data and name not in fresh and name not in failed
+    }
+    return {**kept, **fresh}
+
+
+def write(results: Path, docs: Path, *, full: bool, failed: list[str], merge: bool = False) -> list[Path]:
     """Write `docs`/benchmarks.md and `docs`/bench/*.png (`--full`: benchmarks-full.md, bench-full/) from
-    the JSON in `results`; return the paths."""
+    the JSON in `results`; return the paths. `merge`: keep the page's figures this run did not measure."""
     from bench.__main__ import benchmarks
 
+    charts_dir = docs / CHARTS[full]
     figures = load(results)
+    if merge:
+        figures = merged(charts_dir / "results.json", figures, failed)
     machine = _results.machine()
     form = COMMAND[full]
     not_run = [n for n in benchmarks() if n not in figures and n not in failed]
-    charts_dir = docs / CHARTS[full]
     charts_dir.mkdir(parents=True, exist_ok=True)
     charts: list[Path] = []
     if "relay_fanout" in figures:
