@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +154,18 @@ def _fanout_table(d: dict[str, Any]) -> list[str]:
 
 
 def _provenance(figures: dict[str, dict[str, Any]]) -> str:
-    """Which run each figure comes from: one sentence when they share a run, the dates when merged."""
-    runs: dict[str, list[str]] = {}
+    """Which run each figure comes from (its `run`, the id of the report that measured it): one sentence when
+    they share a run; when merged, each run's benchmarks and the time the first of them was measured."""
+    runs: dict[str, list[tuple[str, str]]] = {}
     for name, data in sorted(figures.items()):
-        runs.setdefault(str(data.get("measured", "")), []).append(name)
+        measured = str(data.get("measured") or "")
+        runs.setdefault(str(data.get("run", "")), []).append((measured, name))
     same = "every ratio is against a baseline measured in the same run, on the same machine, side by side."
     if len(runs) <= 1:
         return f"Every figure below comes from that one run; {same}"
     dated = "; ".join(
-        f"{', '.join(names)} on {date or 'an unrecorded date'}" for date, names in sorted(runs.items())
+        f"{', '.join(n for _, n in run)} on {min(m for m, _ in run) or 'an unrecorded date'}"
+        for run in sorted(runs.values(), key=lambda r: min(m for m, _ in r))
     )
     return (
         f"The figures come from more than one run (`--merge` reran some and kept the rest): {dated}. For "
@@ -430,14 +434,15 @@ def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
 
 def merged(raw: Path, fresh: dict[str, dict[str, Any]], failed: list[str]) -> dict[str, dict[str, Any]]:
     """The figures of the page's last results.json (`raw`) that this run did not measure, each stamped
-    with when it was measured, under this run's `fresh` figures. A benchmark that failed now is not kept:
+    with its run and when it was measured (the old page's date where it says none), under this run's
+    `fresh` figures. A benchmark that failed now is not kept:
     its old figure would read as this run's."""
     if not raw.exists():
         return dict(fresh)
     prior: dict[str, Any] = json.loads(raw.read_text())
     date = prior.get("machine", {}).get("date")
     kept = {
-        name: {**data, "measured": data.get("measured", date)}
+        name: {**data, "measured": data.get("measured", date), "run": data.get("run", date)}
         for name, data in prior.items()
         if isinstance(data, dict) and "bench" in data and name not in fresh and name not in failed
     }
@@ -450,10 +455,13 @@ def write(results: Path, docs: Path, *, full: bool, failed: list[str], merge: bo
     from bench.__main__ import benchmarks
 
     charts_dir = docs / CHARTS[full]
-    figures = load(results)
+    machine = _results.machine()
+    run = (
+        f"{machine['date']} {uuid.uuid4().hex[:8]}"  # one id per report: minutes alone do not tell runs apart
+    )
+    figures = {name: {**data, "run": run} for name, data in load(results).items()}
     if merge:
         figures = merged(charts_dir / "results.json", figures, failed)
-    machine = _results.machine()
     form = COMMAND[full]
     not_run = [n for n in benchmarks() if n not in figures and n not in failed]
     charts_dir.mkdir(parents=True, exist_ok=True)

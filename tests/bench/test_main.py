@@ -181,6 +181,16 @@ def test_merge_drops_the_old_figure_of_a_rerun_that_failed(tmp_path: Path) -> No
     assert "## Ingest" in page  # the others stay
 
 
+def test_one_run_is_one_run_however_long_its_benchmarks_took(tmp_path: Path) -> None:
+    results = figures(tmp_path)
+    for minute, path in enumerate(sorted(results.iterdir())):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({**data, "measured": f"2099-01-02 03:{minute:02d} UTC"}))
+    _report.write(results, tmp_path / "docs", full=False, failed=[])
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "Every figure below comes from that one run" in page and "more than one run" not in page
+
+
 def test_merge_without_a_page_to_keep_from_writes_only_this_run(tmp_path: Path) -> None:
     _report.write(figures(tmp_path), tmp_path / "docs", full=False, failed=[], merge=True)
     assert "Every figure below comes from that one run" in (tmp_path / "docs" / "benchmarks.md").read_text()
