@@ -280,10 +280,12 @@ async def run(items: int, kills: int, probes: int, flood_size: int, seed: int, w
                     held.extend(await flood(relay, flood_size // 4))
 
             kills_task = asyncio.create_task(killer())
-            probes_left = probes
-            while not worker.done() or probes_left > 0:
-                batch = min(probes_left, 10)
-                probes_left -= batch
+            # a probe that meets the relay mid-restart is not answered and not counted, so the loop goes
+            # on until `probes` are answered (a cap on attempts keeps a relay that stays down from hanging it)
+            attempts_left = probes * 3
+            while not worker.done() or (tally.probes < probes and attempts_left > 0):
+                batch = min(max(probes - tally.probes, 0), 10, attempts_left)
+                attempts_left -= batch
                 await asyncio.gather(
                     *(probe(relay, key, job, tally, rng) for _ in range(batch)),
                     *(ws_probe(relay, key, tally, rng) for _ in range(1 if batch else 0)),
