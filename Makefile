@@ -45,7 +45,7 @@ test-py: venv
 lint: venv
 	$(VENV)/bin/ruff check $(PKGS) tests bench
 	$(VENV)/bin/ruff format --check $(PKGS) tests bench
-	$(VENV)/bin/mypy $(PKGS)
+	$(VENV)/bin/mypy $(PKGS) tests bench
 	@if [ -f Dockerfile ]; then $(VENV)/bin/hadolint Dockerfile; fi
 
 bench: venv

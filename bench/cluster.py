@@ -225,7 +225,7 @@ async def journal_length(http: httpx.AsyncClient, url: str, job: str, after: int
     """The replica's published journal head. Asking for the records after `after` (the last head seen)
     keeps each probe small: a probe from 0 every 10 ms made the survivor encode the whole journal each
     time, so the measured regrowth grew with the job, and the events cap could hide the head."""
-    params = {"format": "json", "after": after}
+    params: dict[str, str | int] = {"format": "json", "after": after}
     return int((await http.get(f"{url}/v1/jobs/{job}/events", params=params)).json()["head"])
 
 

@@ -16,14 +16,13 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
 
@@ -69,13 +68,6 @@ LIGHT_SCHEMA = {
     },
     "anyOf": [{"required": ["sizes"]}, {"required": ["items"]}],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @dataclass

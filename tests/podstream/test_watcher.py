@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 import podstream.watcher as watch_mod
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 from podstream.puller import RetryPolicy
 from relay.auth import generate_key, hash_key
@@ -429,13 +428,6 @@ async def handler(job):
 
 runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 #: The API key of the real relay (auth on, as users run it).

@@ -201,8 +201,9 @@ def cluster_backend(tmp_path: Path) -> Iterator[Any]:
     """ClusterSettings of a fresh redis-server and moto S3 server (with its bucket), stopped afterwards."""
     from moto.server import ThreadedMotoServer
 
+    from bench._relay_stack import free_port
     from relay.backends.settings import ClusterSettings
-    from tests.relay.backends.conftest import AWS_ENV, free_port, start_redis, stop
+    from tests.relay.backends.conftest import AWS_ENV, start_redis, stop
 
     saved = {name: os.environ.get(name) for name in AWS_ENV}
     os.environ.update(AWS_ENV)

@@ -13,18 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream.commands.jobs import format_table
 from podstream.emulator import Emulator
 from relay.auth import hash_key
 from tests.relay.conftest import API_KEY, recv, ws_client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def podstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

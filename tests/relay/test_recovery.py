@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import hash_key
@@ -22,7 +22,6 @@ from relay.config import RelaySettings
 from relay.recovery import GapRecovery, ResendRequest, compact, crash_after_drain, wanted
 from tests.relay.conftest import API_KEY, TOKEN_SECRET, ScriptedWorker, relay_settings, sha, start_relay
 from tests.relay.file_worker import file_bytes
-from tests.relay.test_cli import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = [sys.executable, "-m", "tests.relay.file_worker"]

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
-from tests.podstream.stack import free_port
 from tests.worker.wrapped import payload
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import hash_key
 from relay.limits import fd_budget
@@ -43,13 +42,6 @@ async def emulator() -> AsyncIterator[Emulator]:
     config = EmulatorConfig.for_tests(heartbeat_grace_s=120.0)
     async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
         yield emu
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager

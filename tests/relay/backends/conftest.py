@@ -3,7 +3,6 @@ ports, started and stopped by each fixture. Nothing in-process is mocked: the cl
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 import redis
 from moto.server import ThreadedMotoServer
 
+from bench._relay_stack import free_port
 from relay.backends.s3_media import MediaUrl, S3MediaStore
 
 AWS_ENV = {
@@ -24,13 +24,6 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from relay.auth import hash_key
 from relay.backends.cluster import Cluster, ClusterUnavailable, replica_id
 from relay.backends.settings import ClusterSettings
-from tests.relay.backends.conftest import AWS_ENV, RedisServer, S3Server, free_port
+from tests.relay.backends.conftest import AWS_ENV, RedisServer, S3Server
 from tests.relay.conftest import API_KEY, TOKEN_SECRET
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bench._relay_stack import free_port
 from relay.backends.s3_media import MediaUploadFailed, MediaUrl, MediaUrlError, S3MediaStore
-from tests.relay.backends.conftest import S3Server, free_port
+from tests.relay.backends.conftest import S3Server
 
 
 def parts(data: bytes, size: int) -> list[tuple[int, bytes]]:
