@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench._relay_stack import free_port
 from relay.auth import generate_key, hash_key
 
 AWS_ENV = {
@@ -36,13 +36,6 @@ AWS_ENV = {
 }
 BUCKET = "media"
 TOKEN_SECRET = "cluster-token-secret-" + "s" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisProcess:

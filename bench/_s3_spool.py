@@ -17,21 +17,15 @@ import argparse
 import hashlib
 import logging
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench._relay_stack import free_port
+
 PART = 512 * 1024
 BUFFER = 8 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def spool(client: Any, directory: Path, key: str, data: bytes) -> int:

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench._relay_stack import wait_healthy
+from bench._relay_stack import free_port, wait_healthy
 from podstream import wire
 from relay.auth import generate_key, hash_key
 from tests.podstream.stack import RUNPOD_KEY, emulator_with_worker, local_stack
@@ -58,13 +57,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragmen
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 class FakeRunPod(BaseHTTPRequestHandler):
@@ -141,7 +133,7 @@ def test_missing_arguments_are_argparse_errors(args: list[str]) -> None:
 
 
 def test_unreachable_relay(tmp_path: Path) -> None:
-    relay = f"http://127.0.0.1:{closed_port()}"
+    relay = f"http://127.0.0.1:{free_port()}"
     one_line_error(
         podstream("watch", "j1", "--relay", relay, "--out", str(tmp_path)), 1, "cannot reach the relay"
     )
@@ -152,7 +144,7 @@ def test_unreachable_relay(tmp_path: Path) -> None:
 
 
 def test_unreachable_runpod(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/v2/ep"
+    url = f"http://127.0.0.1:{free_port()}/v2/ep"
     one_line_error(podstream("pull", "j1", "--runpod-url", url, "--out", str(tmp_path)), 1, "cannot reach")
 
 
@@ -191,7 +183,7 @@ def test_help_everywhere() -> None:
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real relay process with no RunPod behind it (it can replay, not submit)."""
     data = tmp_path_factory.mktemp("relay")
-    port = closed_port()
+    port = free_port()
     argv = [sys.executable, "-m", "podstream", "relay", "--data-dir", str(data), "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
     env["PODSTREAM_API_KEYS"] = hash_key(RELAY_KEY)
@@ -369,7 +361,7 @@ def test_cancel_through_the_relay_and_straight_to_runpod(tmp_path: Path) -> None
             podstream("cancel", job, "--runpod-url", stack.runpod_url, "--key", "bad"), 1, "RunPod rejected"
         )
     one_line_error(
-        podstream("cancel", job, "--relay", f"http://127.0.0.1:{closed_port()}"), 1, "cannot reach the relay"
+        podstream("cancel", job, "--relay", f"http://127.0.0.1:{free_port()}"), 1, "cannot reach the relay"
     )
     one_line_error(podstream("cancel", job, "--relay", "relay:80"), 2, "not a relay URL")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from bench._relay_stack import free_port
 from podstream.cli import UsageError
 from podstream.commands import prefetch
 
@@ -234,9 +234,7 @@ def test_check_on_an_empty_cache_and_unknown_repo_fail_clearly(hub: FakeHub, tmp
 @pytest.mark.parametrize("mode", [["--dry-run"], []])
 def test_an_unreachable_hub_is_said_plainly(mode: list[str], tmp_path: Path) -> None:
     """Offline (here: nothing listens at HF_ENDPOINT), dry run or not: one sentence, no DryRunError."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     result = prefetch_cli(REPO, "--to", str(tmp_path), *mode, endpoint=endpoint)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()

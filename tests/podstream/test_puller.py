@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 
 import podstream
 import podstream.puller as pull_mod
+from bench._relay_stack import free_port
 from podstream import wire
 from podstream.backoff import retry_after_seconds
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
@@ -244,10 +244,7 @@ def test_final_errors_end_at_once(tmp_path: Path, code: int, message: str) -> No
 
 
 def test_unreachable_server_fails_at_once(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # nothing listens on `port` any more
+    port = free_port()  # nothing listens on it
     with pytest.raises(TransferError, match="cannot reach"):
         list(
             pull_mod.pull(JOB, runpod_url=f"http://127.0.0.1:{port}/v2/ep", key="k", out=tmp_path, retry=FAST)

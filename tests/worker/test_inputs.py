@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from bench._relay_stack import free_port
 from tests.worker.support import png_base64
 from worker import inputs
 from worker.inputs import ImageError, ItemError, JobInputError, Limits
@@ -217,11 +218,7 @@ def test_fetch_has_a_total_deadline(image_server: str) -> None:
 
 
 def test_fetch_connection_refused() -> None:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     with pytest.raises(ImageError, match="failed") as info:
         inputs.load_image(
             f"http://127.0.0.1:{port}/x.png", Limits(fetch_timeout_s=2, allow_private_urls=True)
