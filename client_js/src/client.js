@@ -1,17 +1,25 @@
 // PodstreamClient: one websocket to the relay carrying any number of job subscriptions; reconnects with
 // exponential backoff and full jitter and resumes every job from its last applied seq; answers pings and
 // watches for missing ones; refreshes the token when the relay says it expired; pauses while the browser is
-// offline. Also the relay's HTTP API (submit, list, manifest, cancel, tokens).
+// offline. Also the relay's HTTP API (submit, list, manifest, cancel, tokens) and input uploads.
 import { Backoff } from "./backoff.js";
 import { Emitter } from "./emitter.js";
+import { RETRYABLE_4XX, RelayHttpError } from "./errors.js";
 import { CloseCode, FrameError, decodeFrame, encodeFrame, isTerminalClose } from "./frames.js";
+import { stageImages, uploadBlob } from "./inputs.js";
 import { JobSubscription, isTerminalStatus } from "./subscription.js";
+
+export { RelayHttpError };
 
 /**
  * @typedef {import("./frames.js").ServerFrame} ServerFrame
  * @typedef {import("./frames.js").ClientFrame} ClientFrame
  * @typedef {import("./subscription.js").Manifest} Manifest
  * @typedef {import("./backoff.js").BackoffOptions} BackoffOptions
+ * @typedef {import("./inputs.js").InputRef} InputRef
+ * @typedef {import("./inputs.js").InputTransport} InputTransport
+ * @typedef {import("./inputs.js").UploadOptions} UploadOptions
+ * @typedef {import("./inputs.js").BatchProgress} BatchProgress
  *
  * @typedef {object} NetworkWatch  where `online` / `offline` events come from
  * @property {{addEventListener(type: string, listener: () => void): void,
@@ -27,6 +35,9 @@ import { JobSubscription, isTerminalStatus } from "./subscription.js";
  *   before they expire; the key itself never goes over the websocket.
  * @property {string} [apiKey]  sent as `Authorization: Bearer` on HTTP calls (submit, list, cancel, tokens)
  * @property {number} [tokenTtl]  seconds of life asked for the tokens the client mints (default: the relay's)
+ * @property {() => (string | null | Promise<string | null>)} [getInputToken]  an input token (one that may
+ *   only upload, from `mintInputToken` on your backend) for `uploadInput` without an `apiKey`; called again
+ *   when the relay refuses the one in use (401)
  * @property {typeof globalThis.WebSocket | any} [WebSocket]  a WebSocket constructor (default: the global one)
  * @property {typeof globalThis.fetch} [fetch]
  * @property {BackoffOptions} [backoff]
@@ -44,6 +55,12 @@ import { JobSubscription, isTerminalStatus } from "./subscription.js";
  *   a problem of the connection; `fatal: true` when it ended every subscription (a refused key, say)
  * @property {{jobs: string[], expiresAt: number | null}} token  the client minted a token (itself, from `apiKey`)
  *
+ * @typedef {object} SubmitOptions
+ * @property {Record<string, unknown>} [policy]  the job's execution policy (docs/protocol.md)
+ * @property {(progress: BatchProgress) => void} [onUploadProgress]  the uploads of the input's Files and Blobs
+ * @property {number} [uploadConcurrency]  files uploaded at a time (default 4)
+ * @property {AbortSignal} [signal]  aborts the uploads and the submit
+ *
  * @typedef {object} SubmitResult  `POST /v1/jobs` answer
  * @property {string} id
  * @property {string} status
@@ -58,8 +75,6 @@ const IGNORED_ERROR_CODES = new Set(["not_subscribed", "already_subscribed"]);
 const OPEN = 1;
 /** A minted token is renewed when this fraction of its life is left (on the same socket: a fresh `auth` frame). */
 const REFRESH_AT = 0.2;
-/** HTTP statuses that retrying cannot fix: the request or its credential is refused. */
-const RETRYABLE_STATUSES = new Set([408, 425, 429]);
 
 /**
  * Whether getting a token failed for good (a refused key, an unknown job, a forbidden scope), not for now
@@ -68,63 +83,8 @@ const RETRYABLE_STATUSES = new Set([408, 425, 429]);
  */
 function isTerminalTokenError(err) {
   return (
-    err instanceof RelayHttpError &&
-    err.status >= 400 &&
-    err.status < 500 &&
-    !RETRYABLE_STATUSES.has(err.status)
+    err instanceof RelayHttpError && err.status >= 400 && err.status < 500 && !RETRYABLE_4XX.has(err.status)
   );
-}
-
-/**
- * An HTTP call to the relay failed. `message` is the relay's own sentence (its JSON error body is
- * `{"error": {"code", "message"}}`), `code` its machine-readable code (`unauthorized`, `not_found`, ...), `status`
- * the HTTP status. An answer that is not the relay's JSON (a proxy's HTML page, say) gives `code` `http_<status>`
- * and the status line as `message`.
- */
-export class RelayHttpError extends Error {
-  /**
-   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
-   */
-  constructor({ status, code, message, method, path, body }) {
-    super(message);
-    this.name = "RelayHttpError";
-    /** The HTTP status, e.g. 401. */
-    this.status = status;
-    /** The relay's error code, e.g. `"unauthorized"`. */
-    this.code = code;
-    /** The request, e.g. `"GET"` and `"/v1/jobs"`. */
-    this.method = method;
-    this.path = path;
-    /** The answer's body, parsed as JSON when it was JSON. @type {unknown} */
-    this.body = body;
-  }
-
-  /**
-   * The error of a failed answer.
-   * @param {string} method
-   * @param {string} path
-   * @param {number} status
-   * @param {string} statusText
-   * @param {unknown} body  parsed JSON, or the text when it was not JSON
-   * @returns {RelayHttpError}
-   */
-  static from(method, path, status, statusText, body) {
-    const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
-    let code = `http_${status}`;
-    let message = fallback;
-    const b = /** @type {any} */ (body);
-    const error = b && typeof b === "object" ? b.error : undefined;
-    if (error && typeof error === "object") {
-      if (typeof error.code === "string" && error.code) code = error.code;
-      if (typeof error.message === "string" && error.message) message = error.message;
-    } else if (typeof error === "string" && error) {
-      code = error; // an older shape: {"error": "code", "message"?: "..."}
-      message = typeof b.message === "string" && b.message ? b.message : error;
-    } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
-      message = b.detail;
-    }
-    return new RelayHttpError({ status, code, message, method, path, body });
-  }
 }
 
 /** @returns {NetworkWatch | null} */
@@ -154,6 +114,11 @@ export class PodstreamClient extends Emitter {
     this.tokenTtl = options.tokenTtl;
     this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.getInputToken = options.getInputToken;
+    /** The input token in use (from `getInputToken`). @type {Promise<string | null> | null} */
+    this._inputToken = null;
+    /** Browsers upload with XMLHttpRequest (fetch has no upload progress), unless given a `fetch` to use. */
+    this._useXhr = options.fetch === undefined && typeof XMLHttpRequest === "function";
     this.backoff = new Backoff(options.backoff);
     this.connectTimeout = options.connectTimeout ?? 10000;
     this.maxServerPingDelay = options.maxServerPingDelay ?? 10000;
@@ -690,8 +655,8 @@ export class PodstreamClient extends Emitter {
 
   /**
    * @param {string} path
-   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
-   *   `anonymous`: send no credential (the path carries one)
+   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean,
+   *   signal?: AbortSignal}} [init]  `anonymous`: send no credential (the path carries one)
    * @returns {Promise<any>}
    */
   async _http(path, init = {}) {
@@ -701,36 +666,150 @@ export class PodstreamClient extends Emitter {
     const bearer = init.anonymous ? null : (this.apiKey ?? init.token);
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== undefined) headers["content-type"] = "application/json";
+    const method = init.method ?? "GET";
     const response = await this._fetch(this.resolve(path), {
-      method: init.method ?? "GET",
+      method,
       headers,
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
+      signal: init.signal,
     });
-    const text = await response.text();
-    /** @type {any} */
-    let body = null;
-    try {
-      body = text ? JSON.parse(text) : null;
-    } catch {
-      body = text;
-    }
-    if (!response.ok) {
-      throw RelayHttpError.from(init.method ?? "GET", path, response.status, response.statusText, body);
-    }
-    return body;
+    return answerOf(method, path, response.status, response.statusText, await response.text());
   }
 
   /**
-   * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md).
+   * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md). An item's `image`
+   * may be a File or Blob: it is uploaded first (`uploadInput`, a few at a time, each distinct content once)
+   * and the job names it by its `ref`.
    * @param {Record<string, unknown>} input
-   * @param {{policy?: Record<string, unknown>}} [options]
+   * @param {SubmitOptions} [options]
    * @returns {Promise<SubmitResult>}
    */
-  submit(input, options = {}) {
+  async submit(input, options = {}) {
+    const staged = await stageImages(input, (blob, upload) => this.uploadInput(blob, upload), {
+      onProgress: options.onUploadProgress,
+      concurrency: options.uploadConcurrency,
+      signal: options.signal,
+    });
     return this._http("/v1/jobs", {
       method: "POST",
-      body: options.policy ? { input, policy: options.policy } : { input },
+      body: options.policy ? { input: staged, policy: options.policy } : { input: staged },
+      signal: options.signal,
     });
+  }
+
+  // ---- inputs --------------------------------------------------------------------------------------
+
+  /**
+   * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
+   * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+   * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
+   * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
+   * @param {Blob} blob
+   * @param {UploadOptions} [options]
+   * @returns {Promise<InputRef>}
+   */
+  uploadInput(blob, options = {}) {
+    const { minDelay, maxDelay, random } = this.backoff;
+    return uploadBlob(blob, this._inputs, new Backoff({ minDelay, maxDelay, random }), options);
+  }
+
+  /**
+   * A short-lived token that may only upload inputs (`POST /v1/inputs/tokens`, with an API key that may
+   * submit jobs): what a backend hands its browsers for `getInputToken`. Inputs uploaded with it belong to
+   * the key that minted it, so jobs submitted with that key can use them.
+   * @param {{ttl?: number}} [options]  seconds it is good for (default: the relay's)
+   * @returns {Promise<{token: string, expires_at: number}>}
+   */
+  mintInputToken(options = {}) {
+    return this._http("/v1/inputs/tokens", {
+      method: "POST",
+      body: options.ttl === undefined ? {} : { ttl_s: options.ttl },
+    });
+  }
+
+  /** @type {InputTransport} */
+  get _inputs() {
+    return {
+      held: (sha256, signal) =>
+        this._withInputToken(async (token) => {
+          try {
+            return await this._http(`/v1/inputs/${sha256}`, { token, signal });
+          } catch (err) {
+            if (err instanceof RelayHttpError && err.status === 404) return null;
+            throw err;
+          }
+        }),
+      put: (blob, sha256, onSent, signal) =>
+        this._withInputToken((token) => this._put(blob, sha256, token, onSent, signal)),
+    };
+  }
+
+  /**
+   * Call the relay with the credential for inputs: the API key, else a token from `getInputToken` (asked for
+   * again, once, when the relay refuses it).
+   * @template T
+   * @param {(token: string | null) => Promise<T>} call
+   * @returns {Promise<T>}
+   */
+  async _withInputToken(call) {
+    const source = this.getInputToken;
+    if (this.apiKey || !source) return call(null);
+    for (let fresh = false; ; fresh = true) {
+      const current = (this._inputToken ??= Promise.resolve().then(() => source()));
+      /** @type {string | null} */
+      let token;
+      try {
+        token = await current;
+      } catch (err) {
+        if (this._inputToken === current) this._inputToken = null;
+        throw err;
+      }
+      try {
+        return await call(token);
+      } catch (err) {
+        if (fresh || !(err instanceof RelayHttpError && err.status === 401)) throw err;
+        if (this._inputToken === current) this._inputToken = null;
+      }
+    }
+  }
+
+  /**
+   * `PUT /v1/inputs`: with XMLHttpRequest in a browser (upload progress events), else with fetch (in Node, the
+   * body is a stream counted as it is read).
+   * @param {Blob} blob
+   * @param {string | null} sha256
+   * @param {string | null} token
+   * @param {(loaded: number) => void} onSent
+   * @param {AbortSignal} [signal]
+   * @returns {Promise<InputRef>}
+   */
+  async _put(blob, sha256, token, onSent, signal) {
+    const path = "/v1/inputs";
+    /** @type {Record<string, string>} */
+    const headers = { accept: "application/json", "content-type": blob.type || "application/octet-stream" };
+    const bearer = this.apiKey ?? token;
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
+    if (sha256) headers["x-podstream-sha256"] = sha256;
+    if (this._useXhr) {
+      const { status, statusText, text } = await xhrPut(this.resolve(path), blob, headers, onSent, signal);
+      return answerOf("PUT", path, status, statusText, text);
+    }
+    if (!this._fetch) throw new Error("no fetch() in this environment");
+    /** @type {BodyInit} */
+    let body = blob;
+    if (typeof XMLHttpRequest === "undefined") {
+      // Not a browser: a stream counted as it is read (browsers stream request bodies only over HTTP/2).
+      body = countedBody(blob, onSent);
+      headers["content-length"] = String(blob.size);
+    }
+    const response = await this._fetch(this.resolve(path), {
+      method: "PUT",
+      headers,
+      body,
+      signal,
+      ...{ duplex: "half" }, // needed for a stream body; not in TypeScript's RequestInit yet
+    });
+    return answerOf("PUT", path, response.status, response.statusText, await response.text());
   }
 
   /**
@@ -799,6 +878,86 @@ export class PodstreamClient extends Emitter {
   redeemLink(code) {
     return this._http(`/v1/links/${encodeURIComponent(code)}`, { method: "POST", anonymous: true });
   }
+}
+
+/**
+ * The parsed JSON of an answer, or its `RelayHttpError` when it is not a success.
+ * @param {string} method
+ * @param {string} path
+ * @param {number} status
+ * @param {string} statusText
+ * @param {string} text  the body
+ * @returns {any}
+ */
+function answerOf(method, path, status, statusText, text) {
+  /** @type {any} */
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = text;
+  }
+  if (status < 200 || status > 299) throw RelayHttpError.from(method, path, status, statusText, body);
+  return body;
+}
+
+/** Bytes per piece of an upload body streamed by fetch: the granularity of its progress. */
+const UPLOAD_PIECE = 64 * 1024;
+
+/**
+ * A Blob's bytes as a stream of pieces, calling `onRead` with the count read so far as the transport pulls
+ * them (about what has been sent: the stream keeps at most one piece ahead).
+ * @param {Blob} blob
+ * @param {(read: number) => void} onRead
+ * @returns {ReadableStream<Uint8Array>}
+ */
+function countedBody(blob, onRead) {
+  let offset = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      if (offset >= blob.size) return controller.close();
+      const end = Math.min(blob.size, offset + UPLOAD_PIECE);
+      controller.enqueue(new Uint8Array(await blob.slice(offset, end).arrayBuffer()));
+      offset = end;
+      onRead(offset);
+    },
+  });
+}
+
+/**
+ * `PUT` a Blob with XMLHttpRequest, reporting bytes sent. A network error rejects with a `TypeError`, as
+ * fetch does; an abort with the signal's reason.
+ * @param {string} url
+ * @param {Blob} blob
+ * @param {Record<string, string>} headers
+ * @param {(loaded: number) => void} onSent
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<{status: number, statusText: string, text: string}>}
+ */
+function xhrPut(url, blob, headers, onSent, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const xhr = new XMLHttpRequest();
+    const onAbort = () => xhr.abort();
+    const settle = () => signal?.removeEventListener("abort", onAbort);
+    xhr.open("PUT", url);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (event) => onSent(event.loaded);
+    xhr.onload = () => {
+      settle();
+      resolve({ status: xhr.status, statusText: xhr.statusText, text: xhr.responseText });
+    };
+    xhr.onerror = () => {
+      settle();
+      reject(new TypeError(`network error: PUT ${url}`));
+    };
+    xhr.onabort = () => {
+      settle();
+      reject(signal?.reason ?? new DOMException("upload aborted", "AbortError"));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    xhr.send(blob);
+  });
 }
 
 /** @param {unknown} err */

@@ -12,6 +12,11 @@ export { JobSubscription, isTerminalStatus, substituteFiles } from "./subscripti
  * @typedef {import("./client.js").ClientEvents} ClientEvents
  * @typedef {import("./client.js").ConnectionState} ConnectionState
  * @typedef {import("./client.js").SubmitResult} SubmitResult
+ * @typedef {import("./client.js").SubmitOptions} SubmitOptions
+ * @typedef {import("./inputs.js").InputRef} InputRef
+ * @typedef {import("./inputs.js").UploadOptions} UploadOptions
+ * @typedef {import("./inputs.js").UploadProgress} UploadProgress
+ * @typedef {import("./inputs.js").BatchProgress} BatchProgress
  * @typedef {import("./subscription.js").JobEvents} JobEvents
  * @typedef {import("./subscription.js").SubscribedEvent} SubscribedEvent
  * @typedef {import("./subscription.js").StatusEvent} StatusEvent

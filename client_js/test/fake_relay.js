@@ -1,6 +1,8 @@
 // A small in-process relay speaking docs/protocol.md section 2 over a real websocket on 127.0.0.1, with knobs
 // for the failures the client must survive. Each job is a journal of records; subscribers are cursors over it.
+// FakeInputs is its HTTP side for uploads (`/v1/inputs`) and submits, with failures of its own.
 import { createHash } from "node:crypto";
+import { createServer } from "node:http";
 import { decode, encode } from "@msgpack/msgpack";
 import { WebSocketServer } from "ws";
 
@@ -272,5 +274,140 @@ export class FakeRelay {
         } while (off < data.byteLength);
       }
     }
+  }
+}
+
+/** Magic bytes of the image formats the relay accepts, as it checks them. */
+const IMAGE_MAGIC = [
+  ["image/png", [0x89, 0x50, 0x4e, 0x47]],
+  ["image/jpeg", [0xff, 0xd8, 0xff]],
+  ["image/gif", [0x47, 0x49, 0x46, 0x38]],
+  ["image/bmp", [0x42, 0x4d]],
+];
+
+/**
+ * @typedef {object} InputRequest  one request the fake relay's HTTP side answered
+ * @property {string} method
+ * @property {string} path
+ * @property {number} status  0: the connection was dropped
+ * @property {string | null} auth  the bearer credential
+ * @property {number} bytes  body bytes received
+ */
+
+/**
+ * The relay's HTTP side for inputs and submits (`/v1/inputs`, `POST /v1/jobs`), in-process on 127.0.0.1, with
+ * failures to inject: `faults` are consumed by the next PUTs, in order: a status to answer without storing,
+ * `"drop"` (the connection is cut mid-body), or `"store-then-503"` (stored, then 503: the retry finds it held).
+ */
+export class FakeInputs {
+  /** @param {{keys?: string[]}} [options]  accepted bearer credentials (none: no auth) */
+  constructor(options = {}) {
+    this.keys = options.keys ? new Set(options.keys) : null;
+    /** @type {Map<string, {bytes: Buffer, mime: string}>} */
+    this.held = new Map();
+    /** @type {InputRequest[]} */
+    this.requests = [];
+    /** @type {Array<number | "drop" | "store-then-503">} */
+    this.faults = [];
+    /** Bodies of `POST /v1/jobs`, parsed. @type {any[]} */
+    this.jobs = [];
+    /** Tokens minted by `POST /v1/inputs/tokens`. @type {string[]} */
+    this.tokens = [];
+    this.url = "";
+    this.server = createServer((req, res) => void this._handle(req, res));
+  }
+
+  async listen() {
+    await new Promise((resolve) => this.server.listen(0, "127.0.0.1", () => resolve(undefined)));
+    const address = /** @type {import("node:net").AddressInfo} */ (this.server.address());
+    this.url = `http://127.0.0.1:${address.port}`;
+    return this.url;
+  }
+
+  async close() {
+    this.server.closeAllConnections();
+    await new Promise((resolve) => this.server.close(() => resolve(undefined)));
+  }
+
+  /** The requests as `"METHOD path status"` lines. */
+  log() {
+    return this.requests.map((r) => `${r.method} ${r.path} ${r.status}`);
+  }
+
+  /** @param {string} sha256 */
+  answer(sha256) {
+    const input = /** @type {{bytes: Buffer, mime: string}} */ (this.held.get(sha256));
+    return {
+      ref: `input:${sha256}`,
+      sha256,
+      bytes: input.bytes.byteLength,
+      mime: input.mime,
+      url: `${this.url}/v1/inputs/anonymous/${sha256}?exp=1&sig=x`,
+      expires_at: Date.now() / 1000 + 3600,
+    };
+  }
+
+  /**
+   * @param {import("node:http").IncomingMessage} req
+   * @param {import("node:http").ServerResponse} res
+   */
+  async _handle(req, res) {
+    const path = new URL(req.url ?? "/", "http://x").pathname;
+    const auth = req.headers.authorization?.replace(/^Bearer /, "") ?? null;
+    /** @type {InputRequest} */
+    const record = { method: req.method ?? "", path, status: 0, auth, bytes: 0 };
+    this.requests.push(record);
+    /** @param {number} status @param {unknown} [body] */
+    const send = (status, body) => {
+      record.status = status;
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(body === undefined || req.method === "HEAD" ? undefined : JSON.stringify(body));
+    };
+    /** @param {number} status @param {string} code */
+    const fail = (status, code) => send(status, { error: { code, message: `${code} (fake relay)` } });
+    if (req.method === "PUT" && this.faults[0] === "drop") {
+      this.faults.shift();
+      req.once("data", (chunk) => {
+        record.bytes += chunk.byteLength;
+        req.socket.destroy();
+      });
+      return;
+    }
+    /** @type {Buffer[]} */
+    const parts = [];
+    for await (const chunk of req) parts.push(chunk);
+    const body = Buffer.concat(parts);
+    record.bytes = body.byteLength;
+    if (this.keys && !(auth && (this.keys.has(auth) || this.tokens.includes(auth)))) {
+      return fail(401, "unauthorized");
+    }
+    const sha = path.match(/^\/v1\/inputs\/([0-9a-f]{64})$/)?.[1];
+    if (sha && (req.method === "GET" || req.method === "HEAD")) {
+      return this.held.has(sha) ? send(200, this.answer(sha)) : fail(404, "not_found");
+    }
+    if (path === "/v1/inputs" && req.method === "PUT") {
+      const fault = this.faults.shift();
+      if (typeof fault === "number") return fail(fault, fault >= 500 ? "unavailable" : "refused");
+      const claimed = req.headers["x-podstream-sha256"];
+      const actual = createHash("sha256").update(body).digest("hex");
+      if (claimed !== undefined && !/^[0-9a-f]{64}$/.test(String(claimed))) return fail(400, "bad_sha256");
+      if (claimed !== undefined && claimed !== actual) return fail(422, "sha256_mismatch");
+      const mime = IMAGE_MAGIC.find(([, magic]) => magic.every((b, i) => body[i] === b))?.[0];
+      if (!mime) return fail(415, "unsupported_media_type");
+      const known = this.held.has(actual);
+      this.held.set(actual, { bytes: body, mime: String(mime) });
+      if (fault === "store-then-503") return fail(503, "unavailable");
+      return send(known ? 200 : 201, this.answer(actual));
+    }
+    if (path === "/v1/inputs/tokens" && req.method === "POST") {
+      const token = `input-token-${this.tokens.length + 1}`;
+      this.tokens.push(token);
+      return send(201, { token, expires_at: Date.now() / 1000 + 600 });
+    }
+    if (path === "/v1/jobs" && req.method === "POST") {
+      this.jobs.push(JSON.parse(body.toString("utf8")));
+      return send(201, { id: `job-${this.jobs.length}`, status: "IN_QUEUE" });
+    }
+    return fail(404, "not_found");
   }
 }

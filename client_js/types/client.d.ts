@@ -1,41 +1,4 @@
-/**
- * An HTTP call to the relay failed. `message` is the relay's own sentence (its JSON error body is
- * `{"error": {"code", "message"}}`), `code` its machine-readable code (`unauthorized`, `not_found`, ...), `status`
- * the HTTP status. An answer that is not the relay's JSON (a proxy's HTML page, say) gives `code` `http_<status>`
- * and the status line as `message`.
- */
-export class RelayHttpError extends Error {
-    /**
-     * The error of a failed answer.
-     * @param {string} method
-     * @param {string} path
-     * @param {number} status
-     * @param {string} statusText
-     * @param {unknown} body  parsed JSON, or the text when it was not JSON
-     * @returns {RelayHttpError}
-     */
-    static from(method: string, path: string, status: number, statusText: string, body: unknown): RelayHttpError;
-    /**
-     * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
-     */
-    constructor({ status, code, message, method, path, body }: {
-        status: number;
-        code: string;
-        message: string;
-        method: string;
-        path: string;
-        body: unknown;
-    });
-    /** The HTTP status, e.g. 401. */
-    status: number;
-    /** The relay's error code, e.g. `"unauthorized"`. */
-    code: string;
-    /** The request, e.g. `"GET"` and `"/v1/jobs"`. */
-    method: string;
-    path: string;
-    /** The answer's body, parsed as JSON when it was JSON. @type {unknown} */
-    body: unknown;
-}
+export { RelayHttpError };
 /**
  * @extends {Emitter<ClientEvents>}
  */
@@ -52,6 +15,11 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     tokenTtl: number | undefined;
     _WebSocket: any;
     _fetch: typeof fetch;
+    getInputToken: (() => (string | null | Promise<string | null>)) | undefined;
+    /** The input token in use (from `getInputToken`). @type {Promise<string | null> | null} */
+    _inputToken: Promise<string | null> | null;
+    /** Browsers upload with XMLHttpRequest (fetch has no upload progress), unless given a `fetch` to use. */
+    _useXhr: boolean;
     backoff: Backoff;
     connectTimeout: number;
     maxServerPingDelay: number;
@@ -199,8 +167,8 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     resolve(url: string): string;
     /**
      * @param {string} path
-     * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
-     *   `anonymous`: send no credential (the path carries one)
+     * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean,
+     *   signal?: AbortSignal}} [init]  `anonymous`: send no credential (the path carries one)
      * @returns {Promise<any>}
      */
     _http(path: string, init?: {
@@ -208,16 +176,61 @@ export class PodstreamClient extends Emitter<ClientEvents> {
         body?: unknown;
         token?: string | null;
         anonymous?: boolean;
+        signal?: AbortSignal;
     }): Promise<any>;
     /**
-     * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md).
+     * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md). An item's `image`
+     * may be a File or Blob: it is uploaded first (`uploadInput`, a few at a time, each distinct content once)
+     * and the job names it by its `ref`.
      * @param {Record<string, unknown>} input
-     * @param {{policy?: Record<string, unknown>}} [options]
+     * @param {SubmitOptions} [options]
      * @returns {Promise<SubmitResult>}
      */
-    submit(input: Record<string, unknown>, options?: {
-        policy?: Record<string, unknown>;
-    }): Promise<SubmitResult>;
+    submit(input: Record<string, unknown>, options?: SubmitOptions): Promise<SubmitResult>;
+    /**
+     * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
+     * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+     * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
+     * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
+     * @param {Blob} blob
+     * @param {UploadOptions} [options]
+     * @returns {Promise<InputRef>}
+     */
+    uploadInput(blob: Blob, options?: UploadOptions): Promise<InputRef>;
+    /**
+     * A short-lived token that may only upload inputs (`POST /v1/inputs/tokens`, with an API key that may
+     * submit jobs): what a backend hands its browsers for `getInputToken`. Inputs uploaded with it belong to
+     * the key that minted it, so jobs submitted with that key can use them.
+     * @param {{ttl?: number}} [options]  seconds it is good for (default: the relay's)
+     * @returns {Promise<{token: string, expires_at: number}>}
+     */
+    mintInputToken(options?: {
+        ttl?: number;
+    }): Promise<{
+        token: string;
+        expires_at: number;
+    }>;
+    /** @type {InputTransport} */
+    get _inputs(): InputTransport;
+    /**
+     * Call the relay with the credential for inputs: the API key, else a token from `getInputToken` (asked for
+     * again, once, when the relay refuses it).
+     * @template T
+     * @param {(token: string | null) => Promise<T>} call
+     * @returns {Promise<T>}
+     */
+    _withInputToken<T>(call: (token: string | null) => Promise<T>): Promise<T>;
+    /**
+     * `PUT /v1/inputs`: with XMLHttpRequest in a browser (upload progress events), else with fetch (in Node, the
+     * body is a stream counted as it is read).
+     * @param {Blob} blob
+     * @param {string | null} sha256
+     * @param {string | null} token
+     * @param {(loaded: number) => void} onSent
+     * @param {AbortSignal} [signal]
+     * @returns {Promise<InputRef>}
+     */
+    _put(blob: Blob, sha256: string | null, token: string | null, onSent: (loaded: number) => void, signal?: AbortSignal): Promise<InputRef>;
     /**
      * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
      * @returns {Promise<Array<Record<string, any> & {id: string, status: string}>>}
@@ -277,6 +290,10 @@ export type ServerFrame = import("./frames.js").ServerFrame;
 export type ClientFrame = import("./frames.js").ClientFrame;
 export type Manifest = import("./subscription.js").Manifest;
 export type BackoffOptions = import("./backoff.js").BackoffOptions;
+export type InputRef = import("./inputs.js").InputRef;
+export type InputTransport = import("./inputs.js").InputTransport;
+export type UploadOptions = import("./inputs.js").UploadOptions;
+export type BatchProgress = import("./inputs.js").BatchProgress;
 /**
  * where `online` / `offline` events come from
  */
@@ -312,6 +329,12 @@ export type ClientOptions = {
      * seconds of life asked for the tokens the client mints (default: the relay's)
      */
     tokenTtl?: number | undefined;
+    /**
+     * an input token (one that may
+     * only upload, from `mintInputToken` on your backend) for `uploadInput` without an `apiKey`; called again
+     * when the relay refuses the one in use (401)
+     */
+    getInputToken?: (() => (string | null | Promise<string | null>)) | undefined;
     /**
      * a WebSocket constructor (default: the global one)
      */
@@ -360,6 +383,24 @@ export type ClientEvents = {
         expiresAt: number | null;
     };
 };
+export type SubmitOptions = {
+    /**
+     * the job's execution policy (docs/protocol.md)
+     */
+    policy?: Record<string, unknown> | undefined;
+    /**
+     * the uploads of the input's Files and Blobs
+     */
+    onUploadProgress?: ((progress: BatchProgress) => void) | undefined;
+    /**
+     * files uploaded at a time (default 4)
+     */
+    uploadConcurrency?: number | undefined;
+    /**
+     * aborts the uploads and the submit
+     */
+    signal?: AbortSignal | undefined;
+};
 /**
  * `POST /v1/jobs` answer
  */
@@ -373,6 +414,7 @@ export type SubmitResult = {
     } | undefined;
     token?: string | undefined;
 };
+import { RelayHttpError } from "./errors.js";
 import { Emitter } from "./emitter.js";
 import { Backoff } from "./backoff.js";
 import { JobSubscription } from "./subscription.js";

@@ -99,6 +99,59 @@ var Emitter = class extends EventTarget {
   }
 };
 
+// src/errors.js
+var RETRYABLE_4XX = /* @__PURE__ */ new Set([408, 425, 429]);
+var FINAL_5XX = /* @__PURE__ */ new Set([501, 505, 507]);
+function isRetryable(err) {
+  if (err instanceof RelayHttpError) {
+    return err.status >= 500 ? !FINAL_5XX.has(err.status) : RETRYABLE_4XX.has(err.status);
+  }
+  return err instanceof TypeError;
+}
+var RelayHttpError = class _RelayHttpError extends Error {
+  /**
+   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
+   */
+  constructor({ status, code, message, method, path, body }) {
+    super(message);
+    this.name = "RelayHttpError";
+    this.status = status;
+    this.code = code;
+    this.method = method;
+    this.path = path;
+    this.body = body;
+  }
+  /**
+   * The error of a failed answer.
+   * @param {string} method
+   * @param {string} path
+   * @param {number} status
+   * @param {string} statusText
+   * @param {unknown} body  parsed JSON, or the text when it was not JSON
+   * @returns {RelayHttpError}
+   */
+  static from(method, path, status, statusText, body) {
+    const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
+    let code = `http_${status}`;
+    let message = fallback;
+    const b = (
+      /** @type {any} */
+      body
+    );
+    const error = b && typeof b === "object" ? b.error : void 0;
+    if (error && typeof error === "object") {
+      if (typeof error.code === "string" && error.code) code = error.code;
+      if (typeof error.message === "string" && error.message) message = error.message;
+    } else if (typeof error === "string" && error) {
+      code = error;
+      message = typeof b.message === "string" && b.message ? b.message : error;
+    } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
+      message = b.detail;
+    }
+    return new _RelayHttpError({ status, code, message, method, path, body });
+  }
+};
+
 // node_modules/@msgpack/msgpack/dist.esm/utils/utf8.mjs
 function utf8Count(str) {
   const strLength = str.length;
@@ -1745,6 +1798,128 @@ var PodstreamFile = class {
   }
 };
 
+// src/inputs.js
+function isBlob(value) {
+  return typeof Blob !== "undefined" && value instanceof Blob;
+}
+async function blobSha256(blob) {
+  if (!globalThis.crypto?.subtle) return null;
+  return sha256Hex(await blob.arrayBuffer());
+}
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+async function uploadBlob(blob, transport, backoff, options = {}) {
+  const { onProgress, signal } = options;
+  const retries = options.retries ?? 5;
+  const total = blob.size;
+  let reported = -1;
+  const report = (loaded) => {
+    if (loaded === reported) return;
+    reported = loaded;
+    onProgress?.({ loaded, total });
+  };
+  signal?.throwIfAborted();
+  const sha256 = options.sha256 ?? await blobSha256(blob);
+  report(0);
+  for (let attempt = 0; ; attempt += 1) {
+    signal?.throwIfAborted();
+    try {
+      const held = sha256 === null ? null : await transport.held(sha256, signal);
+      const answer = held ?? await transport.put(blob, sha256, (n) => report(Math.min(n, total)), signal);
+      report(total);
+      return answer;
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (attempt >= retries || !isRetryable(err)) throw err;
+      report(0);
+      await sleep(backoff.next(), signal);
+    }
+  }
+}
+async function stageImages(input, upload, options = {}) {
+  const items = input.items;
+  if (!Array.isArray(items)) return input;
+  const blobs = [...new Set(items.map((item) => item?.image).filter(isBlob))];
+  if (blobs.length === 0) return input;
+  const total = blobs.reduce((sum, blob) => sum + blob.size, 0);
+  const loaded = new Map(blobs.map((blob) => [blob, 0]));
+  let sent = 0;
+  let done = 0;
+  const report = () => options.onProgress?.({ loaded: sent, total, files: blobs.length, done });
+  const progress = (blob, n) => {
+    sent += n - (loaded.get(blob) ?? 0);
+    loaded.set(blob, n);
+    report();
+  };
+  const abort = new AbortController();
+  const stop = () => abort.abort(options.signal?.reason);
+  if (options.signal?.aborted) stop();
+  options.signal?.addEventListener("abort", stop, { once: true });
+  const signal = abort.signal;
+  const refs = /* @__PURE__ */ new Map();
+  const byContent = /* @__PURE__ */ new Map();
+  let next = 0;
+  const worker = async () => {
+    while (next < blobs.length) {
+      const blob = blobs[next++];
+      signal.throwIfAborted();
+      const sha256 = await blobSha256(blob);
+      const same = sha256 === null ? void 0 : byContent.get(sha256);
+      let uploading;
+      if (same) {
+        uploading = same;
+      } else {
+        uploading = upload(blob, {
+          signal,
+          sha256: sha256 ?? void 0,
+          onProgress: (p) => progress(blob, p.loaded)
+        });
+        if (sha256 !== null) byContent.set(sha256, uploading);
+      }
+      refs.set(blob, await uploading);
+      progress(blob, blob.size);
+      done += 1;
+      report();
+    }
+  };
+  try {
+    report();
+    const workers = Array.from(
+      { length: Math.max(1, Math.min(options.concurrency ?? 4, blobs.length)) },
+      worker
+    );
+    await Promise.all(
+      workers.map(
+        (running) => running.catch((err) => {
+          abort.abort(err);
+          throw err;
+        })
+      )
+    );
+  } finally {
+    options.signal?.removeEventListener("abort", stop);
+  }
+  return {
+    ...input,
+    items: items.map((item) => {
+      const ref = isBlob(item?.image) ? refs.get(item.image) : void 0;
+      return ref ? { ...item, image: ref.ref } : item;
+    })
+  };
+}
+
 // src/subscription.js
 var RESULT_PROBLEMS = /* @__PURE__ */ new Set(["bad_result", "incomplete_result", "result_too_large"]);
 var FILE_KEY = "$file";
@@ -2170,53 +2345,9 @@ var AUTH_ERROR_CODES = /* @__PURE__ */ new Set(["unauthorized", "forbidden", "to
 var IGNORED_ERROR_CODES = /* @__PURE__ */ new Set(["not_subscribed", "already_subscribed"]);
 var OPEN = 1;
 var REFRESH_AT = 0.2;
-var RETRYABLE_STATUSES = /* @__PURE__ */ new Set([408, 425, 429]);
 function isTerminalTokenError(err) {
-  return err instanceof RelayHttpError && err.status >= 400 && err.status < 500 && !RETRYABLE_STATUSES.has(err.status);
+  return err instanceof RelayHttpError && err.status >= 400 && err.status < 500 && !RETRYABLE_4XX.has(err.status);
 }
-var RelayHttpError = class _RelayHttpError extends Error {
-  /**
-   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
-   */
-  constructor({ status, code, message, method, path, body }) {
-    super(message);
-    this.name = "RelayHttpError";
-    this.status = status;
-    this.code = code;
-    this.method = method;
-    this.path = path;
-    this.body = body;
-  }
-  /**
-   * The error of a failed answer.
-   * @param {string} method
-   * @param {string} path
-   * @param {number} status
-   * @param {string} statusText
-   * @param {unknown} body  parsed JSON, or the text when it was not JSON
-   * @returns {RelayHttpError}
-   */
-  static from(method, path, status, statusText, body) {
-    const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
-    let code = `http_${status}`;
-    let message = fallback;
-    const b = (
-      /** @type {any} */
-      body
-    );
-    const error = b && typeof b === "object" ? b.error : void 0;
-    if (error && typeof error === "object") {
-      if (typeof error.code === "string" && error.code) code = error.code;
-      if (typeof error.message === "string" && error.message) message = error.message;
-    } else if (typeof error === "string" && error) {
-      code = error;
-      message = typeof b.message === "string" && b.message ? b.message : error;
-    } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
-      message = b.detail;
-    }
-    return new _RelayHttpError({ status, code, message, method, path, body });
-  }
-};
 function defaultNetwork() {
   const g = (
     /** @type {any} */
@@ -2245,6 +2376,9 @@ var PodstreamClient = class extends Emitter {
     this._WebSocket = options.WebSocket ?? /** @type {any} */
     globalThis.WebSocket;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.getInputToken = options.getInputToken;
+    this._inputToken = null;
+    this._useXhr = options.fetch === void 0 && typeof XMLHttpRequest === "function";
     this.backoff = new Backoff(options.backoff);
     this.connectTimeout = options.connectTimeout ?? 1e4;
     this.maxServerPingDelay = options.maxServerPingDelay ?? 1e4;
@@ -2728,8 +2862,8 @@ var PodstreamClient = class extends Emitter {
   }
   /**
    * @param {string} path
-   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean}} [init]
-   *   `anonymous`: send no credential (the path carries one)
+   * @param {{method?: string, body?: unknown, token?: string | null, anonymous?: boolean,
+   *   signal?: AbortSignal}} [init]  `anonymous`: send no credential (the path carries one)
    * @returns {Promise<any>}
    */
   async _http(path, init = {}) {
@@ -2738,34 +2872,138 @@ var PodstreamClient = class extends Emitter {
     const bearer = init.anonymous ? null : this.apiKey ?? init.token;
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== void 0) headers["content-type"] = "application/json";
+    const method = init.method ?? "GET";
     const response = await this._fetch(this.resolve(path), {
-      method: init.method ?? "GET",
+      method,
       headers,
-      body: init.body === void 0 ? void 0 : JSON.stringify(init.body)
+      body: init.body === void 0 ? void 0 : JSON.stringify(init.body),
+      signal: init.signal
     });
-    const text = await response.text();
-    let body = null;
-    try {
-      body = text ? JSON.parse(text) : null;
-    } catch {
-      body = text;
-    }
-    if (!response.ok) {
-      throw RelayHttpError.from(init.method ?? "GET", path, response.status, response.statusText, body);
-    }
-    return body;
+    return answerOf(method, path, response.status, response.statusText, await response.text());
   }
   /**
-   * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md).
+   * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md). An item's `image`
+   * may be a File or Blob: it is uploaded first (`uploadInput`, a few at a time, each distinct content once)
+   * and the job names it by its `ref`.
    * @param {Record<string, unknown>} input
-   * @param {{policy?: Record<string, unknown>}} [options]
+   * @param {SubmitOptions} [options]
    * @returns {Promise<SubmitResult>}
    */
-  submit(input, options = {}) {
+  async submit(input, options = {}) {
+    const staged = await stageImages(input, (blob, upload) => this.uploadInput(blob, upload), {
+      onProgress: options.onUploadProgress,
+      concurrency: options.uploadConcurrency,
+      signal: options.signal
+    });
     return this._http("/v1/jobs", {
       method: "POST",
-      body: options.policy ? { input, policy: options.policy } : { input }
+      body: options.policy ? { input: staged, policy: options.policy } : { input: staged },
+      signal: options.signal
     });
+  }
+  // ---- inputs --------------------------------------------------------------------------------------
+  /**
+   * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
+   * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+   * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
+   * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
+   * @param {Blob} blob
+   * @param {UploadOptions} [options]
+   * @returns {Promise<InputRef>}
+   */
+  uploadInput(blob, options = {}) {
+    const { minDelay, maxDelay, random } = this.backoff;
+    return uploadBlob(blob, this._inputs, new Backoff({ minDelay, maxDelay, random }), options);
+  }
+  /**
+   * A short-lived token that may only upload inputs (`POST /v1/inputs/tokens`, with an API key that may
+   * submit jobs): what a backend hands its browsers for `getInputToken`. Inputs uploaded with it belong to
+   * the key that minted it, so jobs submitted with that key can use them.
+   * @param {{ttl?: number}} [options]  seconds it is good for (default: the relay's)
+   * @returns {Promise<{token: string, expires_at: number}>}
+   */
+  mintInputToken(options = {}) {
+    return this._http("/v1/inputs/tokens", {
+      method: "POST",
+      body: options.ttl === void 0 ? {} : { ttl_s: options.ttl }
+    });
+  }
+  /** @type {InputTransport} */
+  get _inputs() {
+    return {
+      held: (sha256, signal) => this._withInputToken(async (token) => {
+        try {
+          return await this._http(`/v1/inputs/${sha256}`, { token, signal });
+        } catch (err) {
+          if (err instanceof RelayHttpError && err.status === 404) return null;
+          throw err;
+        }
+      }),
+      put: (blob, sha256, onSent, signal) => this._withInputToken((token) => this._put(blob, sha256, token, onSent, signal))
+    };
+  }
+  /**
+   * Call the relay with the credential for inputs: the API key, else a token from `getInputToken` (asked for
+   * again, once, when the relay refuses it).
+   * @template T
+   * @param {(token: string | null) => Promise<T>} call
+   * @returns {Promise<T>}
+   */
+  async _withInputToken(call) {
+    const source = this.getInputToken;
+    if (this.apiKey || !source) return call(null);
+    for (let fresh = false; ; fresh = true) {
+      const current = this._inputToken ??= Promise.resolve().then(() => source());
+      let token;
+      try {
+        token = await current;
+      } catch (err) {
+        if (this._inputToken === current) this._inputToken = null;
+        throw err;
+      }
+      try {
+        return await call(token);
+      } catch (err) {
+        if (fresh || !(err instanceof RelayHttpError && err.status === 401)) throw err;
+        if (this._inputToken === current) this._inputToken = null;
+      }
+    }
+  }
+  /**
+   * `PUT /v1/inputs`: with XMLHttpRequest in a browser (upload progress events), else with fetch (in Node, the
+   * body is a stream counted as it is read).
+   * @param {Blob} blob
+   * @param {string | null} sha256
+   * @param {string | null} token
+   * @param {(loaded: number) => void} onSent
+   * @param {AbortSignal} [signal]
+   * @returns {Promise<InputRef>}
+   */
+  async _put(blob, sha256, token, onSent, signal) {
+    const path = "/v1/inputs";
+    const headers = { accept: "application/json", "content-type": blob.type || "application/octet-stream" };
+    const bearer = this.apiKey ?? token;
+    if (bearer) headers.authorization = `Bearer ${bearer}`;
+    if (sha256) headers["x-podstream-sha256"] = sha256;
+    if (this._useXhr) {
+      const { status, statusText, text } = await xhrPut(this.resolve(path), blob, headers, onSent, signal);
+      return answerOf("PUT", path, status, statusText, text);
+    }
+    if (!this._fetch) throw new Error("no fetch() in this environment");
+    let body = blob;
+    if (typeof XMLHttpRequest === "undefined") {
+      body = countedBody(blob, onSent);
+      headers["content-length"] = String(blob.size);
+    }
+    const response = await this._fetch(this.resolve(path), {
+      method: "PUT",
+      headers,
+      body,
+      signal,
+      ...{ duplex: "half" }
+      // needed for a stream body; not in TypeScript's RequestInit yet
+    });
+    return answerOf("PUT", path, response.status, response.statusText, await response.text());
   }
   /**
    * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
@@ -2828,6 +3066,54 @@ var PodstreamClient = class extends Emitter {
     return this._http(`/v1/links/${encodeURIComponent(code)}`, { method: "POST", anonymous: true });
   }
 };
+function answerOf(method, path, status, statusText, text) {
+  let body = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = text;
+  }
+  if (status < 200 || status > 299) throw RelayHttpError.from(method, path, status, statusText, body);
+  return body;
+}
+var UPLOAD_PIECE = 64 * 1024;
+function countedBody(blob, onRead) {
+  let offset = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      if (offset >= blob.size) return controller.close();
+      const end = Math.min(blob.size, offset + UPLOAD_PIECE);
+      controller.enqueue(new Uint8Array(await blob.slice(offset, end).arrayBuffer()));
+      offset = end;
+      onRead(offset);
+    }
+  });
+}
+function xhrPut(url, blob, headers, onSent, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const xhr = new XMLHttpRequest();
+    const onAbort = () => xhr.abort();
+    const settle = () => signal?.removeEventListener("abort", onAbort);
+    xhr.open("PUT", url);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.upload.onprogress = (event) => onSent(event.loaded);
+    xhr.onload = () => {
+      settle();
+      resolve({ status: xhr.status, statusText: xhr.statusText, text: xhr.responseText });
+    };
+    xhr.onerror = () => {
+      settle();
+      reject(new TypeError(`network error: PUT ${url}`));
+    };
+    xhr.onabort = () => {
+      settle();
+      reject(signal?.reason ?? new DOMException("upload aborted", "AbortError"));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    xhr.send(blob);
+  });
+}
 function errorMessage(err) {
   return err instanceof Error ? err.message : String(err);
 }
