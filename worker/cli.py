@@ -58,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     from worker import start
-    from worker.inputs import JobInputError
+    from worker.inputs import JobInputError, Limits
     from worker.pipelines import UnknownModel, load_model
     from worker.pipelines.diffusion import ModelNotFound
 
+    try:
+        Limits.from_env()  # read again by the handler: a bad value stops the start, before the model loads
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     job_input = None
     if args.once is not None:
         try:

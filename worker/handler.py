@@ -55,7 +55,7 @@ Handler: TypeAlias = Callable[[dict[str, Any]], AsyncGenerator[Envelope, None]]
 class HandlerConfig:
     """Every knob of the streaming machinery, with its default."""
 
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits.from_env)  # PODSTREAM_MAX_ITEMS, PODSTREAM_INPUT_HOSTS, ...
     progress_interval_s: float = 0.5  # at most ~2 progress envelopes per second
     encoded_buffer: int = 1  # encoded files waiting for their POSTs (each up to one file in memory)
     body_budget: int = wire.DEFAULT_BODY_BUDGET
@@ -362,7 +362,7 @@ class JobRun:
             image = None
             if item.image is not None:
                 try:
-                    image = inputs.load_image(item.image, self.config.limits)
+                    image = inputs.load_image(item.image, self.config.limits, item.image_sha256)
                 except inputs.ImageError as exc:
                     message = f"input.items[{index}].image: {exc}"
                     loaded += [ItemError(index * count + k, item.id, exc.code, message) for k in range(count)]

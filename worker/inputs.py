@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
+import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -44,6 +46,7 @@ TASK_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 #: Seeds drawn for items that have none: below 2**32, so every framework's generator takes them.
 SEED_LIMIT: Final = 2**32
 VIDEO_TASKS: Final = frozenset({"image-to-video", "text-to-video"})
+SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 Task = Literal["image-to-video", "text-to-image", "text-to-video"]
 Format = Literal["mp4", "webm", "png", "webp", "jpeg"]
 #: How each file leaves the worker: streamed as parts, uploaded (a `ref` is streamed), or uploaded when large.
@@ -65,21 +68,113 @@ class Limits:
     #: Image URLs resolving to loopback, private, link-local (cloud metadata) ... addresses are refused
     #: unless this is set (`PODSTREAM_ALLOW_PRIVATE_URLS=1`): a job must not make the worker probe its network.
     allow_private_urls: bool = False
+    #: Hosts (`host` or `host:port`, IPv6 as `[::1]:8700`) whose URLs may resolve to such addresses: the relay
+    #: on a private network (`PODSTREAM_INPUT_HOSTS=10.0.0.5:8700`), without opening every private address.
+    input_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_hosts", tuple(_host_entry(entry) for entry in self.input_hosts))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Limits:
+        """The defaults, overridden by each `PODSTREAM_<NAME>` that is set and not empty. A value that does
+        not parse raises `ValueError` naming the variable."""
         values: dict[str, Any] = {}
         for name, field_ in cls.__dataclass_fields__.items():
-            raw = environ.get(f"PODSTREAM_{name.upper()}")
-            if raw is not None and field_.type in (bool, "bool"):
-                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif raw is not None:
-                kind = float if field_.type in (float, "float") else int
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    raise ValueError(f"PODSTREAM_{name.upper()}={raw!r} is not a number") from None
+            variable = f"PODSTREAM_{name.upper()}"
+            raw = environ.get(variable, "").strip()
+            if not raw:
+                continue
+            parse = _ENV_PARSERS[str(field_.type)]
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{variable}={raw!r} {exc}") from None
         return cls(**values)
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("is not a boolean (1 or 0, true or false, yes or no, on or off)")
+    return value in ("1", "true", "yes", "on")
+
+
+def _parse_number(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError("is not a number") from None
+
+    return parse
+
+
+def _parse_hosts(raw: str) -> tuple[str, ...]:
+    """`host`, `host:port` or `[ipv6]:port` entries separated by commas or whitespace."""
+    entries = [entry for entry in re.split(r"[\s,]+", raw) if entry]
+    try:
+        return tuple(_host_entry(entry) for entry in entries)
+    except ValueError as exc:
+        raise ValueError(f"is not a list of host or host:port entries: {exc}") from None
+
+
+#: How `Limits.from_env` reads each field, by its annotation.
+_ENV_PARSERS: Final[dict[str, Callable[[str], Any]]] = {
+    "bool": _parse_bool, "int": _parse_number(int), "float": _parse_number(float),
+    "tuple[str, ...]": _parse_hosts,
+}  # fmt: skip
+
+_HOST_ENTRY: Final = re.compile(
+    r"^(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<host>[a-z0-9_.-]+))(?::(?P<port>[0-9]{1,5}))?$"
+)
+
+
+def _host_entry(entry: str) -> str:
+    """One allow-list entry in its canonical form: lowercased, IP addresses compressed, IPv6 in brackets."""
+    import ipaddress
+
+    match = _HOST_ENTRY.match(entry.strip().lower())
+    if match is None or (match["host"] is not None and match["host"].strip(".") == ""):
+        raise ValueError(f"{entry!r} is not host, host:port or [ipv6]:port{_entry_hint(entry)}")
+    port = match["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r}: the port must be 1..65535")
+    if match["ipv6"] is not None:
+        try:
+            host = f"[{ipaddress.IPv6Address(match['ipv6']).compressed}]"
+        except ValueError:
+            raise ValueError(f"{entry!r}: {match['ipv6']} is not an IPv6 address") from None
+    else:
+        host = _canonical_host(match["host"])
+    return host if port is None else f"{host}:{int(port)}"
+
+
+def _entry_hint(entry: str) -> str:
+    import ipaddress
+
+    scheme, sep, rest = entry.partition("://")
+    if sep and scheme.isalpha():
+        return f" (no scheme or path: {rest.split('/', 1)[0]})"
+    for candidate in (entry, entry.rpartition(":")[0]):
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        return " (put an IPv6 address in brackets: [::1]:8700)"
+    return ""
+
+
+def _canonical_host(host: str) -> str:
+    """A URL's or an entry's host as the allow-list compares it (`[::1]`, `10.0.0.5`, `relay.internal`)."""
+    import ipaddress
+
+    host = host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
 
 
 class JobInputError(ValueError):
@@ -120,12 +215,14 @@ class Output(_Strict):
 
 
 class Item(_Strict):
-    """One input of the batch. `image` is base64, a `data:` URL or an http(s) URL."""
+    """One input of the batch. `image` is base64, a `data:` URL or an http(s) URL; `image_sha256`, when
+    given, is the SHA-256 its bytes must have (the relay sets it with the signed URL of an upload)."""
 
     id: Annotated[str, Field(max_length=wire.MAX_ID_CHARS)] = ""
     prompt: str | None = None
     negative_prompt: str | None = None
     image: str | None = None
+    image_sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
 
 
@@ -238,9 +335,18 @@ def parse_custom(raw: object, input_model: type[BaseModel], task: str, limits: L
         if isinstance(fields.get("negative_prompt"), str)
         else None,
         image=fields.get("image") if isinstance(fields.get("image"), str) else None,
+        image_sha256=_sha256_field(fields.get("image_sha256")),
         seed=seed,
     )
     return Job(task, [item], params, Output(), "auto", custom)
+
+
+def _sha256_field(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or re.fullmatch(SHA256_PATTERN, value) is None:
+        raise JobInputError("input.image_sha256: must be 64 lowercase hex digits")
+    return value
 
 
 def job_schema(
@@ -265,8 +371,30 @@ def job_schema(
             "minItems": 1, "maxItems": Limits().max_items,
         }  # fmt: skip
         schema["title"] = "Job input"
+        rules = _item_rules(set(props["task"]["enum"]))
+        if rules:
+            schema["allOf"] = rules
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+#: What each built-in task needs in every item (`_parse_item` checks the same): a non-empty string.
+_NEEDS: Final = {"image-to-video": "image", "text-to-image": "prompt", "text-to-video": "prompt"}
+
+
+def _item_rules(tasks: set[str]) -> list[dict[str, Any]]:
+    """`if task is T then every item has a non-empty F`, as `allOf` entries, so a schema check (the relay's,
+    `podstream submit`'s) names the item (`items[3]: 'image' is a required property`)."""
+    rules = []
+    for needed in sorted(set(_NEEDS.values())):
+        names = sorted(task for task, field_ in _NEEDS.items() if field_ == needed and task in tasks)
+        if names:
+            item = {"required": [needed], "properties": {needed: {"type": "string", "minLength": 1}}}
+            rules.append({
+                "if": {"properties": {"task": {"enum": names}}, "required": ["task"]},
+                "then": {"properties": {"items": {"items": item}}},
+            })  # fmt: skip
+    return rules
 
 
 def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -377,8 +505,9 @@ class ImageError(ValueError):
         self.code = code
 
 
-def load_image(ref: str, limits: Limits = Limits()) -> Image.Image:
-    """Fetch (http/https, size- and time-limited) or decode (data URL, base64) an image as RGB."""
+def load_image(ref: str, limits: Limits = Limits(), sha256: str | None = None) -> Image.Image:
+    """Fetch (http/https, size- and time-limited) or decode (data URL, base64) an image as RGB. With `sha256`,
+    the image's bytes (as fetched or decoded, before any image decoding) must hash to it."""
     if ref.startswith(("http://", "https://")):
         data = _fetch(ref, limits)
     else:
@@ -393,6 +522,14 @@ def load_image(ref: str, limits: Limits = Limits()) -> Image.Image:
             raise ImageError("bad_image", "image is neither an http(s) URL nor valid base64") from None
     if len(data) > limits.max_image_bytes:
         raise ImageError("image_too_large", f"image is {len(data)} bytes, at most {limits.max_image_bytes}")
+    if sha256 is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256.lower():
+            raise ImageError(
+                "image_sha256_mismatch",
+                f"the image's bytes hash to sha256 {got[:12]}..., the item's image_sha256 is {sha256[:12]}...: "
+                "not the image the job names (changed or replaced since it was given)",
+            )
     return decode_image(data, limits)
 
 
@@ -473,7 +610,7 @@ def _check_url(url: str, limits: Limits) -> None:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ImageError("url_refused", f"{_short(url)} is not an http(s) URL")
-    if limits.allow_private_urls:
+    if limits.allow_private_urls or _listed(url, limits):
         return
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -488,7 +625,7 @@ def _check_url(url: str, limits: Limits) -> None:
 
 def _check_peer(response: Any, url: str, limits: Limits) -> None:
     """Check the address actually connected to (a name may resolve differently the second time)."""
-    if limits.allow_private_urls:
+    if limits.allow_private_urls or _listed(url, limits):
         return
     stream = response.extensions.get("network_stream")
     peer = stream.get_extra_info("server_addr") if stream is not None else None
@@ -496,12 +633,34 @@ def _check_peer(response: Any, url: str, limits: Limits) -> None:
         _check_address(str(peer[0]), url)
 
 
+def _host_port(url: str) -> tuple[str, str]:
+    """The URL's host as the allow-list writes it, and `host:port` (the scheme's port when none is given).
+
+    Parsed by httpx, which connects: a URL that another parser reads differently cannot pass as listed."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return "", ""
+    host = _canonical_host(parsed.host)
+    return host, f"{host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+
+
+def _listed(url: str, limits: Limits) -> bool:
+    """Whether the URL's host (and port, for an entry that has one) is in `PODSTREAM_INPUT_HOSTS`."""
+    host, host_port = _host_port(url) if limits.input_hosts else ("", "")
+    return bool(host) and (host in limits.input_hosts or host_port in limits.input_hosts)
+
+
 def _check_address(address: str, url: str) -> None:
     kind = blocked_kind(address)
     if kind is not None:
+        host_port = _host_port(url)[1] or "host:port"
         raise ImageError(
             "url_refused",
-            f"GET {_short(url)} refused: {address} is a {kind} address (set PODSTREAM_ALLOW_PRIVATE_URLS=1 to allow it)",
+            f"GET {_short(url)} refused: {address} is a {kind} address. To let the worker fetch from this host, "
+            f"set PODSTREAM_INPUT_HOSTS={host_port} (or PODSTREAM_ALLOW_PRIVATE_URLS=1: every private address)",
         )
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import io
-from collections.abc import AsyncIterator, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +25,62 @@ def png_base64(width: int = 40, height: int = 30, seed: int = 0) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: The image `serve_images()` serves at `/ok.png` (24x16).
+SERVED_PNG = base64.b64decode(png_base64(24, 16))
+
+
+class ImageRequests(http.server.BaseHTTPRequestHandler):
+    """`/ok.png` (`SERVED_PNG`), `/redirect?to=<location>`, `/big.png` (5000 bytes), `/slow.png` (a byte
+    every 50 ms), else 404."""
+
+    def do_GET(self) -> None:
+        if self.path == "/ok.png":
+            self._send(200, SERVED_PNG)
+        elif self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.removeprefix("/redirect?to="))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/big.png":
+            self._send(200, b"x" * 5000)
+        elif self.path == "/slow.png":
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass  # the client gave up, as it should
+        else:
+            self._send(404, b"no")
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_images() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 (`ImageRequests`, in a thread), stopped on exit: yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageRequests)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 async def collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:

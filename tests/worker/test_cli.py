@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
-from tests.worker.support import decode_video, png_base64
+from tests.worker.support import SERVED_PNG, decode_video, png_base64, serve_images
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -70,6 +71,47 @@ def test_a_malformed_job_and_a_missing_runpod_env_are_usage_errors(tmp_path: Pat
     done = run_worker("-m", "worker")
     assert done.returncode == 2
     assert "RUNPOD_WEBHOOK_GET_JOB is not set" in done.stderr and "--once" in done.stderr
+
+
+def test_the_worker_reads_its_limits_from_the_environment(tmp_path: Path) -> None:
+    job = {"task": "text-to-image", "items": [{"prompt": "a"}, {"prompt": "b"}], "params": {"steps": 2}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    once = ("-m", "worker", "--once", str(tmp_path / "job.json"), "--out", str(tmp_path / "out"))
+    done = run_worker(*once, env={"PODSTREAM_MAX_ITEMS": "1"})
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("worker: invalid job input: input.items: 2 items, at most 1 per job")
+    done = run_worker(
+        *once, env={"PODSTREAM_INPUT_HOSTS": "http://relay:8700"}
+    )  # stops before the model loads
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "worker: PODSTREAM_INPUT_HOSTS='http://relay:8700' is not a list of host or host:port entries: "
+        "'http://relay:8700' is not host, host:port or [ipv6]:port (no scheme or path: relay:8700)"
+    )
+
+
+def test_input_hosts_let_the_worker_fetch_from_a_listed_private_host(tmp_path: Path) -> None:
+    with serve_images() as listed, serve_images() as other:
+        items = [
+            {"image": f"{listed}/ok.png", "image_sha256": hashlib.sha256(SERVED_PNG).hexdigest()},
+            {"image": f"{other}/ok.png"},
+        ]
+        job = {
+            "task": "image-to-video",
+            "items": items,
+            "params": {"frames": 8, "width": 64, "height": 64, "steps": 2},
+        }
+        (tmp_path / "job.json").write_text(json.dumps(job))
+        out = tmp_path / "out"
+        env = {"PODSTREAM_INPUT_HOSTS": listed.removeprefix("http://"), "PODSTREAM_ALLOW_PRIVATE_URLS": ""}
+        done = run_worker("-m", "worker", "--once", str(tmp_path / "job.json"), "--out", str(out), env=env)
+    assert done.returncode == 1, done.stderr  # the item from the other port failed
+    assert f"item 0: {out / '00000.mp4'}" in done.stdout
+    assert decode_video((out / "00000.mp4").read_bytes()) == (8, 64, 64, "h264")
+    assert (
+        f"item 1: FAILED url_refused: input.items[1].image: GET {other}/ok.png refused: 127.0.0.1 is a loopback "
+        f"address. To let the worker fetch from this host, set PODSTREAM_INPUT_HOSTS={other.removeprefix('http://')}"
+    ) in done.stdout
 
 
 def poll_stream(client: httpx.Client, endpoint: str, job_id: str, assembler: wire.Assembler) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import inspect
 import io
 import itertools
@@ -15,9 +17,9 @@ from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field
 
 from podstream import wire
-from tests.worker.support import Spy, collect, decode_video, png_base64, reassemble
+from tests.worker.support import SERVED_PNG, Spy, collect, decode_video, png_base64, reassemble, serve_images
 from worker.handler import HandlerConfig, make_handler
-from worker.inputs import JobInputError
+from worker.inputs import JobInputError, Limits
 from worker.model import Context, File, FunctionModel, Image, Model, Request, Result, SleepModel, Video
 
 
@@ -430,3 +432,60 @@ async def test_files_are_hashed_in_the_encode_thread_not_on_the_loop(monkeypatch
     monkeypatch.undo()  # the test's own assembler hashes what it checks
     got = reassemble(envelopes, "job-hash")
     assert got.problems == [] and sorted(got.assembler.completed) == [0, 1, 2]
+
+
+def image_size(request: Request, ctx: Context) -> Result:
+    """A file naming the size of the item's image: what the model was given."""
+    assert request.image is not None
+    return File(f"{request.image.width}x{request.image.height}".encode(), "text/plain")
+
+
+async def test_an_image_that_does_not_match_its_sha256_fails_alone() -> None:
+    inline = png_base64(40, 30)
+    inline_sha = hashlib.sha256(base64.b64decode(inline)).hexdigest()
+    served_sha = hashlib.sha256(SERVED_PNG).hexdigest()
+    with serve_images() as server:
+        listed = HandlerConfig(limits=Limits(input_hosts=(server.removeprefix("http://"),)))
+        items = [
+            {"id": "inline", "image": inline, "image_sha256": inline_sha},
+            {"id": "inline-other", "image": inline, "image_sha256": served_sha},
+            {"id": "fetched", "image": f"{server}/ok.png", "image_sha256": served_sha},
+            {"id": "fetched-other", "image": f"{server}/ok.png", "image_sha256": inline_sha},
+            {"id": "unchecked", "image": f"data:image/png;base64,{inline}"},
+        ]
+        job = {"id": "j", "input": {"task": "image-to-video", "items": items, "params": {"batch_size": 2}}}
+        model = FunctionModel(image_size, tasks={"image-to-video"})
+        got = reassemble(await collect(make_handler(model, listed)(job)), "j")
+    assert got.problems == []
+    assert {i: got.file(i) for i in got.assembler.completed} == {0: b"40x30", 2: b"24x16", 4: b"40x30"}
+    failed = got.assembler.failed
+    assert {i: (failed[i].id, failed[i].code) for i in failed} == {
+        1: ("inline-other", "image_sha256_mismatch"),
+        3: ("fetched-other", "image_sha256_mismatch"),
+    }
+    assert failed[3].message == (
+        f"input.items[3].image: the image's bytes hash to sha256 {served_sha[:12]}..., the item's "
+        f"image_sha256 is {inline_sha[:12]}...: not the image the job names (changed or replaced since it was given)"
+    )
+    assert [m["status"] for m in manifest_of(got)] == ["ok", "error", "ok", "error", "ok"]
+
+
+async def test_the_handler_reads_its_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PODSTREAM_MAX_ITEMS", "1")
+    assert HandlerConfig().limits.max_items == 1
+    job = {"id": "j", "input": {"task": "text-to-image", "items": [{"prompt": "a"}, {"prompt": "b"}]}}
+    model = FunctionModel(seeded, tasks={"text-to-image"})
+    with pytest.raises(JobInputError, match=r"^input\.items: 2 items, at most 1 per job$"):
+        await collect(make_handler(model)(job))
+    with serve_images() as server:
+        url = f"{server}/ok.png"
+        refused = {"id": "j", "input": {"task": "image-to-video", "items": [{"image": url}]}}
+        image_model = FunctionModel(image_size, tasks={"image-to-video"})
+        got = reassemble(await collect(make_handler(image_model)(refused)), "j")
+        assert got.assembler.failed[0].code == "url_refused"
+        monkeypatch.setenv("PODSTREAM_INPUT_HOSTS", server.removeprefix("http://"))
+        got = reassemble(await collect(make_handler(image_model)(refused)), "j")
+        assert got.file(0) == b"24x16"
+    monkeypatch.setenv("PODSTREAM_INPUT_HOSTS", "http://relay")
+    with pytest.raises(ValueError, match=r"^PODSTREAM_INPUT_HOSTS='http://relay' is not a list"):
+        make_handler(model)

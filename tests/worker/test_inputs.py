@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import base64
-import http.server
-import threading
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from bench._relay_stack import free_port
-from tests.worker.support import png_base64
+from tests.worker.support import SERVED_PNG, png_base64, serve_images
 from worker import inputs
 from worker.inputs import ImageError, ItemError, JobInputError, Limits
 
@@ -106,8 +105,62 @@ def test_image_to_video_items_need_an_image() -> None:
 def test_limits_from_env() -> None:
     limits = Limits.from_env({"PODSTREAM_MAX_ITEMS": "5", "PODSTREAM_FETCH_TIMEOUT_S": "1.5"})
     assert (limits.max_items, limits.fetch_timeout_s) == (5, 1.5)
-    with pytest.raises(ValueError, match="PODSTREAM_MAX_ITEMS='x' is not a number"):
-        Limits.from_env({"PODSTREAM_MAX_ITEMS": "x"})
+    empty = {"PODSTREAM_MAX_ITEMS": "", "PODSTREAM_INPUT_HOSTS": " "}
+    assert Limits.from_env(empty) == Limits()  # an empty variable is an unset one
+    hosts = Limits.from_env({"PODSTREAM_INPUT_HOSTS": "Relay.Internal, 10.0.0.5:8700 [0:0::1]:8700,[::1]"})
+    assert hosts.input_hosts == ("relay.internal", "10.0.0.5:8700", "[::1]:8700", "[::1]")
+    assert Limits(input_hosts=("LOCALHOST.:80",)).input_hosts == ("localhost:80",)  # built directly: the same
+    assert Limits.from_env({"PODSTREAM_ALLOW_PRIVATE_URLS": "yes"}).allow_private_urls
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("PODSTREAM_MAX_ITEMS", "x", "PODSTREAM_MAX_ITEMS='x' is not a number"),
+        ("PODSTREAM_FETCH_TIMEOUT_S", "1s", "PODSTREAM_FETCH_TIMEOUT_S='1s' is not a number"),
+        ("PODSTREAM_ALLOW_PRIVATE_URLS", "maybe", "PODSTREAM_ALLOW_PRIVATE_URLS='maybe' is not a boolean"),
+        (
+            "PODSTREAM_INPUT_HOSTS",
+            "http://relay:8700",
+            "PODSTREAM_INPUT_HOSTS='http://relay:8700' is not a list",
+        ),
+        ("PODSTREAM_INPUT_HOSTS", "relay:0", "'relay:0': the port must be 1..65535"),
+        ("PODSTREAM_INPUT_HOSTS", "relay:99999", "'relay:99999': the port must be 1..65535"),
+        ("PODSTREAM_INPUT_HOSTS", "a, b/c", "'b/c' is not host, host:port or \\[ipv6\\]:port$"),
+        ("PODSTREAM_INPUT_HOSTS", "::1", "put an IPv6 address in brackets: \\[::1\\]:8700"),
+        ("PODSTREAM_INPUT_HOSTS", "fd00::5:8700", "put an IPv6 address in brackets"),
+        (
+            "PODSTREAM_INPUT_HOSTS",
+            "https://relay/x",
+            "'https://relay/x' is not host.* \\(no scheme or path: relay\\)$",
+        ),
+        ("PODSTREAM_INPUT_HOSTS", "[relay]:80", "'\\[relay\\]:80' is not host"),
+        ("PODSTREAM_INPUT_HOSTS", "[1::2::3]", "1::2::3 is not an IPv6 address"),
+    ],
+)
+def test_limits_from_env_names_the_variable_of_a_bad_value(variable: str, raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        Limits.from_env({variable: raw})
+    assert str(info.value).startswith(f"{variable}={raw!r} ")
+
+
+def test_text_items_need_a_prompt_and_image_items_an_image() -> None:
+    items = [{"prompt": "a"}, {"prompt": ""}, {"image": "x"}]
+    parsed = inputs.parse_job(job(items=items))
+    assert [i.message if isinstance(i, ItemError) else "ok" for i in parsed.items] == [
+        "ok", "input.items[1].prompt: required for text-to-image", "input.items[2].prompt: required for text-to-image",
+    ]  # fmt: skip
+    parsed = inputs.parse_job({"task": "image-to-video", "items": [{"image": ""}]})
+    assert isinstance(parsed.items[0], ItemError) and parsed.items[0].code == "bad_item"
+
+
+def test_image_sha256_is_64_lowercase_hex() -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    items = [{"image": "x", "image_sha256": digest}, {"image": "x", "image_sha256": digest.upper()}]
+    good, bad = inputs.parse_job({"task": "image-to-video", "items": items}).items
+    assert isinstance(good, inputs.Item) and good.image_sha256 == digest
+    assert isinstance(bad, ItemError) and bad.code == "bad_item"
+    assert bad.message.startswith("input.items[1].image_sha256: String should match pattern")
 
 
 # ---- images
@@ -135,6 +188,21 @@ def test_bad_images(ref: str, code: str, message: str) -> None:
     assert "object at 0x" not in str(info.value)  # no Python repr reaches the job's consumers
 
 
+def test_image_sha256_is_checked_on_the_decoded_bytes() -> None:
+    encoded = png_base64(40, 30)
+    digest = hashlib.sha256(base64.b64decode(encoded)).hexdigest()
+    assert inputs.load_image(encoded, sha256=digest).size == (40, 30)
+    assert inputs.load_image("data:image/png;base64," + encoded, sha256=digest).size == (40, 30)
+    other = hashlib.sha256(b"another image").hexdigest()
+    with pytest.raises(ImageError) as info:
+        inputs.load_image(encoded, sha256=other)
+    assert info.value.code == "image_sha256_mismatch"
+    assert str(info.value) == (
+        f"the image's bytes hash to sha256 {digest[:12]}..., the item's image_sha256 is {other[:12]}...: "
+        "not the image the job names (changed or replaced since it was given)"
+    )
+
+
 def test_image_size_limits() -> None:
     encoded = png_base64(40, 30)
     with pytest.raises(ImageError, match="at most 10") as info:
@@ -144,54 +212,10 @@ def test_image_size_limits() -> None:
         inputs.load_image(encoded, Limits(max_image_pixels=1000))
 
 
-class _Images(http.server.BaseHTTPRequestHandler):
-    png = base64.b64decode(png_base64(24, 16))
-
-    def do_GET(self) -> None:
-        if self.path == "/ok.png":
-            self._send(200, self.png)
-        elif self.path.startswith("/redirect?to="):
-            self.send_response(302)
-            self.send_header("Location", self.path.removeprefix("/redirect?to="))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif self.path == "/big.png":
-            self._send(200, b"x" * 5000)
-        elif self.path == "/slow.png":
-            self.send_response(200)
-            self.end_headers()
-            try:
-                for _ in range(40):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except OSError:
-                pass  # the client gave up, as it should
-        else:
-            self._send(404, b"no")
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def image_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_images() as url:
+        yield url
 
 
 #: The test servers listen on loopback, which the worker refuses by default (see the SSRF tests below).
@@ -206,6 +230,16 @@ def test_fetch_image_over_http(image_server: str) -> None:
     with pytest.raises(ImageError, match="5000 bytes, at most 1000") as info:
         inputs.load_image(f"{image_server}/big.png", Limits(max_image_bytes=1000, allow_private_urls=True))
     assert info.value.code == "image_too_large"
+
+
+def test_image_sha256_is_checked_on_the_fetched_bytes(image_server: str) -> None:
+    digest = hashlib.sha256(SERVED_PNG).hexdigest()
+    assert inputs.load_image(f"{image_server}/ok.png", LOCAL, sha256=digest).size == (24, 16)
+    with pytest.raises(
+        ImageError, match=f"hash to sha256 {digest[:12]}\\.\\.\\., the item's image_sha256 is 000000000000"
+    ) as info:
+        inputs.load_image(f"{image_server}/ok.png", LOCAL, sha256="0" * 64)
+    assert info.value.code == "image_sha256_mismatch"
 
 
 def test_fetch_has_a_total_deadline(image_server: str) -> None:
@@ -302,7 +336,11 @@ def test_a_loopback_server_is_refused_then_allowed_with_the_variable(image_serve
     url = f"{image_server}/ok.png"
     with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
         inputs.load_image(url)
-    assert info.value.code == "url_refused" and "PODSTREAM_ALLOW_PRIVATE_URLS=1" in str(info.value)
+    host_port = image_server.removeprefix("http://")
+    assert info.value.code == "url_refused" and str(info.value) == (
+        f"GET {url} refused: 127.0.0.1 is a loopback address. To let the worker fetch from this host, "
+        f"set PODSTREAM_INPUT_HOSTS={host_port} (or PODSTREAM_ALLOW_PRIVATE_URLS=1: every private address)"
+    )
     allowed = Limits.from_env({"PODSTREAM_ALLOW_PRIVATE_URLS": "1"})
     assert allowed.allow_private_urls and inputs.load_image(url, allowed).size == (24, 16)
     assert not Limits.from_env({"PODSTREAM_ALLOW_PRIVATE_URLS": "0"}).allow_private_urls
@@ -371,3 +409,80 @@ def test_the_address_connected_to_is_checked_too(image_server: str, monkeypatch:
 def test_only_http_urls_are_fetched() -> None:
     with pytest.raises(ImageError, match="is not an http"):
         inputs._check_url("http:///nohost", Limits())
+
+
+# ---- PODSTREAM_INPUT_HOSTS: the hosts (a relay on a private network) whose URLs may be private
+
+
+def test_a_listed_host_may_be_private(image_server: str) -> None:
+    port = int(image_server.rsplit(":", 1)[1])
+    url = f"{image_server}/ok.png"
+    for entries in ([f"127.0.0.1:{port}"], ["127.0.0.1"], ["relay.internal", f"127.0.0.1:{port}"]):
+        allowed = Limits.from_env({"PODSTREAM_INPUT_HOSTS": ",".join(entries)})
+        assert inputs.load_image(url, allowed).size == (24, 16)
+    # Another port of a listed host:port, or another name of the same address: refused.
+    other_port = Limits(input_hosts=(f"127.0.0.1:{port + 1 if port < 65535 else port - 1}",))
+    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+        inputs.load_image(url, other_port)
+    assert info.value.code == "url_refused"
+    by_name = Limits(input_hosts=(f"localhost:{port}",))
+    with pytest.raises(ImageError, match="refused") as info:
+        inputs.load_image(url, by_name)
+    assert inputs.load_image(f"http://localhost:{port}/ok.png", by_name).size == (24, 16)
+    # The scheme's own port is the one an entry with a port is compared with.
+    assert inputs._listed("http://relay.internal/x", Limits(input_hosts=("relay.internal:80",)))
+    assert not inputs._listed("https://relay.internal/x", Limits(input_hosts=("relay.internal:80",)))
+    assert inputs._listed("http://[::1]:8700/x", Limits(input_hosts=("[0::1]:8700",)))
+
+
+def test_a_redirect_from_a_listed_host_to_another_private_address_is_refused(image_server: str) -> None:
+    port = int(image_server.rsplit(":", 1)[1])
+    limits = Limits(input_hosts=(f"127.0.0.1:{port}",))
+    assert inputs.load_image(f"{image_server}/redirect?to=/ok.png", limits).size == (24, 16)  # same host
+    with serve_images() as elsewhere:
+        url = f"{image_server}/redirect?to={elsewhere}/ok.png"
+        with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+            inputs.load_image(url, limits)
+        assert info.value.code == "url_refused" and f"GET {elsewhere}/ok.png refused" in str(info.value)
+        with pytest.raises(ImageError, match="refused"):  # the same address by another name: not listed
+            inputs.load_image(f"{image_server}/redirect?to=http://localhost:{port}/ok.png", limits)
+        both = Limits(input_hosts=(f"127.0.0.1:{port}", elsewhere.removeprefix("http://")))
+        assert inputs.load_image(url, both).size == (24, 16)
+
+
+def test_the_peer_of_a_listed_host_is_not_checked(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = checks_passing(monkeypatch, 0)
+    listed = Limits(input_hosts=(image_server.removeprefix("http://"),))
+    assert inputs.load_image(f"{image_server}/ok.png", listed).size == (24, 16)
+    assert checked == []  # neither the resolved address nor the one connected to
+
+
+# ---- the edge rules of the JSON Schema (the relay and `podstream submit` check inputs with it)
+
+
+def test_the_schema_names_the_item_that_misses_its_image_or_prompt() -> None:
+    from relay.input_schema import InputSchema
+
+    schema = InputSchema("builtin")
+    images: list[Any] = [{"image": "https://x/y.png"}] * 3
+    assert schema.problem({"task": "image-to-video", "items": images}) is None
+    assert schema.problem({"task": "image-to-video", "items": [*images, {"prompt": "no image"}]}) == (
+        "items[3]: 'image' is a required property"
+    )
+    assert schema.problem({"task": "image-to-video", "items": [*images, {"image": ""}]}) == (
+        "items[3].image: '' should be non-empty"
+    )
+    assert schema.problem({"task": "text-to-video", "items": [{"prompt": "a"}, {"prompt": ""}]}) == (
+        "items[1].prompt: '' should be non-empty"
+    )
+    assert schema.problem({"task": "text-to-image", "items": [{"prompt": "a"}, {"image": "x"}]}) == (
+        "items[1]: 'prompt' is a required property"
+    )
+    assert schema.problem({"task": "text-to-image", "items": [{"prompt": "a", "image_sha256": "AB"}]}) == (
+        "items[0].image_sha256: 'AB' does not match '^[0-9a-f]{64}$'"
+    )
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert schema.problem({"task": "image-to-video", "items": [{"image": "x", "image_sha256": sha}]}) is None
+    # A custom task has no such rule; a model's own input schema has none either.
+    assert inputs.job_schema(tasks={"upscale"}).get("allOf") is None
+    assert "allOf" not in inputs.job_schema(SeedStyle)
