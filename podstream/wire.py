@@ -67,6 +67,8 @@ TYPES: Final = frozenset({PART, PROGRESS, REF, ERROR, RESULT, MANIFEST})
 #: RunPod's cap on one streamed chunk is 1 MB; this is the budget for the *whole* POST body
 #: `{"output": envelope}` as the SDK sends it.
 DEFAULT_BODY_BUDGET: Final = 1_000_000
+#: RunPod's cap on a `/run` request body (the job input travels in it): what staging inputs keeps under.
+RUN_BODY_CAP: Final = 10_000_000
 #: Raw bytes per part by default: base64 makes 699,052 characters of it, far under the budget.
 DEFAULT_PART_BYTES: Final = 512 * 1024
 #: Hard limits that keep a consumer's memory bounded whatever a sender claims.

@@ -41,10 +41,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-from relay import bucket_media, links, openapi, results, uploads
+from podstream.wire import RUN_BODY_CAP
+from relay import bucket_media, input_refs, inputs, links, openapi, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
 from relay.config import ConfigError, RelaySettings
-from relay.input_schema import InputSchema, SchemaConfigError
+from relay.input_schema import BUILTIN, InputSchema, SchemaConfigError
+from relay.input_store import owner_of
 from relay.limits import RateLimited, fd_budget, fd_limit, open_fds
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.poller import media_url
@@ -179,7 +181,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_loads(body: bytes) -> Any:
+def _json_loads(body: bytes | bytearray) -> Any:
     """Strict JSON: no NaN/Infinity (Python's json takes them; RunPod and browsers do not), and nesting too
     deep to decode is bad JSON, not a RecursionError."""
     try:
@@ -191,7 +193,7 @@ def _json_loads(body: bytes) -> Any:
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
@@ -215,15 +217,36 @@ async def submit(request: Request) -> Response:
         retry = str(int(exc.retry_after))
         raise ApiError(429, "rate_limited", str(exc), headers={"retry-after": retry}) from None
     body = await _json_body(request, relay.settings.max_submit_bytes)
-    input_, policy = body.get("input"), body.get("policy")
+    input_: Any = body.get("input")
+    policy = body.get("policy")
     if not isinstance(input_, dict):
         raise ApiError(400, "bad_input", "the body needs an 'input' object")
     if policy is not None and not isinstance(policy, dict):
         raise ApiError(400, "bad_input", "'policy' must be an object")
-    problem = request.app.state.input_schema.problem(input_)
+    schema: InputSchema = request.app.state.input_schema
+    problem = schema.problem(input_)
     if problem is not None:  # refused here: nothing reaches RunPod, no GPU is paid for a typo
         raise ApiError(400, "bad_input", f"the job input is not valid: {problem}")
-    store = await relay.submit(input_, policy, **_retention(relay, body))
+    retention = _retention(relay, body)
+    base, _ws = _base(request)
+    try:  # images by reference: staged inputs, and inline images too large for RunPod's /run body
+        input_, held = await asyncio.to_thread(
+            input_refs.rewrite, relay, owner_of(principal.name), input_, base,
+            stage_inline=schema.setting in ("", BUILTIN),
+        )  # fmt: skip
+    except inputs.InputRefused as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    size = len(json.dumps({"input": input_, "policy": policy} if policy else {"input": input_}).encode())
+    if size > RUN_BODY_CAP:
+        raise ApiError(
+            413, "input_too_large",
+            f"the job input RunPod would get is {size} bytes, over its {RUN_BODY_CAP}-byte /run cap: stage "
+            "images with PUT /v1/inputs and send their refs (inline images are staged only when the relay "
+            "checks the built-in input schema)",
+        )  # fmt: skip
+    if held:
+        retention["inputs"] = held
+    store = await relay.submit(input_, policy, **retention)
     answer = {"id": store.job, "status": store.status or "IN_QUEUE", "urls": _urls(request, store.job)}
     answer.update(_token_fields(relay, principal, [store.job]))
     return JSONResponse(answer, status_code=201)
@@ -614,6 +637,7 @@ def create_app(
         Route("/v1/jobs/{job}/events", events, methods=["GET"]),
         Route("/v1/jobs/{job}/media/{item}", media, methods=["GET", "HEAD"]),
         *uploads.routes(),
+        *inputs.routes(),
         *links.routes(),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
@@ -628,7 +652,7 @@ def create_app(
             Middleware(
                 CORSMiddleware, allow_origins=sorted(cors), allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
                 allow_headers=["authorization", "content-type", "last-event-id", "range", "if-none-match",
-                               "x-content-sha256"],
+                               "x-content-sha256", "x-podstream-sha256"],
                 expose_headers=["etag", "content-range", "retry-after"], max_age=600,
             )
         )  # fmt: skip

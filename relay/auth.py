@@ -11,6 +11,9 @@ Every decision about who may do what goes through one `Authorizer`; the HTTP and
   `POST /v1/jobs` and `POST /v1/jobs/{id}/tokens`. The algorithm is pinned: a token whose header is not
   exactly HS256 is refused before its signature is even looked at. They are sent in the websocket's first
   frame (`auth`) or an `Authorization: Bearer` header, never in a URL.
+- **Input tokens** are the same JWTs with `scope: "inputs"` and no jobs: a backend mints one with its API key
+  (`POST /v1/inputs/tokens`) for a browser, which may then stage job inputs (`PUT /v1/inputs`) under that
+  key's namespace and do nothing else.
 - **Media URLs** handed out in manifests and events carry `?exp=<unix s>&sig=<HMAC-SHA256>` over the path and
   the expiry, so an `<img src>` works without a header and a URL stops working after `exp`.
 - **Origins**: a browser websocket's `Origin` must be the relay's own origin or in the allow-list.
@@ -28,8 +31,9 @@ Calls of the `Authorizer` protocol:
 - `http(headers, action, job)`: an HTTP request, `action` one of `ACTIONS`; `Denied` (401/403) refuses it.
 - `scope(headers, scope)`: the API key of the request, which must have `scope` (`require_scope` in a route).
 - `may_read(principal, job)`: may this principal subscribe to / read this job.
-- `mint(principal, jobs, ttl_s)`: a subscriber token for `jobs`, or None when the relay needs none.
-- `sign(path)` / `check_signature(path, exp, sig)`: signed media URLs.
+- `mint(principal, jobs, ttl_s, scope)`: a subscriber token for `jobs` (or, with `scope="inputs"`, an input
+  token), or None when the relay needs none.
+- `sign(path, ttl_s)` / `check_signature(path, exp, sig)`: signed media (and staged input) URLs.
 """
 
 from __future__ import annotations
@@ -48,15 +52,19 @@ from urllib.parse import urlsplit
 import jwt
 from starlette.requests import HTTPConnection
 
-ACTIONS: Final = frozenset({"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics"})
+ACTIONS: Final = frozenset(
+    {"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics", "input"}
+)
 #: Actions that change something (or spend money): what a cross-site page must not do without a credential.
-WRITES: Final = frozenset({"submit", "attach", "cancel", "token", "upload"})
+WRITES: Final = frozenset({"submit", "attach", "cancel", "token", "upload", "input"})
 SCOPES: Final = frozenset({"jobs:write", "jobs:read", "upload", "metrics"})
 #: The scope an action needs from an API key (`read` is also allowed to a token covering the job).
 ACTION_SCOPES: Final = {
     "submit": "jobs:write", "attach": "jobs:write", "cancel": "jobs:write", "list": "jobs:read",
-    "read": "jobs:read", "token": "jobs:read", "upload": "upload", "metrics": "metrics",
+    "read": "jobs:read", "token": "jobs:read", "upload": "upload", "metrics": "metrics", "input": "jobs:write",
 }  # fmt: skip
+#: The scope of an input token (`POST /v1/inputs/tokens`): it may stage job inputs (`input`), nothing else.
+INPUTS_SCOPE: Final = "inputs"
 KEY_PREFIX: Final = "psk_"
 TOKEN_ALGORITHM: Final = "HS256"
 _MAX_TOKEN_CHARS: Final = 8192
@@ -124,9 +132,11 @@ class Authorizer(Protocol):
 
     async def may_read(self, principal: Principal, job: str) -> bool: ...
 
-    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token | None: ...
+    def mint(
+        self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None, scope: str | None = None
+    ) -> Token | None: ...
 
-    def sign(self, path: str) -> str: ...
+    def sign(self, path: str, ttl_s: float | None = None) -> str: ...
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool: ...
 
@@ -299,9 +309,12 @@ class KeyAuthorizer:
 
     def _token_principal(self, token: str) -> Principal:
         claims = decode_token(token, self._secret, audience=self.audience, now=self.clock())
+        # An input token reads no job: its `jobs` are ignored, whatever they say.
+        inputs = claims.get("scope") == INPUTS_SCOPE
         return Principal(
-            name=str(claims.get("sub", "token")), jobs=frozenset(claims["jobs"]),
-            scopes=frozenset({"jobs:read"}), kind="token", expires=float(claims["exp"]),
+            name=str(claims.get("sub", "token")), jobs=frozenset() if inputs else frozenset(claims["jobs"]),
+            scopes=frozenset({INPUTS_SCOPE if inputs else "jobs:read"}), kind="token",
+            expires=float(claims["exp"]),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the protocol
@@ -337,6 +350,8 @@ class KeyAuthorizer:
         if principal.kind == "token":
             if action == "read" and job is not None and principal.jobs is not None and job in principal.jobs:
                 return principal
+            if action == "input" and INPUTS_SCOPE in principal.scopes:
+                return principal
             raise Denied("this token does not allow that" if action == "read" else "this needs an API key")
         needed = ACTION_SCOPES[action]
         if needed not in principal.scopes:
@@ -363,12 +378,21 @@ class KeyAuthorizer:
             return principal.jobs is not None and job in principal.jobs
         return False
 
-    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token:
+    def mint(
+        self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None, scope: str | None = None
+    ) -> Token:
         ttl = self.token_ttl_s if ttl_s is None else min(ttl_s, self.max_token_ttl_s)
         now = self.clock()
         expires = int(now + ttl)
-        claims = {"aud": self.audience, "iat": int(now), "exp": expires, "jobs": sorted(set(jobs))}
+        claims: dict[str, Any] = {
+            "aud": self.audience,
+            "iat": int(now),
+            "exp": expires,
+            "jobs": sorted(set(jobs)),
+        }
         claims["sub"] = principal.name
+        if scope is not None:
+            claims["scope"] = scope
         return Token(encode_token(claims, self._secret), float(expires))
 
     # ------------------------------------------------------------------ media urls
@@ -377,9 +401,10 @@ class KeyAuthorizer:
         message = f"{path}\n{exp}".encode()
         return _b64(hmac.new(self._media_secret, message, hashlib.sha256).digest())
 
-    def sign(self, path: str) -> str:
+    def sign(self, path: str, ttl_s: float | None = None) -> str:
         # Expiries rounded up to the minute: the same URL for a minute, so browsers can cache the file.
-        exp = (int(self.clock() + self.media_url_ttl_s) // 60 + 1) * 60
+        ttl = self.media_url_ttl_s if ttl_s is None else ttl_s
+        exp = (int(self.clock() + ttl) // 60 + 1) * 60
         return f"{path}?exp={exp}&sig={self._signature(path, exp)}"
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:
@@ -433,10 +458,12 @@ class AllowAll:
     async def may_read(self, principal: Principal, job: str) -> bool:
         return True
 
-    def mint(self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None) -> Token | None:
+    def mint(
+        self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None, scope: str | None = None
+    ) -> Token | None:
         return None
 
-    def sign(self, path: str) -> str:
+    def sign(self, path: str, ttl_s: float | None = None) -> str:
         return path
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:

@@ -101,8 +101,9 @@ class RelaySettings(BaseSettings):
     #: Bytes the data directory may hold (0 = no quota). Above it the oldest finished jobs are deleted first;
     #: an item that still does not fit fails with `quota_exceeded`.
     disk_quota_bytes: NonNegativeInt = 0
-    #: Largest accepted `POST /v1/jobs` body (RunPod's own `/run` cap is 10 MB).
-    max_submit_bytes: PositiveInt = 10_000_000
+    #: Largest accepted `POST /v1/jobs` body. Inline images over `stage_inline_bytes` are staged as inputs
+    #: (below), so the body may exceed RunPod's 10 MB `/run` cap; what is forwarded to RunPod may not.
+    max_submit_bytes: PositiveInt = 100_000_000
     #: The JSON Schema `POST /v1/jobs` checks inputs against (relay/input_schema.py): "builtin" (the built-in
     #: worker's), a file (a worker with its own input model), or "off".
     input_schema: str = "builtin"
@@ -160,6 +161,21 @@ class RelaySettings(BaseSettings):
     fd_reserve: NonNegativeInt = 0
     #: "text" or "json" (one JSON object per line, with the job id where there is one).
     log_format: Literal["text", "json"] = "text"
+
+    # --- job inputs (relay/inputs.py; docs/relay.md, "Job inputs")
+    #: Largest accepted `PUT /v1/inputs` body (one image; the worker's own limit is 20 MB).
+    max_input_bytes: PositiveInt = 20 * 1024 * 1024
+    #: Bytes of staged inputs each API key may hold (0 = no quota).
+    input_quota_bytes: NonNegativeInt = 10 * 1024**3
+    #: How long the URL of a staged input in a submitted job stays valid: the job's time in RunPod's queue
+    #: plus its execution timeout (RunPod's default queue TTL is 24 h). At most 7 days in cluster mode
+    #: (a SigV4 presigned URL's limit).
+    input_url_ttl_s: PositiveFloat = 3 * 24 * 3600.0
+    #: A staged input no job refers to is deleted this long after it was last uploaded or looked up.
+    input_ttl_s: PositiveFloat = 24 * 3600.0
+    #: Inline images (data URLs, base64) in `POST /v1/jobs` longer than this are staged by the relay itself
+    #: and sent to RunPod by reference (0 = never).
+    stage_inline_bytes: NonNegativeInt = 64 * 1024
 
     # --- delivery and recovery (docs/relay.md, "Delivery and recovery")
     #: Largest accepted `PUT /v1/uploads/{job}/{item}` body (a worker's direct upload of one file).

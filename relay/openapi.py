@@ -18,18 +18,31 @@ JSON: Final = "application/json"
 _ERROR: Final = {"$ref": "#/components/schemas/Error"}
 _JOB: Final = {"name": "job", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}}
 _ITEM: Final = {"name": "item", "in": "path", "required": True, "schema": {"type": "string"}}
+_SHA256: Final = {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
+#: What the relay answers about a staged input.
+_STAGED: Final = {
+    "type": "object", "required": ["ref", "sha256", "bytes", "mime", "url", "expires_at"],
+    "properties": {
+        "ref": {"type": "string", "description": "input:<sha256>, for a job's items[].image"},
+        "sha256": {"type": "string"}, "bytes": {"type": "integer"}, "mime": {"type": "string"},
+        "url": {"type": "string", "description": "what the worker fetches (signed; valid until expires_at)"},
+        "expires_at": {"type": "number"},
+    },
+}  # fmt: skip
 _KEY: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 _KEY_OR_TOKEN: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"signedUrl": []}]
 
 #: What each status means wherever it appears (the error body's `code` says which case).
 _STATUS: Final = {
-    200: "OK", 201: "Created", 206: "Partial content (Range)", 304: "Not modified (If-None-Match)",
+    200: "OK", 201: "Created", 206: "Partial content (Range)", 302: "Found: at the bucket (cluster mode)",
+    304: "Not modified (If-None-Match)",
     400: "Bad request: bad_json, bad_input, bad_job_id, bad_item, bad_ttl, bad_jobs, bad_after, ...",
     401: "No or unknown credential (unauthorized, invalid_token, token_expired, wrong_audience)",
     403: "Not allowed (forbidden, bad_signature, url_expired, origin_not_allowed)",
     404: "Not found (not_found, runpod_not_found, no_auth, link_not_found)",
     405: "Method not allowed", 409: "Conflict (job_finished)", 410: "Gone (the file was deleted)",
-    413: "Body too large (too_large)", 416: "Range not satisfiable", 422: "sha256_mismatch",
+    413: "Body too large (too_large, input_too_large)", 415: "Not an image (unsupported_media_type)",
+    416: "Range not satisfiable", 422: "sha256_mismatch",
     429: "Rate limited (Retry-After)",
     502: "RunPod answered an error (runpod_error)",
     503: "Unavailable: no_runpod, busy, broken_job, try_again, or not ready",
@@ -43,7 +56,7 @@ def _responses(*statuses: int, body: dict[str, Any] | None = None, media: str = 
         if status < 300:
             content = {media: {"schema": body or {"type": "object"}}}
             out[str(status)] = {"description": _STATUS[status], "content": content}
-        elif status == 304:
+        elif status in (302, 304):
             out[str(status)] = {"description": _STATUS[status]}
         else:
             out[str(status)] = {"description": _STATUS[status], "content": {JSON: {"schema": _ERROR}}}
@@ -89,7 +102,9 @@ def paths() -> dict[str, dict[str, Any]]:
             "post": {
                 "summary": "Submit a job to RunPod and poll it (scope jobs:write)", "security": _KEY,
                 "requestBody": _body(submit_body, required=True),
-                "responses": _responses(201, 400, 401, 403, 413, 429, 502, 503, 504, body=job_summary),
+                "responses": _responses(
+                    201, 400, 401, 403, 413, 415, 429, 502, 503, 504, 507, body=job_summary
+                ),
             },
             "get": {"summary": "List the jobs (scope jobs:read)", "security": _KEY,
                     "responses": _responses(200, 401, 403)},
@@ -140,6 +155,37 @@ def paths() -> dict[str, dict[str, Any]]:
             ],
             "responses": _responses(200, 206, 304, *_STANDARD, 410, 416, 503,
                                     media="application/octet-stream", body={"type": "string"}),
+        }},
+        "/v1/inputs": {"put": {
+            "summary": "Stage a job input (an image) for items[].image (scope jobs:write, or an input token)",
+            "security": _KEY,
+            "parameters": [{"name": "x-podstream-sha256", "in": "header", "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+            "requestBody": _body({"type": "string", "format": "binary"}, True, "application/octet-stream"),
+            "responses": _responses(200, 201, 400, 401, 403, 413, 415, 422, 507, body=_STAGED),
+        }},
+        "/v1/inputs/tokens": {"post": {
+            "summary": "An input token for a browser: it may stage inputs and nothing else (scope jobs:write)",
+            "security": _KEY, "requestBody": _body({"type": "object", "properties": {"ttl_s": {"type": "number"}}}),
+            "responses": _responses(201, 400, 401, 403, 404, 413, body={
+                "type": "object", "required": ["token", "expires_at"],
+                "properties": {"token": {"type": "string"}, "expires_at": {"type": "number"}},
+            }),
+        }},
+        "/v1/inputs/{sha256}": {"get": {
+            "summary": "This key's staged input with that sha256 (HEAD: whether it is held)", "security": _KEY,
+            "parameters": [_SHA256],
+            "responses": _responses(200, 400, 401, 403, 404, body=_STAGED),
+        }},
+        "/v1/inputs/{owner}/{sha256}": {"get": {
+            "summary": "A staged input's bytes, at the signed URL a job's item carries (what the worker fetches)",
+            "security": [{"signedUrl": []}],
+            "parameters": [
+                {"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _SHA256,
+                _query("exp", {"type": "string"}, "signed URL expiry (unix s)"),
+                _query("sig", {"type": "string"}, "signed URL signature"),
+            ],
+            "responses": _responses(200, 302, 401, 403, 404, media="image/*", body={"type": "string"}),
         }},
         "/v1/uploads/{job}/{item}": {"put": {
             "summary": "A worker's direct upload of one file (scope upload)", "security": _KEY,

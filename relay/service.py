@@ -37,6 +37,7 @@ from relay import uploads
 from relay.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
 from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
+from relay.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
 from relay.limits import PerKeyRate
 from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
@@ -140,9 +141,14 @@ class Relay:
         self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
         #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
         self.replica: Replica | None = None
+        #: Staged job inputs (relay.inputs): on local disk, or in the bucket in cluster mode.
+        self.inputs: InputStore = DiskInputs(
+            Path(settings.data_dir) / "inputs", fsync=settings.fsync == "always"
+        )
         self.store: Store = Store(
             settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota
         ) if cluster is None or not cluster.enabled else self._cluster_store(cluster)  # fmt: skip
+        self.input_quota = InputQuota(settings.input_quota_bytes, self.inputs.measure)
         self.hub = Hub()
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.pollers = PollerSet(
@@ -176,6 +182,7 @@ class Relay:
         cluster = Cluster.from_settings(settings)
         spool = Path(self.settings.data_dir) / "spool"
         cluster.media.spool_dir = spool
+        self.inputs = BucketInputs(cluster.media, spool / "inputs")
         store = ClusterStore(
             cluster, spool, tail=self.settings.tail_records, quota=self.quota,
             retention_s=self.settings.retention_s,
@@ -472,6 +479,22 @@ class Relay:
             count += len(removed)
         return count
 
+    def sweep_inputs(self, now: float | None = None) -> int:
+        """Delete staged inputs past `input_ttl_s` that no stored job refers to (a job keeps its inputs for as
+        long as it is kept: until its retention ends)."""
+        now = time.time() if now is None else now
+        held: set[tuple[str, str]] = set()
+        for job in self.store.job_ids():
+            refs = self.store.meta(job).get("inputs")
+            for ref in refs if isinstance(refs, list) else ():
+                owner, _, sha256 = str(ref).partition("/")
+                held.add((owner, sha256))
+        removed = self.inputs.sweep(now, self.settings.input_ttl_s, held)
+        if removed:
+            self.input_quota.forget()
+            log.info("deleted %d expired staged input(s)", len(removed))
+        return len(removed)
+
     def evict(self, needed: int) -> int:
         """Delete finished jobs, oldest first (not those being read), until `needed` bytes are freed."""
         candidates = []
@@ -555,11 +578,13 @@ class Relay:
                 deleted = self.sweep()  # a few Redis calls on the loop: deletion touches the loop's state
                 if deleted:
                     log.info("deleted %d expired job(s)", len(deleted))
+                await asyncio.to_thread(self.sweep_inputs)
             return
         deleted = self.sweep()
         if deleted:
             log.info("deleted %d expired job(s)", len(deleted))
         self.sweep_uploads()
+        await asyncio.to_thread(self.sweep_inputs)
         self.quota.set_measured(await asyncio.to_thread(self.store.measure))
         limit = self.settings.disk_quota_bytes
         if limit > 0 and self.quota.used > limit:

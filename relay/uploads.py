@@ -137,7 +137,7 @@ def sweep_unclaimed(job_dir: Path, *, finished: bool, now: float, grace_s: float
     return removed
 
 
-class _TempFile:
+class TempFile:
     """The body being received: written in a worker thread, hashed as it goes, removed unless kept."""
 
     def __init__(self, directory: Path) -> None:
@@ -162,6 +162,12 @@ class _TempFile:
         os.replace(self.path, final)
         if fsync:
             fsync_dir(final.parent)
+
+    def close(self) -> None:
+        """Close the file, written in full, leaving it in place (to be read back, then discarded)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -246,7 +252,7 @@ async def _receive(
     if declared:  # the disk quota is reserved before the first byte is written, like a streamed item
         _reserve(store, declared)
         reserved = declared
-    temp = await asyncio.to_thread(_TempFile, store.dir / UPLOADS)
+    temp = await asyncio.to_thread(TempFile, store.dir / UPLOADS)
     kept = False
     try:
         buffer = bytearray()

@@ -39,7 +39,12 @@ def s3_client(endpoint_url: str) -> S3Client:
     import boto3  # only cluster mode needs it
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+    # SigV4 for presigned URLs too: botocore would presign SigV2 for us-east-1, which AWS refuses for newer
+    # buckets and R2 never took.
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+        signature_version="s3v4",
+    )  # fmt: skip
     client: S3Client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
     return client
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -81,7 +82,9 @@ class S3MediaStore:
     def sink(self, job: str, run: int, name: str, size: int) -> S3MediaSink:
         return S3MediaSink(self, self.item_key(job, run, name), size)
 
-    def upload(self, key: str, path: Path, size: int, sha256: str) -> StoredObject:
+    def upload(
+        self, key: str, path: Path, size: int, sha256: str, *, content_type: str | None = None
+    ) -> StoredObject:
         """PUT the verified file at `path` with a SHA-256 checksum of the bytes sent (the store checks it),
         then HEAD it: the store's own checksum and size must be those of the verified bytes."""
         if size > MAX_PUT_BYTES:
@@ -91,6 +94,7 @@ class S3MediaStore:
                 self.client.put_object(
                     Bucket=self.url.bucket, Key=key, Body=body, ContentLength=size,
                     ChecksumAlgorithm="SHA256", Metadata={"sha256": sha256},
+                    ContentType=content_type or "application/octet-stream",
                 )  # fmt: skip
             head = self.client.head_object(Bucket=self.url.bucket, Key=key, ChecksumMode="ENABLED")
         except Exception as exc:  # botocore: ClientError, EndpointConnectionError, ...
@@ -133,6 +137,39 @@ class S3MediaStore:
                 return None
             raise
         return StoredObject(key, int(head["ContentLength"]), head.get("Metadata", {}).get("sha256", ""))
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD answer (ContentLength, ContentType, LastModified, Metadata), or None."""
+        try:
+            head: dict[str, Any] = dict(self.client.head_object(Bucket=self.url.bucket, Key=key))
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return head
+
+    def touch(self, key: str, head: dict[str, Any]) -> None:
+        """Restart the object's LastModified: a copy onto itself, which S3 allows only when it replaces the
+        metadata, so the metadata and type of its `head` are given again."""
+        self.client.copy_object(
+            Bucket=self.url.bucket, Key=key, CopySource={"Bucket": self.url.bucket, "Key": key},
+            MetadataDirective="REPLACE", Metadata=dict(head.get("Metadata") or {}),
+            ContentType=str(head.get("ContentType") or "application/octet-stream"),
+        )  # fmt: skip
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(key, size, last modified as unix time) of every object under `prefix`."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.url.bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                if "Key" in entry:
+                    yield entry["Key"], int(entry.get("Size", 0)), entry["LastModified"].timestamp()
+
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete these objects (1,000 per request, S3's limit)."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.url.bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """`length` bytes of the object from `offset` (fewer at its end)."""

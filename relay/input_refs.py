@@ -1,0 +1,97 @@
+"""A submitted job's images as references: what `POST /v1/jobs` does to `input.items[].image` before RunPod.
+
+- `"input:<sha256>"` (the `ref` of `PUT /v1/inputs`): the submitting key must hold that input; the item is
+  forwarded with `image` = a URL the worker can fetch (valid `input_url_ttl_s`) and `image_sha256`, which
+  the worker checks the fetched bytes against.
+- An inline image (a data URL or bare base64) longer than `stage_inline_bytes`: staged here exactly as if
+  it had been uploaded, then forwarded the same way, so curl users never meet RunPod's 10 MB cap either.
+- Anything else (a short inline image, an http(s) URL) is forwarded as it is.
+
+A reference to an input the key does not hold (never staged, expired, another key's) is `400 bad_input`
+naming the item; nothing reaches RunPod. The job keeps the list of inputs it refers to (`held`), so the
+retention sweep keeps them as long as the job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from relay.input_store import REF_PREFIX, StagedInput, parse_ref
+from relay.inputs import InputHost, InputRefused, describe, stage_bytes
+
+
+def rewrite(
+    host: InputHost, owner: str, job_input: Mapping[str, Any], base: str, *, stage_inline: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The job input RunPod gets, and the inputs it refers to as `owner/sha256`. Blocking (file or bucket
+    calls): run it in a thread. Raises `InputRefused` naming the item."""
+    items = job_input.get("items")
+    if not isinstance(items, list):
+        return dict(job_input), []
+    limit = host.settings.stage_inline_bytes if stage_inline else 0
+    out: list[Any] = []
+    held: list[str] = []
+    for index, item in enumerate(items):
+        image = item.get("image") if isinstance(item, Mapping) else None
+        where = f"input.items[{index}].image"
+        staged: StagedInput | None = None
+        if isinstance(image, str) and image.startswith(REF_PREFIX):
+            staged = _resolve(host, owner, image, where)
+        elif (
+            isinstance(image, str)
+            and limit
+            and len(image) > limit
+            and not image.startswith(("http:", "https:"))
+        ):
+            try:
+                staged = stage_bytes(host, owner, _decode(image, where))
+            except InputRefused as exc:
+                raise InputRefused(exc.status, exc.code, f"{where}: {exc}") from None
+        if staged is None:
+            out.append(item)
+            continue
+        assert isinstance(item, Mapping)
+        claimed = item.get("image_sha256")
+        if claimed is not None and claimed != staged.sha256:
+            raise InputRefused(
+                400, "bad_input", f"{where}: image_sha256 is not the sha256 of the staged input"
+            )
+        out.append({**item, "image": describe(host, staged, base)["url"], "image_sha256": staged.sha256})
+        held.append(f"{owner}/{staged.sha256}")
+    return {**job_input, "items": out}, sorted(set(held))
+
+
+def _resolve(host: InputHost, owner: str, ref: str, where: str) -> StagedInput:
+    sha256 = parse_ref(ref)
+    if sha256 is None:
+        raise InputRefused(
+            400, "bad_input", f"{where}: a reference is input:<the image's sha256, 64 hex digits>"
+        )
+    staged = host.inputs.stat(owner, sha256, touch=True)
+    if staged is None:
+        hours = host.settings.input_ttl_s / 3600
+        raise InputRefused(
+            400, "bad_input",
+            f"{where}: this key holds no input {sha256} (stage it with PUT /v1/inputs first; "
+            f"inputs no job refers to expire {hours:g} h after they were staged)",
+        )  # fmt: skip
+    return staged
+
+
+def _decode(image: str, where: str) -> bytes:
+    payload = image
+    if image.startswith("data:"):
+        header, sep, payload = image.partition(",")
+        if not sep or ";base64" not in header:
+            raise InputRefused(
+                400, "bad_input", f"{where}: a data URL image must be base64 (data:image/...;base64,...)"
+            )
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputRefused(
+            400, "bad_input", f"{where}: neither an http(s) URL, an input: reference nor base64"
+        ) from None

@@ -1,0 +1,342 @@
+"""Job inputs staged in the relay, so a batch's images travel to the worker by reference, never inside the
+`/run` body (RunPod caps it at 10 MB):
+
+    PUT  /v1/inputs                      the image as the body             -> 201 new / 200 already held
+    GET  /v1/inputs/{sha256}             this key's input, if held          -> 200 / 404 (HEAD: no body)
+    POST /v1/inputs/tokens               {"ttl_s"?}: an input token         -> 201 {token, expires_at}
+    GET  /v1/inputs/{owner}/{sha256}     ?exp=&sig=: the bytes (what the worker fetches)
+
+The first three take the credential of a submit (an API key with `jobs:write`) or an input token, a
+short-lived token a backend mints with its key for a browser, good for these routes only. Every answer
+describing an input is `{"ref", "sha256", "bytes", "mime", "url", "expires_at"}`: `ref` (`input:<sha256>`)
+goes into a job's `items[].image`, and `url` is what the worker will fetch (a signed URL of this relay, or in
+cluster mode a presigned bucket URL), valid until `expires_at`.
+
+A body is streamed to a spool file while it is hashed, never held whole in memory, and refused as soon as
+it passes `max_input_bytes` (413) or its first bytes are not those of a PNG, JPEG, WebP, GIF or BMP file
+(415). `X-Podstream-Sha256`, when sent, must match the body (422); when this key already holds those bytes
+the answer is 200 at once, without reading the body. Each key's inputs count against its
+`input_quota_bytes` (507). Errors are `{"error": {"code", "message"}}` and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from podstream.images import HEAD_BYTES, IMAGE_TYPES, sniff
+from relay.auth import INPUTS_SCOPE, Authorizer, Denied, Principal
+from relay.config import RelaySettings
+from relay.input_store import (
+    HEX64,
+    OWNER,
+    DiskInputs,
+    InputQuota,
+    InputQuotaExceeded,
+    InputStore,
+    StagedInput,
+    owner_of,
+)
+from relay.metrics import RelayMetrics
+from relay.uploads import SHA256_HEADER, TempFile
+
+#: Bytes gathered from the request before one write (in a worker thread).
+_WRITE_BYTES: Final = 1 << 20
+_TOKEN_BODY: Final = 4096
+
+
+class InputHost(Protocol):
+    """What these routes need of the relay (`relay.service.Relay`, the app's `state.relay`)."""
+
+    @property
+    def settings(self) -> RelaySettings: ...
+
+    @property
+    def metrics(self) -> RelayMetrics: ...
+
+    @property
+    def auth(self) -> Authorizer: ...
+
+    @property
+    def inputs(self) -> InputStore: ...
+
+    @property
+    def input_quota(self) -> InputQuota: ...
+
+
+class InputRefused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def describe(host: InputHost, staged: StagedInput, base: str) -> dict[str, Any]:
+    """The answer about a staged input: its ref and a URL the worker can fetch, valid `input_url_ttl_s`."""
+    ttl = host.settings.input_url_ttl_s
+    url = host.inputs.presign(staged, ttl)
+    if url is None:
+        signed = host.auth.sign(staged.path, ttl)
+        url = base + signed
+        exp = parse_qs(urlsplit(signed).query).get("exp")
+        expires = float(exp[0]) if exp else time.time() + ttl  # unsigned: an --insecure relay
+    else:
+        expires = time.time() + min(ttl, 7 * 24 * 3600)
+    return {
+        "ref": staged.ref, "sha256": staged.sha256, "bytes": staged.size, "mime": staged.mime,
+        "url": url, "expires_at": expires,
+    }  # fmt: skip
+
+
+def check_image(head: bytes) -> str:
+    """The MIME type of an input from its first bytes; `InputRefused` 415 when it is no image we take."""
+    mime = sniff(head)
+    if mime is None:
+        kinds = ", ".join(sorted(t.removeprefix("image/").upper() for t in IMAGE_TYPES))
+        raise InputRefused(415, "unsupported_media_type", f"a job input must be an image ({kinds})")
+    return mime
+
+
+def stage_bytes(host: InputHost, owner: str, data: bytes) -> StagedInput:
+    """Stage an input already in memory (an inline image of a submit). Blocking: run it in a thread."""
+    import hashlib
+
+    limit = host.settings.max_input_bytes
+    if len(data) > limit:
+        raise InputRefused(413, "too_large", f"an input is {len(data)} bytes, over the limit of {limit}")
+    mime = check_image(data[:HEAD_BYTES])
+    sha256 = hashlib.sha256(data).hexdigest()
+    held = host.inputs.stat(owner, sha256, touch=True)
+    if held is not None:
+        return held
+    _reserve(host, owner, len(data))
+    temp = host.inputs.spool()
+    try:
+        temp.write(data)
+        staged = host.inputs.keep(temp, owner, sha256, mime)
+    except BaseException:
+        temp.discard()
+        host.input_quota.release(owner, len(data))
+        raise
+    host.metrics.bytes_in.labels("input").inc(len(data))
+    return staged
+
+
+async def receive(
+    host: InputHost,
+    owner: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    expected: str | None,
+    declared: int | None,
+) -> tuple[StagedInput, bool]:
+    """Stream a body into the owner's inputs: (the input, True when newly stored)."""
+    limit = host.settings.max_input_bytes
+    inputs, quota = host.inputs, host.input_quota
+    reserved = 0
+    if declared:  # reserved before the first byte is written
+        _reserve(host, owner, declared)
+        reserved = declared
+    temp = await asyncio.to_thread(inputs.spool)
+    kept = False
+    try:
+        mime = await _spool(chunks, temp, limit, host.metrics.bytes_in.labels("input").inc)
+        if declared is not None and temp.size != declared:
+            raise InputRefused(400, "bad_length", f"the body was {temp.size} bytes, not {declared}")
+        sha256 = temp.hash.hexdigest()
+        if expected is not None and sha256 != expected:
+            raise InputRefused(422, "sha256_mismatch", f"the body does not match {SHA256_HEADER}")
+        held = await asyncio.to_thread(inputs.stat, owner, sha256, touch=True)
+        if held is not None:  # the same bytes, staged before: nothing more is stored
+            return held, False
+        if not reserved:
+            _reserve(host, owner, temp.size)
+            reserved = temp.size
+        staged = await asyncio.to_thread(inputs.keep, temp, owner, sha256, mime)
+        kept = True
+        return staged, True
+    finally:
+        if not kept:
+            await asyncio.to_thread(temp.discard)
+            if reserved:
+                quota.release(owner, reserved)
+
+
+async def _spool(
+    chunks: AsyncIterator[bytes], temp: TempFile, limit: int, counted: Callable[[int], None]
+) -> str:
+    """Write the body to `temp` in batches, refusing it as soon as it is too large or no image."""
+    buffer = bytearray()
+    received = 0
+    mime: str | None = None
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise InputRefused(413, "too_large", f"job inputs are limited to {limit} bytes")
+        buffer += chunk
+        if mime is None and len(buffer) >= HEAD_BYTES:
+            mime = check_image(bytes(buffer[:HEAD_BYTES]))
+        if len(buffer) >= _WRITE_BYTES:
+            await asyncio.to_thread(temp.write, bytes(buffer))
+            counted(len(buffer))
+            buffer.clear()
+    if mime is None:
+        if not received:
+            raise InputRefused(400, "empty", "the body is empty: send the image as the request body")
+        mime = check_image(bytes(buffer[:HEAD_BYTES]))
+    if buffer:
+        await asyncio.to_thread(temp.write, bytes(buffer))
+        counted(len(buffer))
+    return mime
+
+
+def _reserve(host: InputHost, owner: str, nbytes: int) -> None:
+    try:
+        host.input_quota.reserve(owner, nbytes)
+    except InputQuotaExceeded as exc:
+        raise InputRefused(507, "quota_exceeded", str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+def _host(request: Request) -> InputHost:
+    host: InputHost = request.app.state.relay
+    return host
+
+
+def _base(request: Request) -> str:
+    return (_host(request).settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _principal(request: Request) -> Principal:
+    host = _host(request)
+    try:
+        return await host.auth.http(request.headers, "input", None)
+    except Denied as exc:
+        host.metrics.denied.labels(exc.code).inc()
+        raise
+
+
+def _sha256_param(request: Request) -> str | None:
+    value = str(request.path_params["sha256"]).lower()
+    return value if HEX64.match(value) else None
+
+
+async def stage(request: Request) -> Response:
+    """`PUT /v1/inputs`: the body becomes one of this key's inputs."""
+    owner = owner_of((await _principal(request)).name)
+    host = _host(request)
+    expected: str | None = None
+    raw_sha = request.headers.get(SHA256_HEADER)
+    if raw_sha is not None:
+        expected = raw_sha.strip().lower()
+        if not HEX64.match(expected):
+            return _error(400, "bad_sha256", "X-Podstream-Sha256 must be the body's sha256 as 64 hex digits")
+        held = await asyncio.to_thread(host.inputs.stat, owner, expected, touch=True)
+        if held is not None:  # staged before: the body need not even be read
+            return JSONResponse(describe(host, held, _base(request)), status_code=200)
+    declared: int | None = None
+    raw_length = request.headers.get("content-length")
+    if raw_length is not None:
+        if not (raw_length.strip().isascii() and raw_length.strip().isdigit()):
+            return _error(400, "bad_length", "Content-Length must be a number")
+        declared = int(raw_length)
+        limit = host.settings.max_input_bytes
+        if declared > limit:
+            return _error(413, "too_large", f"job inputs are limited to {limit} bytes")
+    try:
+        staged, new = await receive(host, owner, request.stream(), expected=expected, declared=declared)
+    except InputRefused as exc:
+        return _error(exc.status, exc.code, str(exc))
+    except ClientDisconnect:
+        return _error(400, "disconnected", "the upload ended before its body did")
+    return JSONResponse(describe(host, staged, _base(request)), status_code=201 if new else 200)
+
+
+async def lookup(request: Request) -> Response:
+    """`GET|HEAD /v1/inputs/{sha256}`: whether this key holds those bytes (and restarts their expiry)."""
+    owner = owner_of((await _principal(request)).name)
+    host = _host(request)
+    sha256 = _sha256_param(request)
+    if sha256 is None:
+        return _error(400, "bad_sha256", "an input is named by its sha256: 64 hex digits")
+    held = await asyncio.to_thread(host.inputs.stat, owner, sha256, touch=True)
+    if held is None:
+        return _error(404, "not_found", f"this key holds no input {sha256}")
+    return JSONResponse(describe(host, held, _base(request)))
+
+
+async def mint(request: Request) -> Response:
+    """`POST /v1/inputs/tokens {"ttl_s"?}`: a token a browser may stage inputs with, and nothing else."""
+    host = _host(request)
+    principal = await _principal(request)
+    if principal.kind == "token":
+        raise Denied("input tokens are minted with an API key", code="forbidden")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _TOKEN_BODY:
+            return _error(413, "too_large", f"this body is limited to {_TOKEN_BODY} bytes")
+    import json
+
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return _error(400, "bad_json", "the body is not JSON")
+    ttl = data.get("ttl_s") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (
+        ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0)
+    ):
+        return _error(400, "bad_ttl", "'ttl_s' must be a positive number of seconds")
+    token = host.auth.mint(principal, [], None if ttl is None else float(ttl), scope=INPUTS_SCOPE)
+    if token is None:
+        return _error(404, "no_auth", "this relay runs without auth (--insecure): stage inputs without one")
+    return JSONResponse({"token": token.token, "expires_at": token.expires}, status_code=201)
+
+
+async def fetch(request: Request) -> Response:
+    """`GET /v1/inputs/{owner}/{sha256}?exp=&sig=`: the bytes, for whoever holds the signed URL."""
+    host = _host(request)
+    owner, sha256 = str(request.path_params["owner"]), _sha256_param(request)
+    if sha256 is None or not OWNER.match(owner):
+        return _error(404, "not_found", "no such input")
+    path = f"/v1/inputs/{owner}/{sha256}"
+    try:
+        signed = host.auth.check_signature(
+            path, request.query_params.get("exp"), request.query_params.get("sig")
+        )
+    except Denied as exc:
+        host.metrics.denied.labels(exc.code).inc()
+        raise
+    if not signed:
+        raise Denied("an input URL needs its signature (exp, sig): get one from PUT /v1/inputs", status=401)
+    held = await asyncio.to_thread(host.inputs.stat, owner, sha256)
+    if held is None:
+        return _error(404, "not_found", "no such input (it may have expired)")
+    inputs = host.inputs
+    if not isinstance(inputs, DiskInputs):  # cluster mode: the bucket serves the bytes
+        url = inputs.presign(held, host.settings.media_url_ttl_s)
+        return RedirectResponse(url or "/", status_code=302)
+    headers = {"etag": f'"{sha256}"', "cache-control": "private, max-age=3600, immutable"}
+    return FileResponse(inputs.file(owner, sha256), media_type=held.mime, headers=headers)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/inputs", stage, methods=["PUT"]),
+        Route("/v1/inputs/tokens", mint, methods=["POST"]),
+        Route("/v1/inputs/{sha256}", lookup, methods=["GET", "HEAD"]),
+        Route("/v1/inputs/{owner}/{sha256}", fetch, methods=["GET", "HEAD"]),
+    ]
