@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rich.live import Live
     from rich.progress import Progress, TaskID
 
+    from podstream.uploads import UploadProgress
+
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
@@ -375,6 +377,60 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+class UploadBar:
+    """One byte bar for a batch of input uploads (`upload_inputs(progress=bar)`), on stderr.
+
+    Use as a context manager around the uploads. Without a terminal (a log, a pipe), no bar: one line at
+    the end says what was sent and what the relay already held."""
+
+    def __init__(self, *, console: Console | None = None, title: str = "uploading") -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._task = self._progress.add_task(title, total=None, detail="")
+        self.last: UploadProgress | None = None
+
+    def __enter__(self) -> UploadBar:
+        if self.console.is_terminal:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.console.is_terminal:
+            self._progress.stop()
+        elif self.last is not None and self.last.files and exc[0] is None:
+            self.console.print(upload_summary(self.last), highlight=False)
+
+    def __call__(self, state: UploadProgress) -> None:
+        self.last = state
+        detail = f"{human_bytes(state.bytes_done)}/{human_bytes(state.bytes)}"
+        detail += f"  {state.files_done}/{state.files} files"
+        if state.skipped:
+            detail += f", {state.skipped} already on the relay"
+        self._progress.update(
+            self._task, total=max(state.bytes, 1), completed=state.bytes_done, detail=detail
+        )
+
+
+def upload_summary(state: UploadProgress) -> str:
+    """`uploaded 3 image(s) (1.2 MB); 2 already on the relay`."""
+    sent = state.files - state.skipped
+    line = f"uploaded {sent} image(s)"
+    if sent:
+        line += f" ({human_bytes(state.bytes_done)})"
+    if state.skipped:
+        line += f"; {state.skipped} already on the relay"
+    return line
 
 
 class LineProgress(Observer):

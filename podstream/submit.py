@@ -1,16 +1,21 @@
 """Build a worker job input and submit it through a relay (`POST /v1/jobs`).
 
     import podstream.submit as submit
-    job_input = submit.build_input(images=["cat.png", "dog.jpg"], params={"frames": 14})
-    job = submit.submit(job_input, relay="http://127.0.0.1:8000", key=key)
+    from podstream.uploads import upload_inputs
+
+    images = upload_inputs(["cat.png", "dog.jpg"], relay=relay, key=key)  # staged once, by sha256
+    job_input = submit.build_input(images=images, params={"frames": 14})  # items: "input:<sha256>"
+    job = submit.submit(job_input, relay=relay, key=key)
     for file in podstream.watch(job.id, relay=job.relay, out=f"out/{job.id}", token=job.token): ...
 
 The job input is the worker's schema (docs/worker.md): `task`, `items` (each with an `id`, and an
-`image` as a data URL or http(s) URL, or a `prompt`, and an optional `seed`), `params`, `output`. Images
-travel inside the job input, so the whole `POST /run` body must stay under RunPod's 10 MB cap: that is
-checked here, before anything is sent, with a clear message (send fewer or smaller images, or URLs).
-`validate` checks the input against the worker's JSON Schema (`worker.inputs.job_schema()`, or a
-worker's own schema file) for the same reason: a typo must not reach a paid GPU.
+`image`, or a `prompt`, and an optional `seed`), `params`, `output`. An item's `image` is an http(s) URL,
+a relay input ref (`input:<sha256>`, an image uploaded to the relay first: `podstream.uploads`), or a
+data URL (the image inside the job). Through a relay, refs keep the job small; straight to RunPod
+(`podstream pull --submit`) images travel inline, and the whole `POST /run` body must stay under
+RunPod's 10 MB cap: `check_size` says so before anything is sent. `validate` checks the input against
+the worker's JSON Schema (`worker.inputs.job_schema()`, or a worker's own schema file) for the same
+reason: a typo must not reach a paid GPU.
 """
 
 from __future__ import annotations
@@ -22,17 +27,22 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
+from podstream import wire
+from podstream.images import HEAD_BYTES, IMAGE_TYPES, sniff
 from podstream.progress import TransferError, human_bytes
 from podstream.watcher import http_url
 
 #: RunPod's cap on a `/run` request body.
-RUN_BODY_CAP: Final = 10_000_000
+RUN_BODY_CAP: Final = wire.RUN_BODY_CAP
+#: The relay's default cap on a `POST /v1/jobs` body (`max_submit_bytes`): it stages inline images itself.
+RELAY_BODY_CAP: Final = 100_000_000
+#: How an `image` that is not a local file starts: a URL, a data URL, or a relay input ref.
+REMOTE_PREFIXES: Final = ("http://", "https://", "data:", "input:")
 TASKS: Final = ("image-to-video", "text-to-image", "text-to-video")
-_IMAGE_TYPES: Final = {"image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"}
 
 
 class InputError(ValueError):
@@ -50,37 +60,44 @@ class SubmittedJob:
     urls: dict[str, str] = field(default_factory=dict)
 
 
-def image_item(source: str | Path, *, id: str | None = None) -> dict[str, Any]:
-    """One `image` item: an http(s) URL as is, a local file as a base64 data URL."""
+class InputRef(Protocol):
+    """A local image staged on a relay (or about to be): the file it came from and its `input:<sha256>`.
+
+    `podstream.uploads.LocalInput` and `UploadedInput` are ones; `build_input` makes their item."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def ref(self) -> str: ...
+
+
+def is_local(source: str | Path) -> bool:
+    """Whether an image source names a local file (not a URL, a data URL or an `input:` ref)."""
+    return isinstance(source, Path) or not source.startswith(REMOTE_PREFIXES)
+
+
+def image_item(source: str | Path | InputRef, *, id: str | None = None) -> dict[str, Any]:
+    """One `image` item: a URL, data URL or `input:` ref as is, an `InputRef` as its ref, and a local file
+    as a base64 data URL (the image inside the job: for RunPod without a relay). The id defaults to the
+    file name's stem."""
+    if not isinstance(source, (str, Path)):
+        return {"id": id if id is not None else _safe_id(source.path.stem), "image": source.ref}
     text = str(source)
-    if text.startswith(("http://", "https://", "data:")):
-        name = Path(urllib.parse.urlsplit(text).path).stem if not text.startswith("data:") else ""
+    if not is_local(source):
+        remote = text.startswith(("http://", "https://"))
+        name = Path(urllib.parse.urlsplit(text).path).stem if remote else ""
         return {"id": id if id is not None else _safe_id(name), "image": text}
     path = Path(source)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read image {path}: {exc.strerror}") from None
-    mime = mimetypes.guess_type(path.name)[0] or _sniff(data)
-    if mime not in _IMAGE_TYPES:
+    mime = mimetypes.guess_type(path.name)[0] or sniff(data[:HEAD_BYTES])
+    if mime not in IMAGE_TYPES:
         raise InputError(f"{path} does not look like an image (PNG, JPEG, WebP, GIF or BMP)")
     encoded = base64.b64encode(data).decode("ascii")
     return {"id": id if id is not None else _safe_id(path.stem), "image": f"data:{mime};base64,{encoded}"}
-
-
-def _sniff(data: bytes) -> str | None:
-    signatures = {
-        b"\x89PNG\r\n\x1a\n": "image/png",
-        b"\xff\xd8\xff": "image/jpeg",
-        b"GIF8": "image/gif",
-        b"BM": "image/bmp",
-    }
-    for magic, mime in signatures.items():
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def _safe_id(name: str) -> str:
@@ -101,7 +118,7 @@ def read_prompts(path: Path | str) -> list[str]:
 def build_input(
     *,
     task: str | None = None,
-    images: Sequence[str | Path] = (),
+    images: Sequence[str | Path | InputRef] = (),
     prompts: Sequence[str] = (),
     prompt: str | None = None,
     seed: int | None = None,
@@ -110,7 +127,9 @@ def build_input(
 ) -> dict[str, Any]:
     """A worker job input from images (image-to-video) or prompts (text-to-image by default).
 
-    `prompt` is a shared prompt given to every image item; `seed`, when given, seeds item k with seed + k.
+    Each image is made an item by `image_item`: uploads (`podstream.uploads.upload_inputs`) become
+    `input:<sha256>` refs, local files inline data URLs. `prompt` is a shared prompt given to every
+    image item; `seed`, when given, seeds item k with seed + k.
     """
     if bool(images) == bool(prompts):
         raise InputError("give images or prompts (one of them)")
@@ -201,19 +220,29 @@ def field_path(path: Iterable[str | int]) -> str:
     return text or "(the input)"
 
 
-def check_size(job_input: Mapping[str, Any], policy: Mapping[str, Any] | None = None) -> int:
-    """The bytes of the `/run` body this input makes; `InputError` if it is over RunPod's 10 MB cap."""
+def check_size(
+    job_input: Mapping[str, Any], policy: Mapping[str, Any] | None = None, *, relay: bool = False
+) -> int:
+    """The bytes of the request body this input makes; `InputError` when it is over the cap: RunPod's
+    10 MB on `/run`, or with `relay` the relay's 100 MB on `POST /v1/jobs` (`RELAY_BODY_CAP`)."""
     body: dict[str, Any] = {"input": dict(job_input)}
     if policy:
         body["policy"] = dict(policy)
     size = len(json.dumps(body, separators=(",", ":")).encode())
-    if size > RUN_BODY_CAP:
+    cap = RELAY_BODY_CAP if relay else RUN_BODY_CAP
+    if size <= cap:
+        return size
+    head = f"the job input is {size:,} bytes ({human_bytes(size)}), over "
+    if relay:
         raise InputError(
-            f"the job input is {size:,} bytes ({human_bytes(size)}), over RunPod's 10 MB /run cap "
-            f"({RUN_BODY_CAP:,} bytes): "
-            "send fewer or smaller images, or image URLs, or split the batch"
+            f"{head}the relay's {cap // 1_000_000} MB submit cap ({cap:,} bytes): give images as files "
+            "(--images uploads them to the relay) or URLs, or split the batch"
         )
-    return size
+    raise InputError(
+        f"{head}RunPod's 10 MB /run cap ({cap:,} bytes): submit through a relay "
+        "(podstream submit --relay URL), which uploads images by reference, "
+        "or send fewer or smaller images, or image URLs"
+    )
 
 
 def submit(
@@ -227,9 +256,10 @@ def submit(
 ) -> SubmittedJob:
     """Submit `job_input` through the relay, which forwards it to RunPod and starts streaming it.
 
-    Not retried: a lost answer could mean a job that runs (and is paid for) twice.
+    Its `input:<sha256>` images must have been uploaded with the same key (`podstream.uploads`). Not
+    retried: a lost answer could mean a job that runs (and is paid for) twice.
     """
-    check_size(job_input, policy)
+    check_size(job_input, policy, relay=True)
     base = http_url(relay)
     body: dict[str, Any] = {"input": dict(job_input)}
     if policy:
@@ -251,7 +281,7 @@ def submit(
         raise TransferError(f"the relay rejected the API key (HTTP {response.status_code}){hint}")
     if response.status_code >= 400:
         raise TransferError(
-            f"the relay refused the job (HTTP {response.status_code}): {_error_text(response)}"
+            f"the relay refused the job (HTTP {response.status_code}): {relay_error_text(response)}"
         )
     try:
         answer = response.json()
@@ -265,7 +295,8 @@ def submit(
     return SubmittedJob(job, base, str(answer.get("status") or "IN_QUEUE"), token, dict(urls))
 
 
-def _error_text(response: httpx.Response) -> str:
+def relay_error_text(response: httpx.Response) -> str:
+    """A relay's error answer as one short line: `code: message` from `{"error": {"code", "message"}}`."""
     try:
         body = response.json()
     except ValueError:
