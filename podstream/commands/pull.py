@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import podstream.puller as pull_mod
+import podstream.submit as submit_mod
 from podstream.cli import CommandError, UsageError
 from podstream.progress import JobOutcome, Observer, TransferError, consume, outcome_dict, terminal_observer
 
 EPILOG = """\
 RunPod's /stream hands each item out once: run one puller per job (this, or a relay, never both).
+With --submit the images travel inside the job, under RunPod's 10 MB /run cap; a relay takes any
+number (podstream submit --relay URL uploads them and submits references).
 Examples:
   podstream pull 1a2b3c-u1 --endpoint abc123 --key $RUNPOD_API_KEY --out results/
   podstream pull --submit job.json --runpod-url http://127.0.0.1:8001/v2/local --out results/
@@ -82,6 +85,25 @@ def load_input(path: Path) -> dict[str, Any]:
     return data
 
 
+def direct_input(path: Path) -> dict[str, Any]:
+    """A job input from `path` to send straight to RunPod's `/run`: under its 10 MB cap, and without
+    relay input refs (`input:<sha256>`), which only a relay resolves."""
+    data = load_input(path)
+    items = data.get("items")
+    for k, item in enumerate(items if isinstance(items, list) else []):
+        image = item.get("image") if isinstance(item, dict) else None
+        if isinstance(image, str) and image.startswith("input:"):
+            raise UsageError(
+                f"items[{k}].image is a relay input ({image[:20]}...): only a relay resolves those; "
+                "submit through it (podstream submit --relay URL)"
+            )
+    try:
+        submit_mod.check_size(data)
+    except submit_mod.InputError as exc:
+        raise UsageError(str(exc)) from None
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.job is None) == (args.submit is None):
         raise UsageError("give a JOB id or --submit FILE (one of them)")
@@ -95,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         job = args.job
         if args.submit is not None:
-            job = pull_mod.run_job(load_input(args.submit), runpod_url=base, key=args.key, retry=retry)
+            job = pull_mod.run_job(direct_input(args.submit), runpod_url=base, key=args.key, retry=retry)
             # Status lines go to stderr, so that stdout holds only the outcome (JSON with --json).
             print(f"submitted job {job}", file=sys.stderr, flush=True)
         observer = terminal_observer(quiet=args.quiet, title=f"job {job}")

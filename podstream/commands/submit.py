@@ -9,20 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import podstream.submit as submit_mod
+import podstream.uploads as uploads_mod
 from podstream.cli import CommandError, UsageError
 from podstream.commands.pull import load_input
 from podstream.commands.watch import add_relay_arguments, check_relay, report, watch_job
-from podstream.progress import TransferError
+from podstream.progress import TransferError, UploadBar
 
 EPILOG = """\
 Files are saved to DIR/<job id>/ as they arrive, verified against their sha256.
 Examples:
   podstream submit --images cat.png dog.jpg --frames 14 --out results/
+  podstream submit --images photos/*.jpg https://example.com/x.png --out results/ --detach
   podstream submit --prompts prompts.txt --width 512 --height 512 --out results/
   podstream submit --input job.json --out results/ --detach
+Local --images files are uploaded to the relay first (HEAD first: a file it already holds is not sent
+again), and the job names them by reference (input:<sha256>), so a batch of any size stays a small job.
 The job input schema (task, items, params, output) is in docs/worker.md (`podstream schema` prints it).
-The input is checked against it, and against RunPod's 10 MB /run cap (images travel inside the job),
-before anything is sent: a mistake ends with the field's path and exit status 2.
+The input is checked against it before anything is sent or uploaded: a mistake ends with the field's path
+and exit status 2.
 """
 
 
@@ -32,7 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_relay_arguments(parser)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--images", metavar="FILE", nargs="+", help="images (files or http(s) URLs): image-to-video"
+        "--images",
+        metavar="FILE",
+        nargs="+",
+        help="images (files, uploaded to the relay first, or http(s) URLs): image-to-video",
     )
     what.add_argument(
         "--prompts", metavar="FILE", type=Path, help="a text file, one prompt per line: text-to-image"
@@ -66,8 +73,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def job_input(args: argparse.Namespace) -> dict[str, Any]:
-    """The job input the arguments describe (`UsageError` for anything that cannot be built)."""
+def job_input(args: argparse.Namespace) -> tuple[dict[str, Any], list[uploads_mod.LocalInput]]:
+    """The job input the arguments describe, and the local images it names by reference (to upload
+    before submitting). `UsageError` for anything that cannot be built (an unreadable file, not an
+    image, ...): nothing has been sent yet."""
     params = {
         name: getattr(args, name)
         for name in ("frames", "fps", "width", "height", "steps")
@@ -83,32 +92,50 @@ def job_input(args: argparse.Namespace) -> dict[str, Any]:
                 data["output"] = {**(data.get("output") or {}), **output}
             if args.task:
                 data["task"] = args.task
-            return data
+            return data, []
         prompts = submit_mod.read_prompts(args.prompts) if args.prompts is not None else []
         if args.prompts is not None and not prompts:
             raise UsageError(f"{args.prompts} holds no prompts")
-        return submit_mod.build_input(
+        local = {
+            source: uploads_mod.read_input(source)
+            for source in args.images or ()
+            if submit_mod.is_local(source)
+        }
+        data = submit_mod.build_input(
             task=args.task,
-            images=args.images or (),
+            images=[local.get(source, source) for source in args.images or ()],
             prompts=prompts,
             prompt=args.prompt,
             seed=args.seed,
             params=params,
             output=output,
         )
+        return data, list(local.values())
     except submit_mod.InputError as exc:
         raise UsageError(str(exc)) from None
+
+
+def upload(args: argparse.Namespace, local: list[uploads_mod.LocalInput]) -> None:
+    """Upload the job's local images to the relay (a byte bar on stderr, unless -q or --json)."""
+    if not local:
+        return
+    if args.quiet or args.json:
+        uploads_mod.upload_inputs(local, relay=args.relay, key=args.key)
+        return
+    with UploadBar(title=f"uploading {len(local)} image(s)") as bar:
+        uploads_mod.upload_inputs(local, relay=args.relay, key=args.key, progress=bar)
 
 
 def run(args: argparse.Namespace) -> int:
     check_relay(args.relay)
     if args.retries < 1:
         raise UsageError("--retries must be at least 1")
-    data = job_input(args)
+    data, local = job_input(args)
     try:
         schema = submit_mod.load_schema(args.input_schema) if args.input_schema else None
         submit_mod.validate(data, schema)  # locally, before anything is sent: no GPU paid for a typo
-        submit_mod.check_size(data)
+        submit_mod.check_size(data, relay=True)
+        upload(args, local)
         job = submit_mod.submit(data, relay=args.relay, key=args.key)
     except submit_mod.InputError as exc:
         raise UsageError(str(exc)) from None

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +19,11 @@ import pytest
 from PIL import Image
 
 import podstream.submit as submit_mod
-from podstream.progress import TransferError
+from podstream.progress import TransferError, human_bytes
 from podstream.submit import InputError
+from podstream.uploads import LocalInput, upload_inputs
+from relay.auth import generate_key, hash_key
+from tests.podstream.stack import Stack, local_stack
 from worker.inputs import ItemError, parse_job
 
 
@@ -203,3 +213,167 @@ def test_validation_does_not_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ---- `podstream submit --images` through a real relay: uploads first, then a small job of refs
+
+
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSTREAM_", "RUNPOD_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "podstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**env, "COLUMNS": "200"},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line a failed command ends with (no traceback, nothing else from podstream)."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("podstream")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@dataclass
+class Relay:
+    stack: Stack
+    key: str  # every scope
+    reader: str  # jobs:read only: may not upload
+
+    def args(self, key: str | None = None) -> list[str]:
+        return [
+            "--relay",
+            self.stack.relay,
+            "--key",
+            key or self.key,
+            "--input-schema",
+            str(self.stack.schema),
+        ]
+
+    def input_bytes(self) -> float:
+        """What the relay has received as input uploads (its bytes_in metric)."""
+        text = httpx.get(f"{self.stack.relay}/metrics", headers={"Authorization": f"Bearer {self.key}"}).text
+        found = re.search(r'^podstream_relay_bytes_in_total\{source="input"\} (\S+)$', text, re.M)
+        return float(found[1]) if found else 0.0
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    key, reader = generate_key(), generate_key()
+    keys = f"{hash_key(key)},reader={hash_key(reader)}/jobs:read"
+    with local_stack(tmp_path_factory.mktemp("stack"), {"PODSTREAM_API_KEYS": keys}) as stack:
+        yield Relay(stack, key, reader)
+
+
+def pictures(folder: Path, count: int, shade: int) -> list[Path]:
+    """`count` distinct PNGs, distinct from another test's (another `shade`): the relay is shared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{k:02d}.png" for k in range(count)]
+    for k, path in enumerate(paths):
+        Image.new("RGB", (32, 32), (k, shade, 255 - k)).save(path)
+    return paths
+
+
+def test_submit_uploads_images_once_and_sends_a_small_job(relay: Relay, tmp_path: Path) -> None:
+    images = pictures(tmp_path / "in", 20, shade=11)
+    before = relay.input_bytes()
+    relay.stack.emu.reset_stats()
+    out = tmp_path / "out"
+    args = [*relay.args(), "--images", *map(str, images), images[0].as_posix(), "--out", str(out)]
+    first = cli("submit", *args)
+    assert first.returncode == 0, first.stderr
+    sent = sum(p.stat().st_size for p in images)
+    assert f"uploaded 20 image(s) ({human_bytes(sent)})" in first.stderr  # the duplicate went once
+    assert relay.input_bytes() - before == sent
+    assert "COMPLETED; 21 file(s) saved" in first.stdout
+    run = relay.stack.emu.stats()["routes"]["run"]
+    # what RunPod got: a signed URL and a sha256 per image, never the image
+    assert run["requests"] == 1 and run["max_request_bytes"] < 21 * 400, run
+
+    again = cli("submit", *args, "--detach")
+    assert again.returncode == 0, again.stderr
+    assert "uploaded 0 image(s); 20 already on the relay" in again.stderr
+    assert relay.input_bytes() - before == sent  # nothing was sent again
+
+
+def test_submit_json_and_quiet_show_no_upload_bar(relay: Relay, tmp_path: Path) -> None:
+    images = pictures(tmp_path / "in", 3, shade=12)
+    for flag in ("--json", "-q"):
+        result = cli(
+            "submit", *relay.args(), "--images", *map(str, images), "--out", str(tmp_path), "--detach", flag
+        )
+        assert result.returncode == 0, result.stderr
+        assert "upload" not in result.stderr
+        if flag == "--json":
+            assert json.loads(result.stdout)["id"]
+
+
+def test_the_python_api_skips_what_the_relay_holds(relay: Relay, tmp_path: Path) -> None:
+    images = pictures(tmp_path / "in", 4, shade=13)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(images[0].read_bytes())
+    first = upload_inputs([*images, copy], relay=relay.stack.relay, key=relay.key, workers=2)
+    assert [u.skipped for u in first] == [False] * 4 + [False]
+    assert first[4].ref == first[0].ref and first[4].path == copy
+    assert all(u.url and u.url.startswith(relay.stack.relay + "/v1/inputs/") for u in first)
+    second = upload_inputs(images, relay=relay.stack.relay, key=relay.key)
+    assert [u.skipped for u in second] == [True] * 4
+    assert [u.ref for u in second] == [u.ref for u in first[:4]]
+    job = submit_mod.submit(
+        submit_mod.build_input(images=second, seed=3), relay=relay.stack.relay, key=relay.key
+    )
+    assert job.id
+
+
+def test_the_relay_refusing_an_upload_is_one_line(relay: Relay, tmp_path: Path) -> None:
+    [image] = pictures(tmp_path / "in", 1, shade=14)
+    result = cli("submit", *relay.args(relay.reader), "--images", str(image), "--out", str(tmp_path))
+    line = error_line(result, 1)
+    assert line.startswith(f"podstream submit: the relay refused the API key uploading {image} (HTTP 403"), (
+        line
+    )
+    fake = LocalInput(tmp_path / "fake.png", hashlib.sha256(b"not an image").hexdigest(), 12, "image/png")
+    fake.path.write_bytes(b"not an image")  # past the local check: the relay's own
+    with pytest.raises(InputError, match=f"^{fake.path} is not an image the relay takes: .*HTTP 415"):
+        upload_inputs([fake], relay=relay.stack.relay, key=relay.key)
+
+
+def test_a_file_that_is_not_an_image_is_named_before_anything_is_sent(tmp_path: Path) -> None:
+    good = png(tmp_path / "a.png")
+    notes = tmp_path / "notes.png"
+    notes.write_text("shopping list")
+    result = cli(
+        "submit", "--relay", "http://127.0.0.1:9", "--images", str(good), str(notes), "--out", str(tmp_path)
+    )
+    assert error_line(result, 2) == (
+        f"podstream submit: {notes} does not look like an image (PNG, JPEG, WebP, GIF or BMP)"
+    )
+    missing = cli("submit", "--relay", "http://127.0.0.1:9", "--images", "gone.png", "--out", str(tmp_path))
+    assert "cannot read image gone.png: No such file" in error_line(missing, 2)
+
+
+def test_pull_submit_over_runpods_cap_names_the_relay(tmp_path: Path) -> None:
+    big = png(tmp_path / "big.png")
+    job = submit_mod.build_input(images=[big] * 1)
+    job["items"][0]["image"] += "A" * 10_500_000  # inline, as pull --submit sends images
+    (tmp_path / "job.json").write_text(json.dumps({"input": job}))
+    result = cli(
+        "pull", "--submit", str(tmp_path / "job.json"), "--runpod-url", "http://127.0.0.1:9/v2/ep",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    line = error_line(result, 2)
+    cap = "over RunPod's 10 MB /run cap (10,000,000 bytes)"
+    assert f"{cap}: submit through a relay (podstream submit --relay URL)" in line
+    (tmp_path / "refs.json").write_text(
+        json.dumps({"task": "image-to-video", "items": [{"image": "input:" + "a" * 64}]})
+    )
+    refs = cli(
+        "pull", "--submit", str(tmp_path / "refs.json"), "--runpod-url", "http://127.0.0.1:9/v2/ep",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert "items[0].image is a relay input (input:aaaa" in error_line(refs, 2)
