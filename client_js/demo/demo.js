@@ -163,15 +163,21 @@ function showTaskFields() {
 form.addEventListener("change", showTaskFields);
 showTaskFields();
 
-/** @type {string[]} data URLs of the source images (uploaded, or generated samples) */
+/**
+ * The source images: the picked files, or samples drawn in the page. Each is uploaded to the relay when a job
+ * is submitted (the job names it by its ref); `url` is an object URL for its thumbnail.
+ * @typedef {{blob: Blob, url: string}} Source
+ */
+/** @type {Source[]} */
 let sources = [];
 
 /**
  * Sample images drawn in the page: a gradient, a few shapes and the item number.
  * @param {number} count
  * @param {number} size
+ * @returns {Promise<Blob[]>} PNGs
  */
-function sampleImages(count, size) {
+async function sampleImages(count, size) {
   const canvas = document.createElement("canvas");
   canvas.width = size;
   canvas.height = size;
@@ -197,36 +203,41 @@ function sampleImages(count, size) {
     ctx.textAlign = "center";
     ctx.textBaseline = "middle";
     ctx.fillText(String(i + 1), size / 2, size / 2);
-    out.push(canvas.toDataURL("image/png"));
+    out.push(
+      await new Promise((resolve, reject) =>
+        canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("cannot draw"))), "image/png"),
+      ),
+    );
   }
   return out;
 }
 
-/** @param {File} file */
-function readAsDataUrl(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result));
-    reader.onerror = () => reject(reader.error ?? new Error(`cannot read ${file.name}`));
-    reader.readAsDataURL(file);
-  });
-}
-
-function showSources() {
+/** @param {Blob[]} blobs */
+function setSources(blobs) {
+  for (const source of sources) URL.revokeObjectURL(source.url);
+  sources = blobs.map((blob) => ({ blob, url: URL.createObjectURL(blob) }));
   const box = $("sources");
-  box.replaceChildren(...sources.slice(0, 24).map((src) => h("img", { src, alt: "" })));
-  $("images-hint").textContent = imagesInput.files?.length
-    ? `${imagesInput.files.length} image(s) uploaded; the batch cycles through them.`
-    : "No upload: sample images generated in this page are used.";
+  box.replaceChildren(...sources.slice(0, 24).map(({ url }) => h("img", { src: url, alt: "" })));
+  const picked = imagesInput.files?.length ?? 0;
+  $("images-hint").textContent = picked
+    ? `${picked} image${picked === 1 ? "" : "s"} picked, uploaded when you submit; the batch cycles through them.`
+    : "No images picked: sample images drawn in this page are used.";
 }
 
-imagesInput.addEventListener("change", async () => {
+/** Until the samples are drawn (a submit waits for them). */
+let sourcesReady = sampleImages(6, 256).then(setSources);
+
+imagesInput.addEventListener("change", () => {
   const files = [...(imagesInput.files ?? [])];
-  sources = files.length ? await Promise.all(files.map(readAsDataUrl)) : sampleImages(6, 256);
-  showSources();
+  if (files.length) {
+    // one clip per picked image
+    /** @type {HTMLInputElement} */ ($("batch")).value = String(Math.min(files.length, 1000));
+    setSources(files);
+    sourcesReady = Promise.resolve();
+  } else {
+    sourcesReady = sampleImages(6, 256).then(setSources);
+  }
 });
-sources = sampleImages(6, 256);
-showSources();
 
 /** @param {string} id */
 function numberField(id) {
@@ -249,7 +260,7 @@ function buildInput() {
     const frames = numberField("frames");
     const items = Array.from({ length: batch }, (_, i) => ({
       id: `clip-${i + 1}`,
-      image: sources[i % sources.length],
+      image: sources[i % sources.length].blob,
       seed: i,
     }));
     return {
@@ -277,14 +288,36 @@ function buildInput() {
   };
 }
 
+/**
+ * Show the uploads of a submit: a bar, and how many files and bytes are done. It stays up after the submit.
+ * @param {import("../src/inputs.js").BatchProgress} p
+ * @param {boolean} [submitted]  the job was submitted
+ */
+function showUpload(p, submitted = false) {
+  const box = $("upload");
+  box.hidden = false;
+  Object.assign(box.dataset, { loaded: p.loaded, total: p.total, done: p.done, files: p.files });
+  $("upload-fill").style.width = `${p.total ? Math.round((100 * p.loaded) / p.total) : 100}%`;
+  const images = `${p.files} image${p.files === 1 ? "" : "s"}`;
+  $("upload-text").textContent =
+    p.done === p.files
+      ? `Uploaded ${images} · ${formatBytes(p.total)}${submitted ? "" : "; submitting the job…"}`
+      : `Uploading ${images}: ${p.done} done · ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   formError.textContent = "";
   const button = /** @type {HTMLButtonElement} */ ($("submit"));
   button.disabled = true;
+  $("upload").hidden = true;
   try {
+    await sourcesReady;
     const input = buildInput();
-    const job = await client.submit(input);
+    /** @type {import("../src/inputs.js").BatchProgress | null} */
+    let uploads = null;
+    const job = await client.submit(input, { onUploadProgress: (p) => showUpload((uploads = p)) });
+    if (uploads) showUpload(uploads, true);
     knownJobs[job.id] = { total: input.items.length, task: input.task, at: Date.now() };
     localStorage.setItem(JOBS_STORAGE, JSON.stringify(knownJobs));
     location.hash = `job=${encodeURIComponent(job.id)}`; // opens it (hashchange)

@@ -139,7 +139,8 @@ export class Stack {
         "--endpoint-id", ENDPOINT, "--api-key", this.runpodKey, "--workers", String(this.options.workers ?? 1),
         "--worker-cmd", this.options.workerCmd ?? `${PYTHON} -m worker`, "--worker-log-dir", this.logs,
       ], // prettier-ignore
-      { PODSTREAM_MODEL: "tiny" },
+      // The workers it starts inherit this environment: they may fetch staged inputs from the relay on loopback.
+      { PODSTREAM_MODEL: "tiny", PODSTREAM_INPUT_HOSTS: `127.0.0.1:${relayPort}` },
       join(this.logs, "emulator.log"),
     );
     const relayEnv = {
@@ -246,6 +247,19 @@ export class Stack {
     });
     if (!response.ok) throw new Error(`token: HTTP ${response.status} ${await response.text()}`);
     return (await response.json()).token;
+  }
+
+  /**
+   * The emulator's request statistics (`GET /_emulator/stats`): per route (`run`, ...), requests and the
+   * largest request body.
+   * @returns {Promise<{routes: Record<string, {max_request_bytes: number, requests: number}>}>}
+   */
+  async emulatorStats() {
+    const response = await fetch(new URL("/_emulator/stats", this.emulatorUrl), {
+      headers: { authorization: `Bearer ${this.runpodKey}` },
+    });
+    if (!response.ok) throw new Error(`emulator stats: HTTP ${response.status}`);
+    return response.json();
   }
 
   /** The last lines of every log, for a failing test's message. */
