@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -44,6 +44,7 @@ import httpx
 import podstream.submit as submit_mod
 import podstream.watcher as watch_mod
 from podstream.progress import JobOutcome, RichProgress, TransferError, display_path, human_bytes
+from podstream.uploads import upload_inputs
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -241,6 +242,8 @@ class Stack:
         python = sys.executable
         # The SDK logs every yield (base64 included) at DEBUG: keep the worker logs readable.
         env = {**os.environ, "PODSTREAM_MODEL": "tiny", "PYTHONUNBUFFERED": "1", "RUNPOD_DEBUG_LEVEL": "INFO"}
+        # The worker fetches staged images from the relay, on loopback: allowed by name, nothing else is.
+        env["PODSTREAM_INPUT_HOSTS"] = f"{host}:{self.relay_port}"
         self.emulator = Child(
             "emulator",
             [
@@ -381,7 +384,9 @@ class DemoSummary:
         }  # fmt: skip
 
 
-def demo_inputs(settings: DemoSettings, samples: list[Path]) -> list[tuple[JobRun, dict[str, Any]]]:
+def demo_inputs(
+    settings: DemoSettings, samples: Sequence[Path | submit_mod.InputRef]
+) -> list[tuple[JobRun, dict[str, Any]]]:
     jobs: list[tuple[JobRun, dict[str, Any]]] = []
     if settings.videos:
         video = submit_mod.build_input(
@@ -459,7 +464,12 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
         console.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: relay {stack.relay_url}, "
                       f"RunPod endpoint {stack.endpoint_url}")  # fmt: skip
         runs: list[JobRun] = []
-        for run, job_input in demo_inputs(settings, samples):
+        try:  # the images go to the relay first; the job only names them (RunPod caps a job at 10 MB)
+            staged = upload_inputs(samples[: settings.videos], relay=stack.relay_url, key=stack.relay_key)
+        except (TransferError, submit_mod.InputError) as exc:
+            stack.check_alive()
+            raise DemoError(f"staging the sample images: {exc} (log: {stack.relay.log})") from None
+        for run, job_input in demo_inputs(settings, staged):
             try:
                 job = submit_mod.submit(job_input, relay=stack.relay_url, key=stack.relay_key)
             except TransferError as exc:

@@ -207,7 +207,10 @@ def validate(job_input: Mapping[str, Any], schema: Mapping[str, Any] | None = No
         validator_class.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InputError(f"the input schema is not a valid JSON Schema: {exc.message}") from None
-    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(dict(job_input)))
+    error = jsonschema.exceptions.best_match(
+        validator_class(schema).iter_errors(dict(job_input)),
+        key=jsonschema.exceptions.by_relevance(strong=frozenset({"additionalProperties"})),
+    )
     if error is not None:
         raise InputError(f"the job input is not valid: {field_path(error.absolute_path)}: {error.message}")
 

@@ -23,6 +23,8 @@ import jsonschema
 
 log = logging.getLogger("podstream.relay.input_schema")
 
+#: Of several problems at one place, a typo'd field ("promt") explains the others ("'prompt' is required").
+RELEVANCE: Final = jsonschema.exceptions.by_relevance(strong=frozenset({"additionalProperties"}))
 BUILTIN: Final = "builtin"
 OFF: Final = "off"
 
@@ -94,7 +96,7 @@ class InputSchema:
         validator = self._load()
         if validator is None:
             return None
-        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(job_input)))
+        error = jsonschema.exceptions.best_match(validator.iter_errors(dict(job_input)), key=RELEVANCE)
         if error is None:
             return None
         return f"{field_path(error.absolute_path)}: {error.message}"

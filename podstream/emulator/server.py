@@ -117,12 +117,13 @@ class Emulator:
         self._stats.reset()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        """What `/status` would answer for the job, plus `buffered` (items not yet handed out)."""
+        """What `/status` would answer for the job, plus `buffered` (items not yet handed out) and `input` (the
+        job input as RunPod got it, for tests to check what a client sent)."""
         app = self._require_app()
         job = app.table.get(job_id)
         if job is None:
             return None
-        return dict(job.status_body(), buffered=len(job.stream))
+        return dict(job.status_body(), buffered=len(job.stream), input=job.input)
 
     def expire(self, job_id: str) -> bool:
         """Delete a job now, as if its results had expired (later calls for it answer 404)."""
