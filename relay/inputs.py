@@ -22,6 +22,9 @@ the answer is 200 at once, without reading the body. Each key's inputs count aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Protocol
@@ -106,8 +109,6 @@ def check_image(head: bytes) -> str:
 
 def stage_bytes(host: InputHost, owner: str, data: bytes) -> StagedInput:
     """Stage an input already in memory (an inline image of a submit). Blocking: run it in a thread."""
-    import hashlib
-
     limit = host.settings.max_input_bytes
     if len(data) > limit:
         raise InputRefused(413, "too_large", f"an input is {len(data)} bytes, over the limit of {limit}")
@@ -141,8 +142,8 @@ async def receive(
     limit = host.settings.max_input_bytes
     inputs, quota = host.inputs, host.input_quota
     reserved = 0
-    if declared:  # reserved before the first byte is written
-        _reserve(host, owner, declared)
+    if declared:  # reserved before the first byte is written (off the loop: it may measure the store)
+        await asyncio.to_thread(_reserve, host, owner, declared)
         reserved = declared
     temp = await asyncio.to_thread(inputs.spool)
     kept = False
@@ -157,7 +158,7 @@ async def receive(
         if held is not None:  # the same bytes, staged before: nothing more is stored
             return held, False
         if not reserved:
-            _reserve(host, owner, temp.size)
+            await asyncio.to_thread(_reserve, host, owner, temp.size)
             reserved = temp.size
         staged = await asyncio.to_thread(inputs.keep, temp, owner, sha256, mime)
         kept = True
@@ -195,6 +196,15 @@ async def _spool(
         await asyncio.to_thread(temp.write, bytes(buffer))
         counted(len(buffer))
     return mime
+
+
+async def _drain(request: Request, limit: int) -> None:
+    received = 0
+    with contextlib.suppress(ClientDisconnect):
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                return  # a body this long is not the input it claims to be; the connection is closed
 
 
 def _reserve(host: InputHost, owner: str, nbytes: int) -> None:
@@ -245,7 +255,9 @@ async def stage(request: Request) -> Response:
         if not HEX64.match(expected):
             return _error(400, "bad_sha256", "X-Podstream-Sha256 must be the body's sha256 as 64 hex digits")
         held = await asyncio.to_thread(host.inputs.stat, owner, expected, touch=True)
-        if held is not None:  # staged before: the body need not even be read
+        if held is not None:  # staged before: nothing is written (the body is read to its end, then dropped,
+            # so that the client, still sending, never meets a closed connection)
+            await _drain(request, host.settings.max_input_bytes)
             return JSONResponse(describe(host, held, _base(request)), status_code=200)
     declared: int | None = None
     raw_length = request.headers.get("content-length")
@@ -289,8 +301,6 @@ async def mint(request: Request) -> Response:
         body += chunk
         if len(body) > _TOKEN_BODY:
             return _error(413, "too_large", f"this body is limited to {_TOKEN_BODY} bytes")
-    import json
-
     try:
         data = json.loads(body or b"{}")
     except ValueError:

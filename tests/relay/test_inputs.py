@@ -92,6 +92,10 @@ async def test_stage_look_up_and_fetch_an_input(relay: RelayServer) -> None:
         assert staged["expires_at"] > time.time() + relay.settings.input_url_ttl_s - 120
         again = await http.put(f"{relay.url}/v1/inputs", content=data)  # no header: read, hashed, found
         assert again.status_code == 200 and again.json()["ref"] == staged["ref"]
+        named = {"x-podstream-sha256": sha(data)}  # held: answered without storing anything
+        for _ in range(2):  # and the connection stays usable
+            r = await http.put(f"{relay.url}/v1/inputs", content=data, headers=named)
+            assert r.status_code == 200 and r.json()["ref"] == staged["ref"]
         head = await http.head(f"{relay.url}/v1/inputs/{sha(data)}")
         assert head.status_code == 200
         looked_up = await http.get(f"{relay.url}/v1/inputs/{sha(data)}")
