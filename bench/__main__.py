@@ -24,6 +24,7 @@ HERE = Path(__file__).parent
 #: The short forms: small enough for a busy 2-core machine, the same shape as the full ones.
 SHORT: dict[str, list[str]] = {
     "cluster": ["--items", "8", "--mb", "2", "--subscribers", "10", "--kills", "2"],
+    "input_upload": ["--images", "400", "--kb", "256", "--refs", "1000", "--ref-kb", "64"],
     "relay_fanout": ["--subscribers", "5,10,20", "--items", "8", "--mb", "2"],
     "relay_ingest": ["--items", "24", "--mb", "4"],
     "relay_latency": ["--yields", "30", "--interval-ms", "100"],
@@ -39,6 +40,7 @@ SHORT: dict[str, list[str]] = {
 #: The full forms (issue 16, target 5).
 FULL: dict[str, list[str]] = {
     "cluster": ["--items", "40", "--mb", "4", "--subscribers", "50", "--kills", "5"],
+    "input_upload": ["--images", "500", "--kb", "1024", "--refs", "1000", "--ref-kb", "1024"],
     "relay_fanout": ["--subscribers", "20,50,100", "--items", "100", "--mb", "4"],
     "relay_ingest": ["--items", "100", "--mb", "4"],
     "relay_latency": ["--yields", "200", "--interval-ms", "100"],

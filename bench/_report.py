@@ -157,15 +157,21 @@ def _provenance(figures: dict[str, dict[str, Any]]) -> str:
     """Which run each figure comes from (its `run`, the id of the report that measured it): one sentence when
     they share a run; when merged, each run's benchmarks and the time the first of them was measured."""
     runs: dict[str, list[tuple[str, str]]] = {}
+    where: dict[str, str] = {}
     for name, data in sorted(figures.items()):
         measured = str(data.get("measured") or "")
         runs.setdefault(str(data.get("run", "")), []).append((measured, name))
+        m = data.get("machine")
+        if isinstance(m, dict):
+            where[str(data.get("run", ""))] = f"{m['cores']} cores, {m['cpu']}, Linux {m['kernel']}"
     same = "every ratio is against a baseline measured in the same run, on the same machine, side by side."
     if len(runs) <= 1:
         return f"Every figure below comes from that one run; {same}"
+    several = len(set(where.values())) > 1  # then each run names its machine
     dated = "; ".join(
-        f"{', '.join(n for _, n in run)} on {min(m for m, _ in run) or 'an unrecorded date'}"
-        for run in sorted(runs.values(), key=lambda r: min(m for m, _ in r))
+        f"{', '.join(n for _, n in names)} on {min(m for m, _ in names) or 'an unrecorded date'}"
+        + (f" ({where.get(run, 'an unrecorded machine')})" if several else "")
+        for run, names in sorted(runs.items(), key=lambda r: min(m for m, _ in r[1]))
     )
     return (
         f"The figures come from more than one run (`--merge` reran some and kept the rest): {dated}. For "
@@ -367,6 +373,8 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
             f"ratio {d['ratio']:.2f}.",
             "",
         ]
+    if "input_upload" in figures:
+        out += _input_upload_section(figures["input_upload"])
     if "relay_idle" in figures:
         out += _idle_section(figures["relay_idle"], full)
     if "cluster" in figures:
@@ -388,6 +396,58 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
     out.append("")
     del charts
     return "\n".join(out)
+
+
+def _span(values: list[float], fmt: str = ".2f") -> str:
+    return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+
+def _input_upload_section(d: dict[str, Any]) -> list[str]:
+    a, rows = d["args"], d["rows"]
+    ratios = [r["ratio"] for r in rows]
+    skipped = [r["again_s"] / r["relay_s"] for r in rows]
+    run, inline, refs = d["run_body_bytes"], d["inline_body_bytes"], d["refs"]
+    out = [
+        "## Input upload",
+        "",
+        f"{a['images']} images of {a['kb']:g} KB ({d['mb']:.1f} MB; random bytes behind a PNG signature) "
+        f"staged on a relay (auth on, fsync={a['fsync']}) through the real client path, "
+        f"`podstream.uploads.upload_inputs` ({a['workers']} threads: read and hash every file, `HEAD` each, "
+        "`PUT /v1/inputs` streamed with `X-Podstream-Sha256`), against the same bytes PUT by the same number "
+        "of threads (one `httpx.Client`, no `HEAD`) to a bare server in its own process (a raw ASGI app "
+        "under uvicorn with h11, the relay's HTTP implementation) that reads each body and writes it to a "
+        f"file{' and fsyncs it' if a['fsync'] == 'always' else ''}. Runs alternate relay, bare (after a "
+        "small warm-up of each); each relay run stages fresh images. After each bare run the bare client's "
+        "loop PUTs another fresh batch to the relay (no `HEAD`, no `X-Podstream-Sha256`): the relay's side "
+        "alone. Then the relay run's batch is uploaded again with `upload_inputs`, every file skipped by its "
+        "`HEAD`. Target: relay / bare >= 0.8.",
+        "",
+        "| run | relay MB/s | bare MB/s | relay / bare | bare client to the relay / bare | server CPU s: relay, bare, relay with the bare client | again, all skipped: s (of the first) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    out += [
+        f"| {i + 1} | {r['relay_mb_s']:.0f} | {r['bare_mb_s']:.0f} | {r['ratio']:.2f} | {r['raw_ratio']:.2f} | "
+        f"{r['relay_cpu_s']:.2f}, {r['bare_cpu_s']:.2f}, {r['raw_cpu_s']:.2f} | "
+        f"{r['again_s']:.3f} ({r['again_s'] / r['relay_s']:.2f}) |"
+        for i, r in enumerate(rows)
+    ]
+    out += [
+        "",
+        f"**Relay / bare: {_span(ratios)}** (min-max over {len(rows)} runs each); the bare client's loop to "
+        f"the relay: {_span([r['raw_ratio'] for r in rows])} of bare. A second upload of the same batch "
+        f"takes {_span(skipped)} of the first.",
+        "",
+        f"The `/run` body of a job naming {refs:,} staged images by reference (`input:<sha256>` items, as "
+        "`podstream submit --images` builds them), submitted through the relay, which sends RunPod (the "
+        "emulator) each item as a signed URL of itself plus `image_sha256`: largest `/run` body "
+        f"**{run:,} bytes** ({run / refs:.0f} per image; target < 200,000: {run / 200_000:.2f} of it). The "
+        f"client's `POST /v1/jobs` body was {d['ref_body_bytes']:,} bytes. The same job with its "
+        f"{d['ref_kb']:g} KB images inline as data URLs (computed, not sent: RunPod refuses a body over 10 MB) "
+        f"would be {inline:,} bytes, **{inline / run:,.0f}x** the body by reference. Staging the {refs:,} "
+        f"images took {d['stage_refs_s']:.1f} s.",
+        "",
+    ]
+    return out
 
 
 def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
@@ -434,19 +494,30 @@ def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
 
 def merged(raw: Path, fresh: dict[str, dict[str, Any]], failed: list[str]) -> dict[str, dict[str, Any]]:
     """The figures of the page's last results.json (`raw`) that this run did not measure, each stamped
-    with its run and when it was measured (the old page's date where it says none), under this run's
+    with its run, when and on what machine it was measured (the old page's where it says none), under this run's
     `fresh` figures. A benchmark that failed now is not kept:
     its old figure would read as this run's."""
     if not raw.exists():
         return dict(fresh)
     prior: dict[str, Any] = json.loads(raw.read_text())
     date = prior.get("machine", {}).get("date")
+    machine = prior.get("machine")
     kept = {
-        name: {**data, "measured": data.get("measured", date), "run": data.get("run", date)}
+        name: {
+            **data,
+            "measured": data.get("measured", date),
+            "run": data.get("run", date),
+            "machine": data.get("machine", machine),
+        }
         for name, data in prior.items()
         if isinstance(data, dict) and "bench" in data and name not in fresh and name not in failed
     }
     return {**kept, **fresh}
+
+
+def measured_on(data: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
+    """The machine a figure was measured on, dated when it was: a kept figure's own, not this report's."""
+    return {**machine, **(data.get("machine") or {}), "date": data.get("measured") or machine["date"]}
 
 
 def write(results: Path, docs: Path, *, full: bool, failed: list[str], merge: bool = False) -> list[Path]:
@@ -459,21 +530,26 @@ def write(results: Path, docs: Path, *, full: bool, failed: list[str], merge: bo
     run = (
         f"{machine['date']} {uuid.uuid4().hex[:8]}"  # one id per report: minutes alone do not tell runs apart
     )
-    figures = {name: {**data, "run": run} for name, data in load(results).items()}
+    figures = {name: {**data, "run": run, "machine": machine} for name, data in load(results).items()}
     if merge:
         figures = merged(charts_dir / "results.json", figures, failed)
     form = COMMAND[full]
     not_run = [n for n in benchmarks() if n not in figures and n not in failed]
     charts_dir.mkdir(parents=True, exist_ok=True)
     charts: list[Path] = []
+    # each chart is labelled with the machine and date its figures were measured on (kept ones: theirs)
     if "relay_fanout" in figures:
-        charts.append(fanout_chart(figures["relay_fanout"], charts_dir, machine, form))
+        on = measured_on(figures["relay_fanout"], machine)
+        charts.append(fanout_chart(figures["relay_fanout"], charts_dir, on, form))
     if "relay_ingest" in figures or "pull_ingest" in figures:
-        charts.append(ingest_chart(figures, charts_dir, machine, form))
+        on = measured_on(figures.get("relay_ingest") or figures["pull_ingest"], machine)
+        charts.append(ingest_chart(figures, charts_dir, on, form))
     if "relay_latency" in figures:
-        charts.append(latency_chart(figures["relay_latency"], charts_dir, machine, form))
+        on = measured_on(figures["relay_latency"], machine)
+        charts.append(latency_chart(figures["relay_latency"], charts_dir, on, form))
     if "relay_memory" in figures:
-        charts.append(memory_chart(figures["relay_memory"], charts_dir, machine, form))
+        on = measured_on(figures["relay_memory"], machine)
+        charts.append(memory_chart(figures["relay_memory"], charts_dir, on, form))
     raw = charts_dir / "results.json"  # the figures behind the page and charts, as measured
     raw.write_text(json.dumps({"machine": machine, "full": full, "failed": failed, **figures}, indent=1))
     page = docs / PAGE[full]

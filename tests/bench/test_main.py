@@ -133,7 +133,7 @@ def test_report_leaves_out_what_did_not_run(tmp_path: Path) -> None:
     page = (tmp_path / "docs" / "benchmarks-full.md").read_text()
     assert "## Fan-out" not in page and "make bench-full" in page and "short forms" not in page
     assert "**Failed in this run** (no figures): relay_fanout." in page
-    assert "**Not run in this run** (no figures): cluster, pull_ingest," in page
+    assert "**Not run in this run** (no figures): cluster, input_upload, pull_ingest," in page
     assert not (tmp_path / "docs" / "bench-full" / "fanout.png").exists()
     assert (tmp_path / "docs" / "bench-full" / "memory.png").exists()
     assert "](bench-full/memory.png)" in page
@@ -147,6 +147,29 @@ def test_full_and_short_forms_keep_their_own_pages(tmp_path: Path) -> None:
     short = (docs / "benchmarks.md").read_text()
     assert "[benchmarks-full.md](benchmarks-full.md)" in short  # the short page points to the full one
     assert (docs / "benchmarks-full.md").exists() and (docs / "bench-full" / "fanout.png").exists()
+
+
+def test_report_gives_the_input_upload_runs_and_the_run_body(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    row = {
+        "relay_s": 1.0, "bare_s": 0.5, "ratio": 0.5, "again_s": 0.1, "relay_mb_s": 52.0, "bare_mb_s": 104.0,
+        "relay_cpu_s": 0.6, "bare_cpu_s": 0.3, "raw_s": 0.7, "raw_mb_s": 75.0, "raw_ratio": 0.71, "raw_cpu_s": 0.5,
+    }  # fmt: skip
+    args = {"images": 200, "kb": 256.0, "workers": 4, "fsync": "always", "refs": 1000, "ref_kb": 64.0}
+    data = {
+        "bench": "input_upload", "args": args, "mb": 52.4, "rows": [row, {**row, "ratio": 0.6}],
+        "refs": 1000, "ref_kb": 64.0, "stage_refs_s": 3.2, "ref_body_bytes": 103048, "run_body_bytes": 292045,
+        "inline_body_bytes": 87439048, "submit_s": 0.1,
+    }  # fmt: skip
+    (results / "input_upload.json").write_text(json.dumps(data))
+    _report.write(results, tmp_path / "docs", full=False, failed=[])
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "## Input upload" in page and "200 images of 256 KB (52.4 MB" in page
+    assert "| 1 | 52 | 104 | 0.50 | 0.71 | 0.60, 0.30, 0.50 | 0.100 (0.10) |" in page
+    assert "**Relay / bare: 0.50-0.60** (min-max over 2 runs each)" in page
+    assert "**292,045 bytes** (292 per image; target < 200,000: 1.46 of it)" in page
+    assert "would be 87,439,048 bytes, **299x** the body by reference" in page
 
 
 def test_merge_reruns_one_and_keeps_and_dates_the_others(tmp_path: Path) -> None:
@@ -168,6 +191,38 @@ def test_merge_reruns_one_and_keeps_and_dates_the_others(tmp_path: Path) -> None
     assert f"relay_fanout, relay_ingest, relay_latency, relay_memory on {first}" in page
     raw = json.loads((docs / "bench-full" / "results.json").read_text())
     assert raw["relay_ingest"]["measured"] == first and raw["worker_wire"]["verified"] == 1000
+
+
+def test_merge_names_the_machine_of_figures_kept_from_another(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _report.write(figures(tmp_path), docs, full=False, failed=[])
+    raw = docs / "bench" / "results.json"
+    old = json.loads(raw.read_text())  # as an older page wrote it: one machine for the page, none per figure
+    old["machine"] = {**old["machine"], "cores": 8, "cpu": "Old CPU", "kernel": "4.0"}
+    for name in ("relay_fanout", "relay_ingest", "relay_latency", "relay_memory"):
+        del old[name]["machine"]
+    raw.write_text(json.dumps(old))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    wire = {"bench": "worker_wire", "measured": "2099-01-02 03:04 UTC", "args": {"items": 10, "mb": 8},
+            "verified": 10, "largest_body": 666971, "cap": 1000000, "naive_body": 106666720}  # fmt: skip
+    (rerun / "worker_wire.json").write_text(json.dumps(wire))
+    _report.write(rerun, docs, full=False, failed=[], merge=True)
+    page = (docs / "benchmarks.md").read_text()
+    now = _results.machine()
+    assert "relay_latency, relay_memory on " in page and " (8 cores, Old CPU, Linux 4.0); worker_wire" in page
+    assert (
+        f"worker_wire on 2099-01-02 03:04 UTC ({now['cores']} cores, {now['cpu']}, Linux {now['kernel']})"
+        in page
+    )
+    kept = json.loads(raw.read_text())
+    assert (
+        kept["relay_fanout"]["machine"]["cpu"] == "Old CPU"
+        and kept["worker_wire"]["machine"]["cpu"] == now["cpu"]
+    )
+    assert (
+        _report.measured_on(kept["relay_memory"], now)["cpu"] == "Old CPU"
+    )  # what its chart is labelled with
 
 
 def test_merge_drops_the_old_figure_of_a_rerun_that_failed(tmp_path: Path) -> None:
