@@ -2,6 +2,10 @@
 
 An item is written at its parts' offsets into `<dir>/.<name>.part`, hashed, fsynced and renamed to its
 final name only when its sha256 matches, so a file under its final name is always complete and verified.
+
+A transfer stopped while finishing a file (Ctrl-C between verifying, fsyncing and renaming) leaves either a
+complete `.part` or the final file; `kept_file` finds such a file for an item again, checks it against the
+item's size and sha256 and puts it in place, so a resumed transfer keeps it instead of receiving it again.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from podstream import wire
@@ -111,6 +116,37 @@ class FileSink:
     def abort(self) -> None:
         self._file.close()
         self.temp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop without deleting: a `.part` that `finish` was interrupted on stays for `kept_file`."""
+        self._file.close()
+
+
+def kept_file(
+    directory: Path, item: int, id: str, mime: str, size: int, sha256: str, *, fsync: bool = True
+) -> Path | None:
+    """The item's file from an earlier transfer, verified and in place, or None when there is none.
+
+    Looks for the final file, then for its `.part`: the first one that has `size` bytes and `sha256` is
+    fsynced, renamed to the final name (a `.part`) and its directory fsynced, and its final path returned.
+    A file of another size is not read; one that does not match is left for the next download to replace.
+    """
+    final = directory / media_name(item, id, mime)
+    for path in (final, directory / f".{final.name}.part"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        file = PartFile(fd)
+        try:
+            stat = os.fstat(fd)
+            if not S_ISREG(stat.st_mode) or stat.st_size != size or file.digest()[1] != sha256:
+                continue
+            file.keep(path, final, fsync=fsync)
+            return final
+        finally:
+            file.close()
+    return None
 
 
 def file_sinks(directory: Path, *, fsync: bool = True) -> wire.SinkFactory:

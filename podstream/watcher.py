@@ -9,10 +9,16 @@ first when a token is given, `sub {job, from, inline: true}`; then `ev` records 
 after each `item` record, the item's bytes as `chunk` frames, which are written to a temp file at their
 offsets, sha256-verified against the record, fsynced and renamed into place (`podstream.sinks.FileSink`).
 
-Resume: the position is the last record *applied* (an `item` record is applied when its last chunk was
-saved). When the connection drops, or the relay closes it with a reconnect code (4000-4499), the watcher
-reconnects with exponential backoff and full jitter and subscribes again from that position, so every
-record and file arrives exactly once; a partly received item is received again from its start. Terminal
+Resume: the position is the last record *applied*; an `item` record is applied only once its file is
+durable (verified, fsynced, renamed, its directory fsynced), never before. When the connection drops, or
+the relay closes it with a reconnect code (4000-4499), the watcher reconnects with exponential backoff and
+full jitter and subscribes again from that position, so every record and file arrives exactly once; a
+partly received item is received again from its start. The position a *later* watch resumes from
+(`Observer.position`, `from_seq`) never passes an item whose file is not on disk: it stops before the
+first item that failed to arrive (bad size or sha256, gone from the relay, not fetchable), so a resumed
+watch tries that item again. An item record whose file is already there, under its final name or as a
+complete `.part` left by a watch stopped while finishing it, keeps that file once its size and sha256
+match (`podstream.sinks.kept_file`) instead of writing it again. Terminal
 codes (4500-4999), an `err` about the job, a rejected handshake, or a relay that cannot be reached at all
 end the watch with a `TransferError`. On 4003 (token expired) a new token is fetched when `key` was given.
 
@@ -142,6 +148,10 @@ class Subscription:
         self.observer = observer or Observer()
         self.fsync = fsync
         self.position = from_seq
+        #: Where a later watch resumes (what `observer.position` last got): `position`, held before the first
+        #: item this watch could not save.
+        self.resume_from = from_seq
+        self._held = False
         self.head: int | None = None
         self.done = False
         self.ping_interval: float | None = None
@@ -206,7 +216,8 @@ class Subscription:
                     "not_recovered", f"the relay has no seq {self.position}; receiving the job again"
                 )
             )
-            self.position = 0
+            self._held = False
+            self._advance(0)
             raise Resync("starting over from seq 0")
         if self.head is not None and self.head <= self.position and self._last_status in FINAL_STATUSES:
             # Nothing after our position and the job looks over: only its manifest can say whether it is.
@@ -266,6 +277,11 @@ class Subscription:
         item, size = _int(rec, "item"), _int(rec, "size")
         id_, mime, sha256 = str(rec.get("id") or ""), str(rec.get("mime") or ""), str(rec.get("sha256") or "")
         self.observer.item_started(item, id_, mime, size)
+        kept = sinks.kept_file(self.out, item, id_, mime, size, sha256, fsync=self.fsync)
+        if kept is not None:
+            # An earlier watch finished this file but stopped before moving past it: keep it. Its chunks,
+            # still on their way, are then at or before the position and dropped.
+            return self._saved(SavedFile(item, id_, mime, size, sha256, kept), seq)
         sink = sinks.FileSink(self.out, item, id_, mime, size, fsync=self.fsync)
         url = rec.get("url")
         self._receiving = _Receiving(
@@ -296,8 +312,7 @@ class Subscription:
             return
         receiving.sink.abort()
         self._receiving = None
-        self._advance(receiving.seq)
-        self._problem(StreamProblem(code, f"item {receiving.item}: {reason}"))
+        self._lost(receiving.seq, StreamProblem(code, f"item {receiving.item}: {reason}"))
 
     def _on_chunk(self, frame: Mapping[str, Any]) -> list[SavedFile]:
         receiving = self._receiving
@@ -321,30 +336,47 @@ class Subscription:
 
     def _advance(self, seq: int) -> None:
         self.position = seq
-        self.observer.position(seq)
+        if not self._held:
+            self.resume_from = seq
+            self.observer.position(seq)
 
     def _complete(self, receiving: _Receiving) -> list[SavedFile]:
+        """All bytes of the item are in: verify, fsync and rename its file, and only then move past it."""
         self._receiving = None
-        self._advance(receiving.seq)
         if receiving.received != receiving.size:
             receiving.sink.abort()
-            self._problem(
-                StreamProblem(
-                    "bad_size",
-                    f"item {receiving.item} is {receiving.received} bytes, expected {receiving.size}",
-                )
-            )
+            message = f"item {receiving.item} is {receiving.received} bytes, expected {receiving.size}"
+            self._lost(receiving.seq, StreamProblem("bad_size", message))
             return []
-        ok, path = receiving.sink.finish(receiving.sha256)
+        try:
+            ok, path = receiving.sink.finish(receiving.sha256)
+        except BaseException:
+            # Stopped while finishing (Ctrl-C, a full disk): the position stays before the item, and the
+            # `.part`, if it is whole, is kept by the next watch (`sinks.kept_file`).
+            receiving.sink.close()
+            raise
         if not ok:
-            self._problem(StreamProblem("bad_sha256", f"item {receiving.item} does not match its sha256"))
+            message = f"item {receiving.item} does not match its sha256"
+            self._lost(receiving.seq, StreamProblem("bad_sha256", message))
             return []
         saved = SavedFile(
             receiving.item, receiving.id, receiving.mime, receiving.size, receiving.sha256, Path(path)
         )
+        return self._saved(saved, receiving.seq)
+
+    def _saved(self, saved: SavedFile, seq: int) -> list[SavedFile]:
+        """The item record at `seq` is applied: its file is durable."""
         self.outcome.files.append(saved)
+        self._advance(seq)
         self.observer.item_saved(saved)
         return [saved]
+
+    def _lost(self, seq: int, problem: StreamProblem) -> None:
+        """The item record at `seq` is applied without its file: reported, and a later watch resumes before
+        it (this one moves on: the same bytes would fail the same way)."""
+        self._problem(problem)
+        self._held = True
+        self._advance(seq)
 
     def _on_error(self, rec: Mapping[str, Any]) -> None:
         code, message = str(rec.get("code") or "error"), str(rec.get("message") or "")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from podstream.sinks import FileSink, extension, media_name
+from podstream.sinks import FileSink, extension, kept_file, media_name
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,34 @@ def test_abort_removes_the_temp_file(tmp_path: Path) -> None:
     sink.abort()
     sink.abort()  # idempotent
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_complete_part_left_by_a_stopped_transfer_is_verified_and_put_in_place(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    sha = hashlib.sha256(data).hexdigest()
+    sink = FileSink(tmp_path, 1, "clip", "video/mp4", len(data))
+    sink.write(0, data)
+    sink.close()  # stopped while finishing: the `.part` stays
+    assert kept_file(tmp_path, 1, "clip", "video/mp4", len(data), "0" * 64) is None  # another file's sha256
+    assert (tmp_path / ".00001-clip.mp4.part").exists()
+    path = kept_file(tmp_path, 1, "clip", "video/mp4", len(data), sha)
+    assert path == tmp_path / "00001-clip.mp4" and path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00001-clip.mp4"]
+    # a file already under its final name is verified and kept as it is
+    assert kept_file(tmp_path, 1, "clip", "video/mp4", len(data), sha, fsync=False) == path
+
+
+def test_a_partial_or_wrong_file_is_not_kept(tmp_path: Path) -> None:
+    data = b"abcdef"
+    sha = hashlib.sha256(data).hexdigest()
+    assert kept_file(tmp_path, 0, "a", "image/png", len(data), sha) is None  # nothing there
+    (tmp_path / ".00000-a.png.part").write_bytes(data[:3])  # a transfer stopped mid-bytes
+    (tmp_path / "00000-a.png").write_bytes(b"abcdeX")  # same size, other bytes
+    assert kept_file(tmp_path, 0, "a", "image/png", len(data), sha) is None
+    (tmp_path / "00001-b.png").mkdir()
+    assert kept_file(tmp_path, 1, "b", "image/png", 0, hashlib.sha256(b"").hexdigest()) is None
+    # the next download replaces the `.part` from its start
+    sink = FileSink(tmp_path, 0, "a", "image/png", len(data), fsync=False)
+    sink.write(0, data)
+    ok, path = sink.finish(sha)
+    assert ok and path.read_bytes() == data

@@ -28,6 +28,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 import podstream.watcher as watch_mod
 from bench._relay_stack import free_port, wait_healthy
+from podstream import sinks
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 from podstream.puller import RetryPolicy
 from relay.auth import generate_key, hash_key
@@ -194,12 +195,16 @@ class Recorder(Observer):
         self.retries: list[str] = []
         self.statuses: list[str] = []
         self.progress: list[tuple[int, int, int]] = []
+        self.received: set[int] = set()  # items some of whose bytes arrived
 
     def status(self, status: str) -> None:
         self.statuses.append(status)
 
     def item_progress(self, item: int, step: int, steps: int) -> None:
         self.progress.append((item, step, steps))
+
+    def item_bytes(self, item: int, received: int, size: int) -> None:
+        self.received.add(item)
 
     def item_saved(self, file: SavedFile) -> None:
         self.saved.append(file.item)
@@ -385,6 +390,7 @@ def test_subscription_rejects_out_of_order_streams(tmp_path: Path) -> None:
     assert sub.feed({"t": "err", "code": "already_subscribed", "message": "x", "job": JOB}) == ([], [])
     sub.feed({"t": "err", "code": "media_unavailable", "message": "the file of item 0 is gone", "job": JOB})
     assert sub.position == 2 and [p.code for p in sub.outcome.problems] == ["media_unavailable"]
+    assert sub.resume_from == 1, "a later watch tries the lost item again"
     with pytest.raises(TransferError, match="refused: not_found"):
         sub.feed({"t": "err", "code": "not_found", "message": "this relay does not know the job", "job": JOB})
     assert sub.feed({"t": "ev", "job": "other", "seq": 9, "k": "done"}) == ([], [])
@@ -405,6 +411,169 @@ def test_items_without_inline_bytes_are_fetched_from_their_url(tmp_path: Path) -
     assert {f.item: f.path.read_bytes() for f in info.value.outcome.files} == {0: files[0], 1: files[1]}
     assert [p.code for p in info.value.outcome.problems] == ["fetch_failed"]
     assert relay.media_requests == [("/media/0", "Bearer t"), ("/media/9", "Bearer t")]
+
+
+# --------------------------------------------------------------- stopped while finishing a file, then resumed
+
+#: The steps of finishing a file (`podstream.sinks.FileSink.finish`) a watch can be stopped at.
+FINISH_STEPS = (
+    "verify",  # every byte written, before the sha256 check
+    "fsync",  # verified, before the file's fsync
+    "rename",  # fsynced, before the rename to the final name
+    "renamed",  # renamed, before the directory's fsync
+    "synced",  # durable, before the watcher moves past the item
+)
+
+
+class InterruptingOs:
+    """`os` as `podstream.sinks` sees it, raising `KeyboardInterrupt` (Ctrl-C) once, at `step` of finishing
+    the file named `name`; every call goes to the real `os`."""
+
+    def __init__(self, name: str, step: str, exc: type[BaseException] = KeyboardInterrupt) -> None:
+        assert step in FINISH_STEPS
+        self.temp = f".{name}.part"
+        self.step = step
+        self.exc = exc
+        self.fired = False
+        self._renamed = False
+        self._names: dict[int, str] = {}  # open fd -> file name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _at(self, step: str) -> None:
+        if step == self.step and not self.fired:
+            self.fired = True
+            raise self.exc()
+
+    def open(self, path: str | Path, flags: int, mode: int = 0o777) -> int:
+        fd = os.open(path, flags, mode)
+        self._names[fd] = Path(path).name
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._names.pop(fd, None)
+        os.close(fd)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        if self._names.get(fd) == self.temp:
+            self._at("verify")
+        return os.fstat(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self._names.get(fd) == self.temp:
+            self._at("fsync")
+        os.fsync(fd)
+        if self._renamed:
+            self._renamed = False
+            self._at("synced")
+
+    def replace(self, src: str | Path, dst: str | Path) -> None:
+        if Path(src).name == self.temp:
+            self._at("rename")
+            os.replace(src, dst)
+            self._renamed = True
+            self._at("renamed")
+        else:
+            os.replace(src, dst)
+
+
+def names_on_disk(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("step", FINISH_STEPS)
+def test_a_watch_stopped_while_finishing_a_file_resumes_without_skipping_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    records, files = journal([2500, 3000, 1200])
+    expected = {f"{k:05d}-v{k}.mp4": data for k, data in files.items()}
+    relay = ScriptedRelay(records, files)
+    first, again = Recorder(), Recorder()
+    stop = InterruptingOs("00001-v1.mp4", step)
+    with running(relay) as url:
+        monkeypatch.setattr(sinks, "os", stop)
+        with pytest.raises(KeyboardInterrupt):
+            do_watch(url, tmp_path, observer=first)
+        monkeypatch.undo()
+        assert stop.fired and first.saved == [0]
+        item1 = next(r["seq"] for r in records if r["k"] == "item" and r["item"] == 1)
+        assert first.last_seq < item1, "the cursor never passes a file that is not durable"
+        left = names_on_disk(tmp_path)
+        if step in ("verify", "fsync", "rename"):
+            assert left[".00001-v1.mp4.part"] == files[1] and "00001-v1.mp4" not in left
+        else:
+            assert left["00001-v1.mp4"] == files[1] and ".00001-v1.mp4.part" not in left
+
+        resumed = do_watch(url, tmp_path, observer=again, from_seq=first.last_seq)
+    assert [f.item for f in resumed] == [1, 2]
+    assert names_on_disk(tmp_path) == expected  # every file whole, no `.part` left behind
+    assert 1 not in again.received, "the file the stopped watch had finished is kept, not received again"
+    assert 2 in again.received
+    assert again.outcome is not None and again.outcome.ok
+
+
+@pytest.mark.parametrize("step", FINISH_STEPS)
+def test_an_awatch_stopped_while_finishing_a_file_resumes_without_skipping_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    records, files = journal([2500, 3000, 1200])
+    relay = ScriptedRelay(records, files)
+    first, again = Recorder(), Recorder()
+
+    async def watch(url: str, observer: Recorder, from_seq: int = 0) -> list[SavedFile]:
+        files = watch_mod.awatch(
+            JOB, relay=url, out=tmp_path, retry=FAST, observer=observer, from_seq=from_seq
+        )
+        return [f async for f in files]
+
+    with running(relay) as url:
+        monkeypatch.setattr(sinks, "os", InterruptingOs("00001-v1.mp4", step))
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(watch(url, first))
+        monkeypatch.undo()
+        resumed = asyncio.run(watch(url, again, first.last_seq))
+    assert first.saved == [0] and [f.item for f in resumed] == [1, 2]
+    assert names_on_disk(tmp_path) == {f"{k:05d}-v{k}.mp4": data for k, data in files.items()}
+    assert 1 not in again.received
+
+
+def test_a_failure_while_finishing_a_file_is_retried_in_the_same_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error while finishing (here at the rename) drops the connection; the watch subscribes again
+    from before the item and keeps the `.part` it had verified."""
+    records, files = journal([2500, 3000])
+    relay = ScriptedRelay(records, files)
+    recorder = Recorder()
+    monkeypatch.setattr(sinks, "os", InterruptingOs("00000-v0.mp4", "rename", OSError))
+    with running(relay) as url:
+        saved = do_watch(url, tmp_path, observer=recorder)
+    assert [f.item for f in saved] == [0, 1] and recorder.retries
+    assert names_on_disk(tmp_path) == {f"{k:05d}-v{k}.mp4": data for k, data in files.items()}
+    item0 = next(r["seq"] for r in records if r["k"] == "item" and r["item"] == 0)
+    assert relay.subs[1]["from"] == item0 - 1
+
+
+def test_a_file_that_failed_to_arrive_is_tried_again_on_resume(tmp_path: Path) -> None:
+    """The watch goes on past a corrupt file (it reports it), but the cursor it gives a later watch stays
+    before it: resuming from there gets it."""
+    records, files = journal([300, 400, 500])
+    relay = ScriptedRelay(records, files)
+    relay.corrupt_item = 1
+    first, again = Recorder(), Recorder()
+    with running(relay) as url:
+        with pytest.raises(JobIncomplete) as info:
+            do_watch(url, tmp_path, observer=first)
+        assert [f.item for f in info.value.outcome.files] == [0, 2]
+        assert [p.code for p in info.value.outcome.problems] == ["bad_sha256"]
+        item1 = next(r["seq"] for r in records if r["k"] == "item" and r["item"] == 1)
+        assert first.last_seq == item1 - 1
+        relay.corrupt_item = None
+        resumed = do_watch(url, tmp_path, observer=again, from_seq=first.last_seq)
+    assert [f.item for f in resumed] == [1, 2]
+    assert names_on_disk(tmp_path) == {f"{k:05d}-v{k}.mp4": data for k, data in files.items()}
+    assert 2 not in again.received, "item 2, saved before, is kept"
 
 
 # ------------------------------------------------------ against the real relay (a process) and the emulator
@@ -540,3 +709,36 @@ def test_a_rerun_job_replaces_the_earlier_files(tmp_path: Path) -> None:
     assert [f.item for f in saved] == [0, 1]
     assert recorder.outcome is not None and recorder.outcome.ok
     assert [f.item for f in recorder.outcome.files] == [1] and recorder.problems == ["restarted"]
+
+
+def test_ctrl_c_while_finishing_a_file_then_the_printed_resume_command_gets_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`podstream watch` against a real relay, stopped at each step of finishing a file: the command it
+    prints carries on without skipping that file, and exits 0."""
+    from podstream.cli import main
+    from podstream.submit import submit
+    from tests.podstream.stack import local_stack
+
+    names = [f"{k:05d}-img{k}.png" for k in range(3)]
+    with local_stack(tmp_path / "stack") as stack:
+        job = submit({"sizes": [300_000, 200_000, 100_000]}, relay=stack.relay, key=stack.key).id
+        watch = ["watch", job, "--relay", stack.relay, "--key", stack.key, "-q"]
+        assert main([*watch, "--out", str(tmp_path / "whole")]) == 0
+        whole = names_on_disk(tmp_path / "whole")
+        assert sorted(whole) == names
+        capsys.readouterr()
+        for step in FINISH_STEPS:
+            out = tmp_path / step
+            with monkeypatch.context() as patch:
+                stop = InterruptingOs(names[1], step)
+                patch.setattr(sinks, "os", stop)
+                assert main([*watch, "--out", str(out)]) == 130
+                assert stop.fired
+            stderr = capsys.readouterr().err
+            hint = next(line for line in stderr.splitlines() if line.startswith("interrupted; resume with: "))
+            resume = hint.removeprefix("interrupted; resume with: podstream ").split("  (")[0].split()
+            resume = [stack.key if word == '"$PODSTREAM_API_KEY"' else word for word in resume]
+            assert resume[:2] == ["watch", job] and "--from" in resume
+            assert main([*resume, "-q"]) == 0, capsys.readouterr().err
+            assert names_on_disk(out) == whole, step  # every file, whole, and no `.part` left
