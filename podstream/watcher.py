@@ -63,6 +63,9 @@ TOKEN_EXPIRED: Final = 4003
 #: The largest frame a relay sends is a 256 KiB chunk plus its msgpack header.
 MAX_FRAME: Final = 1 << 20
 OPEN_TIMEOUT_S: Final = 10.0
+#: How long leaving a connection (done, a resync, Ctrl-C) waits for the relay's close handshake. Frames still
+#: queued unread hold it up, so a stopped watch would otherwise wait websockets' default 10 s to exit.
+CLOSE_TIMEOUT_S: Final = 2.0
 FETCH_TIMEOUT: Final = httpx.Timeout(30.0)
 
 
@@ -545,7 +548,11 @@ def watch(
             reason = ""
             try:
                 with connect(
-                    conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
+                    conn.url,
+                    max_size=MAX_FRAME,
+                    compression=None,
+                    open_timeout=OPEN_TIMEOUT_S,
+                    close_timeout=CLOSE_TIMEOUT_S,
                 ) as ws:
                     conn.connected_once = True
                     for first in conn.first_frames(sub):
@@ -612,7 +619,11 @@ async def awatch(
             reason = ""
             try:
                 async with connect(
-                    conn.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S
+                    conn.url,
+                    max_size=MAX_FRAME,
+                    compression=None,
+                    open_timeout=OPEN_TIMEOUT_S,
+                    close_timeout=CLOSE_TIMEOUT_S,
                 ) as ws:
                     conn.connected_once = True
                     for first in conn.first_frames(sub):
