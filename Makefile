@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints/dev.txt
 PKGS := podstream worker relay
+# s3rver (npm): the second S3 server of the cluster tests, next to moto (tests/relay/backends/conftest.py).
+S3RVER := tests/s3rver/node_modules/.installed
 
-.PHONY: help venv js test test-py test-js lint bench bench-full chaos demo clean
+.PHONY: help venv js s3rver test test-py test-js lint bench bench-full chaos demo clean
 
 help:
 	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
@@ -35,11 +37,17 @@ client_js/node_modules/.installed: client_js/package.json
 js:
 	@if [ -f client_js/package.json ]; then $(MAKE) --no-print-directory client_js/node_modules/.installed; fi
 
-test: venv js
+$(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
+	cd tests/s3rver && npm ci --no-audit --no-fund
+	touch $@
+
+s3rver: $(S3RVER)
+
+test: venv js $(S3RVER)
 	$(PY) -m pytest
 	@if [ -f client_js/package.json ]; then cd client_js && npm test; fi
 
-test-py: venv
+test-py: venv $(S3RVER)
 	$(PY) -m pytest
 
 lint: venv
@@ -61,4 +69,4 @@ demo: venv js
 	$(VENV)/bin/podstream demo
 
 clean:
-	rm -rf $(VENV) client_js/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) client_js/node_modules tests/s3rver/node_modules .pytest_cache .mypy_cache .ruff_cache
