@@ -251,7 +251,6 @@ export class JobSubscription extends Emitter {
       } else if (pending.received === 0 && frame.seq === pending.record.seq + 1) {
         // No bytes follow an item the relay does not hold (uploaded out of band: a `ref`): URL only.
         this._pending = null;
-        this.lastSeq = pending.record.seq;
         this._deliver(new PodstreamFile(pending.record, { fetch: this._fetch }));
       } else {
         return "resync";
@@ -300,7 +299,6 @@ export class JobSubscription extends Emitter {
           url,
         };
         if (!this.inline) {
-          this.lastSeq = ev.seq;
           this._deliver(new PodstreamFile(record, { fetch: this._fetch }));
           return undefined;
         }
@@ -413,7 +411,9 @@ export class JobSubscription extends Emitter {
   }
 
   /**
-   * All bytes of the pending item are in: verify, deliver, advance `lastSeq`.
+   * All bytes of the pending item are in: verify, make its Blob, and only then advance `lastSeq` (with the
+   * delivery), so the cursor never passes an item whose file is not whole; if anything here throws, the
+   * item is received again.
    * @param {{record: ItemStart, chunks: Uint8Array[], received: number}} pending
    */
   async _complete(pending) {
@@ -436,12 +436,15 @@ export class JobSubscription extends Emitter {
       });
       return;
     }
-    this.lastSeq = record.seq;
     this._deliver(new PodstreamFile(record, { bytes, verified, fetch: this._fetch }));
   }
 
-  /** @param {PodstreamFile} file */
+  /**
+   * Apply an item record with its file made: advance `lastSeq` to it, then hand the file out.
+   * @param {PodstreamFile} file
+   */
   _deliver(file) {
+    this.lastSeq = file.seq;
     this.results.push(file);
     this.emit("item", file);
     this._wake();

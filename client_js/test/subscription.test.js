@@ -149,6 +149,36 @@ test("an item cut off mid-bytes is not applied; its replay from offset 0 complet
   assert.deepEqual(new Uint8Array(await (await job.results[0].blob()).arrayBuffer()), data);
 });
 
+test("the cursor passes an item only with its verified Blob; stopped while finishing, it comes again", async () => {
+  const job = new JobSubscription("j");
+  const data = bytesOf(100, 4);
+  const frames = itemFrames(1, 0, data, 30);
+  await feed(job, frames.slice(0, -1));
+  const finishing = job._frame(frames[frames.length - 1]); // the last chunk: verifying starts
+  assert.equal(job.lastSeq, 0, "not while the bytes are being verified");
+  await finishing;
+  assert.equal(job.lastSeq, 1);
+
+  const again = new JobSubscription("j");
+  const RealBlob = globalThis.Blob;
+  globalThis.Blob = class extends RealBlob {
+    constructor() {
+      super();
+      throw new RangeError("out of memory"); // the file cannot be made
+    }
+  };
+  try {
+    await assert.rejects(feed(again, frames), RangeError);
+  } finally {
+    globalThis.Blob = RealBlob;
+  }
+  assert.equal(again.lastSeq, 0, "an item whose Blob was not made is not passed");
+  assert.equal(again.results.length, 0);
+  await feed(again, frames); // resumed from lastSeq: the record and its bytes again
+  assert.equal(again.lastSeq, 1);
+  assert.deepEqual(new Uint8Array(await (await again.results[0].blob()).arrayBuffer()), data);
+});
+
 test("gaps and out-of-order chunks ask for a resync instead of applying", async () => {
   const job = new JobSubscription("j");
   assert.deepEqual(await feed(job, [{ t: "ev", job: "j", seq: 2, k: "status", status: "X" }]), ["resync"]);

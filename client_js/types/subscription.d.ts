@@ -123,7 +123,9 @@ export class JobSubscription extends Emitter<JobEvents> {
      */
     _itemUnavailable(code: string, message: string): void;
     /**
-     * All bytes of the pending item are in: verify, deliver, advance `lastSeq`.
+     * All bytes of the pending item are in: verify, make its Blob, and only then advance `lastSeq` (with the
+     * delivery), so the cursor never passes an item whose file is not whole; if anything here throws, the
+     * item is received again.
      * @param {{record: ItemStart, chunks: Uint8Array[], received: number}} pending
      */
     _complete(pending: {
@@ -131,7 +133,10 @@ export class JobSubscription extends Emitter<JobEvents> {
         chunks: Uint8Array[];
         received: number;
     }): Promise<void>;
-    /** @param {PodstreamFile} file */
+    /**
+     * Apply an item record with its file made: advance `lastSeq` to it, then hand the file out.
+     * @param {PodstreamFile} file
+     */
     _deliver(file: PodstreamFile): void;
     /**
      * Render a job from its manifest alone (`GET /v1/jobs/{id}`): URL mode, no websocket. Emits the same events

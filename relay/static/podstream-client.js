@@ -2087,7 +2087,6 @@ var JobSubscription = class extends Emitter {
         await this._complete(pending);
       } else if (pending.received === 0 && frame.seq === pending.record.seq + 1) {
         this._pending = null;
-        this.lastSeq = pending.record.seq;
         this._deliver(new PodstreamFile(pending.record, { fetch: this._fetch }));
       } else {
         return "resync";
@@ -2137,7 +2136,6 @@ var JobSubscription = class extends Emitter {
           url
         };
         if (!this.inline) {
-          this.lastSeq = ev.seq;
           this._deliver(new PodstreamFile(record, { fetch: this._fetch }));
           return void 0;
         }
@@ -2242,7 +2240,9 @@ var JobSubscription = class extends Emitter {
     this.emit("error", { seq: pending.record.seq, item: pending.record.item, code, message, fatal: false });
   }
   /**
-   * All bytes of the pending item are in: verify, deliver, advance `lastSeq`.
+   * All bytes of the pending item are in: verify, make its Blob, and only then advance `lastSeq` (with the
+   * delivery), so the cursor never passes an item whose file is not whole; if anything here throws, the
+   * item is received again.
    * @param {{record: ItemStart, chunks: Uint8Array[], received: number}} pending
    */
   async _complete(pending) {
@@ -2264,11 +2264,14 @@ var JobSubscription = class extends Emitter {
       });
       return;
     }
-    this.lastSeq = record.seq;
     this._deliver(new PodstreamFile(record, { bytes, verified, fetch: this._fetch }));
   }
-  /** @param {PodstreamFile} file */
+  /**
+   * Apply an item record with its file made: advance `lastSeq` to it, then hand the file out.
+   * @param {PodstreamFile} file
+   */
   _deliver(file) {
+    this.lastSeq = file.seq;
     this.results.push(file);
     this.emit("item", file);
     this._wake();
