@@ -89,11 +89,18 @@ def _where(client: redis.Redis) -> str:
 
 
 def start_check(settings: ClusterSettings) -> str:
-    """At `podstream relay` start in cluster mode: make the clients and probe them; returns a line saying
-    what the replica runs on. Raises `ClusterUnavailable` (one line) when Redis or the bucket cannot be used."""
+    """At `podstream relay` start in cluster mode: make the clients and probe them, and find out what the
+    bucket checks of a PUT (`S3MediaStore.checks`: it writes and deletes a small object); returns a line
+    saying what the replica runs on. Raises `ClusterUnavailable` (one line) when Redis or the bucket cannot
+    be used."""
     cluster = Cluster.from_settings(settings)
+    bucket = cluster.media.url.bucket
     try:
         cluster.probe()
+        try:
+            checks = cluster.media.checks()
+        except Exception as exc:  # botocore: ClientError (403), EndpointConnectionError, ...
+            raise ClusterUnavailable(f"cannot write to the bucket {bucket!r}: {exc}") from None
     finally:
         cluster.close()
-    return f"replica {cluster.replica}: Redis at {_where(cluster.redis)}, media in s3://{cluster.media.url.bucket}"
+    return f"replica {cluster.replica}: Redis at {_where(cluster.redis)}, media in s3://{bucket} (which {checks})"

@@ -34,7 +34,7 @@ from podstream.sinks import media_name
 from relay.backends.job_index import RedisJobIndex
 from relay.backends.protocols import StoredObject
 from relay.backends.redis_journal import RedisIngestLog, RedisJournal
-from relay.backends.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore
+from relay.backends.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore, SpoolChanged
 from relay.store import ITEM, JobStore, MediaGone, MediaRetry
 
 log = logging.getLogger("podstream.relay.cluster")
@@ -74,15 +74,21 @@ class BucketSink:
     """The poller's `wire.ItemSink` of one item in cluster mode (see the module docstring)."""
 
     def __init__(
-        self, media: S3MediaStore, job: str, run: str, name: str, size: int, *, replaying: bool
-    ) -> None:
+        self, media: S3MediaStore, job: str, run: str, name: str, size: int, *, replaying: bool,
+        mime: str | None = None,
+    ) -> None:  # fmt: skip
         self.media = media
         self.job, self.run, self.name, self.size = job, int(run), name, size
+        #: The object's Content-Type (the item's mime), so a redirected download keeps its type.
+        self.mime = mime or None
         self.result = PurePosixPath(run, name)
         self.key = media.item_key(job, self.run, name)
         #: Set by the poller while it replays the ingest log; cleared when it is live again.
         self.replaying = replaying
-        self._sink: S3MediaSink | None = None if replaying else media.sink(job, self.run, name, size)
+        self._sink: S3MediaSink | None = None if replaying else self._new_sink()
+
+    def _new_sink(self) -> S3MediaSink:
+        return self.media.sink(self.job, self.run, self.name, self.size, content_type=self.mime)
 
     def write(self, offset: int, data: bytes) -> None:
         if self.replaying:
@@ -90,7 +96,7 @@ class BucketSink:
         if self._sink is None:
             # (Not reached after a takeover: the poller drops items the replay left half-received, see
             # `ClusterJobStore.partial_items_lost`; kept for a sink made live without a replay.)
-            self._sink = self.media.sink(self.job, self.run, self.name, self.size)
+            self._sink = self._new_sink()
         self._sink.write(offset, data)
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
@@ -100,8 +106,8 @@ class BucketSink:
         try:
             ok, _stored = self._sink.finish(sha256)
         except MediaUploadFailed as exc:
-            self._upload_until_stored(exc)  # verified and spooled: only the bucket is missing
-            return True, self.result
+            # verified and spooled: only the bucket is missing (or the spool file broke meanwhile)
+            ok = self._upload_until_stored(exc)
         return (True, self.result) if ok else (False, None)
 
     def _stat_until_answered(self) -> StoredObject | None:
@@ -121,10 +127,11 @@ class BucketSink:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _upload_until_stored(self, first: MediaUploadFailed) -> None:
+    def _upload_until_stored(self, first: MediaUploadFailed) -> bool:
         """The bucket did not take a verified item: retry (in the poller's thread, so nothing after it is
         journaled or published meanwhile; RunPod keeps the rest of the stream) for up to `UPLOAD_PATIENCE_S`,
-        then give up (the poller restarts and gap recovery resends the item)."""
+        then give up (the poller restarts and gap recovery resends the item). False when the spool file is no
+        longer the verified bytes (the item fails its check, and gap recovery resends it)."""
         assert self._sink is not None
         deadline = time.monotonic() + UPLOAD_PATIENCE_S
         delay, error = 0.2, first
@@ -135,7 +142,10 @@ class BucketSink:
             try:
                 self._sink.retry()
                 log.info("item %s: stored in the bucket after a retry", self.key)
-                return
+                return True
+            except SpoolChanged as exc:
+                log.warning("item %s: %s", self.key, exc)
+                return False
             except MediaUploadFailed as exc:
                 error = exc
         self._sink.abort()
@@ -196,8 +206,9 @@ class ClusterJobStore(JobStore):
         self, directory: Path, item: int, id: str, mime: str, size: int, *, replaying: bool
     ) -> BucketSink:
         return BucketSink(
-            self.bucket, self.job, directory.name, media_name(item, id, mime), size, replaying=replaying
-        )
+            self.bucket, self.job, directory.name, media_name(item, id, mime), size, replaying=replaying,
+            mime=mime,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ media
 
@@ -262,7 +273,7 @@ class ClusterJobStore(JobStore):
             if stored is not None and stored.size == ref.size and stored.sha256 == ref.sha256:
                 return PurePosixPath(str(run), name)
             return None
-        self.bucket.move(source, target, ref.size, ref.sha256)
+        self.bucket.move(source, target, ref.size, ref.sha256, content_type=ref.mime or None)
         return PurePosixPath(str(run), name)
 
     # ------------------------------------------------------------------ read-only and writable

@@ -1,4 +1,4 @@
-"""`podstream relay` in cluster mode, as a real process against a real redis-server and moto S3."""
+"""`podstream relay` in cluster mode, as a real process against a real redis-server and an S3 server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bench._relay_stack import free_port, wait_healthy
 from relay.auth import hash_key
 from relay.backends.cluster import Cluster, ClusterUnavailable, replica_id
 from relay.backends.settings import ClusterSettings
-from tests.relay.backends.conftest import AWS_ENV, RedisServer, S3Server
+from tests.relay.backends.conftest import AWS_ENV, S3_SERVERS, RedisServer, S3Server
 from tests.relay.conftest import API_KEY, TOKEN_SECRET
 
 
@@ -82,11 +82,13 @@ def test_unreachable_redis_or_bucket_is_one_line_exit_1(
     )
 
 
+@pytest.mark.parametrize("s3_kind", S3_SERVERS)
 def test_a_replica_probes_its_backends_then_serves_and_stops_cleanly(
     tmp_path: Path, redis_server: RedisServer, s3_server: S3Server
 ) -> None:
-    """With both URLs the relay probes Redis and the bucket, says what it runs on, serves as a replica
-    (ready on /readyz, the jobs listed from Redis) and gives everything back on SIGTERM."""
+    """With both URLs the relay probes Redis and the bucket, says what it runs on and what the bucket checks
+    of a PUT (neither test server checks a digest), serves as a replica (ready on /readyz, the jobs listed
+    from Redis) and gives everything back on SIGTERM."""
     port = free_port()
     env = {
         **os.environ, **AWS_ENV, "PODSTREAM_API_KEYS": hash_key(API_KEY), "PODSTREAM_DATA_DIR": str(tmp_path),
@@ -112,7 +114,10 @@ def test_a_replica_probes_its_backends_then_serves_and_stops_cleanly(
         assert process.wait(30) in (0, -15)
     text = log.read_text()
     assert "Application shutdown complete" in text
-    assert "cluster mode: replica relay-a: Redis at 127.0.0.1:" in text and "media in s3://media" in text
+    assert "cluster mode: replica relay-a: Redis at 127.0.0.1:" in text
+    assert "media in s3://media (which checks no digest of a PUT: uploads are proven by its ETag" in text
+    probes = s3_server.client().list_objects_v2(Bucket="media", Prefix="relay/_probe/")
+    assert probes["KeyCount"] == 0, "the probe's object is deleted"
     assert "Traceback" not in text
 
 

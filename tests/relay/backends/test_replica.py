@@ -1,5 +1,6 @@
-"""Relay replicas in cluster mode, end to end: real uvicorn replicas sharing a real `redis-server` and moto's
-S3 server, the RunPod emulator and a scripted worker; real websocket clients and HTTP.
+"""Relay replicas in cluster mode, end to end: real uvicorn replicas sharing a real `redis-server` and an S3
+server (moto; the media and upload tests on s3rver too), the RunPod emulator and a scripted worker; real
+websocket clients and HTTP.
 
 (Through separate processes, with kills, Redis restarts and an unreachable bucket: test_replicas.py.)
 """
@@ -22,7 +23,7 @@ from relay.app import create_app
 from relay.auth import generate_key, hash_key
 from relay.backends.settings import ClusterSettings
 from relay.bucket_media import byte_range
-from tests.relay.backends.conftest import RedisServer, S3Server, stop
+from tests.relay.backends.conftest import S3_SERVERS, RedisServer, S3Server, stop
 from tests.relay.conftest import (
     API_KEY,
     Batch,
@@ -130,14 +131,32 @@ async def test_a_job_submitted_on_one_replica_is_followed_live_on_another(
     assert stream["max_in_flight"] == 1, "one /stream long-poll at a time: one poller for the job"
 
 
+async def run_typed_job(worker: ScriptedWorker, job: str, files: list[tuple[bytes, str]]) -> None:
+    """A job whose items have these (bytes, mime)."""
+    await worker.take()
+    envs = wire.Envelopes(job)
+    entries = []
+    for i, (data, mime) in enumerate(files):
+        for envelope in envs.parts(i, data, mime=mime, id=f"f{i}", part_bytes=64 * 1024):
+            await worker.post(job, envelope)
+        parts = wire.part_count(len(data), 64 * 1024)
+        entries.append(wire.ManifestItem(i, f"f{i}", "ok", mime, len(data), sha(data), parts))
+    for envelope in envs.manifest(entries):
+        await worker.post(job, envelope)
+    await worker.done(job)
+
+
+@pytest.mark.parametrize("s3_kind", S3_SERVERS)
 async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
     replicas: Start, worker: ScriptedWorker
 ) -> None:
+    """On both S3 servers: streamed by the replica (whole, by range) or, with --media-redirect, a SigV4
+    presigned URL whose download is the item's bytes with the item's Content-Type."""
     a = await replicas("a")
     b = await replicas("b", media_redirect=True)
     job = await submit(a)
     files = make_files(2, 300_000)
-    await run_job(worker, job, files)
+    await run_typed_job(worker, job, [(files[0], "video/mp4"), (files[1], "image/png")])
     async with a.http() as http:
         for _ in range(200):
             manifest = (await http.get(f"{a.url}/v1/jobs/{job}")).json()
@@ -148,6 +167,7 @@ async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
         url = url.split("?")[0]
         whole = await http.get(f"{a.url}{url}")
         assert whole.status_code == 200 and whole.content == files[1]
+        assert whole.headers["content-type"] == "image/png"
         assert whole.headers["etag"] == f'"{sha(files[1])}"'
         part = await http.get(f"{a.url}{url}", headers={"range": "bytes=1000-1999"})
         assert part.status_code == 206 and part.content == files[1][1000:2000]
@@ -163,10 +183,14 @@ async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
         assert redirect.status_code == 302
         location = redirect.headers["location"]
         assert location.startswith(a.relay.store.cluster.media.client.meta.endpoint_url)
-        assert "Signature" in location or "X-Amz-Signature" in location
+        assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location and "X-Amz-Signature=" in location
+        first = (await http.get(f"{b.url}/v1/jobs/{job}/media/0")).headers["location"]
     async with httpx.AsyncClient() as plain:  # the presigned URL is the grant: no relay key needed
         direct = await plain.get(location)
         assert direct.status_code == 200 and direct.content == files[1]
+        assert direct.headers["content-type"] == "image/png", "the object has the item's type"
+        video = await plain.get(first)
+        assert video.content == files[0] and video.headers["content-type"] == "video/mp4"
         unauthorized = await plain.get(f"{b.url}{url}")
         assert unauthorized.status_code == 401, "the redirect is only given to an authorized request"
 
@@ -220,11 +244,13 @@ def test_byte_range(header: str | None, size: int, expected: tuple[int, int] | N
     assert byte_range(header, size) == expected
 
 
+@pytest.mark.parametrize("s3_kind", S3_SERVERS)
 async def test_an_upload_to_one_replica_is_claimed_by_the_polling_one(
     replicas: Start, worker: ScriptedWorker, s3_server: S3Server
 ) -> None:
     """`PUT /v1/uploads` lands on any replica (the load balancer picks), the object waits in the bucket, and
-    the replica polling the job claims it when the item's `ref` arrives; every replica serves its bytes."""
+    the replica polling the job claims it when the item's `ref` arrives (moved, with the item's type); every
+    replica serves its bytes."""
     upload_key = generate_key()
     keys = f"{hash_key(API_KEY)},uploader={hash_key(upload_key)}/upload"
     a, b = await replicas("a", api_keys=keys), await replicas("b", api_keys=keys)
@@ -253,6 +279,8 @@ async def test_an_upload_to_one_replica_is_claimed_by_the_polling_one(
     assert [o["Key"].split(f"{job}/", 1)[1] for o in listed["Contents"]] == ["1/00000-u.mp4"], (
         "moved, not copied"
     )
+    moved = s3_server.client().head_object(Bucket=s3_server.bucket, Key=f"relay/{job}/1/00000-u.mp4")
+    assert moved["ContentType"] == "video/mp4"
     bad = await asyncio.to_thread(
         httpx.put, f"{b.url}/v1/uploads/{job}/1", content=b"x" * 10,
         headers={"authorization": f"Bearer {upload_key}", "x-podstream-sha256": sha(b"y")},

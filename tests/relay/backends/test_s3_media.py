@@ -1,16 +1,36 @@
-"""S3MediaStore and S3MediaSink against moto's S3 server on loopback: verified before referenced."""
+"""S3MediaStore and S3MediaSink against both test S3 servers on loopback (moto, which verifies checksums, and
+s3rver, which verifies none): verified before referenced, on a bucket that checks and on one that does not."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 
 from bench._relay_stack import free_port
-from relay.backends.s3_media import MediaUploadFailed, MediaUrl, MediaUrlError, S3MediaStore
-from tests.relay.backends.conftest import S3Server
+from relay.backends.s3_media import (
+    BucketChecks,
+    Integrity,
+    MediaUploadFailed,
+    MediaUrl,
+    MediaUrlError,
+    S3MediaStore,
+    SpoolChanged,
+)
+from tests.relay.backends.conftest import S3_SERVERS, S3Server
+
+
+@pytest.fixture(params=S3_SERVERS)
+def s3_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def parts(data: bytes, size: int) -> list[tuple[int, bytes]]:
@@ -70,28 +90,170 @@ def test_an_unreachable_bucket_keeps_the_spool_for_a_retry(s3_server: S3Server, 
     assert s3_server.client().get_object(Bucket="media", Key="job/1/00000-a.bin")["Body"].read() == data
 
 
-def test_an_object_other_than_the_verified_bytes_is_refused_and_deleted(
+def test_a_spool_file_changed_after_verification_is_never_uploaded(
     media: S3MediaStore, tmp_path: Path
 ) -> None:
-    """The spooled file changed after it was verified (a disk error, another process): the store's own
-    SHA-256 of what it received differs, so the upload fails and the object is deleted."""
+    """The spooled file changed after it was verified (a disk error, another process): the upload hashes it
+    again before sending anything, refuses it as `SpoolChanged` (retrying cannot help), and the bucket stays
+    empty. A sink in that state reports its item as failing its check, for gap recovery to resend."""
     path = tmp_path / "file"
     path.write_bytes(b"changed after verification")
     claimed = hashlib.sha256(b"the verified bytes").hexdigest()
-    with pytest.raises(MediaUploadFailed, match=r"other bytes than the verified relay/job/1/x"):
+    with pytest.raises(SpoolChanged, match=r"relay/job/1/x is no longer the verified bytes; nothing"):
         media.upload("relay/job/1/x", path, path.stat().st_size, claimed)
-    assert media.stat("relay/job/1/x") is None
+    with pytest.raises(SpoolChanged, match=r"the file of relay/job/1/y cannot be read"):
+        media.upload("relay/job/1/y", tmp_path / "gone", 10, claimed)
+    assert media.stat("relay/job/1/x") is None and media.stat("relay/job/1/y") is None
+    assert media.integrity is None, "nothing was checked: nothing was sent"
 
 
-def test_presigned_urls_and_deleting_a_job(media: S3MediaStore) -> None:
-    import httpx
+def corrupt_puts(client: Any) -> None:
+    """Flip the first byte of every PutObject body on its way to the bucket, after the client computed
+    its headers (a bit flipped in transit, or by a proxy)."""
 
-    for job, name in (("job-a", "00000-a.bin"), ("job-a", "00001-b.bin"), ("job-b", "00000-a.bin")):
-        sink = media.sink(job, 1, name, 3)
+    def flip(request: Any, **_: Any) -> None:
+        body = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
+        request.body = bytes([body[0] ^ 0xFF]) + body[1:]
+
+    client.meta.events.register("before-send.s3.PutObject", flip)
+
+
+class _Raw:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+def check_digests_like_aws(client: Any) -> None:
+    """PutObject answered as AWS S3 answers it (neither test server does): 400 BadDigest when the body's
+    SHA-256 or MD5 is not what `x-amz-checksum-sha256` or `Content-MD5` says; else on to the server."""
+
+    def check(request: Any, **_: Any) -> AWSResponse | None:
+        body = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
+        request.body = body
+        sent = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        sha = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        if sent.get("x-amz-checksum-sha256", sha) == sha and sent.get("content-md5", md5) == md5:
+            return None
+        error = b"<Error><Code>BadDigest</Code><Message>the digest did not match</Message></Error>"
+        headers = HTTPHeaders()
+        headers["content-type"] = "application/xml"
+        return AWSResponse(request.url, 400, headers, _Raw(error))
+
+    client.meta.events.register("before-send.s3.PutObject", check)
+
+
+def hide_checksums(client: Any) -> None:
+    """HEAD answers as from a bucket that keeps no SHA-256 and whose ETag is no MD5 (as a multipart
+    upload's or SSE-KMS's): the upload can only read the object back."""
+
+    def strip(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.pop("ChecksumSHA256", None)
+        parsed["ETag"] = '"0123456789abcdef0123456789abcdef-1"'
+
+    client.meta.events.register("after-call.s3.HeadObject", strip)
+
+
+def cluster_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "podstream.relay.cluster"]
+
+
+@pytest.mark.parametrize("aws", [False, True], ids=["as-is", "checking-like-aws"])
+def test_what_a_bucket_checks_is_probed_and_each_upload_proven_accordingly(
+    media: S3MediaStore, s3_server: S3Server, caplog: pytest.LogCaptureFixture, aws: bool
+) -> None:
+    """Neither test server checks the digests of a PUT (moto keeps and returns the checksum it is sent,
+    right or wrong; s3rver keeps none): the probe says so, and each upload is proven by the ETag, the
+    server's MD5 of what it stored. A bucket that checks (as AWS S3 does) has checked it. Said once."""
+    caplog.set_level(logging.INFO, logger="podstream.relay.cluster")
+    if aws:
+        check_digests_like_aws(media.client)
+    for name in ("00000-a.bin", "00001-b.bin"):
+        sink = media.sink("job", 1, name, 3)
         sink.write(0, b"abc")
         assert sink.finish(hashlib.sha256(b"abc").hexdigest())[0]
-    url = media.presign("relay/job-a/1/00000-a.bin", 60)
-    assert httpx.get(url).content == b"abc"
+    assert media.checks() == BucketChecks(sha256=aws, md5=aws)
+    assert media.integrity is (Integrity.CHECKED if aws else Integrity.ETAG_MD5)
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="media", Prefix="relay/_probe/")
+    if aws:
+        assert cluster_lines(caplog) == [
+            (logging.INFO, "bucket media checks x-amz-checksum-sha256 and Content-MD5 of each PUT"),
+            (logging.INFO, "bucket media each upload was checked by the bucket against the verified digests"),
+        ]
+    else:
+        assert cluster_lines(caplog) == [
+            (logging.INFO, "bucket media checks no digest of a PUT: uploads are proven by its ETag (its MD5) or "
+                           "read back"),
+            (logging.WARNING, "bucket media does not check the digests of a PUT: each upload is proven by its "
+                              "ETag (the bucket's MD5 of what it stored)"),
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize("aws", [False, True], ids=["as-is", "checking-like-aws"])
+def test_bytes_changed_on_the_way_are_never_kept(media: S3MediaStore, s3_server: S3Server, aws: bool) -> None:
+    """Both test servers keep a body that differs from its digests; its ETag is then not the verified bytes'
+    MD5, so the relay reads it back and deletes it. A bucket that checks refuses the PUT. Either way the
+    upload fails (the spool file is kept for a retry) and nothing is left in the bucket."""
+    corrupt_puts(media.client)
+    if aws:
+        check_digests_like_aws(media.client)
+    data = os.urandom(200_000)
+    sink = media.sink("job", 1, "00000-a.bin", len(data))
+    sink.write(0, data)
+    expected = (
+        r"uploading relay/job/1/00000-a\.bin failed: .*BadDigest" if aws else
+        r"the bucket holds other bytes than the verified relay/job/1/00000-a\.bin \(read back: .*\); deleted"
+    )  # fmt: skip
+    with pytest.raises(MediaUploadFailed, match=expected):
+        sink.finish(hashlib.sha256(data).hexdigest())
+    assert sink.path.exists(), "the verified bytes wait for a retry"
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="media")
+    sink.abort()
+
+
+def test_a_bucket_that_checks_nothing_and_has_no_md5_etag_is_read_back(
+    media: S3MediaStore, s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No checksum in HEAD and an ETag that is not the MD5: the object is read back whole and hashed. The
+    right bytes pass (said once, as a warning); other bytes are deleted."""
+    hide_checksums(media.client)
+    data = os.urandom(300_000)
+    sink = media.sink("job", 1, "00000-a.bin", len(data))
+    sink.write(0, data)
+    ok, stored = sink.finish(hashlib.sha256(data).hexdigest())
+    assert ok and media.integrity is Integrity.READ_BACK
+    assert s3_server.client().get_object(Bucket="media", Key=stored.key)["Body"].read() == data
+    assert (
+        logging.WARNING,
+        "bucket media does not check the digests of a PUT and its ETag is not an MD5: each upload is read back "
+        "whole and hashed (one more GET per object)",
+    ) in cluster_lines(caplog)
+    corrupt_puts(media.client)
+    path = media.spool_dir / "again"  # type: ignore[operator]
+    path.write_bytes(data)
+    with pytest.raises(
+        MediaUploadFailed, match=r"other bytes than the verified .* \(read back: .*\); deleted"
+    ):
+        media.upload("relay/job/1/00001-b.bin", path, len(data), hashlib.sha256(data).hexdigest())
+    assert media.stat("relay/job/1/00001-b.bin") is None
+
+
+def test_presigned_urls_keep_the_content_type_and_deleting_a_job(media: S3MediaStore) -> None:
+    for job, name, mime in (
+        ("job-a", "00000-a.png", "image/png"), ("job-a", "00001-b.bin", None), ("job-b", "00000-a.bin", None),
+    ):  # fmt: skip
+        sink = media.sink(job, 1, name, 3, content_type=mime)
+        sink.write(0, b"abc")
+        assert sink.finish(hashlib.sha256(b"abc").hexdigest())[0]
+    url = media.presign("relay/job-a/1/00000-a.png", 60)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    fetched = httpx.get(url)
+    assert fetched.content == b"abc" and fetched.headers["content-type"] == "image/png"
+    untyped = httpx.get(media.presign("relay/job-a/1/00001-b.bin", 60))
+    assert untyped.headers["content-type"] == "application/octet-stream"
     assert media.delete_job("job-a") == 2 and media.delete_job("job-a") == 0
     assert (
         media.stat("relay/job-a/1/00001-b.bin") is None
@@ -105,3 +267,20 @@ def test_media_urls() -> None:
     for bad in ("http://bucket/x", "s3:///x", "bucket/x"):
         with pytest.raises(MediaUrlError, match="s3://BUCKET"):
             MediaUrl.parse(bad)
+
+
+def test_moving_an_upload_gives_it_the_item_type(
+    media: S3MediaStore, s3_server: S3Server, tmp_path: Path
+) -> None:
+    path = tmp_path / "upload"
+    path.write_bytes(b"mp4 bytes")
+    sha = hashlib.sha256(b"mp4 bytes").hexdigest()
+    media.upload("relay/job/uploads/00000-x.bin", path, 9, sha)
+    moved = media.move(
+        "relay/job/uploads/00000-x.bin", "relay/job/1/00000-a.mp4", 9, sha, content_type="video/mp4"
+    )
+    assert (
+        moved == media.stat("relay/job/1/00000-a.mp4") and media.stat("relay/job/uploads/00000-x.bin") is None
+    )
+    head = s3_server.client().head_object(Bucket="media", Key="relay/job/1/00000-a.mp4")
+    assert head["ContentType"] == "video/mp4" and head["Metadata"] == {"sha256": sha}
