@@ -187,41 +187,36 @@ def relay_settings(tmp_path: Path, emu: Emulator | None, **changes: Any) -> Rela
 
 @pytest.fixture
 def backend() -> str:
-    """Where `relay_server` keeps its jobs: "disk" (the default) or "cluster" (a replica on a real
-    redis-server and moto's S3 server). A test module runs on both by overriding this fixture with
-    `params=BACKENDS` (test_ws.py, test_app.py)."""
+    """Where `relay_server` keeps its jobs: "disk" (the default), "cluster" (a replica on a real redis-server
+    and moto's S3 server) or "cluster-s3rver" (the same on s3rver). A test module runs on disk and cluster by
+    overriding this fixture with `params=BACKENDS` (test_ws.py, test_app.py); a test whose outcome depends on
+    the bucket runs on both S3 servers too (`@pytest.mark.parametrize("backend", BUCKET_BACKENDS)`)."""
     return "disk"
 
 
 BACKENDS = ["disk", "cluster"]
+#: BACKENDS and a cluster replica on s3rver: two independent S3 servers (tests/relay/backends/conftest.py).
+BUCKET_BACKENDS = [*BACKENDS, "cluster-s3rver"]
 
 
 @contextlib.contextmanager
-def cluster_backend(tmp_path: Path) -> Iterator[Any]:
-    """ClusterSettings of a fresh redis-server and moto S3 server (with its bucket), stopped afterwards."""
-    from moto.server import ThreadedMotoServer
-
-    from bench._relay_stack import free_port
+def cluster_backend(tmp_path: Path, s3: str = "moto") -> Iterator[Any]:
+    """ClusterSettings of a fresh redis-server and S3 server of kind `s3` ("moto" or "s3rver", with its
+    bucket), stopped afterwards."""
     from relay.backends.settings import ClusterSettings
-    from tests.relay.backends.conftest import AWS_ENV, start_redis, stop
+    from tests.relay.backends.conftest import AWS_ENV, running_s3, start_redis, stop
 
     saved = {name: os.environ.get(name) for name in AWS_ENV}
     os.environ.update(AWS_ENV)
     (tmp_path / "redis").mkdir()
     redis_server = start_redis(tmp_path / "redis")
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()  # moto's state is per process
-        httpx.put(f"{endpoint}/media").raise_for_status()  # CreateBucket
-        yield ClusterSettings(
-            redis_url=redis_server.url, media_url="s3://media/relay", s3_endpoint_url=endpoint,
-            replica_id="test-replica", lease_ttl_s=2.0,
-        )  # fmt: skip
+        with running_s3(s3, tmp_path / "s3") as s3_server:
+            yield ClusterSettings(
+                redis_url=redis_server.url, media_url=f"s3://{s3_server.bucket}/relay",
+                s3_endpoint_url=s3_server.endpoint_url, replica_id="test-replica", lease_ttl_s=2.0,
+            )  # fmt: skip
     finally:
-        moto.stop()
         stop(redis_server.process)
         for name, value in saved.items():
             if value is None:
@@ -230,10 +225,20 @@ def cluster_backend(tmp_path: Path) -> Iterator[Any]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def backend_cluster(backend: str, tmp_path: Path) -> Iterator[Any]:
+    """The ClusterSettings a `backend` runs on (started and stopped here), or None for "disk"."""
+    if backend == "disk":
+        yield None
+        return
+    s3 = {"cluster": "moto", "cluster-s3rver": "s3rver"}[backend]
+    with cluster_backend(tmp_path, s3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 async def relay_server(tmp_path: Path, emulator: Emulator, backend: str) -> AsyncIterator[RelayServer]:
-    with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(cluster_backend(tmp_path)) if backend == "cluster" else None
+    with backend_cluster(backend, tmp_path) as cluster:
         server = await start_relay(relay_settings(tmp_path, emulator), cluster)
         try:
             yield server

@@ -20,6 +20,7 @@ from relay.app import create_app
 from relay.config import ConfigError
 from tests.relay.conftest import (
     BACKENDS,
+    BUCKET_BACKENDS,
     Batch,
     RelayServer,
     ScriptedWorker,
@@ -60,6 +61,7 @@ async def wait_done(relay: RelayServer, job: str, seconds: float = 20) -> None:
     raise AssertionError(f"job {job} did not finish")
 
 
+@pytest.mark.parametrize("backend", BUCKET_BACKENDS)  # items in the bucket: on moto and s3rver
 async def test_submit_stream_manifest_media(relay_server: RelayServer, worker: ScriptedWorker) -> None:
     files = make_files(3, 150_000)
     async with relay_server.http() as http:

@@ -23,10 +23,10 @@ from relay.auth import generate_key, hash_key
 from relay.input_store import owner_of
 from tests.relay.conftest import (
     API_KEY,
-    BACKENDS,
+    BUCKET_BACKENDS,
     RelayServer,
     ScriptedWorker,
-    cluster_backend,
+    backend_cluster,
     relay_settings,
     start_relay,
 )
@@ -36,7 +36,7 @@ READER_KEY = generate_key()
 KEYS = f"{hash_key(API_KEY)},other={hash_key(OTHER_KEY)},reader={hash_key(READER_KEY)}/jobs:read"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BUCKET_BACKENDS)  # on moto and s3rver: staged inputs live in the bucket
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -58,7 +58,7 @@ def bearer(key: str) -> dict[str, str]:
 
 
 async def start(tmp_path: Path, emulator: Emulator, backend: str, stack: Any, **changes: Any) -> RelayServer:
-    cluster = stack.enter_context(cluster_backend(tmp_path)) if backend == "cluster" else None
+    cluster = stack.enter_context(backend_cluster(backend, tmp_path))
     settings = relay_settings(tmp_path, emulator, api_keys=KEYS, input_schema="builtin", **changes)
     return await start_relay(settings, cluster)
 

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from podstream.emulator import Emulator, EmulatorConfig
 from tests.relay.conftest import (
     BACKENDS,
+    BUCKET_BACKENDS,
     Batch,
     Received,
     RelayServer,
@@ -68,6 +69,7 @@ def check_complete(got: Received, files: list[bytes], head: int, after: int = 0)
     assert got.records[-1]["k"] == "done"
 
 
+@pytest.mark.parametrize("backend", BUCKET_BACKENDS)  # items in the bucket: on moto and s3rver
 async def test_subscribers_before_during_and_after_get_everything_once(
     relay_server: RelayServer, worker: ScriptedWorker
 ) -> None:
