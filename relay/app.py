@@ -232,7 +232,7 @@ async def submit(request: Request) -> Response:
     try:  # images by reference: staged inputs, and inline images too large for RunPod's /run body
         input_, held = await asyncio.to_thread(
             input_refs.rewrite, relay, owner_of(principal.name), input_, base,
-            stage_inline=schema.setting in ("", BUILTIN),
+            builtin=schema.setting in ("", BUILTIN),
         )  # fmt: skip
     except inputs.InputRefused as exc:
         raise ApiError(exc.status, exc.code, str(exc)) from None

@@ -33,7 +33,8 @@ Calls of the `Authorizer` protocol:
 - `may_read(principal, job)`: may this principal subscribe to / read this job.
 - `mint(principal, jobs, ttl_s, scope)`: a subscriber token for `jobs` (or, with `scope="inputs"`, an input
   token), or None when the relay needs none.
-- `sign(path, ttl_s)` / `check_signature(path, exp, sig)`: signed media (and staged input) URLs.
+- `sign(path, ttl_s, expires=)` / `check_signature(path, exp, sig)`: signed media (and staged input) URLs
+  (`expires`: this expiry, so that many URLs share one).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class Authorizer(Protocol):
         self, principal: Principal, jobs: Iterable[str], ttl_s: float | None = None, scope: str | None = None
     ) -> Token | None: ...
 
-    def sign(self, path: str, ttl_s: float | None = None) -> str: ...
+    def sign(self, path: str, ttl_s: float | None = None, *, expires: int | None = None) -> str: ...
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool: ...
 
@@ -401,10 +402,10 @@ class KeyAuthorizer:
         message = f"{path}\n{exp}".encode()
         return _b64(hmac.new(self._media_secret, message, hashlib.sha256).digest())
 
-    def sign(self, path: str, ttl_s: float | None = None) -> str:
+    def sign(self, path: str, ttl_s: float | None = None, *, expires: int | None = None) -> str:
         # Expiries rounded up to the minute: the same URL for a minute, so browsers can cache the file.
         ttl = self.media_url_ttl_s if ttl_s is None else ttl_s
-        exp = (int(self.clock() + ttl) // 60 + 1) * 60
+        exp = (int(self.clock() + ttl) // 60 + 1) * 60 if expires is None else expires
         return f"{path}?exp={exp}&sig={self._signature(path, exp)}"
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:
@@ -463,7 +464,7 @@ class AllowAll:
     ) -> Token | None:
         return None
 
-    def sign(self, path: str, ttl_s: float | None = None) -> str:
+    def sign(self, path: str, ttl_s: float | None = None, *, expires: int | None = None) -> str:
         return path
 
     def check_signature(self, path: str, exp: str | None, sig: str | None) -> bool:

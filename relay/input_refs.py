@@ -1,11 +1,19 @@
 """A submitted job's images as references: what `POST /v1/jobs` does to `input.items[].image` before RunPod.
 
-- `"input:<sha256>"` (the `ref` of `PUT /v1/inputs`): the submitting key must hold that input; the item is
-  forwarded with `image` = a URL the worker can fetch (valid `input_url_ttl_s`) and `image_sha256`, which
-  the worker checks the fetched bytes against.
+- `"input:<sha256>"` (the `ref` of `PUT /v1/inputs`): the submitting key must hold that input.
 - An inline image (a data URL or bare base64) longer than `stage_inline_bytes`: staged here exactly as if
-  it had been uploaded, then forwarded the same way, so curl users never meet RunPod's 10 MB cap either.
+  it had been uploaded, then sent on as a reference, so curl users never meet RunPod's 10 MB cap either.
 - Anything else (a short inline image, an http(s) URL) is forwarded as it is.
+
+How a reference reaches the worker depends on who reads the job:
+- the built-in worker (the relay checks the built-in input schema): the item keeps `image: "input:<sha256>"`
+  and gets `image_sig`, its URL signature; the job gets one `inputs.url` template,
+  `<relay>/v1/inputs/<owner>/{sha256}?exp=<exp>&sig={sig}`, shared by every item. About 150 bytes an image,
+  so 1,000 images make a ~150 KB job; the worker fills the template in and checks the bytes it fetched
+  against the sha256 in the reference.
+- any other worker (its own schema, or none): the item gets a plain URL it can fetch (`image`) and
+  `image_sha256`, the form every HTTP client understands.
+The URLs are valid `input_url_ttl_s` (the job's queue time plus its execution timeout).
 
 A reference to an input the key does not hold (never staged, expired, another key's) is `400 bad_input`
 naming the item; nothing reaches RunPod. The job keeps the list of inputs it refers to (`held`), so the
@@ -16,24 +24,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from relay.input_store import REF_PREFIX, StagedInput, parse_ref
 from relay.inputs import InputHost, InputRefused, describe, stage_bytes
 
 
 def rewrite(
-    host: InputHost, owner: str, job_input: Mapping[str, Any], base: str, *, stage_inline: bool
+    host: InputHost, owner: str, job_input: Mapping[str, Any], base: str, *, builtin: bool
 ) -> tuple[dict[str, Any], list[str]]:
-    """The job input RunPod gets, and the inputs it refers to as `owner/sha256`. Blocking (file or bucket
-    calls): run it in a thread. Raises `InputRefused` naming the item."""
+    """The job input RunPod gets, and the inputs it refers to as `owner/sha256`. `builtin`: the job is
+    for the built-in worker (compact references; inline images staged). Blocking (file or bucket calls):
+    run it in a thread. Raises `InputRefused` naming the item."""
     items = job_input.get("items")
     if not isinstance(items, list):
         return dict(job_input), []
-    limit = host.settings.stage_inline_bytes if stage_inline else 0
+    limit = host.settings.stage_inline_bytes if builtin else 0
+    # One expiry for the whole job: the items share one URL template.
+    expires = (int(time.time() + host.settings.input_url_ttl_s) // 60 + 1) * 60
     out: list[Any] = []
     held: list[str] = []
+    template: str | None = None
     for index, item in enumerate(items):
         image = item.get("image") if isinstance(item, Mapping) else None
         where = f"input.items[{index}].image"
@@ -59,9 +73,23 @@ def rewrite(
             raise InputRefused(
                 400, "bad_input", f"{where}: image_sha256 is not the sha256 of the staged input"
             )
-        out.append({**item, "image": describe(host, staged, base)["url"], "image_sha256": staged.sha256})
         held.append(f"{owner}/{staged.sha256}")
-    return {**job_input, "items": out}, sorted(set(held))
+        if not builtin:
+            out.append({**item, "image": describe(host, staged, base)["url"], "image_sha256": staged.sha256})
+            continue
+        signed = host.auth.sign(staged.path, expires=expires)
+        sig = parse_qs(urlsplit(signed).query).get("sig")
+        compact = {k: v for k, v in item.items() if k not in ("image_sha256", "image_sig")}
+        compact["image"] = staged.ref
+        if sig:
+            compact["image_sig"] = sig[0]
+        out.append(compact)
+        query = f"?exp={expires}&sig={{sig}}" if sig else ""  # none on an --insecure relay
+        template = f"{base}/v1/inputs/{owner}/{{sha256}}{query}"
+    rewritten = {**job_input, "items": out}
+    if template is not None:
+        rewritten["inputs"] = {"url": template}
+    return rewritten, sorted(set(held))
 
 
 def _resolve(host: InputHost, owner: str, ref: str, where: str) -> StagedInput:

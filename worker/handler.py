@@ -362,7 +362,8 @@ class JobRun:
             image = None
             if item.image is not None:
                 try:
-                    image = inputs.load_image(item.image, self.config.limits, item.image_sha256)
+                    source, sha256 = inputs.image_source(item, self.spec.inputs_url)
+                    image = inputs.load_image(source, self.config.limits, sha256)
                 except inputs.ImageError as exc:
                     message = f"input.items[{index}].image: {exc}"
                     loaded += [ItemError(index * count + k, item.id, exc.code, message) for k in range(count)]

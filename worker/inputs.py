@@ -47,6 +47,10 @@ TASK_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 SEED_LIMIT: Final = 2**32
 VIDEO_TASKS: Final = frozenset({"image-to-video", "text-to-video"})
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+#: An `image_sig`: a URL-safe base64 signature, as the relay makes them.
+SIG_PATTERN: Final = r"^[A-Za-z0-9_-]{1,128}$"
+#: What an item's `image` starts with when it names an image staged on a relay.
+REF_PREFIX: Final = "input:"
 Task = Literal["image-to-video", "text-to-image", "text-to-video"]
 Format = Literal["mp4", "webm", "png", "webp", "jpeg"]
 #: How each file leaves the worker: streamed as parts, uploaded (a `ref` is streamed), or uploaded when large.
@@ -215,15 +219,25 @@ class Output(_Strict):
 
 
 class Item(_Strict):
-    """One input of the batch. `image` is base64, a `data:` URL or an http(s) URL; `image_sha256`, when
-    given, is the SHA-256 its bytes must have (the relay sets it with the signed URL of an upload)."""
+    """One input of the batch. `image` is base64, a `data:` URL, an http(s) URL, or `input:<sha256>` (an image
+    staged on a relay, fetched at the job's `inputs.url` with the item's `image_sig`); `image_sha256`, when
+    given, is the SHA-256 its bytes must have (an `input:` reference names its own)."""
 
     id: Annotated[str, Field(max_length=wire.MAX_ID_CHARS)] = ""
     prompt: str | None = None
     negative_prompt: str | None = None
     image: str | None = None
     image_sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] | None = None
+    image_sig: Annotated[str, Field(pattern=SIG_PATTERN)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+
+
+class Inputs(_Strict):
+    """Where the job's `input:` references are fetched: `url` with `{sha256}` (and `{sig}`, the item's
+    `image_sig`) filled in. Set by the relay that staged them: one URL for the whole job instead of one per
+    item keeps a job of thousands of images far under RunPod's 10 MB `/run` cap."""
+
+    url: Annotated[str, Field(max_length=wire.MAX_URL_CHARS, pattern=r"^https?://.*\{sha256\}")]
 
 
 class _Job(_Strict):
@@ -232,6 +246,7 @@ class _Job(_Strict):
     params: Params = Params()
     output: Output = Output()
     delivery: Delivery = "auto"
+    inputs: Inputs | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +267,7 @@ class Job:
     output: Output
     delivery: str = "auto"
     custom: BaseModel | None = None  # the model's own input (`parse_custom`), handed to it as `Request.input`
+    inputs_url: str | None = None  # where `input:` references are fetched (`Inputs.url`)
 
     @property
     def video(self) -> bool:
@@ -304,7 +320,8 @@ def parse_job(raw: object, limits: Limits = Limits(), *, tasks: Iterable[str] = 
     if outputs > limits.max_items:
         raise JobInputError(f"input.params.num_images: {outputs} outputs, at most {limits.max_items} per job")
     items = [_parse_item(i, raw_item, job.task, limits) for i, raw_item in enumerate(job.items)]
-    return Job(job.task, items, params, job.output, job.delivery)
+    inputs_url = job.inputs.url if job.inputs is not None else None
+    return Job(job.task, items, params, job.output, job.delivery, inputs_url=inputs_url)
 
 
 def parse_custom(raw: object, input_model: type[BaseModel], task: str, limits: Limits = Limits()) -> Job:
@@ -503,6 +520,30 @@ class ImageError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def image_source(item: Item, inputs_url: str | None) -> tuple[str, str | None]:
+    """What to load for an item's image, and the sha256 its bytes must have: an `input:<sha256>` reference
+    becomes the job's `inputs.url` for it (`ImageError` when the job has none, or the reference is bad)."""
+    image = item.image or ""
+    if not image.startswith(REF_PREFIX):
+        return image, item.image_sha256
+    sha256 = image[len(REF_PREFIX) :]
+    if re.fullmatch(SHA256_PATTERN, sha256) is None:
+        raise ImageError(
+            "bad_image", "an input: reference is input:<the image's sha256 as 64 lowercase hex digits>"
+        )
+    if inputs_url is None:
+        raise ImageError(
+            "bad_image",
+            "an input: reference needs the job's inputs.url, which the relay that staged the image adds: "
+            "submit the job through that relay",
+        )
+    if "{sig}" in inputs_url and not item.image_sig:
+        raise ImageError(
+            "bad_image", "this input: reference has no image_sig, which the job's inputs.url needs"
+        )
+    return inputs_url.replace("{sha256}", sha256).replace("{sig}", item.image_sig or ""), sha256
 
 
 def load_image(ref: str, limits: Limits = Limits(), sha256: str | None = None) -> Image.Image:

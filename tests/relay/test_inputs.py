@@ -131,10 +131,13 @@ async def test_inputs_of_one_key_are_invisible_to_another(relay: RelayServer, wo
 
 
 async def test_submit_sends_references_to_runpod(relay: RelayServer, worker: ScriptedWorker) -> None:
+    """The built-in worker gets compact references: the item's `input:<sha256>` and its signature, and one
+    URL template for the job; each filled-in URL serves that image to anyone (the worker has no key)."""
     images = [png(10 + k) for k in range(3)]
+    big = png(20, side=160)
     async with relay.http() as http:
         refs = [(await http.put(f"{relay.url}/v1/inputs", content=d)).json()["ref"] for d in images]
-        big_inline = "data:image/png;base64," + base64.b64encode(png(20, side=160)).decode()
+        big_inline = "data:image/png;base64," + base64.b64encode(big).decode()
         assert len(big_inline) > relay.settings.stage_inline_bytes
         small_inline = "data:image/png;base64," + base64.b64encode(png(21, side=8)).decode()
         items = [{"id": f"i{k}", "image": ref} for k, ref in enumerate(refs)]
@@ -145,18 +148,47 @@ async def test_submit_sends_references_to_runpod(relay: RelayServer, worker: Scr
         assert r.status_code == 201, r.text
         job = await worker.take()
         sent = job["input"]["items"]
-        assert len(json.dumps(job["input"])) < 10_000  # the big inline image left the body
-        for k, data in enumerate(images):
-            assert sent[k]["image_sha256"] == sha(data) and sent[k]["id"] == f"i{k}"
-            assert sent[k]["image"].startswith("http")
-        assert sent[3]["image_sha256"] == sha(png(20, side=160))
+        template = job["input"]["inputs"]["url"]
+        assert (
+            template.startswith(f"{relay.url}/v1/inputs/") and "{sha256}" in template and "{sig}" in template
+        )
+        assert len(json.dumps(job["input"])) < 2_000  # the big inline image left the body
+        expected = [*images, big]
+        for k, data in enumerate(expected):
+            assert sent[k]["image"] == f"input:{sha(data)}" and "image_sha256" not in sent[k]
+        assert [item["id"] for item in sent] == ["i0", "i1", "i2", "big", "small"]
         assert sent[4] == {"id": "small", "image": small_inline}  # small enough to travel inline
         async with httpx.AsyncClient(timeout=10, follow_redirects=True) as anonymous:
-            for entry, data in zip(sent, [*images, png(20, side=160)], strict=False):
-                assert (await anonymous.get(entry["image"])).content == data
+            for entry, data in zip(sent, expected, strict=False):
+                url = template.replace("{sha256}", sha(data)).replace("{sig}", entry["image_sig"])
+                fetched = await anonymous.get(url)
+                assert fetched.status_code == 200 and fetched.content == data
+            other = template.replace("{sha256}", sha(images[0])).replace("{sig}", sent[1]["image_sig"])
+            assert (await anonymous.get(other)).status_code == 403  # a signature is good for its own image
         store = relay.relay.job(r.json()["id"])
         assert len(store.meta["inputs"]) == 4
         await worker.done(job["id"])
+
+
+async def test_other_workers_get_plain_urls(
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+) -> None:
+    """A worker with its own input schema (or none) gets a URL any HTTP client can fetch, and the sha256."""
+    relay = await start_relay(relay_settings(tmp_path, emulator, api_keys=KEYS, input_schema="off"))
+    try:
+        data = png(40)
+        async with relay.http() as http:
+            ref = (await http.put(f"{relay.url}/v1/inputs", content=data)).json()["ref"]
+            r = await http.post(f"{relay.url}/v1/jobs", json={"input": {"items": [{"image": ref}]}})
+            assert r.status_code == 201, r.text
+        job = await worker.take()
+        item = job["input"]["items"][0]
+        assert item["image_sha256"] == sha(data) and "inputs" not in job["input"]
+        async with httpx.AsyncClient(timeout=10) as anonymous:
+            assert (await anonymous.get(item["image"])).content == data
+        await worker.done(job["id"])
+    finally:
+        await relay.stop()
 
 
 async def test_hostile_uploads_are_refused_and_leave_nothing(

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from bench._relay_stack import free_port
 from tests.worker.support import SERVED_PNG, png_base64, serve_images
 from worker import inputs
-from worker.inputs import ImageError, ItemError, JobInputError, Limits
+from worker.inputs import ImageError, Item, ItemError, JobInputError, Limits, image_source, parse_job
 
 
 def job(**changes: Any) -> dict[str, Any]:
@@ -486,3 +486,38 @@ def test_the_schema_names_the_item_that_misses_its_image_or_prompt() -> None:
     # A custom task has no such rule; a model's own input schema has none either.
     assert inputs.job_schema(tasks={"upscale"}).get("allOf") is None
     assert "allOf" not in inputs.job_schema(SeedStyle)
+
+
+def test_an_input_reference_is_fetched_at_the_jobs_inputs_url() -> None:
+    """`input:<sha256>` + `image_sig` + the job's `inputs.url` template: the URL, and the sha256 to check."""
+    digest = "ab" * 32
+    template = "https://relay.example/v1/inputs/0123/{sha256}?exp=99&sig={sig}"
+    raw = {"task": "image-to-video", "inputs": {"url": template},
+           "items": [{"image": f"input:{digest}", "image_sig": "c2ln"}]}  # fmt: skip
+    job = parse_job(raw)
+    item = job.items[0]
+    assert isinstance(item, Item)
+    url, expected = image_source(item, job.inputs_url)
+    assert url == f"https://relay.example/v1/inputs/0123/{digest}?exp=99&sig=c2ln" and expected == digest
+    plain = Item(image="https://x.example/a.png", image_sha256=digest)
+    assert image_source(plain, None) == ("https://x.example/a.png", digest)
+
+
+@pytest.mark.parametrize(
+    ("item", "inputs_url", "message"),
+    [
+        (Item(image="input:" + "ab" * 32, image_sig="c2ln"), None, "needs the job's inputs.url"),
+        (Item(image="input:" + "ab" * 32), "https://r/{sha256}?sig={sig}", "has no image_sig"),
+        (Item(image="input:ABC", image_sig="c2ln"), "https://r/{sha256}", "64 lowercase hex"),
+    ],
+)
+def test_a_bad_input_reference_fails_its_item(item: Item, inputs_url: str | None, message: str) -> None:
+    with pytest.raises(ImageError) as info:
+        image_source(item, inputs_url)
+    assert info.value.code == "bad_image" and message in str(info.value)
+
+
+def test_the_jobs_inputs_url_must_be_an_http_template() -> None:
+    for url in ("file:///etc/{sha256}", "https://relay.example/no-placeholder"):
+        with pytest.raises(JobInputError, match=r"input\.inputs\.url"):
+            parse_job({"task": "image-to-video", "inputs": {"url": url}, "items": [{"image": "x"}]})
