@@ -168,8 +168,7 @@ class RelaySettings(BaseSettings):
     #: Bytes of staged inputs each API key may hold (0 = no quota).
     input_quota_bytes: NonNegativeInt = 10 * 1024**3
     #: How long the URL of a staged input in a submitted job stays valid: the job's time in RunPod's queue
-    #: plus its execution timeout (RunPod's default queue TTL is 24 h). At most 7 days in cluster mode
-    #: (a SigV4 presigned URL's limit).
+    #: plus its execution timeout (RunPod's default queue TTL is 24 h).
     input_url_ttl_s: PositiveFloat = 3 * 24 * 3600.0
     #: A staged input no job refers to is deleted this long after it was last uploaded or looked up.
     input_ttl_s: PositiveFloat = 24 * 3600.0
