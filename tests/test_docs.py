@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import hashlib
 import io
 import os
 import re
@@ -73,6 +74,10 @@ def execute(block: Block, namespace: dict[str, Any] | None = None) -> dict[str, 
 
 def run_client_api(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/cli.md: submit + watch through a real relay, run_job + pull straight from the emulator."""
+    from PIL import Image
+
+    (tmp / "cat.png").write_bytes(_png())
+    Image.new("RGB", (24, 24), (20, 90, 200)).save(tmp / "dog.jpg", "JPEG")
     with local_stack(tmp / "stack") as stack:
         monkeypatch.chdir(tmp)
         monkeypatch.setenv("PODSTREAM_RELAY", stack.relay)
@@ -87,6 +92,9 @@ def run_client_api(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for directory in [*(tmp / "out").iterdir(), tmp / "replay"]:
         assert sorted(p.name for p in directory.iterdir()) == names, directory
     assert [f.path.name for f in scope["files"]] == names
+    assert [i.ref for i in scope["images"]] == [f"input:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in
+                                                (tmp / "cat.png", tmp / "dog.jpg")]  # fmt: skip
+    assert scope["video_job"].id
 
 
 def run_emulator_api(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
