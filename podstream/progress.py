@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from rich.live import Live
     from rich.progress import Progress, TaskID
 
-    from podstream.uploads import UploadProgress
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
@@ -377,6 +376,21 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """Where a batch stands, given to `upload_inputs(progress=...)` after every chunk sent and file done.
+
+    Counts are of distinct files (an identical file twice is one). `bytes` is what there is to send: it
+    shrinks by a file's size when the relay turns out to hold it (`skipped`). `bytes_done` goes back by
+    what a failed try had sent, when it is retried."""
+
+    files: int
+    files_done: int
+    skipped: int
+    bytes: int
+    bytes_done: int
 
 
 class UploadBar:

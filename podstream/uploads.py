@@ -33,7 +33,7 @@ import httpx
 
 from podstream.backoff import Backoff, retry_after_seconds
 from podstream.images import HEAD_BYTES, sniff
-from podstream.progress import TransferError, human_bytes
+from podstream.progress import TransferError, UploadProgress, human_bytes
 from podstream.submit import InputError, relay_error_text
 from podstream.watcher import http_url
 
@@ -73,21 +73,6 @@ class UploadedInput:
     skipped: bool
     url: str | None = None
     expires_at: float | None = None
-
-
-@dataclass(frozen=True)
-class UploadProgress:
-    """Where a batch stands, given to `upload_inputs(progress=...)` after every chunk sent and file done.
-
-    Counts are of distinct files (an identical file twice is one). `bytes` is what there is to send: it
-    shrinks by a file's size when the relay turns out to hold it (`skipped`). `bytes_done` goes back by
-    what a failed try had sent, when it is retried."""
-
-    files: int
-    files_done: int
-    skipped: int
-    bytes: int
-    bytes_done: int
 
 
 def read_input(path: str | Path) -> LocalInput:
