@@ -17,13 +17,12 @@ from PIL import Image
 
 import podstream.submit as submit_mod
 from podstream.backoff import Backoff
-from podstream.progress import TransferError, UploadBar, human_bytes, upload_summary
+from podstream.progress import TransferError, UploadBar, UploadProgress, human_bytes, upload_summary
 from podstream.submit import InputError
 from podstream.uploads import (
     CHUNK_BYTES,
     LocalInput,
     UploadedInput,
-    UploadProgress,
     read_input,
     upload_inputs,
 )
