@@ -6,13 +6,15 @@ Modules are imported only when their command runs, so `podstream --help` stays f
 heavy dependencies (torch for `worker`) are never loaded for another.
 
 User mistakes end with one clear line on stderr and a non-zero exit, never a traceback: commands raise
-`UsageError` (exit 2) or `CommandError` (exit 1) for those.
+`UsageError` (exit 2) or `CommandError` (exit 1) for those. A command that needs an extra the install lacks
+(`pip install podstream` has no server dependencies) says which one to install, with exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
@@ -33,6 +35,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("podstream.commands.worker", "run the RunPod worker (python -m worker)"),
     "prefetch": ("podstream.commands.prefetch", "download a model into a network volume's HF cache once"),
     "schema": ("podstream.commands.schema", "print the JSON Schema of the job input a worker takes"),
+}
+
+#: The import names of each extra's requirements in pyproject.toml (tests/podstream/test_cli.py keeps
+#: them equal): a command that meets one of them missing names the extra to install.
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "worker": frozenset({"runpod", "torch", "diffusers", "transformers", "accelerate", "av", "PIL", "numpy"}),
+    "relay": frozenset({"starlette", "uvicorn", "prometheus_client", "jwt", "pydantic_settings"}),
+    "cluster": frozenset({"redis", "boto3"}),
+    "emulator": frozenset({"starlette", "uvicorn"}),
+}
+#: The extras a command needs besides the core dependencies, checked before it runs (the others need
+#: none; `relay --redis-url` meets the cluster extra missing when it imports it).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "demo": ("worker", "relay"),  # the relay extra brings the emulator's too
+    "relay": ("relay",),
+    "emulator": ("emulator",),
+    "worker": ("worker",),
 }
 
 
@@ -82,10 +101,51 @@ def _version() -> str:
     return __version__
 
 
+def missing_extra(command: str | None, exc: ModuleNotFoundError) -> str | None:
+    """The line saying which extra to install, when `exc` is a module an extra brings; else None.
+
+    The command's own extras when the module is one of theirs (all of them, so that one install does),
+    else the extras that bring it (`relay --redis-url` without the cluster extra)."""
+    module = (exc.name or "").partition(".")[0]
+    own = COMMAND_EXTRAS.get(command or "", ())
+    if any(module in EXTRA_MODULES[extra] for extra in own):
+        extras = list(own)
+    else:
+        extras = [extra for extra, modules in EXTRA_MODULES.items() if module in modules][:1]
+    if not extras:
+        return None
+    names = " and ".join(extras)
+    return (
+        f"needs the {names} extra{'s' if len(extras) > 1 else ''}: "
+        f"pip install 'podstream[{','.join(extras)}]' (no module named {module!r})"
+    )
+
+
+def check_extras(command: str) -> None:
+    """`ModuleNotFoundError` for the first module of the command's extras that is not installed (looked
+    up, not imported), before the command starts anything."""
+    for extra in COMMAND_EXTRAS.get(command, ()):
+        for module in sorted(EXTRA_MODULES[extra]):
+            if module not in sys.modules and importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(chosen if chosen in COMMANDS else None)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    chosen = first if first in COMMANDS else None
+    try:
+        return _main(argv, chosen)
+    except ModuleNotFoundError as exc:  # an extra this install lacks: one line, not a traceback
+        line = missing_extra(chosen, exc)
+        if line is None:
+            raise
+        print(f"podstream {chosen}: {line}" if chosen else f"podstream: {line}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str], chosen: str | None) -> int:
+    parser = build_parser(chosen)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -94,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         print(f"podstream: the '{args.command}' command is not available in this build", file=sys.stderr)
         return 2
+    check_extras(args.command)
     try:
         return command.run(args)
     except UsageError as exc:

@@ -1,6 +1,7 @@
 """The Python package as a user gets it: `python -m build` makes an sdist and a wheel that pass
 `twine check` and carry the relay's page, the licence and the type marker; the wheel installs into a
-fresh virtual environment (core dependencies only: no torch) where `podstream` runs.
+fresh virtual environment (core dependencies only: no torch) where `podstream` runs, and where each server
+command says in one line which extra it needs.
 
 Needs only PyPI (or the pip cache) reachable: the build backend and the core dependencies are fetched
 the ordinary way. Slow-ish (one build, one venv), so it is one test.
@@ -84,6 +85,26 @@ def test_build_check_install_and_run(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 2 and "params.steps: -3 is less than the minimum of 1" in bad.stderr, bad.stderr
+    # the server commands without their extras: one line naming the extra to install, exit 1; help works
+    (tmp_path / "job.json").write_text('{"task": "text-to-image", "items": [{"id": "a", "prompt": "x"}]}')
+    for argv, extra in (
+        (["relay", "--insecure"], "relay"),
+        (["relay", "--generate-key"], "relay"),
+        (["emulator"], "emulator"),
+        (["worker", "--once", "job.json"], "worker"),
+        (["demo", "--out", "demo"], "worker,relay"),
+    ):
+        done = subprocess.run(
+            [venv / "bin" / "podstream", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert done.returncode == 1 and done.stdout == "", (argv, done)
+        [line] = done.stderr.splitlines()
+        assert (
+            line.startswith(f"podstream {argv[0]}: needs the ")
+            and f"pip install 'podstream[{extra}]'" in line
+        )
+    assert not (tmp_path / "demo").exists()  # refused before it started anything
+    assert run(venv / "bin" / "podstream", "relay", "--help", cwd=tmp_path).stdout.startswith("usage:")
 
 
 #: Declared dependencies the code never imports by name, and why they are declared anyway.
@@ -92,6 +113,26 @@ RUNTIME_ONLY = {
 }
 #: Distribution name -> import name, where they differ.
 IMPORT_NAMES = {"pillow": "PIL", "prometheus-client": "prometheus_client", "pyjwt": "jwt"}
+
+
+def test_the_cli_knows_each_extras_modules() -> None:
+    """`podstream.cli.EXTRA_MODULES` (which extra a missing module names) is pyproject.toml's extras."""
+    import re
+    import tomllib
+
+    from podstream.cli import COMMAND_EXTRAS, EXTRA_MODULES
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    declared = {
+        extra: {
+            IMPORT_NAMES.get(name, name.replace("-", "_"))
+            for name in (re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in requirements)
+        }
+        for extra, requirements in extras.items()
+        if extra != "dev"
+    }
+    assert {extra: set(modules) for extra, modules in EXTRA_MODULES.items()} == declared
+    assert {extra for needed in COMMAND_EXTRAS.values() for extra in needed} <= set(declared)
 
 
 def test_every_declared_dependency_is_imported() -> None:

@@ -161,14 +161,9 @@ def cluster_settings(args: argparse.Namespace, settings: Any) -> Any:
 
 def start_cluster(cluster: Any) -> None:
     """Cluster mode: Redis and the bucket probed before serving (exit 1 when one cannot be used)."""
-    from podstream.cli import CommandError
+    # Without the cluster extra this is ModuleNotFoundError: podstream.cli names the extra to install.
+    from relay.backends.cluster import ClusterUnavailable, start_check
 
-    try:
-        from relay.backends.cluster import ClusterUnavailable, start_check
-    except ModuleNotFoundError as exc:
-        raise UsageError(
-            f"cluster mode needs the cluster extra (pip install 'podstream[cluster]'): {exc}"
-        ) from None
     try:
         logging.getLogger("podstream.relay").info("cluster mode: %s", start_check(cluster))
     except ClusterUnavailable as exc:

@@ -179,6 +179,31 @@ def test_help_everywhere() -> None:
         assert result.stdout.startswith(f"usage: podstream {command}") and epilog in result.stdout
 
 
+def test_cluster_mode_without_the_cluster_extra_names_it(tmp_path: Path) -> None:
+    """A relay started in cluster mode where redis is not installed (hidden here): one line, exit 1. The
+    other commands' extras are checked from a bare install in tests/test_packaging.py."""
+    code = "import sys; sys.modules['redis'] = None; from podstream.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, "relay", "--insecure", "--redis-url", "redis://127.0.0.1:9/0",
+         "--media-url", "s3://bucket/prefix", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**env, "PODSTREAM_TOKEN_SECRET": "s" * 64},
+    )  # fmt: skip
+    line = one_line_error(done, 1, "needs the cluster extra", "pip install 'podstream[cluster]'")
+    assert line.startswith("podstream relay: ") and "'redis'" in line
+
+
+def test_a_missing_module_no_extra_brings_is_not_blamed_on_one() -> None:
+    from podstream.cli import missing_extra
+
+    assert missing_extra("relay", ModuleNotFoundError("x", name="my_own_module")) is None
+    line = missing_extra("demo", ModuleNotFoundError("x", name="uvicorn.config"))
+    assert line == (
+        "needs the worker and relay extras: pip install 'podstream[worker,relay]' (no module named 'uvicorn')"
+    )
+
+
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real relay process with no RunPod behind it (it can replay, not submit)."""
