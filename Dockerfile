@@ -11,6 +11,7 @@
 #   CUDA_BASE           base image; its CUDA version must suit the torch build (torch-cuda.txt: CUDA 13,
 #                       host driver >= 580). ubuntu:24.04 for a CPU-only image.
 #   TORCH_REQUIREMENTS  deploy/requirements/torch-cuda.txt (default) or deploy/requirements/torch-cpu.txt.
+# RUNPOD_DEBUG_LEVEL=INFO in the worker images: the runpod SDK's default, DEBUG, logs every streamed part.
 
 ARG CUDA_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
@@ -29,6 +30,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    RUNPOD_DEBUG_LEVEL=INFO \
     PODSTREAM_VENV=off
 # Ubuntu 24.04's Python is 3.12, the Python the locks are made for. Package versions follow the base image.
 # hadolint ignore=DL3008
@@ -59,6 +61,7 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HF_HUB_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
+    RUNPOD_DEBUG_LEVEL=INFO \
     PODSTREAM_VENV=volume \
     PODSTREAM_VENV_REQUIREMENTS=/app/deploy/requirements/torch-cuda.txt:/app/deploy/requirements/worker.txt
 WORKDIR /app

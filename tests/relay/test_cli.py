@@ -194,3 +194,34 @@ async def test_a_port_in_use_is_one_line_and_exit_1_and_logs_have_no_ansi(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_relay_says_where_it_listens_and_not_each_poll(tmp_path: Path, emulator: Emulator) -> None:
+    """At the default level: the address it serves on, once ready; not one line per RunPod long poll."""
+    port = free_port()
+    env = {**os.environ, "PODSTREAM_RUNPOD_KEY": "unused", "PODSTREAM_FSYNC": "never"}
+    env["PODSTREAM_API_KEYS"] = hash_key(API_KEY)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podstream", "relay", "--runpod-url", emulator.endpoint_url, "--data-dir",
+        str(tmp_path / "data"), "--port", str(port), "--poll-wait-ms", "1000",
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await wait_healthy(base, timeout_s=30, process=process)
+            job = (await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})).json()["id"]
+            auth = {"authorization": f"Bearer {API_KEY}"}
+            assert (await http.post(f"{base}/v1/jobs/{job}/attach", headers=auth)).status_code == 201
+            while emulator.stats()["routes"].get("stream", {}).get("requests", 0) < 3:  # the relay polls
+                await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 20)
+        assert process.stderr is not None
+        lines = (await process.stderr.read()).decode().splitlines()
+        assert any(line.endswith(f"INFO podstream.relay.serve: listening on {base}") for line in lines), lines
+        assert not any("HTTP Request" in line for line in lines), lines
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

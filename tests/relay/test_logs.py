@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from relay.logs import JsonFormatter, TextFormatter, job
+from relay.logs import JsonFormatter, TextFormatter, configure, job
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -46,3 +46,18 @@ def test_uvicorn_colour_messages_leave_no_ansi_codes() -> None:
     for formatter in (TextFormatter(), JsonFormatter()):
         line = formatter.format(entry)
         assert "\x1b" not in line and "color_message" not in line and "http://x" in line
+
+
+def test_httpx_request_lines_only_at_debug() -> None:
+    """One `HTTP Request: GET .../stream` line per long poll drowned everything else at info."""
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    handlers, level, httpx_level = root.handlers[:], root.level, httpx_logger.level
+    try:
+        configure("info")
+        assert not httpx_logger.isEnabledFor(logging.INFO) and httpx_logger.isEnabledFor(logging.WARNING)
+        configure("debug")
+        assert httpx_logger.isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        httpx_logger.setLevel(httpx_level)
