@@ -631,7 +631,9 @@ def test_the_worker_images_keep_the_runpod_sdk_at_info() -> None:
     for stage in ("worker", "worker-slim"):
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
         env.update((k, v) for k, v in env_of_stage(stage).items() if k.startswith("RUNPOD_"))
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
         assert done.stdout.strip() == "INFO", (stage, done.stderr)
 
 

@@ -213,8 +213,12 @@ async def test_the_relay_says_where_it_listens_and_not_each_poll(tmp_path: Path,
             job = (await http.post(f"{emulator.endpoint_url}/run", json={"input": {}})).json()["id"]
             auth = {"authorization": f"Bearer {API_KEY}"}
             assert (await http.post(f"{base}/v1/jobs/{job}/attach", headers=auth)).status_code == 201
-            while emulator.stats()["routes"].get("stream", {}).get("requests", 0) < 3:  # the relay polls
+            for _ in range(150):  # the relay long-polls the job's /stream, a second a poll
+                if emulator.stats()["routes"].get("stream", {}).get("requests", 0) >= 3:
+                    break
                 await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the relay never polled the job")
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 20)
         assert process.stderr is not None
