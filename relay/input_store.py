@@ -23,6 +23,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
@@ -43,6 +44,8 @@ OWNER: Final = re.compile(rf"^[0-9a-f]{{{OWNER_CHARS}}}$")
 PRESIGN_MAX_S: Final = 7 * 24 * 3600
 #: A spool file left by an upload that never finished is removed after this long.
 _SPOOL_GRACE_S: Final = 3600.0
+#: Bucket requests at a time for one batch lookup (within botocore's default pool of 10 connections).
+_STAT_THREADS: Final = 8
 
 
 def owner_of(name: str) -> str:
@@ -109,6 +112,21 @@ class InputQuota:
                 )
             self._used[owner] = used + nbytes
 
+    def try_reserve(self, owner: str, nbytes: int) -> bool:
+        """`reserve` without measuring (never blocks: for the event loop): False, nothing reserved, when the
+        owner's bytes are not known yet (then `reserve` in a thread)."""
+        with self._lock:
+            used = self._used.get(owner)
+            if used is None:
+                return False
+            if self.limit and used + nbytes > self.limit:
+                raise InputQuotaExceeded(
+                    f"this key holds {used} bytes of staged inputs; {nbytes} more would pass its quota of "
+                    f"{self.limit} bytes (unreferenced inputs expire; jobs' inputs go with their retention)"
+                )
+            self._used[owner] = used + nbytes
+            return True
+
     def release(self, owner: str, nbytes: int) -> None:
         with self._lock:
             if owner in self._used:
@@ -124,11 +142,18 @@ class InputStore(Protocol):
     """Where staged inputs live. Blocking calls: the routes run them in worker threads."""
 
     def spool(self) -> TempFile:
-        """A new spool file to receive a body into."""
+        """A new spool file to receive a body into, made by its first write: this call does no I/O (the
+        event loop makes it)."""
         ...
 
     def stat(self, owner: str, sha256: str, *, touch: bool = False) -> StagedInput | None:
         """The owner's input with these bytes, or None. `touch` restarts its unreferenced expiry."""
+        ...
+
+    def stat_many(
+        self, owner: str, sha256s: Collection[str], *, touch: bool = False
+    ) -> dict[str, StagedInput]:
+        """`stat` of each: those the owner holds, by sha256."""
         ...
 
     def keep(self, temp: TempFile, owner: str, sha256: str, mime: str) -> StagedInput:
@@ -163,8 +188,8 @@ class DiskInputs:
         return self.root / owner / sha256
 
     def spool(self) -> TempFile:
-        self._spool.mkdir(parents=True, exist_ok=True)
-        return TempFile(self._spool)
+        """A spool file made by its first write (its directory only when missing: no mkdir per upload)."""
+        return TempFile(self._spool, lazy=True, parents=True)
 
     def stat(self, owner: str, sha256: str, *, touch: bool = False) -> StagedInput | None:
         path = self.file(owner, sha256)
@@ -178,11 +203,28 @@ class DiskInputs:
             return None
         return StagedInput(owner, sha256, size, sniff(head) or "application/octet-stream")
 
+    def stat_many(
+        self, owner: str, sha256s: Collection[str], *, touch: bool = False
+    ) -> dict[str, StagedInput]:
+        held = {}
+        for sha256 in sha256s:
+            staged = self.stat(owner, sha256, touch=touch)
+            if staged is not None:
+                held[sha256] = staged
+        return held
+
     def keep(self, temp: TempFile, owner: str, sha256: str, mime: str) -> StagedInput:
         target = self.file(owner, sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
         size = temp.size
-        temp.keep(target, fsync=self.fsync)
+        try:
+            temp.keep(target, fsync=self.fsync)
+        except FileNotFoundError:  # the owner's first input: its directory is made once, not per upload
+            if target.parent.is_dir():
+                raise
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.fsync:
+                fsync_dir(target.parent.parent)  # the new directory's entry is durable too
+            temp.keep(target, fsync=self.fsync)
         return StagedInput(owner, sha256, size, mime)
 
     def presign(self, staged: StagedInput, ttl_s: float) -> str | None:
@@ -234,8 +276,7 @@ class BucketInputs:
         return self.media.url.key("_inputs", owner, sha256)
 
     def spool(self) -> TempFile:
-        self._spool.mkdir(parents=True, exist_ok=True)
-        return TempFile(self._spool)
+        return TempFile(self._spool, lazy=True, parents=True)
 
     def stat(self, owner: str, sha256: str, *, touch: bool = False) -> StagedInput | None:
         key = self.key(owner, sha256)
@@ -245,6 +286,16 @@ class BucketInputs:
         if touch:  # a copy onto itself restarts its LastModified, which `sweep` reads
             self.media.touch(key, head)
         return StagedInput(owner, sha256, int(head["ContentLength"]), str(head.get("ContentType") or ""))
+
+    def stat_many(
+        self, owner: str, sha256s: Collection[str], *, touch: bool = False
+    ) -> dict[str, StagedInput]:
+        """A HEAD (and, when held and `touch`, a copy) per object, `_STAT_THREADS` at a time."""
+        if len(sha256s) <= 1:
+            return {sha: staged for sha in sha256s if (staged := self.stat(owner, sha, touch=touch))}
+        with ThreadPoolExecutor(min(_STAT_THREADS, len(sha256s)), thread_name_prefix="input-stat") as pool:
+            found = pool.map(lambda sha: self.stat(owner, sha, touch=touch), sha256s)
+            return {staged.sha256: staged for staged in found if staged is not None}
 
     def keep(self, temp: TempFile, owner: str, sha256: str, mime: str) -> StagedInput:
         size = temp.size

@@ -15,8 +15,8 @@ cluster mode a presigned bucket URL), valid until `expires_at`.
 A body is streamed to a spool file while it is hashed, never held whole in memory, and refused as soon as
 it passes `max_input_bytes` (413) or its first bytes are not those of a PNG, JPEG, WebP, GIF or BMP file
 (415). `X-Podstream-Sha256`, when sent, must match the body (422); when this key already holds those bytes
-the answer is 200 at once, without reading the body. Each key's inputs count against its
-`input_quota_bytes` (507). Errors are `{"error": {"code", "message"}}` and leave nothing behind.
+the answer is 200 without writing the body (nor counting it against the quota). Each key's inputs count
+against its `input_quota_bytes` (507). Errors are `{"error": {"code", "message"}}` and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import ClientDisconnect, Request
@@ -48,11 +48,12 @@ from relay.input_store import (
     owner_of,
 )
 from relay.metrics import RelayMetrics
-from relay.uploads import SHA256_HEADER, TempFile
+from relay.uploads import SHA256_HEADER
 
 #: Bytes gathered from the request before one write (in a worker thread).
 _WRITE_BYTES: Final = 1 << 20
 _TOKEN_BODY: Final = 4096
+_T = TypeVar("_T")
 
 
 class InputHost(Protocol):
@@ -137,65 +138,134 @@ async def receive(
     *,
     expected: str | None,
     declared: int | None,
+    look_first: bool = False,
 ) -> tuple[StagedInput, bool]:
-    """Stream a body into the owner's inputs: (the input, True when newly stored)."""
-    limit = host.settings.max_input_bytes
-    inputs, quota = host.inputs, host.input_quota
-    reserved = 0
-    if declared:  # reserved before the first byte is written (off the loop: it may measure the store)
-        await asyncio.to_thread(_reserve, host, owner, declared)
-        reserved = declared
-    temp = await asyncio.to_thread(inputs.spool)
-    kept = False
+    """Stream a body into the owner's inputs: (the input, True when newly stored).
+
+    The event loop only gathers the body's chunks (no copy of them) and checks its length and first bytes; the
+    blocking work runs in worker threads, as few hops as it takes: one write per `_WRITE_BYTES` gathered (the
+    first creates the spool file), the last one also verifying the bytes, looking for them among the owner's
+    inputs and keeping them (fsynced, with their directory, before the answer). A body up to `_WRITE_BYTES`
+    costs one hop. `look_first` (the body is one write and `expected` names it): that hop first looks for
+    `expected` among the owner's inputs, and when held writes nothing (and reserves nothing)."""
+    upload = _Upload(host, owner, host.metrics.bytes_in.labels("input").inc)
     try:
-        mime = await _spool(chunks, temp, limit, host.metrics.bytes_in.labels("input").inc)
-        if declared is not None and temp.size != declared:
-            raise InputRefused(400, "bad_length", f"the body was {temp.size} bytes, not {declared}")
+        if (
+            declared
+        ):  # reserved before the first byte is written (in a thread only if the store must be measured)
+            try:
+                if not _try_reserve(host, owner, declared):
+                    await _hop(upload.reserve, declared)
+                upload.reserved = declared
+            except InputRefused:
+                if not look_first:
+                    raise
+                upload.unreserved = declared  # held bytes take no more quota: the hop looks, then reserves
+        limit = host.settings.max_input_bytes
+        pending: list[bytes] = []
+        buffered = received = 0
+        head = b""
+        mime: str | None = None
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > limit:
+                raise InputRefused(413, "too_large", f"job inputs are limited to {limit} bytes")
+            if mime is None:
+                head += chunk[: HEAD_BYTES - len(head)]
+                if len(head) >= HEAD_BYTES:
+                    mime = check_image(head)
+            pending.append(chunk)
+            buffered += len(chunk)
+            if buffered >= _WRITE_BYTES:
+                await _hop(upload.write, pending)
+                pending, buffered = [], 0
+        if not received:
+            raise InputRefused(400, "empty", "the body is empty: send the image as the request body")
+        if mime is None:
+            mime = check_image(head)
+        if declared is not None and received != declared:
+            raise InputRefused(400, "bad_length", f"the body was {received} bytes, not {declared}")
+        return await _hop(upload.finish, pending, expected, mime, look_first)
+    finally:
+        if not upload.settled:
+            if upload.temp.opened:
+                await _hop(upload.discard)
+            else:  # no file was made: only the reservation to give back (a lock, no I/O)
+                upload.discard()
+
+
+class _Upload:
+    """One body on its way into the owner's inputs: its spool file and quota reservation. Its blocking
+    methods run in worker threads, one at a time (`_hop`), never beside the event loop's use of it."""
+
+    def __init__(self, host: InputHost, owner: str, counted: Callable[[int], None]) -> None:
+        self.host = host
+        self.owner = owner
+        self.temp = host.inputs.spool()  # no file yet: the first write makes it
+        self.counted = counted
+        self.reserved = 0
+        #: Bytes to reserve before writing (`receive` could not: the owner's quota was full).
+        self.unreserved = 0
+        #: Kept, or discarded: nothing is left to clean up.
+        self.settled = False
+
+    def reserve(self, nbytes: int) -> None:
+        _reserve(self.host, self.owner, nbytes)
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self.unreserved:  # before the first byte is written
+            _reserve(self.host, self.owner, self.unreserved)
+            self.reserved, self.unreserved = self.unreserved, 0
+        self.temp.writev(chunks)
+        self.counted(sum(map(len, chunks)))
+
+    def finish(
+        self, chunks: list[bytes], expected: str | None, mime: str, look_first: bool
+    ) -> tuple[StagedInput, bool]:
+        """Write the last chunks, verify the body, then keep it unless the owner holds those bytes already
+        (`look_first`: looked for as `expected` before anything is written)."""
+        temp, inputs = self.temp, self.host.inputs
+        looked = look_first and expected is not None and not temp.opened
+        if looked and expected is not None:
+            held = inputs.stat(self.owner, expected, touch=True)
+            if held is not None:  # staged before: nothing is written
+                self.discard()
+                return held, False
+        self.write(chunks)
         sha256 = temp.hash.hexdigest()
         if expected is not None and sha256 != expected:
             raise InputRefused(422, "sha256_mismatch", f"the body does not match {SHA256_HEADER}")
-        held = await asyncio.to_thread(inputs.stat, owner, sha256, touch=True)
+        held = None if looked else inputs.stat(self.owner, sha256, touch=True)
         if held is not None:  # the same bytes, staged before: nothing more is stored
+            self.discard()
             return held, False
-        if not reserved:
-            await asyncio.to_thread(_reserve, host, owner, temp.size)
-            reserved = temp.size
-        staged = await asyncio.to_thread(inputs.keep, temp, owner, sha256, mime)
-        kept = True
+        if not self.reserved:
+            _reserve(self.host, self.owner, temp.size)
+            self.reserved = temp.size
+        staged = inputs.keep(temp, self.owner, sha256, mime)
+        self.settled = True
         return staged, True
-    finally:
-        if not kept:
-            await asyncio.to_thread(temp.discard)
-            if reserved:
-                quota.release(owner, reserved)
+
+    def discard(self) -> None:
+        self.temp.discard()
+        if self.reserved:
+            self.host.input_quota.release(self.owner, self.reserved)
+            self.reserved = 0
+        self.settled = True
 
 
-async def _spool(
-    chunks: AsyncIterator[bytes], temp: TempFile, limit: int, counted: Callable[[int], None]
-) -> str:
-    """Write the body to `temp` in batches, refusing it as soon as it is too large or no image."""
-    buffer = bytearray()
-    received = 0
-    mime: str | None = None
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > limit:
-            raise InputRefused(413, "too_large", f"job inputs are limited to {limit} bytes")
-        buffer += chunk
-        if mime is None and len(buffer) >= HEAD_BYTES:
-            mime = check_image(bytes(buffer[:HEAD_BYTES]))
-        if len(buffer) >= _WRITE_BYTES:
-            await asyncio.to_thread(temp.write, bytes(buffer))
-            counted(len(buffer))
-            buffer.clear()
-    if mime is None:
-        if not received:
-            raise InputRefused(400, "empty", "the body is empty: send the image as the request body")
-        mime = check_image(bytes(buffer[:HEAD_BYTES]))
-    if buffer:
-        await asyncio.to_thread(temp.write, bytes(buffer))
-        counted(len(buffer))
-    return mime
+async def _hop(function: Callable[..., _T], *args: Any) -> _T:
+    """`function(*args)` in a worker thread. Cancelled, it still waits for the thread to finish before
+    raising: what cleans up after it (`_Upload.discard`) never runs beside it."""
+    running = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await running
+        raise
 
 
 async def _drain(request: Request, limit: int) -> None:
@@ -210,6 +280,14 @@ async def _drain(request: Request, limit: int) -> None:
 def _reserve(host: InputHost, owner: str, nbytes: int) -> None:
     try:
         host.input_quota.reserve(owner, nbytes)
+    except InputQuotaExceeded as exc:
+        raise InputRefused(507, "quota_exceeded", str(exc)) from None
+
+
+def _try_reserve(host: InputHost, owner: str, nbytes: int) -> bool:
+    """`_reserve` on the event loop when that cannot block (False: not reserved, the store must be measured)."""
+    try:
+        return host.input_quota.try_reserve(owner, nbytes)
     except InputQuotaExceeded as exc:
         raise InputRefused(507, "quota_exceeded", str(exc)) from None
 
@@ -254,11 +332,6 @@ async def stage(request: Request) -> Response:
         expected = raw_sha.strip().lower()
         if not HEX64.match(expected):
             return _error(400, "bad_sha256", "X-Podstream-Sha256 must be the body's sha256 as 64 hex digits")
-        held = await asyncio.to_thread(host.inputs.stat, owner, expected, touch=True)
-        if held is not None:  # staged before: nothing is written (the body is read to its end, then dropped,
-            # so that the client, still sending, never meets a closed connection)
-            await _drain(request, host.settings.max_input_bytes)
-            return JSONResponse(describe(host, held, _base(request)), status_code=200)
     declared: int | None = None
     raw_length = request.headers.get("content-length")
     if raw_length is not None:
@@ -268,8 +341,18 @@ async def stage(request: Request) -> Response:
         limit = host.settings.max_input_bytes
         if declared > limit:
             return _error(413, "too_large", f"job inputs are limited to {limit} bytes")
+    # Held bytes are not written. A body of one write is gathered anyway: its hop looks first (`receive`).
+    look_first = expected is not None and declared is not None and declared < _WRITE_BYTES
+    if expected is not None and not look_first:
+        held = await asyncio.to_thread(host.inputs.stat, owner, expected, touch=True)
+        if held is not None:  # staged before: nothing is written (the body is read to its end, then dropped,
+            # so that the client, still sending, never meets a closed connection)
+            await _drain(request, host.settings.max_input_bytes)
+            return JSONResponse(describe(host, held, _base(request)), status_code=200)
     try:
-        staged, new = await receive(host, owner, request.stream(), expected=expected, declared=declared)
+        staged, new = await receive(
+            host, owner, request.stream(), expected=expected, declared=declared, look_first=look_first
+        )
     except InputRefused as exc:
         return _error(exc.status, exc.code, str(exc))
     except ClientDisconnect:

@@ -41,7 +41,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -62,6 +62,8 @@ _ITEM: Final = re.compile(r"^[0-9]{1,7}$")
 _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 #: Bytes gathered from the request before one write (in a worker thread).
 _WRITE_BYTES: Final = 1 << 20
+#: Buffers per `os.writev` (POSIX guarantees 16; Linux and macOS take 1024).
+_IOV_MAX: Final = 1024
 
 
 class UploadHost(Protocol):
@@ -138,33 +140,74 @@ def sweep_unclaimed(job_dir: Path, *, finished: bool, now: float, grace_s: float
 
 
 class TempFile:
-    """The body being received: written in a worker thread, hashed as it goes, removed unless kept."""
+    """The body being received: written in a worker thread, hashed as it goes, removed unless kept.
 
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(exist_ok=True)
+    `lazy`: the file is created by the first write (in that write's thread), not here. Its directory is
+    made only when creating the file finds it missing (`parents`: with its parents), not on every upload."""
+
+    def __init__(self, directory: Path, *, lazy: bool = False, parents: bool = False) -> None:
+        self.directory = directory
         self.path = directory / f".{secrets.token_hex(12)}.part"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.fd = -1
         self.hash = hashlib.sha256()
         self.size = 0
+        #: The file was made (a lazy one by its first write).
+        self.opened = False
+        self._parents = parents
+        if not lazy:
+            self._open()
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the directory's first file (or it was removed): made now, once
+            self.directory.mkdir(parents=self._parents, exist_ok=True)
+            self.fd = os.open(self.path, flags, 0o644)
+        self.opened = True
 
     def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.size += len(data)
+        self.writev((data,))
+
+    def writev(self, chunks: Sequence[bytes]) -> None:
+        """Append `chunks` (hashed in order) with as few system calls as they allow: no copy of them made."""
+        if self.fd < 0:
+            self._open()
+        views = []
+        for chunk in chunks:
+            if chunk:
+                self.hash.update(chunk)
+                views.append(memoryview(chunk))
+        index = 0
+        while index < len(views):
+            written = os.writev(self.fd, views[index : index + _IOV_MAX])
+            self.size += written
+            while written:  # skip what went out; a short write resumes inside a chunk
+                if written >= len(views[index]):
+                    written -= len(views[index])
+                    index += 1
+                else:
+                    views[index] = views[index][written:]
+                    written = 0
 
     def keep(self, final: Path, *, fsync: bool) -> None:
-        if fsync:
-            os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+        """Persist the file as `final` (fsynced, renamed, its directory fsynced). Callable again after the
+        rename failed (e.g. `final`'s directory was missing and has been made since)."""
+        if not self.opened:
+            self._open()  # nothing was written (an empty file)
+        if self.fd >= 0:
+            if fsync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
         os.replace(self.path, final)
         if fsync:
             fsync_dir(final.parent)
 
     def close(self) -> None:
         """Close the file, written in full, leaving it in place (to be read back, then discarded)."""
+        if not self.opened:
+            self._open()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -174,7 +217,8 @@ class TempFile:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
-        self.path.unlink(missing_ok=True)
+        if self.opened:
+            self.path.unlink(missing_ok=True)
 
 
 def _relay(request: Request) -> UploadHost:

@@ -221,6 +221,9 @@ async def test_hostile_uploads_are_refused_and_leave_nothing(
                 assert first.status_code == 201, first.text
                 over = await http.put(url, content=png(6, side=100))  # two of them pass 60,000 bytes
                 assert over.status_code == 507 and over.json()["error"]["code"] == "quota_exceeded", over.text
+                held = png(5, side=100)  # bytes the key holds take no more quota: found, not refused
+                again = await http.put(url, content=held, headers={"x-podstream-sha256": sha(held)})
+                assert again.status_code == 200 and again.json()["sha256"] == sha(held), again.text
                 assert (await http.head(f"{url}/{sha(png(6, side=100))}")).status_code == 404
                 for bad in ("tokens", "x" * 64, "..%2F..%2Fjobs"):
                     assert (await http.get(f"{url}/{bad}")).status_code in (400, 404, 405)
@@ -364,3 +367,24 @@ async def test_inputs_live_as_long_as_the_jobs_that_refer_to_them(
             await asyncio.sleep(0.05)
         assert await asyncio.to_thread(relay.relay.sweep_inputs, later) == 1
         assert (await http.head(f"{relay.url}/v1/inputs/{sha(held_data)}")).status_code == 404
+
+
+async def test_directories_removed_behind_the_relay_are_made_again(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Directories are made when a file's creation finds them missing (not on every upload)."""
+    import shutil
+
+    relay = await start_relay(relay_settings(tmp_path, emulator, api_keys=KEYS))
+    try:
+        async with relay.http() as http, httpx.AsyncClient(timeout=10) as anonymous:
+            first = await http.put(f"{relay.url}/v1/inputs", content=png(50))
+            assert first.status_code == 201, first.text
+            shutil.rmtree(Path(relay.settings.data_dir) / "inputs")
+            for seed in (51, 52):
+                r = await http.put(f"{relay.url}/v1/inputs", content=png(seed))
+                assert r.status_code == 201, r.text
+                assert (await anonymous.get(r.json()["url"])).content == png(seed)
+        assert leftovers(relay) == []
+    finally:
+        await relay.stop()

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.auth import generate_key, hash_key
+from relay.uploads import TempFile
 from tests.relay.conftest import (
     API_KEY,
     Received,
@@ -315,3 +316,30 @@ async def test_uploads_no_item_claims_are_swept(
             assert (await http.get(manifest["items"][0]["url"])).content == claimed
     finally:
         await server.stop()
+
+
+# ---- TempFile (the spool file both upload routes receive a body into)
+
+
+def test_a_temp_file_writes_chunks_as_given_and_hashes_them(tmp_path: Path) -> None:
+    chunks = [os.urandom(n) for n in (1, 0, 70_000, 3, 65_536)] * 300  # more buffers than one writev takes
+    temp = TempFile(tmp_path / "spool", lazy=True, parents=True)
+    assert not temp.opened and not (tmp_path / "spool").exists()  # lazy: nothing made until the first write
+    temp.writev(chunks[:7])
+    temp.writev(chunks[7:])
+    assert temp.opened and temp.size == sum(map(len, chunks))
+    final = tmp_path / "kept"
+    temp.keep(final, fsync=True)
+    assert final.read_bytes() == b"".join(chunks)
+    assert temp.hash.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_temp_file_never_written_leaves_nothing(tmp_path: Path) -> None:
+    temp = TempFile(tmp_path, lazy=True)
+    temp.discard()
+    assert list(tmp_path.iterdir()) == []
+    eager = TempFile(tmp_path / "made")  # not lazy: made at once (its directory too, when missing)
+    assert eager.opened and eager.path.exists()
+    eager.discard()
+    assert list((tmp_path / "made").iterdir()) == []
