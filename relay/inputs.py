@@ -2,11 +2,13 @@
 `/run` body (RunPod caps it at 10 MB):
 
     PUT  /v1/inputs                      the image as the body             -> 201 new / 200 already held
+    POST /v1/inputs/lookup               {"sha256": [up to 1000]}           -> 200 {held: {sha256: ...}, missing}
     GET  /v1/inputs/{sha256}             this key's input, if held          -> 200 / 404 (HEAD: no body)
     POST /v1/inputs/tokens               {"ttl_s"?}: an input token         -> 201 {token, expires_at}
     GET  /v1/inputs/{owner}/{sha256}     ?exp=&sig=: the bytes (what the worker fetches)
 
-The first three take the credential of a submit (an API key with `jobs:write`) or an input token, a
+A client asks `POST /v1/inputs/lookup` which of a batch's files this key holds already (one request per
+1,000 files instead of one per file), then PUTs the missing ones. The first four take the credential of a submit (an API key with `jobs:write`) or an input token, a
 short-lived token a backend mints with its key for a browser, good for these routes only. Every answer
 describing an input is `{"ref", "sha256", "bytes", "mime", "url", "expires_at"}`: `ref` (`input:<sha256>`)
 goes into a job's `items[].image`, and `url` is what the worker will fetch (a signed URL of this relay, or in
@@ -53,6 +55,9 @@ from relay.uploads import SHA256_HEADER
 #: Bytes gathered from the request before one write (in a worker thread).
 _WRITE_BYTES: Final = 1 << 20
 _TOKEN_BODY: Final = 4096
+#: The most sha256 one `POST /v1/inputs/lookup` may ask about, and the longest body it takes.
+LOOKUP_MAX: Final = 1000
+_LOOKUP_BODY: Final = 128 * 1024
 _T = TypeVar("_T")
 
 
@@ -373,6 +378,43 @@ async def lookup(request: Request) -> Response:
     return JSONResponse(describe(host, held, _base(request)))
 
 
+async def find(request: Request) -> Response:
+    """`POST /v1/inputs/lookup {"sha256": [...]}`: which of these this key holds, each described as `GET
+    /v1/inputs/{sha256}` would (and its expiry restarted), and which it does not."""
+    owner = owner_of((await _principal(request)).name)
+    host = _host(request)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOOKUP_BODY:
+            return _error(413, "too_large", f"a lookup asks about at most {LOOKUP_MAX} sha256")
+    try:
+        data = json.loads(body, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return _error(400, "bad_json", "the body is not JSON")
+    asked = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(asked, list):
+        return _error(400, "bad_json", 'the body must be {"sha256": [64 hex digits, ...]}')
+    if len(asked) > LOOKUP_MAX:
+        return _error(413, "too_large", f"a lookup asks about at most {LOOKUP_MAX} sha256, not {len(asked)}")
+    wanted: dict[str, None] = {}  # in the order asked, each once
+    for index, value in enumerate(asked):
+        sha256 = value.strip().lower() if isinstance(value, str) else ""
+        if not HEX64.match(sha256):
+            return _error(400, "bad_sha256", f"sha256[{index}] is not a sha256 (64 hex digits)")
+        wanted[sha256] = None
+    held = await asyncio.to_thread(host.inputs.stat_many, owner, list(wanted), touch=True)
+    base = _base(request)
+    return JSONResponse({
+        "held": {sha256: describe(host, staged, base) for sha256, staged in held.items()},
+        "missing": [sha256 for sha256 in wanted if sha256 not in held],
+    })  # fmt: skip
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def mint(request: Request) -> Response:
     """`POST /v1/inputs/tokens {"ttl_s"?}`: a token a browser may stage inputs with, and nothing else."""
     host = _host(request)
@@ -429,6 +471,7 @@ async def fetch(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/v1/inputs", stage, methods=["PUT"]),
+        Route("/v1/inputs/lookup", find, methods=["POST"]),
         Route("/v1/inputs/tokens", mint, methods=["POST"]),
         Route("/v1/inputs/{sha256}", lookup, methods=["GET", "HEAD"]),
         Route("/v1/inputs/{owner}/{sha256}", fetch, methods=["GET", "HEAD"]),

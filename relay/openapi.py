@@ -164,6 +164,21 @@ def paths() -> dict[str, dict[str, Any]]:
             "requestBody": _body({"type": "string", "format": "binary"}, True, "application/octet-stream"),
             "responses": _responses(200, 201, 400, 401, 403, 413, 415, 422, 507, body=_STAGED),
         }},
+        "/v1/inputs/lookup": {"post": {
+            "summary": "Which of these sha256 this key holds as staged inputs (each restarts its expiry), "
+                       "for a client to upload only the missing ones (scope jobs:write, or an input token)",
+            "security": _KEY,
+            "requestBody": _body({"type": "object", "required": ["sha256"], "properties": {"sha256": {
+                "type": "array", "maxItems": 1000, "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            }}}, required=True),
+            "responses": _responses(200, 400, 401, 403, 413, body={
+                "type": "object", "required": ["held", "missing"], "properties": {
+                    "held": {"type": "object", "additionalProperties": _STAGED,
+                             "description": "sha256 -> the input, as GET /v1/inputs/{sha256} answers"},
+                    "missing": {"type": "array", "items": {"type": "string"}},
+                },
+            }),
+        }},
         "/v1/inputs/tokens": {"post": {
             "summary": "An input token for a browser: it may stage inputs and nothing else (scope jobs:write)",
             "security": _KEY, "requestBody": _body({"type": "object", "properties": {"ttl_s": {"type": "number"}}}),

@@ -108,6 +108,67 @@ async def test_stage_look_up_and_fetch_an_input(relay: RelayServer) -> None:
     assert relay.relay.input_quota.used(owner_of("key-" + hash_key(API_KEY)[7:15])) == len(data)
 
 
+async def test_a_batch_lookup_says_what_the_key_holds(relay: RelayServer) -> None:
+    """`POST /v1/inputs/lookup`: one request for a batch's sha256, each held one described as GET describes
+    it (and its expiry restarted), the others missing; another key's inputs are missing to this one."""
+    a, b, c = png(60), png(61), png(62)
+    lookup = f"{relay.url}/v1/inputs/lookup"
+    async with relay.http() as http:
+        staged = [(await http.put(f"{relay.url}/v1/inputs", content=d)).json() for d in (a, b)]
+        if relay.relay.replica is None:  # staged long ago: the lookup restarts their expiry
+            for data in (a, b):
+                path = Path(relay.settings.data_dir) / "inputs" / staged[0]["url"].split("/")[-2] / sha(data)
+                os.utime(path, (time.time() - 10 * 86400, time.time() - 10 * 86400))
+        asked = [sha(c), sha(a), sha(b).upper(), sha(a)]
+        r = await http.post(lookup, json={"sha256": asked})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["missing"] == [sha(c)]
+        assert list(answer["held"]) == [sha(a), sha(b)]
+        for data, one in zip((a, b), staged, strict=True):
+            held = answer["held"][sha(data)]
+            assert {k: held[k] for k in ("ref", "sha256", "bytes", "mime")} == {
+                k: one[k] for k in ("ref", "sha256", "bytes", "mime")
+            }
+            assert held["expires_at"] > time.time() + relay.settings.input_url_ttl_s - 120
+        async with httpx.AsyncClient(timeout=10, follow_redirects=True) as anonymous:
+            assert (await anonymous.get(answer["held"][sha(a)]["url"])).content == a
+        if relay.relay.replica is None:
+            later = time.time() + relay.settings.input_ttl_s - 60
+            assert await asyncio.to_thread(relay.relay.sweep_inputs, later) == 0
+        assert (await http.post(lookup, json={"sha256": []})).json() == {"held": {}, "missing": []}
+        bad_bodies: list[tuple[int, str, dict[str, Any]]] = [
+            (400, "bad_json", {"content": b"not json"}),
+            (400, "bad_json", {"content": b""}),
+            (400, "bad_json", {"content": b'{"sha256": [NaN]}'}),
+            (400, "bad_json", {"json": ["0" * 64]}),
+            (400, "bad_json", {"json": {"sha256": "0" * 64}}),
+            (400, "bad_json", {"json": {"sha": ["0" * 64]}}),
+            (400, "bad_sha256", {"json": {"sha256": ["0" * 63]}}),
+            (400, "bad_sha256", {"json": {"sha256": [sha(a), 7]}}),
+            (413, "too_large", {"json": {"sha256": [sha(a)] * 1001}}),
+            (413, "too_large", {"json": {"sha256": [sha(a)] * 2000}}),
+        ]
+        for status, code, kwargs in bad_bodies:
+            r = await http.post(lookup, **kwargs)
+            assert r.status_code == status and r.json()["error"]["code"] == code, (kwargs, r.text)
+        assert (await http.post(lookup, json={"sha256": [sha(a)] * 1000})).status_code == 200
+        assert (await http.get(lookup)).status_code == 400  # GET /v1/inputs/<sha256>: not one
+    async with httpx.AsyncClient(timeout=10, headers=bearer(OTHER_KEY)) as other:
+        r = await other.post(lookup, json={"sha256": [sha(a), sha(b)]})
+        assert r.status_code == 200 and r.json() == {"held": {}, "missing": [sha(a), sha(b)]}
+    async with httpx.AsyncClient(timeout=10, headers=bearer(READER_KEY)) as reader:  # no jobs:write
+        assert (await reader.post(lookup, json={"sha256": [sha(a)]})).status_code == 403
+    async with httpx.AsyncClient(timeout=10) as nobody:
+        assert (await nobody.post(lookup, json={"sha256": [sha(a)]})).status_code == 401
+    async with relay.http() as http:  # an input token looks up its minting key's inputs
+        token = (await http.post(f"{relay.url}/v1/inputs/tokens", json={})).json()["token"]
+    async with httpx.AsyncClient(timeout=10, headers=bearer(token)) as browser:
+        r = await browser.post(lookup, json={"sha256": [sha(a), sha(c)]})
+        assert r.status_code == 200 and list(r.json()["held"]) == [sha(a)] and r.json()["missing"] == [sha(c)]
+    assert leftovers(relay) == []
+
+
 async def test_inputs_of_one_key_are_invisible_to_another(relay: RelayServer, worker: ScriptedWorker) -> None:
     data = png(2)
     async with relay.http() as http:
