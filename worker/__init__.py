@@ -1,15 +1,19 @@
 """The podstream worker: a RunPod async-generator handler that streams every generated file.
 
-Bring your own handler (worker/wrapper.py): `runpod.serverless.start({"handler": worker.wrap(handler)})` streams
-the files of an existing RunPod handler's result. Bring your own model (see worker/model.py and docs/worker.md):
+Bring your own handler (worker/wrapper.py): `runpod.serverless.start({"handler": podstream.wrap(handler)})`
+streams the files of an existing RunPod handler's result. Bring your own model (see worker/model.py and
+docs/worker.md):
 
-    import worker
+    import podstream
 
-    def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:
+    def generate(request: podstream.Request, ctx: podstream.Context) -> podstream.Result:
         ...
-        return worker.Video(frames, fps=8)
+        return podstream.Video(frames, fps=8)
 
-    worker.serve(generate, tasks={"image-to-video"})
+    podstream.serve(generate, tasks={"image-to-video"})
+
+`podstream` exports these names from here (finding this package even where a user's own `worker.py` would
+shadow `import worker`).
 
 `import worker` imports nothing itself (so `python -m worker.volume` can run before any dependency is
 installed); the names below load their module on first use. torch, diffusers and PyAV are imported only

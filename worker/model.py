@@ -7,17 +7,18 @@ A model turns a batch of `Request`s into one `Result` per request:
 - `File(data, mime)`: bytes the model already encoded itself (any mime type), streamed as they are;
 - or an exception instance: that item fails with an `error` envelope, the batch goes on.
 
-The simplest model is one function, `def generate(request, ctx) -> Result`, handed to `worker.serve`:
+The simplest model is one function, `def generate(request, ctx) -> Result`, handed to `podstream.serve`
+(the public names of this API are on `podstream`, see podstream/__init__.py):
 
-    import worker
+    import podstream
 
-    def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:
+    def generate(request: podstream.Request, ctx: podstream.Context) -> podstream.Result:
         for step in range(20):
             ctx.step(step + 1, 20)  # progress, and raises Cancelled if the job was cancelled
             ...
-        return worker.Video(frames, fps=8)
+        return podstream.Video(frames, fps=8)
 
-    worker.serve(generate, tasks={"image-to-video"})
+    podstream.serve(generate, tasks={"image-to-video"})
 
 `generate` runs in a worker thread (never on the event loop), one call at a time, while the previous
 item's file is encoded and streamed; `ctx.step` is the only thing it needs to call.

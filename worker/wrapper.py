@@ -1,6 +1,7 @@
-"""Bring your own handler: `worker.wrap(handler)` streams the files of any existing RunPod handler.
+"""Bring your own handler: `podstream.wrap(handler)` (this `wrap`) streams the files of any existing RunPod
+handler.
 
-    runpod.serverless.start({"handler": worker.wrap(handler), "return_aggregate_stream": False})
+    runpod.serverless.start({"handler": podstream.wrap(handler), "return_aggregate_stream": False})
 
 `handler(job)` is what it was before: a sync or async function returning a JSON-able result, or a sync or
 async generator yielding several. The wrapper walks each result (each yield, as soon as it is yielded) and
