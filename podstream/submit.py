@@ -172,6 +172,18 @@ def _dedupe_ids(items: Iterable[dict[str, Any]]) -> None:
             item["id"] = f"{base}-{count}"
 
 
+#: What `--input-schema` takes besides a file, as the relay's does: the built-in worker's schema (the
+#: default) or no check at all (a worker that takes any input).
+BUILTIN_SCHEMA: Final = "builtin"
+NO_SCHEMA: Final = "off"
+#: Said when an input misses the built-in worker's shape as a whole (a field at its top level): most
+#: likely, it is for a worker that takes its own input.
+OWN_INPUT_HINT: Final = (
+    "that is the built-in worker's input schema; for a worker that takes its own input (a handler wrapped "
+    "with podstream.wrap, your own model), give this command and the relay --input-schema off or a schema file"
+)
+
+
 def builtin_schema() -> dict[str, Any]:
     """The JSON Schema of the built-in worker's job input (`worker.inputs.job_schema()`).
 
@@ -195,12 +207,23 @@ def load_schema(path: Path | str) -> dict[str, Any]:
     return schema
 
 
+def check_input(job_input: Mapping[str, Any], schema: str | Path = BUILTIN_SCHEMA) -> None:
+    """`validate` as `--input-schema` asks: `builtin` (the built-in worker's schema), `off` (no check) or
+    the path of a JSON Schema file (`podstream schema` of a worker with its own input model)."""
+    setting = str(schema)
+    if setting == NO_SCHEMA:
+        return
+    validate(job_input, None if setting in ("", BUILTIN_SCHEMA) else load_schema(setting))
+
+
 def validate(job_input: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
     """Check `job_input` against the worker's input schema (default: the built-in worker's) before it is
     sent, so that a typo costs no GPU time. `InputError` names the field: `params.steps: -3 is less
-    than the minimum of 1`."""
+    than the minimum of 1`; against the built-in schema, a problem with the input as a whole says how to
+    check a worker's own input instead (`OWN_INPUT_HINT`)."""
     import jsonschema
 
+    builtin = schema is None
     schema = builtin_schema() if schema is None else dict(schema)
     try:
         validator_class = jsonschema.validators.validator_for(schema)
@@ -212,7 +235,10 @@ def validate(job_input: Mapping[str, Any], schema: Mapping[str, Any] | None = No
         key=jsonschema.exceptions.by_relevance(strong=frozenset({"additionalProperties"})),
     )
     if error is not None:
-        raise InputError(f"the job input is not valid: {field_path(error.absolute_path)}: {error.message}")
+        hint = f"; {OWN_INPUT_HINT}" if builtin and not error.absolute_path else ""
+        raise InputError(
+            f"the job input is not valid: {field_path(error.absolute_path)}: {error.message}{hint}"
+        )
 
 
 def field_path(path: Iterable[str | int]) -> str:
@@ -299,7 +325,8 @@ def submit(
 
 
 def relay_error_text(response: httpx.Response) -> str:
-    """A relay's error answer as one short line: `code: message` from `{"error": {"code", "message"}}`."""
+    """A relay's error answer as one line: `code: message` from `{"error": {"code", "message"}}` (whole up
+    to 600 characters: the relay's messages say what to do at their end); anything else, shortened."""
     try:
         body = response.json()
     except ValueError:
@@ -307,7 +334,7 @@ def relay_error_text(response: httpx.Response) -> str:
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):  # the relay's {"error": {"code", "message"}}
-            return f"{error.get('code', 'error')}: {error.get('message', '')}"[:300]
+            return " ".join(f"{error.get('code', 'error')}: {error.get('message', '')}".split())[:600]
         for name in ("error", "message", "detail"):
             if body.get(name):
                 return str(body[name])[:300]

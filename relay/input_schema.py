@@ -29,6 +29,15 @@ BUILTIN: Final = "builtin"
 OFF: Final = "off"
 
 
+#: Said when an input misses the built-in schema as a whole (a field at its top level): most likely, the
+#: worker behind the relay takes its own input and the relay was left on the default.
+OWN_INPUT_HINT: Final = (
+    "this relay checks inputs against the built-in worker's schema; if your worker takes its own input "
+    "(a handler wrapped with podstream.wrap, a custom model), start the relay with --input-schema off "
+    "(PODSTREAM_INPUT_SCHEMA=off) or a schema file"
+)
+
+
 class SchemaConfigError(ValueError):
     """The configured schema cannot be used (one line)."""
 
@@ -92,11 +101,15 @@ class InputSchema:
         self._load()
 
     def problem(self, job_input: Mapping[str, Any]) -> str | None:
-        """None when the input is valid, else one line naming the field."""
+        """None when the input is valid, else one line naming the field (and, when the built-in schema
+        refuses the input as a whole, how to run the relay for a worker with its own input)."""
         validator = self._load()
         if validator is None:
             return None
         error = jsonschema.exceptions.best_match(validator.iter_errors(dict(job_input)), key=RELEVANCE)
         if error is None:
             return None
-        return f"{field_path(error.absolute_path)}: {error.message}"
+        problem = f"{field_path(error.absolute_path)}: {error.message}"
+        if self.setting in ("", BUILTIN) and not error.absolute_path:
+            problem += f"; {OWN_INPUT_HINT}"
+        return problem

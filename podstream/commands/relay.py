@@ -58,9 +58,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--disk-quota-bytes", type=int, help="bytes the data directory may hold (0 = no quota)"
     )
     parser.add_argument(
-        "--input-schema", metavar="FILE",
+        "--input-schema", metavar="FILE|builtin|off",
         help="JSON Schema POST /v1/jobs checks inputs against: a file (`podstream schema` of a worker with "
-        "its own model), builtin (default: the built-in worker's) or off",
+        "its own model), builtin (default: the built-in worker's) or off (e.g. a handler wrapped with "
+        "podstream.wrap)",
     )  # fmt: skip
     security = parser.add_argument_group("security")
     security.add_argument(

@@ -26,7 +26,8 @@ Local --images files are uploaded to the relay first (HEAD first: a file it alre
 again), and the job names them by reference (input:<sha256>), so a batch of any size stays a small job.
 The job input schema (task, items, params, output) is in docs/worker.md (`podstream schema` prints it).
 The input is checked against it before anything is sent or uploaded: a mistake ends with the field's path
-and exit status 2.
+and exit status 2. A worker with its own input: --input-schema FILE, or off (a wrapped handler), here and
+on the relay.
 """
 
 
@@ -48,10 +49,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", type=Path, required=True, help="files go to DIR/<job id>/")
     parser.add_argument(
         "--input-schema",
-        metavar="FILE",
-        type=Path,
-        help="check the input against this JSON Schema (a worker with its own input model; "
-        "default: the built-in worker's schema, `podstream schema`)",
+        metavar="FILE|builtin|off",
+        default=submit_mod.BUILTIN_SCHEMA,
+        help="what to check the input against, as the relay's --input-schema: a JSON Schema file (a worker "
+        "with its own input model), builtin (default: the built-in worker's, `podstream schema`) or off "
+        "(a worker that takes any input, e.g. a handler wrapped with podstream.wrap)",
     )
     parser.add_argument("--task", choices=submit_mod.TASKS, help="override the task chosen from the inputs")
     parser.add_argument("--prompt", help="a prompt given to every image item")
@@ -132,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--retries must be at least 1")
     data, local = job_input(args)
     try:
-        schema = submit_mod.load_schema(args.input_schema) if args.input_schema else None
-        submit_mod.validate(data, schema)  # locally, before anything is sent: no GPU paid for a typo
+        # locally, before anything is sent: no GPU paid for a typo
+        submit_mod.check_input(data, args.input_schema)
         submit_mod.check_size(data, relay=True)
         upload(args, local)
         job = submit_mod.submit(data, relay=args.relay, key=args.key)

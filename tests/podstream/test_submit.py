@@ -201,6 +201,26 @@ def test_validate_accepts_what_build_input_makes_and_a_workers_own_schema(tmp_pa
         submit_mod.load_schema(tmp_path / "missing.json")
 
 
+def test_an_input_of_another_shape_says_how_to_check_a_workers_own(tmp_path: Path) -> None:
+    wrapped = {"prompt": "a lighthouse", "num_images": 6}  # a wrapped handler's own input
+    with pytest.raises(InputError) as info:
+        submit_mod.check_input(wrapped)
+    assert str(info.value).startswith("the job input is not valid: (the input): Additional properties")
+    assert str(info.value).endswith(f"; {submit_mod.OWN_INPUT_HINT}")
+    assert "--input-schema off" in submit_mod.OWN_INPUT_HINT and "podstream.wrap" in submit_mod.OWN_INPUT_HINT
+    with pytest.raises(InputError) as info:  # a mistake inside a built-in input: only named
+        submit_mod.check_input({"task": "text-to-image", "items": [{"id": "a", "promt": "x"}]}, "builtin")
+    assert submit_mod.OWN_INPUT_HINT not in str(info.value)
+    submit_mod.check_input(wrapped, "off")
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps({"type": "object", "required": ["prompt"]}))
+    submit_mod.check_input(wrapped, schema_file)
+    with pytest.raises(
+        InputError, match=r"^the job input is not valid: \(the input\): 'prompt' is a required property$"
+    ):
+        submit_mod.check_input({"num_images": 1}, str(schema_file))
+
+
 def test_validation_does_not_import_torch() -> None:
     import subprocess
     import sys
