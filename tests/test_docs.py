@@ -117,7 +117,7 @@ def run_bring_your_own_model(block: Block, tmp: Path, monkeypatch: pytest.Monkey
     import podstream
     from podstream.emulator import Emulator, EmulatorConfig
 
-    script = tmp / "my_worker.py"
+    script = tmp / "worker.py"  # as users name it: `import worker` would import this file, podstream.* do not
     script.write_text(block.code)
     picture = _png()
     job_input = {

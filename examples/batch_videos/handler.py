@@ -2,7 +2,7 @@
 becomes a short zooming MP4 clip, returned base64-encoded with its id. 100 clips are tens of MB of JSON,
 over RunPod's 20 MB cap on a job's result: "Failed to return job results | 413 Payload Too Large" (or 400),
 and every clip is lost. See examples/README.md: original.py is the handler as it was, handler.py the
-same with `worker.wrap` (two lines changed).
+same with `podstream.wrap` (two lines changed).
 """
 
 import base64
@@ -13,7 +13,7 @@ import numpy as np
 import runpod
 from PIL import Image
 
-import worker
+import podstream
 
 
 def image_to_video(image_id, image_base64, frames, fps, size):
@@ -51,4 +51,4 @@ def handler(job):
 
 
 if __name__ == "__main__":
-    runpod.serverless.start({"handler": worker.wrap(handler), "return_aggregate_stream": False})
+    runpod.serverless.start({"handler": podstream.wrap(handler), "return_aggregate_stream": False})

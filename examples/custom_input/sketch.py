@@ -1,6 +1,6 @@
 """A model with its own job input: `{"prompt": "a red kite", "num_images": 3, "palette": "cool"}`.
 
-`worker.serve(generate, input_model=Sketch)` makes `Sketch` the whole job input: it is validated before
+`podstream.serve(generate, input_model=Sketch)` makes `Sketch` the whole job input: it is validated before
 anything runs (a typo or a bad value fails the job with the field's name), handed to `generate` as
 `request.input`, and published by `podstream schema --model examples/custom_input/sketch.py:Sketch`.
 Fields named like the built-in params keep their meaning: `num_images` outputs per job (seeds `seed`,
@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-import worker
+import podstream
 
 PALETTES = {"warm": (255, 140, 40), "cool": (40, 140, 255)}
 
@@ -41,12 +41,12 @@ def draw(sketch: Sketch, seed: int) -> np.ndarray:
     return tinted
 
 
-def generate(request: worker.Request, ctx: worker.Context) -> worker.Result:
+def generate(request: podstream.Request, ctx: podstream.Context) -> podstream.Result:
     sketch: Sketch = request.input
     assert request.seed is not None  # the worker draws one when the input has none
     ctx.step(1, 1)
-    return worker.Image(draw(sketch, request.seed))
+    return podstream.Image(draw(sketch, request.seed))
 
 
 if __name__ == "__main__":
-    worker.serve(generate, tasks={"sketch"}, input_model=Sketch)
+    podstream.serve(generate, tasks={"sketch"}, input_model=Sketch)

@@ -2,9 +2,9 @@
 
 By default the built-in models' job shape (`{"task", "items", "params", "output", "delivery"}`); with
 `--model REF` that of your own worker: REF is `path/to/file.py:NAME` or `package.module:NAME`, where NAME
-is the pydantic input model itself, or a model object (`worker.FunctionModel`, a `worker.Model`) whose
+is the pydantic input model itself, or a model object (`worker.FunctionModel`, a `podstream.Model`) whose
 `input_model` (or, without one, its task names) decides the schema. The file is imported, not run: keep
-`worker.serve(...)` under `if __name__ == "__main__":`. The relay's `--input-schema` takes the output.
+`podstream.serve(...)` under `if __name__ == "__main__":`. The relay's `--input-schema` takes the output.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """Running an example handler the way a user would: the emulator spawns it as a real runpod SDK worker,
-`podstream pull` (a real process) fetches the job, and we read what it wrote."""
+`podstream pull` (a real process) fetches the job, or `podstream submit` through a real relay process, and we
+read what it wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import difflib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +22,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
+from relay.auth import generate_key, hash_key
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -47,6 +52,41 @@ def pull(emu: Emulator, job_input: Any, out: Path) -> tuple[subprocess.Completed
     dirs = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
     assert len(dirs) == 1, (done.stdout, done.stderr)
     return done, dirs[0]
+
+
+#: The API key of the relays `relay_in_front` starts.
+RELAY_KEY = generate_key()
+
+
+@contextlib.contextmanager
+def relay_in_front(emu: Emulator, data: Path, *args: str) -> Iterator[str]:
+    """`podstream relay` (a real process, with `args`) polling the emulator; yields its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "podstream", "relay", "--runpod-url", emu.endpoint_url, "--port", str(port)]
+    argv += ["--data-dir", str(data), "--fsync", "never", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODSTREAM_")}
+    env.update(PODSTREAM_RUNPOD_KEY=KEY, PODSTREAM_API_KEYS=hash_key(RELAY_KEY))
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / "relay.log").open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_healthy(url, timeout_s=60, process=process, log=data / "relay.log"))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def submit(relay: str, job_input: Any, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`podstream submit --input` as a user runs it, through `relay`."""
+    job_file = out.parent / f"{out.name}-job.json"
+    job_file.write_text(json.dumps(job_input))
+    return subprocess.run(
+        [sys.executable, "-m", "podstream", "submit", "--input", str(job_file), "--relay", relay,
+         "--key", RELAY_KEY, "--out", str(out), "--quiet", *args],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def run_until_done_is_refused(emu: Emulator, job_input: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""examples/: the seeds' handlers as they were fail at RunPod's caps; ported with `worker.wrap` (a few lines
-changed), every file arrives through the emulator and `podstream pull`, with the result in place."""
+"""examples/: the seeds' handlers as they were fail at RunPod's caps; ported with `podstream.wrap` (a few
+lines changed), every file arrives through the emulator and `podstream pull`, with the result in place; and
+through a relay, with the one setting docs/worker.md gives for a handler's own input."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from tests.examples.support import (
     example_worker,
     noise_png_base64,
     pull,
+    relay_in_front,
     run_until_done_is_refused,
+    submit,
     worker_log,
 )
 
@@ -41,7 +44,7 @@ def load_example(path: Path) -> Any:
 def test_each_port_changes_at_most_five_lines(example: str) -> None:
     changed = changed_lines(EXAMPLES / example / "original.py", EXAMPLES / example / "handler.py")
     assert 0 < len(changed) <= 5, changed
-    assert any("worker.wrap(handler)" in line for line in changed)
+    assert any("podstream.wrap(handler)" in line for line in changed)
 
 
 IMAGES_JOB = {"prompt": "a lighthouse at dusk", "num_images": 6, "width": 1024, "height": 1024, "seed": 7}
@@ -75,6 +78,49 @@ def test_the_ported_images_handler_streams_every_image_and_its_result(tmp_path: 
     assert result["count"] == 6 and result["prompt"] == IMAGES_JOB["prompt"]
     assert [(out / p).read_bytes() for p in result["images"]] == expected_pngs()
     assert Image.open(out / result["images"][0]).size == (1024, 1024)
+
+
+def test_the_ported_images_handler_behind_a_relay(tmp_path: Path) -> None:
+    """A relay left on its default (the built-in worker's input schema) refuses the handler's own input,
+    saying what to change, on the CLI's side and on the relay's; with that change made (`--input-schema
+    off`, as docs/worker.md says), every image and the result arrive through the relay."""
+    job = {"prompt": "a lighthouse at dusk", "num_images": 2, "width": 128, "height": 96, "seed": 7}
+    with example_worker(EXAMPLES / "batch_images" / "handler.py", tmp_path) as emu:
+        with relay_in_front(emu, tmp_path / "default") as relay:
+            local = submit(relay, job, tmp_path / "out")
+            remote = submit(relay, job, tmp_path / "out", "--input-schema", "off")
+        with relay_in_front(emu, tmp_path / "off", "--input-schema", "off") as relay:
+            done = submit(relay, job, tmp_path / "out", "--input-schema", "off", "--json")
+        runs = emu.stats()["routes"]["run"]["requests"]
+    [line] = local.stderr.splitlines()
+    assert local.returncode == 2 and line.startswith(
+        "podstream submit: the job input is not valid: (the input)"
+    )
+    assert "podstream.wrap" in line and "--input-schema off" in line and "relay" in line
+    [line] = remote.stderr.splitlines()
+    assert remote.returncode == 1 and "the relay refused the job (HTTP 400)" in line
+    assert "start the relay with --input-schema off" in line
+    assert runs == 1  # neither refusal reached RunPod
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "COMPLETED" and outcome["ok"] and len(outcome["files"]) == 2
+    result_path = Path(outcome["result"])
+    result = json.loads(result_path.read_text())
+    assert result["count"] == 2 and result["prompt"] == job["prompt"]
+    for name in result["images"]:
+        assert Image.open(result_path.parent / name).size == (128, 96)
+
+
+def test_a_handler_file_named_worker_py(tmp_path: Path) -> None:
+    """`import worker` in a file named worker.py imports that file; `import podstream` finds podstream's."""
+    script = tmp_path / "worker.py"
+    script.write_text((EXAMPLES / "batch_images" / "handler.py").read_text())
+    job = {"prompt": "a kite", "num_images": 2, "width": 64, "height": 64}
+    with example_worker(script, tmp_path) as emu:
+        done, out = pull(emu, job, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["count"] == 2 and all((out / p).stat().st_size > 0 for p in result["images"])
 
 
 def clips_job(count: int) -> dict[str, object]:
