@@ -218,13 +218,12 @@ class DiskInputs:
         size = temp.size
         try:
             temp.keep(target, fsync=self.fsync)
-        except FileNotFoundError:  # the owner's first input: its directory is made once, not per upload
-            if target.parent.is_dir():
-                raise
+        except FileNotFoundError:  # the owner's first input: its directory is made then, not per upload
+            # (several first uploads at once all come here: each makes sure of the directory and its entry)
             target.parent.mkdir(parents=True, exist_ok=True)
             if self.fsync:
                 fsync_dir(target.parent.parent)  # the new directory's entry is durable too
-            temp.keep(target, fsync=self.fsync)
+            temp.keep(target, fsync=self.fsync)  # a spool file gone (FileNotFoundError again) is not retried
         return StagedInput(owner, sha256, size, mime)
 
     def presign(self, staged: StagedInput, ttl_s: float) -> str | None:

@@ -449,3 +449,14 @@ async def test_directories_removed_behind_the_relay_are_made_again(
         assert leftovers(relay) == []
     finally:
         await relay.stop()
+
+
+async def test_a_new_keys_first_uploads_at_once_all_land(relay: RelayServer) -> None:
+    """The first inputs of a key, uploaded in parallel, race to make its directory: every one is stored."""
+    images = [png(70 + k, side=32) for k in range(12)]
+    async with relay.http() as http:
+        answers = await asyncio.gather(*(http.put(f"{relay.url}/v1/inputs", content=d) for d in images))
+        assert [r.status_code for r in answers] == [201] * len(images), [r.text for r in answers]
+        r = await http.post(f"{relay.url}/v1/inputs/lookup", json={"sha256": [sha(d) for d in images]})
+        assert r.json()["missing"] == [] and len(r.json()["held"]) == len(images)
+    assert leftovers(relay) == []
