@@ -4,17 +4,19 @@
     job_input = podstream.submit.build_input(images=uploaded)  # {"id": "cat", "image": "input:<sha256>"}
 
 A job then carries a few bytes per image instead of the image, so a batch of any size fits RunPod's 10 MB
-`/run` cap; the relay hands the worker a signed URL for each (docs/relay.md). Per file: read and hash it
-(streamed, never whole in memory), `HEAD /v1/inputs/<sha256>` (200: this key already holds it, nothing is
-sent), else `PUT /v1/inputs` with `X-Podstream-Sha256` and the file streamed as the body. Files are read
-and checked (an image by its magic bytes, as the relay checks) before anything is sent, so a wrong file
-costs no upload; identical files are uploaded once.
+`/run` cap; the relay hands the worker a signed URL for each (docs/relay.md). Every file is first checked
+(readable, an image by its magic bytes, as the relay checks), so a wrong file costs no upload. Then, overlapped:
+the files are hashed (streamed, never whole in memory) in `workers` threads; their sha256 go to the relay in
+batches, `POST /v1/inputs/lookup` (up to 1,000 a request: those this key holds already are not sent), and each
+missing file is sent as it is found missing, `PUT /v1/inputs` with `X-Podstream-Sha256` and the file streamed
+as the body, `workers` at a time. Identical files are uploaded once. A relay without the lookup route (older
+than this client: 404 or 405 on it) is asked per file, `GET /v1/inputs/<sha256>`, before its `PUT`.
 
 Network errors, 408, 429, 500, 502, 503 and 504 are retried with backoff (`podstream.backoff`, honouring
-`Retry-After`); any other 4xx or 5xx is final. Errors are one line naming the file: `InputError` (from
-`podstream.submit`) for the file itself (unreadable, not an image, over the relay's size limit),
-`TransferError` for everything else (relay unreachable, key refused, quota full, retries exhausted). The
-first error stops the batch.
+`Retry-After`); a retried upload asks the relay first whether the failed try landed. Any other 4xx or 5xx is
+final. Errors are one line naming the file: `InputError` (from `podstream.submit`) for the file itself
+(unreadable, not an image, over the relay's size limit), `TransferError` for everything else (relay
+unreachable, key refused, quota full, retries exhausted). The first error stops the batch.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -39,6 +43,8 @@ from podstream.watcher import http_url
 
 CHUNK_BYTES: Final = 256 * 1024
 DEFAULT_WORKERS: Final = 4
+#: The most sha256 one `POST /v1/inputs/lookup` asks about (the relay's limit).
+LOOKUP_MAX: Final = 1000
 #: Tries of one file (its HEAD and PUT) before `TransferError`.
 DEFAULT_ATTEMPTS: Final = 4
 DEFAULT_BACKOFF: Final = Backoff(base_s=0.5, cap_s=8.0)
@@ -97,6 +103,22 @@ def read_input(path: str | Path) -> LocalInput:
     return LocalInput(path, digest.hexdigest(), size, mime)
 
 
+def check_input(path: str | Path) -> tuple[Path, int, str]:
+    """What `read_input` checks, without reading the file through: (path, size, mime) from its first bytes;
+    `InputError` naming it if it cannot be read or is not a PNG, JPEG, WebP, GIF or BMP."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            head = file.read(HEAD_BYTES)
+            size = os.fstat(file.fileno()).st_size
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    mime = sniff(head)
+    if mime is None:
+        raise InputError(f"{path} does not look like an image (PNG, JPEG, WebP, GIF or BMP)")
+    return path, size, mime
+
+
 def upload_inputs(
     sources: Iterable[str | Path | LocalInput],
     *,
@@ -109,48 +131,38 @@ def upload_inputs(
     client: httpx.Client | None = None,
 ) -> list[UploadedInput]:
     """Upload local images to the relay's input store, `workers` at a time; one `UploadedInput` per
-    source, in order. Every file is read and checked first. `progress` is called from the upload threads,
-    one call at a time. `key`: an API key with scope jobs:write, or an input token (None: an --insecure
-    relay)."""
+    source, in order. Every file is checked first; hashing, lookups and uploads then overlap (the module
+    docstring). `progress` is called from the upload threads, one call at a time. `key`: an API key with
+    scope jobs:write, or an input token (None: an --insecure relay)."""
     if workers < 1 or attempts < 1:
         raise ValueError("workers and attempts must be at least 1")
     try:
         base = http_url(relay)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    local = [source if isinstance(source, LocalInput) else read_input(source) for source in sources]
-    distinct: dict[str, LocalInput] = {}
-    for item in local:
-        distinct.setdefault(item.sha256, item)  # identical files: one upload, under the first one's name
-    batch = _Batch(base, key, attempts, backoff, _Tally(list(distinct.values()), progress))
-    batch.tally.report()
+    checked: dict[Path, LocalInput | tuple[Path, int, str]] = {}  # the same path twice: one file
+    order: list[Path] = []
+    for source in sources:
+        path = source.path if isinstance(source, LocalInput) else Path(source)
+        order.append(path)
+        if path not in checked:
+            checked[path] = source if isinstance(source, LocalInput) else check_input(path)
+    sizes = [entry.bytes if isinstance(entry, LocalInput) else entry[1] for entry in checked.values()]
+    tally = _Tally(len(checked), sum(sizes), progress)
+    batch = _Batch(base, key, attempts, backoff, tally, workers)
+    tally.report()
     with contextlib.ExitStack() as stack:
         http = client or stack.enter_context(httpx.Client(timeout=TIMEOUT))
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload"))
-        futures = {sha: pool.submit(batch.upload, http, item) for sha, item in distinct.items()}
+        hashing = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash"))
+        uploads = stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload"))
+        run = _Run(batch, http, hashing, uploads)
         try:
-            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-        except BaseException:  # Ctrl-C: the threads stop too, at their next chunk
+            by_path = run.go(list(checked.values()))
+        except BaseException:  # the first failure, or Ctrl-C: the threads stop too, at their next chunk
             batch.stop.set()
-            for future in futures.values():
-                future.cancel()
+            run.cancel()
             raise
-        if any(future.exception() is not None for future in done):
-            for future in futures.values():  # queued ones never start; those in flight stop at once
-                future.cancel()
-            wait(futures.values())
-            raise _first_failure(futures.values())
-    results = {sha: future.result() for sha, future in futures.items()}
-    return [_for_path(results[item.sha256], item.path) for item in local]
-
-
-def _first_failure(futures: Iterable[Future[UploadedInput]]) -> BaseException:
-    """The failure of the earliest file of the batch that failed (not one stopped because another did)."""
-    for future in futures:
-        error = None if future.cancelled() else future.exception()
-        if error is not None and not isinstance(error, _Stopped):
-            return error
-    raise AssertionError("a batch stopped without a failure")
+    return [_for_path(by_path[path], path) for path in order]
 
 
 def _for_path(result: UploadedInput, path: Path) -> UploadedInput:
@@ -164,43 +176,202 @@ class _Stopped(Exception):
 class _Tally:
     """The batch's progress, updated from the upload threads under one lock."""
 
-    def __init__(
-        self, files: Sequence[LocalInput], callback: Callable[[UploadProgress], None] | None
-    ) -> None:
+    def __init__(self, files: int, total: int, callback: Callable[[UploadProgress], None] | None) -> None:
         self._lock = threading.Lock()
         self._callback = callback
-        self._state = UploadProgress(len(files), 0, 0, sum(f.bytes for f in files), 0)
+        self._state = UploadProgress(files, 0, 0, total, 0)
 
-    def report(self, *, sent: int = 0, done: int = 0, skipped: LocalInput | None = None) -> None:
+    def report(
+        self,
+        *,
+        sent: int = 0,
+        done: int = 0,
+        skipped: LocalInput | None = None,
+        files: int = 0,
+        total: int = 0,
+    ) -> None:
+        """`files`, `total`: changes of what there is to send (a file found to be a copy of another)."""
         with self._lock:
             s = self._state
             held = 0 if skipped is None else skipped.bytes
             self._state = UploadProgress(
-                s.files,
+                s.files + files,
                 s.files_done + done,
                 s.skipped + (skipped is not None),
-                s.bytes - held,
+                s.bytes - held + total,
                 s.bytes_done + sent,
             )
             if self._callback is not None:
                 self._callback(self._state)
 
 
+class _Run:
+    """One batch's files through hashing, lookups and uploads. `go` runs in the calling thread: it starts
+    every file's hash, sends each lookup as soon as the uploads run short of files (or 1,000 sha256 are
+    waiting, or nothing is left to hash), and starts each missing file's upload."""
+
+    def __init__(
+        self, batch: _Batch, http: httpx.Client, hashing: ThreadPoolExecutor, uploads: ThreadPoolExecutor
+    ) -> None:
+        self.batch = batch
+        self.http = http
+        self.hashing = hashing
+        self.uploads = uploads
+        self.futures: list[Future[Any]] = []
+        self._events: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+
+    def go(self, files: list[LocalInput | tuple[Path, int, str]]) -> dict[Path, UploadedInput]:
+        batch = self.batch
+        first: dict[str, LocalInput] = {}  # by sha256: the file uploaded for those bytes
+        sha_of: dict[Path, str] = {}
+        results: dict[str, UploadedInput] = {}
+        ready: list[LocalInput] = []  # hashed, not looked up yet
+        hashes: dict[Future[Any], int] = {}  # a file's hash -> its size when checked
+        uploading: dict[Future[Any], LocalInput] = {}
+
+        def hashed(item: LocalInput) -> None:
+            sha_of[item.path] = item.sha256
+            if item.sha256 in first:  # a copy of another file: its upload is that one's
+                batch.tally.report(files=-1, total=-item.bytes)
+            else:
+                first[item.sha256] = item
+                ready.append(item)
+
+        for entry in files:
+            if isinstance(entry, LocalInput):
+                hashed(entry)
+            else:
+                hashes[self._start(self.hashing, read_input, entry[0])] = entry[1]
+        while hashes or ready or uploading:
+            if ready and (not hashes or len(ready) >= LOOKUP_MAX or len(uploading) < batch.workers):
+                looking, ready = ready[:LOOKUP_MAX], ready[LOOKUP_MAX:]
+                try:
+                    answer = batch.held(self.http, looking)
+                except _Stopped:  # an upload failed while this lookup waited to retry: its failure is next
+                    continue
+                for item in looking:
+                    if answer is not None and item.sha256 in answer:
+                        results[item.sha256] = answer[item.sha256]
+                        batch.tally.report(done=1, skipped=item)
+                    else:
+                        uploading[self._start(self.uploads, batch.upload, self.http, item)] = item
+                continue
+            for future in self._finished():
+                if future in hashes:
+                    checked_size = hashes.pop(future)
+                    item = future.result()  # InputError: the file could not be read (again)
+                    if item.bytes != checked_size:  # it changed since it was checked: count what will go
+                        batch.tally.report(total=item.bytes - checked_size)
+                    hashed(item)
+                else:
+                    uploading.pop(future)
+                    if isinstance(future.exception(), _Stopped):
+                        continue  # stopped by another file's failure, which is on its way here
+                    result = future.result()
+                    results[result.sha256] = result
+        return {path: results[sha] for path, sha in sha_of.items()}
+
+    def _start(self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = pool.submit(function, *args)
+        self.futures.append(future)
+        future.add_done_callback(self._events.put)
+        return future
+
+    def _finished(self) -> list[Future[Any]]:
+        """The hashes and uploads done since last asked (waiting for one): all of them, so that a lookup
+        takes every file hashed meanwhile."""
+        done = [self._events.get()]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                done.append(self._events.get_nowait())
+        return done
+
+    def cancel(self) -> None:
+        """Queued work never starts; what runs stops at its next chunk (`stop` is set)."""
+        for future in self.futures:
+            future.cancel()
+
+
 class _Batch:
     """What every upload of one batch shares: the relay, the key, the retry policy, progress, stop."""
 
-    def __init__(self, base: str, key: str | None, attempts: int, backoff: Backoff, tally: _Tally) -> None:
+    def __init__(
+        self, base: str, key: str | None, attempts: int, backoff: Backoff, tally: _Tally, workers: int
+    ) -> None:
         self.base = base
         self.key = key
         self.attempts = attempts
         self.backoff = backoff
         self.tally = tally
+        self.workers = workers
         self.stop = threading.Event()
+        #: Whether the relay has `POST /v1/inputs/lookup` (False once it answered 404 or 405 there).
+        self.lookups = True
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
 
+    def held(self, http: httpx.Client, items: Sequence[LocalInput]) -> dict[str, UploadedInput] | None:
+        """Which of `items` (up to `LOOKUP_MAX`) the relay holds for this key, by sha256 (`POST
+        /v1/inputs/lookup`, retried as uploads are); None when the relay has no such route (then each upload
+        asks for its own file first)."""
+        if not self.lookups:
+            return None
+        reason = ""
+        retry_after: float | None = None
+        body = {"sha256": [item.sha256 for item in items]}
+        for attempt in range(self.attempts):
+            if attempt and self.stop.wait(self.backoff.delay(attempt - 1, retry_after=retry_after)):
+                raise _Stopped()
+            try:
+                response = http.post(f"{self.base}/v1/inputs/lookup", json=body, headers=self._auth)
+            except httpx.TransportError as exc:
+                reason, retry_after = f"{type(exc).__name__} {exc}".rstrip(), None
+                continue
+            if response.status_code == 200:
+                return self._held(response, items)
+            if response.status_code in (404, 405):  # older than the route: a look per file
+                self.lookups = False
+                return None
+            if response.status_code in (401, 403):
+                raise self._refusal(response, items[0])
+            if not _retryable(response.status_code):
+                raise TransferError(
+                    f"asking the relay at {self.base} which of {len(items)} image(s) it holds: the relay "
+                    f"answered HTTP {response.status_code} {relay_error_text(response)}".rstrip()
+                )
+            reason = f"HTTP {response.status_code}" + (
+                f" {relay_error_text(response)}" if response.content else ""
+            )
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if reason.startswith("ConnectError"):
+            raise TransferError(
+                f"cannot reach the relay at {self.base} (uploading {items[0].path}): {reason}"
+            )
+        raise TransferError(
+            f"asking the relay at {self.base} which of {len(items)} image(s) it holds (the first "
+            f"{items[0].path}): {reason} (after {self.attempts} tries)"
+        )
+
+    def _held(self, response: httpx.Response, items: Sequence[LocalInput]) -> dict[str, UploadedInput]:
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        held = answer.get("held") if isinstance(answer, dict) else None
+        if not isinstance(held, dict):
+            raise TransferError(
+                f"asking the relay at {self.base} which images it holds: unexpected answer: {response.text[:200]}"
+            )
+        found = {}
+        for item in items:
+            entry = held.get(item.sha256)
+            if isinstance(entry, dict):
+                found[item.sha256] = _described(entry, item, skipped=True)
+        return found
+
     def upload(self, http: httpx.Client, item: LocalInput) -> UploadedInput:
-        """HEAD, then PUT unless the relay holds it; retried on network errors and passing answers. A
-        failure stops the batch: the files after it do not start."""
+        """PUT the file (asking first whether the relay holds it when lookups are not available, and before a
+        retry); retried on network errors and passing answers. A failure stops the batch: the files after
+        it do not start."""
         try:
             return self._upload(http, item)
         except BaseException:
@@ -215,7 +386,7 @@ class _Batch:
                 raise _Stopped()
             sent = [0]
             try:
-                answer = self._try(http, item, sent)
+                answer = self._try(http, item, sent, look=attempt > 0 or not self.lookups)
             except httpx.TransportError as exc:
                 reason, retry_after = f"{type(exc).__name__} {exc}".rstrip(), None
             else:
@@ -232,23 +403,24 @@ class _Batch:
             f"uploading {item.path} to the relay at {self.base}: {reason} (after {self.attempts} tries)"
         )
 
-    def _try(self, http: httpx.Client, item: LocalInput, sent: list[int]) -> UploadedInput | httpx.Response:
-        """One try: the file's upload, or an answer worth retrying; raises for a refusal."""
+    def _try(
+        self, http: httpx.Client, item: LocalInput, sent: list[int], *, look: bool
+    ) -> UploadedInput | httpx.Response:
+        """One try: the file's upload (`look`: unless the relay turns out to hold it), or an answer worth
+        retrying; raises for a refusal."""
         if self.stop.is_set():
             raise _Stopped()
-        head = http.head(f"{self.base}/v1/inputs/{item.sha256}", headers=self._auth)
-        if head.status_code == 200:
-            self.tally.report(done=1, skipped=item)
-            return UploadedInput(item.path, item.ref, item.sha256, item.bytes, skipped=True)
-        if head.status_code in (401, 403):  # HEAD has no body: the GET says why
-            why = http.get(f"{self.base}/v1/inputs/{item.sha256}", headers=self._auth)
-            raise self._refusal(why if why.status_code == head.status_code else head, item)
-        if head.status_code != 404:
-            if _retryable(head.status_code):
-                return head
-            raise self._refusal(head, item)
-        if self.stop.is_set():
-            raise _Stopped()
+        if look:
+            found = http.get(f"{self.base}/v1/inputs/{item.sha256}", headers=self._auth)
+            if found.status_code == 200:
+                self.tally.report(done=1, skipped=item)
+                return _described(_json(found), item, skipped=True)
+            if found.status_code != 404:
+                if _retryable(found.status_code):
+                    return found
+                raise self._refusal(found, item)
+            if self.stop.is_set():
+                raise _Stopped()
         headers = {
             **self._auth,
             "X-Podstream-Sha256": item.sha256,
@@ -258,7 +430,7 @@ class _Batch:
         response = http.put(f"{self.base}/v1/inputs", content=self._chunks(item, sent), headers=headers)
         if response.status_code in (200, 201):
             self.tally.report(done=1)
-            return _uploaded(response, item)
+            return _described(_json(response), item, skipped=False)
         if _retryable(response.status_code):
             return response
         raise self._refusal(response, item)
@@ -315,15 +487,18 @@ def _retryable(status: int) -> bool:
     return status in (408, 429, 500, 502, 503, 504)
 
 
-def _uploaded(response: httpx.Response, item: LocalInput) -> UploadedInput:
-    """The relay's answer to a PUT, checked against what was sent."""
+def _json(response: httpx.Response) -> object:
     try:
-        answer = response.json()
+        return response.json()
     except ValueError:
-        answer = None
+        return response.text
+
+
+def _described(answer: object, item: LocalInput, *, skipped: bool) -> UploadedInput:
+    """The relay's description of `item` (a PUT's, GET's or lookup's answer), checked against the file."""
     if not isinstance(answer, dict) or answer.get("sha256") != item.sha256:
-        raise TransferError(f"uploading {item.path}: unexpected answer from the relay: {response.text[:200]}")
+        raise TransferError(f"uploading {item.path}: unexpected answer from the relay: {str(answer)[:200]}")
     url = answer.get("url") if isinstance(answer.get("url"), str) else None
     expires = answer.get("expires_at")
     expires_at = float(expires) if isinstance(expires, (int, float)) else None
-    return UploadedInput(item.path, item.ref, item.sha256, item.bytes, False, url, expires_at)
+    return UploadedInput(item.path, item.ref, item.sha256, item.bytes, skipped, url, expires_at)

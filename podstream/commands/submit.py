@@ -22,8 +22,9 @@ Examples:
   podstream submit --images photos/*.jpg https://example.com/x.png --out results/ --detach
   podstream submit --prompts prompts.txt --width 512 --height 512 --out results/
   podstream submit --input job.json --out results/ --detach
-Local --images files are uploaded to the relay first (HEAD first: a file it already holds is not sent
-again), and the job names them by reference (input:<sha256>), so a batch of any size stays a small job.
+Local --images files are uploaded to the relay first (one lookup per 1,000 files first: a file it already
+holds is not sent again), and the job names them by reference (input:<sha256>), so a batch of any size stays
+a small job.
 The job input schema (task, items, params, output) is in docs/worker.md (`podstream schema` prints it).
 The input is checked against it before anything is sent or uploaded: a mistake ends with the field's path
 and exit status 2. A worker with its own input: --input-schema FILE, or off (a wrapped handler), here and

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import podstream.submit as submit_mod
+import podstream.uploads as uploads_mod
 from podstream.backoff import Backoff
 from podstream.progress import TransferError, UploadBar, UploadProgress, human_bytes, upload_summary
 from podstream.submit import InputError
@@ -37,13 +38,20 @@ def png(path: Path, colour: tuple[int, int, int] = (200, 30, 60), size: tuple[in
 
 
 class FakeRelay:
-    """The input routes of a relay, in memory: HEAD/GET /v1/inputs/<sha256>, PUT /v1/inputs.
+    """The input routes of a relay, in memory: POST /v1/inputs/lookup, HEAD/GET /v1/inputs/<sha256>, PUT
+    /v1/inputs. `lookups=False`: a relay older than the lookup route (405 there, as such a relay answers).
 
-    `script` answers a request first when it returns a response (faults); every request is recorded."""
+    `script` answers a request first when it returns a response (faults); every request is recorded, and
+    the sha256 each lookup asked about in `looked_up`."""
 
-    def __init__(self, script: Callable[[httpx.Request], httpx.Response | None] | None = None) -> None:
+    def __init__(
+        self, script: Callable[[httpx.Request], httpx.Response | None] | None = None, *, lookups: bool = True
+    ) -> None:
         self.held: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.looked_up: list[list[str]] = []
+        self.put_times: list[float] = []
+        self.lookups = lookups
         self.script = script
         self.in_flight = 0
         self.max_in_flight = 0
@@ -54,7 +62,10 @@ class FakeRelay:
         body = request.read()
         with self._lock:
             self.requests.append((request.method, request.url.path))
-            self.in_flight += 1
+            if request.method == "PUT":
+                self.put_times.append(time.monotonic())
+            uploading = request.method == "PUT"
+            self.in_flight += uploading  # uploads at once (a lookup may run beside them)
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             time.sleep(self.delay_s)
@@ -62,9 +73,17 @@ class FakeRelay:
             return scripted if scripted is not None else self._answer(request, body)
         finally:
             with self._lock:
-                self.in_flight -= 1
+                self.in_flight -= uploading
 
     def _answer(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        if request.url.path == "/v1/inputs/lookup":
+            if not self.lookups or request.method != "POST":
+                return error(405, "method_not_allowed", "Method Not Allowed")
+            asked = json.loads(body)["sha256"]
+            assert len(asked) <= 1000, len(asked)
+            self.looked_up.append(asked)
+            held = {sha: described(sha, len(self.held[sha])) for sha in asked if sha in self.held}
+            return httpx.Response(200, json={"held": held, "missing": [s for s in asked if s not in held]})
         if request.method == "PUT":
             sha = hashlib.sha256(body).hexdigest()
             if request.headers.get("x-podstream-sha256") != sha:
@@ -83,6 +102,10 @@ class FakeRelay:
 
     def puts(self) -> int:
         return sum(method == "PUT" for method, _ in self.requests)
+
+    def asked(self) -> list[str]:
+        """Every sha256 the lookups asked about, in order."""
+        return [sha for batch in self.looked_up for sha in batch]
 
     def client(self) -> httpx.Client:
         return httpx.Client(transport=httpx.MockTransport(self.handler))
@@ -162,7 +185,8 @@ def test_upload_sends_the_file_by_sha256_and_returns_its_ref(tmp_path: Path) -> 
     assert result == UploadedInput(
         path, f"input:{sha}", sha, len(data), False, f"{RELAY}/v1/inputs/anonymous/{sha}?exp=1&sig=x", 1234.5
     )
-    assert relay.requests == [("HEAD", f"/v1/inputs/{sha}"), ("PUT", "/v1/inputs")]
+    assert relay.requests == [("POST", "/v1/inputs/lookup"), ("PUT", "/v1/inputs")]
+    assert relay.looked_up == [[sha]] and seen[0].headers["authorization"] == "Bearer k"
     put = seen[1]
     assert put.headers["x-podstream-sha256"] == sha
     assert put.headers["authorization"] == "Bearer k"
@@ -182,8 +206,9 @@ def test_what_the_relay_holds_is_not_sent_again(tmp_path: Path) -> None:
     second = upload(relay, paths, progress=states.append)
     assert [r.skipped for r in second] == [True, True, False]
     assert relay.puts() == 3  # only c.png
+    assert sorted(relay.asked()[2:]) == sorted(r.sha256 for r in second)  # asked about, all three
     assert [r.ref for r in second[:2]] == [r.ref for r in first]
-    assert second[0].url is None  # a HEAD hit has no answer to carry one
+    assert second[0].url == first[0].url and second[0].expires_at == 1234.5  # the lookup's answer
     last = states[-1]
     c_size = paths[2].stat().st_size
     assert (last.files, last.files_done, last.skipped, last.bytes, last.bytes_done) == (
@@ -203,8 +228,13 @@ def test_identical_files_are_uploaded_once(tmp_path: Path) -> None:
     copy = tmp_path / "copy.png"
     copy.write_bytes(a.read_bytes())
     relay = FakeRelay()
-    results = upload(relay, [a, copy, a])
-    assert relay.requests == [("HEAD", f"/v1/inputs/{results[0].sha256}"), ("PUT", "/v1/inputs")]
+    states: list[UploadProgress] = []
+    results = upload(relay, [a, copy, a], progress=states.append)
+    assert relay.requests == [("POST", "/v1/inputs/lookup"), ("PUT", "/v1/inputs")]
+    assert relay.looked_up == [[results[0].sha256]]
+    size = a.stat().st_size
+    assert states[0] == UploadProgress(2, 0, 0, 2 * size, 0)  # two paths, until hashing finds one is a copy
+    assert states[-1] == UploadProgress(1, 1, 0, size, size)
     assert [r.path for r in results] == [a, copy, a]
     assert len({r.ref for r in results}) == 1
 
@@ -217,6 +247,8 @@ def test_files_are_uploaded_in_parallel_with_a_byte_count(tmp_path: Path) -> Non
     results = upload(relay, paths, workers=4, progress=states.append)
     assert [r.path for r in results] == paths and not any(r.skipped for r in results)
     assert relay.puts() == 20
+    assert sorted(relay.asked()) == sorted(r.sha256 for r in results)  # each once, in a few lookups
+    assert 1 <= len(relay.looked_up) < 20
     assert 1 < relay.max_in_flight <= 4
     total = sum(p.stat().st_size for p in paths)
     assert states[0] == UploadProgress(20, 0, 0, total, 0)
@@ -335,10 +367,8 @@ def test_refusals_are_one_line_naming_the_file_and_not_retried(
     assert relay.puts() == 1
 
 
-def test_a_key_refused_on_head_is_explained_by_the_get(tmp_path: Path) -> None:
+def test_a_key_refused_by_the_lookup_is_said_naming_a_file(tmp_path: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
-        if request.method == "HEAD":
-            return httpx.Response(403)
         return error(403, "forbidden", "this API key lacks the scope jobs:write")
 
     path = png(tmp_path / "a.png")
@@ -349,9 +379,119 @@ def test_a_key_refused_on_head_is_explained_by_the_get(tmp_path: Path) -> None:
         f"the relay refused the API key uploading {path} "
         "(HTTP 403 forbidden: this API key lacks the scope jobs:write)"
     )
-    assert [m for m, _ in relay.requests] == ["HEAD", "GET"]
+    assert relay.requests == [("POST", "/v1/inputs/lookup")]
     with relay.client() as client, pytest.raises(TransferError, match=r"\(no key given: --key or PODSTREAM"):
         upload_inputs([path], relay=RELAY, client=client)
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_relay_without_lookups_is_asked_per_file(tmp_path: Path, status: int) -> None:
+    """A relay older than `POST /v1/inputs/lookup` (405 there; 404 from a proxy): one lookup tried, then a
+    GET per file before its PUT, as before the route; what it holds is not sent."""
+
+    def old(request: httpx.Request) -> httpx.Response | None:
+        return error(status, "not_found", "no") if request.url.path == "/v1/inputs/lookup" else None
+
+    paths = [png(tmp_path / f"{k}.png", (k, k, k)) for k in range(3)]
+    relay = FakeRelay(old, lookups=False)
+    held = upload(relay, paths[:1])
+    assert [m for m, _ in relay.requests] == ["POST", "GET", "PUT"]
+    relay.requests.clear()
+    results = upload(relay, paths, workers=1)
+    assert [r.skipped for r in results] == [True, False, False]
+    assert results[0].url == held[0].url  # the GET's answer
+    assert [m for m, _ in relay.requests] == ["POST", "GET", "GET", "PUT", "GET", "PUT"]
+    assert relay.puts() == 2 and len(relay.held) == 3
+
+    def refuse(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET":
+            return error(401, "unauthorized", "no such key")
+        return old(request)
+
+    with pytest.raises(TransferError, match=r"^the relay refused the API key uploading .*no such key\)$"):
+        upload(FakeRelay(refuse, lookups=False), paths)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [error(503, "unavailable", "restarting"), httpx.ConnectError, httpx.ReadError],
+    ids=["503", "connect-error", "read-error"],
+)
+def test_a_lookup_is_retried(tmp_path: Path, fault: httpx.Response | type[Exception]) -> None:
+    faults = [fault, fault]
+
+    def flaky_lookup(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != "/v1/inputs/lookup" or not faults:
+            return None
+        answer = faults.pop()
+        if isinstance(answer, httpx.Response):
+            return answer
+        raise answer("connection reset", request=request)  # type: ignore[call-arg]
+
+    path = png(tmp_path / "a.png")
+    relay = FakeRelay(flaky_lookup)
+    [result] = upload(relay, [path])
+    assert not result.skipped and relay.puts() == 1
+    assert [m for m, _ in relay.requests] == ["POST", "POST", "POST", "PUT"]
+    relay = FakeRelay(lambda r: error(503, "busy", "later") if r.method == "POST" else None)
+    with pytest.raises(TransferError) as info:
+        upload(relay, [path], attempts=2)
+    assert str(info.value) == (
+        f"asking the relay at {RELAY} which of 1 image(s) it holds (the first {path}): "
+        "HTTP 503 busy: later (after 2 tries)"
+    )
+    assert relay.puts() == 0
+
+
+def test_a_large_batch_is_looked_up_1000_at_a_time(tmp_path: Path) -> None:
+    paths = []
+    for k in range(1203):
+        path = tmp_path / f"{k:04d}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + k.to_bytes(4, "big"))  # the relay checks magic bytes only
+        paths.append(path)
+    relay = FakeRelay()
+    relay.held = {hashlib.sha256(p.read_bytes()).hexdigest(): p.read_bytes() for p in paths[::2]}
+    results = upload(relay, paths, workers=8)
+    assert all(len(batch) <= 1000 for batch in relay.looked_up)
+    assert sorted(relay.asked()) == sorted(r.sha256 for r in results)
+    assert [r.skipped for r in results] == [k % 2 == 0 for k in range(1203)]
+    assert relay.puts() == 601
+
+
+def test_hashing_overlaps_the_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads start once the first files are hashed and found missing, not after every file is hashed."""
+    hashed_at: list[float] = []
+    real = uploads_mod.read_input
+
+    def slow_read(path: str | Path) -> LocalInput:
+        time.sleep(0.03)
+        local = real(path)
+        hashed_at.append(time.monotonic())
+        return local
+
+    monkeypatch.setattr(uploads_mod, "read_input", slow_read)
+    paths = [png(tmp_path / f"{k:02d}.png", (k, 1, 1)) for k in range(16)]
+    relay = FakeRelay()
+    results = upload(relay, paths, workers=2)
+    assert relay.puts() == 16 and not any(r.skipped for r in results)
+    assert min(relay.put_times) < max(hashed_at)
+    assert sorted(relay.asked()) == sorted(r.sha256 for r in results)
+
+
+def test_a_file_that_cannot_be_read_once_checked_stops_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [png(tmp_path / f"{k}.png", (k, k, k)) for k in range(3)]
+    real = uploads_mod.read_input
+
+    def vanishing(path: str | Path) -> LocalInput:
+        if Path(path) == paths[2]:
+            raise InputError(f"cannot read image {path}: No such file or directory")
+        return real(path)
+
+    monkeypatch.setattr(uploads_mod, "read_input", vanishing)
+    with pytest.raises(InputError, match=f"^cannot read image {paths[2]}"):
+        upload(FakeRelay(), paths)
 
 
 def test_the_first_failure_stops_the_rest(tmp_path: Path) -> None:
@@ -359,7 +499,7 @@ def test_the_first_failure_stops_the_rest(tmp_path: Path) -> None:
     relay = FakeRelay(flaky(error(415, "unsupported_media_type", "no")))
     with pytest.raises(InputError, match=f"^{paths[0]} is not an image"):
         upload(relay, paths, workers=1)
-    assert relay.requests[-1][0] == "PUT" and len(relay.requests) == 2
+    assert relay.puts() == 1
 
 
 def test_a_file_that_shrinks_during_upload_is_named(tmp_path: Path) -> None:
