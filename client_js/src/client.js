@@ -117,6 +117,8 @@ export class PodstreamClient extends Emitter {
     this.getInputToken = options.getInputToken;
     /** The input token in use (from `getInputToken`). @type {Promise<string | null> | null} */
     this._inputToken = null;
+    /** The relay answered 404/405 to `POST /v1/inputs/lookup` (older than it): files are asked for one by one. */
+    this._noInputLookup = false;
     /** Browsers upload with XMLHttpRequest (fetch has no upload progress), unless given a `fetch` to use. */
     this._useXhr = options.fetch === undefined && typeof XMLHttpRequest === "function";
     this.backoff = new Backoff(options.backoff);
@@ -689,6 +691,7 @@ export class PodstreamClient extends Emitter {
       onProgress: options.onUploadProgress,
       concurrency: options.uploadConcurrency,
       signal: options.signal,
+      lookup: (sha256s, signal) => this._inputs.lookup(sha256s, signal),
     });
     return this._http("/v1/jobs", {
       method: "POST",
@@ -701,7 +704,8 @@ export class PodstreamClient extends Emitter {
 
   /**
    * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
-   * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+   * already holds these bytes for this credential (`POST /v1/inputs/lookup`, or `GET /v1/inputs/{sha256}`
+   * from a relay older than that route); else uploaded (`PUT /v1/inputs`) with byte progress, and
    * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
    * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
    * @param {Blob} blob
@@ -730,6 +734,23 @@ export class PodstreamClient extends Emitter {
   /** @type {InputTransport} */
   get _inputs() {
     return {
+      lookup: (sha256s, signal) =>
+        this._withInputToken(async (token) => {
+          if (this._noInputLookup) return null;
+          try {
+            const answer = await this._http("/v1/inputs/lookup", {
+              method: "POST",
+              body: { sha256: sha256s },
+              token,
+              signal,
+            });
+            return new Map(Object.entries(answer?.held ?? {}));
+          } catch (err) {
+            if (!(err instanceof RelayHttpError && (err.status === 404 || err.status === 405))) throw err;
+            this._noInputLookup = true; // a relay older than the route: each file is asked for (GET)
+            return null;
+          }
+        }),
       held: (sha256, signal) =>
         this._withInputToken(async (token) => {
           try {

@@ -1,8 +1,10 @@
 // Staging job inputs in the relay instead of sending their bytes in the job: a File or Blob is hashed with
-// WebCrypto, skipped when the relay already holds those bytes (`GET /v1/inputs/{sha256}`), else uploaded
-// (`PUT /v1/inputs`) with byte progress. A network error or a 5xx is retried with backoff, asking the relay
-// again first whether it holds the bytes (the failed try may have landed); a 4xx is final. A job item then
-// names the input by its `ref` ("input:<sha256>"). The HTTP calls are the client's (an `InputTransport`).
+// WebCrypto, skipped when the relay already holds those bytes (`POST /v1/inputs/lookup`, one request for up to
+// 1,000 files: a miss is no 404), else uploaded (`PUT /v1/inputs`) with byte progress. A network error or a
+// 5xx is retried with backoff, asking the relay again first whether it holds the bytes (the failed try may
+// have landed); a 4xx is final. A relay older than the lookup route (404/405 there) is asked per file
+// (`GET /v1/inputs/{sha256}`). A job item then names the input by its `ref` ("input:<sha256>"). The HTTP
+// calls are the client's (an `InputTransport`).
 import { Backoff } from "./backoff.js";
 import { isRetryable } from "./errors.js";
 import { sha256Hex } from "./file.js";
@@ -25,6 +27,8 @@ import { sha256Hex } from "./file.js";
  * @property {AbortSignal} [signal]  aborts the upload and the waits between tries
  * @property {number} [retries]  tries after the first, on network errors and 5xx answers (default 5)
  * @property {string} [sha256]  the file's sha256 (hex), when known: it is not hashed again
+ * @property {boolean} [missing]  the relay was just found not to hold it (a lookup of a batch): not asked again
+ *   before the first try
  *
  * @typedef {object} BatchProgress  the uploads of one `submit`, all files together
  * @property {number} loaded  bytes sent so far
@@ -35,14 +39,22 @@ import { sha256Hex } from "./file.js";
  * @typedef {object} StageOptions
  * @property {(progress: BatchProgress) => void} [onProgress]
  * @property {AbortSignal} [signal]
- * @property {number} [concurrency]  uploads at a time (default 4)
+ * @property {number} [concurrency]  hashes and uploads at a time (default 4)
+ * @property {(sha256s: string[], signal?: AbortSignal) => Promise<Map<string, InputRef> | null>} [lookup]
+ *   which of these the relay holds (`InputTransport.lookup`); without it each upload asks for its own file
  *
  * @typedef {object} InputTransport  the relay's `/v1/inputs` routes, as the client reaches them
+ * @property {(sha256s: string[], signal?: AbortSignal) => Promise<Map<string, InputRef> | null>} lookup
+ *   the relay's answers for those of these (up to `LOOKUP_MAX`) it holds, by sha256; null when the relay has
+ *   no lookup route (older than this client)
  * @property {(sha256: string, signal?: AbortSignal) => Promise<InputRef | null>} held
- *   the relay's answer for these bytes, or null when it does not hold them
+ *   the relay's answer for these bytes, or null when it does not hold them (one file: `GET`)
  * @property {(blob: Blob, sha256: string | null, onSent: (loaded: number) => void, signal?: AbortSignal)
  *   => Promise<InputRef>} put  upload the bytes; `onSent` is called as they go out
  */
+
+/** The most sha256 one lookup asks about (the relay's limit). */
+export const LOOKUP_MAX = 1000;
 
 /**
  * Whether `value` is a Blob (a File is one).
@@ -85,6 +97,20 @@ function sleep(ms, signal) {
 }
 
 /**
+ * The relay's answer for one file's bytes if it holds them, else null: a lookup of one, or its `GET` from a
+ * relay without lookups.
+ * @param {InputTransport} transport
+ * @param {string} sha256
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<InputRef | null>}
+ */
+async function heldOne(transport, sha256, signal) {
+  const found = await transport.lookup([sha256], signal);
+  if (found === null) return transport.held(sha256, signal);
+  return found.get(sha256) ?? null;
+}
+
+/**
  * Stage one file in the relay: skipped when the relay holds its bytes, else uploaded, and tried again after a
  * network error or a 5xx (up to `retries` times, `backoff` apart). Throws the relay's `RelayHttpError` for a
  * 4xx (`unsupported_media_type`, `too_large`, ...) or for the last failed try, and the signal's reason when
@@ -112,7 +138,8 @@ export async function uploadBlob(blob, transport, backoff, options = {}) {
   for (let attempt = 0; ; attempt += 1) {
     signal?.throwIfAborted();
     try {
-      const held = sha256 === null ? null : await transport.held(sha256, signal);
+      const ask = sha256 !== null && (attempt > 0 || !options.missing);
+      const held = ask ? await heldOne(transport, /** @type {string} */ (sha256), signal) : null;
       const answer = held ?? (await transport.put(blob, sha256, (n) => report(Math.min(n, total)), signal));
       report(total);
       return answer;
@@ -126,10 +153,20 @@ export async function uploadBlob(blob, transport, backoff, options = {}) {
 }
 
 /**
+ * @typedef {object} Staging  a distinct content of a batch, on its way: hashed, looked up, uploaded
+ * @property {Blob} blob  the first Blob with these bytes
+ * @property {string | null} sha256  null without WebCrypto
+ * @property {boolean} missing  a lookup found the relay does not hold it
+ * @property {(ref: InputRef) => void} resolve
+ */
+
+/**
  * The job input with each `items[].image` that is a File or Blob uploaded and replaced by its `ref`. `input`
- * itself is left as it was (returned as is when it has no Blob). The same Blob twice, or two Blobs of the same
- * bytes, are uploaded once; `concurrency` files go at a time; the first failure stops the others and is
- * thrown.
+ * itself is left as it was (returned as is when it has no Blob). The Blobs are hashed `concurrency` at a
+ * time; as soon as the uploads run short of files, the hashed ones are looked up (`options.lookup`, up to
+ * 1,000 in one request) and the missing ones uploaded, `concurrency` at a time, while the rest are still
+ * being hashed. The same Blob twice, or two Blobs of the same bytes, are uploaded once; the first failure
+ * stops the others and is thrown.
  * @param {Record<string, unknown>} input
  * @param {(blob: Blob, options: UploadOptions) => Promise<InputRef>} upload
  * @param {StageOptions} [options]
@@ -158,49 +195,121 @@ export async function stageImages(input, upload, options = {}) {
   if (options.signal?.aborted) stop();
   options.signal?.addEventListener("abort", stop, { once: true });
   const signal = abort.signal;
+  const concurrency = Math.max(1, options.concurrency ?? 4);
+  const lookup = options.lookup;
   /** @type {Map<Blob, InputRef>} */
   const refs = new Map();
-  /** @type {Map<string, Promise<InputRef>>} one upload per content */
-  const byContent = new Map();
-  let next = 0;
-  const worker = async () => {
-    while (next < blobs.length) {
-      const blob = blobs[next++];
-      signal.throwIfAborted();
-      const sha256 = await blobSha256(blob);
-      const same = sha256 === null ? undefined : byContent.get(sha256);
-      /** @type {Promise<InputRef>} */
-      let uploading;
-      if (same) {
-        uploading = same;
-      } else {
-        uploading = upload(blob, {
-          signal,
-          sha256: sha256 ?? undefined,
-          onProgress: (p) => progress(blob, p.loaded),
-        });
-        if (sha256 !== null) byContent.set(sha256, uploading);
-      }
-      refs.set(blob, await uploading);
-      progress(blob, blob.size);
-      done += 1;
-      report();
-    }
-  };
   try {
     report();
-    const workers = Array.from(
-      { length: Math.max(1, Math.min(options.concurrency ?? 4, blobs.length)) },
-      worker,
-    );
-    await Promise.all(
-      workers.map((running) =>
-        running.catch((err) => {
-          abort.abort(err);
-          throw err;
-        }),
-      ),
-    );
+    await new Promise((resolve, reject) => {
+      /** @type {Map<string, Promise<InputRef>>} one upload per content */
+      const byContent = new Map();
+      /** @type {Staging[]} hashed, not looked up yet */
+      const ready = [];
+      /** @type {Staging[]} to upload */
+      const queued = [];
+      let nextHash = 0;
+      let hashing = 0;
+      let uploading = 0;
+      let lookingUp = false;
+      let failed = false;
+      /** @param {unknown} err */
+      const fail = (err) => {
+        if (failed) return;
+        failed = true;
+        abort.abort(err);
+        reject(err);
+      };
+      /** @param {Blob} blob @param {InputRef} ref */
+      const finish = (blob, ref) => {
+        if (failed) return;
+        refs.set(blob, ref);
+        progress(blob, blob.size);
+        done += 1;
+        report();
+        if (done === blobs.length) resolve(undefined);
+      };
+      /** @param {Blob} blob @param {string | null} sha256 @returns {Staging} */
+      const staging = (blob, sha256) => {
+        /** @type {(ref: InputRef) => void} */
+        let settle = () => {};
+        const uploaded = new Promise((resolveRef) => (settle = resolveRef));
+        if (sha256 !== null) byContent.set(sha256, uploaded);
+        return {
+          blob,
+          sha256,
+          missing: false,
+          resolve: (ref) => {
+            settle(ref);
+            finish(blob, ref);
+          },
+        };
+      };
+      /** @param {Blob} blob */
+      const hashed = (blob) => (/** @type {string | null} */ sha256) => {
+        hashing -= 1;
+        const same = sha256 === null ? undefined : byContent.get(sha256);
+        if (same) void same.then((ref) => finish(blob, ref));
+        else if (sha256 === null)
+          queued.push(staging(blob, null)); // no WebCrypto: no lookup either
+        else ready.push(staging(blob, sha256));
+        pump();
+      };
+      const pump = () => {
+        if (failed) return;
+        if (signal.aborted) return fail(signal.reason);
+        while (hashing < concurrency && nextHash < blobs.length) {
+          const blob = blobs[nextHash++];
+          hashing += 1;
+          blobSha256(blob).then(hashed(blob), fail);
+        }
+        const allHashed = hashing === 0 && nextHash === blobs.length;
+        const short = uploading + queued.length < concurrency;
+        if (!lookingUp && ready.length > 0 && (allHashed || short || ready.length >= LOOKUP_MAX)) {
+          const batch = ready.splice(0, LOOKUP_MAX);
+          if (!lookup) {
+            queued.push(...batch); // each upload asks for its own file
+          } else {
+            lookingUp = true;
+            lookup(
+              batch.map((entry) => /** @type {string} */ (entry.sha256)),
+              signal,
+            ).then(
+              (found) => {
+                lookingUp = false;
+                for (const entry of batch) {
+                  const ref = found?.get(/** @type {string} */ (entry.sha256));
+                  if (ref) entry.resolve(ref);
+                  else queued.push({ ...entry, missing: found !== null });
+                }
+                pump();
+              },
+              (err) => {
+                if (signal.aborted || !isRetryable(err)) return fail(err);
+                lookingUp = false; // unanswered: each upload asks for its own file, with its retries
+                queued.push(...batch);
+                pump();
+              },
+            );
+          }
+        }
+        while (uploading < concurrency && queued.length > 0) {
+          const entry = /** @type {Staging} */ (queued.shift());
+          uploading += 1;
+          upload(entry.blob, {
+            signal,
+            sha256: entry.sha256 ?? undefined,
+            missing: entry.missing,
+            onProgress: (p) => progress(entry.blob, p.loaded),
+          }).then((ref) => {
+            uploading -= 1;
+            entry.resolve(ref);
+            pump();
+          }, fail);
+        }
+      };
+      pump();
+    });
   } finally {
     options.signal?.removeEventListener("abort", stop);
   }

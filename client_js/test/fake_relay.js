@@ -297,12 +297,19 @@ const IMAGE_MAGIC = [
 /**
  * The relay's HTTP side for inputs and submits (`/v1/inputs`, `POST /v1/jobs`), in-process on 127.0.0.1, with
  * failures to inject: `faults` are consumed by the next PUTs, in order: a status to answer without storing,
- * `"drop"` (the connection is cut mid-body), or `"store-then-503"` (stored, then 503: the retry finds it held).
+ * `"drop"` (the connection is cut mid-body), or `"store-then-503"` (stored, then 503: the retry finds it held);
+ * `lookupFaults` by the next lookups (a status). `lookups: false`: a relay older than `POST
+ * /v1/inputs/lookup` (405 there, as such a relay answers).
  */
 export class FakeInputs {
-  /** @param {{keys?: string[]}} [options]  accepted bearer credentials (none: no auth) */
+  /** @param {{keys?: string[], lookups?: boolean}} [options]  accepted bearer credentials (none: no auth) */
   constructor(options = {}) {
     this.keys = options.keys ? new Set(options.keys) : null;
+    this.lookups = options.lookups ?? true;
+    /** The sha256 each lookup asked about. @type {string[][]} */
+    this.lookedUp = [];
+    /** @type {number[]} */
+    this.lookupFaults = [];
     /** @type {Map<string, {bytes: Buffer, mime: string}>} */
     this.held = new Map();
     /** @type {InputRequest[]} */
@@ -380,6 +387,16 @@ export class FakeInputs {
     record.bytes = body.byteLength;
     if (this.keys && !(auth && (this.keys.has(auth) || this.tokens.includes(auth)))) {
       return fail(401, "unauthorized");
+    }
+    if (path === "/v1/inputs/lookup") {
+      if (!this.lookups || req.method !== "POST") return fail(405, "method_not_allowed");
+      const fault = this.lookupFaults.shift();
+      if (fault !== undefined) return fail(fault, fault >= 500 ? "unavailable" : "refused");
+      /** @type {string[]} */
+      const asked = JSON.parse(body.toString("utf8")).sha256;
+      this.lookedUp.push(asked);
+      const held = Object.fromEntries(asked.filter((s) => this.held.has(s)).map((s) => [s, this.answer(s)]));
+      return send(200, { held, missing: asked.filter((s) => !this.held.has(s)) });
     }
     const sha = path.match(/^\/v1\/inputs\/([0-9a-f]{64})$/)?.[1];
     if (sha && (req.method === "GET" || req.method === "HEAD")) {

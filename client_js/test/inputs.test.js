@@ -1,6 +1,7 @@
 // Uploading job inputs (src/inputs.js through PodstreamClient) against the fake relay's HTTP side
-// (test/fake_relay.js FakeInputs): skip what the relay holds, retry network errors and 5xx (asking again
-// first), never a 4xx, byte progress, and submit() replacing Files and Blobs by their refs.
+// (test/fake_relay.js FakeInputs): skip what the relay holds (one lookup per batch; per file from a relay
+// without lookups), retry network errors and 5xx (asking again first), never a 4xx, byte progress, and
+// submit() replacing Files and Blobs by their refs.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
@@ -71,7 +72,8 @@ test("uploadInput: PUT once with its sha256, with byte progress to the total; th
     },
   );
   assert.match(answer.url, /^http:\/\/127\.0\.0\.1:\d+\/v1\/inputs\//);
-  assert.deepEqual(relay.log(), [`GET /v1/inputs/${hex} 404`, "PUT /v1/inputs 201"]);
+  assert.deepEqual(relay.log(), ["POST /v1/inputs/lookup 200", "PUT /v1/inputs 201"]);
+  assert.deepEqual(relay.lookedUp, [[hex]]);
   assert.ok(relay.requests.every((r) => r.auth === "key-1"));
   assert.equal(relay.requests[1].bytes, blob.size);
   assert.equal(loaded[0], 0);
@@ -90,7 +92,7 @@ test("uploadInput: PUT once with its sha256, with byte progress to the total; th
     (await client.uploadInput(copy, { onProgress: (p) => again.push(p.loaded) })).ref,
     answer.ref,
   );
-  assert.deepEqual(relay.log().slice(2), [`GET /v1/inputs/${hex} 200`], "held: not uploaded again");
+  assert.deepEqual(relay.log().slice(2), ["POST /v1/inputs/lookup 200"], "held: not uploaded again");
   assert.deepEqual(again, [0, blob.size]);
 });
 
@@ -104,13 +106,14 @@ test("a 503 and a dropped connection are retried (asking first whether the relay
   const answer = await client.uploadInput(blob, { onProgress: (p) => loaded.push(p.loaded) });
   assert.equal(answer.ref, `input:${hex}`);
   assert.deepEqual(relay.log(), [
-    `GET /v1/inputs/${hex} 404`,
+    "POST /v1/inputs/lookup 200",
     "PUT /v1/inputs 503",
-    `GET /v1/inputs/${hex} 404`,
+    "POST /v1/inputs/lookup 200",
     "PUT /v1/inputs 0",
-    `GET /v1/inputs/${hex} 404`,
+    "POST /v1/inputs/lookup 200",
     "PUT /v1/inputs 201",
   ]);
+  assert.deepEqual(relay.lookedUp, [[hex], [hex], [hex]]);
   assert.equal(loaded.at(-1), blob.size);
   assert.ok(relay.held.has(hex));
 });
@@ -122,9 +125,9 @@ test("resume: a try that the relay stored before failing is not uploaded again",
   const hex = await sha256(blob);
   assert.equal((await client.uploadInput(blob)).sha256, hex);
   assert.deepEqual(relay.log(), [
-    `GET /v1/inputs/${hex} 404`,
+    "POST /v1/inputs/lookup 200",
     "PUT /v1/inputs 503",
-    `GET /v1/inputs/${hex} 200`,
+    "POST /v1/inputs/lookup 200",
   ]);
 });
 
@@ -140,7 +143,7 @@ test("a 4xx is final: 415 throws the relay's code after one PUT", async (t) => {
   });
   assert.deepEqual(
     relay.log().map((line) => line.split(" ")[0] + " " + line.split(" ")[2]),
-    ["GET 404", "PUT 415"],
+    ["POST 200", "PUT 415"],
   );
 });
 
@@ -189,6 +192,9 @@ test("submit: Files and Blobs become refs, each content uploaded once, with prog
     2,
     "two contents, two uploads",
   );
+  assert.deepEqual([...new Set(relay.lookedUp.flat())].sort(), [ha, hb].sort(), "each content looked up");
+  assert.equal(relay.lookedUp.flat().length, 3, "in the batch, and again before the retried upload");
+  assert.ok(!relay.log().some((line) => line.startsWith("GET ")), "no lookup per file");
   const total = a.size + b.size + aCopy.size;
   assert.deepEqual(events.at(-1), { loaded: total, total, files: 3, done: 3 });
   assert.deepEqual(events[0], { loaded: 0, total, files: 3, done: 0 });
@@ -223,9 +229,91 @@ test("without an API key, uploads use getInputToken's token, asked for again aft
   assert.equal(calls, 2);
   assert.deepEqual(
     relay.requests.map((r) => `${r.method} ${r.status} ${r.auth}`),
-    [`GET 401 stale-token`, "POST 201 key-1", `GET 404 input-token-1`, `PUT 201 input-token-1`],
+    [`POST 401 stale-token`, "POST 201 key-1", `POST 200 input-token-1`, `PUT 201 input-token-1`],
   );
   await browser.uploadInput(png(1000, 11));
   assert.equal(calls, 2, "the token is kept");
   assert.ok(relay.held.has(answer.sha256));
+});
+
+test("submit: one lookup for a batch, only the missing files are uploaded, the held ones keep their answer", async (t) => {
+  const { relay, client } = await setup(t);
+  const blobs = Array.from({ length: 9 }, (_, i) => png(2000 + i, 20 + i));
+  for (const blob of blobs.slice(0, 5)) await client.uploadInput(blob);
+  relay.requests.length = 0;
+  relay.lookedUp.length = 0;
+  const input = { task: "image-to-video", items: blobs.map((image, i) => ({ id: `c${i}`, image })) };
+  /** @type {import("../src/inputs.js").BatchProgress[]} */
+  const events = [];
+  await client.submit(input, { onUploadProgress: (p) => events.push(p), uploadConcurrency: 3 });
+  const hexes = await Promise.all(blobs.map(sha256));
+  assert.deepEqual(relay.lookedUp.flat().sort(), [...hexes].sort(), "every file asked about once");
+  assert.ok(relay.lookedUp.length < blobs.length, `lookups of several files: ${relay.lookedUp.length}`);
+  assert.equal(relay.requests.filter((r) => r.method === "PUT").length, 4, "only the missing ones");
+  assert.ok(!relay.log().some((line) => line.includes(" 404")), "no 404 for a file the relay lacks");
+  assert.deepEqual(
+    relay.jobs[0].input.items.map((/** @type {any} */ item) => item.image),
+    hexes.map((hex) => `input:${hex}`),
+  );
+  const total = blobs.reduce((sum, blob) => sum + blob.size, 0);
+  assert.deepEqual(events.at(-1), { loaded: total, total, files: 9, done: 9 });
+});
+
+test("a relay without the lookup route (405): each file is asked for (GET), once the lookup was refused", async (t) => {
+  const { relay, client } = await setup(t, { lookups: false });
+  const held = png(3000, 40);
+  const fresh = [png(3001, 41), png(3002, 42)];
+  const [heldHex] = [await sha256(held)];
+  await client.uploadInput(held);
+  assert.deepEqual(relay.log(), [
+    "POST /v1/inputs/lookup 405",
+    `GET /v1/inputs/${heldHex} 404`,
+    "PUT /v1/inputs 201",
+  ]);
+  relay.requests.length = 0;
+  const input = { items: [held, ...fresh].map((image) => ({ image })) };
+  await client.submit(input, { uploadConcurrency: 1 });
+  assert.deepEqual(
+    relay.log().map((line) => line.replace(/[0-9a-f]{64}/, "<sha256>")),
+    [
+      "GET /v1/inputs/<sha256> 200",
+      "GET /v1/inputs/<sha256> 404",
+      "PUT /v1/inputs 201",
+      "GET /v1/inputs/<sha256> 404",
+      "PUT /v1/inputs 201",
+      "POST /v1/jobs 201",
+    ],
+    "the lookup is not tried again by this client",
+  );
+});
+
+test("a lookup answering 503 is retried (in a batch: each file asks on its own); a 403 fails the submit before anything is uploaded", async (t) => {
+  const { relay, client } = await setup(t);
+  relay.lookupFaults = [503];
+  const blob = png(4000, 50);
+  assert.equal((await client.uploadInput(blob)).sha256, await sha256(blob));
+  assert.deepEqual(relay.log(), [
+    "POST /v1/inputs/lookup 503",
+    "POST /v1/inputs/lookup 200",
+    "PUT /v1/inputs 201",
+  ]);
+  relay.requests.length = 0;
+  relay.lookupFaults = [503];
+  const pair = [png(4003, 53), png(4004, 54)];
+  await client.submit({ items: pair.map((image) => ({ image })) }, { uploadConcurrency: 1 });
+  assert.equal(relay.log()[0], "POST /v1/inputs/lookup 503");
+  assert.deepEqual(relay.log().slice(1).sort(), [
+    "POST /v1/inputs/lookup 200",
+    "POST /v1/inputs/lookup 200",
+    "POST /v1/jobs 201",
+    "PUT /v1/inputs 201",
+    "PUT /v1/inputs 201",
+  ]);
+  relay.requests.length = 0;
+  relay.lookupFaults = [403];
+  await assert.rejects(client.submit({ items: [{ image: png(4001, 51) }, { image: png(4002, 52) }] }), {
+    status: 403,
+  });
+  assert.deepEqual(relay.log(), ["POST /v1/inputs/lookup 403"]);
+  assert.equal(relay.jobs.length, 1, "only the one before");
 });

@@ -18,6 +18,8 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     getInputToken: (() => (string | null | Promise<string | null>)) | undefined;
     /** The input token in use (from `getInputToken`). @type {Promise<string | null> | null} */
     _inputToken: Promise<string | null> | null;
+    /** The relay answered 404/405 to `POST /v1/inputs/lookup` (older than it): files are asked for one by one. */
+    _noInputLookup: boolean;
     /** Browsers upload with XMLHttpRequest (fetch has no upload progress), unless given a `fetch` to use. */
     _useXhr: boolean;
     backoff: Backoff;
@@ -189,7 +191,8 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     submit(input: Record<string, unknown>, options?: SubmitOptions): Promise<SubmitResult>;
     /**
      * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
-     * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+     * already holds these bytes for this credential (`POST /v1/inputs/lookup`, or `GET /v1/inputs/{sha256}`
+     * from a relay older than that route); else uploaded (`PUT /v1/inputs`) with byte progress, and
      * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
      * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
      * @param {Blob} blob

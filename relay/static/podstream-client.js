@@ -1799,6 +1799,7 @@ var PodstreamFile = class {
 };
 
 // src/inputs.js
+var LOOKUP_MAX = 1e3;
 function isBlob(value) {
   return typeof Blob !== "undefined" && value instanceof Blob;
 }
@@ -1820,6 +1821,11 @@ function sleep(ms, signal) {
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
+async function heldOne(transport, sha256, signal) {
+  const found = await transport.lookup([sha256], signal);
+  if (found === null) return transport.held(sha256, signal);
+  return found.get(sha256) ?? null;
+}
 async function uploadBlob(blob, transport, backoff, options = {}) {
   const { onProgress, signal } = options;
   const retries = options.retries ?? 5;
@@ -1836,7 +1842,13 @@ async function uploadBlob(blob, transport, backoff, options = {}) {
   for (let attempt = 0; ; attempt += 1) {
     signal?.throwIfAborted();
     try {
-      const held = sha256 === null ? null : await transport.held(sha256, signal);
+      const ask = sha256 !== null && (attempt > 0 || !options.missing);
+      const held = ask ? await heldOne(
+        transport,
+        /** @type {string} */
+        sha256,
+        signal
+      ) : null;
       const answer = held ?? await transport.put(blob, sha256, (n) => report(Math.min(n, total)), signal);
       report(total);
       return answer;
@@ -1868,46 +1880,122 @@ async function stageImages(input, upload, options = {}) {
   if (options.signal?.aborted) stop();
   options.signal?.addEventListener("abort", stop, { once: true });
   const signal = abort.signal;
+  const concurrency = Math.max(1, options.concurrency ?? 4);
+  const lookup = options.lookup;
   const refs = /* @__PURE__ */ new Map();
-  const byContent = /* @__PURE__ */ new Map();
-  let next = 0;
-  const worker = async () => {
-    while (next < blobs.length) {
-      const blob = blobs[next++];
-      signal.throwIfAborted();
-      const sha256 = await blobSha256(blob);
-      const same = sha256 === null ? void 0 : byContent.get(sha256);
-      let uploading;
-      if (same) {
-        uploading = same;
-      } else {
-        uploading = upload(blob, {
-          signal,
-          sha256: sha256 ?? void 0,
-          onProgress: (p) => progress(blob, p.loaded)
-        });
-        if (sha256 !== null) byContent.set(sha256, uploading);
-      }
-      refs.set(blob, await uploading);
-      progress(blob, blob.size);
-      done += 1;
-      report();
-    }
-  };
   try {
     report();
-    const workers = Array.from(
-      { length: Math.max(1, Math.min(options.concurrency ?? 4, blobs.length)) },
-      worker
-    );
-    await Promise.all(
-      workers.map(
-        (running) => running.catch((err) => {
-          abort.abort(err);
-          throw err;
-        })
-      )
-    );
+    await new Promise((resolve, reject) => {
+      const byContent = /* @__PURE__ */ new Map();
+      const ready = [];
+      const queued = [];
+      let nextHash = 0;
+      let hashing = 0;
+      let uploading = 0;
+      let lookingUp = false;
+      let failed = false;
+      const fail = (err) => {
+        if (failed) return;
+        failed = true;
+        abort.abort(err);
+        reject(err);
+      };
+      const finish = (blob, ref) => {
+        if (failed) return;
+        refs.set(blob, ref);
+        progress(blob, blob.size);
+        done += 1;
+        report();
+        if (done === blobs.length) resolve(void 0);
+      };
+      const staging = (blob, sha256) => {
+        let settle = () => {
+        };
+        const uploaded = new Promise((resolveRef) => settle = resolveRef);
+        if (sha256 !== null) byContent.set(sha256, uploaded);
+        return {
+          blob,
+          sha256,
+          missing: false,
+          resolve: (ref) => {
+            settle(ref);
+            finish(blob, ref);
+          }
+        };
+      };
+      const hashed = (blob) => (sha256) => {
+        hashing -= 1;
+        const same = sha256 === null ? void 0 : byContent.get(sha256);
+        if (same) void same.then((ref) => finish(blob, ref));
+        else if (sha256 === null)
+          queued.push(staging(blob, null));
+        else ready.push(staging(blob, sha256));
+        pump();
+      };
+      const pump = () => {
+        if (failed) return;
+        if (signal.aborted) return fail(signal.reason);
+        while (hashing < concurrency && nextHash < blobs.length) {
+          const blob = blobs[nextHash++];
+          hashing += 1;
+          blobSha256(blob).then(hashed(blob), fail);
+        }
+        const allHashed = hashing === 0 && nextHash === blobs.length;
+        const short = uploading + queued.length < concurrency;
+        if (!lookingUp && ready.length > 0 && (allHashed || short || ready.length >= LOOKUP_MAX)) {
+          const batch = ready.splice(0, LOOKUP_MAX);
+          if (!lookup) {
+            queued.push(...batch);
+          } else {
+            lookingUp = true;
+            lookup(
+              batch.map((entry) => (
+                /** @type {string} */
+                entry.sha256
+              )),
+              signal
+            ).then(
+              (found) => {
+                lookingUp = false;
+                for (const entry of batch) {
+                  const ref = found?.get(
+                    /** @type {string} */
+                    entry.sha256
+                  );
+                  if (ref) entry.resolve(ref);
+                  else queued.push({ ...entry, missing: found !== null });
+                }
+                pump();
+              },
+              (err) => {
+                if (signal.aborted || !isRetryable(err)) return fail(err);
+                lookingUp = false;
+                queued.push(...batch);
+                pump();
+              }
+            );
+          }
+        }
+        while (uploading < concurrency && queued.length > 0) {
+          const entry = (
+            /** @type {Staging} */
+            queued.shift()
+          );
+          uploading += 1;
+          upload(entry.blob, {
+            signal,
+            sha256: entry.sha256 ?? void 0,
+            missing: entry.missing,
+            onProgress: (p) => progress(entry.blob, p.loaded)
+          }).then((ref) => {
+            uploading -= 1;
+            entry.resolve(ref);
+            pump();
+          }, fail);
+        }
+      };
+      pump();
+    });
   } finally {
     options.signal?.removeEventListener("abort", stop);
   }
@@ -2381,6 +2469,7 @@ var PodstreamClient = class extends Emitter {
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.getInputToken = options.getInputToken;
     this._inputToken = null;
+    this._noInputLookup = false;
     this._useXhr = options.fetch === void 0 && typeof XMLHttpRequest === "function";
     this.backoff = new Backoff(options.backoff);
     this.connectTimeout = options.connectTimeout ?? 1e4;
@@ -2896,7 +2985,8 @@ var PodstreamClient = class extends Emitter {
     const staged = await stageImages(input, (blob, upload) => this.uploadInput(blob, upload), {
       onProgress: options.onUploadProgress,
       concurrency: options.uploadConcurrency,
-      signal: options.signal
+      signal: options.signal,
+      lookup: (sha256s, signal) => this._inputs.lookup(sha256s, signal)
     });
     return this._http("/v1/jobs", {
       method: "POST",
@@ -2907,7 +2997,8 @@ var PodstreamClient = class extends Emitter {
   // ---- inputs --------------------------------------------------------------------------------------
   /**
    * Stage a File or Blob (an image) in the relay, for job items to name by its `ref`. Skipped when the relay
-   * already holds these bytes for this credential; else uploaded (`PUT /v1/inputs`) with byte progress, and
+   * already holds these bytes for this credential (`POST /v1/inputs/lookup`, or `GET /v1/inputs/{sha256}`
+   * from a relay older than that route); else uploaded (`PUT /v1/inputs`) with byte progress, and
    * tried again after a network error or a 5xx, with backoff. A 4xx throws `RelayHttpError` at once, e.g.
    * `unsupported_media_type` (not a PNG, JPEG, WebP, GIF or BMP) or `too_large`.
    * @param {Blob} blob
@@ -2934,6 +3025,22 @@ var PodstreamClient = class extends Emitter {
   /** @type {InputTransport} */
   get _inputs() {
     return {
+      lookup: (sha256s, signal) => this._withInputToken(async (token) => {
+        if (this._noInputLookup) return null;
+        try {
+          const answer = await this._http("/v1/inputs/lookup", {
+            method: "POST",
+            body: { sha256: sha256s },
+            token,
+            signal
+          });
+          return new Map(Object.entries(answer?.held ?? {}));
+        } catch (err) {
+          if (!(err instanceof RelayHttpError && (err.status === 404 || err.status === 405))) throw err;
+          this._noInputLookup = true;
+          return null;
+        }
+      }),
       held: (sha256, signal) => this._withInputToken(async (token) => {
         try {
           return await this._http(`/v1/inputs/${sha256}`, { token, signal });
