@@ -21,6 +21,7 @@ unreachable, key refused, quota full, retries exhausted). The first error stops 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -45,6 +46,10 @@ CHUNK_BYTES: Final = 256 * 1024
 DEFAULT_WORKERS: Final = 4
 #: The most sha256 one `POST /v1/inputs/lookup` asks about (the relay's limit).
 LOOKUP_MAX: Final = 1000
+#: A file up to this size is read once: hashed, and kept in memory until it is uploaded (or found held)...
+KEEP_BYTES: Final = 8 << 20
+#: ...while the files kept add up to no more than this; the others are read again for their upload.
+KEEP_BUDGET: Final = 64 << 20
 #: Tries of one file (its HEAD and PUT) before `TransferError`.
 DEFAULT_ATTEMPTS: Final = 4
 DEFAULT_BACKOFF: Final = Backoff(base_s=0.5, cap_s=8.0)
@@ -101,6 +106,20 @@ def read_input(path: str | Path) -> LocalInput:
     if mime is None:
         raise InputError(f"{path} does not look like an image (PNG, JPEG, WebP, GIF or BMP)")
     return LocalInput(path, digest.hexdigest(), size, mime)
+
+
+def hash_input(path: Path, *, keep: bool) -> tuple[LocalInput, bytes | None]:
+    """`read_input`, and with `keep` (a small file) its bytes too, read at once: what its upload sends."""
+    if not keep:
+        return read_input(path), None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    mime = sniff(data[:HEAD_BYTES])
+    if mime is None:
+        raise InputError(f"{path} does not look like an image (PNG, JPEG, WebP, GIF or BMP)")
+    return LocalInput(path, hashlib.sha256(data).hexdigest(), len(data), mime), data
 
 
 def check_input(path: str | Path) -> tuple[Path, int, str]:
@@ -226,23 +245,43 @@ class _Run:
         sha_of: dict[Path, str] = {}
         results: dict[str, UploadedInput] = {}
         ready: list[LocalInput] = []  # hashed, not looked up yet
-        hashes: dict[Future[Any], int] = {}  # a file's hash -> its size when checked
+        to_hash = collections.deque(entry for entry in files if not isinstance(entry, LocalInput))
+        hashes: dict[Future[Any], tuple[int, bool]] = {}  # a file's hash -> its size when checked, kept
         uploading: dict[Future[Any], LocalInput] = {}
+        kept: dict[str, bytes] = {}  # the bytes of small files read by their hash, until uploaded or held
+        kept_bytes = 0  # of `kept`, and of the small files being hashed
 
-        def hashed(item: LocalInput) -> None:
+        def hashed(item: LocalInput, data: bytes | None = None) -> None:
+            nonlocal kept_bytes
             sha_of[item.path] = item.sha256
             if item.sha256 in first:  # a copy of another file: its upload is that one's
                 batch.tally.report(files=-1, total=-item.bytes)
             else:
                 first[item.sha256] = item
                 ready.append(item)
+                if data is not None:
+                    kept[item.sha256] = data
+                    kept_bytes += len(data)
+
+        def forget(item: LocalInput) -> None:
+            nonlocal kept_bytes
+            data = kept.pop(item.sha256, None)
+            kept_bytes -= 0 if data is None else len(data)
+
+        def hash_more() -> None:
+            """Hash every file left (the pool runs `workers` at a time); keep those that fit in memory."""
+            nonlocal kept_bytes
+            while to_hash:
+                path, size, _mime = to_hash.popleft()
+                keep = size <= KEEP_BYTES and kept_bytes + size <= KEEP_BUDGET
+                kept_bytes += size if keep else 0
+                hashes[self._start(self.hashing, hash_input, path, keep=keep)] = (size, keep)
 
         for entry in files:
             if isinstance(entry, LocalInput):
                 hashed(entry)
-            else:
-                hashes[self._start(self.hashing, read_input, entry[0])] = entry[1]
-        while hashes or ready or uploading:
+        hash_more()
+        while to_hash or hashes or ready or uploading:
             if ready and (not hashes or len(ready) >= LOOKUP_MAX or len(uploading) < batch.workers):
                 looking, ready = ready[:LOOKUP_MAX], ready[LOOKUP_MAX:]
                 try:
@@ -253,26 +292,33 @@ class _Run:
                     if answer is not None and item.sha256 in answer:
                         results[item.sha256] = answer[item.sha256]
                         batch.tally.report(done=1, skipped=item)
+                        forget(item)
                     else:
-                        uploading[self._start(self.uploads, batch.upload, self.http, item)] = item
+                        data = kept.get(item.sha256)
+                        uploading[self._start(self.uploads, batch.upload, self.http, item, data)] = item
+                hash_more()
                 continue
             for future in self._finished():
                 if future in hashes:
-                    checked_size = hashes.pop(future)
-                    item = future.result()  # InputError: the file could not be read (again)
-                    if item.bytes != checked_size:  # it changed since it was checked: count what will go
-                        batch.tally.report(total=item.bytes - checked_size)
-                    hashed(item)
+                    size, keep = hashes.pop(future)
+                    kept_bytes -= size if keep else 0
+                    item, data = future.result()  # InputError: the file could not be read (again)
+                    if item.bytes != size:  # it changed since it was checked: count what will go
+                        batch.tally.report(total=item.bytes - size)
+                    hashed(item, data)
                 else:
-                    uploading.pop(future)
+                    forget(uploading.pop(future))
                     if isinstance(future.exception(), _Stopped):
                         continue  # stopped by another file's failure, which is on its way here
                     result = future.result()
                     results[result.sha256] = result
+            hash_more()
         return {path: results[sha] for path, sha in sha_of.items()}
 
-    def _start(self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = pool.submit(function, *args)
+    def _start(
+        self, pool: ThreadPoolExecutor, function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Future[Any]:
+        future = pool.submit(function, *args, **kwargs)
         self.futures.append(future)
         future.add_done_callback(self._events.put)
         return future
@@ -368,17 +414,17 @@ class _Batch:
                 found[item.sha256] = _described(entry, item, skipped=True)
         return found
 
-    def upload(self, http: httpx.Client, item: LocalInput) -> UploadedInput:
+    def upload(self, http: httpx.Client, item: LocalInput, data: bytes | None = None) -> UploadedInput:
         """PUT the file (asking first whether the relay holds it when lookups are not available, and before a
         retry); retried on network errors and passing answers. A failure stops the batch: the files after
-        it do not start."""
+        it do not start. `data`: the file's bytes as hashed (else it is read again)."""
         try:
-            return self._upload(http, item)
+            return self._upload(http, item, data)
         except BaseException:
             self.stop.set()
             raise
 
-    def _upload(self, http: httpx.Client, item: LocalInput) -> UploadedInput:
+    def _upload(self, http: httpx.Client, item: LocalInput, data: bytes | None) -> UploadedInput:
         reason = ""
         retry_after: float | None = None
         for attempt in range(self.attempts):
@@ -386,7 +432,7 @@ class _Batch:
                 raise _Stopped()
             sent = [0]
             try:
-                answer = self._try(http, item, sent, look=attempt > 0 or not self.lookups)
+                answer = self._try(http, item, data, sent, look=attempt > 0 or not self.lookups)
             except httpx.TransportError as exc:
                 reason, retry_after = f"{type(exc).__name__} {exc}".rstrip(), None
             else:
@@ -404,7 +450,7 @@ class _Batch:
         )
 
     def _try(
-        self, http: httpx.Client, item: LocalInput, sent: list[int], *, look: bool
+        self, http: httpx.Client, item: LocalInput, data: bytes | None, sent: list[int], *, look: bool
     ) -> UploadedInput | httpx.Response:
         """One try: the file's upload (`look`: unless the relay turns out to hold it), or an answer worth
         retrying; raises for a refusal."""
@@ -427,7 +473,14 @@ class _Batch:
             "Content-Type": item.mime,
             "Content-Length": str(item.bytes),
         }
-        response = http.put(f"{self.base}/v1/inputs", content=self._chunks(item, sent), headers=headers)
+        body: bytes | Iterator[bytes]
+        if data is not None and len(data) <= CHUNK_BYTES:  # one piece: sent as it is
+            sent[0] += len(data)
+            self.tally.report(sent=len(data))
+            body = data
+        else:
+            body = self._chunks(item, sent) if data is None else self._pieces(data, sent)
+        response = http.put(f"{self.base}/v1/inputs", content=body, headers=headers)
         if response.status_code in (200, 201):
             self.tally.report(done=1)
             return _described(_json(response), item, skipped=False)
@@ -452,6 +505,16 @@ class _Batch:
                     yield chunk
         except OSError as exc:
             raise InputError(f"cannot read image {item.path}: {exc.strerror or exc}") from None
+
+    def _pieces(self, data: bytes, sent: list[int]) -> Iterator[bytes]:
+        """The bytes as hashed as the PUT body, in chunks, counted as they go."""
+        for start in range(0, len(data), CHUNK_BYTES):
+            if self.stop.is_set():
+                raise _Stopped()
+            chunk = data[start : start + CHUNK_BYTES]
+            sent[0] += len(chunk)
+            self.tally.report(sent=len(chunk))
+            yield chunk
 
     def _refusal(self, response: httpx.Response, item: LocalInput) -> Exception:
         """The relay's 4xx for `item` as one line naming the file."""

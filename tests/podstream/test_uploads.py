@@ -461,15 +461,15 @@ def test_a_large_batch_is_looked_up_1000_at_a_time(tmp_path: Path) -> None:
 def test_hashing_overlaps_the_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Uploads start once the first files are hashed and found missing, not after every file is hashed."""
     hashed_at: list[float] = []
-    real = uploads_mod.read_input
+    real = uploads_mod.hash_input
 
-    def slow_read(path: str | Path) -> LocalInput:
+    def slow_read(path: Path, *, keep: bool) -> tuple[LocalInput, bytes | None]:
         time.sleep(0.03)
-        local = real(path)
+        local = real(path, keep=keep)
         hashed_at.append(time.monotonic())
         return local
 
-    monkeypatch.setattr(uploads_mod, "read_input", slow_read)
+    monkeypatch.setattr(uploads_mod, "hash_input", slow_read)
     paths = [png(tmp_path / f"{k:02d}.png", (k, 1, 1)) for k in range(16)]
     relay = FakeRelay()
     results = upload(relay, paths, workers=2)
@@ -482,14 +482,13 @@ def test_a_file_that_cannot_be_read_once_checked_stops_the_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = [png(tmp_path / f"{k}.png", (k, k, k)) for k in range(3)]
-    real = uploads_mod.read_input
+    paths[2].unlink()  # after it was checked, before it is hashed
+    real = uploads_mod.check_input
 
-    def vanishing(path: str | Path) -> LocalInput:
-        if Path(path) == paths[2]:
-            raise InputError(f"cannot read image {path}: No such file or directory")
-        return real(path)
+    def checked_then_gone(path: str | Path) -> tuple[Path, int, str]:
+        return real(path) if Path(path) != paths[2] else (paths[2], 1234, "image/png")
 
-    monkeypatch.setattr(uploads_mod, "read_input", vanishing)
+    monkeypatch.setattr(uploads_mod, "check_input", checked_then_gone)
     with pytest.raises(InputError, match=f"^cannot read image {paths[2]}"):
         upload(FakeRelay(), paths)
 
@@ -579,3 +578,46 @@ def test_the_upload_bar_ends_with_one_line_without_a_terminal(tmp_path: Path) ->
     with UploadBar(console=Console(file=live, force_terminal=True, width=120)) as bar:
         upload(FakeRelay(), paths, progress=bar)
     assert "2/2 files" in live.getvalue()
+
+
+def test_a_small_file_is_read_once_and_sent_as_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file up to KEEP_BYTES is read by its hash and those bytes are sent (a change after that is not); a
+    larger one is read again for its upload, and a change is named."""
+    path = png(tmp_path / "a.png")
+    original = path.read_bytes()
+    real = uploads_mod.hash_input
+
+    def then_changed(path: Path, *, keep: bool) -> tuple[LocalInput, bytes | None]:
+        hashed = real(path, keep=keep)
+        path.write_bytes(original[:-1] + b"!")  # same size, other bytes
+        return hashed
+
+    monkeypatch.setattr(uploads_mod, "hash_input", then_changed)
+    relay = FakeRelay()
+    [result] = upload(relay, [path])
+    assert relay.held == {result.sha256: original}
+    path.write_bytes(original)
+    monkeypatch.setattr(uploads_mod, "KEEP_BYTES", 10)
+    with pytest.raises(InputError, match=f"^{path} changed while it was being uploaded"):
+        upload(FakeRelay(), [path])
+
+
+def test_files_kept_in_memory_stay_within_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing never waits for the uploads: the files beyond the budget are read again for their upload."""
+    paths = [png(tmp_path / f"{k:02d}.png", (k, 3, 3), (40, 40)) for k in range(16)]
+    size = max(p.stat().st_size for p in paths)
+    monkeypatch.setattr(uploads_mod, "KEEP_BUDGET", 3 * size)
+    kept: list[bool] = []
+    real = uploads_mod.hash_input
+
+    def counting(path: Path, *, keep: bool) -> tuple[LocalInput, bytes | None]:
+        kept.append(keep)
+        return real(path, keep=keep)
+
+    monkeypatch.setattr(uploads_mod, "hash_input", counting)
+    relay = FakeRelay()
+    results = upload(relay, paths, workers=2)
+    assert relay.puts() == 16 and [relay.held[r.sha256] for r in results] == [p.read_bytes() for p in paths]
+    assert kept.count(True) == 3 and len(kept) == 16
