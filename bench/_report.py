@@ -412,15 +412,16 @@ def _input_upload_section(d: dict[str, Any]) -> list[str]:
         "",
         f"{a['images']} images of {a['kb']:g} KB ({d['mb']:.1f} MB; random bytes behind a PNG signature) "
         f"staged on a relay (auth on, fsync={a['fsync']}) through the real client path, "
-        f"`podstream.uploads.upload_inputs` ({a['workers']} threads: read and hash every file, `HEAD` each, "
-        "`PUT /v1/inputs` streamed with `X-Podstream-Sha256`), against the same bytes PUT by the same number "
-        "of threads (one `httpx.Client`, no `HEAD`) to a bare server in its own process (a raw ASGI app "
+        f"`podstream.uploads.upload_inputs` ({a['workers']} threads: check every file, hash them, ask "
+        "`POST /v1/inputs/lookup` which the relay holds a batch at a time, `PUT /v1/inputs` each missing one "
+        "with `X-Podstream-Sha256`, all overlapped), against the same bytes PUT by the same number "
+        "of threads (one `httpx.Client`, no lookup) to a bare server in its own process (a raw ASGI app "
         "under uvicorn with h11, the relay's HTTP implementation) that reads each body and writes it to a "
         f"file{' and fsyncs it' if a['fsync'] == 'always' else ''}. Runs alternate relay, bare (after a "
         "small warm-up of each); each relay run stages fresh images. After each bare run the bare client's "
-        "loop PUTs another fresh batch to the relay (no `HEAD`, no `X-Podstream-Sha256`): the relay's side "
-        "alone. Then the relay run's batch is uploaded again with `upload_inputs`, every file skipped by its "
-        "`HEAD`. Target: relay / bare >= 0.8.",
+        "loop PUTs another fresh batch to the relay (no lookup, no `X-Podstream-Sha256`): the relay's side "
+        "alone. Then the relay run's batch is uploaded again with `upload_inputs`, every file found held by "
+        "its lookups. Target: relay / bare >= 0.8.",
         "",
         "| run | relay MB/s | bare MB/s | relay / bare | bare client to the relay / bare | server CPU s: relay, bare, relay with the bare client | again, all skipped: s (of the first) |",
         "| --- | --- | --- | --- | --- | --- | --- |",

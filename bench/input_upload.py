@@ -3,16 +3,17 @@
 
 1. Throughput. N images of M KB (random bytes behind a PNG signature: the relay checks only magic bytes)
    staged on a real relay (its own process, auth on, `fsync` as its default: always) through the real client
-   path, `podstream.uploads.upload_inputs` (read and hash every file, `HEAD` each, `PUT` it streamed with
-   `X-Podstream-Sha256`), against the baseline: the same bytes PUT by the same number of client threads
-   (one `httpx.Client`, `content=` the file's bytes, no HEAD) to a bare server in its own process (a raw ASGI
+   path, `podstream.uploads.upload_inputs` (check every file, hash them in its threads, ask `POST
+   /v1/inputs/lookup` which the relay holds, a batch at a time, `PUT` each missing one with
+   `X-Podstream-Sha256`, all overlapped), against the baseline: the same bytes PUT by the same number of
+   client threads (one `httpx.Client`, `content=` the file's bytes, no lookup) to a bare server in its own process (a raw ASGI
    app under uvicorn with h11, the relay's HTTP implementation) that reads the body and writes it to a file
    (fsynced when `--fsync always`). Runs alternate relay, bare, relay, bare... (`--reps` of each, after one
    small warm-up of each); each relay run stages fresh images (the relay addresses content: the same bytes
-   again would cost a HEAD), the bare run after it sends those same bytes. After each bare run, the bare
-   client's loop PUTs another fresh batch to the relay (no HEAD, no `X-Podstream-Sha256`): the relay's own
+   again would be found held), the bare run after it sends those same bytes. After each bare run, the bare
+   client's loop PUTs another fresh batch to the relay (no lookup, no `X-Podstream-Sha256`): the relay's own
    share of the gap, without the client path's. Then the relay run's batch is uploaded again through
-   `upload_inputs`: every file skipped by its `HEAD`.
+   `upload_inputs`: every file found held by the lookups, nothing sent.
 2. `/run` body. `--refs` more images are staged, a job naming them as `input:<sha256>` items (as
    `podstream submit --images` builds it) is submitted through the relay (`podstream.submit.submit`), and
    the largest `/run` body RunPod (the emulator) received is read from its request stats; the relay sends
@@ -129,7 +130,7 @@ def bare_upload(url: str, paths: list[Path], workers: int, tag: str) -> float:
 
 
 def relay_put_loop(url: str, paths: list[Path], workers: int) -> float:
-    """The bare client to the relay (`PUT /v1/inputs`, no HEAD, no `X-Podstream-Sha256`): what the relay's
+    """The bare client to the relay (`PUT /v1/inputs`, no lookup, no `X-Podstream-Sha256`): what the relay's
     side costs, without the client's."""
     return put_loop(lambda _: f"{url}/v1/inputs", paths, workers, {"Authorization": f"Bearer {API_KEY}"})
 
@@ -270,13 +271,13 @@ def main() -> None:
     print(f"bare PUT loop -> file:                   {span([r['bare_mb_s'] for r in rows], '.0f')} MB/s")
     print(f"ratio relay/bare: {span(ratios)} (median {statistics.median(ratios):.2f}; target >= 0.8)")
     print(
-        f"the bare client's PUT loop to the relay (no HEAD, no sha256 header): {span([r['raw_mb_s'] for r in rows], '.0f')} "
+        f"the bare client's PUT loop to the relay (no lookup, no sha256 header): {span([r['raw_mb_s'] for r in rows], '.0f')} "
         f"MB/s, {span([r['raw_ratio'] for r in rows])} of bare"
     )
     again = [r["again_s"] for r in rows]
     first = [r["again_s"] / r["relay_s"] for r in rows]
     print(
-        f"second upload of the same batch (all skipped by HEAD): {span(again, '.3f')} s ({span(first)} of the first)"
+        f"second upload of the same batch (all found held by the lookups): {span(again, '.3f')} s ({span(first)} of the first)"
     )
     run_body, inline = figures["run_body_bytes"], figures["inline_body_bytes"]
     print(
