@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from relay.backends.health import Probe, Unusable
 from relay.backends.job_index import RedisJobIndex
 from relay.backends.keys import Keys
 from relay.backends.lease import RedisLeases
@@ -35,16 +38,20 @@ def replica_id(settings: ClusterSettings) -> str:
     return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def s3_client(endpoint_url: str) -> S3Client:
+def s3_client(endpoint_url: str, *, timeout_s: float | None = None) -> S3Client:
+    """The replica's S3 client; with `timeout_s`, one for probes: that timeout to connect and to read, and
+    no retries."""
     import boto3  # only cluster mode needs it
     from botocore.config import Config
 
     # SigV4 for presigned URLs too: botocore would presign SigV2 for us-east-1, which AWS refuses for newer
     # buckets and R2 never took.
     config = Config(
-        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30,
+        retries={"max_attempts": 3, "mode": "standard"} if timeout_s is None else {"total_max_attempts": 1},
+        connect_timeout=5 if timeout_s is None else timeout_s,
+        read_timeout=30 if timeout_s is None else timeout_s,
         signature_version="s3v4",
-    )  # fmt: skip
+    )
     client: S3Client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
     return client
 
@@ -78,6 +85,33 @@ class Cluster:
             self.media.client.head_bucket(Bucket=bucket)
         except Exception as exc:  # botocore: ClientError (404, 403), EndpointConnectionError, NoCredentials
             raise ClusterUnavailable(f"cannot use the bucket {bucket!r}: {exc}") from None
+
+    def probes(self, settings: ClusterSettings, deadline_s: float) -> list[Probe]:
+        """Readiness probes of Redis (PING) and the bucket (HeadBucket), each on a client of its own whose
+        timeouts are `deadline_s`, without retries: a hung probe ends by itself soon after its deadline."""
+        where, bucket = _where(self.redis), self.media.url.bucket
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=deadline_s, socket_timeout=deadline_s,
+            retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        s3 = s3_client(settings.s3_endpoint_url, timeout_s=deadline_s)
+
+        def ping() -> None:
+            try:
+                client.ping()
+            except redis.RedisError as exc:
+                raise Unusable(f"cannot reach Redis at {where}: {exc}") from None
+
+        def head_bucket() -> None:
+            try:
+                s3.head_bucket(Bucket=bucket)
+            except Exception as exc:  # botocore: ClientError (404, 403), EndpointConnectionError, timeouts
+                raise Unusable(f"cannot use the bucket {bucket!r}: {exc}") from None
+
+        return [
+            Probe(f"Redis at {where}", ping, close=client.close),
+            Probe(f"the bucket {bucket!r}", head_bucket, close=s3.close),
+        ]
 
     def close(self) -> None:
         self.redis.close()
