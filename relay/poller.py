@@ -357,6 +357,7 @@ class JobPoller:
             return
         # Thread work (pieces of an answer, commits) runs in order on one lane, while the event loop goes on
         # receiving: the next piece, or the next long-poll while the previous answer is committed.
+        failed = False
         try:
             failures = 0
             while not self.stopping:
@@ -402,12 +403,20 @@ class JobPoller:
                 self._committing = self._then(self._commit_batch, batch, error, publish=True)
                 if previous is not None:
                     await previous
+        except BaseException:
+            failed = True
+            raise
         finally:
             if self._lane is not None:  # what was drained from RunPod lands on disk, even on cancel
                 await asyncio.wait([self._lane])
+                # The lane's last step carries any failure of the thread work: always taken here (never
+                # left unretrieved), and raised if nothing else is.
+                lane_error = None if self._lane.cancelled() else self._lane.exception()
                 if self._piece is not None and not self.store.closed:  # an answer cut off: commit its pieces
                     await _finish_in_thread(self._record_commit, [])
                     self.publish()
+                if lane_error is not None and not failed:
+                    raise lane_error
 
     async def _on_entries(self, status: str, texts: list[bytes]) -> None:
         """A piece of the answer being received: written and committed while the next piece arrives (one at

@@ -183,13 +183,16 @@ class Relay:
         spool = Path(self.settings.data_dir) / "spool"
         cluster.media.spool_dir = spool
         self.inputs = BucketInputs(cluster.media, spool / "inputs")
+        # The disk quota bounds the spool (items on their way to the bucket): deleting finished jobs from
+        # the bucket would free none of it, so nothing is evicted for it.
+        self.quota.evict = None
+        self.replica = replica = Replica(
+            cluster, settings, open_job=self._open_quietly, start_poller=self._poll,
+            stop_poller=self._stop_poller, publish=lambda job: self.hub.publish(job), spool=spool,
+        )  # fmt: skip
         store = ClusterStore(
             cluster, spool, tail=self.settings.tail_records, quota=self.quota,
-            retention_s=self.settings.retention_s,
-        )  # fmt: skip
-        self.replica = Replica(
-            cluster, settings, open_job=self._open_quietly, start_poller=self._poll,
-            stop_poller=self._stop_poller, publish=lambda job: self.hub.publish(job),
+            retention_s=self.settings.retention_s, on_spool_error=replica.spool_failed,
         )  # fmt: skip
         return store  # type: ignore[return-value]  # the same surface (relay.backends.cluster_store)
 
@@ -200,14 +203,15 @@ class Relay:
             log.exception("cannot open job %s", job, extra=job_log(job))
             return None
 
-    def _stop_poller(self, job: str) -> None:
+    def _stop_poller(self, job: str) -> asyncio.Future[None] | None:
         task = self.pollers._tasks.get(job)  # one job's poller, not the set's shutdown
         if task is not None:
             task.cancel()
+        return task
 
     def not_ready(self) -> str | None:
-        """Why this relay cannot take traffic now beyond its own state (cluster mode: Redis or the bucket
-        cannot be reached), or None."""
+        """Why this relay cannot take traffic now beyond its own state (cluster mode: Redis, the bucket or
+        the local spool failing or not answering in time), or None."""
         return self.replica.problem if self.replica is not None else None
 
     # ------------------------------------------------------------------ lifecycle

@@ -142,8 +142,8 @@ class DiskQuota:
             if attempt == 0 and self.evict is not None:
                 self.evict(needed)
         raise QuotaExceeded(
-            f"the relay's disk quota ({self.limit} bytes) is full: {nbytes} more bytes do not fit "
-            "even after deleting every finished job that could go"
+            f"the relay's disk quota ({self.limit} bytes) is full: {nbytes} more bytes do not fit"
+            + (" even after deleting every finished job that could go" if self.evict is not None else "")
         )
 
     def release(self, job: str, nbytes: int, *, stored: bool = False) -> None:

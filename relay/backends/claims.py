@@ -6,10 +6,10 @@ is called, so the job's poller stops; its late writes would be refused by the fe
 cannot be reached the keeper retries, and gives the lease up as lost once a TTL has passed since its last
 successful renewal (by then another replica may hold it).
 
-`JobClaimer` is each replica's loop over the unfinished jobs of the index: every half TTL (jittered) it
-tries to acquire the lease of each job that has no holder and hands each win to `on_claim(job, lease)`,
-which starts the poller with the lease's fencing token (rebuilding the job's state from Redis, as a
-restart does from disk). A holder that dies stops renewing; its lease runs out within one TTL and the next
+`JobClaimer` is each replica's loop over the unfinished jobs of the index: every half TTL (jittered), unless
+`may_claim` says the replica cannot take jobs now (its spool fails), it tries to acquire the lease of each
+job that has no holder and hands each win to `on_claim(job, lease)`, which starts the poller with the
+lease's fencing token (rebuilding the job's state from Redis, as a restart does from disk). A holder that dies stops renewing; its lease runs out within one TTL and the next
 scan of any live replica takes the job: takeover within 1.5x the TTL, plus the jitter.
 """
 
@@ -96,11 +96,14 @@ class JobClaimer:
         on_claim: Callable[[str, LeaseKeeper], Awaitable[None]],
         *,
         rng: Callable[[], float] = random.random,
+        may_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self.leases = leases
         self.index = index
         self.on_claim = on_claim
         self.rng = rng
+        #: Whether this replica may take jobs now (False: it could not store them, its spool is failing).
+        self.may_claim = may_claim
         #: The leases this replica holds, by job.
         self.held: dict[str, LeaseKeeper] = {}
 
@@ -110,8 +113,12 @@ class JobClaimer:
 
     async def claim_once(self) -> list[str]:
         """One scan: the jobs newly claimed by this replica."""
-        claimed = []
+        claimed: list[str] = []
+        if not self.may_claim():
+            return claimed
         for job in await asyncio.to_thread(self.index.active):
+            if not self.may_claim():
+                break
             keeper = self.held.get(job)
             if keeper is not None and not keeper.lost.is_set():
                 continue
@@ -130,6 +137,8 @@ class JobClaimer:
                 await self.claim_once()
             except redis.RedisError as exc:
                 log.warning("cannot scan for jobs to take over (%s); retrying", exc)
+            except Exception:  # the loop must go on (a job that cannot be opened here, ...)
+                log.exception("scanning for jobs to take over failed; retrying")
             await asyncio.sleep(self.interval_s * (0.75 + 0.5 * self.rng()))
 
     async def stop(self) -> None:

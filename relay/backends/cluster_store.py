@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class ClusterStore:
         tail: int = 1024,
         quota: DiskQuota | None = None,
         retention_s: float = 0.0,
+        on_spool_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self.cluster = cluster
         #: The relay's retention of finished jobs (their deadline in the index, for the sweeper).
@@ -40,8 +42,11 @@ class ClusterStore:
         self.root = spool / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tail = tail
-        #: Counts items while they are spooled (the bucket itself has no quota here).
+        #: The disk quota, of the local spool: items count while they are spooled (on their way to the
+        #: bucket); the bucket's size is bounded by retention and its lifecycle rules, not by this.
         self.quota = quota or DiskQuota()
+        #: Hears of an item's spool write that failed (`relay.backends.replica`: not ready, leases given up).
+        self.on_spool_error = on_spool_error
 
     def _job_store(self, job: str) -> ClusterJobStore:
         keys, client = self.cluster.keys, self.cluster.redis
@@ -51,6 +56,7 @@ class ClusterStore:
             wire=RedisIngestLog(FencedStream(client, keys.wire(job), keys.fence(job)), token=None),
         )  # fmt: skip
         store.quota = self.quota
+        store.on_spool_error = self.on_spool_error
         store.default_retention_s = self.retention_s
         return store
 

@@ -23,8 +23,11 @@ subscribers, and `GET /v1/jobs/{id}/media/{item}` streams or redirects to (`--me
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -35,7 +38,7 @@ from relay.backends.job_index import RedisJobIndex
 from relay.backends.protocols import StoredObject
 from relay.backends.redis_journal import RedisIngestLog, RedisJournal
 from relay.backends.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore, SpoolChanged
-from relay.store import ITEM, JobStore, MediaGone, MediaRetry
+from relay.store import ITEM, JobStore, MediaGone, MediaRetry, QuotaExceeded
 
 log = logging.getLogger("podstream.relay.cluster")
 
@@ -70,12 +73,26 @@ class BucketObject:
         return data
 
 
+class SpoolFailed(OSError):
+    """An item's bytes could not be written to the local spool (a full disk, a read-only or missing
+    directory). Not a crash of the poller: this replica stops polling the job and gives its lease up, so
+    another replica takes it over (`relay.backends.replica`)."""
+
+    ends_polling = True
+
+
 class BucketSink:
-    """The poller's `wire.ItemSink` of one item in cluster mode (see the module docstring)."""
+    """The poller's `wire.ItemSink` of one item in cluster mode (see the module docstring).
+
+    `refused` (the spool's quota is full): nothing is spooled and the item ends as refused (`quota_exceeded`,
+    journaled by `JobStore.record`). `on_end` is called once, when the item's spool file is gone (stored,
+    failed, aborted): the quota reservation goes back. `on_spool_error` hears of a spool write that failed
+    (then `SpoolFailed` is raised)."""
 
     def __init__(
         self, media: S3MediaStore, job: str, run: str, name: str, size: int, *, replaying: bool,
-        mime: str | None = None,
+        mime: str | None = None, refused: str | None = None, on_end: Callable[[], None] | None = None,
+        on_spool_error: Callable[[OSError], None] | None = None,
     ) -> None:  # fmt: skip
         self.media = media
         self.job, self.run, self.name, self.size = job, int(run), name, size
@@ -85,29 +102,53 @@ class BucketSink:
         self.key = media.item_key(job, self.run, name)
         #: Set by the poller while it replays the ingest log; cleared when it is live again.
         self.replaying = replaying
-        self._sink: S3MediaSink | None = None if replaying else self._new_sink()
+        self.refused = refused
+        self.on_spool_error = on_spool_error
+        # A sink dropped without finish or abort (its poller crashed) still gives its reservation back.
+        self._end = weakref.finalize(self, on_end) if on_end is not None else None
+        self._sink: S3MediaSink | None = None
+        if not replaying and not refused:
+            self._sink = self._new_sink()
 
     def _new_sink(self) -> S3MediaSink:
-        return self.media.sink(self.job, self.run, self.name, self.size, content_type=self.mime)
+        try:
+            return self.media.sink(self.job, self.run, self.name, self.size, content_type=self.mime)
+        except OSError as exc:
+            raise self._spool_failed(exc) from exc
+
+    def _spool_failed(self, exc: OSError) -> SpoolFailed:
+        self.abort()
+        if self.on_spool_error is not None:
+            self.on_spool_error(exc)
+        return SpoolFailed(exc.errno, f"cannot spool item {self.key}: {exc.strerror or exc}")
 
     def write(self, offset: int, data: bytes) -> None:
-        if self.replaying:
+        if self.replaying or self.refused:
             return
         if self._sink is None:
             # (Not reached after a takeover: the poller drops items the replay left half-received, see
             # `ClusterJobStore.partial_items_lost`; kept for a sink made live without a replay.)
             self._sink = self._new_sink()
-        self._sink.write(offset, data)
+        try:
+            self._sink.write(offset, data)
+        except OSError as exc:
+            raise self._spool_failed(exc) from exc
 
     def finish(self, sha256: str) -> tuple[bool, Any]:
+        if self.refused:  # every part arrived; `JobStore.record` journals it as refused
+            return True, self.result
         if self._sink is None:  # stored before the takeover: the object is in the bucket, or it is not
             stored = self._stat_until_answered()
             return (True, self.result) if stored is not None and stored.sha256 == sha256 else (False, None)
         try:
-            ok, _stored = self._sink.finish(sha256)
-        except MediaUploadFailed as exc:
-            # verified and spooled: only the bucket is missing (or the spool file broke meanwhile)
-            ok = self._upload_until_stored(exc)
+            try:
+                ok, _stored = self._sink.finish(sha256)
+            except MediaUploadFailed as exc:
+                # verified and spooled: only the bucket is missing (or the spool file broke meanwhile)
+                ok = self._upload_until_stored(exc)
+        finally:
+            if self._end is not None:
+                self._end()  # the spool file is gone, whatever the outcome
         return (True, self.result) if ok else (False, None)
 
     def _stat_until_answered(self) -> StoredObject | None:
@@ -154,6 +195,8 @@ class BucketSink:
     def abort(self) -> None:
         if self._sink is not None:
             self._sink.abort()
+        if self._end is not None:
+            self._end()
 
 
 class ClusterJobStore(JobStore):
@@ -185,6 +228,8 @@ class ClusterJobStore(JobStore):
         #: after the ingest log's replay the poller forgets such items (their seqs reopen as gaps, and gap
         #: recovery has the worker resend them whole) instead of finishing them without their first bytes.
         self.partial_items_lost = True
+        #: Hears of a spool write that failed (the replica then gives its leases up and reports not ready).
+        self.on_spool_error: Callable[[OSError], None] | None = None
 
     def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
         """A new job (`meta`, into the index) or one another replica created (its metadata from the index).
@@ -205,12 +250,27 @@ class ClusterJobStore(JobStore):
     def media_sink(  # type: ignore[override]  # a BucketSink, not a MediaSink: same ItemSink surface
         self, directory: Path, item: int, id: str, mime: str, size: int, *, replaying: bool
     ) -> BucketSink:
+        """The item's sink, its size reserved against the disk quota first: in cluster mode the quota
+        bounds the local spool (items on their way to the bucket), so the reservation goes back as soon
+        as the item has left the spool. An item that does not fit is refused (`quota_exceeded`)."""
+        refused = on_end = None
+        if not replaying:
+            try:
+                self.quota.reserve(self.job, size)
+                on_end = functools.partial(self.quota.release, self.job, size)
+            except QuotaExceeded as exc:
+                refused = self.refused[item] = f"item {item} ({size} bytes) was not stored: {exc}"
         return BucketSink(
             self.bucket, self.job, directory.name, media_name(item, id, mime), size, replaying=replaying,
-            mime=mime,
+            mime=mime, refused=refused, on_end=on_end, on_spool_error=self.on_spool_error,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ media
+
+    def media_dir(self, run: int) -> Path:
+        """The run's name only (its items are spooled in the spool directory, then kept in the bucket):
+        nothing is made on the local disk, so a spool that takes no files fails in the sink alone."""
+        return self.media / str(run)
 
     def media_path(self, record: dict[str, Any]) -> Path | None:
         """Cluster mode holds no item files locally; `check_media` answers the item's `BucketObject`."""
@@ -257,6 +317,7 @@ class ClusterJobStore(JobStore):
             self.bucket.upload(self.upload_key(item, sha256), path, size, sha256)
         finally:
             path.unlink(missing_ok=True)
+            self.quota.release(self.job, size)  # reserved by the upload route: it has left the spool
 
     def claim_upload(self, run: int, ref: Any) -> PurePosixPath | None:
         """The `ref` of an uploaded item arrived (the poller, in its thread): its object becomes the item's

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from podstream import wire
@@ -21,6 +27,8 @@ from podstream.emulator import Emulator
 from relay import serve
 from relay.app import create_app
 from relay.auth import generate_key, hash_key
+from relay.backends.health import DEADLINE_S
+from relay.backends.replica import HEALTH_INTERVAL_S
 from relay.backends.settings import ClusterSettings
 from relay.bucket_media import byte_range
 from tests.relay.backends.conftest import S3_SERVERS, RedisServer, S3Server, stop
@@ -208,6 +216,186 @@ async def test_readyz_is_503_while_redis_is_down(replicas: Start, redis_server: 
         assert answer.status_code == 503
         assert any("Redis" in problem for problem in answer.json()["problems"]), answer.json()
         assert (await http.get(f"{a.url}/healthz")).status_code == 200, "alive, only not ready"
+
+
+async def readyz_until(relay: RelayServer, status: int, seconds: float) -> tuple[float, dict[str, Any]]:
+    """Poll /readyz until it answers `status`: (seconds it took, its body)."""
+    start = time.monotonic()
+    async with httpx.AsyncClient(timeout=seconds) as http:
+        while True:
+            answer = await http.get(f"{relay.url}/readyz")
+            took = time.monotonic() - start
+            if answer.status_code == status:
+                return took, answer.json()
+            assert took < seconds, f"/readyz still {answer.status_code} after {seconds} s: {answer.text}"
+            await asyncio.sleep(0.1)
+
+
+def s3rver_process(s3_server: S3Server) -> psutil.Process:
+    """The s3rver process behind `s3_server` (a child of this test process, found by its port)."""
+    port = s3_server.endpoint_url.rsplit(":", 1)[1]
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = child.cmdline()
+            if any("s3rver" in part for part in command) and port in command:
+                return child
+    raise AssertionError("no s3rver process")
+
+
+async def test_readyz_is_503_within_seconds_of_redis_hanging_and_200_once_it_answers(
+    replicas: Start, redis_server: RedisServer
+) -> None:
+    """A Redis that accepts connections and never answers (SIGSTOP) is not ready within the probe's deadline,
+    not after the clients' 30 s timeouts and retries; ready again soon after it answers (SIGCONT)."""
+    a = await replicas("a")
+    await readyz_until(a, 200, 10)
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        took, body = await readyz_until(a, 503, 15)
+        assert took < HEALTH_INTERVAL_S + DEADLINE_S + 2, took
+        assert any("Redis" in p for p in body["problems"]), body
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"{a.url}/healthz")).status_code == 200, "alive, only not ready"
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    took, _ = await readyz_until(a, 200, 15)
+    assert took < HEALTH_INTERVAL_S + DEADLINE_S + 2, took
+
+
+@pytest.mark.parametrize("s3_kind", ["s3rver"])
+async def test_readyz_is_503_within_seconds_of_the_bucket_hanging_and_200_once_it_answers(
+    replicas: Start, s3_server: S3Server
+) -> None:
+    a = await replicas("a")
+    await readyz_until(a, 200, 10)
+    s3rver = s3rver_process(s3_server)
+    s3rver.suspend()  # SIGSTOP: connections are accepted, nothing is answered
+    try:
+        took, body = await readyz_until(a, 503, 15)
+        assert took < HEALTH_INTERVAL_S + DEADLINE_S + 2, took
+        assert any("bucket" in p for p in body["problems"]), body
+    finally:
+        s3rver.resume()
+    took, _ = await readyz_until(a, 200, 15)
+    assert took < HEALTH_INTERVAL_S + DEADLINE_S + 2, took
+
+
+async def post_item(worker: ScriptedWorker, envs: wire.Envelopes, job: str, item: int, data: bytes) -> None:
+    for envelope in envs.parts(item, data, mime="video/mp4", id=f"clip{item}", part_bytes=4096):
+        await worker.post(job, envelope)
+
+
+async def heartbeat(worker: ScriptedWorker, job: str) -> None:
+    """The worker's pings (the SDK's; the scripted worker sends none by itself)."""
+    while True:
+        await worker.http.get(f"{worker.base}/ping/{worker.pod}", params={"job_id": job})
+        await asyncio.sleep(0.5)
+
+
+async def until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_replica_that_cannot_write_its_spool_gives_its_jobs_to_another_and_is_not_ready(
+    replicas: Start, worker: ScriptedWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool that refuses files (here a file where its directory was: every creation fails, as on a full
+    disk) makes the polling replica stop, give the job's lease back at once and report not ready, instead
+    of renewing the lease while its poller fails; the other replica takes the job and ends it. The item the
+    first replica drained but could not store is reported, never lost silently."""
+    caplog.set_level(logging.WARNING)
+    a = await replicas("a", recovery_attempts=0)
+    b = await replicas("b", recovery_attempts=0)
+    job = await submit(a)
+    assert a.relay.polling(job)
+    await worker.take()
+    pinging = asyncio.create_task(heartbeat(worker, job))  # the worker stays alive while nothing is posted
+    envs, files = wire.Envelopes(job), make_files(3, 10_000)
+    await post_item(worker, envs, job, 0, files[0])
+    await until(lambda: 0 in a.relay.job(job).items, 20, "item 0 stored by A")
+    spool = a.settings.data_dir / "spool"
+    spool.rename(spool.with_name("spool.away"))
+    spool.write_bytes(b"")
+    try:
+        await post_item(worker, envs, job, 1, files[1])
+        await until(lambda: "cannot write the spool" in (a.relay.not_ready() or ""), 15, "A says why")
+        _took, body = await readyz_until(a, 503, 1)
+        assert any("cannot write the spool" in p for p in body["problems"]), body
+        await until(lambda: b.relay.polling(job), 10, "B polls the job")
+        assert not a.relay.polling(job) and not a.relay.replica.claimer.held, "A gave its lease back"
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"{b.url}/readyz")).status_code == 200
+        await post_item(worker, envs, job, 2, files[2])
+        entries = [
+            wire.ManifestItem(i, f"clip{i}", "ok", "video/mp4", len(f), sha(f), wire.part_count(len(f), 4096))
+            for i, f in enumerate(files)
+        ]  # fmt: skip
+        for envelope in envs.manifest(entries):
+            await worker.post(job, envelope)
+        await worker.done(job)
+        got = await subscriber(a, job, a.token(job))  # A still serves its subscribers, from Redis
+        assert got.records[-1]["k"] == "done"
+        assert sorted(got.files) == [0, 2] and bytes(got.files[2]) == files[2]
+        errors = [r for r in got.records if r["k"] == "error"]
+        reported = sorted((r["code"], r.get("item")) for r in errors)
+        assert reported == [("gap", None), ("missing_item", 1)], errors  # what A drained: reported, not lost
+        assert not any(r["code"] == "poller_crashed" for r in errors), "not a crash: A stopped polling"
+    finally:
+        pinging.cancel()
+        spool.unlink(missing_ok=True)
+        spool.with_name("spool.away").rename(spool)
+    await readyz_until(a, 200, 3 * 2.0 + HEALTH_INTERVAL_S + DEADLINE_S + 2)
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_the_disk_quota_bounds_the_spool_of_a_replica(
+    replicas: Start, worker: ScriptedWorker, s3_server: S3Server
+) -> None:
+    """In cluster mode the disk quota counts what the replica holds on its own disk: items (and worker
+    uploads) while they are spooled on their way to the bucket. An item that does not fit is refused
+    (`quota_exceeded`, nothing uploaded); each item's bytes count until it is in the bucket, then no more."""
+    upload_key = generate_key()
+    keys = f"{hash_key(API_KEY)},uploader={hash_key(upload_key)}/upload"
+    a = await replicas("a", disk_quota_bytes=5000, api_keys=keys)
+    job = await submit(a)
+    await worker.take()
+    files = [os.urandom(9000), os.urandom(3000), os.urandom(4500)]
+    envs = wire.Envelopes(job)
+    for i, data in enumerate(files):
+        await post_item(worker, envs, job, i, data)
+    await until(lambda: 2 in a.relay.job(job).items, 20, "item 2 stored")
+    assert a.relay.quota.used == 0
+    uploaded = os.urandom(4000)
+    uploader = Uploader(UploadConfig(url=a.url, key=upload_key, attempts=1))
+    try:
+        await asyncio.to_thread(uploader.upload, job, 3, uploaded, mime="video/mp4", sha256=sha(uploaded))
+    finally:
+        uploader.close()
+    entries = [
+        wire.ManifestItem(i, f"clip{i}", "ok", "video/mp4", len(f), sha(f), wire.part_count(len(f), 4096))
+        for i, f in enumerate(files)
+    ]  # fmt: skip
+    for envelope in envs.manifest(entries):
+        await worker.post(job, envelope)
+    await worker.done(job)
+    got = await subscriber(a, job, a.token(job))
+    assert sorted(got.files) == [1, 2] and bytes(got.files[2]) == files[2]
+    [refused] = [r for r in got.records if r["k"] == "error"]
+    assert refused["code"] == "quota_exceeded" and refused["item"] == 0, refused
+    assert refused["message"].endswith(
+        "the relay's disk quota (5000 bytes) is full: 9000 more bytes do not fit"
+    )
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
+    names = sorted(o["Key"].split(f"{job}/", 1)[1] for o in listed["Contents"])
+    assert names == ["1/00001-clip1.mp4", "1/00002-clip2.mp4", f"uploads/00003-{sha(uploaded)}.bin"]
+    assert a.relay.quota.used == 0, "nothing is left in the spool, nothing counts"
+    async with httpx.AsyncClient(timeout=5) as http:
+        assert (await http.get(f"{a.url}/readyz")).status_code == 200
 
 
 async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
