@@ -11,19 +11,22 @@ link) until `ttl_s` (default: the relay's token lifetime); the token it gives li
 left, at most the relay's `max_token_ttl_s`. Codes are 128 random bits, so they cannot be guessed; a wrong,
 used-up or expired code is one answer, `404 link_not_found`, which says nothing of which it was.
 
-Codes live in this relay process's memory, at most `MAX_LINKS` at once (the oldest go first): a restarted
-relay forgets them, and a token already handed out stays valid until it expires.
+A single relay keeps its codes in its memory (`LinkCodes`), at most `MAX_LINKS` at once (the oldest go
+first): a restarted relay forgets them, and a token already handed out stays valid until it expires. Replicas
+in cluster mode keep them in Redis (`relay.backends.link_codes.RedisLinkCodes`), so a code issued by one is
+redeemed on any other, once per use across all of them. The relay holds its store as `Relay.links`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
 #: Codes held at once; issuing one more forgets the oldest.
 MAX_LINKS: Final = 10_000
 MAX_USES: Final = 100
-_CODE_BYTES: Final = 16
+#: Random bytes of a code (128 bits: they cannot be guessed).
+CODE_BYTES: Final = 16
 _MAX_BODY: Final = 4096
 
 
@@ -50,8 +54,24 @@ class Link:
     uses: int
 
 
+class LinkStore(Protocol):
+    """Where the codes live: `issue` one, `redeem` it (each redeem spends one use; None: unknown, used up or
+    expired). `blocking`: its calls wait on I/O, so the routes make them in a thread."""
+
+    @property
+    def blocking(self) -> bool: ...
+
+    clock: Callable[[], float]
+
+    def issue(self, job: str, issuer: str, ttl_s: float, uses: int) -> tuple[str, Link]: ...
+
+    def redeem(self, code: str) -> Link | None: ...
+
+
 class LinkCodes:
-    """The codes this relay handed out: `issue` one, `redeem` it (each redeem spends one use)."""
+    """The codes this relay handed out, in its memory: `issue` one, `redeem` it (each redeem spends one use)."""
+
+    blocking: Final = False
 
     def __init__(self, limit: int = MAX_LINKS, clock: Callable[[], float] = time.time) -> None:
         self.limit = limit
@@ -65,7 +85,7 @@ class LinkCodes:
         self._sweep()
         while len(self._links) >= self.limit:
             self._links.popitem(last=False)
-        code = secrets.token_urlsafe(_CODE_BYTES)
+        code = secrets.token_urlsafe(CODE_BYTES)
         link = Link(job=job, issuer=issuer, expires=self.clock() + ttl_s, uses=uses)
         self._links[code] = link
         return code, link
@@ -112,9 +132,12 @@ def _number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
+async def _call(store: LinkStore, method: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(method, *args) if store.blocking else method(*args)
+
+
 def routes() -> list[Route]:
-    """The two routes, sharing one `LinkCodes` (one per app)."""
-    links = LinkCodes()
+    """The two routes, on the relay's link store (`Relay.links`)."""
 
     async def issue(request: Request) -> Response:
         relay: Relay = request.app.state.relay
@@ -142,13 +165,15 @@ def routes() -> list[Route]:
         uses = body.get("uses", 1)
         if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES:
             return _error(400, "bad_uses", f"'uses' must be an integer from 1 to {MAX_USES}")
-        code, link = links.issue(job, principal.name, float(ttl), uses)
+        links = relay.links
+        code, link = await _call(links, links.issue, job, principal.name, float(ttl), uses)
         answer = {"code": code, "job": job, "expires_at": int(link.expires), "uses": uses}
         return JSONResponse(answer, status_code=201)
 
     async def redeem(request: Request) -> Response:
         relay: Relay = request.app.state.relay
-        link = links.redeem(request.path_params["code"])
+        links = relay.links
+        link: Link | None = await _call(links, links.redeem, request.path_params["code"])
         if link is None:
             relay.metrics.denied.labels("link_not_found").inc()
             return _error(

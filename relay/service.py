@@ -39,6 +39,7 @@ from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
 from relay.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
 from relay.limits import PerKeyRate
+from relay.links import LinkCodes, LinkStore
 from relay.logs import job as job_log
 from relay.poller import JobPoller, PollerSet
 from relay.recovery import GapRecovery, crash_after_drain
@@ -141,6 +142,8 @@ class Relay:
         self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
         #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
         self.replica: Replica | None = None
+        #: Link codes (relay.links): in this process, or in Redis in cluster mode (any replica redeems them).
+        self.links: LinkStore = LinkCodes()
         #: Staged job inputs (relay.inputs): on local disk, or in the bucket in cluster mode.
         self.inputs: InputStore = DiskInputs(
             Path(settings.data_dir) / "inputs", fsync=settings.fsync == "always"
@@ -177,12 +180,14 @@ class Relay:
     def _cluster_store(self, settings: ClusterSettings) -> Store:
         from relay.backends.cluster import Cluster
         from relay.backends.cluster_store import ClusterStore
+        from relay.backends.link_codes import RedisLinkCodes
         from relay.backends.replica import Replica
 
         cluster = Cluster.from_settings(settings)
         spool = Path(self.settings.data_dir) / "spool"
         cluster.media.spool_dir = spool
         self.inputs = BucketInputs(cluster.media, spool / "inputs")
+        self.links = RedisLinkCodes(cluster.redis, cluster.keys)
         # The disk quota bounds the spool (items on their way to the bucket): deleting finished jobs from
         # the bucket would free none of it, so nothing is evicted for it.
         self.quota.evict = None

@@ -31,6 +31,10 @@ class Keys:
     def meta(self, job: str) -> str:
         return self.job(job, "meta")
 
+    def link(self, code: str) -> str:
+        """Hash: a link code's job, issuer, expiry and uses left (`relay.backends.link_codes`)."""
+        return f"{self.prefix}:link:{code}"
+
     @property
     def jobs(self) -> str:
         """Sorted set: job -> created_at."""
