@@ -27,10 +27,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Protocol, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -59,6 +59,9 @@ _TOKEN_BODY: Final = 4096
 LOOKUP_MAX: Final = 1000
 _LOOKUP_BODY: Final = 128 * 1024
 _T = TypeVar("_T")
+_EXP: Final = re.compile(r"[?&]exp=([0-9]+)")
+#: `_base` of recent requests, by what it depends on (bounded: the Host header is the client's).
+_BASES: dict[tuple[object, ...], str] = {}
 
 
 class InputHost(Protocol):
@@ -94,8 +97,8 @@ def describe(host: InputHost, staged: StagedInput, base: str) -> dict[str, Any]:
     if url is None:
         signed = host.auth.sign(staged.path, ttl)
         url = base + signed
-        exp = parse_qs(urlsplit(signed).query).get("exp")
-        expires = float(exp[0]) if exp else time.time() + ttl  # unsigned: an --insecure relay
+        exp = _EXP.search(signed)
+        expires = float(exp[1]) if exp else time.time() + ttl  # unsigned: an --insecure relay
     else:
         expires = time.time() + min(ttl, 7 * 24 * 3600)
     return {
@@ -264,7 +267,7 @@ class _Upload:
 async def _hop(function: Callable[..., _T], *args: Any) -> _T:
     """`function(*args)` in a worker thread. Cancelled, it still waits for the thread to finish before
     raising: what cleans up after it (`_Upload.discard`) never runs beside it."""
-    running = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    running = asyncio.get_running_loop().run_in_executor(None, function, *args)
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -306,7 +309,21 @@ def _host(request: Request) -> InputHost:
 
 
 def _base(request: Request) -> str:
-    return (_host(request).settings.public_url or str(request.base_url)).rstrip("/")
+    """The relay's URL as the client reached it (or its `public_url`), for the URLs in answers."""
+    public = _host(request).settings.public_url
+    if public:
+        return public.rstrip("/")
+    scope = request.scope
+    key = (
+        scope.get("scheme"), scope.get("server"), scope.get("root_path"), scope.get("app_root_path"),
+        request.headers.get("host"),
+    )  # fmt: skip
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= 64:
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

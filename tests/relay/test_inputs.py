@@ -460,3 +460,28 @@ async def test_a_new_keys_first_uploads_at_once_all_land(relay: RelayServer) -> 
         r = await http.post(f"{relay.url}/v1/inputs/lookup", json={"sha256": [sha(d) for d in images]})
         assert r.json()["missing"] == [] and len(r.json()["held"]) == len(images)
     assert leftovers(relay) == []
+
+
+async def test_a_cancelled_hop_waits_for_its_thread() -> None:
+    """What cleans up after a hop (discarding the spool file) never runs beside it: cancelled, the hop still
+    waits for its thread to finish before it raises."""
+    import threading
+
+    from relay.inputs import _hop
+
+    release = threading.Event()
+    finished: list[str] = []
+
+    def blocking() -> None:
+        release.wait(5)
+        finished.append("thread")
+
+    task = asyncio.ensure_future(_hop(blocking))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == ["thread"]
