@@ -6,10 +6,12 @@
 A job then carries a few bytes per image instead of the image, so a batch of any size fits RunPod's 10 MB
 `/run` cap; the relay hands the worker a signed URL for each (docs/relay.md). Every file is first checked
 (readable, an image by its magic bytes, as the relay checks), so a wrong file costs no upload. Then, overlapped:
-the files are hashed (streamed, never whole in memory) in `workers` threads; their sha256 go to the relay in
-batches, `POST /v1/inputs/lookup` (up to 1,000 a request: those this key holds already are not sent), and each
-missing file is sent as it is found missing, `PUT /v1/inputs` with `X-Podstream-Sha256` and the file streamed
-as the body, `workers` at a time. Identical files are uploaded once. A relay without the lookup route (older
+the files are hashed in `workers` threads; their sha256 go to the relay in batches, `POST /v1/inputs/lookup`
+(up to 1,000 a request, sent whenever the uploads run short of files: those this key holds already are not
+sent), and each missing file is sent as it is found missing, `PUT /v1/inputs` with `X-Podstream-Sha256`,
+`workers` at a time. A file up to `KEEP_BYTES` is read once, its bytes kept from its hash to its upload (up to
+`KEEP_BUDGET` of them at once); a larger one is hashed streamed and read again, streamed, for its upload, so
+no file is ever held whole in memory beyond those. Identical files are uploaded once. A relay without the lookup route (older
 than this client: 404 or 405 on it) is asked per file, `GET /v1/inputs/<sha256>`, before its `PUT`.
 
 Network errors, 408, 429, 500, 502, 503 and 504 are retried with backoff (`podstream.backoff`, honouring
