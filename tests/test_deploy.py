@@ -454,18 +454,22 @@ def test_scaled_profile_runs_replicas_in_cluster_mode_on_one_redis_and_one_bucke
     commands = {name: command_of(s) for name, s in replicas.items()}
     envs = {name: environment_of(s) for name, s in replicas.items()}
     # Cluster mode is both URLs; every replica the same Redis, bucket and endpoint, each its own name.
-    for flag in ("--redis-url", "--media-url", "--s3-endpoint-url"):
+    for flag in ("--media-url", "--s3-endpoint-url"):
         assert len({option(c, flag) for c in commands.values()}) == 1, f"replicas differ in {flag}"
+    # The Redis URL carries a password: in the environment (from .env), never on the command line.
+    assert not any("--redis-url" in c for c in commands.values())
+    assert len({env["PODSTREAM_REDIS_URL"] for env in envs.values()}) == 1
     replica_ids = [option(c, "--replica-id") for c in commands.values()]
     assert len(set(replica_ids)) == len(replica_ids)
     command = next(iter(commands.values()))
     cluster = ClusterSettings(
-        redis_url=option(command, "--redis-url"),
+        redis_url=next(iter(envs.values()))["PODSTREAM_REDIS_URL"],
         media_url=option(command, "--media-url"),
         s3_endpoint_url=option(command, "--s3-endpoint-url"),
     )
     assert cluster.enabled
-    assert cluster.redis_url.startswith("redis://redis:6379/")
+    assert cluster.redis_url.startswith("redis://podstream:${PODSTREAM_REDIS_PASSWORD")
+    assert cluster.redis_url.endswith("@redis:6379/0")
     assert cluster.s3_endpoint_url == "http://minio:9000"
     # Tokens and signed URLs minted by one replica are checked by the others: one set of keys, one secret.
     for variable in ("PODSTREAM_API_KEYS", "PODSTREAM_TOKEN_SECRET"):
@@ -515,6 +519,28 @@ def test_redis_keeps_an_append_only_file_and_never_evicts() -> None:
     assert option(command, "--maxmemory-policy") == "noeviction"
     assert any(str(v).endswith(":/data") for v in redis["volumes"])
     assert "ping" in " ".join(map(str, redis["healthcheck"]["test"]))
+
+
+def test_redis_lets_the_replicas_in_by_password_to_their_own_keys_only() -> None:
+    redis = services()["redis"]
+    command = command_of(redis)
+    rules: dict[str, list[str]] = {}  # each `--user NAME RULE...` of the command line
+    user: list[str] | None = None
+    for arg in command:
+        if arg.startswith("--"):
+            user = [] if arg == "--user" else None
+        elif user is not None:
+            user.append(arg)
+            rules[user[0]] = user[1:]
+    assert rules["default"] == ["off"], "no anonymous access"
+    password = "${PODSTREAM_REDIS_PASSWORD:-podstream-local-only}"
+    assert rules["podstream"][:2] == ["on", ">" + password]
+    assert "~podstream:*" in rules["podstream"] and "-@dangerous" in rules["podstream"]
+    assert not any(rule.startswith(("~*", "allkeys", "nopass")) for rule in rules["podstream"])
+    url = environment_of(scaled_services()["relay-1"])["PODSTREAM_REDIS_URL"]
+    assert url == f"redis://podstream:{password}@redis:6379/0"
+    assert environment_of(redis)["REDISCLI_AUTH"] == password
+    assert "--user podstream" in " ".join(map(str, redis["healthcheck"]["test"]))
 
 
 def test_nginx_passes_websockets_to_every_replica_unbuffered() -> None:
