@@ -35,7 +35,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -44,6 +44,7 @@ from starlette.types import Message, Receive, Scope, Send
 from podstream.wire import RUN_BODY_CAP
 from relay import bucket_media, input_refs, inputs, links, openapi, results, uploads
 from relay.auth import Authorizer, Denied, Principal, parse_origins
+from relay.body_timeout import BodyTimedOut, BodyTimeout
 from relay.config import ConfigError, RelaySettings
 from relay.input_schema import BUILTIN, InputSchema, SchemaConfigError
 from relay.input_store import owner_of
@@ -586,6 +587,19 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error(500, "internal", "internal error (logged by the relay)")
 
 
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client went away before its request body was complete: nothing to answer (the response goes
+    nowhere), nothing to log but a line at debug level."""
+    log.debug("%s %s: the client disconnected before its body was complete", request.method, request.url.path)
+    return _error(400, "disconnected", "the request ended before its body did")
+
+
+async def _body_timeout(request: Request, exc: Exception) -> Response:
+    response = _error(408, "body_timeout", str(exc))
+    response.headers["connection"] = "close"  # the rest of the body may still come: the connection is done
+    return response
+
+
 async def _overflow(request: Request, exc: Exception) -> Response:
     return _error(503, "busy", str(exc))
 
@@ -646,7 +660,7 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     cors = parse_origins(settings.cors_origins)
-    middleware = []
+    middleware = [Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)]
     if cors:
         middleware.append(
             Middleware(
@@ -662,7 +676,8 @@ def create_app(
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
-            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied, Exception: _unexpected,
+            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied,
+            ClientDisconnect: _disconnected, BodyTimedOut: _body_timeout, Exception: _unexpected,
         },
     )  # fmt: skip
     app.state.relay = relay

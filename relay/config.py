@@ -156,6 +156,9 @@ class RelaySettings(BaseSettings):
     # --- connections (relay.serve)
     #: A connection whose request headers are not complete within this is closed (idle or trickling).
     header_timeout_s: PositiveFloat = 5.0
+    #: A request body that sends no byte for this long is answered 408 (`body_timeout`) and its connection
+    #: closed: a stalled upload holds no connection for ever (relay.body_timeout).
+    body_timeout_s: PositiveFloat = 30.0
     #: File descriptors kept free of client connections for journals, media and RunPod calls (0 = an eighth
     #: of RLIMIT_NOFILE, at least 64); connections past the rest are refused at once.
     fd_reserve: NonNegativeInt = 0
