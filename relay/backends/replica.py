@@ -268,7 +268,8 @@ class Replica:
             self.readiness.hold(SPOOL, problem, hold_s)
             self._give_up(problem)
 
-        loop.call_soon_threadsafe(on_loop)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutting down)
+            loop.call_soon_threadsafe(on_loop)
 
     def _give_up(self, why: str) -> None:
         if self._giving_up is None or self._giving_up.done():
@@ -277,23 +278,26 @@ class Replica:
 
     async def _give_up_leases(self, why: str) -> None:
         """Stop every poller of this replica and give its leases back (the others take the jobs at their next
-        scan); the jobs stay followed here for their subscribers."""
+        scan); the jobs stay followed here for their subscribers. All jobs at once: a poller may take a while
+        to stop (its thread work finishes first)."""
         jobs = list(self.claimer.held)
-        for job in jobs:
-            keeper = self.claimer.held.pop(job, None)
-            if keeper is None:
-                continue
-            polling = self.stop_poller(job)
-            if polling is not None:
-                await asyncio.wait([polling])  # its last write is over before the lease goes
-            store = self.open_job(job)
-            if isinstance(store, ClusterJobStore) and store.writable:
-                store.release()
-            await keeper.stop(release=True)
-            if store is not None:
-                self.opened(store)
+        await asyncio.gather(*(self._give_up_lease(job) for job in jobs))
         if jobs:
             log.warning("replica %s gave the leases of %d job(s) back: %s", self.name, len(jobs), why)
+
+    async def _give_up_lease(self, job: str) -> None:
+        keeper = self.claimer.held.pop(job, None)
+        if keeper is None:
+            return
+        polling = self.stop_poller(job)
+        if polling is not None:
+            await asyncio.wait([polling])  # its last write is over before the lease goes
+        store = self.open_job(job)
+        if isinstance(store, ClusterJobStore) and store.writable:
+            store.release()
+        await keeper.stop(release=True)
+        if store is not None:
+            self.opened(store)
 
     def sweep_lease(self) -> bool:
         """Whether this replica runs the retention sweep now (blocking: in a thread)."""

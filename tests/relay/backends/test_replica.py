@@ -340,8 +340,11 @@ async def test_a_replica_that_cannot_write_its_spool_gives_its_jobs_to_another_a
         assert got.records[-1]["k"] == "done"
         assert sorted(got.files) == [0, 2] and bytes(got.files[2]) == files[2]
         errors = [r for r in got.records if r["k"] == "error"]
-        reported = sorted((r["code"], r.get("item")) for r in errors)
-        assert reported == [("gap", None), ("missing_item", 1)], errors  # what A drained: reported, not lost
+        # What A drained but could not store is reported, never lost silently: the seqs as a gap, item 1 as
+        # missing (or incomplete, where B received its later parts).
+        assert {r["code"] for r in errors} <= {"gap", "missing_item", "incomplete"}, errors
+        assert any(r["code"] == "gap" for r in errors), errors
+        assert {r.get("item") for r in errors if r["code"] != "gap"} == {1}, errors
         assert not any(r["code"] == "poller_crashed" for r in errors), "not a crash: A stopped polling"
     finally:
         pinging.cancel()
