@@ -8,6 +8,11 @@ CONSTRAINTS := constraints/dev.txt
 PKGS := podstream worker relay
 # s3rver (npm): the second S3 server of the cluster tests, next to moto (tests/relay/backends/conftest.py).
 S3RVER := tests/s3rver/node_modules/.installed
+# pytest on several processes (pytest-xdist; tests/conftest.py keeps the users of a shared fixture on one).
+# Most tests wait on real processes and sockets, so more workers than cores pays; `make test PYTEST_N=0` runs
+# one process.
+PYTEST_N ?= 4
+PYTEST := $(PY) -m pytest -n $(PYTEST_N) --dist loadgroup
 
 .PHONY: help venv js s3rver test test-py test-js lint bench bench-full chaos demo clean
 
@@ -44,11 +49,11 @@ $(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
 s3rver: $(S3RVER)
 
 test: venv js $(S3RVER)
-	$(PY) -m pytest
+	$(PYTEST)
 	@if [ -f client_js/package.json ]; then cd client_js && npm test; fi
 
 test-py: venv $(S3RVER)
-	$(PY) -m pytest
+	$(PYTEST)
 
 lint: venv
 	$(VENV)/bin/ruff check $(PKGS) tests bench
