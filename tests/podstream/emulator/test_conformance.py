@@ -118,7 +118,7 @@ def test_aggregate_stream_over_the_result_cap_loses_the_result(fleet: dict[str, 
 
 def test_item_over_1mb_is_dropped_silently_and_the_job_completes(fleet: dict[str, Emulator]) -> None:
     emu = fleet["async"]
-    before = emu.stats()["routes"]["job-stream"]["requests"]
+    before = emu.stats()["routes"].get("job-stream", {}).get("requests", 0)  # 0 if this test runs first
     job = endpoint(emu).run({"items": 3, "sizes": [10, 1_000_001, 10]})
     items = list(job.stream())
     assert [item["i"] for item in items] == [0, 2]  # item 1 is gone, nothing says so
@@ -132,7 +132,7 @@ def test_item_over_1mb_is_dropped_silently_and_the_job_completes(fleet: dict[str
 def test_stream_post_5xx_is_retried_three_times_then_dropped(fleet: dict[str, Emulator]) -> None:
     emu = fleet["async"]
     emu.faults.stream_item_5xx = {2: 1, 4: 3}  # item 2 recovers on its 2nd try, item 4 fails all 3
-    before = emu.stats()["routes"]["job-stream"]["statuses"].get("503", 0)
+    before = emu.stats()["routes"].get("job-stream", {"statuses": {}})["statuses"].get("503", 0)
     job = endpoint(emu).run({"items": 5})
     items = list(job.stream())
     assert [item["i"] for item in items] == [0, 1, 2, 4]
