@@ -36,7 +36,10 @@ TOKEN_SECRET = "test-token-secret-" + "s" * 32
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
-    async with Emulator(EmulatorConfig.for_tests()).serve(host="127.0.0.1", port=0) as emu:
+    """The emulator with a heartbeat grace that a `ScriptedWorker` (which never pings) does not run into even
+    on a loaded machine (the suite runs on several processes); a test of lost heartbeats sets its own."""
+    config = EmulatorConfig.for_tests(heartbeat_grace_s=60.0)
+    async with Emulator(config).serve(host="127.0.0.1", port=0) as emu:
         yield emu
 
 
