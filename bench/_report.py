@@ -440,7 +440,8 @@ def _input_upload_section(d: dict[str, Any]) -> list[str]:
         "",
         f"The `/run` body of a job naming {refs:,} staged images by reference (`input:<sha256>` items, as "
         "`podstream submit --images` builds them), submitted through the relay, which sends RunPod (the "
-        "emulator) each item as a signed URL of itself plus `image_sha256`: largest `/run` body "
+        "emulator) each item as its reference plus the signature of its URL, and one URL template for the "
+        "job: largest `/run` body "
         f"**{run:,} bytes** ({run / refs:.0f} per image; target < 200,000: {run / 200_000:.2f} of it). The "
         f"client's `POST /v1/jobs` body was {d['ref_body_bytes']:,} bytes. The same job with its "
         f"{d['ref_kb']:g} KB images inline as data URLs (computed, not sent: RunPod refuses a body over 10 MB) "

@@ -17,7 +17,7 @@
 2. `/run` body. `--refs` more images are staged, a job naming them as `input:<sha256>` items (as
    `podstream submit --images` builds it) is submitted through the relay (`podstream.submit.submit`), and
    the largest `/run` body RunPod (the emulator) received is read from its request stats; the relay sends
-   each item as a signed URL of itself plus `image_sha256`. Baseline: the body of the same job with the
+   each item as its reference plus the signature of its URL, and one URL template for the job. Baseline: the body of the same job with the
    images inline as data URLs (`podstream submit` without a relay), computed, not sent: RunPod refuses a body
    over 10 MB.
 
