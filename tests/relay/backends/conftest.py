@@ -51,7 +51,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        # redis-py's default socket timeout (5 s) would cut a test's XREAD BLOCK of up to 30 s short on a
+        # loaded machine: the relay's own clients set theirs (relay/backends/cluster.py)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=60)
 
 
 def start_redis(directory: Path, *extra: str) -> RedisServer:
