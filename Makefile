@@ -12,7 +12,10 @@ S3RVER := tests/s3rver/node_modules/.installed
 # Most tests wait on real processes and sockets, so more workers than cores pays; `make test PYTEST_N=0` runs
 # one process.
 PYTEST_N ?= 4
-PYTEST := $(PY) -m pytest -n $(PYTEST_N) --dist loadgroup
+# Compiled modules (pytest's assertion rewriting of the tests costs seconds in each process) are kept between
+# runs under .venv even where PYTHONDONTWRITEBYTECODE is set, and never written into the source tree.
+PYTEST := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache $(PY) -m pytest \
+	-n $(PYTEST_N) --dist loadgroup
 
 .PHONY: help venv js s3rver test test-py test-js lint bench bench-full chaos demo clean
 
