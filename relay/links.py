@@ -36,7 +36,10 @@ from relay.auth import Denied, Principal
 from relay.store import BadJobId, check_job_id
 
 if TYPE_CHECKING:
-    from relay.service import Relay
+    from relay.auth import Authorizer
+    from relay.config import RelaySettings
+    from relay.metrics import RelayMetrics
+    from relay.store import JobStore
 
 #: Codes held at once; issuing one more forgets the oldest.
 MAX_LINKS: Final = 10_000
@@ -44,6 +47,25 @@ MAX_USES: Final = 100
 #: Random bytes of a code (128 bits: they cannot be guessed).
 CODE_BYTES: Final = 16
 _MAX_BODY: Final = 4096
+
+
+class LinkHost(Protocol):
+    """What the link routes need of the relay (`relay.service.Relay`, the app's `state.relay`). Named here,
+    not imported: the service imports this module for its link store."""
+
+    @property
+    def settings(self) -> RelaySettings: ...
+
+    @property
+    def metrics(self) -> RelayMetrics: ...
+
+    @property
+    def auth(self) -> Authorizer: ...
+
+    @property
+    def links(self) -> LinkStore: ...
+
+    def job(self, job: str) -> JobStore | None: ...
 
 
 @dataclass
@@ -140,7 +162,7 @@ def routes() -> list[Route]:
     """The two routes, on the relay's link store (`Relay.links`)."""
 
     async def issue(request: Request) -> Response:
-        relay: Relay = request.app.state.relay
+        relay: LinkHost = request.app.state.relay
         try:
             job = check_job_id(request.path_params["job"])
         except BadJobId as exc:
@@ -171,7 +193,7 @@ def routes() -> list[Route]:
         return JSONResponse(answer, status_code=201)
 
     async def redeem(request: Request) -> Response:
-        relay: Relay = request.app.state.relay
+        relay: LinkHost = request.app.state.relay
         links = relay.links
         link: Link | None = await _call(links, links.redeem, request.path_params["code"])
         if link is None:
