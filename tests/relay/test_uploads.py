@@ -180,10 +180,16 @@ async def test_bad_uploads_are_refused_and_touch_nothing(
     await worker.done(done)
     job = await submit(relay)  # known to the relay, not finished
     async with relay.http() as http:
-        for _ in range(100):  # the second job's stream ends (its recovery finds nothing to ask for)
-            if (await http.get(f"{relay.url}/v1/jobs/{done}")).json()["finished"]:
-                break
+        deadline = (
+            time.monotonic() + 60
+        )  # the second job's stream ends (its recovery finds nothing to ask for)
+        while not (await http.get(f"{relay.url}/v1/jobs/{done}")).json()["finished"]:
+            assert time.monotonic() < deadline, "the finished job never showed as finished"
             await asyncio.sleep(0.05)
+        # and the second job's first record (its status) is written before the files are listed below
+        events = f"{relay.url}/v1/jobs/{job}/events"
+        first = (await http.get(events, params={"format": "json", "wait": 30_000})).json()["events"]
+        assert first and first[0]["k"] == "status", first
     (tmp_path / "outside.bin").write_bytes(b"keep")
     (tmp_path / "data" / "jobs" / "victim").write_bytes(b"keep")
     before = tree(tmp_path)
