@@ -101,11 +101,16 @@ async def submit(relay: RelayServer) -> str:
         return job
 
 
-async def subscriber(relay: RelayServer, job: str, token: str | None) -> Received:
+async def subscriber(
+    relay: RelayServer, job: str, token: str | None, subscribed: asyncio.Event | None = None
+) -> Received:
+    """Everything of `job` from seq 0 on one websocket; `subscribed` is set once the relay said `subscribed`."""
     async with ws_client(relay.ws_url, token) as ws:
         await ws.send(pack({"t": "sub", "job": job, "from": 0}))
         frame = await recv(ws)
         assert frame["t"] == "subscribed", frame
+        if subscribed is not None:
+            subscribed.set()
         return await consume(ws, job, Received(), seconds=30)
 
 
@@ -124,9 +129,11 @@ async def test_a_job_submitted_on_one_replica_is_followed_live_on_another(
     assert a.relay.polling(job) and not b.relay.polling(job), "the submitting replica holds the lease"
     token = a.token(job)  # minted by one replica, accepted by the other (the same secret)
     files = make_files(5, 150_000)
-    live_b = asyncio.ensure_future(subscriber(b, job, token))
-    live_a = asyncio.ensure_future(subscriber(a, job, token))
-    await asyncio.sleep(0.3)  # subscribed before the first envelope: B follows the job live from Redis
+    on_b, on_a = asyncio.Event(), asyncio.Event()
+    live_b = asyncio.ensure_future(subscriber(b, job, token, on_b))
+    live_a = asyncio.ensure_future(subscriber(a, job, token, on_a))
+    # subscribed before the first envelope: B follows the job live from Redis
+    await asyncio.wait_for(asyncio.gather(on_b.wait(), on_a.wait()), 30)
     await run_job(worker, job, files)
     for got in await asyncio.gather(live_b, live_a):
         assert got.records[-1]["k"] == "done" and got.records[-1]["status"] == "COMPLETED"
@@ -416,9 +423,14 @@ async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
     await asyncio.sleep(1.1)
     await asyncio.gather(a.relay.sweep_once(), b.relay.sweep_once())  # one holds the sweeper's lease
     assert not a.relay.store.exists(job) and not b.relay.store.exists(job)
-    await asyncio.sleep(0.2)  # the objects go in a background task after the job left the index
-    objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
-    assert objects["KeyCount"] == 0
+    bucket = s3_server.client()
+
+    def objects_left() -> int:
+        listed = bucket.list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
+        return int(listed["KeyCount"])
+
+    # the objects go in a background task after the job left the index
+    await until(lambda: objects_left() == 0, 30, "the job's objects deleted")
     deleted = sum(r.relay.metrics.deleted.labels("expired")._value.get() for r in (a, b))
     assert deleted == 1, "exactly one replica deleted it"
 
