@@ -225,7 +225,10 @@ async def test_stats_count_the_long_polls_held_at_once(serve: Start) -> None:
     await s.client.stream(job_id, wait_ms=300)  # one after the other: never two at once
     assert s.emu.stats()["routes"]["stream"]["max_in_flight"] == 1
     polls = [asyncio.create_task(s.client.stream(job_id, wait_ms=20_000)) for _ in range(2)]
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while s.emu.stats()["routes"]["stream"]["in_flight"] < 2:  # both arrived (and are held)
+        assert time.monotonic() < deadline, s.emu.stats()["routes"]["stream"]
+        await asyncio.sleep(0.02)
     assert s.emu.stats()["routes"]["stream"]["in_flight"] == 2
     s.emu.reset_stats()  # the two still held are counted on, and leave later without going below 0
     await s.worker.stream(job_id, "x")
@@ -448,14 +451,17 @@ async def test_ttl_deletes_the_job(serve: Start) -> None:
 
 
 async def test_results_are_kept_for_the_retention_then_404(serve: Start) -> None:
-    s = await serve(retention_run_s=0.4, retention_runsync_s=0.1)
+    s = await serve(retention_run_s=1.0, retention_runsync_s=0.1)
     job_id = await s.client.run({})
     await s.worker.take_one()
+    kept_until = time.monotonic() + 0.9  # the job is done after this, and kept 1 s from then
     await s.worker.done(job_id, {"output": 1})
-    await asyncio.sleep(0.2)
     assert (await s.client.status(job_id))["output"] == 1
-    await asyncio.sleep(0.5)
-    assert (await s.client.call("GET", f"status/{job_id}")).status_code == 404
+    deadline = time.monotonic() + 10
+    while (await s.client.call("GET", f"status/{job_id}")).status_code != 404:
+        assert time.monotonic() < deadline, "still kept 10 s after a retention of 1 s"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() >= kept_until, "gone before its retention ran out"
     assert (await s.client.call("GET", f"stream/{job_id}")).status_code == 404
 
 
