@@ -217,7 +217,8 @@ def cluster_backend(tmp_path: Path, s3: str = "moto") -> Iterator[Any]:
         with running_s3(s3, tmp_path / "s3") as s3_server:
             yield ClusterSettings(
                 redis_url=redis_server.url, media_url=f"s3://{s3_server.bucket}/relay",
-                s3_endpoint_url=s3_server.endpoint_url, replica_id="test-replica", lease_ttl_s=2.0,
+                s3_endpoint_url=s3_server.endpoint_url, replica_id="test-replica",
+                lease_ttl_s=10.0,  # renewed from the test's busy event loop: 2 s ran out on a loaded machine
             )  # fmt: skip
     finally:
         stop(redis_server.process)

@@ -50,6 +50,12 @@ from worker.upload import UploadConfig, Uploader
 
 Start = Callable[..., Any]
 
+#: The replicas' lease TTL. Their leases are renewed every third of it from the test's own event loop, which
+#: also runs the other replica, the S3 server's threads and the worker: at 2 s a loaded machine let a lease
+#: expire mid-test (another replica took the job, and items drained by the first were lost). No test here
+#: waits for a lease to run out.
+LEASE_TTL_S = 10.0
+
 
 async def start_replica(settings: Any, cluster: ClusterSettings) -> RelayServer:
     app = create_app(settings, cluster=cluster)
@@ -79,7 +85,7 @@ async def replicas(
         settings = relay_settings(tmp_path / name, emulator, **changes)
         cluster = ClusterSettings(
             redis_url=redis_server.url, media_url=f"s3://{s3_server.bucket}/relay",
-            s3_endpoint_url=s3_server.endpoint_url, replica_id=name, lease_ttl_s=2.0,
+            s3_endpoint_url=s3_server.endpoint_url, replica_id=name, lease_ttl_s=LEASE_TTL_S,
         )  # fmt: skip
         replica = await start_replica(settings, cluster)
         started.append(replica)
@@ -104,8 +110,9 @@ async def submit(relay: RelayServer) -> str:
 async def subscriber(
     relay: RelayServer, job: str, token: str | None, subscribed: asyncio.Event | None = None
 ) -> Received:
-    """Everything of `job` from seq 0 on one websocket; `subscribed` is set once the relay said `subscribed`."""
-    async with ws_client(relay.ws_url, token) as ws:
+    """Everything of `job` from seq 0 on one websocket; `subscribed` is set once the relay said `subscribed`.
+    Within 120 s: a job that never ends fails the test instead of hanging it (pings keep the socket busy)."""
+    async with asyncio.timeout(120), ws_client(relay.ws_url, token) as ws:
         await ws.send(pack({"t": "sub", "job": job, "from": 0}))
         frame = await recv(ws)
         assert frame["t"] == "subscribed", frame
@@ -357,7 +364,7 @@ async def test_a_replica_that_cannot_write_its_spool_gives_its_jobs_to_another_a
         pinging.cancel()
         spool.unlink(missing_ok=True)
         spool.with_name("spool.away").rename(spool)
-    await readyz_until(a, 200, 3 * 2.0 + HEALTH_INTERVAL_S + DEADLINE_S + 2)
+    await readyz_until(a, 200, 3 * LEASE_TTL_S + HEALTH_INTERVAL_S + DEADLINE_S + 2)
     gc.collect()
     await asyncio.sleep(0.1)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
