@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import requests
-import runpod
 
 from podstream.emulator import Emulator
 from tests.podstream.emulator.support import API_KEY, config
@@ -65,10 +64,18 @@ def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
             emu.faults.reset()
 
 
-def endpoint(emu: Emulator) -> Any:
+def sdk(emu: Emulator) -> Any:
+    """The runpod SDK pointed at `emu`. Imported here, not at the top: importing it runs py-cpuinfo in a
+    subprocess (about a second), which every xdist worker would pay when it collects this module."""
+    import runpod
+
     runpod.api_key = API_KEY
     runpod.endpoint_url_base = f"{emu.base_url}/v2"
-    return runpod.Endpoint(emu.config.endpoint_id)
+    return runpod
+
+
+def endpoint(emu: Emulator) -> Any:
+    return sdk(emu).Endpoint(emu.config.endpoint_id)
 
 
 def wait_status(job: Any, wanted: str, timeout: float = 30) -> str:
@@ -245,8 +252,7 @@ def test_plain_handler_exception_fails_the_job(fleet: dict[str, Emulator]) -> No
 
 async def test_asyncio_client(fleet: dict[str, Emulator]) -> None:
     emu = fleet["async"]
-    runpod.api_key = API_KEY
-    runpod.endpoint_url_base = f"{emu.base_url}/v2"
+    runpod = sdk(emu)
     async with aiohttp.ClientSession() as session:
         ep = runpod.AsyncioEndpoint(emu.config.endpoint_id, session)
         job = await ep.run({"items": 3, "sleep": 0.05})
