@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints/dev.txt
 PKGS := podstream worker relay
-# s3rver (npm): the second S3 server of the cluster tests, next to moto (tests/relay/backends/conftest.py).
+# s3rver (npm): the second S3 server of the cluster tests, next to moto (tests/relay/storage/cluster/conftest.py).
 S3RVER := tests/s3rver/node_modules/.installed
 # pytest on several processes (pytest-xdist; tests/conftest.py keeps the users of a shared fixture on one).
 # Most tests wait on real processes and sockets, so more workers than cores pays; `make test PYTEST_N=0` runs

@@ -1,6 +1,6 @@
 """Cluster mode through real processes: `redis-server`, moto's S3 server behind a TCP proxy that can be cut,
 and `podstream relay` replicas on free loopback ports. Shared by bench/cluster.py and the replica failure
-tests (tests/relay/backends/test_replicas.py).
+tests (tests/relay/storage/cluster/test_replicas.py).
 
 Every replica runs `podstream relay --redis-url ... --media-url s3://media/relay --s3-endpoint-url PROXY`
 with the same API key hash and token secret (as docs/deploy.md asks) and a short lease TTL. S3 traffic goes
@@ -27,7 +27,7 @@ import httpx
 import redis
 
 from bench._relay_stack import free_port
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -285,7 +285,7 @@ class ClusterStack:
 
     def poller(self, job: str) -> str | None:
         """The replica holding the job's poller lease in Redis (None: nobody holds it right now)."""
-        from relay.backends.keys import Keys
+        from relay.storage.cluster.keys import Keys
 
         client = self.redis.client()
         try:

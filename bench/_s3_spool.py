@@ -6,7 +6,7 @@ Not in `python -m bench`'s default set (it needs moto's S3 server, a dev depende
 512 KiB parts (the worker's), in order. Figures are ratios measured side by side against moto's S3 server
 on loopback (docs/relay.md, "Cluster mode"): moto is not S3, so the ratio, not the seconds, is the point.
 - spool: parts pwritten to a temp file, hashed as they come, one PUT with a SHA-256 checksum, one HEAD
-  (relay/backends/s3_media.py);
+  (relay/storage/cluster/s3_media.py);
 - multipart: parts gathered into 8 MiB buffers (S3's minimum is 5 MiB), each sent as an upload part with
   its checksum, then CompleteMultipartUpload; an item under 8 MiB is one part.
 """
@@ -29,7 +29,7 @@ BUFFER = 8 * 1024 * 1024
 
 
 def spool(client: Any, directory: Path, key: str, data: bytes) -> int:
-    from relay.backends.s3_media import MediaUrl, S3MediaStore
+    from relay.storage.cluster.s3_media import MediaUrl, S3MediaStore
 
     store = S3MediaStore(client, MediaUrl("bench", ""), spool_dir=directory)
     sink = store.sink("job", 1, key, len(data))

@@ -42,7 +42,7 @@ import websockets
 from bench._relay_stack import Relay
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 
 CLOSE_CODES = frozenset({4000, 4001, 4002, 4003, 4004, 4005, 4500, 4501, 4502, 4503, 4504, 1006, 1009, 1012})
 

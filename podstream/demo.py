@@ -212,7 +212,7 @@ def relay_command(python: str, env: dict[str, str]) -> list[str]:
         ]  # fmt: skip
     code = (
         "import uvicorn\n"
-        "from relay.app import create_app\n"
+        "from relay.api.app import create_app\n"
         "from relay.config import RelaySettings\n"
         "s = RelaySettings.from_env()\n"
         "uvicorn.run(create_app(s), host=s.host, port=s.port, ws='websockets', ws_per_message_deflate=False, "
@@ -231,7 +231,7 @@ class Stack:
         host = settings.host
         self.runpod_key = "rp-" + secrets.token_urlsafe(16)
         #: The relay's API key (auth is on by default: the relay is configured with its hash).
-        from relay.auth import generate_key, hash_key
+        from relay.api.auth import generate_key, hash_key
 
         self.relay_key: str | None = generate_key()
         self.emulator_port = free_port(host)

@@ -7,7 +7,7 @@ can parse, decode, hash and write the first entries while the rest is still bein
 holds or JSON-decodes the answer whole. `entry_output` parses one entry, slicing a part's base64 `data`
 out of the text instead of running it through the JSON string decoder; `parse_entry` is the plain parse.
 
-No I/O and no server dependencies here (the relay re-exports these from `relay.runpod`).
+No I/O and no server dependencies here (the relay re-exports these from `relay.ingest.runpod`).
 """
 
 from __future__ import annotations

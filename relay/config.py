@@ -104,7 +104,7 @@ class RelaySettings(BaseSettings):
     #: Largest accepted `POST /v1/jobs` body. Inline images over `stage_inline_bytes` are staged as inputs
     #: (below), so the body may exceed RunPod's 10 MB `/run` cap; what is forwarded to RunPod may not.
     max_submit_bytes: PositiveInt = 100_000_000
-    #: The JSON Schema `POST /v1/jobs` checks inputs against (relay/input_schema.py): "builtin" (the built-in
+    #: The JSON Schema `POST /v1/jobs` checks inputs against (relay/api/input_schema.py): "builtin" (the built-in
     #: worker's), a file (a worker with its own input model), or "off".
     input_schema: str = "builtin"
 
@@ -157,7 +157,7 @@ class RelaySettings(BaseSettings):
     #: A connection whose request headers are not complete within this is closed (idle or trickling).
     header_timeout_s: PositiveFloat = 5.0
     #: A request body that sends no byte for this long is answered 408 (`body_timeout`) and its connection
-    #: closed: a stalled upload holds no connection for ever (relay.body_timeout).
+    #: closed: a stalled upload holds no connection for ever (relay.api.body_timeout).
     body_timeout_s: PositiveFloat = 30.0
     #: File descriptors kept free of client connections for journals, media and RunPod calls (0 = an eighth
     #: of RLIMIT_NOFILE, at least 64); connections past the rest are refused at once.
@@ -165,7 +165,7 @@ class RelaySettings(BaseSettings):
     #: "text" or "json" (one JSON object per line, with the job id where there is one).
     log_format: Literal["text", "json"] = "text"
 
-    # --- job inputs (relay/inputs.py; docs/relay.md, "Job inputs")
+    # --- job inputs (relay/api/inputs.py; docs/relay.md, "Job inputs")
     #: Largest accepted `PUT /v1/inputs` body (one image; the worker's own limit is 20 MB).
     max_input_bytes: PositiveInt = 20 * 1024 * 1024
     #: Bytes of staged inputs each API key may hold (0 = no quota).

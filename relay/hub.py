@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from relay.store import JobStore
+from relay.storage.local.store import JobStore
 
 
 class MediaSource(Protocol):

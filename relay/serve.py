@@ -28,13 +28,13 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from relay.app import create_app
+from relay.api.app import create_app
+from relay.api.limits import fd_budget, fd_limit
 from relay.config import RelaySettings
-from relay.limits import fd_budget, fd_limit
 from relay.service import Relay
 
 if TYPE_CHECKING:
-    from relay.backends.settings import ClusterSettings
+    from relay.storage.cluster.settings import ClusterSettings
 
 #: uvicorn refuses (1009) inbound messages above this; between 64 KiB and this the relay says 4502.
 WS_MAX_SIZE = 1 << 20

@@ -2,7 +2,7 @@
 
 `Relay.start` reopens every job in the data directory (finished jobs replay from disk; unfinished ones
 resume polling) and `Relay.stop` stops pollers and says `bye 4000` to every websocket. The HTTP and websocket
-layers (`relay.app`, `relay.ws`) only translate requests into calls on this object.
+layers (`relay.api.app`, `relay.api.ws`) only translate requests into calls on this object.
 
 Retention: a finished job is deleted `retention_s` after it finished (its own `retention_s` when it was
 submitted with one), by a periodic sweep that also re-measures the data directory against the disk quota
@@ -10,8 +10,8 @@ and, above it, deletes the oldest finished jobs first. A job with readers (webso
 replaying it, media downloads) is left for a later sweep, so a reader never loses a file mid-read.
 
 Cluster mode (`cluster` settings with both URLs; docs/cluster.md): the same object on other storage. The
-store is a `relay.backends.cluster_store.ClusterStore` (the job index in Redis, journals in Redis Streams,
-items in the bucket) and `replica` (`relay.backends.replica.Replica`) decides which jobs this replica polls
+store is a `relay.storage.cluster.cluster_store.ClusterStore` (the job index in Redis, journals in Redis Streams,
+items in the bucket) and `replica` (`relay.storage.cluster.replica.Replica`) decides which jobs this replica polls
 (by lease), follows the others live, reports whether Redis and the bucket answer, and holds the sweeper's
 lease (one retention sweep at a time across the replicas).
 """
@@ -33,22 +33,32 @@ import httpx
 from prometheus_client.core import Metric
 
 from relay import metrics as m
-from relay import uploads
-from relay.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
+from relay.api.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
+from relay.api.limits import PerKeyRate
+from relay.api.links import LinkCodes, LinkStore
 from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
-from relay.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
-from relay.limits import PerKeyRate
-from relay.links import LinkCodes, LinkStore
+from relay.ingest import uploads
+from relay.ingest.poller import JobPoller, PollerSet
+from relay.ingest.recovery import GapRecovery, crash_after_drain
+from relay.ingest.runpod import Backoff, JobNotFound, RunPodClient
 from relay.logs import job as job_log
-from relay.poller import JobPoller, PollerSet
-from relay.recovery import GapRecovery, crash_after_drain
-from relay.runpod import Backoff, JobNotFound, RunPodClient
-from relay.store import DONE, ERROR, ITEM, DiskQuota, JobBroken, JobStore, Store, check_job_id, public
+from relay.storage.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
+from relay.storage.local.store import (
+    DONE,
+    ERROR,
+    ITEM,
+    DiskQuota,
+    JobBroken,
+    JobStore,
+    Store,
+    check_job_id,
+    public,
+)
 
 if TYPE_CHECKING:
-    from relay.backends.replica import Replica
-    from relay.backends.settings import ClusterSettings
+    from relay.storage.cluster.replica import Replica
+    from relay.storage.cluster.settings import ClusterSettings
 
 log = logging.getLogger("podstream.relay")
 
@@ -142,9 +152,9 @@ class Relay:
         self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
         #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
         self.replica: Replica | None = None
-        #: Link codes (relay.links): in this process, or in Redis in cluster mode (any replica redeems them).
+        #: Link codes (relay.api.links): in this process, or in Redis in cluster mode (any replica redeems them).
         self.links: LinkStore = LinkCodes()
-        #: Staged job inputs (relay.inputs): on local disk, or in the bucket in cluster mode.
+        #: Staged job inputs (relay.api.inputs): on local disk, or in the bucket in cluster mode.
         self.inputs: InputStore = DiskInputs(
             Path(settings.data_dir) / "inputs", fsync=settings.fsync == "always"
         )
@@ -178,10 +188,10 @@ class Relay:
         self.metrics.observe(self._state_metrics)
 
     def _cluster_store(self, settings: ClusterSettings) -> Store:
-        from relay.backends.cluster import Cluster
-        from relay.backends.cluster_store import ClusterStore
-        from relay.backends.link_codes import RedisLinkCodes
-        from relay.backends.replica import Replica
+        from relay.storage.cluster.cluster import Cluster
+        from relay.storage.cluster.cluster_store import ClusterStore
+        from relay.storage.cluster.link_codes import RedisLinkCodes
+        from relay.storage.cluster.replica import Replica
 
         cluster = Cluster.from_settings(settings)
         spool = Path(self.settings.data_dir) / "spool"
@@ -199,7 +209,7 @@ class Relay:
             cluster, spool, tail=self.settings.tail_records, quota=self.quota,
             retention_s=self.settings.retention_s, on_spool_error=replica.spool_failed,
         )  # fmt: skip
-        return store  # type: ignore[return-value]  # the same surface (relay.backends.cluster_store)
+        return store  # type: ignore[return-value]  # the same surface (relay.storage.cluster.cluster_store)
 
     def _open_quietly(self, job: str) -> JobStore | None:
         try:
@@ -472,7 +482,7 @@ class Relay:
         return deleted
 
     def sweep_uploads(self, now: float | None = None) -> int:
-        """Delete uploads that no item claimed, past their grace (`relay.uploads.sweep_unclaimed`)."""
+        """Delete uploads that no item claimed, past their grace (`relay.ingest.uploads.sweep_unclaimed`)."""
         now = time.time() if now is None else now
         count = 0
         for job in self.store.job_ids():

@@ -183,9 +183,9 @@ def flags_in(argv: list[str]) -> Iterator[str]:
 @cache
 def relay_env_names() -> frozenset[str]:
     """Every PODSTREAM_* variable the relay's settings read (RelaySettings field -> PODSTREAM_<FIELD>), the
-    cluster-mode ones (relay.backends.settings.ClusterSettings, read apart from RelaySettings) included."""
-    from relay.backends.settings import ClusterSettings
+    cluster-mode ones (relay.storage.cluster.settings.ClusterSettings, read apart from RelaySettings) included."""
     from relay.config import ENV_PREFIX, RelaySettings
+    from relay.storage.cluster.settings import ClusterSettings
 
     names = list(RelaySettings.model_fields) + [f.name for f in fields(ClusterSettings)]
     return frozenset(f"{ENV_PREFIX}{name.upper()}" for name in names)
@@ -446,8 +446,8 @@ def test_required_variables_are_only_those_the_default_stack_needs_too() -> None
 
 
 def test_scaled_profile_runs_replicas_in_cluster_mode_on_one_redis_and_one_bucket() -> None:
-    from relay.backends.s3_media import MediaUrl
-    from relay.backends.settings import ClusterSettings
+    from relay.storage.cluster.s3_media import MediaUrl
+    from relay.storage.cluster.settings import ClusterSettings
 
     replicas = {name: s for name, s in scaled_services().items() if is_relay(s)}
     assert len(replicas) >= 2

@@ -128,7 +128,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
 def generate(scopes: str | None) -> str:
     """A new key and how to configure it (the key itself is shown once, never stored by the relay)."""
-    from relay.auth import SCOPES, generate_key, hash_key
+    from relay.api.auth import SCOPES, generate_key, hash_key
 
     chosen = sorted(SCOPES) if scopes is None else [s for s in scopes.replace(",", "+").split("+") if s]
     unknown = set(chosen) - SCOPES
@@ -148,8 +148,8 @@ def generate(scopes: str | None) -> str:
 
 def cluster_settings(args: argparse.Namespace, settings: Any) -> Any:
     """The cluster-mode settings (both URLs, or neither), checked against the rest: else exit 2."""
-    from relay.backends.settings import ClusterSettings
     from relay.config import ConfigError
+    from relay.storage.cluster.settings import ClusterSettings
 
     try:
         names = ("redis_url", "media_url", "s3_endpoint_url", "replica_id")
@@ -163,7 +163,7 @@ def cluster_settings(args: argparse.Namespace, settings: Any) -> Any:
 def start_cluster(cluster: Any) -> None:
     """Cluster mode: Redis and the bucket probed before serving (exit 1 when one cannot be used)."""
     # Without the cluster extra this is ModuleNotFoundError: podstream.cli names the extra to install.
-    from relay.backends.cluster import ClusterUnavailable, start_check
+    from relay.storage.cluster.cluster import ClusterUnavailable, start_check
 
     try:
         logging.getLogger("podstream.relay").info("cluster mode: %s", start_check(cluster))

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

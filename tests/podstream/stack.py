@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 
 RUNPOD_KEY = "rk"
 

@@ -22,7 +22,7 @@ import pytest
 
 from bench._relay_stack import free_port, wait_healthy
 from podstream import wire
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 from tests.podstream.stack import RUNPOD_KEY, emulator_with_worker, local_stack
 
 #: The API key of the real relays these tests start (auth on, as users run it).

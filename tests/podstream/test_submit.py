@@ -22,7 +22,7 @@ import podstream.submit as submit_mod
 from podstream.progress import TransferError, human_bytes
 from podstream.submit import InputError
 from podstream.uploads import LocalInput, upload_inputs
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 from tests.podstream.stack import Stack, local_stack
 from worker.inputs import ItemError, parse_job
 

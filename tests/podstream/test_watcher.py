@@ -31,7 +31,7 @@ from bench._relay_stack import free_port, wait_healthy
 from podstream import sinks
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
 from podstream.puller import RetryPolicy
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 
 JOB = "job-w"
 FAST = RetryPolicy(attempts=5, base=0.001, cap=0.01)

@@ -25,8 +25,8 @@ from websockets.asyncio.client import ClientConnection
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay import serve
-from relay.app import create_app
-from relay.auth import Principal, generate_key, hash_key
+from relay.api.app import create_app
+from relay.api.auth import Principal, generate_key, hash_key
 from relay.config import RelaySettings
 
 #: The API key of every test relay (all scopes), and the secret its tokens are signed with.
@@ -198,7 +198,7 @@ def backend() -> str:
 
 
 BACKENDS = ["disk", "cluster"]
-#: BACKENDS and a cluster replica on s3rver: two independent S3 servers (tests/relay/backends/conftest.py).
+#: BACKENDS and a cluster replica on s3rver: two independent S3 servers (tests/relay/storage/cluster/conftest.py).
 BUCKET_BACKENDS = [*BACKENDS, "cluster-s3rver"]
 
 
@@ -206,8 +206,8 @@ BUCKET_BACKENDS = [*BACKENDS, "cluster-s3rver"]
 def cluster_backend(tmp_path: Path, s3: str = "moto") -> Iterator[Any]:
     """ClusterSettings of a fresh redis-server and S3 server of kind `s3` ("moto" or "s3rver", with its
     bucket), stopped afterwards."""
-    from relay.backends.settings import ClusterSettings
-    from tests.relay.backends.conftest import AWS_ENV, running_s3, start_redis, stop
+    from relay.storage.cluster.settings import ClusterSettings
+    from tests.relay.storage.cluster.conftest import AWS_ENV, running_s3, start_redis, stop
 
     saved = {name: os.environ.get(name) for name in AWS_ENV}
     os.environ.update(AWS_ENV)

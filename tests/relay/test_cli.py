@@ -16,7 +16,7 @@ import httpx
 from bench._relay_stack import free_port, wait_healthy
 from podstream.commands.jobs import format_table
 from podstream.emulator import Emulator
-from relay.auth import hash_key
+from relay.api.auth import hash_key
 from tests.relay.conftest import API_KEY, recv, ws_client
 
 

@@ -27,7 +27,7 @@ from schemathesis.core.result import Ok
 from websockets.exceptions import ConnectionClosed
 
 from podstream.emulator import Emulator
-from relay import openapi, ws
+from relay.api import openapi, ws
 from tests.relay.conftest import (
     API_KEY,
     Batch,

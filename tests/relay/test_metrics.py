@@ -10,7 +10,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from podstream.emulator import Emulator
-from relay.auth import generate_key, hash_key
+from relay.api.auth import generate_key, hash_key
 from tests.relay.conftest import (
     API_KEY,
     Batch,

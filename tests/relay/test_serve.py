@@ -17,8 +17,8 @@ import websockets
 
 from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
-from relay.auth import hash_key
-from relay.limits import fd_budget
+from relay.api.auth import hash_key
+from relay.api.limits import fd_budget
 from tests.relay.conftest import (
     API_KEY,
     TOKEN_SECRET,

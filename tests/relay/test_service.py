@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from podstream.emulator import Emulator
-from relay.app import STATIC_DIR
+from relay.api.app import STATIC_DIR
 from relay.config import RelaySettings
 from relay.service import Relay
 from tests.relay.conftest import (
@@ -72,7 +72,7 @@ async def test_demo_page_and_static_files(relay_server: RelayServer) -> None:
 
 
 def test_import_relay_does_not_import_torch() -> None:
-    code = "import sys, relay, relay.app, relay.serve, relay.ws; assert 'torch' not in sys.modules"
+    code = "import sys, relay, relay.api.app, relay.serve, relay.api.ws; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

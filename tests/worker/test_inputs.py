@@ -461,7 +461,7 @@ def test_the_peer_of_a_listed_host_is_not_checked(image_server: str, monkeypatch
 
 
 def test_the_schema_names_the_item_that_misses_its_image_or_prompt() -> None:
-    from relay.input_schema import InputSchema
+    from relay.api.input_schema import InputSchema
 
     schema = InputSchema("builtin")
     images: list[Any] = [{"image": "https://x/y.png"}] * 3

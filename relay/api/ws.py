@@ -1,0 +1,440 @@
+"""`WS /v1/ws`: the msgpack websocket protocol of docs/protocol.md (section 2).
+
+One `Connection` per socket. It reads client frames (`auth`, `sub`, `unsub`, `pong`), runs one task per
+subscription and one pinger, and ends with a `bye` (and a close with the same code) for every reason it
+ends on its own. Each subscription is a cursor over the job's journal (`Hub.records`): `subscribed`, then
+`ev` frames from `from + 1`, and after each `item` record its bytes as `chunk` frames read from disk unless
+the subscriber asked for `inline: false`.
+
+Sends are serialized per connection and each has a deadline (`send_timeout_s`): a subscriber that does not
+read its socket gets `bye 4001` and resumes later from its last seq; nothing is queued for it meanwhile.
+A client so stalled that even the `bye` cannot be written sees the connection drop instead.
+
+Auth (relay.api.auth): a connection either authenticates with an `Authorization` header on the upgrade, or must
+send an `auth` frame within `auth_timeout_s` (else `bye 4501`). Connections waiting for their `auth` frame
+have their own budget (`max_pending_auth`, `PendingAuth`), apart from `max_connections`, which counts
+authenticated ones only: past it the connection waiting longest is closed with `bye 4004`, so a flood of
+sockets that never authenticate cannot lock out a client that does (it authenticates within one round trip). A token's expiry ends the connection with
+`bye 4003` (get a new token, reconnect and resume); an `auth` frame with a fresh token before then extends
+it, and subscriptions the new token does not cover end with `err forbidden`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, Final
+
+import msgpack
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from relay.api.auth import Denied, Principal
+from relay.service import Relay
+from relay.storage.local.store import (
+    ITEM,
+    BadJobId,
+    JobBroken,
+    JobStore,
+    MediaGone,
+    MediaRetry,
+    check_job_id,
+    transient,
+)
+
+log = logging.getLogger("podstream.relay.ws")
+
+PROTOCOL_VERSION: Final = 1
+SERVER: Final = "podstream-relay"
+
+GOING_AWAY: Final = 4000
+SLOW_CONSUMER: Final = 4001
+PING_TIMEOUT: Final = 4002
+TOKEN_EXPIRED: Final = 4003
+TOO_MANY_CONNECTIONS: Final = 4004
+TRY_AGAIN: Final = 4005  # a passing storage error (EMFILE, ENOSPC, EIO): reconnect and resume
+MALFORMED: Final = 4500
+UNAUTHORIZED: Final = 4501
+FRAME_TOO_LARGE: Final = 4502
+TOO_MANY_SUBSCRIPTIONS: Final = 4503
+ORIGIN_NOT_ALLOWED: Final = 4504
+INTERNAL: Final = 1011
+
+
+class Bye(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class _Gone(Exception):
+    """The client went away (disconnect, reset): nothing more to say to it."""
+
+
+class PendingAuth:
+    """The connections waiting for their `auth` frame, oldest first, at most `limit` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: OrderedDict[Connection, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, connection: Connection) -> Connection | None:
+        """Count `connection` in; returns the one that waited longest when that makes too many."""
+        self._waiting[connection] = None
+        if len(self._waiting) > self.limit:
+            oldest, _ = self._waiting.popitem(last=False)
+            return oldest
+        return None
+
+    def discard(self, connection: Connection) -> None:
+        self._waiting.pop(connection, None)
+
+
+def pack(frame: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(frame, use_bin_type=True)
+    return data
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, relay: Relay, pending: PendingAuth | None = None) -> None:
+        self.ws = ws
+        self.relay = relay
+        self.pending = pending if pending is not None else PendingAuth(relay.settings.max_pending_auth)
+        self.settings = relay.settings
+        self.principal = Principal()
+        self.authenticated = False
+        self.subscriptions: dict[str, asyncio.Task[None]] = {}
+        self.last_seen = time.monotonic()
+        #: When a data frame (not a ping) last left for the client's socket: a subscriber draining bulk data
+        #: is alive even while its pongs wait behind megabytes of chunks.
+        self.last_progress = self.last_seen
+        self._send_lock = asyncio.Lock()
+        self._ended: asyncio.Future[Bye | None] = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+        self._expiry: asyncio.Task[None] | None = None
+        self.sent_frames = 0
+
+    @property
+    def subscribed(self) -> int:
+        return len(self.subscriptions)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._closed.set()
+
+    async def _serve(self) -> None:
+        origin = self.ws.headers.get("origin")
+        try:
+            self.principal = await self.relay.auth.connect(origin, dict(self.ws.headers))
+        except Denied as exc:
+            self.relay.metrics.denied.labels(exc.code).inc()
+            await self.ws.accept()
+            await self._close(Bye(exc.close_code, str(exc)))
+            return
+        await self.ws.accept()
+        if not self.principal.needs_token and self._full():
+            await self._close(Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later"))
+            return
+        self.relay.connections.add(self)
+        try:
+            if not self.principal.needs_token:
+                await self._welcome()
+                self._watch_expiry()
+            else:
+                evicted = self.pending.add(self)
+                if evicted is not None:
+                    evicted._end(Bye(TOO_MANY_CONNECTIONS, "too many connections waiting for auth; retry"))
+                self._spawn(self._auth_deadline())
+            self._spawn(self._read_loop())
+            self._spawn(self._ping_loop())
+            bye = await self._ended
+        finally:
+            self.pending.discard(self)
+            self.relay.connections.discard(self)
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+        if bye is not None:
+            await self._close(bye)
+
+    async def bye(self, code: int, reason: str) -> None:
+        """End this connection with `bye code` (from outside, e.g. on shutdown); returns once it is said."""
+        self._end(Bye(code, reason))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(5.0, self.settings.send_timeout_s + 1.0)):
+                await self._closed.wait()
+
+    def _end(self, bye: Bye | None) -> None:
+        if not self._ended.done():
+            self._ended.set_result(bye)
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Bye as bye:
+            self._end(bye)
+        except (_Gone, WebSocketDisconnect, OSError):
+            self._end(None)
+        except Exception:
+            log.exception("websocket task failed")
+            self._end(Bye(INTERNAL, "internal error"))
+
+    async def _close(self, bye: Bye) -> None:
+        self.relay.metrics.disconnects.labels(str(bye.code)).inc()
+        grace = min(2.0, self.settings.send_timeout_s)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(grace):
+                async with self._send_lock:
+                    await self.ws.send_bytes(pack({"t": "bye", "code": bye.code, "reason": bye.reason}))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(grace):
+                await self.ws.close(bye.code, bye.reason[:120])
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, frame: bytes, *, progress: bool = True) -> None:
+        """Send one frame; it completes once the transport took it (uvicorn waits while the client's socket
+        does not drain), so a completed data frame is progress: the client is reading."""
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                async with self._send_lock:
+                    await self.ws.send_bytes(frame)
+        except TimeoutError:
+            raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
+        self.sent_frames += 1
+        if progress:
+            self.last_progress = time.monotonic()
+        self.relay.metrics.bytes_out.labels("ws").inc(len(frame))
+
+    def _full(self) -> bool:
+        """No room for one more authenticated connection (those waiting for auth do not count)."""
+        authenticated = len(self.relay.connections) - len(self.pending) - (self in self.relay.connections)
+        return authenticated >= self.settings.max_connections
+
+    async def _welcome(self) -> None:
+        self.pending.discard(self)
+        if self._full():
+            raise Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later")
+        self.authenticated = True
+        hello = {
+            "t": "welcome",
+            "v": PROTOCOL_VERSION,
+            "server": SERVER,
+            "ping": self.settings.ping_interval_s,
+        }
+        await self.send(pack(hello))
+
+    async def _err(self, code: str, message: str, job: str | None = None) -> None:
+        frame: dict[str, Any] = {"t": "err", "code": code, "message": message}
+        if job is not None:
+            frame["job"] = job
+        await self.send(pack(frame))
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise _Gone()
+            self.last_seen = time.monotonic()
+            data = message.get("bytes")
+            if data is None:
+                raise Bye(MALFORMED, "binary msgpack frames only")
+            if len(data) > self.settings.max_frame_bytes:
+                raise Bye(FRAME_TOO_LARGE, f"frames are limited to {self.settings.max_frame_bytes} bytes")
+            try:
+                frame = msgpack.unpackb(data, raw=False)
+            except Exception:
+                raise Bye(MALFORMED, "not a msgpack frame") from None
+            if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+                raise Bye(MALFORMED, "a frame is a msgpack map with a string 't'")
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame["t"]
+        if kind == "auth":
+            token = frame.get("token")
+            if not isinstance(token, str):
+                raise Bye(MALFORMED, "auth needs a string 'token'")
+            try:
+                self.principal = await self.relay.auth.token(self.principal, token)
+            except Denied as exc:
+                self.relay.metrics.denied.labels(exc.code).inc()
+                raise Bye(exc.close_code, str(exc)) from None
+            self._watch_expiry()
+            if not self.authenticated:
+                await self._welcome()
+            else:
+                await self._drop_uncovered()
+            return
+        if not self.authenticated:
+            raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+        if kind == "sub":
+            await self._subscribe(frame)
+        elif kind == "unsub":
+            job = frame.get("job")
+            if not isinstance(job, str):
+                raise Bye(MALFORMED, "unsub needs a string 'job'")
+            task = self.subscriptions.pop(job, None)
+            if task is None:
+                await self._err("not_subscribed", "no subscription to this job", job)
+            else:
+                task.cancel()
+        elif kind == "pong":
+            if not isinstance(frame.get("n", 0), int):
+                raise Bye(MALFORMED, "pong needs an integer 'n'")
+        else:
+            raise Bye(MALFORMED, f"unknown frame type {kind!r}")
+
+    async def _subscribe(self, frame: dict[str, Any]) -> None:
+        job, after, inline = frame.get("job"), frame.get("from", 0), frame.get("inline", True)
+        if not isinstance(job, str) or type(after) is not int or not isinstance(inline, bool):
+            raise Bye(MALFORMED, "sub needs 'job' (string), 'from' (integer) and 'inline' (boolean)")
+        if after < 0:
+            raise Bye(MALFORMED, "'from' must be >= 0")
+        if job in self.subscriptions:
+            await self._err("already_subscribed", "already subscribed to this job", job)
+            return
+        if len(self.subscriptions) >= self.settings.max_subscriptions:
+            raise Bye(TOO_MANY_SUBSCRIPTIONS, f"at most {self.settings.max_subscriptions} subscriptions")
+        try:
+            check_job_id(job)
+        except BadJobId as exc:
+            await self._err("bad_job", str(exc), job[:128])
+            return
+        # Authorization before the lookup: a token for job A must not tell whether job B exists.
+        if not await self.relay.auth.may_read(self.principal, job):
+            await self._err("forbidden", "not allowed to read this job", job)
+            return
+        try:
+            store = self.relay.job(job)
+        except JobBroken as exc:  # the store knows why (e.g. "its job.json is missing")
+            await self._err("broken_job", str(exc), job)
+            return
+        except Exception:
+            # One damaged job (e.g. an unreadable job.json) fails its own `sub`, not the connection.
+            log.exception("cannot open job %s for a subscriber", job, extra={"job": job})
+            await self._err("broken_job", "the relay cannot read this job's files (logged)", job)
+            return
+        if store is None:
+            await self._err("not_found", "this relay does not know the job", job)
+            return
+        task = self._spawn(self._stream(store, after, inline))
+        self.subscriptions[job] = task
+
+    # ------------------------------------------------------------------ auth
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(self.settings.auth_timeout_s)
+        if not self.authenticated:
+            raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+
+    def _watch_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.principal.expires is not None:
+            self._expiry = self._spawn(self._expire_at(self.principal.expires))
+
+    async def _expire_at(self, when: float) -> None:
+        await asyncio.sleep(max(0.0, when - time.time()))
+        raise Bye(TOKEN_EXPIRED, "token expired: get a new token, then reconnect")
+
+    async def _drop_uncovered(self) -> None:
+        """After a fresh `auth`: end the subscriptions the new principal may not read."""
+        for job in list(self.subscriptions):
+            if not await self.relay.auth.may_read(self.principal, job):
+                task = self.subscriptions.pop(job)
+                task.cancel()
+                await self._err("forbidden", "the new token does not allow this job", job)
+
+    # ------------------------------------------------------------------ a subscription
+
+    async def _stream(self, store: JobStore, after: int, inline: bool) -> None:
+        job = store.job
+        head = store.journal.published
+        await self.send(
+            pack(
+                {
+                    "t": "subscribed",
+                    "job": job,
+                    "head": head,
+                    "status": store.status,
+                    "recovered": after <= head,
+                    "expected_items": store.meta.get("expected_items"),  # None when the input did not say
+                }
+            )
+        )
+        async with contextlib.aclosing(self.relay.hub.records(store, after)) as records:
+            async for record in records:
+                await self.send(pack({"t": "ev", "job": job, **self.relay.public(record)}))
+                if inline and record["k"] == ITEM:
+                    await self._send_item(store, record)
+        if self.subscriptions.get(job) is asyncio.current_task():
+            del self.subscriptions[job]
+
+    async def _send_item(self, store: JobStore, record: dict[str, Any]) -> None:
+        try:
+            path = await asyncio.to_thread(store.check_media, record)  # verified once per process
+        except MediaGone as exc:
+            await self._err("media_unavailable", str(exc), store.job)
+            return
+        except MediaRetry as exc:
+            raise Bye(TRY_AGAIN, f"{exc}: reconnect and resume from your last seq") from None
+        if path is None:
+            return  # uploaded out of band (a ref): the client fetches record["url"]
+        head = {"job": store.job, "seq": record["seq"], "item": record["item"]}
+        size = record["size"]
+        for offset in self.relay.chunks.offsets(size):
+            try:
+                frame = await self.relay.chunks.frame(path, head, offset, size)
+            except OSError as exc:
+                if transient(exc):  # EMFILE, ENOSPC, EIO...: the file is still there, try again
+                    raise Bye(TRY_AGAIN, "reading the item failed for now: reconnect and resume") from None
+                message = f"the file of item {record['item']} is no longer available"
+                await self._err("media_unavailable", message, store.job)
+                return
+            await self.send(frame)
+
+    # ------------------------------------------------------------------ keepalive
+
+    async def _ping_loop(self) -> None:
+        interval, timeout = self.settings.ping_interval_s, self.settings.ping_timeout_s
+        n = 0
+        while True:
+            await asyncio.sleep(interval)
+            # Alive: a frame from the client, or data drained to it, within the window. A client reading
+            # nothing stalls the data sends (bye 4001 after send_timeout_s) and sends no pong (4002).
+            if time.monotonic() - max(self.last_seen, self.last_progress) > interval + timeout:
+                raise Bye(PING_TIMEOUT, "no pong in time")
+            n += 1
+            await self.send(pack({"t": "ping", "n": n}), progress=False)
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    relay: Relay = ws.app.state.relay
+    pending: PendingAuth = ws.app.state.pending_auth
+    await Connection(ws, relay, pending).serve()
