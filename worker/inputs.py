@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
+import httpcore
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
@@ -598,21 +600,27 @@ def decode_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
 
 
 def _fetch(url: str, limits: Limits) -> bytes:
-    import httpx
-
     deadline = time.monotonic() + limits.fetch_timeout_s  # httpx's timeouts are per read, not in total
     try:
-        # Redirects are followed here, not by httpx, so that every hop's address is checked. The proxy
+        # Redirects are followed here, not by httpx, so that every hop's URL is checked; every connection,
+        # to whichever host, goes through `_PinnedBackend`, which checks the address it connects to. The proxy
         # variables are ignored: the address checked must be the one connected to.
-        with httpx.Client(timeout=limits.fetch_timeout_s, trust_env=False) as client:
+        transport = _pinned_transport(limits)
+        with httpx.Client(transport=transport, timeout=limits.fetch_timeout_s, trust_env=False) as client:
             for _hop in range(limits.max_redirects + 1):
-                _check_url(url, limits)
-                with client.stream("GET", url) as response:
-                    _check_peer(response, url, limits)
-                    if response.is_redirect and "location" in response.headers:
-                        url = str(response.url.join(response.headers["location"]))
-                        continue
-                    return _read_image(response, url, limits, deadline)
+                _check_url(url)
+                try:
+                    with client.stream("GET", url) as response:
+                        if response.is_redirect and "location" in response.headers:
+                            url = str(response.url.join(response.headers["location"]))
+                            continue
+                        return _read_image(response, url, limits, deadline)
+                except _Blocked as exc:
+                    raise _refusal(url, exc.address, exc.kind) from None
+                except _Unresolved as exc:
+                    raise ImageError(
+                        "fetch_failed", f"GET {_short(url)}: cannot resolve {exc.host}: {exc.reason}"
+                    ) from None
             raise ImageError("fetch_failed", f"GET {_short(url)}: more than {limits.max_redirects} redirects")
     except httpx.TimeoutException:
         raise ImageError(
@@ -622,10 +630,94 @@ def _fetch(url: str, limits: Limits) -> bytes:
         raise ImageError("fetch_failed", f"GET {_short(url)} failed: {exc}") from None
 
 
+class _Blocked(Exception):
+    """`_PinnedBackend` refused to connect: `address` is of a `kind` a job may not reach."""
+
+    def __init__(self, address: str, kind: str) -> None:
+        super().__init__(f"{address} is a {kind} address")
+        self.address = address
+        self.kind = kind
+
+
+class _Unresolved(Exception):
+    """`_PinnedBackend` could not resolve the host it was asked to connect to."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"cannot resolve {host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+def _pinned_transport(limits: Limits) -> httpx.HTTPTransport:
+    """An httpx transport whose connections are made by `_PinnedBackend`: TLS (SNI, certificate) and the Host
+    header still name the URL's host, only the TCP connection goes to the checked address."""
+
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx takes no network backend; its pool is rebuilt with one (the same settings otherwise: no proxy,
+    # HTTP/1.1, its default TLS context).
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=_PinnedBackend(limits)
+    )
+    return transport
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    """Resolves a host once, checks every address it resolves to, and connects to those very addresses.
+
+    Checking a name's addresses and then letting the HTTP client resolve it again would leave a window: a
+    name whose DNS answers a public address to the check and a private one to the connection (DNS rebinding)
+    would reach the private address with one request before any check of the peer could refuse it. Here the
+    name is resolved exactly once. A host in `PODSTREAM_INPUT_HOSTS` (or any host with
+    `PODSTREAM_ALLOW_PRIVATE_URLS`) is connected to as usual, unchecked."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        if self._limits.allow_private_urls or _listed_host(host, port, self._limits):
+            return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        addresses = _resolve(host, port)
+        for address in addresses:  # all of them before any connection: one bad answer refuses the name
+            kind = blocked_kind(address)
+            if kind is not None:
+                raise _Blocked(address, kind)
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except Exception as exc:  # httpcore's ConnectError / ConnectTimeout: try the next address
+                error = exc
+        assert error is not None  # `_resolve` answers at least one address
+        raise error
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host`, each once, in the resolver's order."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise _Unresolved(host, str(exc)) from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise _Unresolved(host, "no address")
+    return addresses
+
+
 def _read_image(response: Any, url: str, limits: Limits, deadline: float) -> bytes:
     """The body of a 200 answer, within the size limit and the fetch's total deadline."""
-    import httpx
-
     if response.status_code != 200:
         raise ImageError("fetch_failed", f"GET {_short(url)} answered {response.status_code}")
     declared = response.headers.get("content-length")
@@ -643,43 +735,19 @@ def _read_image(response: Any, url: str, limits: Limits, deadline: float) -> byt
     return bytes(body)
 
 
-def _check_url(url: str, limits: Limits) -> None:
-    """Refuse a URL that is not http(s), or whose host resolves to an address a job may not reach."""
-    import socket
+def _check_url(url: str) -> None:
+    """Refuse a URL that is not http(s). (Its host's addresses are checked when connecting: `_PinnedBackend`.)"""
     import urllib.parse
 
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ImageError("url_refused", f"{_short(url)} is not an http(s) URL")
-    if limits.allow_private_urls or _listed(url, limits):
-        return
-    try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parsed.hostname, port, proto=socket.IPPROTO_TCP)
-    except (OSError, ValueError) as exc:
-        raise ImageError(
-            "fetch_failed", f"GET {_short(url)}: cannot resolve {parsed.hostname}: {exc}"
-        ) from None
-    for info in infos:
-        _check_address(str(info[4][0]), url)
-
-
-def _check_peer(response: Any, url: str, limits: Limits) -> None:
-    """Check the address actually connected to (a name may resolve differently the second time)."""
-    if limits.allow_private_urls or _listed(url, limits):
-        return
-    stream = response.extensions.get("network_stream")
-    peer = stream.get_extra_info("server_addr") if stream is not None else None
-    if peer:
-        _check_address(str(peer[0]), url)
 
 
 def _host_port(url: str) -> tuple[str, str]:
     """The URL's host as the allow-list writes it, and `host:port` (the scheme's port when none is given).
 
     Parsed by httpx, which connects: a URL that another parser reads differently cannot pass as listed."""
-    import httpx
-
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError):
@@ -694,15 +762,21 @@ def _listed(url: str, limits: Limits) -> bool:
     return bool(host) and (host in limits.input_hosts or host_port in limits.input_hosts)
 
 
-def _check_address(address: str, url: str) -> None:
-    kind = blocked_kind(address)
-    if kind is not None:
-        host_port = _host_port(url)[1] or "host:port"
-        raise ImageError(
-            "url_refused",
-            f"GET {_short(url)} refused: {address} is a {kind} address. To let the worker fetch from this host, "
-            f"set PODSTREAM_INPUT_HOSTS={host_port} (or PODSTREAM_ALLOW_PRIVATE_URLS=1: every private address)",
-        )
+def _listed_host(host: str, port: int, limits: Limits) -> bool:
+    """`_listed` for the host and port a connection is made to (as httpx parsed them from the URL)."""
+    if not limits.input_hosts or not host:
+        return False
+    canonical = _canonical_host(host)
+    return canonical in limits.input_hosts or f"{canonical}:{port}" in limits.input_hosts
+
+
+def _refusal(url: str, address: str, kind: str) -> ImageError:
+    host_port = _host_port(url)[1] or "host:port"
+    return ImageError(
+        "url_refused",
+        f"GET {_short(url)} refused: {address} is a {kind} address. To let the worker fetch from this host, "
+        f"set PODSTREAM_INPUT_HOSTS={host_port} (or PODSTREAM_ALLOW_PRIVATE_URLS=1: every private address)",
+    )
 
 
 def blocked_kind(address: str) -> str | None:

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import hashlib
+import http.server
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -380,35 +387,163 @@ def checks_passing(monkeypatch: pytest.MonkeyPatch, passing: int) -> list[str]:
 
 def test_every_redirect_is_checked(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert inputs.load_image(f"{image_server}/redirect?to=/ok.png", LOCAL).size == (24, 16)  # followed
-    checked = checks_passing(monkeypatch, 2)  # the first hop: its resolved address and its peer
-    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
-        inputs.load_image(f"{image_server}/redirect?to={image_server}/ok.png")
-    assert info.value.code == "url_refused" and checked == ["127.0.0.1"] * 3  # the redirect's target too
+    with serve_images() as elsewhere:
+        checked = checks_passing(monkeypatch, 1)  # the first host's address passes, as if it were public
+        with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+            inputs.load_image(f"{image_server}/redirect?to={elsewhere}/ok.png")
+        assert info.value.code == "url_refused" and f"GET {elsewhere}/ok.png refused" in str(info.value)
+        assert checked == ["127.0.0.1"] * 2  # the redirect's target too, before connecting to it
     with pytest.raises(ImageError, match="more than 2 redirects"):
         hops = "/redirect?to=/redirect?to=/redirect?to=/ok.png"
         inputs.load_image(f"{image_server}{hops}", Limits(max_redirects=2, allow_private_urls=True))
 
 
-def test_the_address_connected_to_is_checked_too(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A name may resolve to a public address when checked and to a private one when connecting (DNS
-    # rebinding): the peer of the connection is checked as well.
-    import socket
-
+def rebinding_dns(monkeypatch: pytest.MonkeyPatch, name: str, answers: list[str]) -> list[str]:
+    """Make `name` resolve to `answers[0]` on the first lookup, `answers[1]` on the next, ... (the last one
+    from then on), as a DNS server of the name's owner can (DNS rebinding). Other names resolve as usual.
+    Returns the addresses handed out, one per lookup of `name`."""
     real = socket.getaddrinfo
-    monkeypatch.setattr(
-        socket, "getaddrinfo",
-        lambda host, *a, **k: real("127.0.0.1" if host == "images.example" else host, *a, **k),
+    handed: list[str] = []
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real(host, *args, **kwargs)
+        handed.append(answers[min(len(handed), len(answers) - 1)])
+        return real(handed[-1], *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return handed
+
+
+def test_a_rebinding_name_gets_no_connection_to_the_address_it_rebinds_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name that resolves to a public address when checked and to loopback when connected: the worker
+    connects to the address it checked, so nothing, not even one blind request, reaches the loopback server."""
+    with socket.socket() as loopback:
+        loopback.bind(("127.0.0.1", 0))
+        loopback.listen()
+        loopback.setblocking(False)
+        port = loopback.getsockname()[1]
+        handed = rebinding_dns(monkeypatch, "images.example", ["93.184.216.34", "127.0.0.1"])
+        with pytest.raises(ImageError) as info:  # the public address does not answer here
+            inputs.load_image(f"http://images.example:{port}/ok.png", Limits(fetch_timeout_s=1))
+        assert info.value.code == "fetch_failed"
+        assert handed == ["93.184.216.34"], "the name is resolved once"
+        with pytest.raises(BlockingIOError):  # no connection is waiting to be accepted
+            loopback.accept()
+
+
+def test_a_name_that_rebinds_to_loopback_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as loopback:
+        loopback.bind(("127.0.0.1", 0))
+        loopback.listen()
+        loopback.setblocking(False)
+        port = loopback.getsockname()[1]
+        handed = rebinding_dns(monkeypatch, "images.example", ["127.0.0.1", "93.184.216.34"])
+        with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address") as info:
+            inputs.load_image(f"http://images.example:{port}/ok.png")
+        assert info.value.code == "url_refused" and handed == ["127.0.0.1"]
+        with pytest.raises(BlockingIOError):
+            loopback.accept()
+
+
+class HostRecorder(http.server.BaseHTTPRequestHandler):
+    hosts: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hosts.append(str(self.headers["Host"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(SERVED_PNG)))
+        self.end_headers()
+        self.wfile.write(SERVED_PNG)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_checked_address_is_asked_with_the_urls_host_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HostRecorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        rebinding_dns(monkeypatch, "images.example", ["127.0.0.1"])
+        checked = checks_passing(monkeypatch, 1)  # 127.0.0.1 stands for a public address
+        assert inputs.load_image(f"http://images.example:{port}/ok.png").size == (24, 16)
+        assert checked == ["127.0.0.1"] and HostRecorder.hosts == [f"images.example:{port}"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for `name`, signed by itself (so no client trusts it), and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
     )  # fmt: skip
-    checked = checks_passing(monkeypatch, 1)  # the resolution check passes; the peer check follows
-    port = image_server.rsplit(":", 1)[1]
-    with pytest.raises(ImageError, match=r"refused: 127\.0\.0\.1 is a loopback address"):
-        inputs.load_image(f"http://images.example:{port}/ok.png")
-    assert len(checked) == 2
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
-def test_only_http_urls_are_fetched() -> None:
+def test_tls_to_the_checked_address_names_the_urls_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLS handshake with the checked address sends the URL's host name (SNI) and verifies the
+    certificate against it: an untrusted certificate fails the fetch."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed(tmp_path, "images.example"))
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def handshake() -> None:
+            connection, _ = listener.accept()
+            with (
+                contextlib.suppress(ssl.SSLError, OSError),
+                context.wrap_socket(connection, server_side=True),
+            ):
+                pass
+
+        thread = threading.Thread(target=handshake, daemon=True)
+        thread.start()
+        rebinding_dns(monkeypatch, "images.example", ["127.0.0.1"])
+        checked = checks_passing(monkeypatch, 1)  # 127.0.0.1 stands for a public address
+        with pytest.raises(ImageError, match="CERTIFICATE_VERIFY_FAILED") as info:
+            inputs.load_image(f"https://images.example:{port}/ok.png")
+        thread.join(10)
+    assert info.value.code == "fetch_failed" and checked == ["127.0.0.1"] and names == ["images.example"]
+
+
+def test_only_http_urls_are_fetched(image_server: str) -> None:
     with pytest.raises(ImageError, match="is not an http"):
-        inputs._check_url("http:///nohost", Limits())
+        inputs._check_url("http:///nohost")
+    with pytest.raises(ImageError, match=r"ftp://files\.example/x\.png is not an http\(s\) URL") as info:
+        inputs.load_image(f"{image_server}/redirect?to=ftp://files.example/x.png", LOCAL)
+    assert info.value.code == "url_refused"
 
 
 # ---- PODSTREAM_INPUT_HOSTS: the hosts (a relay on a private network) whose URLs may be private
@@ -450,11 +585,13 @@ def test_a_redirect_from_a_listed_host_to_another_private_address_is_refused(ima
         assert inputs.load_image(url, both).size == (24, 16)
 
 
-def test_the_peer_of_a_listed_host_is_not_checked(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_addresses_of_a_listed_host_are_not_checked(
+    image_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checked = checks_passing(monkeypatch, 0)
     listed = Limits(input_hosts=(image_server.removeprefix("http://"),))
     assert inputs.load_image(f"{image_server}/ok.png", listed).size == (24, 16)
-    assert checked == []  # neither the resolved address nor the one connected to
+    assert checked == []
 
 
 # ---- the edge rules of the JSON Schema (the relay and `podstream submit` check inputs with it)
