@@ -382,6 +382,11 @@ async def media(request: Request) -> Response:
         if path is None:  # cluster mode: the item is an object in the bucket
             return bucket_media.response(request, relay, store, record, source, headers)
         stat = await asyncio.to_thread(path.stat)
+        wanted = bucket_media.ranges(bucket_media.range_header(request, etag), stat.st_size)
+    except bucket_media.Unsatisfiable as exc:
+        raise ApiError(
+            416, "range_not_satisfiable", str(exc), headers={"content-range": f"bytes */{exc.size}"}
+        ) from None
     except MediaRetry as exc:
         raise ApiError(503, "try_again", str(exc), headers={"retry-after": "1"}) from None
     except (MediaGone, OSError) as exc:
@@ -390,20 +395,31 @@ async def media(request: Request) -> Response:
         )
         raise ApiError(410, "gone", message) from None
     return _ReadingFileResponse(
-        store, relay, path, headers=headers, media_type=record["mime"] or "application/octet-stream",
+        store, relay, wanted, path, headers=headers, media_type=record["mime"] or "application/octet-stream",
         stat_result=stat, filename=path.name, content_disposition_type="inline",
     )  # fmt: skip
 
 
 class _ReadingFileResponse(FileResponse):
-    """A file response that holds the job as read while it streams (a sweep leaves it alone meanwhile)."""
+    """A file response that holds the job as read while it streams (a sweep leaves it alone meanwhile).
 
-    def __init__(self, store: JobStore, relay: Relay, *args: Any, **kwargs: Any) -> None:
+    It serves the ranges the route read out of the request (`bucket_media.ranges`), not the raw Range: so
+    a Range the route ignores is not answered 400 by Starlette, and both backends read Range alike."""
+
+    def __init__(
+        self, store: JobStore, relay: Relay, ranges: list[tuple[int, int]] | None, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.store = store
         self.relay = relay
+        self.ranges = ranges
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        if self.ranges is not None:
+            spec = ",".join(f"{first}-{last}" for first, last in self.ranges)
+            headers.append((b"range", f"bytes={spec}".encode("ascii")))
+        scope = {**scope, "headers": headers}
         sent = 0
 
         async def counting(message: Message) -> None:

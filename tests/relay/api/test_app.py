@@ -100,6 +100,44 @@ async def test_submit_stream_manifest_media(relay_server: RelayServer, worker: S
         assert events["done"] is True
 
 
+@pytest.mark.parametrize("backend", BUCKET_BACKENDS)
+async def test_media_ranges_as_rfc_9110_has_them(relay_server: RelayServer, worker: ScriptedWorker) -> None:
+    """Alike on local disk and from the bucket: a Range past the end is 416 with the size, one that cannot be
+    read is ignored (the whole file), If-Range naming another version asks for the whole file."""
+    data = make_files(1, 1000)[0]
+    async with relay_server.http() as http:
+        job = (await submit(relay_server, http))["id"]
+        await run_job(worker, [data])
+        await wait_done(relay_server, job)
+        url = (await http.get(f"{relay_server.url}/v1/jobs/{job}")).json()["items"][0]["url"]
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+
+        for unsatisfiable in ("bytes=1000-", "bytes=5000-6000", "bytes=-0", "bytes=1000-,2000-2001"):
+            for method in ("GET", "HEAD"):
+                r = await http.request(method, url, headers={"range": unsatisfiable})
+                assert r.status_code == 416, (unsatisfiable, method, r.status_code)
+                assert r.headers["content-range"] == "bytes */1000"
+            body = (await http.get(url, headers={"range": unsatisfiable})).json()
+            assert body["error"]["code"] == "range_not_satisfiable"
+            assert body["error"]["message"] == "no byte of this range exists: the file is 1000 bytes"
+
+        for ignored in ("bytes=5-1", "items=0-9", "bytes=x-", "bytes=0-9;", f"bytes=0-{'9' * 30}"):
+            r = await http.get(url, headers={"range": ignored})
+            assert r.status_code == 200 and r.content == data, ignored
+            assert "content-range" not in r.headers
+
+        for tail in ("bytes=990-", "bytes=-10", "bytes=990-5000"):
+            r = await http.get(url, headers={"range": tail})
+            assert r.status_code == 206 and r.content == data[990:], tail
+            assert r.headers["content-range"] == "bytes 990-999/1000"
+        r = await http.get(url, headers={"range": "bytes=0-9", "if-range": etag})
+        assert r.status_code == 206 and r.content == data[:10]
+        r = await http.get(url, headers={"range": "bytes=0-9", "if-range": '"another-version"'})
+        assert r.status_code == 200 and r.content == data
+        r = await http.get(url, headers={"range": "bytes=1000-", "if-none-match": etag})
+        assert r.status_code == 304  # the condition first, then the range
+
+
 async def test_sse_resumes_with_last_event_id(relay_server: RelayServer, worker: ScriptedWorker) -> None:
     async with relay_server.http() as http:
         job = (await submit(relay_server, http))["id"]
@@ -300,7 +338,7 @@ def test_import_relay_app_does_not_import_torch() -> None:
     code = "import relay.api.app, relay.api.input_schema, sys; assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    # nor does loading the built-in schema (worker.inputs is pydantic only)
+    # nor does loading the built-in schema (podstream.jobspec is pydantic only)
     code = "from relay.api.input_schema import load; import sys; load('builtin'); assert 'torch' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
