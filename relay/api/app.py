@@ -43,7 +43,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from podstream.wire import RUN_BODY_CAP
 from relay.api import bucket_media, input_refs, inputs, links, openapi
-from relay.api.auth import Authorizer, Denied, Principal, parse_origins
+from relay.api.auth import Authorizer, Denied, OwnOrigin, Principal, parse_origins
 from relay.api.body_timeout import BodyTimedOut, BodyTimeout
 from relay.api.input_schema import BUILTIN, InputSchema, SchemaConfigError
 from relay.api.limits import RateLimited, fd_budget, fd_limit, open_fds
@@ -685,7 +685,7 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     cors = parse_origins(settings.cors_origins)
-    middleware = [Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)]
+    middleware = [Middleware(OwnOrigin), Middleware(BodyTimeout, timeout_s=settings.body_timeout_s)]
     if cors:
         middleware.append(
             Middleware(

@@ -16,7 +16,9 @@ Every decision about who may do what goes through one `Authorizer`; the HTTP and
   key's namespace and do nothing else.
 - **Media URLs** handed out in manifests and events carry `?exp=<unix s>&sig=<HMAC-SHA256>` over the path and
   the expiry, so an `<img src>` works without a header and a URL stops working after `exp`.
-- **Origins**: a browser websocket's `Origin` must be the relay's own origin or in the allow-list.
+- **Origins**: a browser websocket's `Origin` must be the relay's own origin or in the allow-list. The
+  relay's own origin is the scheme and Host the request came with (`OwnOrigin`): behind a TLS proxy, the
+  scheme is `https` only where uvicorn trusts the proxy's `X-Forwarded-Proto` (`FORWARDED_ALLOW_IPS`).
 
 `AllowAll` is the insecure mode (`podstream relay --insecure`): everyone may do everything, except a browser
 on another site: with no credential to check, a write (submit, attach, cancel, upload) or a websocket whose
@@ -52,6 +54,7 @@ from urllib.parse import urlsplit
 
 import jwt
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 ACTIONS: Final = frozenset(
     {"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics", "input"}
@@ -241,15 +244,54 @@ def decode_token(token: str, secret: bytes, *, audience: str, now: float | None 
 # -------------------------------------------------------------------------------------------- origins
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
-    """A websocket's Origin is fine when absent (not a browser), the relay's own origin, or allowed."""
+#: The request header `OwnOrigin` sets to the relay's own origin as this request reached it (a client's own
+#: header of that name is dropped first).
+OWN_ORIGIN: Final = "x-podstream-own-origin"
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def origin_allowed(origin: str | None, own: str | None, allowed: frozenset[str]) -> bool:
+    """A websocket's Origin is fine when absent (not a browser), the relay's own origin `own` (scheme, host
+    and port: a page on http:// is not the relay's own when the relay was reached over https://), or allowed."""
     if origin is None or "*" in allowed:
         return True
     normalized = origin.strip().rstrip("/").lower()
     if normalized in allowed:
         return True
-    netloc = urlsplit(normalized).netloc
-    return bool(host) and netloc == (host or "").strip().lower()
+    return own is not None and _same_origin(normalized, own)
+
+
+def _same_origin(a: str, b: str) -> bool:
+    def key(origin: str) -> tuple[str, str, int | None] | None:
+        try:
+            parts = urlsplit(origin)
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            return None
+        return (parts.scheme, parts.hostname or "", port) if parts.hostname else None
+
+    first = key(a)
+    return first is not None and first == key(b)
+
+
+class OwnOrigin:
+    """ASGI middleware: tells the authorizers the relay's own origin for each request (its scheme, http or
+    https for ws or wss, and its Host), in the `OWN_ORIGIN` header, so that the Origin check compares the
+    scheme too. The scheme is uvicorn's: `https` behind a TLS proxy whose `X-Forwarded-Proto` it trusts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            own = OWN_ORIGIN.encode("ascii")
+            headers = [(k, v) for k, v in scope["headers"] if k != own]
+            host = next((v for k, v in headers if k == b"host"), None)
+            if host:
+                scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
+                headers.append((own, f"{scheme}://".encode("ascii") + host.strip().lower()))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
 
 
 def parse_origins(text: str) -> frozenset[str]:
@@ -321,7 +363,7 @@ class KeyAuthorizer:
     # ------------------------------------------------------------------ the protocol
 
     async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:
-        if not origin_allowed(origin, headers.get("host"), self.origins):
+        if not origin_allowed(origin, headers.get(OWN_ORIGIN), self.origins):
             raise Denied(f"origin {origin!r} is not allowed", close_code=ORIGIN_NOT_ALLOWED)
         credential = bearer(headers)
         if credential is None:
@@ -432,7 +474,7 @@ class AllowAll:
 
     def _check_origin(self, headers: Mapping[str, str]) -> None:
         origin = headers.get("origin")
-        if not origin_allowed(origin, headers.get("host"), self.origins):
+        if not origin_allowed(origin, headers.get(OWN_ORIGIN), self.origins):
             raise Denied(
                 f"origin {origin!r} is not allowed (an insecure relay takes writes and websockets from its own "
                 "origin and PODSTREAM_ALLOWED_ORIGINS / PODSTREAM_CORS_ORIGINS only)",

@@ -510,6 +510,54 @@ def test_no_keys_no_relay(tmp_path: Path) -> None:
     assert len(secret.read_bytes().strip()) >= 32 and (secret.stat().st_mode & 0o777) == 0o600
 
 
+async def test_the_relays_own_origin_has_its_scheme(tmp_path: Path, emulator: Emulator) -> None:
+    """The relay's own origin is the scheme and Host it was reached with: a page on http:// is not the own
+    origin of a relay reached over https:// (behind a TLS proxy, whose X-Forwarded-Proto uvicorn trusts from
+    FORWARDED_ALLOW_IPS, 127.0.0.1 by default), nor one on https:// that of a relay reached over http://."""
+    relay = await start_relay(keyed_settings(tmp_path, emulator))
+    token = relay.token()
+    plain, tls = f"http://127.0.0.1:{relay.port}", f"https://127.0.0.1:{relay.port}"
+    try:
+        for proto, origin, allowed in [
+            (None, plain, True), (None, f"{plain}/", True), (None, f"HTTP://127.0.0.1:{relay.port}", True),
+            (None, tls, False), ("https", tls, True), ("https", plain, False),
+            (None, f"http://127.0.0.1:{relay.port + 1}", False), (None, "http://127.0.0.1", False),
+        ]:  # fmt: skip
+            extra = {"x-forwarded-proto": proto} if proto else {}
+            async with websockets.connect(
+                relay.ws_url,
+                origin=origin,
+                additional_headers=extra,
+                compression=None,  # type: ignore[arg-type]
+            ) as ws:
+                if allowed:
+                    await ws.send(pack({"t": "auth", "token": token}))
+                    assert (await recv(ws))["t"] == "welcome", (proto, origin)
+                else:
+                    await closed_with(ws, 4504)
+        # A client cannot name the relay's own origin for it.
+        spoof = {"x-podstream-own-origin": tls}
+        async with websockets.connect(
+            relay.ws_url,
+            origin=tls,
+            additional_headers=spoof,
+            compression=None,  # type: ignore[arg-type]
+        ) as ws:
+            await closed_with(ws, 4504)
+    finally:
+        await relay.stop()
+    insecure = await start_relay(relay_settings(tmp_path / "insecure", emulator, api_keys="", insecure=True))
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            url = f"{insecure.url}/v1/jobs"
+            for origin, status in [(insecure.url, 201), (insecure.url.replace("http:", "https:"), 403)]:
+                headers = {"origin": origin, "content-type": "text/plain"}
+                r = await http.post(url, content=b'{"input": {}}', headers=headers)
+                assert r.status_code == status, (origin, r.text)
+    finally:
+        await insecure.stop()
+
+
 async def test_insecure_mode_refuses_cross_site_writes(tmp_path: Path, emulator: Emulator) -> None:
     """Issue 12 item 6 (CSRF): without auth, a page on another site must not submit (and spend the RunPod
     key), cancel or open websockets; the relay's own page, allow-listed origins and non-browsers may."""
