@@ -481,7 +481,11 @@ def test_scaled_profile_runs_replicas_in_cluster_mode_on_one_redis_and_one_bucke
         assert env["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
         assert env["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
         assert env["AWS_DEFAULT_REGION"]
-        assert env["PODSTREAM_PUBLIC_URL"] == "http://" + services()["nginx"]["ports"][0].rsplit(":", 1)[0]
+        # The load balancer's address unless the user names another (an https:// one behind TLS).
+        public = "http://" + services()["nginx"]["ports"][0].rsplit(":", 1)[0]
+        assert env["PODSTREAM_PUBLIC_URL"] == "${PODSTREAM_PUBLIC_URL:-" + public + "}"
+        # Reached through nginx only, they believe its X-Forwarded-Proto (the Origin check needs the scheme).
+        assert env["FORWARDED_ALLOW_IPS"] == "*"
     for name, service in [*replicas.items(), ("nginx", services()["nginx"])]:
         # One descriptor per subscriber (two in nginx): Docker's default soft limit can be 1,024.
         assert service["ulimits"]["nofile"]["soft"] >= 65536, name
