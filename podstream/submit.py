@@ -14,7 +14,7 @@ a relay input ref (`input:<sha256>`, an image uploaded to the relay first: `pods
 data URL (the image inside the job). Through a relay, refs keep the job small; straight to RunPod
 (`podstream pull --submit`) images travel inline, and the whole `POST /run` body must stay under
 RunPod's 10 MB cap: `check_size` says so before anything is sent. `validate` checks the input against
-the worker's JSON Schema (`worker.inputs.job_schema()`, or a worker's own schema file) for the same
+the worker's JSON Schema (`podstream.jobspec.job_schema()`, or a worker's own schema file) for the same
 reason: a typo must not reach a paid GPU.
 """
 
@@ -185,11 +185,11 @@ OWN_INPUT_HINT: Final = (
 
 
 def builtin_schema() -> dict[str, Any]:
-    """The JSON Schema of the built-in worker's job input (`worker.inputs.job_schema()`).
+    """The JSON Schema of the built-in worker's job input (`podstream.jobspec.job_schema()`).
 
-    Imported on first use: `import podstream` stays light, and `worker.inputs` is pydantic only, no torch.
+    Imported on first use: `import podstream` stays light, and `podstream.jobspec` is pydantic only, no torch.
     """
-    from worker.inputs import job_schema
+    from podstream.jobspec import job_schema
 
     return job_schema()
 

@@ -19,18 +19,12 @@ import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 
-from relay.storage.local.store import JobStore
-
-
-class MediaSource(Protocol):
-    """An item's bytes somewhere other than a local file (cluster mode: an object in the bucket). Its
-    `str()` names it (the cache's key); `read` blocks (it runs in a thread) and raises OSError."""
-
-    def read(self, offset: int, length: int) -> bytes: ...
+from relay.storage.job import JobStore
+from relay.storage.protocols import MediaSource
 
 
 class JobSignal:

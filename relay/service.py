@@ -33,28 +33,21 @@ import httpx
 from prometheus_client.core import Metric
 
 from relay import metrics as m
+from relay.api import uploads
 from relay.api.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
 from relay.api.limits import PerKeyRate
 from relay.api.links import LinkCodes, LinkStore
 from relay.config import ConfigError, RelaySettings
 from relay.hub import ChunkCache, Hub
-from relay.ingest import uploads
 from relay.ingest.poller import JobPoller, PollerSet
 from relay.ingest.recovery import GapRecovery, crash_after_drain
 from relay.ingest.runpod import Backoff, JobNotFound, RunPodClient
 from relay.logs import job as job_log
+from relay.storage.errors import JobBroken, check_job_id
 from relay.storage.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
-from relay.storage.local.store import (
-    DONE,
-    ERROR,
-    ITEM,
-    DiskQuota,
-    JobBroken,
-    JobStore,
-    Store,
-    check_job_id,
-    public,
-)
+from relay.storage.job import DONE, ERROR, ITEM, JobHooks, Jobs, JobStore, public
+from relay.storage.local.jobs import Store
+from relay.storage.quota import DiskQuota
 
 if TYPE_CHECKING:
     from relay.storage.cluster.replica import Replica
@@ -149,7 +142,11 @@ class Relay:
         self.settings = settings
         self.auth: Authorizer = authorizer or authorizer_from(settings)
         self.metrics = m.RelayMetrics()
-        self.quota = DiskQuota(settings.disk_quota_bytes, self._evict_for)
+        clustered = cluster is not None and cluster.enabled
+        # In cluster mode the quota bounds the spool (items on their way to the bucket): deleting finished
+        # jobs from the bucket would free none of it, so nothing is evicted for it.
+        self.quota = DiskQuota(settings.disk_quota_bytes, None if clustered else self._evict_for)
+        hooks = JobHooks(on_commit=self._on_record, on_bytes=self.metrics.bytes_in.labels("runpod").inc)
         #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
         self.replica: Replica | None = None
         #: Link codes (relay.api.links): in this process, or in Redis in cluster mode (any replica redeems them).
@@ -158,9 +155,10 @@ class Relay:
         self.inputs: InputStore = DiskInputs(
             Path(settings.data_dir) / "inputs", fsync=settings.fsync == "always"
         )
-        self.store: Store = Store(
-            settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota
-        ) if cluster is None or not cluster.enabled else self._cluster_store(cluster)  # fmt: skip
+        self.store: Jobs = Store(
+            settings.data_dir, fsync=settings.fsync == "always", tail=settings.tail_records, quota=self.quota,
+            hooks=hooks,
+        ) if cluster is None or not clustered else self._cluster_store(cluster, hooks)  # fmt: skip
         self.input_quota = InputQuota(settings.input_quota_bytes, self.inputs.measure)
         self.hub = Hub()
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
@@ -187,29 +185,24 @@ class Relay:
         self._removals: set[asyncio.Task[None]] = set()
         self.metrics.observe(self._state_metrics)
 
-    def _cluster_store(self, settings: ClusterSettings) -> Store:
+    def _cluster_store(self, settings: ClusterSettings, hooks: JobHooks) -> Jobs:
         from relay.storage.cluster.cluster import Cluster
         from relay.storage.cluster.cluster_store import ClusterStore
         from relay.storage.cluster.link_codes import RedisLinkCodes
         from relay.storage.cluster.replica import Replica
 
-        cluster = Cluster.from_settings(settings)
         spool = Path(self.settings.data_dir) / "spool"
-        cluster.media.spool_dir = spool
+        cluster = Cluster.from_settings(settings, spool_dir=spool)
         self.inputs = BucketInputs(cluster.media, spool / "inputs")
         self.links = RedisLinkCodes(cluster.redis, cluster.keys)
-        # The disk quota bounds the spool (items on their way to the bucket): deleting finished jobs from
-        # the bucket would free none of it, so nothing is evicted for it.
-        self.quota.evict = None
         self.replica = replica = Replica(
             cluster, settings, open_job=self._open_quietly, start_poller=self._poll,
             stop_poller=self._stop_poller, publish=lambda job: self.hub.publish(job), spool=spool,
         )  # fmt: skip
-        store = ClusterStore(
-            cluster, spool, tail=self.settings.tail_records, quota=self.quota,
+        return ClusterStore(
+            cluster, spool, tail=self.settings.tail_records, quota=self.quota, hooks=hooks,
             retention_s=self.settings.retention_s, on_spool_error=replica.spool_failed,
         )  # fmt: skip
-        return store  # type: ignore[return-value]  # the same surface (relay.storage.cluster.cluster_store)
 
     def _open_quietly(self, job: str) -> JobStore | None:
         try:
@@ -302,7 +295,7 @@ class Relay:
         if store is None:
             if not self.store.exists(job):
                 return None
-            store = self._jobs[job] = self._hook(self.store.open(job))
+            store = self._jobs[job] = self.store.open(job)
             if self.replica is not None:
                 self.replica.opened(store)
         return store
@@ -359,7 +352,7 @@ class Relay:
         return job in self.pollers
 
     def _create(self, job: str, **meta: Any) -> JobStore:
-        store = self._jobs[job] = self._hook(self.store.create(job, **meta))
+        store = self._jobs[job] = self.store.create(job, **meta)
         return store
 
     async def _start_polling(self, store: JobStore) -> None:
@@ -368,11 +361,6 @@ class Relay:
             await self.replica.poll(store)
         else:
             self._poll(store)
-
-    def _hook(self, store: JobStore) -> JobStore:
-        store.on_commit = lambda record: self._on_record(store.job, record)
-        store.on_bytes = self.metrics.bytes_in.labels("runpod").inc
-        return store
 
     def _on_record(self, job: str, record: dict[str, Any]) -> None:
         kind = record["k"]
@@ -470,7 +458,7 @@ class Relay:
         now = time.time() if now is None else now
         deleted = []
         # Cluster mode: Redis says which jobs are due, instead of a read of every job's metadata.
-        candidates = self.store.expired(now) if self.replica is not None else self.store.job_ids()  # type: ignore[attr-defined]
+        candidates = self.store.due(now)
         for job in candidates:
             if not self._deletable(job):
                 continue
@@ -482,7 +470,7 @@ class Relay:
         return deleted
 
     def sweep_uploads(self, now: float | None = None) -> int:
-        """Delete uploads that no item claimed, past their grace (`relay.ingest.uploads.sweep_unclaimed`)."""
+        """Delete uploads that no item claimed, past their grace (`relay.api.uploads.sweep_unclaimed`)."""
         now = time.time() if now is None else now
         count = 0
         for job in self.store.job_ids():

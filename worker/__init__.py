@@ -26,8 +26,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from podstream.jobspec import JobInputError, Limits
     from worker.handler import HandlerConfig, make_handler
-    from worker.inputs import JobInputError, Limits
     from worker.model import (
         Cancelled,
         Context,

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -379,25 +379,3 @@ class CachedRun:
         start, end = k * length, min(size, (k + 1) * length)
         data = os.pread(f.fileno(), max(0, end - start), start)
         return data if len(data) == max(0, end - start) else None
-
-
-def parse_seqs(raw: Iterable[object], limit: int = 10_000_000) -> frozenset[int]:
-    """Seqs from a list of ints and inclusive `[first, last]` ranges. Raises ValueError when malformed."""
-    out: set[int] = set()
-    for entry in raw:
-        if type(entry) is int and entry >= 1:
-            out.add(entry)
-        elif (
-            isinstance(entry, list)
-            and len(entry) == 2
-            and all(type(v) is int for v in entry)
-            and 1 <= entry[0] <= entry[1]
-        ):
-            if entry[1] - entry[0] + 1 + len(out) > limit:
-                raise ValueError(f"at most {limit} seqs per resend")
-            out.update(range(entry[0], entry[1] + 1))
-        else:
-            raise ValueError(f"a seq is a positive integer or a [first, last] range, got {entry!r}")
-        if len(out) > limit:
-            raise ValueError(f"at most {limit} seqs per resend")
-    return frozenset(out)

@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from podstream.jobspec import JobInputError, Limits
     from worker import start
-    from worker.inputs import JobInputError, Limits
     from worker.pipelines import UnknownModel, load_model
     from worker.pipelines.diffusion import ModelNotFound
 

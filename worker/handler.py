@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeAlias
 
-from podstream import wire
+from podstream import jobspec, wire
+from podstream.jobspec import ItemError, Job, JobInputError, Limits
 from worker import allocator, inputs
 from worker.cache import CacheConfig, CacheWriter, OutputCache, Selection
-from worker.inputs import ItemError, Job, JobInputError, Limits
 from worker.model import Cancelled, Context, File, Image, Model, Request, Result, Video
 from worker.upload import UploadConfig, Uploader, UploadFailed
 
@@ -99,7 +99,7 @@ def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
     swept = [-math.inf]
 
     async def handler(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
-        if inputs.is_resend(job.get("input")):
+        if jobspec.is_resend(job.get("input")):
             async for resent in resend(cache, job):
                 yield resent
             return
@@ -143,10 +143,13 @@ class JobRun:
         input_model = getattr(model, "input_model", None)  # a model's own input schema (docs/worker.md)
         if input_model is not None:
             task = sorted(model.tasks)[0] if model.tasks else "custom"
-            self.spec: Job = inputs.parse_custom(job["input"], input_model, task, config.limits)
+            self.spec: Job = jobspec.parse_custom(job["input"], input_model, task, config.limits)
         else:
-            known = {*inputs.TASKS, *model.tasks}  # built-in names parse; the model check below names its own
-            self.spec = inputs.parse_job(job["input"], config.limits, tasks=known)
+            known = {
+                *jobspec.TASKS,
+                *model.tasks,
+            }  # built-in names parse; the model check below names its own
+            self.spec = jobspec.parse_job(job["input"], config.limits, tasks=known)
         if self.spec.task not in model.tasks:
             raise JobInputError(
                 f"input.task: this worker's model does not do {self.spec.task!r}; it does {sorted(model.tasks)}"
@@ -331,7 +334,7 @@ class JobRun:
 
     # ---- stages
 
-    def _batches(self) -> list[list[inputs.Item | ItemError]]:
+    def _batches(self) -> list[list[jobspec.Item | ItemError]]:
         size = self.spec.params.batch_size
         items = list(self.spec.items)
         return [items[i : i + size] for i in range(0, len(items), size)]
@@ -348,7 +351,7 @@ class JobRun:
             start += len(batch)
         await out.put(None)
 
-    def _load(self, start: int, batch: list[inputs.Item | ItemError]) -> list[Request | ItemError]:
+    def _load(self, start: int, batch: list[jobspec.Item | ItemError]) -> list[Request | ItemError]:
         """Requests for a batch of items: `params.num_images` per item, output k of item i being file
         `i * num_images + k` with seed `seed + k` (a seed left out is drawn at random, and reported)."""
         count = self.spec.params.num_images
@@ -371,7 +374,7 @@ class JobRun:
             negative = (
                 item.negative_prompt if item.negative_prompt is not None else self.spec.params.negative_prompt
             )
-            seed = item.seed if item.seed is not None else secrets.randbelow(inputs.SEED_LIMIT)
+            seed = item.seed if item.seed is not None else secrets.randbelow(jobspec.SEED_LIMIT)
             for k in range(count):
                 loaded.append(
                     Request(
@@ -514,7 +517,7 @@ async def resend(cache: OutputCache | None, job: dict[str, Any]) -> AsyncGenerat
     """Answer a `resend` job: the requested envelopes of an earlier job, from the output cache, exactly as
     first yielded (same job, run and seqs), then one summary `{"resent": {...}}` (not an envelope) saying
     what could not be found. A malformed request raises `JobInputError` (the job ends FAILED)."""
-    request = inputs.parse_resend(job.get("input"))
+    request = jobspec.parse_resend(job.get("input"))
     cached = await asyncio.to_thread(cache.open, request.job, request.run) if cache is not None else None
     summary: dict[str, Any] = {"job": request.job, "run": request.run, "count": 0}
     if cached is None:

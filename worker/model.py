@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image as PILImage
     from pydantic import BaseModel
 
-    from worker.inputs import Params
+    from podstream.jobspec import Params
 
 
 @dataclass(frozen=True)

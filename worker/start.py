@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podstream import sinks, wire
+from podstream.jobspec import TASKS
 from worker.handler import HandlerConfig, make_handler
-from worker.inputs import TASKS
 from worker.model import Context, FunctionModel, GenerateFn, Model, Request, Result
 
 if TYPE_CHECKING:

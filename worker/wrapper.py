@@ -189,10 +189,10 @@ def wrap(handler: Callable[[dict[str, Any]], Any], config: WrapConfig | None = N
     swept = [-math.inf]
 
     async def streaming(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
+        from podstream import jobspec
         from worker import handler as builtin  # the resend answer and the input check are the built-in's
-        from worker import inputs
 
-        if inputs.is_resend(job.get("input")):
+        if jobspec.is_resend(job.get("input")):
             async for resent in builtin.resend(cache, job):
                 yield resent
             return

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from pydantic import BaseModel
 
-        from worker.inputs import job_schema
+        from podstream.jobspec import job_schema
     except ImportError as exc:
         raise UsageError(
             f"the worker's input models need pydantic ({exc}); pip install 'podstream[worker]'"

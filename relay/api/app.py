@@ -42,35 +42,29 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from podstream.wire import RUN_BODY_CAP
-from relay.api import bucket_media, input_refs, inputs, links, openapi
+from relay.api import bucket_media, input_refs, inputs, links, openapi, uploads
 from relay.api.auth import Authorizer, Denied, OwnOrigin, Principal, parse_origins
 from relay.api.body_timeout import BodyTimedOut, BodyTimeout
 from relay.api.input_schema import BUILTIN, InputSchema, SchemaConfigError
 from relay.api.limits import RateLimited, fd_budget, fd_limit, open_fds
 from relay.api.ws import PendingAuth, websocket_endpoint
 from relay.config import ConfigError, RelaySettings
-from relay.ingest import results, uploads
+from relay.errors import Busy
+from relay.ingest import results
 from relay.ingest.poller import media_url
 from relay.ingest.runpod import JobNotFound, RunPodError
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.service import NotConfigured, Relay
+from relay.storage.errors import BadJobId, JobBroken, MediaGone, MediaRetry, check_job_id
 from relay.storage.input_store import owner_of
-from relay.storage.local.store import (
-    BadJobId,
-    JobBroken,
-    JobStore,
-    MediaGone,
-    MediaRetry,
-    check_job_id,
-    public,
-)
+from relay.storage.job import JobStore, public
 
 if TYPE_CHECKING:
     from relay.storage.cluster.settings import ClusterSettings
 
 log = logging.getLogger("podstream.relay.app")
 
-STATIC_DIR: Final = Path(__file__).parent / "static"
+STATIC_DIR: Final = Path(__file__).parent.parent / "static"  # relay/static: built from client_js/
 SSE_KEEPALIVE_S: Final = 15.0
 MAX_LONG_POLL_MS: Final = 60_000
 #: /readyz fails once this share of RLIMIT_NOFILE is open (new files and RunPod calls would soon fail).
@@ -370,7 +364,7 @@ async def media(request: Request) -> Response:
     if record is None:
         raise ApiError(404, "not_found", f"job {store.job} has no item {item} (yet)")
     path = store.media_path(record)
-    if path is None and not _in_bucket(store, record):
+    if path is None and store.object_key(record) is None:
         raise ApiError(404, "not_here", f"item {item} was uploaded elsewhere: {record['url']}")
     etag = f'"{record["sha256"]}"'
     headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
@@ -625,7 +619,7 @@ async def _body_timeout(request: Request, exc: Exception) -> Response:
     return response
 
 
-async def _overflow(request: Request, exc: Exception) -> Response:
+async def _busy(request: Request, exc: Exception) -> Response:
     return _error(503, "busy", str(exc))
 
 
@@ -635,11 +629,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error(exc.status_code, code, str(exc.detail))
-
-
-def _in_bucket(store: JobStore, record: dict[str, Any]) -> bool:
-    key = getattr(store, "object_key", None)  # cluster mode's ClusterJobStore
-    return key is not None and key(record) is not None
 
 
 def create_app(
@@ -701,7 +690,7 @@ def create_app(
         middleware=middleware,
         exception_handlers={
             ApiError: _api_error, RunPodError: _runpod_error, NotConfigured: _not_configured,
-            OverflowError: _overflow, HTTPException: _http_error, Denied: _denied,
+            Busy: _busy, HTTPException: _http_error, Denied: _denied,
             ClientDisconnect: _disconnected, BodyTimedOut: _body_timeout, Exception: _unexpected,
         },
     )  # fmt: skip

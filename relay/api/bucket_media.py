@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from relay.storage.local.store import JobStore
+from relay.storage.job import JobStore
 
 if TYPE_CHECKING:
     from relay.service import Relay

@@ -5,7 +5,7 @@ A typo in a task name or `steps: -3` used to reach a worker and fail there, GPU 
 the minimum of 1`), and RunPod never sees the job.
 
 The schema (`PODSTREAM_INPUT_SCHEMA` / `podstream relay --input-schema`):
-- `builtin` (default): the built-in worker's, `worker.inputs.job_schema()`, imported on first use
+- `builtin` (default): the built-in worker's, `podstream.jobspec.job_schema()`, imported on first use
   (pydantic only, no torch: `import relay.api.app` must not import torch);
 - a path to a JSON Schema file, for a worker with its own input model (`podstream schema` prints one);
 - `off`: no check (a worker whose input has no schema).
@@ -56,7 +56,7 @@ def load(setting: str) -> dict[str, Any] | None:
         return None
     if setting in ("", BUILTIN):
         try:
-            from worker.inputs import job_schema  # lazily: pydantic only, no torch
+            from podstream.jobspec import job_schema  # lazily: pydantic only, no torch
         except ImportError as exc:  # a relay installed without the worker package
             log.warning("the built-in input schema is not available (%s): job inputs are not checked", exc)
             return None

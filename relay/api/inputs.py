@@ -38,8 +38,8 @@ from starlette.routing import Route
 
 from podstream.images import HEAD_BYTES, IMAGE_TYPES, sniff
 from relay.api.auth import INPUTS_SCOPE, Authorizer, Denied, Principal
+from relay.api.uploads import SHA256_HEADER
 from relay.config import RelaySettings
-from relay.ingest.uploads import SHA256_HEADER
 from relay.metrics import RelayMetrics
 from relay.storage.input_store import (
     HEX64,

@@ -33,13 +33,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.api.auth import Denied, Principal
-from relay.storage.local.store import BadJobId, check_job_id
+from relay.storage.errors import BadJobId, check_job_id
 
 if TYPE_CHECKING:
     from relay.api.auth import Authorizer
     from relay.config import RelaySettings
     from relay.metrics import RelayMetrics
-    from relay.storage.local.store import JobStore
+    from relay.storage.job import JobStore
 
 #: Codes held at once; issuing one more forgets the oldest.
 MAX_LINKS: Final = 10_000

@@ -34,16 +34,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay.api.auth import Denied, Principal
 from relay.service import Relay
-from relay.storage.local.store import (
-    ITEM,
-    BadJobId,
-    JobBroken,
-    JobStore,
-    MediaGone,
-    MediaRetry,
-    check_job_id,
-    transient,
-)
+from relay.storage.errors import BadJobId, JobBroken, MediaGone, MediaRetry, check_job_id, transient
+from relay.storage.job import ITEM, JobStore
 
 log = logging.getLogger("podstream.relay.ws")
 

@@ -33,12 +33,13 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from podstream import wire
 from podstream.stream_split import entry_output as _entry_output
-from relay.ingest import results, uploads
+from relay.errors import Busy, StopPolling
+from relay.ingest import results
 from relay.ingest.runpod import (
     TERMINAL,
     Backoff,
@@ -48,8 +49,18 @@ from relay.ingest.runpod import (
     StreamBatch,
 )
 from relay.ingest.worker_errors import one_line_error
-from relay.storage.local.repair import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
-from relay.storage.local.store import DONE, ERROR, ITEM, PROGRESS, STATUS, JobStore, MediaSink
+from relay.storage.job import (
+    DONE,
+    ERROR,
+    ITEM,
+    JOURNAL_DAMAGED,
+    LOST_RECORD,
+    PROGRESS,
+    STATUS,
+    JobStore,
+    seq_ranges,
+)
+from relay.storage.protocols import StoreSink
 
 log = logging.getLogger("podstream.relay.poller")
 
@@ -106,7 +117,7 @@ class JobPoller:
         self.status = store.status
         self.polls = 0
         self._replaying = False
-        self._replayed: list[MediaSink] = []
+        self._replayed: list[StoreSink] = []
         self._recovered = False
         self._reported: set[str] = set()
         self.stopping = False
@@ -183,21 +194,13 @@ class JobPoller:
                 out.append(_problem_entry(event))
         return out
 
-    def _claim_upload(self, ref: wire.ItemRef) -> Path | None:
-        """The file of a `ref` uploaded to this relay (`PUT /v1/uploads`), moved into the run's media dir;
-        None when the ref points elsewhere."""
+    def _claim_upload(self, ref: wire.ItemRef) -> Path | PurePosixPath | None:
+        """The media of a `ref` uploaded to the relay (`PUT /v1/uploads`), made the item's media in its
+        run; None when the ref points elsewhere."""
         run = self.assembler.run or ""
         if run not in self.runs:
             self.runs.append(run)
-        claim: Any = getattr(self.store, "claim_upload", None)
-        if claim is not None:  # cluster mode: the upload is an object in the bucket (ClusterJobStore)
-            claimed: Path | None = claim(self.runs.index(run) + 1, ref)
-            return claimed
-        directory = self.store.media / str(self.runs.index(run) + 1)
-        if not directory.is_dir() and not uploads.upload_path(self.store, ref.item, ref.sha256).exists():
-            return None
-        directory = self.store.media_dir(self.runs.index(run) + 1)
-        return uploads.claim(self.store, directory, ref.item, ref.id, ref.mime, ref.size, ref.sha256)
+        return self.store.claim_upload(self.runs.index(run) + 1, ref)
 
     # ---------------------------------------------------------------- ingest (worker thread)
 
@@ -276,7 +279,7 @@ class JobPoller:
             for sink in self._replayed:
                 sink.replaying = False
             self._replayed.clear()
-        if getattr(self.store, "partial_items_lost", False):  # cluster mode: see ClusterJobStore
+        if self.store.partial_items_lost:
             dropped = wire.drop_partial(self.assembler)
             if dropped:
                 log.info(
@@ -550,7 +553,7 @@ class PollerSet:
         if job in self._tasks:
             return False
         if len(self._tasks) >= self.limit:
-            raise OverflowError(f"already polling {self.limit} jobs")
+            raise Busy(f"already polling {self.limit} jobs")
         if poller.recovery is None:
             poller.recovery = self.recovery
         if poller.on_drained is None:
@@ -571,12 +574,12 @@ class PollerSet:
                     return
                 except asyncio.CancelledError:
                     raise
+                except StopPolling as exc:
+                    # Not a crash: this relay may no longer poll the job (cluster mode: another replica
+                    # holds its lease, or this one's spool takes no files). A restart would be refused too.
+                    log.warning("stopped polling job %s: %s", job, exc)
+                    return
                 except Exception as exc:
-                    if getattr(exc, "ends_polling", False):
-                        # Not a crash: this relay may no longer poll the job (cluster mode: another replica
-                        # holds its lease, relay/storage/cluster/fenced_stream.Fenced). A restart would be refused too.
-                        log.warning("stopped polling job %s: %s", job, exc)
-                        return
                     crashes += 1
                     delay = self.restart_delay(crashes)
                     log.exception(

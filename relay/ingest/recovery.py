@@ -42,7 +42,7 @@ from podstream import wire
 from relay.config import RelaySettings
 from relay.ingest.runpod import RunPodClient, RunPodError, StreamBatch
 from relay.ingest.worker_errors import one_line_error
-from relay.storage.local.store import ERROR
+from relay.storage.job import ERROR
 
 if TYPE_CHECKING:
     from relay.ingest.poller import JobPoller

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from podstream import wire
-from relay.storage.local.records import MAX_RECORD_BYTES
-from relay.storage.local.store import ERROR, RESULT, JobStore
+from relay.storage.job import ERROR, MAX_RECORD_BYTES, RESULT, JobStore
 
 #: The largest result (as compact JSON) the journal keeps. Half a record: the ingest log's record of the
 #: result's last page holds that page (under 1 MB) and this record together, within `MAX_RECORD_BYTES`.

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from podstream.images import HEAD_BYTES, sniff
 from podstream.sinks import fsync_dir
-from relay.ingest.uploads import TempFile
+from relay.api.uploads import TempFile
 
 if TYPE_CHECKING:
     from relay.storage.cluster.s3_media import S3MediaStore

@@ -1,14 +1,16 @@
 """The seams between the relay and its storage: small structural interfaces, two implementations each.
 
-Local disk: `relay.storage.local.store.Journal`, `relay.storage.local.records.RecordLog`, `relay.storage.local.store.Store` and the in-process
-`PollerSet`. Cluster mode: `RedisJournal`, `FencedStream`, `RedisJobIndex`, `S3MediaStore`, `RedisLeases`
-(this package). The relay's callers only rely on what is written here.
+Local disk (`relay.storage.local`): `Journal`, `RecordLog`, `Store`. Cluster mode (`relay.storage.cluster`):
+`RedisJournal`, `RedisIngestLog`, `RedisJobIndex`, `S3MediaStore`, `RedisLeases`, `ClusterStore`. One job's
+store is `relay.storage.job.JobStore`, built on a journal and an ingest log of these; the relay outside
+`relay/storage/` reaches storage through that class and these protocols only (tests/relay/test_imports.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 
@@ -34,13 +36,19 @@ class JournalBackend(Protocol):
 
 
 class IngestLog(Protocol):
-    """The ingest log: every envelope the Assembler accepted, minus its bytes, in order."""
+    """The ingest log: every envelope the Assembler accepted, minus its bytes, in order. `damage` lists
+    (offset, bytes) skipped as damaged when it was read back; `quarantined`, where a damaged file was kept."""
+
+    damage: list[tuple[int, int]]
+    quarantined: Path | None
 
     def append(self, records: list[dict[str, Any]]) -> Any: ...
 
     def sync(self) -> None: ...
 
     def scan(self) -> Iterator[tuple[int, dict[str, Any]]]: ...
+
+    def close(self) -> None: ...
 
 
 class JobIndex(Protocol):
@@ -98,3 +106,25 @@ class Leases(Protocol):
     def renew(self, lease: Lease) -> bool: ...
 
     def release(self, lease: Lease) -> bool: ...
+
+
+class MediaSource(Protocol):
+    """An item's bytes somewhere other than a local file (cluster mode: an object in the bucket). Its
+    `str()` names it (the chunk cache's key); `read` blocks (it runs in a thread) and raises OSError."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+class StoreSink(Protocol):
+    """A `podstream.wire.ItemSink` made by a job store: `replaying` is set while the poller replays its
+    ingest log after a restart (writes are ignored: the bytes were stored before) and cleared once live."""
+
+    replaying: bool
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def finish(self, sha256: str) -> tuple[bool, Any]: ...
+
+    def abort(self) -> None: ...

@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 import podstream.submit as submit_mod
+from podstream.jobspec import ItemError, parse_job
 from podstream.progress import TransferError, human_bytes
 from podstream.submit import InputError
 from podstream.uploads import LocalInput, upload_inputs
 from relay.api.auth import generate_key, hash_key
 from tests.podstream.stack import Stack, local_stack
-from worker.inputs import ItemError, parse_job
 
 
 def png(path: Path, size: tuple[int, int] = (16, 12)) -> Path:

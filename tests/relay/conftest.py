@@ -198,7 +198,7 @@ def backend() -> str:
 
 
 BACKENDS = ["disk", "cluster"]
-#: BACKENDS and a cluster replica on s3rver: two independent S3 servers (tests/relay/storage/cluster/conftest.py).
+#: BACKENDS and a cluster replica on s3rver: two independent S3 servers (tests/relay/storage/conftest.py).
 BUCKET_BACKENDS = [*BACKENDS, "cluster-s3rver"]
 
 
@@ -207,7 +207,7 @@ def cluster_backend(tmp_path: Path, s3: str = "moto") -> Iterator[Any]:
     """ClusterSettings of a fresh redis-server and S3 server of kind `s3` ("moto" or "s3rver", with its
     bucket), stopped afterwards."""
     from relay.storage.cluster.settings import ClusterSettings
-    from tests.relay.storage.cluster.conftest import AWS_ENV, running_s3, start_redis, stop
+    from tests.relay.storage.conftest import AWS_ENV, running_s3, start_redis, stop
 
     saved = {name: os.environ.get(name) for name in AWS_ENV}
     os.environ.update(AWS_ENV)

@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("relay", "podstream")
-#: Cycles known and not cleared yet, each with why. relay.storage.local.store opens an existing job through
-#: relay.storage.local.repair.rebuild (imported in `JobStore.open`), and the repair reads and rewrites the store's journal
-#: (its record kinds, `Journal`, `sha256_file`, `JobStore`); clearing it means moving those out of
-#: relay/storage/local/store.py (issue 13, item 6). Listed so that any other cycle fails, and so that this list fails
-#: once the cycle is gone (then delete the entry).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"relay.storage.local.store", "relay.storage.local.repair"})}
+PACKAGES = ("relay", "podstream", "worker")
+#: Cycles known and not cleared yet, each with why (none now: keep it that way; a cycle means a piece lives
+#: in the wrong module).
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
+#: The storage peers behind the seam (`relay.storage.job`, `relay.storage.protocols`).
+PEERS: tuple[str, ...] = ("relay.storage.local", "relay.storage.cluster")
+#: Outside relay/storage/, the one module that picks and builds a peer.
+COMPOSITION_ROOT = "relay.service"
+#: Cluster-mode settings are configuration (read by the CLI and the app factory), not storage.
+CLUSTER_SETTINGS = "relay.storage.cluster.settings"
+#: What the ingest side and the fan-out may import from storage: the seam, never a peer.
+SEAM: frozenset[str] = frozenset(
+    {"relay.storage.job", "relay.storage.errors", "relay.storage.protocols", "relay.storage.quota"}
 )
 
 
@@ -28,8 +33,8 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+def project_modules(packages: tuple[str, ...] = ("relay", "podstream")) -> dict[str, Path]:
+    return {module_name(p): p for package in packages for p in sorted((ROOT / package).rglob("*.py"))}
 
 
 def resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
@@ -64,8 +69,8 @@ def imports_of(source: str, importer: str, is_package: bool, modules: set[str]) 
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = project_modules()
+def import_graph(packages: tuple[str, ...] = ("relay", "podstream")) -> dict[str, set[str]]:
+    modules = project_modules(packages)
     names = set(modules)
     return {
         name: imports_of(path.read_text(), name, path.name == "__init__.py", names)
@@ -113,7 +118,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_project_import_graph_has_no_cycle() -> None:
     graph = import_graph()
     # the walk must see the imports that matter, or an empty graph would pass
-    assert "relay.storage.local.store" in graph["relay.ingest.poller"]
+    assert "relay.storage.job" in graph["relay.ingest.poller"]
     assert "podstream.wire" in graph["podstream.sinks"]
     found = cycles(graph)
     new = [cycle for cycle in found if frozenset(cycle) not in KNOWN_CYCLES]
@@ -129,24 +134,20 @@ def test_imports_under_type_checking_and_in_functions_count() -> None:
         "    from relay.service import Relay\n"
         "def f() -> None:\n"
         "    import relay.storage.local.store\n"
-        "    from relay import uploads\n"
-        "    from . import poller\n"
+        "    from relay.api import uploads\n"
+        "    from . import limits\n"
     )
     modules = {
         "relay",
+        "relay.api",
         "relay.service",
         "relay.storage.local.store",
-        "relay.ingest.uploads",
-        "relay.ingest.poller",
+        "relay.api.uploads",
+        "relay.api.limits",
         "relay.api.links",
     }
     found = imports_of(source, "relay.api.links", False, modules)
-    assert found == {
-        "relay.service",
-        "relay.storage.local.store",
-        "relay.ingest.uploads",
-        "relay.ingest.poller",
-    }
+    assert found == {"relay.service", "relay.storage.local.store", "relay.api.uploads", "relay.api.limits"}
 
 
 @pytest.mark.parametrize(
@@ -166,3 +167,64 @@ def test_cycles_finds_each_cycle() -> None:
     graph = {"a": {"b"}, "b": {"a", "c"}, "c": {"d"}, "d": {"c"}}
     assert cycles(graph) == [["a", "b", "a"], ["c", "d", "c"]]
     assert graph["b"] == {"a", "c"}  # the caller's graph is left whole
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that go against the layers (docs/relay.md, "Where things are")."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        if not module.startswith("relay"):
+            continue
+        peer = next((p for p in PEERS if module.startswith(p + ".") or module == p), None)
+        for target in sorted(targets):
+            target_peer = next((p for p in PEERS if target.startswith(p + ".") or target == p), None)
+            if target.startswith("worker"):
+                found.append(f"{module} -> {target}: the relay never imports the worker (GPU) package")
+            elif peer is not None and target_peer is not None and peer != target_peer:
+                found.append(f"{module} -> {target}: one storage peer imports the other")
+            elif (
+                peer is None
+                and target_peer is not None
+                and not module.startswith("relay.storage")
+                and module != COMPOSITION_ROOT
+                and target != CLUSTER_SETTINGS
+            ):
+                found.append(f"{module} -> {target}: only {COMPOSITION_ROOT} picks a storage peer")
+            elif (
+                module.startswith(("relay.ingest", "relay.hub"))
+                and target.startswith("relay.storage")
+                and target not in SEAM
+            ):
+                found.append(f"{module} -> {target}: ingest and fan-out reach storage through the seam only")
+    return found
+
+
+def test_the_relay_imports_follow_its_layers() -> None:
+    graph = import_graph(("relay", "podstream", "worker"))
+    assert "relay.storage.job" in graph["relay.storage.local.store"]  # the walk sees the graph
+    assert layer_violations(graph) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "target", "rule"),
+    [
+        ("relay.api.input_schema", "worker.inputs", "never imports the worker"),
+        (
+            "relay.storage.local.store",
+            "relay.storage.cluster.job_store",
+            "one storage peer imports the other",
+        ),
+        (
+            "relay.storage.cluster.job_store",
+            "relay.storage.local.media",
+            "one storage peer imports the other",
+        ),
+        ("relay.api.app", "relay.storage.local.jobs", "only relay.service picks"),
+        ("relay.ingest.poller", "relay.storage.input_store", "through the seam only"),
+    ],
+)
+def test_each_layer_rule_catches_its_violation(module: str, target: str, rule: str) -> None:
+    (violation,) = layer_violations({module: {target}})
+    assert rule in violation
+    assert layer_violations({"relay.service": {"relay.storage.local.jobs"}}) == []
+    assert layer_violations({"relay.api.app": {CLUSTER_SETTINGS}}) == []

@@ -56,19 +56,23 @@ async def test_sweep_deletes_finished_jobs_past_retention(tmp_path: Path) -> Non
         await relay.stop()
 
 
+def test_the_relay_serves_relay_static() -> None:
+    """The page client_js/ builds into relay/static (client_js/test/build.test.js keeps it fresh), which the
+    package ships (pyproject package-data)."""
+    assert STATIC_DIR.resolve() == Path(__file__).resolve().parents[2] / "relay" / "static"
+    assert (STATIC_DIR / "index.html").is_file() and (STATIC_DIR / "podstream-client.js").is_file()
+
+
 async def test_demo_page_and_static_files(relay_server: RelayServer) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"{relay_server.url}/")
         assert r.status_code == 200
-        if (STATIC_DIR / "index.html").is_file():
-            assert r.headers["content-type"].startswith("text/html")
-            for path in sorted(STATIC_DIR.iterdir()):
-                if path.is_file():
-                    s = await http.get(f"{relay_server.url}/static/{path.name}")
-                    assert s.status_code == 200 and s.content == path.read_bytes()
-        else:
-            assert r.json()["service"] == "podstream relay"
-        assert (await http.get(f"{relay_server.url}/static/../app.py")).status_code == 404
+        assert r.headers["content-type"].startswith("text/html")
+        assert r.content == (STATIC_DIR / "index.html").read_bytes()
+        for path in sorted(STATIC_DIR.iterdir()):
+            s = await http.get(f"{relay_server.url}/static/{path.name}")
+            assert s.status_code == 200 and s.content == path.read_bytes()
+        assert (await http.get(f"{relay_server.url}/static/../service.py")).status_code == 404
 
 
 def test_import_relay_does_not_import_torch() -> None:

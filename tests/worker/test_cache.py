@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from podstream import wire
+from podstream.jobspec import JobInputError, parse_seqs
 from tests.worker.support import collect, reassemble
-from worker.cache import CacheConfig, CachedRun, OutputCache, Selection, default_root, parse_seqs
+from worker.cache import CacheConfig, CachedRun, OutputCache, Selection, default_root
 from worker.handler import HandlerConfig, make_handler
-from worker.inputs import JobInputError
 from worker.model import Context, File, FunctionModel, Request, Result
 from worker.upload import UploadConfig
 

@@ -17,9 +17,9 @@ from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field
 
 from podstream import wire
+from podstream.jobspec import JobInputError, Limits
 from tests.worker.support import SERVED_PNG, Spy, collect, decode_video, png_base64, reassemble, serve_images
 from worker.handler import HandlerConfig, make_handler
-from worker.inputs import JobInputError, Limits
 from worker.model import Context, File, FunctionModel, Image, Model, Request, Result, SleepModel, Video
 
 

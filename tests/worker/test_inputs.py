@@ -17,9 +17,11 @@ import pytest
 from pydantic import BaseModel
 
 from bench._relay_stack import free_port
+from podstream import jobspec
+from podstream.jobspec import Item, ItemError, JobInputError, Limits, parse_job
 from tests.worker.support import SERVED_PNG, png_base64, serve_images
 from worker import inputs
-from worker.inputs import ImageError, Item, ItemError, JobInputError, Limits, image_source, parse_job
+from worker.inputs import ImageError, image_source
 
 
 def job(**changes: Any) -> dict[str, Any]:
@@ -27,15 +29,15 @@ def job(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_good_job_with_defaults() -> None:
-    parsed = inputs.parse_job(job(items=[{"prompt": "a", "id": "x", "seed": 7}]))
+    parsed = jobspec.parse_job(job(items=[{"prompt": "a", "id": "x", "seed": 7}]))
     assert parsed.task == "text-to-image"
     assert parsed.format == "png"
     assert parsed.params.batch_size == 1
     assert parsed.output.part_bytes == 512 * 1024
     [item] = parsed.items
-    assert isinstance(item, inputs.Item)
+    assert isinstance(item, jobspec.Item)
     assert (item.id, item.prompt, item.seed) == ("x", "a", 7)
-    assert inputs.parse_job({"task": "image-to-video", "items": [{"image": "x"}]}).format == "mp4"
+    assert jobspec.parse_job({"task": "image-to-video", "items": [{"image": "x"}]}).format == "mp4"
 
 
 @pytest.mark.parametrize(
@@ -61,18 +63,18 @@ def test_a_good_job_with_defaults() -> None:
 )
 def test_a_malformed_job_fails_with_one_clear_line(raw: object, message: str) -> None:
     with pytest.raises(JobInputError) as info:
-        inputs.parse_job(raw)
+        jobspec.parse_job(raw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_too_many_items() -> None:
     with pytest.raises(JobInputError, match="3 items, at most 2 per job"):
-        inputs.parse_job(job(items=[{"prompt": "a"}] * 3), Limits(max_items=2))
+        jobspec.parse_job(job(items=[{"prompt": "a"}] * 3), Limits(max_items=2))
 
 
 def test_bad_items_become_item_errors_and_the_rest_stays() -> None:
-    parsed = inputs.parse_job(
+    parsed = jobspec.parse_job(
         job(
             items=[
                 {"prompt": "ok"},
@@ -103,7 +105,7 @@ def test_bad_items_become_item_errors_and_the_rest_stays() -> None:
 
 
 def test_image_to_video_items_need_an_image() -> None:
-    parsed = inputs.parse_job({"task": "image-to-video", "items": [{"prompt": "no image"}]})
+    parsed = jobspec.parse_job({"task": "image-to-video", "items": [{"prompt": "no image"}]})
     [error] = parsed.items
     assert isinstance(error, ItemError)
     assert error.message == "input.items[0].image: required for image-to-video"
@@ -153,19 +155,19 @@ def test_limits_from_env_names_the_variable_of_a_bad_value(variable: str, raw: s
 
 def test_text_items_need_a_prompt_and_image_items_an_image() -> None:
     items = [{"prompt": "a"}, {"prompt": ""}, {"image": "x"}]
-    parsed = inputs.parse_job(job(items=items))
+    parsed = jobspec.parse_job(job(items=items))
     assert [i.message if isinstance(i, ItemError) else "ok" for i in parsed.items] == [
         "ok", "input.items[1].prompt: required for text-to-image", "input.items[2].prompt: required for text-to-image",
     ]  # fmt: skip
-    parsed = inputs.parse_job({"task": "image-to-video", "items": [{"image": ""}]})
+    parsed = jobspec.parse_job({"task": "image-to-video", "items": [{"image": ""}]})
     assert isinstance(parsed.items[0], ItemError) and parsed.items[0].code == "bad_item"
 
 
 def test_image_sha256_is_64_lowercase_hex() -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     items = [{"image": "x", "image_sha256": digest}, {"image": "x", "image_sha256": digest.upper()}]
-    good, bad = inputs.parse_job({"task": "image-to-video", "items": items}).items
-    assert isinstance(good, inputs.Item) and good.image_sha256 == digest
+    good, bad = jobspec.parse_job({"task": "image-to-video", "items": items}).items
+    assert isinstance(good, jobspec.Item) and good.image_sha256 == digest
     assert isinstance(bad, ItemError) and bad.code == "bad_item"
     assert bad.message.startswith("input.items[1].image_sha256: String should match pattern")
 
@@ -271,25 +273,25 @@ def test_fetch_connection_refused() -> None:
 
 
 def test_custom_task_names_are_taken_when_the_model_does_them() -> None:
-    parsed = inputs.parse_job(job(task="upscale"), tasks={"upscale"})
+    parsed = jobspec.parse_job(job(task="upscale"), tasks={"upscale"})
     assert parsed.task == "upscale" and parsed.format == ""  # each result's kind picks its encoding
     assert (
-        inputs.parse_job(job(task="upscale", output={"format": "webp"}), tasks={"upscale"}).format == "webp"
+        jobspec.parse_job(job(task="upscale", output={"format": "webp"}), tasks={"upscale"}).format == "webp"
     )
     with pytest.raises(JobInputError, match=r"input\.task: must be one of 'upscale'$"):
-        inputs.parse_job(job(), tasks={"upscale"})
+        jobspec.parse_job(job(), tasks={"upscale"})
     with pytest.raises(JobInputError, match=r"input\.task: String should match pattern"):
-        inputs.parse_job(job(task="has spaces"), tasks={"has spaces"})
+        jobspec.parse_job(job(task="has spaces"), tasks={"has spaces"})
 
 
 def test_num_images_asks_for_several_outputs_per_item() -> None:
-    assert inputs.parse_job(job(params={"num_images": 4})).params.num_images == 4
+    assert jobspec.parse_job(job(params={"num_images": 4})).params.num_images == 4
     with pytest.raises(
         JobInputError, match=r"input\.params\.num_images: Input should be less than or equal to 64"
     ):
-        inputs.parse_job(job(params={"num_images": 65}))
+        jobspec.parse_job(job(params={"num_images": 65}))
     with pytest.raises(JobInputError, match=r"input\.params\.num_images: 6 outputs, at most 5 per job"):
-        inputs.parse_job(job(items=[{"prompt": "a"}] * 2, params={"num_images": 3}), Limits(max_items=5))
+        jobspec.parse_job(job(items=[{"prompt": "a"}] * 2, params={"num_images": 3}), Limits(max_items=5))
 
 
 class SeedStyle(BaseModel):
@@ -301,7 +303,7 @@ class SeedStyle(BaseModel):
 
 
 def test_a_custom_input_model_is_the_whole_job_input() -> None:
-    parsed = inputs.parse_custom({"prompt": "a cat", "num_images": 3, "seed": 9}, SeedStyle, "draw")
+    parsed = jobspec.parse_custom({"prompt": "a cat", "num_images": 3, "seed": 9}, SeedStyle, "draw")
     assert parsed.task == "draw" and isinstance(parsed.custom, SeedStyle)
     assert parsed.custom.style == "photo"
     assert (parsed.params.num_images, parsed.params.width) == (
@@ -309,21 +311,21 @@ def test_a_custom_input_model_is_the_whole_job_input() -> None:
         512,
     )  # params-named fields keep their meaning
     [item] = parsed.items
-    assert isinstance(item, inputs.Item) and (item.prompt, item.seed) == ("a cat", 9)
+    assert isinstance(item, jobspec.Item) and (item.prompt, item.seed) == ("a cat", 9)
     with pytest.raises(JobInputError, match=r"^input\.prompt: Field required$"):
-        inputs.parse_custom({"num_images": 3}, SeedStyle, "draw")
+        jobspec.parse_custom({"num_images": 3}, SeedStyle, "draw")
     with pytest.raises(JobInputError, match=r"^input\.num_images: Input should be less than or equal to 64$"):
-        inputs.parse_custom({"prompt": "a", "num_images": 100}, SeedStyle, "draw")
+        jobspec.parse_custom({"prompt": "a", "num_images": 100}, SeedStyle, "draw")
     with pytest.raises(JobInputError, match=r"^input\.width: at most 4096, got 5000$"):
-        inputs.parse_custom({"prompt": "a", "width": 5000}, SeedStyle, "draw")
+        jobspec.parse_custom({"prompt": "a", "width": 5000}, SeedStyle, "draw")
     with pytest.raises(JobInputError, match=r"^input must be a JSON object, got an array$"):
-        inputs.parse_custom([], SeedStyle, "draw")
+        jobspec.parse_custom([], SeedStyle, "draw")
 
 
 def test_job_schema_accepts_good_jobs_and_refuses_bad_ones() -> None:
     import jsonschema
 
-    schema = inputs.job_schema()
+    schema = jobspec.job_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     check = jsonschema.Draft202012Validator(schema)
     assert check.is_valid(job(params={"steps": 4, "num_images": 2}))
@@ -331,8 +333,8 @@ def test_job_schema_accepts_good_jobs_and_refuses_bad_ones() -> None:
     bad = {"task": "text-to-imag", "items": [{"prompt": "a", "colour": 1}], "params": {"steps": -3}}
     paths = sorted("/".join(map(str, e.absolute_path)) for e in check.iter_errors(bad))
     assert paths == ["items/0", "params/steps", "task"]
-    assert inputs.job_schema(tasks={"upscale"})["properties"]["task"]["enum"] == ["upscale"]
-    custom = jsonschema.Draft202012Validator(inputs.job_schema(SeedStyle))
+    assert jobspec.job_schema(tasks={"upscale"})["properties"]["task"]["enum"] == ["upscale"]
+    custom = jsonschema.Draft202012Validator(jobspec.job_schema(SeedStyle))
     assert custom.is_valid({"prompt": "a", "num_images": 2}) and not custom.is_valid({"num_images": 2})
 
 
@@ -621,8 +623,8 @@ def test_the_schema_names_the_item_that_misses_its_image_or_prompt() -> None:
     sha = hashlib.sha256(b"x").hexdigest()
     assert schema.problem({"task": "image-to-video", "items": [{"image": "x", "image_sha256": sha}]}) is None
     # A custom task has no such rule; a model's own input schema has none either.
-    assert inputs.job_schema(tasks={"upscale"}).get("allOf") is None
-    assert "allOf" not in inputs.job_schema(SeedStyle)
+    assert jobspec.job_schema(tasks={"upscale"}).get("allOf") is None
+    assert "allOf" not in jobspec.job_schema(SeedStyle)
 
 
 def test_an_input_reference_is_fetched_at_the_jobs_inputs_url() -> None:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from worker.inputs import Params
+from podstream.jobspec import Params
 from worker.model import Cancelled, Context, File, FunctionModel, Model, Models, Request, Result, SleepModel
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -66,10 +67,12 @@ class Cluster:
     keys: Keys
 
     @classmethod
-    def from_settings(cls, settings: ClusterSettings) -> Cluster:
+    def from_settings(cls, settings: ClusterSettings, *, spool_dir: Path | None = None) -> Cluster:
         keys = Keys()
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-        media = S3MediaStore(s3_client(settings.s3_endpoint_url), MediaUrl.parse(settings.media_url))
+        media = S3MediaStore(
+            s3_client(settings.s3_endpoint_url), MediaUrl.parse(settings.media_url), spool_dir=spool_dir
+        )
         replica = replica_id(settings)
         leases = RedisLeases(client, replica, ttl_s=settings.lease_ttl_s, keys=keys)
         return cls(replica, client, media, leases, RedisJobIndex(client, keys), keys)

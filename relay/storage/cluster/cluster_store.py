@@ -22,7 +22,9 @@ from relay.storage.cluster.cluster import Cluster
 from relay.storage.cluster.fenced_stream import FencedStream
 from relay.storage.cluster.job_store import ClusterJobStore
 from relay.storage.cluster.redis_journal import RedisIngestLog, RedisJournal
-from relay.storage.local.store import DiskQuota, JobBroken, check_job_id
+from relay.storage.errors import JobBroken, check_job_id
+from relay.storage.job import JobHooks
+from relay.storage.quota import DiskQuota
 
 
 class ClusterStore:
@@ -35,6 +37,7 @@ class ClusterStore:
         quota: DiskQuota | None = None,
         retention_s: float = 0.0,
         on_spool_error: Callable[[OSError], None] | None = None,
+        hooks: JobHooks | None = None,
     ) -> None:
         self.cluster = cluster
         #: The relay's retention of finished jobs (their deadline in the index, for the sweeper).
@@ -47,18 +50,16 @@ class ClusterStore:
         self.quota = quota or DiskQuota()
         #: Hears of an item's spool write that failed (`relay.storage.cluster.replica`: not ready, leases given up).
         self.on_spool_error = on_spool_error
+        self.hooks = hooks or JobHooks()
 
     def _job_store(self, job: str) -> ClusterJobStore:
         keys, client = self.cluster.keys, self.cluster.redis
-        store = ClusterJobStore(
-            self.root, job, index=self.cluster.index, media=self.cluster.media, tail=self.tail,
+        return ClusterJobStore(
+            self.root, job, index=self.cluster.index, media=self.cluster.media, quota=self.quota,
+            hooks=self.hooks, default_retention_s=self.retention_s, on_spool_error=self.on_spool_error,
             journal=RedisJournal(FencedStream(client, keys.journal(job), keys.fence(job)), token=None, tail=self.tail),
             wire=RedisIngestLog(FencedStream(client, keys.wire(job), keys.fence(job)), token=None),
         )  # fmt: skip
-        store.quota = self.quota
-        store.on_spool_error = self.on_spool_error
-        store.default_retention_s = self.retention_s
-        return store
 
     def exists(self, job: str) -> bool:
         return self.cluster.index.exists(check_job_id(job))
@@ -77,7 +78,8 @@ class ClusterStore:
                 raise JobBroken(job, "its metadata in Redis is not a JSON object")
             raise KeyError(job)
         store = self._job_store(job)
-        return store.open(stored=meta)  # type: ignore[return-value]
+        store.open(stored=meta)
+        return store
 
     def read_meta(self, job: str) -> dict[str, Any]:
         meta = self.cluster.index.meta(check_job_id(job))
@@ -99,7 +101,8 @@ class ClusterStore:
     def job_ids(self) -> list[str]:
         return self.cluster.index.job_ids()
 
-    def expired(self, now: float) -> list[str]:
+    def due(self, now: float) -> list[str]:
+        """Finished jobs whose retention deadline is at or before `now` (the index keeps them sorted)."""
         return self.cluster.index.expired(now)
 
     def trash(self, job: str) -> Path | None:
@@ -112,6 +115,11 @@ class ClusterStore:
     def empty_trash(self) -> None:
         """Nothing: a job half deleted is out of the index already; its leftover objects are deleted by
         the bucket's lifecycle rule (docs/deploy.md)."""
+
+    def delete(self, job: str) -> None:
+        target = self.trash(job)
+        if target is not None:
+            self.remove(target)
 
     def remove(self, directory: Path) -> None:
         self.cluster.media.delete_job(directory.name)

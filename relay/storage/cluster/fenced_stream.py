@@ -19,6 +19,8 @@ from typing import Any, Final
 import msgpack
 import redis
 
+from relay.errors import StopPolling
+
 _APPEND: Final = """
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
 if fence ~= tonumber(ARGV[1]) then
@@ -42,11 +44,8 @@ class StreamError(Exception):
     pass
 
 
-class Fenced(StreamError):
+class Fenced(StopPolling, StreamError):
     """This writer's fencing token is stale: another replica holds the job now. Stop writing."""
-
-    #: `relay.ingest.poller.PollerSet` stops the job's poller instead of restarting it.
-    ends_polling = True
 
 
 class OutOfSequence(StreamError):

@@ -1,4 +1,4 @@
-"""A job's store in cluster mode: `relay.storage.local.store.JobStore` with its journal, ingest log and media elsewhere.
+"""A job's store in cluster mode: a `relay.storage.job.JobStore` whose journal, ingest log and media live elsewhere.
 
 The journal and ingest log are fenced Redis Streams (`RedisJournal`, `RedisIngestLog`), the metadata lives
 in the job index, and items go to the bucket through `S3MediaSink` (spooled locally, verified, uploaded,
@@ -34,11 +34,15 @@ from typing import Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from podstream.sinks import media_name
+from podstream.wire import ItemRef
+from relay.errors import StopPolling
 from relay.storage.cluster.job_index import RedisJobIndex
 from relay.storage.cluster.redis_journal import RedisIngestLog, RedisJournal
 from relay.storage.cluster.s3_media import MediaUploadFailed, S3MediaSink, S3MediaStore, SpoolChanged
-from relay.storage.local.store import ITEM, JobStore, MediaGone, MediaRetry, QuotaExceeded
+from relay.storage.errors import MediaGone, MediaRetry, check_job_id
+from relay.storage.job import ITEM, JobHooks, JobStore
 from relay.storage.protocols import StoredObject
+from relay.storage.quota import DiskQuota
 
 log = logging.getLogger("podstream.relay.cluster")
 
@@ -73,12 +77,10 @@ class BucketObject:
         return data
 
 
-class SpoolFailed(OSError):
+class SpoolFailed(StopPolling, OSError):
     """An item's bytes could not be written to the local spool (a full disk, a read-only or missing
     directory). Not a crash of the poller: this replica stops polling the job and gives its lease up, so
     another replica takes it over (`relay.storage.cluster.replica`)."""
-
-    ends_polling = True
 
 
 class BucketSink:
@@ -200,6 +202,8 @@ class BucketSink:
 
 
 class ClusterJobStore(JobStore):
+    partial_items_lost = True  # a half-received item's parts were spooled by the replica that received them
+
     def __init__(
         self,
         spool: Path,
@@ -209,27 +213,24 @@ class ClusterJobStore(JobStore):
         wire: RedisIngestLog,
         index: RedisJobIndex,
         media: S3MediaStore,
-        tail: int = 1024,
+        quota: DiskQuota | None = None,
+        hooks: JobHooks | None = None,
+        default_retention_s: float = 0.0,
+        on_spool_error: Callable[[OSError], None] | None = None,
     ) -> None:
-        # The base class makes the job's local directory: here it holds nothing but spooled items.
-        super().__init__(spool, job, fsync=False, tail=tail)
-        self.journal.close()
-        self.wire.close()
-        for name in ("journal.log", "wire.log"):
-            (self.dir / name).unlink(missing_ok=True)
-        # The same surface (relay.storage.protocols.JournalBackend / IngestLog), other storage.
-        self.journal = journal  # type: ignore[assignment]
-        self.wire = wire  # type: ignore[assignment]
+        # The job's local directory holds nothing but spooled items and received uploads.
+        directory = spool / check_job_id(job)
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(directory, job, journal=journal, wire=wire, fsync=False, quota=quota, hooks=hooks)
+        # The fenced streams themselves (lease hand-over and following), not only the backend surface.
+        self.journal: RedisJournal = journal
+        self.wire: RedisIngestLog = wire
         self.index = index
         self.bucket = media
         #: The relay's retention of finished jobs without their own (their deadline in the index).
-        self.default_retention_s = 0.0
-        #: A half-received item's parts were spooled by the replica that received them, which may be dead:
-        #: after the ingest log's replay the poller forgets such items (their seqs reopen as gaps, and gap
-        #: recovery has the worker resend them whole) instead of finishing them without their first bytes.
-        self.partial_items_lost = True
+        self.default_retention_s = default_retention_s
         #: Hears of a spool write that failed (the replica then gives its leases up and reports not ready).
-        self.on_spool_error: Callable[[OSError], None] | None = None
+        self.on_spool_error = on_spool_error
 
     def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
         """A new job (`meta`, into the index) or one another replica created (its metadata from the index).
@@ -239,27 +240,21 @@ class ClusterJobStore(JobStore):
             self.index.create(self.job, self.meta)
         else:
             self.meta = dict(stored if stored is not None else self.index.meta(self.job) or {})
-        for record in self.journal.load():
-            self._apply(record)
+        self._load()
         return self
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.meta = dict(meta)
         self.index.update(self.job, self.meta, default_retention_s=self.default_retention_s)
 
-    def media_sink(  # type: ignore[override]  # a BucketSink, not a MediaSink: same ItemSink surface
+    def media_sink(
         self, directory: Path, item: int, id: str, mime: str, size: int, *, replaying: bool
     ) -> BucketSink:
         """The item's sink, its size reserved against the disk quota first: in cluster mode the quota
         bounds the local spool (items on their way to the bucket), so the reservation goes back as soon
         as the item has left the spool. An item that does not fit is refused (`quota_exceeded`)."""
-        refused = on_end = None
-        if not replaying:
-            try:
-                self.quota.reserve(self.job, size)
-                on_end = functools.partial(self.quota.release, self.job, size)
-            except QuotaExceeded as exc:
-                refused = self.refused[item] = f"item {item} ({size} bytes) was not stored: {exc}"
+        refused = None if replaying else self._reserve(item, size)
+        on_end = None if replaying or refused else functools.partial(self.quota.release, self.job, size)
         return BucketSink(
             self.bucket, self.job, directory.name, media_name(item, id, mime), size, replaying=replaying,
             mime=mime, refused=refused, on_end=on_end, on_spool_error=self.on_spool_error,
@@ -286,7 +281,7 @@ class ClusterJobStore(JobStore):
             return None
         return self.bucket.item_key(self.job, int(parts[0]), parts[1])
 
-    def check_media(self, record: dict[str, Any]) -> BucketObject | None:  # type: ignore[override]
+    def check_media(self, record: dict[str, Any]) -> BucketObject | None:
         """The item's verified object (HEAD once per process: size and sha256 against the record).
         Blocking. `MediaGone` when it is missing or differs, `MediaRetry` when the bucket cannot be reached."""
         key = self.object_key(record)
@@ -311,7 +306,7 @@ class ClusterJobStore(JobStore):
         return self.bucket.url.key(self.job, "uploads", f"{item:05d}-{sha256}.bin")
 
     def stash_upload(self, path: Path, item: int, sha256: str, size: int) -> None:
-        """A verified upload received by this replica (`relay.ingest.uploads`): into the bucket, where whichever
+        """A verified upload received by this replica (`relay.api.uploads`): into the bucket, where whichever
         replica polls the job claims it when the item's `ref` arrives. Blocking."""
         try:
             self.bucket.upload(self.upload_key(item, sha256), path, size, sha256)
@@ -319,7 +314,7 @@ class ClusterJobStore(JobStore):
             path.unlink(missing_ok=True)
             self.quota.release(self.job, size)  # reserved by the upload route: it has left the spool
 
-    def claim_upload(self, run: int, ref: Any) -> PurePosixPath | None:
+    def claim_upload(self, run: int, ref: ItemRef) -> PurePosixPath | None:
         """The `ref` of an uploaded item arrived (the poller, in its thread): its object becomes the item's
         object, named as a streamed item's. None when no matching upload is in the bucket (the ref points
         elsewhere). Idempotent: an upload claimed before a crash is found in place."""
@@ -341,11 +336,11 @@ class ClusterJobStore(JobStore):
 
     @property
     def writable(self) -> bool:
-        return self.journal.token is not None  # type: ignore[attr-defined]
+        return self.journal.token is not None
 
     def fetch_new(self, limit: int = 1024) -> list[dict[str, Any]]:
         """Records other replicas committed past what this store has taken in (blocking: in a thread)."""
-        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        journal = self.journal
         records: list[dict[str, Any]] = []
         after = journal.published
         while entries := journal.stream.read(after, limit):
@@ -355,7 +350,7 @@ class ClusterJobStore(JobStore):
 
     def take_in(self, records: list[dict[str, Any]]) -> int:
         """Make fetched records visible here (on the event loop); returns how many were new."""
-        journal: RedisJournal = self.journal  # type: ignore[assignment]
+        journal = self.journal
         new = 0
         for record in records:
             seq = int(record["seq"])
@@ -379,15 +374,15 @@ class ClusterJobStore(JobStore):
     def acquire(self, token: int) -> None:
         """This replica won the job's lease (token `token`): its poller may append from now on. Call after
         taking in everything committed so far (`fetch_new` / `take_in`)."""
-        journal: RedisJournal = self.journal  # type: ignore[assignment]
-        wire: RedisIngestLog = self.wire  # type: ignore[assignment]
+        journal = self.journal
+        wire = self.wire
         journal.token = wire.token = token
         wire._count = wire.stream.last()
 
     def release(self) -> None:
         """The lease is gone (lost, or the job ended): read-only again."""
-        journal: RedisJournal = self.journal  # type: ignore[assignment]
-        wire: RedisIngestLog = self.wire  # type: ignore[assignment]
+        journal = self.journal
+        wire = self.wire
         journal.token = wire.token = None
         journal.head = journal.published
         journal._pending.clear()

@@ -13,17 +13,16 @@ XRANGE, not N.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from relay.errors import StopPolling
 from relay.storage.cluster.fenced_stream import FencedStream
-from relay.storage.local.store import KINDS
+from relay.storage.job import KINDS
 
 
-class ReadOnly(Exception):
+class ReadOnly(StopPolling):
     """This replica does not hold the job's lease: it cannot append to its journal."""
-
-    #: `relay.ingest.poller.PollerSet` stops the job's poller instead of restarting it.
-    ends_polling = True
 
 
 class RedisJournal:
@@ -142,7 +141,7 @@ class RedisIngestLog:
         self.stream = stream
         self.token = token
         self.damage: list[tuple[int, int]] = []  # a stream has no torn tails (RecordLog's field)
-        self.quarantined = None
+        self.quarantined: Path | None = None
         self._count = stream.last()
         self._pending: list[dict[str, Any]] = []
 

@@ -36,7 +36,7 @@ from relay.storage.cluster.follower import JournalFollower
 from relay.storage.cluster.health import DEADLINE_S, INTERVAL_S, Probe, Readiness, spool_check, spool_problem
 from relay.storage.cluster.job_store import ClusterJobStore
 from relay.storage.cluster.settings import ClusterSettings
-from relay.storage.local.store import JobStore
+from relay.storage.job import JobStore
 from relay.storage.protocols import Lease
 
 log = logging.getLogger("podstream.relay.cluster")

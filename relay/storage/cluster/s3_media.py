@@ -46,6 +46,7 @@ from relay.storage.protocols import StoredObject
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
+    from types_boto3_s3.type_defs import ObjectIdentifierTypeDef
 else:
     S3Client = Any
 
@@ -336,8 +337,8 @@ class S3MediaStore:
     def delete_keys(self, keys: Sequence[str]) -> None:
         """Delete these objects (1,000 per request, S3's limit)."""
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.url.bucket, Delete={"Objects": batch, "Quiet": True})  # type: ignore[typeddict-item]
+            batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.url.bucket, Delete={"Objects": batch, "Quiet": True})
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """`length` bytes of the object from `offset` (fewer at its end)."""
@@ -361,9 +362,11 @@ class S3MediaStore:
         deleted = 0
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.url.bucket, Prefix=self.url.key(job) + "/"):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", []) if "Key" in o]
+            keys: list[ObjectIdentifierTypeDef] = [
+                {"Key": o["Key"]} for o in page.get("Contents", []) if "Key" in o
+            ]
             if keys:
-                self.client.delete_objects(Bucket=self.url.bucket, Delete={"Objects": keys, "Quiet": True})  # type: ignore[typeddict-item]
+                self.client.delete_objects(Bucket=self.url.bucket, Delete={"Objects": keys, "Quiet": True})
                 deleted += len(keys)
         return deleted
 

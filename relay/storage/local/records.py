@@ -31,12 +31,13 @@ from typing import Any, Final
 
 import msgpack
 
+from relay.storage.job import MAX_RECORD_BYTES
+
 #: Starts every frame. Its first byte is above any legacy length's first byte (see the module docstring).
 MAGIC: Final = b"\xf5PSR"
 _HEADER: Final = struct.Struct(">4sII")
 _LEGACY_HEADER: Final = struct.Struct(">II")
 #: No single record is larger than this (a manifest page is under 1 MB); a longer frame means corruption.
-MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 HEADER_BYTES: Final = _HEADER.size
 
 

@@ -23,16 +23,16 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
+from relay.storage.job import DONE, ERROR, ITEM, JOURNAL_DAMAGED, KINDS, LOST_RECORD, seq_ranges
+from relay.storage.local.journal import Journal
+from relay.storage.local.media import sha256_file
 from relay.storage.local.records import RecordLog, pack
-from relay.storage.local.store import DONE, ERROR, ITEM, KINDS, Journal, sha256_file
 
 if TYPE_CHECKING:
-    from relay.storage.local.store import JobStore
+    from relay.storage.local.store import DiskJobStore
 
 log = logging.getLogger("podstream.relay.repair")
 
-LOST_RECORD: Final = "lost_record"
-JOURNAL_DAMAGED: Final = "journal_damaged"
 MEDIA_DAMAGED: Final = "media_damaged"
 
 
@@ -54,20 +54,7 @@ def wire_entries(wire: RecordLog) -> dict[int, tuple[str, dict[str, Any]]]:
     return out
 
 
-def seq_ranges(seqs: list[int]) -> str:
-    """`[1, 2, 3, 7]` -> `"1-3, 7"` (the first ten runs)."""
-    runs: list[str] = []
-    i = 0
-    while i < len(seqs):
-        j = i
-        while j + 1 < len(seqs) and seqs[j + 1] == seqs[j] + 1:
-            j += 1
-        runs.append(str(seqs[i]) if i == j else f"{seqs[i]}-{seqs[j]}")
-        i = j + 1
-    return ", ".join(runs[:10]) + (", ..." if len(runs) > 10 else "")
-
-
-def rebuild(store: JobStore) -> None:
+def rebuild(store: DiskJobStore) -> None:
     """Repair the journal of a just-opened job if it needs it (see the module docstring)."""
     journal = store.journal
     finished_before = bool(store.meta.get("finished_at"))
@@ -147,7 +134,7 @@ def _valid_records(journal: Journal) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _verified(record: dict[str, Any], store: JobStore) -> dict[str, Any]:
+def _verified(record: dict[str, Any], store: DiskJobStore) -> dict[str, Any]:
     """A rebuilt `item` record if its file is still whole, else an `error` record saying it is not."""
     if record["k"] != ITEM or not record.get("_file"):
         return record
@@ -175,7 +162,7 @@ def _verified(record: dict[str, Any], store: JobStore) -> dict[str, Any]:
     }
 
 
-def _rewrite(store: JobStore, records: list[dict[str, Any]]) -> None:
+def _rewrite(store: DiskJobStore, records: list[dict[str, Any]]) -> None:
     """Replace the journal with `records` (atomically) and read it back into the store."""
     journal = store.journal
     path = journal.log.path
@@ -194,7 +181,7 @@ def _rewrite(store: JobStore, records: list[dict[str, Any]]) -> None:
         store._apply(record)
 
 
-def _relative(store: JobStore, path: os.PathLike[str] | None) -> str:
+def _relative(store: DiskJobStore, path: os.PathLike[str] | None) -> str:
     if path is None:
         return ""
     return os.path.relpath(path, store.dir)

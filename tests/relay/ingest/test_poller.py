@@ -336,7 +336,7 @@ async def test_a_crashed_poller_is_journaled_restarted_and_the_job_ends(
     files and polls on: what the worker sends afterwards arrives, and the job ends with `done`."""
     import errno
 
-    from relay.storage.local.store import JobStore
+    from relay.storage.local.store import DiskJobStore
 
     relay = relay_without_recovery
     job = await submit(relay)
@@ -350,16 +350,16 @@ async def test_a_crashed_poller_is_journaled_restarted_and_the_job_ends(
         await worker.post(job, envelope)
     await until(lambda: 0 in relay.relay.job(job).items)
 
-    original = JobStore.media_sink
+    original = DiskJobStore.media_sink
     faults: list[int] = []
 
-    def failing(store: JobStore, directory: Path, item: int, *args: Any, **kwargs: Any) -> Any:
+    def failing(store: DiskJobStore, directory: Path, item: int, *args: Any, **kwargs: Any) -> Any:
         if item == 1 and not kwargs.get("replaying") and not faults:
             faults.append(item)
             raise OSError(errno.EMFILE, "Too many open files")
         return original(store, directory, item, *args, **kwargs)
 
-    monkeypatch.setattr(JobStore, "media_sink", failing)
+    monkeypatch.setattr(DiskJobStore, "media_sink", failing)
     for envelope in by_item[1]:
         await worker.post(job, envelope)
     await until(lambda: relay.relay.pollers.restarts == 1)
@@ -397,7 +397,7 @@ async def test_gap_recovery_and_the_crash_hook_are_given_to_pollers_without_thei
     from relay.ingest.poller import JobPoller, PollerSet
     from relay.ingest.recovery import GapRecovery
     from relay.ingest.runpod import StreamBatch
-    from relay.storage.local.store import Store
+    from relay.storage.local.jobs import Store
 
     def hook(batch: StreamBatch) -> None:
         raise AssertionError("no answer is drained here")

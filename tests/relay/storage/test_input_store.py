@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.ingest.uploads import TempFile
+from relay.api.uploads import TempFile
 from relay.storage.input_store import DiskInputs, InputQuota, InputQuotaExceeded, owner_of
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from relay.storage.cluster.fenced_stream import FencedStream
 from relay.storage.cluster.keys import Keys
 from relay.storage.cluster.lease import RedisLeases
 from relay.storage.cluster.redis_journal import RedisJournal
-from relay.storage.local.store import Journal
+from relay.storage.local.journal import Journal
 from relay.storage.protocols import JournalBackend
 
 Factory = Callable[[str], JournalBackend]

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
+from podstream.jobspec import Params
 from tests.worker.support import collect, decode_video, png_base64, reassemble
 from worker.handler import make_handler
-from worker.inputs import Params
 from worker.pipelines import UnknownModel, diffusion, load_model, ltx, sdxl, svd, tiny
 from worker.pipelines.diffusion import ModelNotFound
 

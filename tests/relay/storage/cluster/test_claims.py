@@ -13,7 +13,7 @@ import redis
 from relay.storage.cluster.claims import JobClaimer, LeaseKeeper
 from relay.storage.cluster.job_index import RedisJobIndex
 from relay.storage.cluster.lease import RedisLeases
-from tests.relay.storage.cluster.conftest import RedisServer
+from tests.relay.storage.conftest import RedisServer
 
 
 async def holder(server: RedisServer, replica: str, ttl_s: float) -> asyncio.subprocess.Process:

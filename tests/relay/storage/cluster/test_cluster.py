@@ -16,7 +16,7 @@ from relay.api.auth import hash_key
 from relay.storage.cluster.cluster import Cluster, ClusterUnavailable, replica_id
 from relay.storage.cluster.settings import ClusterSettings
 from tests.relay.conftest import API_KEY, TOKEN_SECRET
-from tests.relay.storage.cluster.conftest import AWS_ENV, S3_SERVERS, RedisServer, S3Server
+from tests.relay.storage.conftest import AWS_ENV, S3_SERVERS, RedisServer, S3Server
 
 
 def relay(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import redis
 from relay.storage.cluster.fenced_stream import Fenced, FencedStream, OutOfSequence
 from relay.storage.cluster.keys import Keys
 from relay.storage.cluster.lease import RedisLeases
-from tests.relay.storage.cluster.conftest import RedisServer
+from tests.relay.storage.conftest import RedisServer
 
 
 def stream(client: redis.Redis, job: str = "job") -> FencedStream:

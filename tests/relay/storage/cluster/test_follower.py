@@ -14,7 +14,7 @@ from relay.storage.cluster.follower import JournalFollower
 from relay.storage.cluster.keys import Keys
 from relay.storage.cluster.lease import RedisLeases
 from relay.storage.cluster.redis_journal import RedisJournal
-from tests.relay.storage.cluster.conftest import RedisServer
+from tests.relay.storage.conftest import RedisServer
 
 
 def writer(client: redis.Redis, job: str) -> RedisJournal:

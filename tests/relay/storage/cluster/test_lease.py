@@ -10,7 +10,7 @@ import redis
 
 from relay.storage.cluster.lease import RedisLeases
 from relay.storage.protocols import Lease
-from tests.relay.storage.cluster.conftest import RedisServer
+from tests.relay.storage.conftest import RedisServer
 
 
 def test_one_holder_and_a_new_token_for_each_new_holder(rclient: redis.Redis) -> None:

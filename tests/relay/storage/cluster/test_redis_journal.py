@@ -9,8 +9,8 @@ from relay.storage.cluster.fenced_stream import Fenced, FencedStream
 from relay.storage.cluster.keys import Keys
 from relay.storage.cluster.lease import RedisLeases
 from relay.storage.cluster.redis_journal import ReadOnly, RedisIngestLog, RedisJournal
+from relay.storage.local.journal import Journal
 from relay.storage.local.records import RecordLog
-from relay.storage.local.store import Journal
 from relay.storage.protocols import IngestLog, JournalBackend
 
 

@@ -45,7 +45,7 @@ from tests.relay.conftest import (
     sha,
     ws_client,
 )
-from tests.relay.storage.cluster.conftest import S3_SERVERS, RedisServer, S3Server, stop
+from tests.relay.storage.conftest import S3_SERVERS, RedisServer, S3Server, stop
 from worker.upload import UploadConfig, Uploader
 
 Start = Callable[..., Any]

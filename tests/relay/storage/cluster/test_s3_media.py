@@ -25,7 +25,7 @@ from relay.storage.cluster.s3_media import (
     S3MediaStore,
     SpoolChanged,
 )
-from tests.relay.storage.cluster.conftest import S3_SERVERS, S3Server
+from tests.relay.storage.conftest import S3_SERVERS, S3Server
 
 
 @pytest.fixture(params=S3_SERVERS)

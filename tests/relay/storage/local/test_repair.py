@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from podstream.emulator import Emulator, EmulatorConfig
+from relay.storage.job import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
 from relay.storage.local.records import MAGIC, RecordLog
-from relay.storage.local.repair import JOURNAL_DAMAGED, LOST_RECORD, seq_ranges
 from tests.relay.conftest import (
     Batch,
     RelayServer,

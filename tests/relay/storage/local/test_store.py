@@ -10,17 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.storage.local.store import (
-    BadJobId,
-    DiskQuota,
-    Journal,
-    MediaSink,
-    QuotaExceeded,
-    RecordLog,
-    Store,
-    check_job_id,
-    public,
-)
+from relay.storage.errors import BadJobId, QuotaExceeded, check_job_id
+from relay.storage.job import public
+from relay.storage.local.jobs import Store
+from relay.storage.local.journal import Journal
+from relay.storage.local.media import MediaSink
+from relay.storage.local.records import RecordLog
+from relay.storage.quota import DiskQuota
 
 
 def test_journal_is_dense_and_reads_back_from_memory_and_disk(tmp_path: Path) -> None:
@@ -239,8 +235,7 @@ def stored_item(tmp_path: Path, data: bytes) -> tuple[Store, dict[str, object]]:
 def test_check_media_tells_gone_from_try_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import relay.storage.local.store as store_module
-    from relay.storage.local.store import MediaGone, MediaRetry
+    from relay.storage.errors import MediaGone, MediaRetry
 
     data = os.urandom(5000)
     root, record = stored_item(tmp_path, data)
@@ -250,7 +245,7 @@ def test_check_media_tells_gone_from_try_again(tmp_path: Path, monkeypatch: pyte
     def emfile(_path: Path) -> str:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(store_module, "sha256_file", emfile)
+    monkeypatch.setattr("relay.storage.local.store.sha256_file", emfile)
     with pytest.raises(MediaRetry, match="Too many open files"):
         job.check_media(record)  # the file is there: a passing error says "try again"
     monkeypatch.undo()
@@ -333,8 +328,8 @@ async def test_media_over_http_says_try_again_for_a_passing_error_and_gone_for_a
 ) -> None:
     import errno
 
-    import relay.storage.local.store as store_module
     from podstream.emulator import Emulator, EmulatorConfig
+    from relay.storage.local import media
     from tests.relay.conftest import ScriptedWorker, relay_settings, start_relay
     from tests.relay.test_service import submit_and_run
 
@@ -349,7 +344,7 @@ async def test_media_over_http_says_try_again_for_a_passing_error_and_gone_for_a
         job = created["id"]
         relay = await start_relay(relay_settings(tmp_path, emu))  # its files are not verified in this process
         try:
-            original = store_module.sha256_file
+            original = media.sha256_file
             failures = [OSError(errno.EMFILE, "Too many open files")]
 
             def flaky(path: Path) -> str:
@@ -357,7 +352,7 @@ async def test_media_over_http_says_try_again_for_a_passing_error_and_gone_for_a
                     raise failures.pop()
                 return original(path)
 
-            monkeypatch.setattr(store_module, "sha256_file", flaky)
+            monkeypatch.setattr("relay.storage.local.store.sha256_file", flaky)
             async with relay.http() as http:
                 url = f"{relay.url}/v1/jobs/{job}/media/0"
                 busy = await http.get(url)

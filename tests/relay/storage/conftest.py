@@ -38,7 +38,7 @@ AWS_ENV = {
 S3_SERVERS = ["moto", "s3rver"]
 
 #: s3rver's install (`make test` builds it from tests/s3rver/package.json).
-S3RVER = Path(__file__).resolve().parents[3] / "s3rver" / "node_modules" / ".bin" / "s3rver"
+S3RVER = Path(__file__).resolve().parents[2] / "s3rver" / "node_modules" / ".bin" / "s3rver"
 
 
 @dataclass

@@ -50,16 +50,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from podstream import wire
-from podstream.sinks import fsync_dir, media_name
+from podstream.sinks import fsync_dir
 from relay.api.auth import require_scope
 from relay.config import RelaySettings
 from relay.metrics import RelayMetrics
-from relay.storage.local.store import BadJobId, JobStore, QuotaExceeded, check_job_id
+from relay.storage.errors import BadJobId, QuotaExceeded, check_job_id
+from relay.storage.job import HEX64, UPLOADS, JobStore
 
 SHA256_HEADER: Final = "x-podstream-sha256"
-UPLOADS: Final = "uploads"
 _ITEM: Final = re.compile(r"^[0-9]{1,7}$")
-_HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 #: Bytes gathered from the request before one write (in a worker thread).
 _WRITE_BYTES: Final = 1 << 20
 #: Buffers per `os.writev` (POSIX guarantees 16; Linux and macOS take 1024).
@@ -84,36 +83,6 @@ class UploadError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-
-
-def upload_path(store: JobStore, item: int, sha256: str) -> Path:
-    """Where a verified upload of `item` with digest `sha256` waits for its `ref`."""
-    return store.dir / UPLOADS / f"{item:05d}-{sha256}.bin"
-
-
-def claim(
-    store: JobStore, directory: Path, item: int, id: str, mime: str, size: int, sha256: str
-) -> Path | None:
-    """The `ref` of an item arrived: move its uploaded file into `directory` (a media run directory) under
-    the name a streamed item would get. Returns that path, or None when no matching upload is here (the ref
-    points elsewhere, e.g. S3). Idempotent: a file claimed before a crash is found in place."""
-    if not _HEX64.match(sha256):
-        return None
-    source = upload_path(store, item, sha256)
-    target = directory / media_name(item, id, mime)
-    try:
-        stat = source.stat()
-    except FileNotFoundError:
-        with contextlib.suppress(OSError):
-            if target.stat().st_size == size:
-                return target
-        return None
-    if stat.st_size != size:
-        return None
-    os.replace(source, target)
-    if store.fsync:
-        fsync_dir(directory)
-    return target
 
 
 def sweep_unclaimed(job_dir: Path, *, finished: bool, now: float, grace_s: float) -> list[Path]:
@@ -240,7 +209,7 @@ def _target(request: Request) -> tuple[JobStore, int, str, int | None]:
     if not _ITEM.match(raw_item) or int(raw_item) >= wire.MAX_ITEMS:
         raise UploadError(400, "bad_item", f"the item is an integer index below {wire.MAX_ITEMS}")
     sha256 = request.headers.get(SHA256_HEADER, "").strip().lower()
-    if not _HEX64.match(sha256):
+    if not HEX64.match(sha256):
         raise UploadError(400, "bad_sha256", "X-Podstream-Sha256 must be the body's sha256 as 64 hex digits")
     declared: int | None = None
     raw_length = request.headers.get("content-length")
@@ -271,13 +240,11 @@ async def upload(request: Request) -> Response:
     except ClientDisconnect:
         return _error(400, "disconnected", "the upload ended before its body did")
     base = (relay.settings.public_url or str(request.base_url)).rstrip("/")
-    size = upload_path(store, item, sha256).stat().st_size
-    stash = getattr(store, "stash_upload", None)
-    if stash is not None:  # cluster mode: into the bucket, where the replica polling the job claims it
-        try:
-            await asyncio.to_thread(stash, upload_path(store, item, sha256), item, sha256, size)
-        except Exception as exc:  # the bucket did not take it (MediaUploadFailed): the worker retries
-            return _error(503, "try_again", f"the upload could not be stored in the bucket: {exc}")
+    size = store.upload_path(item, sha256).stat().st_size
+    try:  # where the job's poller claims it (on local disk: in place already; in cluster mode: the bucket)
+        await asyncio.to_thread(store.stash_upload, store.upload_path(item, sha256), item, sha256, size)
+    except Exception as exc:  # the bucket did not take it (MediaUploadFailed): the worker retries
+        return _error(503, "try_again", f"the upload could not be stored in the bucket: {exc}")
     body: dict[str, Any] = {"job": store.job, "item": item, "size": size, "sha256": sha256}
     body["url"] = f"{base}/v1/jobs/{store.job}/media/{item}"
     return JSONResponse(body, status_code=201)
@@ -320,7 +287,7 @@ async def _receive(
         if not declared and temp.size:
             _reserve(store, temp.size)
             reserved = temp.size
-        await asyncio.to_thread(temp.keep, upload_path(store, item, sha256), fsync=store.fsync)
+        await asyncio.to_thread(temp.keep, store.upload_path(item, sha256), fsync=store.fsync)
         kept = True
     finally:
         if not kept:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.api.auth import generate_key, hash_key
-from relay.ingest.uploads import TempFile
+from relay.api.uploads import TempFile
 from tests.relay.conftest import (
     API_KEY,
     Received,
