@@ -17,10 +17,11 @@ PYTEST_N ?= 4
 PYTEST := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache $(PY) -m pytest \
 	-n $(PYTEST_N) --dist loadgroup
 
-.PHONY: help venv js s3rver test test-py test-js lint bench bench-full chaos demo clean
+.PHONY: help venv js static s3rver test test-py test-js lint bench bench-full chaos demo clean
 
 help:
 	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
+	@echo "make static - rebuild relay/static/ (the demo page, the bundled client) and client_js/types from client_js/"
 	@echo "make test   - every test suite (Python and client_js)"
 	@echo "make lint   - ruff, mypy --strict, hadolint"
 	@echo "make bench  - benchmarks, short forms; writes docs/benchmarks.md and docs/bench/*.png"
@@ -44,6 +45,12 @@ client_js/node_modules/.installed: client_js/package.json
 
 js:
 	@if [ -f client_js/package.json ]; then $(MAKE) --no-print-directory client_js/node_modules/.installed; fi
+
+# relay/static/ is built from client_js/ (demo/ and src/, by client_js/scripts/build.mjs) and committed, so the
+# Python package serves the page without Node. `make demo` rebuilds it (the page you see is your sources);
+# `make test` does not: its client_js/test/build.test.js fails when the committed files differ from a build.
+static: js
+	cd client_js && npm run build
 
 $(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
 	cd tests/s3rver && npm ci --no-audit --no-fund
@@ -73,7 +80,7 @@ bench-full: venv
 chaos: venv
 	$(PY) -m bench.chaos --items 60 --kills 5 --probes 600 --flood 300
 
-demo: venv js
+demo: venv js static
 	$(VENV)/bin/podstream demo
 
 clean:

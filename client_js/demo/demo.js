@@ -1,15 +1,26 @@
 // The relay's demo page: submit a batch, watch each result arrive, open any past job. Built with
 // scripts/build.mjs into relay/static/index.html (inlined), so the relay serves it without Node.
 import { PodstreamClient, RelayHttpError, isTerminalStatus } from "../src/index.js";
+import { formatBytes, jobProgress } from "./progress.js";
 
 /**
  * @typedef {import("../src/subscription.js").JobSubscription} JobSubscription
  * @typedef {import("../src/file.js").PodstreamFile} PodstreamFile
- * @typedef {"queued" | "generating" | "receiving" | "ready" | "error"} CardState
+ * @typedef {"queued" | "generating" | "receiving" | "ready" | "error" | "missing"} CardState  `missing`:
+ *   never delivered (the job was cancelled, failed or timed out first)
  * @typedef {{root: HTMLElement, media: HTMLElement, fill: HTMLElement, name: HTMLElement, info: HTMLElement,
  *   state: CardState, fraction: number, received: number}} Card
- * @typedef {{id: string, sub: JobSubscription | null, cards: Map<number, Card>, total: number | null,
- *   ready: number, failed: number, bytes: number}} View
+ * @typedef {object} View  the job on show
+ * @property {string} id
+ * @property {JobSubscription | null} sub
+ * @property {Map<number, Card>} cards
+ * @property {number | null} total  how many items the job asks for: the relay's `expected_items`, else what
+ *   this browser submitted; null while unknown
+ * @property {number} bytes  bytes received (live), or the size of the files shown (a replay)
+ * @property {string} status  the job's RunPod status as last heard ("…" before that)
+ * @property {boolean} opened  the relay answered: `subscribed`, or the manifest of a finished job
+ * @property {boolean} finished  its `done` arrived
+ * @property {boolean} replay  a finished job shown from its manifest, not a live stream
  */
 
 const KEY_STORAGE = "podstream.apiKey";
@@ -43,13 +54,6 @@ function h(tag, attrs = {}, children = []) {
   }
   el.append(...children);
   return el;
-}
-
-/** @param {number} bytes */
-function formatBytes(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
 /** @param {unknown} err  a RelayHttpError's message is the relay's own sentence */
@@ -137,12 +141,30 @@ $("key-form").addEventListener("submit", (event) => {
 });
 
 const conn = $("conn");
-client.on("state", (state) => {
-  conn.textContent = state === "connected" ? "live" : state;
+/** While the client waits to reconnect: when, as the pill says it. @type {string | null} */
+let reconnecting = null;
+
+/**
+ * The pill at the top: the websocket's state, or `replay` while the job on show is a finished one read from
+ * its manifest (no live stream is needed for it, whatever the socket is doing).
+ */
+function showConnection() {
+  const state = view?.replay ? "replay" : client.state;
   conn.dataset.state = state;
+  conn.textContent =
+    state === "connected" ? "live" : state === "disconnected" && reconnecting ? reconnecting : state;
+  conn.title =
+    state === "replay"
+      ? "a finished job, shown from the relay's record of it: nothing live to follow"
+      : "websocket to the relay";
+}
+client.on("state", () => {
+  reconnecting = null;
+  showConnection();
 });
 client.on("disconnected", ({ reconnectIn }) => {
-  if (reconnectIn !== null) conn.textContent = `reconnecting in ${(reconnectIn / 1000).toFixed(1)} s`;
+  reconnecting = reconnectIn === null ? null : `reconnecting in ${(reconnectIn / 1000).toFixed(1)} s`;
+  showConnection();
 });
 
 // ---- the new-job form -------------------------------------------------------------------------------
@@ -345,6 +367,7 @@ async function refreshJobs() {
   try {
     const jobs = await client.listJobs();
     $("jobs-error").textContent = "";
+    $("jobs-note").textContent = "";
     jobList.replaceChildren(
       ...jobs.map((job) => {
         const status = String(job.status ?? "");
@@ -365,10 +388,12 @@ async function refreshJobs() {
     );
     if (!jobs.length) jobList.replaceChildren(h("li", { class: "muted" }, ["no jobs yet"]));
   } catch (err) {
+    // No key is not an error: the page says what to do, in the colour of a hint.
     const noKey = !client.apiKey && err instanceof RelayHttpError && err.status === 401;
-    $("jobs-error").textContent = noKey
+    $("jobs-note").textContent = noKey
       ? "Enter the relay's API key (top right) to list and submit jobs."
-      : `job list: ${message(err)}`;
+      : "";
+    $("jobs-error").textContent = noKey ? "" : `job list: ${message(err)}`;
   }
 }
 $("refresh-jobs").addEventListener("click", () => void refreshJobs());
@@ -414,7 +439,7 @@ function card(index) {
  * @param {string} [text]
  */
 function setCard(c, state, fraction, text) {
-  if (c.state === "ready" || c.state === "error") return;
+  if (isSettled(c)) return;
   c.state = state;
   c.fraction = fraction;
   c.root.dataset.state = state;
@@ -426,35 +451,90 @@ function setCard(c, state, fraction, text) {
   updateOverall();
 }
 
-function updateOverall() {
-  if (!view) return;
-  const total = view.total ?? view.cards.size;
-  let sum = 0;
-  for (const c of view.cards.values()) sum += c.state === "ready" || c.state === "error" ? 1 : c.fraction;
-  const fraction = total ? Math.min(1, sum / total) : 0;
-  const overall = $("overall");
-  overall.style.width = `${Math.round(fraction * 100)}%`;
-  overall.dataset.ready = String(view.ready);
-  overall.dataset.failed = String(view.failed);
-  overall.dataset.total = String(total);
-  const parts = [`${view.ready} of ${view.total ?? `${total}+`} ready`];
-  if (view.failed) parts.push(`${view.failed} failed`);
-  parts.push(`${formatBytes(view.bytes)} received`);
-  $("overall-text").textContent = parts.join(" · ");
+/** @param {Card} c  whether the card shows its final state (a file, a failure, or never delivered) */
+function isSettled(c) {
+  return c.state === "ready" || c.state === "error" || c.state === "missing";
 }
 
-/** @param {string} status */
+/** The line under the job's title and the overall bar, from the cards (test/demo_progress.test.js). */
+function updateOverall() {
+  if (!view) return;
+  let ready = 0;
+  let failed = 0;
+  let partial = 0;
+  for (const c of view.cards.values()) {
+    if (c.state === "ready") ready += 1;
+    else if (c.state === "error") failed += 1;
+    else if (c.state !== "missing") partial += c.fraction;
+  }
+  const p = jobProgress({
+    total: view.total,
+    shown: view.cards.size,
+    ready,
+    failed,
+    partial,
+    bytes: view.bytes,
+    finished: view.finished,
+    replay: view.replay,
+  });
+  if (view.status === "unknown")
+    Object.assign(p, { text: "—", percent: 0, state: "stopped" }); // not opened
+  else if (!view.opened) Object.assign(p, { text: "opening the job…", percent: null, state: "unknown" });
+  const bar = $("overall-bar");
+  bar.dataset.state = p.state;
+  bar.setAttribute("aria-valuetext", p.text);
+  if (p.percent === null) bar.removeAttribute("aria-valuenow");
+  else bar.setAttribute("aria-valuenow", String(p.percent));
+  const overall = $("overall");
+  overall.style.width = p.percent === null ? "" : `${p.percent}%`;
+  Object.assign(overall.dataset, {
+    ready: String(ready),
+    failed: String(failed),
+    undelivered: String(p.undelivered),
+    total: p.total === null ? "" : String(p.total),
+  });
+  $("overall-text").textContent = p.text;
+}
+
+/**
+ * What the job asks for, once known (the relay's `expected_items`): a card for every item from the start.
+ * @param {View} current
+ * @param {number | null} total
+ */
+function learnTotal(current, total) {
+  if (total === null || current !== view || total === current.total) return;
+  current.total = total;
+  for (let i = 0; i < total; i += 1) card(i);
+  updateOverall();
+}
+
+/** @param {string} status  "…" before the relay answers, "unknown" when the job cannot be opened */
 function setStatus(status) {
+  if (view) view.status = status;
   const badge = $("job-status");
   badge.textContent = status;
   badge.dataset.status = status;
   // Only a job that is still running can be cancelled, and only with an API key (a link gives read access).
   $("cancel").hidden = isTerminalStatus(status) || status === "unknown" || status === "…" || !client.apiKey;
+  updateOverall();
 }
 
 /** @param {string} text */
 function jobError(text) {
   $("job-errors").append(h("div", {}, [text]));
+}
+
+/**
+ * A card whose item will never come (the job ended first).
+ * @param {Card} c
+ * @param {string} why  its tooltip
+ */
+function notDelivered(c, why) {
+  c.media.replaceChildren(h("div", { class: "placeholder" }, ["not delivered"]));
+  c.info.textContent = "";
+  c.root.title = why;
+  c.state = "queued"; // let setCard through
+  setCard(c, "missing", 0);
 }
 
 /** @param {PodstreamFile} file */
@@ -475,6 +555,8 @@ function showFile(file) {
   el.src = file.url;
   c.media.replaceChildren(el);
   c.name.textContent = file.id ? `#${file.index + 1} · ${file.id}` : `#${file.index + 1}`;
+  const counted = c.state === "ready" ? file.size : c.received; // bytes already in view.bytes
+  view.bytes += file.size - counted;
   c.info.replaceChildren(
     formatBytes(file.size),
     " ",
@@ -482,10 +564,7 @@ function showFile(file) {
       file.verified === "sha256" ? "✓ sha256" : file.inline ? "✓ size" : "↗ url",
     ]),
   );
-  if (c.state !== "ready") {
-    view.ready += 1;
-    if (file.inline) view.bytes += file.size - c.received;
-  }
+  c.received = file.size;
   c.state = "queued"; // let setCard through
   setCard(c, "ready", 1);
 }
@@ -509,18 +588,21 @@ async function openJob(id) {
   $("empty").hidden = true;
   $("job").hidden = false;
   $("job-id").textContent = id;
-  setStatus("…");
   /** @type {View} */
   const current = {
     id,
     sub: null,
     cards: new Map(),
-    total: knownJobs[id]?.total ?? null,
-    ready: 0,
-    failed: 0,
+    total: knownJobs[id]?.total ?? null, // until the relay says (expected_items)
     bytes: 0,
+    status: "…",
+    opened: false,
+    finished: false,
+    replay: false,
   };
   view = current;
+  setStatus("…");
+  showConnection();
   for (const li of jobList.querySelectorAll("li")) li.toggleAttribute("aria-current", li.dataset.job === id);
   for (let i = 0; i < (current.total ?? 0); i += 1) card(i);
   updateOverall();
@@ -541,16 +623,25 @@ async function openJob(id) {
     return;
   }
   current.sub = sub;
+  // `open` reads a finished job from its manifest (URL mode, no socket; this page subscribes to a running
+  // one inline): its files are shown by URL, and the pill says it is a replay.
+  current.replay = !sub.inline;
+  showConnection();
   sub.on("status", ({ status, error }) => {
+    current.opened = true;
+    learnTotal(current, sub.expectedItems); // a replay learns it from the manifest, before this event
     setStatus(status);
     if (error) jobError(`${status}: ${error}`);
   });
-  sub.on("subscribed", ({ status, recovered }) => {
-    if (status) setStatus(status);
+  sub.on("subscribed", ({ status, recovered, expectedItems }) => {
+    current.opened = true;
+    learnTotal(current, expectedItems);
+    setStatus(status || current.status); // "" before the relay's first poll of the job
     if (!recovered) jobError("The relay no longer has every event of this job; some results may be missing.");
   });
   sub.on("progress", (p) => {
     const c = card(p.item);
+    if (isSettled(c)) return;
     if (p.phase === "generate") {
       setCard(
         c,
@@ -576,33 +667,37 @@ async function openJob(id) {
       jobError(e.fatal ? `Connection: ${e.message}` : `${e.code}: ${e.message}`);
       if (e.code === "restarted") {
         // RunPod re-ran the job: the items that follow replace the ones shown so far
+        current.bytes = 0;
         for (const c of current.cards.values()) {
           c.state = "queued";
           c.received = 0;
           c.media.replaceChildren(h("div", { class: "placeholder" }, ["queued"]));
           c.info.textContent = "";
+          c.root.removeAttribute("title");
           setCard(c, "queued", 0);
         }
-        current.ready = current.failed = current.bytes = 0;
         updateOverall();
       }
       return;
     }
     const c = card(e.item);
-    if (c.state === "ready" || c.state === "error") return;
+    if (isSettled(c)) return;
+    if (e.code === "missing_item" && isTerminalStatus(current.status) && current.status !== "COMPLETED") {
+      notDelivered(c, e.message); // the job was stopped before this item was made: not a failure of it
+      return;
+    }
     c.media.replaceChildren(
       h("div", { class: "error-text" }, [h("strong", {}, [e.code]), h("br"), e.message]),
     );
     c.info.textContent = "failed";
-    current.failed += 1;
     c.state = "queued";
     setCard(c, "error", 1);
   });
-  sub.on("done", ({ status, items }) => {
+  sub.on("done", ({ status }) => {
     setStatus(status);
-    if (current.total === null || items > current.total) current.total = items;
+    current.finished = true;
     for (const c of current.cards.values()) {
-      if (c.state !== "ready" && c.state !== "error") setCard(c, "queued", 0, "not delivered");
+      if (!isSettled(c)) notDelivered(c, `the job ended (${status}) before this item was delivered`);
     }
     updateOverall();
     grid.dataset.done = "true";

@@ -1,7 +1,9 @@
-// Build what the relay serves without Node: relay/static/index.html (the demo page, its CSS and script
-// inlined) and relay/static/podstream-client.js (the library as one ESM file), plus types/ (the .d.ts of
-// src/). `node scripts/build.mjs` writes them; `--check` builds into a temporary directory and fails if the
-// committed files differ (test/build.test.js runs it, so `npm test` catches a stale bundle).
+// Build what the relay serves without Node: relay/static/index.html (the demo page of demo/: its HTML with
+// its CSS and script, demo.js bundled with src/, inlined) and relay/static/podstream-client.js (the library
+// as one ESM file), plus types/ (the .d.ts of src/). Nothing else belongs in relay/static/ or types/: both
+// are outputs, committed so that the Python package serves the page without Node. `npm run build` (this
+// script) writes them afresh; `npm run check` (`--check`) builds into a temporary directory and fails if
+// the committed files differ, are missing or are not built (test/build.test.js runs it in `npm test`).
 import { execFileSync } from "node:child_process";
 import {
   mkdtempSync,
@@ -84,24 +86,25 @@ function readTree(dir) {
 
 /**
  * Build into a temporary directory and list how the committed outputs differ from it.
+ * @param {string} [staticDir]  the outputs to check (default: relay/static and client_js/types)
+ * @param {string} [typesDir]
  * @returns {Promise<string[]>} one line per differing file (empty: up to date)
  */
-export async function check() {
+export async function check(staticDir = STATIC_DIR, typesDir = TYPES_DIR) {
   const tmp = mkdtempSync(join(tmpdir(), "podstream-build-"));
   try {
     await build(join(tmp, "static"), join(tmp, "types"));
     const problems = [];
     for (const [name, [fresh, committed]] of [
-      ["relay/static", [readTree(join(tmp, "static")), readTree(STATIC_DIR)]],
-      ["client_js/types", [readTree(join(tmp, "types")), readTree(TYPES_DIR)]],
+      ["relay/static", [readTree(join(tmp, "static")), readTree(staticDir)]],
+      ["client_js/types", [readTree(join(tmp, "types")), readTree(typesDir)]],
     ]) {
       for (const [file, text] of fresh) {
         if (!committed.has(file)) problems.push(`${name}/${file}: missing`);
         else if (committed.get(file) !== text) problems.push(`${name}/${file}: differs from a fresh build`);
       }
       for (const file of committed.keys()) {
-        if (!fresh.has(file) && name === "client_js/types")
-          problems.push(`${name}/${file}: not built from src/`);
+        if (!fresh.has(file)) problems.push(`${name}/${file}: not built from client_js/ (remove it)`);
       }
     }
     return problems;
@@ -121,6 +124,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       console.log("relay/static and client_js/types match a fresh build");
     } else {
       rmSync(TYPES_DIR, { recursive: true, force: true });
+      rmSync(STATIC_DIR, { recursive: true, force: true });
       await build(STATIC_DIR, TYPES_DIR);
       console.log(`built ${relative(process.cwd(), STATIC_DIR)} and ${relative(process.cwd(), TYPES_DIR)}`);
     }

@@ -9,6 +9,8 @@ export const CloseCode = Object.freeze({
   PING_TIMEOUT: 4002,
   TOKEN_EXPIRED: 4003,
   TOO_MANY_CONNECTIONS: 4004,
+  /** A passing storage error on the relay (EMFILE, ENOSPC, EIO): reconnect and resume. */
+  TRY_AGAIN: 4005,
   MALFORMED_FRAME: 4500,
   UNAUTHORIZED: 4501,
   FRAME_TOO_LARGE: 4502,
@@ -36,7 +38,9 @@ export class FrameError extends Error {
 
 /**
  * @typedef {{t: "welcome", v: number, server: string, ping: number}} WelcomeFrame
- * @typedef {{t: "subscribed", job: string, head: number, status: string, recovered: boolean}} SubscribedFrame
+ * @typedef {{t: "subscribed", job: string, head: number, status: string, recovered: boolean,
+ *   expected_items?: number | null}} SubscribedFrame  `expected_items`: the items the job's input asks for
+ *   (counted at submit), nil when the relay does not know (an attached job; older relays omit it)
  * @typedef {{t: "ev", job: string, seq: number, k: RecordKind, [field: string]: unknown}} EvFrame
  * @typedef {{t: "chunk", job: string, seq: number, item: number, off: number, data: Uint8Array, last: boolean}} ChunkFrame
  * @typedef {{t: "ping", n: number}} PingFrame
@@ -116,6 +120,7 @@ export function decodeFrame(bytes) {
       need(map, "job", "string");
       need(map, "head", "int");
       need(map, "recovered", "boolean");
+      if (map.expected_items != null) need(map, "expected_items", "int");
       break;
     case "ev":
       need(map, "job", "string");

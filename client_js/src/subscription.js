@@ -9,7 +9,8 @@ import { IntegrityError, PodstreamFile, concatBytes, verifyBytes } from "./file.
  * @typedef {import("./frames.js").ChunkFrame} ChunkFrame
  * @typedef {import("./frames.js").SubscribedFrame} SubscribedFrame
  *
- * @typedef {{head: number, status: string, recovered: boolean}} SubscribedEvent
+ * @typedef {{head: number, status: string, recovered: boolean, expectedItems: number | null}} SubscribedEvent
+ *   `expectedItems`: how many items the job's input asks for, null when the relay does not know
  * @typedef {{seq: number, status: string, error?: string}} StatusEvent
  * @typedef {{seq: number, item: number, phase: "generate", step: number, steps: number}} StepProgress
  * @typedef {{seq: number, item: number, phase: "download", received: number, size: number}} ByteProgress
@@ -42,6 +43,7 @@ import { IntegrityError, PodstreamFile, concatBytes, verifyBytes } from "./file.
  *   status?: string, code?: string, message?: string}>} [items]
  * @property {number | ManifestError[]} [errors]
  * @property {number} [head]
+ * @property {number | null} [expected_items]  the items the job's input asks for, null when unknown
  * @property {unknown} [result]  a wrapped handler's result, files already replaced by their media URLs
  */
 
@@ -71,6 +73,16 @@ export function substituteFiles(value, replace) {
     }
   }
   return Object.fromEntries(entries.map(([k, v]) => [k, substituteFiles(v, replace)]));
+}
+
+/**
+ * @param {unknown} value
+ * @returns {number | null} a non-negative integer, else null
+ */
+function countOrNull(value) {
+  return Number.isSafeInteger(value) && /** @type {number} */ (value) >= 0
+    ? /** @type {number} */ (value)
+    : null;
 }
 
 const TERMINAL_STATUSES = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
@@ -109,6 +121,12 @@ export class JobSubscription extends Emitter {
     this.status = null;
     /** False when the relay could not replay every record after `from` (e.g. it expired). */
     this.recovered = true;
+    /**
+     * How many items the job's input asks for (counted by the relay at submit), from `subscribed` or the
+     * manifest; null until known, or when the relay does not know (a job attached from elsewhere).
+     * @type {number | null}
+     */
+    this.expectedItems = null;
     /** Every file received, in arrival order. @type {PodstreamFile[]} */
     this.results = [];
     /** The `done` record once applied. @type {DoneEvent | null} */
@@ -230,7 +248,13 @@ export class JobSubscription extends Emitter {
     this.head = frame.head;
     if (frame.status) this.status = frame.status;
     this.recovered = frame.recovered;
-    this.emit("subscribed", { head: frame.head, status: frame.status, recovered: frame.recovered });
+    this.expectedItems = countOrNull(frame.expected_items) ?? this.expectedItems;
+    this.emit("subscribed", {
+      head: frame.head,
+      status: frame.status,
+      recovered: frame.recovered,
+      expectedItems: this.expectedItems,
+    });
   }
 
   /**
@@ -460,6 +484,7 @@ export class JobSubscription extends Emitter {
     const status = String(manifest.status);
     this.status = status;
     this.head = typeof manifest.head === "number" ? manifest.head : 0;
+    this.expectedItems = countOrNull(manifest.expected_items);
     this.emit("status", { seq: ++seq, status });
     let errors = 0;
     const items = manifest.items ?? [];

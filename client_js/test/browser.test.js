@@ -361,6 +361,163 @@ test(
   },
 );
 
+/**
+ * Record what the open job's progress says each time its line changes: the line, the bar (inline width and
+ * state), the cards by state and the connection pill. For the page loaded now (a reload drops it).
+ * @param {import("playwright-core").Page} target
+ */
+async function watchProgress(target) {
+  await target.evaluate(() => {
+    /** @type {any[]} */
+    const samples = [];
+    const text = /** @type {HTMLElement} */ (document.getElementById("overall-text"));
+    const take = () => {
+      const states = [...document.querySelectorAll("#grid [data-item]")].map((c) =>
+        c.getAttribute("data-state"),
+      );
+      const count = (/** @type {string[]} */ ...names) =>
+        states.filter((s) => names.includes(s ?? "")).length;
+      samples.push({
+        text: text.textContent,
+        width: /** @type {HTMLElement} */ (document.getElementById("overall")).style.width,
+        bar: document.getElementById("overall-bar")?.dataset.state,
+        cards: states.length,
+        ready: count("ready"),
+        failed: count("error"),
+        missing: count("missing"),
+        inflight: count("generating", "receiving"),
+        pill: document.getElementById("conn")?.textContent,
+        status: document.getElementById("job-status")?.textContent,
+      });
+    };
+    new MutationObserver(take).observe(text, { childList: true, characterData: true, subtree: true });
+    Object.assign(window, { progressSamples: samples });
+  });
+}
+
+/**
+ * The samples `watchProgress` recorded so far, and forget them.
+ * @param {import("playwright-core").Page} target
+ * @returns {Promise<Array<{text: string, width: string, bar: string, cards: number, ready: number,
+ *   failed: number, missing: number, inflight: number, pill: string, status: string}>>}
+ */
+function progressSamples(target) {
+  return target.evaluate(() => /** @type {any} */ (window).progressSamples.splice(0));
+}
+
+/** @param {number} n  as the page writes a size */
+function formatSize(n) {
+  if (n < 1024) return `${n} B`;
+  return n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/**
+ * Open a job by id in `target` (a page already loaded) and wait for its `done`.
+ * @param {import("playwright-core").Page} target
+ * @param {string} id
+ */
+async function openById(target, id) {
+  await target.fill("#open-id", id);
+  await target.click("#open-form button");
+  await target.waitForFunction((jobId) => document.getElementById("job-id")?.textContent === jobId, id);
+}
+
+/**
+ * The manifest of a job (GET /v1/jobs/{id}) with the API key.
+ * @param {string} id
+ */
+async function manifestOf(id) {
+  return (await fetch(`${stack.relayUrl}/v1/jobs/${id}`, { headers: stack.headers })).json();
+}
+
+test(
+  "progress of a live 40-item job submitted elsewhere: k of 40 from the first frame, the bar its share; its replay says the same",
+  { skip: !!missing },
+  async () => {
+    const items = Array.from({ length: 40 }, (_, i) => ({ prompt: `a paper boat, ${i}`, seed: i }));
+    const input = { task: "text-to-image", items, params: { width: 64, height: 64, steps: 2 } };
+    const job = await post("/v1/jobs", { input }); // not from this page: it does not know the job's size
+    const errorsBefore = pageErrors.length; // the test before looked for a job that does not exist (404)
+    await page.goto(`${stack.relayUrl}/#key=${stack.apiKey}`);
+    await page.waitForSelector("#job-form");
+    await watchProgress(page);
+    await openById(page, job.id);
+    await waitDone();
+    const samples = await progressSamples(page);
+    const live = samples.filter((x) => x.bar === "live");
+    assert.ok(
+      live.length >= 5,
+      `the line changed as results came: ${samples.map((x) => x.text).join(" | ")}`,
+    );
+    for (const x of live) {
+      const m = /^(\d+) of 40 ready · [\d.]+ (B|KB|MB) received$/.exec(x.text);
+      assert.ok(m, `live: "${x.text}"`);
+      assert.equal(Number(m[1]), x.ready, `the line counts the ready cards: ${JSON.stringify(x)}`);
+      assert.equal(x.cards, 40, "a card for each of the 40 items from the start");
+      const percent = Number(x.width.replace("%", ""));
+      const low = Math.min(99, Math.floor((100 * x.ready) / 40)); // full only at `done`
+      const high = Math.floor((100 * (x.ready + x.inflight)) / 40);
+      assert.ok(low <= percent && percent <= Math.min(99, high), `bar ${x.width} for ${JSON.stringify(x)}`);
+      assert.equal(x.pill, "live");
+    }
+    assert.ok(
+      samples.every((x) => !/\+|so far/.test(x.text)),
+      "never a guessed total once the relay said 40",
+    );
+    const manifest = await manifestOf(job.id);
+    assert.equal(manifest.expected_items, 40);
+    const size = manifest.items.reduce((sum, /** @type {any} */ item) => sum + item.size, 0);
+    assert.equal(await page.textContent("#overall-text"), `40 of 40 ready · ${formatSize(size)} received`);
+    assert.equal(await page.getAttribute("#overall", "style"), "width: 100%;");
+    assert.equal(await page.getAttribute("#overall-bar", "data-state"), "done");
+    assert.equal(await page.textContent("#job-status"), "COMPLETED");
+
+    // the finished job again, in a page that has nothing of it: a replay from its manifest
+    await page.goto(`${stack.relayUrl}/`);
+    await page.waitForSelector("#job-form");
+    await openById(page, job.id);
+    await waitDone();
+    assert.equal(await page.textContent("#overall-text"), `40 of 40 ready · ${formatSize(size)}`);
+    assert.equal(await page.getAttribute("#overall", "style"), "width: 100%;");
+    assert.equal(await page.getAttribute("#overall-bar", "data-state"), "done");
+    assert.equal(await page.textContent("#job-status"), "COMPLETED");
+    assert.equal(await page.textContent("#conn"), "replay", "not `idle`: the job is shown from its record");
+    assert.deepEqual(Object.values(await cardStates()), Array(40).fill("ready"));
+    await screenshot("replay-40");
+    assert.deepEqual(pageErrors.slice(errorsBefore), []);
+  },
+);
+
+test(
+  "a job attached from elsewhere (no total known): ready so far and a moving bar, never a made-up share",
+  { skip: !!missing },
+  async () => {
+    const items = Array.from({ length: 8 }, (_, i) => ({ prompt: `a lighthouse, ${i}`, seed: i }));
+    const input = { task: "text-to-image", items, params: { width: 64, height: 64, steps: 10 } };
+    const run = await fetch(`${stack.emulatorUrl}/run`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${stack.runpodKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ input }),
+    });
+    const { id } = await run.json();
+    await post(`/v1/jobs/${id}/attach`, {});
+    await page.goto(`${stack.relayUrl}/#key=${stack.apiKey}`);
+    await page.waitForSelector("#job-form");
+    await watchProgress(page);
+    await openById(page, id);
+    await waitDone();
+    const samples = await progressSamples(page);
+    const running = samples.filter((x) => x.bar === "unknown" && x.text !== "opening the job…");
+    assert.ok(running.length >= 1, samples.map((x) => x.text).join(" | "));
+    for (const x of running) {
+      assert.match(x.text, /^\d+ ready so far · [\d.]+ (B|KB|MB) received$/);
+      assert.equal(x.width, "", "no share of an unknown total");
+    }
+    assert.match((await page.textContent("#overall-text")) ?? "", /^8 of 8 ready · [\d.]+ KB received$/);
+    assert.equal(await page.getAttribute("#overall", "style"), "width: 100%;");
+  },
+);
+
 /** @type {import("playwright-core").Browser | null} */
 let plainBrowser = null;
 
@@ -423,10 +580,24 @@ test(
     assert.deepEqual(images, [[64, 64], [64, 64]], "the job's two images, decoded"); // prettier-ignore
     assert.equal(await viewer.textContent("#job-status"), "COMPLETED");
     assert.doesNotMatch(viewer.url(), /code=/, "the page dropped the code from its address");
+    // no key is not an error: a hint in the page's muted colour, not the red of #jobs-error
     assert.equal(
-      await viewer.textContent("#jobs-error"),
+      await viewer.textContent("#jobs-note"),
       "Enter the relay's API key (top right) to list and submit jobs.",
     );
+    assert.equal(await viewer.textContent("#jobs-error"), "");
+    const colours = await viewer.evaluate(() => {
+      const color = (/** @type {string} */ id) =>
+        getComputedStyle(/** @type {HTMLElement} */ (document.getElementById(id))).color;
+      const probe = document.createElement("p");
+      probe.className = "form-error";
+      document.body.append(probe);
+      const red = getComputedStyle(probe).color;
+      probe.remove();
+      return { note: color("jobs-note"), hint: color("images-hint"), red };
+    });
+    assert.equal(colours.note, colours.hint, "the key prompt looks like the page's other hints");
+    assert.notEqual(colours.note, colours.red);
     await viewer.reload(); // the token the code was traded for is kept: the job shows again
     await viewer.waitForSelector("#grid[data-done=true]", { timeout: 60000 });
     assert.equal(await viewer.locator("#grid img").count(), 2);
@@ -462,5 +633,47 @@ test(
     assert.ok(await viewer.isHidden("#cancel"), "no Cancel for a job that could not be opened");
     assert.doesNotMatch((await viewer.textContent("body")) ?? "", /object Object/);
     await screenshotOf(viewer, "wrong-key");
+  },
+);
+
+// Last: the worker may go on with the cancelled job's items for a while after the relay has closed it.
+test(
+  "a cancelled job: what came, and the rest not delivered (not failed), live and in its replay",
+  { skip: !!missing },
+  async () => {
+    const items = Array.from({ length: 40 }, (_, i) => ({ prompt: `a red fox, ${i}`, seed: i }));
+    const input = { task: "text-to-image", items, params: { width: 64, height: 64, steps: 12 } };
+    const job = await post("/v1/jobs", { input });
+    await page.goto(`${stack.relayUrl}/#key=${stack.apiKey}`);
+    await page.waitForSelector("#job-form");
+    await openById(page, job.id);
+    await page.waitForSelector('#grid [data-state="ready"]', { timeout: 120000 });
+    await page.click("#cancel");
+    await waitDone();
+    assert.equal(await page.textContent("#job-status"), "CANCELLED");
+    const text = (await page.textContent("#overall-text")) ?? "";
+    const m = /^(\d+) of 40 ready · (\d+) not delivered · [\d.]+ (B|KB|MB) received$/.exec(text);
+    assert.ok(m, text);
+    const ready = Number(m[1]);
+    assert.ok(ready >= 1 && ready < 40 && ready + Number(m[2]) === 40, text);
+    const states = Object.values(await cardStates());
+    assert.equal(states.filter((s) => s === "ready").length, ready);
+    assert.equal(states.filter((s) => s === "missing").length, 40 - ready, JSON.stringify(states));
+    const width = `width: ${Math.floor((100 * ready) / 40)}%;`;
+    assert.equal(await page.getAttribute("#overall", "style"), width, "the bar stops at what came");
+    assert.equal(await page.getAttribute("#overall-bar", "data-state"), "stopped");
+    await screenshot("cancelled");
+
+    await page.goto(`${stack.relayUrl}/`);
+    await page.waitForSelector("#job-form");
+    await openById(page, job.id);
+    await waitDone();
+    const replay = (await page.textContent("#overall-text")) ?? "";
+    assert.match(
+      replay,
+      new RegExp(`^${ready} of 40 ready · ${40 - ready} not delivered · [\\d.]+ (B|KB|MB)$`),
+    );
+    assert.equal(await page.getAttribute("#overall", "style"), width);
+    assert.equal(await page.textContent("#conn"), "replay");
   },
 );

@@ -18,6 +18,13 @@ test("server frames decode with their fields, bin data as Uint8Array", () => {
   const ev = decodeFrame(encode({ t: "ev", job: "j", seq: 1, k: "status", status: "IN_PROGRESS" }));
   assert.deepEqual(ev, { t: "ev", job: "j", seq: 1, k: "status", status: "IN_PROGRESS" });
   assert.equal(decodeFrame(encode({ t: "welcome", v: 1, server: "x", ping: 25 })).t, "welcome");
+  const subscribed = { t: "subscribed", job: "j", head: 0, status: "", recovered: true };
+  assert.deepEqual(decodeFrame(encode({ ...subscribed, expected_items: 40 })), {
+    ...subscribed,
+    expected_items: 40,
+  });
+  assert.equal(decodeFrame(encode({ ...subscribed, expected_items: null })).t, "subscribed");
+  assert.equal(decodeFrame(encode(subscribed)).t, "subscribed", "a relay that does not send it");
   assert.equal(decodeFrame(encode({ t: "bye", code: 4001, reason: "slow" })).t, "bye");
 });
 
@@ -37,6 +44,10 @@ test("malformed frames are rejected with a FrameError naming the problem", () =>
       /recovered must be boolean/,
     ],
     [encode({ t: "welcome", v: 1, server: "s" }), /ping must be number/],
+    [
+      encode({ t: "subscribed", job: "j", head: 0, status: "", recovered: true, expected_items: "40" }),
+      /expected_items must be int/,
+    ],
   ];
   for (const [bytes, pattern] of /** @type {Array<[Uint8Array, RegExp]>} */ (cases)) {
     assert.throws(
@@ -49,6 +60,8 @@ test("malformed frames are rejected with a FrameError naming the problem", () =>
 test("close codes: 4000-4499 reconnect, 4500-4999 terminal", () => {
   assert.equal(isTerminalClose(CloseCode.GOING_AWAY), false);
   assert.equal(isTerminalClose(CloseCode.TOKEN_EXPIRED), false);
+  assert.equal(isTerminalClose(CloseCode.TRY_AGAIN), false);
+  assert.equal(CloseCode.TRY_AGAIN, 4005);
   assert.equal(isTerminalClose(4499), false);
   assert.equal(isTerminalClose(CloseCode.MALFORMED_FRAME), true);
   assert.equal(isTerminalClose(CloseCode.UNAUTHORIZED), true);

@@ -329,6 +329,39 @@ test("a finished job renders from its manifest alone", async () => {
   assert.deepEqual(await job.finished, { seq: 4, status: "COMPLETED", items: 2, errors: 1 });
 });
 
+test("expectedItems: how many items the job's input asks for, from subscribed or the manifest", () => {
+  const live = new JobSubscription("j");
+  /** @type {any[]} */
+  const events = [];
+  live.on("subscribed", (payload) => events.push(["subscribed", payload]));
+  assert.equal(live.expectedItems, null);
+  live._subscribed({ t: "subscribed", job: "j", head: 0, status: "", recovered: true, expected_items: 40 });
+  assert.equal(live.expectedItems, 40);
+  assert.deepEqual(events.at(-1), [
+    "subscribed",
+    { head: 0, status: "", recovered: true, expectedItems: 40 },
+  ]);
+  // a reconnect to a relay that does not say keeps what is known
+  live._subscribed({ t: "subscribed", job: "j", head: 3, status: "IN_PROGRESS", recovered: true });
+  assert.equal(live.expectedItems, 40);
+  const attached = new JobSubscription("j");
+  attached._subscribed({
+    t: "subscribed",
+    job: "j",
+    head: 0,
+    status: "",
+    recovered: true,
+    expected_items: null,
+  });
+  assert.equal(attached.expectedItems, null);
+  const finished = new JobSubscription("j");
+  finished._applyManifest({ status: "CANCELLED", items: [], expected_items: 12 });
+  assert.equal(finished.expectedItems, 12);
+  const unknown = new JobSubscription("j");
+  unknown._applyManifest({ status: "COMPLETED", items: [] });
+  assert.equal(unknown.expectedItems, null);
+});
+
 test("an item record without bytes (uploaded out of band) becomes a URL-only file", async () => {
   const job = new JobSubscription("j");
   const data = bytesOf(50, 9);

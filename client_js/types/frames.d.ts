@@ -6,7 +6,9 @@
 export function isTerminalClose(code: number): boolean;
 /**
  * @typedef {{t: "welcome", v: number, server: string, ping: number}} WelcomeFrame
- * @typedef {{t: "subscribed", job: string, head: number, status: string, recovered: boolean}} SubscribedFrame
+ * @typedef {{t: "subscribed", job: string, head: number, status: string, recovered: boolean,
+ *   expected_items?: number | null}} SubscribedFrame  `expected_items`: the items the job's input asks for
+ *   (counted at submit), nil when the relay does not know (an attached job; older relays omit it)
  * @typedef {{t: "ev", job: string, seq: number, k: RecordKind, [field: string]: unknown}} EvFrame
  * @typedef {{t: "chunk", job: string, seq: number, item: number, off: number, data: Uint8Array, last: boolean}} ChunkFrame
  * @typedef {{t: "ping", n: number}} PingFrame
@@ -41,6 +43,8 @@ export const CloseCode: Readonly<{
     PING_TIMEOUT: 4002;
     TOKEN_EXPIRED: 4003;
     TOO_MANY_CONNECTIONS: 4004;
+    /** A passing storage error on the relay (EMFILE, ENOSPC, EIO): reconnect and resume. */
+    TRY_AGAIN: 4005;
     MALFORMED_FRAME: 4500;
     UNAUTHORIZED: 4501;
     FRAME_TOO_LARGE: 4502;
@@ -58,12 +62,17 @@ export type WelcomeFrame = {
     server: string;
     ping: number;
 };
+/**
+ * `expected_items`: the items the job's input asks for
+ *  (counted at submit), nil when the relay does not know (an attached job; older relays omit it)
+ */
 export type SubscribedFrame = {
     t: "subscribed";
     job: string;
     head: number;
     status: string;
     recovered: boolean;
+    expected_items?: number | null;
 };
 export type EvFrame = {
     t: "ev";

@@ -39,6 +39,12 @@ export class JobSubscription extends Emitter<JobEvents> {
     status: string | null;
     /** False when the relay could not replay every record after `from` (e.g. it expired). */
     recovered: boolean;
+    /**
+     * How many items the job's input asks for (counted by the relay at submit), from `subscribed` or the
+     * manifest; null until known, or when the relay does not know (a job attached from elsewhere).
+     * @type {number | null}
+     */
+    expectedItems: number | null;
     /** Every file received, in arrival order. @type {PodstreamFile[]} */
     results: PodstreamFile[];
     /** The `done` record once applied. @type {DoneEvent | null} */
@@ -148,10 +154,14 @@ export class JobSubscription extends Emitter<JobEvents> {
 export type EvFrame = import("./frames.js").EvFrame;
 export type ChunkFrame = import("./frames.js").ChunkFrame;
 export type SubscribedFrame = import("./frames.js").SubscribedFrame;
+/**
+ * `expectedItems`: how many items the job's input asks for, null when the relay does not know
+ */
 export type SubscribedEvent = {
     head: number;
     status: string;
     recovered: boolean;
+    expectedItems: number | null;
 };
 export type StatusEvent = {
     seq: number;
@@ -264,6 +274,10 @@ export type Manifest = {
     }[] | undefined;
     errors?: number | ManifestError[] | undefined;
     head?: number | undefined;
+    /**
+     * the items the job's input asks for, null when unknown
+     */
+    expected_items?: number | null | undefined;
     /**
      * a wrapped handler's result, files already replaced by their media URLs
      */

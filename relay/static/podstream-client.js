@@ -1601,6 +1601,8 @@ var CloseCode = Object.freeze({
   PING_TIMEOUT: 4002,
   TOKEN_EXPIRED: 4003,
   TOO_MANY_CONNECTIONS: 4004,
+  /** A passing storage error on the relay (EMFILE, ENOSPC, EIO): reconnect and resume. */
+  TRY_AGAIN: 4005,
   MALFORMED_FRAME: 4500,
   UNAUTHORIZED: 4501,
   FRAME_TOO_LARGE: 4502,
@@ -1656,6 +1658,7 @@ function decodeFrame(bytes) {
       need(map, "job", "string");
       need(map, "head", "int");
       need(map, "recovered", "boolean");
+      if (map.expected_items != null) need(map, "expected_items", "int");
       break;
     case "ev":
       need(map, "job", "string");
@@ -2031,6 +2034,13 @@ function substituteFiles(value, replace) {
   }
   return Object.fromEntries(entries.map(([k, v]) => [k, substituteFiles(v, replace)]));
 }
+function countOrNull(value) {
+  return Number.isSafeInteger(value) && /** @type {number} */
+  value >= 0 ? (
+    /** @type {number} */
+    value
+  ) : null;
+}
 var TERMINAL_STATUSES = /* @__PURE__ */ new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
 function isTerminalStatus(status) {
   return status != null && TERMINAL_STATUSES.has(status);
@@ -2052,6 +2062,7 @@ var JobSubscription = class extends Emitter {
     this.head = 0;
     this.status = null;
     this.recovered = true;
+    this.expectedItems = null;
     this.results = [];
     this.doneRecord = null;
     this.failure = null;
@@ -2156,7 +2167,13 @@ var JobSubscription = class extends Emitter {
     this.head = frame.head;
     if (frame.status) this.status = frame.status;
     this.recovered = frame.recovered;
-    this.emit("subscribed", { head: frame.head, status: frame.status, recovered: frame.recovered });
+    this.expectedItems = countOrNull(frame.expected_items) ?? this.expectedItems;
+    this.emit("subscribed", {
+      head: frame.head,
+      status: frame.status,
+      recovered: frame.recovered,
+      expectedItems: this.expectedItems
+    });
   }
   /**
    * Apply one `ev` or `chunk` frame of this job. Records at or before `lastSeq` are dropped (they were
@@ -2374,6 +2391,7 @@ var JobSubscription = class extends Emitter {
     const status = String(manifest.status);
     this.status = status;
     this.head = typeof manifest.head === "number" ? manifest.head : 0;
+    this.expectedItems = countOrNull(manifest.expected_items);
     this.emit("status", { seq: ++seq, status });
     let errors = 0;
     const items = manifest.items ?? [];
