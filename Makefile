@@ -17,7 +17,7 @@ PYTEST_N ?= 4
 PYTEST := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache $(PY) -m pytest \
 	-n $(PYTEST_N) --dist loadgroup
 
-.PHONY: help venv js static s3rver test test-py test-js lint bench bench-full chaos demo clean
+.PHONY: help venv js static s3rver test test-py test-js lint bench bench-full chaos demo locks clean
 
 help:
 	@echo "make demo   - run the whole system on this machine (emulator + tiny CPU worker + relay)"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench  - benchmarks, short forms; writes docs/benchmarks.md and docs/bench/*.png"
 	@echo "make bench-full - the same at the full sizes (about an hour, GBs of disk); writes docs/benchmarks-full.md"
 	@echo "make chaos  - relay kills, RunPod faults, connection floods and fuzz at once; one table (a few minutes)"
+	@echo "make locks  - regenerate deploy/requirements/*.txt (the images' locked dependencies) with uv"
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +83,12 @@ chaos: venv
 
 demo: venv js static
 	$(VENV)/bin/podstream demo
+
+# uv resolves for the images' platform (Linux x86_64, CPython 3.12) from any machine; it is installed into the
+# venv here, so the script finds it first on PATH.
+locks: venv
+	$(PY) -m pip install --quiet "uv>=0.4"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" deploy/update-locks.sh
 
 clean:
 	rm -rf $(VENV) client_js/node_modules tests/s3rver/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -7,9 +7,11 @@ The client API:
 
     podstream.pull(job, runpod_url=..., key=..., out=...)   # drain RunPod's /stream directly (no relay)
     podstream.watch(job, relay=..., out=..., token=...)     # follow a job on a relay over its websocket
-    podstream.apull(...), podstream.awatch(...)             # the same for asyncio programs
+    podstream.save(job.stream(), out=..., job=job)          # the runpod SDK's own stream (runpod.Endpoint)
+    podstream.apull(...), podstream.awatch(...), podstream.asave(...)   # the same for asyncio programs
 
-They live in `podstream.puller` and `podstream.watcher` (with their options: `RetryPolicy`, ...).
+They live in `podstream.puller`, `podstream.watcher` and `podstream.sdk` (with their options:
+`RetryPolicy`, ...).
 
 The worker API (the `worker` package, docs/worker.md):
 
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from podstream.puller import apull, pull
+    from podstream.sdk import asave, save
     from podstream.watcher import awatch, watch
     from worker.model import Cancelled, Context, File, Image, Model, Models, Request, Result, Video
     from worker.start import run_once, serve
@@ -44,6 +47,8 @@ _LAZY = {
     "apull": "podstream.puller",
     "watch": "podstream.watcher",
     "awatch": "podstream.watcher",
+    "save": "podstream.sdk",
+    "asave": "podstream.sdk",
 }
 #: The worker API: name -> its module in the worker package.
 _WORKER_API = {
@@ -115,9 +120,11 @@ __all__ = [
     "WrapConfig",
     "__version__",
     "apull",
+    "asave",
     "awatch",
     "pull",
     "run_once",
+    "save",
     "serve",
     "watch",
     "wrap",

@@ -28,7 +28,18 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+def cli_console(*, stderr: bool = True) -> Console:
+    """The `rich` console the CLI writes through. On a terminal, rich wraps at its width; into a pipe or a
+    file (CI, `| tee`, `2> log`) nothing is wrapped, since rich would otherwise break every line at 80
+    columns and a path or a URL would come out in pieces."""
+    from rich.console import Console
+
+    out = Console(stderr=stderr)
+    if not out.is_terminal:
+        out.soft_wrap = True  # each print is one line, as long as it is
+    return out
 
 
 @dataclass(frozen=True)
@@ -224,7 +235,6 @@ class RichProgress(Observer):
         max_bars: int = 12,
         started: float | None = None,
     ) -> None:
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -234,7 +244,7 @@ class RichProgress(Observer):
             TimeElapsedColumn,
         )
 
-        self.console = console or Console(stderr=True)
+        self.console = console or cli_console()
         self.max_bars = max_bars
         self._overall = Progress(
             TextColumn("[bold]{task.description}"),
@@ -400,10 +410,9 @@ class UploadBar:
     the end says what was sent and what the relay already held."""
 
     def __init__(self, *, console: Console | None = None, title: str = "uploading") -> None:
-        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = console or Console(stderr=True)
+        self.console = console or cli_console()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

@@ -52,7 +52,6 @@ import httpx
 from podstream import results, sinks, wire
 from podstream.backoff import MAX_RETRY_AFTER_S, Backoff, retry_after_seconds
 from podstream.progress import (
-    TERMINAL_STATUSES,
     ItemFailure,
     JobIncomplete,
     JobOutcome,
@@ -62,6 +61,7 @@ from podstream.progress import (
     TransferError,
 )
 from podstream.stream_split import StreamSplitter, entry_output
+from podstream.wire import TERMINAL_STATUSES
 
 #: How long RunPod may hold one `/stream` request open waiting for an item (RunPod allows 1000..300000).
 DEFAULT_WAIT_MS: Final = 30_000
@@ -138,9 +138,12 @@ class StreamDrain:
     Feed it every `/stream` response body with `feed`; it returns the files that body completed (and any
     `wire.ItemRef` whose file must be fetched from its URL, see `save_ref`). Once `ended` is true (status
     terminal and an empty stream) call `finish` for the outcome. `close` abandons unfinished items.
+    `job` None takes the job of the first envelope (`wire.Assembler`).
     """
 
-    def __init__(self, job: str, out: Path, observer: Observer | None = None, *, fsync: bool = True) -> None:
+    def __init__(
+        self, job: str | None, out: Path, observer: Observer | None = None, *, fsync: bool = True
+    ) -> None:
         self.job = job
         self.out = out
         self.observer = observer or Observer()
@@ -148,7 +151,7 @@ class StreamDrain:
         self.status = "UNKNOWN"
         self.ended = False
         self.polls = 0
-        self.outcome = JobOutcome(job)
+        self.outcome = JobOutcome(job or "")
         files = sinks.file_sinks(out, fsync=fsync)
 
         def factory(item: int, id: str, mime: str, size: int) -> wire.ItemSink:
@@ -273,6 +276,7 @@ class StreamDrain:
     def finish(self, error: str | None = None) -> JobOutcome:
         """The outcome once the stream ended; `error` is the job-level error from `/status`, if any."""
         outcome = self.outcome
+        outcome.job = outcome.job or self.assembler.job or ""
         outcome.status = self.status
         outcome.error = error
         for problem in self.assembler.finish():
@@ -546,7 +550,7 @@ def pull(
             started = time.monotonic()
             for result in caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms}):
                 if isinstance(result, wire.ItemRef):
-                    saved = _fetch_ref_sync(http, drain, result)
+                    saved = fetch_ref(http, drain, result)
                     if saved is not None:
                         yield saved
                 else:
@@ -565,7 +569,8 @@ def pull(
         raise JobIncomplete(outcome)
 
 
-def _fetch_ref_sync(http: httpx.Client, drain: StreamDrain, ref: wire.ItemRef) -> SavedFile | None:
+def fetch_ref(http: httpx.Client, drain: StreamDrain, ref: wire.ItemRef) -> SavedFile | None:
+    """Fetch the file of a `ref` envelope into `drain` (`StreamDrain.save_ref`): saved, or a problem."""
     try:
         with http.stream("GET", ref.url) as response:
             if response.status_code != 200:
@@ -708,7 +713,7 @@ async def apull(
             stream = caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms})
             async for result in stream:
                 if isinstance(result, wire.ItemRef):
-                    saved = await _fetch_ref_async(http, drain, result)
+                    saved = await afetch_ref(http, drain, result)
                     if saved is not None:
                         yield saved
                 else:
@@ -727,9 +732,8 @@ async def apull(
         raise JobIncomplete(outcome)
 
 
-async def _fetch_ref_async(
-    http: httpx.AsyncClient, drain: StreamDrain, ref: wire.ItemRef
-) -> SavedFile | None:
+async def afetch_ref(http: httpx.AsyncClient, drain: StreamDrain, ref: wire.ItemRef) -> SavedFile | None:
+    """`fetch_ref` on an `httpx.AsyncClient`."""
     # Refs are rare (files uploaded out of band); buffering one in memory chunk by chunk keeps this simple.
     try:
         async with http.stream("GET", ref.url) as response:

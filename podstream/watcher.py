@@ -45,7 +45,6 @@ import msgpack
 
 from podstream import results, sinks
 from podstream.progress import (
-    TERMINAL_STATUSES,
     ItemFailure,
     JobIncomplete,
     JobOutcome,
@@ -55,6 +54,7 @@ from podstream.progress import (
     TransferError,
 )
 from podstream.puller import RetryPolicy
+from podstream.wire import TERMINAL_STATUSES
 
 #: Close codes of docs/protocol.md: 4000-4499 reconnect (with backoff), 4500-4999 do not.
 RECONNECT_CODES: Final = range(4000, 4500)

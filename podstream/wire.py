@@ -69,6 +69,9 @@ TYPES: Final = frozenset({PART, PROGRESS, REF, ERROR, RESULT, MANIFEST})
 DEFAULT_BODY_BUDGET: Final = 1_000_000
 #: RunPod's cap on a `/run` request body (the job input travels in it): what staging inputs keeps under.
 RUN_BODY_CAP: Final = 10_000_000
+#: RunPod job statuses after which nothing more happens to a job (its /status and /stream say so). The one
+#: list in the project: the relay, the CLI, the emulator and the JS client (client_js/src) agree on it.
+TERMINAL_STATUSES: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 #: Raw bytes per part by default: base64 makes 699,052 characters of it, far under the budget.
 DEFAULT_PART_BYTES: Final = 512 * 1024
 #: Hard limits that keep a consumer's memory bounded whatever a sender claims.
@@ -560,6 +563,9 @@ class Assembler:
     envelope caused (often none, e.g. for a part that does not complete its item). Duplicates are ignored
     and counted. `finish` returns the problems only the end can reveal: gaps, incomplete items, a missing
     manifest, and disagreement between the manifest and what arrived.
+
+    `job` is the job whose envelopes it takes; without one, the job of the first valid envelope: an
+    envelope of any other job is `Malformed` (`wrong_job`) either way.
     """
 
     def __init__(self, job: str | None = None, sink: SinkFactory = MemorySink) -> None:
@@ -608,6 +614,7 @@ class Assembler:
             return [problem]
         assert isinstance(envelope, dict)
         events: list[Event] = []
+        self.job = envelope["job"]
         run, seq = envelope["run"], envelope["seq"]
         if self.run is not None and run != self.run:
             self._abort_items()

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from podstream.cli import CommandError, UsageError
+from podstream.wire import TERMINAL_STATUSES
 
 DEFAULT_RELAY = "http://127.0.0.1:8700"
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 EPILOG = """\
 Examples:
@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
     # RunPod answers a cancel of a job that already ended with its status, CANCELLED included: asking
     # first is what tells "cancelled now" from "had already ended".
     before = _call(*status_call, key, where, variable, args.job)
-    if before in TERMINAL:
+    if before in TERMINAL_STATUSES:
         print(f"job {args.job} had already ended ({before}): nothing to cancel")
         return 0
     status = _call(*cancel_call, key, where, variable, args.job)
     if status == "CANCELLED":
         print(f"cancelled job {args.job}")
-    elif status in TERMINAL:
+    elif status in TERMINAL_STATUSES:
         print(f"job {args.job} ended ({status}) before it could be cancelled")
     else:
         print(f"asked {where} to cancel job {args.job} (status now {status})")

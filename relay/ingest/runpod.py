@@ -35,8 +35,9 @@ from podstream.backoff import retry_after_seconds
 # The sans-I/O splitter lives in podstream/ (the pull uses it too, without the relay's server deps).
 from podstream.stream_split import StreamSplitter as StreamSplitter
 from podstream.stream_split import parse_entry as parse_entry
+from podstream.wire import TERMINAL_STATUSES
 
-TERMINAL: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+TERMINAL: Final = TERMINAL_STATUSES
 STATUSES: Final = frozenset({"IN_QUEUE", "IN_PROGRESS"}) | TERMINAL
 _RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 #: `/stream` answers above this size are parsed in a worker thread.

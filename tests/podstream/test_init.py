@@ -36,6 +36,20 @@ def test_the_worker_api_is_the_worker_packages_and_imports_no_torch(tmp_path: Pa
     assert set(__import__("podstream").__all__) >= {"wrap", "serve", "WrapConfig", "Request", "Video"}
 
 
+def test_the_client_api_imports_neither_torch_nor_the_runpod_sdk(tmp_path: Path) -> None:
+    code = (
+        "import sys, podstream\n"
+        "from podstream import pull, apull, watch, awatch, save, asave\n"
+        "import podstream.sdk\n"
+        "assert save is podstream.sdk.save and asave is podstream.sdk.asave\n"
+        "assert not {'torch', 'runpod', 'worker'} & set(sys.modules), 'heavy import'\n"
+        "print('ok')\n"
+    )
+    done = run_python(code, tmp_path)
+    assert done.stdout.strip() == "ok", done.stderr
+    assert set(__import__("podstream").__all__) >= {"pull", "watch", "save", "asave"}
+
+
 def test_a_users_worker_py_does_not_hide_the_worker_package(tmp_path: Path) -> None:
     """A handler script named worker.py (`import worker` would import itself), and a script beside one."""
     (tmp_path / "worker.py").write_text(

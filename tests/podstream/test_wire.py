@@ -232,6 +232,14 @@ def test_new_run_resets_state() -> None:
     assert asm.finish() == []
 
 
+def test_without_a_job_the_first_envelopes_job_is_the_only_one_taken() -> None:
+    asm = wire.Assembler()
+    feed_all(asm, build_job([b"one"], job="job-a"))
+    (problem,) = asm.feed(build_job([b"two"], job="job-b")[0])
+    assert asm.job == "job-a" and isinstance(problem, wire.Malformed) and problem.code == "wrong_job"
+    assert asm.finish() == [] and asm.completed[0].result == b"one"
+
+
 def test_ref_items_count_for_the_manifest() -> None:
     env = wire.Envelopes("j")
     sha = hashlib.sha256(b"x").hexdigest()
@@ -479,3 +487,14 @@ def test_manifest_entries_carry_the_seed() -> None:
     entry = wire.ManifestItem(0, "", "ok", "image/png", 1, "0" * 64, 1, seed=1234)
     assert entry.to_dict()["seed"] == 1234
     assert "seed" not in wire.ManifestItem(0, "", "error").to_dict()
+
+
+def test_the_js_client_knows_the_same_terminal_statuses() -> None:
+    """One list of RunPod's final statuses: the JS client (client_js/src/subscription.js) agrees with it."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "client_js" / "src" / "subscription.js").read_text()
+    found = re.search(r"const TERMINAL_STATUSES = new Set\(\[([^\]]*)\]\)", source)
+    assert found is not None, "client_js/src/subscription.js no longer declares TERMINAL_STATUSES"
+    assert frozenset(re.findall(r'"([A-Z_]+)"', found.group(1))) == wire.TERMINAL_STATUSES

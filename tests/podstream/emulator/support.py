@@ -119,6 +119,22 @@ class Setup:
     worker: FakeWorker
 
 
+def sdk(emu: Emulator) -> Any:
+    """The runpod SDK pointed at `emu` as a client, with `API_KEY`. Imported here, not at the top: importing
+    it runs py-cpuinfo in a subprocess (about a second), which every xdist worker would pay when it collects
+    a module that imports this one."""
+    import runpod
+
+    runpod.api_key = API_KEY
+    runpod.endpoint_url_base = f"{emu.base_url}/v2"
+    return runpod
+
+
+def endpoint(emu: Emulator) -> Any:
+    """`runpod.Endpoint` of `emu`'s endpoint."""
+    return sdk(emu).Endpoint(emu.config.endpoint_id)
+
+
 def gone(pid: int) -> bool:
     """The process has exited (a zombie waiting for its parent counts as gone)."""
     try:

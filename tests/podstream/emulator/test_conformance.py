@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from podstream.emulator import Emulator
-from tests.podstream.emulator.support import API_KEY, config
+from tests.podstream.emulator.support import config, endpoint, sdk
 
 WORKER = str(Path(__file__).with_name("sdk_worker.py"))
 
@@ -62,20 +62,6 @@ def _clean_faults(request: pytest.FixtureRequest) -> Iterator[None]:
     if "fleet" in request.fixturenames:
         for emu in request.getfixturevalue("fleet").values():
             emu.faults.reset()
-
-
-def sdk(emu: Emulator) -> Any:
-    """The runpod SDK pointed at `emu`. Imported here, not at the top: importing it runs py-cpuinfo in a
-    subprocess (about a second), which every xdist worker would pay when it collects this module."""
-    import runpod
-
-    runpod.api_key = API_KEY
-    runpod.endpoint_url_base = f"{emu.base_url}/v2"
-    return runpod
-
-
-def endpoint(emu: Emulator) -> Any:
-    return sdk(emu).Endpoint(emu.config.endpoint_id)
 
 
 def wait_status(job: Any, wanted: str, timeout: float = 30) -> str:
