@@ -12,6 +12,7 @@ import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from podstream.emulator import Emulator
 from relay.api.auth import (
@@ -526,9 +527,9 @@ async def test_the_relays_own_origin_has_its_scheme(tmp_path: Path, emulator: Em
             extra = {"x-forwarded-proto": proto} if proto else {}
             async with websockets.connect(
                 relay.ws_url,
-                origin=origin,
+                origin=Origin(origin),
                 additional_headers=extra,
-                compression=None,  # type: ignore[arg-type]
+                compression=None,
             ) as ws:
                 if allowed:
                     await ws.send(pack({"t": "auth", "token": token}))
@@ -539,9 +540,9 @@ async def test_the_relays_own_origin_has_its_scheme(tmp_path: Path, emulator: Em
         spoof = {"x-podstream-own-origin": tls}
         async with websockets.connect(
             relay.ws_url,
-            origin=tls,
+            origin=Origin(tls),
             additional_headers=spoof,
-            compression=None,  # type: ignore[arg-type]
+            compression=None,
         ) as ws:
             await closed_with(ws, 4504)
     finally:
