@@ -5,6 +5,7 @@
     python -m bench --full              # the full sizes (`make bench-full`: tens of minutes, GBs of disk)
     python -m bench --report docs       # also write docs/benchmarks.md and docs/bench/*.png from this run
     python -m bench --full --report docs --merge worker_wire   # rerun one; keep the page's other figures
+    python -m bench --rewrite docs      # run nothing: both pages again from their results.json
 
 Every figure is a ratio against a baseline measured in the same run, on the same machine.
 """
@@ -37,7 +38,7 @@ SHORT: dict[str, list[str]] = {
     "wire_assembler": ["--items", "10", "--mb", "4"],
 }
 
-#: The full forms (issue 16, target 5).
+#: The full forms: the sizes of the targets (docs/benchmarks-full.md).
 FULL: dict[str, list[str]] = {
     "cluster": ["--items", "40", "--mb", "4", "--subscribers", "50", "--kills", "5"],
     "input_upload": ["--images", "500", "--kb", "1024", "--refs", "1000", "--ref-kb", "1024"],
@@ -76,6 +77,13 @@ def parser(names: list[str]) -> argparse.ArgumentParser:
         action="store_true",
         help="with --report: keep the page's figures of benchmarks not run now (the page dates each one)",
     )
+    p.add_argument(
+        "--rewrite",
+        type=Path,
+        metavar="DOCS",
+        help="run nothing: write DOCS/benchmarks.md and DOCS/benchmarks-full.md again from the figures "
+        "their last runs kept (DOCS/bench*/results.json), after a change to the report's text",
+    )
     return p
 
 
@@ -88,6 +96,13 @@ def main(argv: list[str]) -> int:
         p.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(names)})")
     if args.merge and args.report is None:
         p.error("--merge keeps the figures of a page: give --report DOCS with it")
+    if args.rewrite is not None:
+        if args.names or args.report is not None or args.merge or args.full:
+            p.error("--rewrite runs nothing: give it alone")
+        from bench import _report
+
+        print(f"wrote {', '.join(str(p) for p in _report.rewrite(args.rewrite))}")
+        return 0
     chosen = args.names or names
     sizes = FULL if args.full else SHORT
     failed = []

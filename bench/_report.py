@@ -188,9 +188,9 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
         "",
         f"Written by `{form}` (`python -m bench --report docs{' --full' if full else ''}`) on "
         f"{machine['date']}: {machine['cores']} cores, {machine['cpu']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}. {_provenance(figures)} The machine was shared with "
-        "other work while it ran, so absolute MB/s and milliseconds are noisy: read the ratios and the "
-        "shapes. Run it again to get your machine's figures.",
+        f"Python {machine['python']}. {_provenance(figures)} Absolute MB/s and milliseconds depend on the "
+        "machine and on whatever else runs on it: read the ratios and the shapes. Run it again to get your "
+        "machine's figures.",
         "",
     ]
     if not full:
@@ -211,8 +211,8 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
     if not_run:
         out += [f"**Not run in this run** (no figures): {', '.join(not_run)}.", ""]
     out += [
-        "**GPU figures (issue 16, item 7) are not measured.** No GPU machine was lent to the session that "
-        "wrote this page, so GPU busy share and time to the first file for SVD-XT, SDXL and LTX are not "
+        "**No GPU figures.** These benchmarks run on the CPU, with stand-in models, so "
+        "GPU busy share and time to the first file for SVD-XT, SDXL and LTX depend on your GPU and are not "
         "given here; no number is guessed.",
         "",
     ]
@@ -386,11 +386,11 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
         "",
         "## Not measured here",
         "",
-        "- GPU pipelines (issue 16, item 7): no GPU machine was lent to this session; see above.",
+        "- GPU pipelines (SVD-XT, SDXL, LTX): these benchmarks run on the CPU; see above.",
     ]
     if "relay_idle" in figures and not full:
         out.append(
-            "- 10,000 idle subscribers (issue 16, item 4) at full size: `make bench-full` measures it; "
+            "- 10,000 idle subscribers at full size: `make bench-full` measures it; "
             "the short form above gives the per-subscriber cost."
         )
     out.append("")
@@ -459,7 +459,7 @@ def _idle_section(d: dict[str, Any], full: bool) -> list[str]:
         "",
         f"Idle, authenticated websocket subscribers on one relay process (auth on: each sends a job-scoped "
         f"token in its `auth` frame, subscribes to a live job and reads its first record, then only answers "
-        f"pings), added in steps. Target (issue 16, item 4): 10,000 under 1 GB. Held "
+        f"pings), added in steps. Target: 10,000 under 1 GB. Held "
         f"**{d['subscribers_held']:,} of {d['subscribers_asked']:,}**; relay RSS {d['idle_rss_mib']:.0f} MiB "
         f"with none, {d['rss_mib']:.0f} MiB with all (peak `VmHWM` {d['hwm_mib']:.0f} MiB); "
         f"**{d['per_subscriber_kib']:.1f} KiB per extra subscriber** (least-squares slope over the steps).",
@@ -520,6 +520,31 @@ def merged(raw: Path, fresh: dict[str, dict[str, Any]], failed: list[str]) -> di
 def measured_on(data: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any]:
     """The machine a figure was measured on, dated when it was: a kept figure's own, not this report's."""
     return {**machine, **(data.get("machine") or {}), "date": data.get("measured") or machine["date"]}
+
+
+def page_from_results(docs: Path, *, full: bool) -> str:
+    """The page `write` made from the figures it kept in `docs`/bench[-full]/results.json: what the
+    committed page must read, word for word, with the report's current text (tests/bench/test_main.py)."""
+    from bench.__main__ import benchmarks
+
+    raw: dict[str, Any] = json.loads((docs / CHARTS[full] / "results.json").read_text())
+    figures = {name: data for name, data in raw.items() if isinstance(data, dict) and "bench" in data}
+    failed = list(raw.get("failed", []))
+    not_run = [n for n in benchmarks() if n not in figures and n not in failed]
+    full_page = (docs / PAGE[True]).exists()
+    return markdown(figures, [], raw["machine"], full, failed, not_run, full_page)
+
+
+def rewrite(docs: Path) -> list[Path]:
+    """Both pages written again from their results.json (no benchmark runs; the charts stay): after a
+    change to the report's text, `python -m bench --rewrite docs`."""
+    written = []
+    for full in (False, True):
+        if (docs / CHARTS[full] / "results.json").exists():
+            page = docs / PAGE[full]
+            page.write_text(page_from_results(docs, full=full))
+            written.append(page)
+    return written
 
 
 def write(results: Path, docs: Path, *, full: bool, failed: list[str], merge: bool = False) -> list[Path]:

@@ -200,15 +200,44 @@ def test_python_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
     print(f"{block.file}:{block.line} ran in {time.monotonic() - started:.1f}s")
 
 
-def test_no_internal_jargon_in_user_facing_files() -> None:
-    """Words only this project's authors know ("seed 002's pattern") mean nothing to a user."""
-    jargon = re.compile(r"\bseed \d{3}\b|\bseeds?/|\bshared/seeds\b", re.IGNORECASE)
-    files = [
+#: What only this project's authors know, or how they work: their seeds and shared notes ("seed 002's
+#: pattern", shared/RUNPOD.md), their issue tracker ("issue 16, item 7") and who measured what when ("no GPU
+#: machine was lent to the session"). None of it means anything to a user.
+JARGON = re.compile(
+    r"\bseed \d{3}\b|\bseeds?/|\bshared/|\bissues? ?#?\d+|\bitem \d+\)|\b(?:this|the|a) session\b|\blent to\b",
+    re.IGNORECASE,
+)
+
+
+def user_facing_files() -> list[Path]:
+    """What a user reads: the READMEs, docs/, the examples, the deploy files, the changelog, and the report
+    that writes docs/benchmarks*.md (its text is the pages' text)."""
+    return [
         ROOT / "README.md",
+        ROOT / "CHANGELOG.md",
         ROOT / "Dockerfile",
         ROOT / "docker-compose.yml",
+        ROOT / "client_js" / "README.md",
+        ROOT / "bench" / "_report.py",
         *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "deploy").rglob("*.*")),
+        *sorted(p for p in (ROOT / "examples").rglob("*") if p.suffix in (".md", ".py", ".json")),
     ]
+
+
+def test_jargon_pattern_catches_what_it_is_for() -> None:
+    for said in ("issue 16, item 7", "(issue 16)", "see issue #26", "after shared/seeds/000", "seed 002's",
+                 "lent to the session that wrote this page", "see shared/RUNPOD.md"):  # fmt: skip
+        assert JARGON.search(said), said
+    for fine in ("a link issued by one replica", "no sticky sessions", "in its own session", "item 3 failed",
+                 "the seed 7"):  # fmt: skip
+        assert not JARGON.search(fine), fine
+
+
+def test_no_internal_jargon_in_user_facing_files() -> None:
+    """Words only this project's authors know mean nothing to a user (`JARGON`)."""
+    jargon = JARGON
+    files = user_facing_files()
     found = [
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
         for path in files
@@ -217,3 +246,122 @@ def test_no_internal_jargon_in_user_facing_files() -> None:
         if jargon.search(line)
     ]
     assert not found, found
+
+
+# ------------------------------------------------------------------------------- docs/cli.md synopses
+
+
+def cli_synopses() -> dict[str, str]:
+    """Each `## \\`podstream NAME\\`` section of docs/cli.md -> the first fenced block in it (its synopsis)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    found: dict[str, str] = {}
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
+    for section in sections:
+        name = re.match(r"`podstream (\w+)`", section)
+        block = re.search(r"^```[a-z]*\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+        if name and block:
+            found[name.group(1)] = block.group(1)
+    return found
+
+
+def test_every_flag_of_every_command_is_in_its_cli_md_synopsis() -> None:
+    """The synopsis of each command in docs/cli.md names every option its parser takes, and nothing else:
+    the real argparse is the reference (`podstream COMMAND --help`)."""
+    import argparse
+
+    from podstream.cli import COMMANDS, build_parser
+
+    synopses = cli_synopses()
+    assert sorted(synopses) == sorted(COMMANDS), "a `## podstream NAME` section with a synopsis per command"
+    problems = []
+    for name in COMMANDS:
+        parser = build_parser(name)
+        [sub_action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        command = sub_action.choices[name]
+        options = [a for a in command._actions if a.option_strings and a.dest != "help"]
+        synopsis = synopses[name]
+        for action in options:
+            if not any(re.search(re.escape(flag) + r"(?![\w-])", synopsis) for flag in action.option_strings):
+                problems.append(f"{name}: {'/'.join(action.option_strings)} is missing from the synopsis")
+        known = {flag for action in options for flag in action.option_strings}
+        for flag in re.findall(r"(?<![\w-])--?[a-z][\w-]*", synopsis):
+            if flag not in known:
+                problems.append(f"{name}: the synopsis names {flag}, which the command does not take")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------- README and install lines
+
+
+def repository_url() -> str:
+    import tomllib
+
+    url: str = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    return url.rstrip("/")
+
+
+def test_readme_links_work_on_pypi_too() -> None:
+    """The README is the package's description on PyPI, which resolves no relative link: every link is
+    absolute, and each into the repository names a file or folder this checkout has."""
+    base = repository_url()
+    targets = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert targets
+    for target in targets:
+        assert target.startswith(("https://", "#")), (
+            f"README.md links to {target!r}: relative, broken on PyPI"
+        )
+        if target.startswith(base + "/"):
+            kind, branch, path = target.removeprefix(base + "/").split("/", 2)
+            assert kind in ("blob", "tree") and branch == "main", target
+            assert (ROOT / path.split("#")[0]).exists(), f"README.md links to {target}, not in the repository"
+
+
+def test_every_install_line_is_the_same_command() -> None:
+    """One way to install, everywhere a user reads one: `pip install podstream` or `pip install
+    'podstream[extra,...]'`, with extras pyproject.toml declares (no git URLs, no other quoting)."""
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    form = re.compile(r"pip install (?:podstream(?![\[\w-])|'(?:podstream|\.)\[([a-z,]+)\]')")
+    found = 0
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for match in re.finditer(r"pip install [^\s`]*(?:\s+[^\s`#]+)?", line):
+                if "podstream" not in match.group(0) and "'.[" not in match.group(0):
+                    continue  # another package (uv, a requirements file)
+                found += 1
+                where = f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+                ours = form.match(line, match.start())
+                assert ours, f"not the documented install command: {where}"
+                named = set((ours.group(1) or "").split(",")) - {""}
+                assert named <= extras, f"unknown extra {named - extras}: {where}"
+    assert found >= 5
+
+
+def test_the_readme_names_what_make_test_needs_from_the_system() -> None:
+    """What CI installs with apt before `make test` (.ci/run) is what the README asks a user to install."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    [packages] = re.findall(r"apt-get install -y -qq ([\w .-]+?)(?: >|$)", ci, re.MULTILINE)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"sudo apt-get install {packages.strip()}" in readme
+    for package in packages.split():
+        assert f"`{package}`" in readme, package
+
+
+def test_shell_blocks_use_only_files_they_make_or_the_repository_ships() -> None:
+    """A command in a ```bash block of the docs reads a file (`--prompts`, `--input`, `--submit`) that the
+    docs made first (`> FILE`, `cat > FILE`) or the repository ships; and nothing in them is one OS's own
+    (macOS's `open`)."""
+    problems = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        made: set[str] = set()
+        for block in re.findall(r"^```(?:bash|sh)[ \t]*\n(.*?)^```[ \t]*$", text, re.MULTILINE | re.DOTALL):
+            made |= set(re.findall(r">\s*([\w./-]+)", block))
+            for flag, name in re.findall(r"--(prompts|input|submit)[ =]([\w./-]+)", block):
+                if name not in made and not (ROOT / name).exists():
+                    problems.append(f"{path.relative_to(ROOT)}: --{flag} {name}, a file nothing made")
+            for line in block.splitlines():
+                if re.match(r"\s*(open|pbcopy|brew)\s", line):
+                    problems.append(f"{path.relative_to(ROOT)}: {line.strip()} (macOS only)")
+    assert not problems, "\n".join(problems)

@@ -1,4 +1,4 @@
-"""The worker's heavy things on a RunPod network volume (seed 002's pattern): caches, and optionally the venv.
+"""The worker's heavy things on a RunPod network volume: caches, and optionally the venv.
 
 A RunPod network volume is mounted at `/runpod-volume` in every worker of an endpoint (one data centre) and
 outlives them; container disk is small. This module, run as the container's entry point, does two things

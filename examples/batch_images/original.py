@@ -1,4 +1,4 @@
-"""A prompt -> batch-of-images RunPod handler, as teams write it (after shared/seeds/000): every image is
+"""A prompt -> batch-of-images RunPod handler, written the common way: every image is
 returned as a base64 PNG in the result. `generate_images` stands in for the diffusers pipeline
 (deterministic noise from the prompt and seed, so it runs on a CPU). See examples/README.md: original.py
 is the handler as it was, handler.py the same with `podstream.wrap` (two lines changed).

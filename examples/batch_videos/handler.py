@@ -1,4 +1,4 @@
-"""A batch image -> video RunPod handler, as teams write it (after shared/seeds/001): each input image
+"""A batch image -> video RunPod handler, written the common way: each input image
 becomes a short zooming MP4 clip, returned base64-encoded with its id. 100 clips are tens of MB of JSON,
 over RunPod's 20 MB cap on a job's result: "Failed to return job results | 413 Payload Too Large" (or 400),
 and every clip is lost. See examples/README.md: original.py is the handler as it was, handler.py the
@@ -17,7 +17,7 @@ import podstream
 
 
 def image_to_video(image_id, image_base64, frames, fps, size):
-    """A zoom into the picture (the team's "Ken Burns" clip), encoded as H.264 in memory."""
+    """A zoom into the picture (a "Ken Burns" clip), encoded as H.264 in memory."""
     picture = Image.open(io.BytesIO(base64.b64decode(image_base64))).convert("RGB")
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:

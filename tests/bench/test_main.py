@@ -122,7 +122,7 @@ def test_report_writes_the_page_and_one_png_per_chart(tmp_path: Path) -> None:
     assert "| relay, answer pre-encoded | 48 | 100 | 85 | 0.85 | 40 |" in page
     assert "median 52 ms" in page
     assert "**Failed in this run** (no figures): worker_wire." in page
-    assert "No GPU machine was lent" in page
+    assert "**No GPU figures.**" in page and "issue" not in page.lower() and "session" not in page.lower()
     assert "short forms" in page
 
 
@@ -262,3 +262,27 @@ def test_every_figure_records_when_it_was_measured(tmp_path: Path) -> None:
     _results.write(tmp_path / "x.json", "x", argparse.Namespace(json=None, n=1), {"ratio": 1.0})
     record = json.loads((tmp_path / "x.json").read_text())
     assert record["bench"] == "x" and record["measured"].endswith("UTC") and record["args"] == {"n": 1}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["benchmarks.md", "benchmarks-full.md"])
+def test_the_published_pages_are_what_the_report_writes_from_their_figures(full: bool) -> None:
+    """docs/benchmarks*.md are never edited by hand: each is, word for word, the report's text on the figures
+    its run kept (docs/bench*/results.json). A change to the report's text is a `--rewrite` away."""
+    page = ROOT / "docs" / _report.PAGE[full]
+    assert page.read_text() == _report.page_from_results(ROOT / "docs", full=full), (
+        f"{page.name} is not what bench/_report.py writes from its results.json: run "
+        "`python -m bench --rewrite docs` (never edit the page by hand)"
+    )
+
+
+def test_rewrite_writes_the_pages_again_and_runs_nothing(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    _report.write(figures(tmp_path), docs, full=False, failed=[])
+    page = docs / "benchmarks.md"
+    written = page.read_text()
+    page.write_text("edited by hand")
+    done = bench("--rewrite", str(docs))
+    assert done.returncode == 0, done.stderr
+    assert "===" not in done.stdout  # nothing ran
+    assert page.read_text() == written
+    assert bench("--rewrite", str(docs), "relay_fanout").returncode == 2

@@ -8,6 +8,7 @@ import base64
 import importlib.util
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,12 @@ def test_each_port_changes_at_most_five_lines(example: str) -> None:
     assert any("podstream.wrap(handler)" in line for line in changed)
 
 
-IMAGES_JOB = {"prompt": "a lighthouse at dusk", "num_images": 6, "width": 1024, "height": 1024, "seed": 7}
+def shipped_job(example: str) -> Any:
+    """The job input an example ships beside it (`examples/<example>/job.json`, as examples/README.md runs it)."""
+    return json.loads((EXAMPLES / example / "job.json").read_text())["input"]
+
+
+IMAGES_JOB = shipped_job("batch_images")  # six 1024x1024 images: over the cap as one result
 
 
 def expected_pngs() -> list[bytes]:
@@ -176,3 +182,26 @@ def test_a_custom_input_model_through_the_emulator_and_pull(tmp_path: Path) -> N
     assert (
         "input.width: must be a multiple of 8 for this model, got 1001" in json.loads(refused.stdout)["error"]
     )
+
+
+def test_the_readme_runs_only_files_that_ship() -> None:
+    """Every file examples/README.md hands a command (`--submit`, `--input`, a handler) is in the repository."""
+    readme = (EXAMPLES / "README.md").read_text()
+    named = re.findall(r"(?:--submit|--input|python) (examples/[\w./-]+\w)", readme)
+    assert {"examples/batch_images/job.json", "examples/batch_images/handler.py"} <= set(named)
+    for path in named:
+        assert (EXAMPLES.parent / path).is_file(), path
+    assert not re.search(r"(?:--submit|--input) job\.json", readme)  # a file nobody has
+
+
+@pytest.mark.parametrize("example", ["batch_videos/handler.py", "custom_input/sketch.py"])
+def test_each_example_runs_the_job_it_ships(example: str, tmp_path: Path) -> None:
+    script = EXAMPLES / example
+    job = shipped_job(script.parent.name)
+    with example_worker(script, tmp_path) as emu:
+        done, _ = pull(emu, job, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["ok"] and outcome["status"] == "COMPLETED"
+    expected = len(job["images"]) if "images" in job else job["num_images"]
+    assert len(outcome["files"]) == expected and all(Path(f["path"]).stat().st_size for f in outcome["files"])

@@ -72,6 +72,7 @@ async def test_unknown_endpoint_and_unknown_job_are_404(serve: Start) -> None:
         f"{s.emu.base_url}/v2/other/status/x", headers={"Authorization": API_KEY}
     )
     assert response.status_code == 404
+    assert response.json() == {"error": "endpoint not found"}  # as docs/emulator.md gives it
     for method, path in (("GET", "status/nope"), ("GET", "stream/nope"), ("POST", "cancel/nope")):
         response = await s.client.call(method, path)
         assert response.status_code == 404
