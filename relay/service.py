@@ -4,10 +4,8 @@
 resume polling) and `Relay.stop` stops pollers and says `bye 4000` to every websocket. The HTTP and websocket
 layers (`relay.api.app`, `relay.api.ws`) only translate requests into calls on this object.
 
-Retention: a finished job is deleted `retention_s` after it finished (its own `retention_s` when it was
-submitted with one), by a periodic sweep that also re-measures the data directory against the disk quota
-and, above it, deletes the oldest finished jobs first. A job with readers (websocket or SSE subscribers
-replaying it, media downloads) is left for a later sweep, so a reader never loses a file mid-read.
+Retention (`relay.retention.Retention`): which finished jobs, unclaimed uploads and staged inputs go and
+when; it asks this object to delete a job (`remove_job`).
 
 Cluster mode (`cluster` settings with both URLs; docs/cluster.md): the same object on other storage. The
 store is a `relay.storage.cluster.cluster_store.ClusterStore` (the job index in Redis, journals in Redis Streams,
@@ -19,11 +17,9 @@ lease (one retention sweep at a time across the replicas).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +29,6 @@ import httpx
 from prometheus_client.core import Metric
 
 from relay import metrics as m
-from relay.api import uploads
 from relay.api.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
 from relay.api.limits import PerKeyRate
 from relay.api.links import LinkCodes, LinkStore
@@ -43,6 +38,7 @@ from relay.ingest.poller import JobPoller, PollerSet
 from relay.ingest.recovery import GapRecovery, crash_after_drain
 from relay.ingest.runpod import Backoff, JobNotFound, RunPodClient
 from relay.logs import job as job_log
+from relay.retention import Retention
 from relay.storage.errors import JobBroken, check_job_id
 from relay.storage.input_store import BucketInputs, DiskInputs, InputQuota, InputStore
 from relay.storage.job import DONE, ERROR, ITEM, JobHooks, Jobs, JobStore, public
@@ -145,7 +141,10 @@ class Relay:
         clustered = cluster is not None and cluster.enabled
         # In cluster mode the quota bounds the spool (items on their way to the bucket): deleting finished
         # jobs from the bucket would free none of it, so nothing is evicted for it.
-        self.quota = DiskQuota(settings.disk_quota_bytes, None if clustered else self._evict_for)
+        self.quota = DiskQuota(
+            settings.disk_quota_bytes,
+            None if clustered else lambda needed: self.retention.evict_from_any_thread(needed),
+        )
         hooks = JobHooks(on_commit=self._on_record, on_bytes=self.metrics.bytes_in.labels("runpod").inc)
         #: Cluster mode: this replica's leases, follower and health (None: one relay on local disk).
         self.replica: Replica | None = None
@@ -160,6 +159,7 @@ class Relay:
             hooks=hooks,
         ) if cluster is None or not clustered else self._cluster_store(cluster, hooks)  # fmt: skip
         self.input_quota = InputQuota(settings.input_quota_bytes, self.inputs.measure)
+        self.retention = Retention(self, lease=self.replica)
         self.hub = Hub()
         self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self.pollers = PollerSet(
@@ -180,7 +180,6 @@ class Relay:
         self._own_client = http_client is None and bool(settings.runpod_url)
         self._http = http_client
         self.runpod: RunPodClient | None = None
-        self._janitor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._removals: set[asyncio.Task[None]] = set()
         self.metrics.observe(self._state_metrics)
@@ -239,7 +238,7 @@ class Relay:
         if self.replica is not None:
             (Path(self.settings.data_dir) / "spool").mkdir(parents=True, exist_ok=True)
             await self.replica.start()  # its claim loop takes the unfinished jobs nobody polls
-            self._janitor = asyncio.create_task(self._sweep_forever(), name="relay janitor")
+            self.retention.start()
             self.ready = True
             return
         await asyncio.to_thread(self.store.empty_trash)
@@ -257,15 +256,12 @@ class Relay:
                 continue
             if store is not None and not store.finished:
                 self._poll(store)
-        self._janitor = asyncio.create_task(self._sweep_forever(), name="relay janitor")
+        self.retention.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        await self.retention.stop()
         await self.drain()
         await self.pollers.stop(grace_s=self.settings.poll_wait_ms / 1000 + 1.0)
         if self.replica is not None:
@@ -433,119 +429,18 @@ class Relay:
             status = self._finished_status[job] = str(meta.get("status") or "UNKNOWN")
         return status
 
-    # ------------------------------------------------------------------ retention
-
-    def expires_at(self, store: JobStore) -> float | None:
-        return self._expires(store.meta)
-
-    def _expires(self, meta: dict[str, Any]) -> float | None:
-        finished = meta.get("finished_at")
-        retention = meta.get("retention_s")
-        if not isinstance(retention, int | float) or isinstance(retention, bool):
-            retention = self.settings.retention_s
-        if not finished or retention <= 0:
-            return None
-        return float(finished) + float(retention)
-
-    def _deletable(self, job: str) -> bool:
+    def deletable(self, job: str) -> bool:
+        """Finished, not polled and not being read: retention may delete it."""
         if job in self.pollers:
             return False
         store = self._jobs.get(job)
         return store is None or (store.finished and store.readers == 0)
 
-    def sweep(self, now: float | None = None) -> list[str]:
-        """Delete finished jobs past their retention (not those being read); returns their ids."""
-        now = time.time() if now is None else now
-        deleted = []
-        # Cluster mode: Redis says which jobs are due, instead of a read of every job's metadata.
-        candidates = self.store.due(now)
-        for job in candidates:
-            if not self._deletable(job):
-                continue
-            expires = self._expires(self.store.meta(job))
-            if expires is None or expires > now:
-                continue
-            if self._delete(job, "expired"):
-                deleted.append(job)
-        return deleted
+    def expires_at(self, store: JobStore) -> float | None:
+        return self.retention.expires_at(store.meta)
 
-    def sweep_uploads(self, now: float | None = None) -> int:
-        """Delete uploads that no item claimed, past their grace (`relay.api.uploads.sweep_unclaimed`)."""
-        now = time.time() if now is None else now
-        count = 0
-        for job in self.store.job_ids():
-            finished = self.store.finished_at(job) is not None
-            removed = uploads.sweep_unclaimed(
-                self.store.root / job, finished=finished, now=now, grace_s=self.settings.upload_grace_s
-            )
-            if removed:
-                names = ", ".join(p.name for p in removed[:5])
-                log.info(
-                    "job %s: deleted %d unclaimed upload(s): %s", job, len(removed), names, extra=job_log(job)
-                )
-            count += len(removed)
-        return count
-
-    def sweep_inputs(self, now: float | None = None) -> int:
-        """Delete staged inputs past `input_ttl_s` that no stored job refers to (a job keeps its inputs for as
-        long as it is kept: until its retention ends)."""
-        now = time.time() if now is None else now
-        held: set[tuple[str, str]] = set()
-        for job in self.store.job_ids():
-            refs = self.store.meta(job).get("inputs")
-            for ref in refs if isinstance(refs, list) else ():
-                owner, _, sha256 = str(ref).partition("/")
-                held.add((owner, sha256))
-        removed = self.inputs.sweep(now, self.settings.input_ttl_s, held)
-        if removed:
-            self.input_quota.forget()
-            log.info("deleted %d expired staged input(s)", len(removed))
-        return len(removed)
-
-    def evict(self, needed: int) -> int:
-        """Delete finished jobs, oldest first (not those being read), until `needed` bytes are freed."""
-        candidates = []
-        for job in self.store.job_ids():
-            finished = self.store.finished_at(job)
-            if finished is not None and self._deletable(job):
-                candidates.append((finished, job))
-        if sum(self.quota.job_bytes(job) for _f, job in candidates) < needed:
-            return 0  # deleting every candidate would not make room: keep them
-        freed = 0
-        for _finished, job in sorted(candidates):
-            if freed >= needed:
-                break
-            size = self.quota.job_bytes(job)
-            if self._delete(job, "quota"):
-                freed += size
-                log.warning("disk quota: deleted finished job %s (%d bytes)", job, size, extra=job_log(job))
-        return freed
-
-    def _evict_for(self, needed: int) -> int:
-        """`evict` on the event loop, from whichever thread asks (the pollers write in worker threads)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return 0
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            return self.evict(needed)
-        done = threading.Event()
-        result = [0]
-
-        def run() -> None:
-            try:
-                result[0] = self.evict(needed)
-            finally:
-                done.set()
-
-        loop.call_soon_threadsafe(run)
-        done.wait(30)
-        return result[0]
-
-    def _delete(self, job: str, reason: str) -> bool:
+    def remove_job(self, job: str, reason: str) -> bool:
+        """Delete the job: gone for every new request at once, its files removed in a thread."""
         try:
             target = self.store.trash(job)
         except OSError:
@@ -564,35 +459,3 @@ class Relay:
             task.add_done_callback(self._removals.discard)
         log.info("deleted job %s (%s)", job, reason, extra=job_log(job, reason=reason))
         return target is not None
-
-    async def _sweep_forever(self) -> None:
-        retention = self.settings.retention_s or 3600.0
-        interval = min(60.0, max(1.0, retention / 10))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retention sweep failed")
-
-    async def sweep_once(self) -> None:
-        """One round of the janitor: expired jobs, then the disk quota (measured afresh). In cluster mode
-        only the replica holding the sweeper's lease sweeps; items leave the local spool once in the bucket."""
-        if self.replica is not None:
-            if await asyncio.to_thread(self.replica.sweep_lease):
-                deleted = self.sweep()  # a few Redis calls on the loop: deletion touches the loop's state
-                if deleted:
-                    log.info("deleted %d expired job(s)", len(deleted))
-                await asyncio.to_thread(self.sweep_inputs)
-            return
-        deleted = self.sweep()
-        if deleted:
-            log.info("deleted %d expired job(s)", len(deleted))
-        self.sweep_uploads()
-        await asyncio.to_thread(self.sweep_inputs)
-        self.quota.set_measured(await asyncio.to_thread(self.store.measure))
-        limit = self.settings.disk_quota_bytes
-        if limit > 0 and self.quota.used > limit:
-            self.evict(self.quota.used - limit)

@@ -48,8 +48,8 @@ async def test_sweep_deletes_finished_jobs_past_retention(tmp_path: Path) -> Non
         done.commit()
         running = relay.store.create("running-job")
         finished_at = done.meta["finished_at"]
-        assert relay.sweep(now=finished_at + 30) == []
-        assert relay.sweep(now=finished_at + 61) == ["old-job"]
+        assert relay.retention.sweep(now=finished_at + 30) == []
+        assert relay.retention.sweep(now=finished_at + 61) == ["old-job"]
         assert relay.store.job_ids() == ["running-job"] and relay.job("old-job") is None
         running.close()
     finally:
@@ -150,14 +150,14 @@ async def test_the_sweep_leaves_a_job_alone_while_a_subscriber_reads_it(
             await slow.send(pack({"t": "sub", "job": job, "from": 0}))
             await asyncio.sleep(0.3)  # it reads nothing for now: the relay is mid-replay, blocked on sending
             assert relay.relay.job(job).readers == 1
-            assert relay.relay.sweep(now=finished_at + 3600) == []  # expired, but being read
+            assert relay.relay.retention.sweep(now=finished_at + 3600) == []  # expired, but being read
             got = await consume(slow, job, Received())  # it reads on and gets every byte
             assert {i: bytes(b) for i, b in got.files.items()} == dict(enumerate(files))
         for _ in range(100):
             if relay.relay.job(job).readers == 0:
                 break
             await asyncio.sleep(0.05)
-        assert relay.relay.sweep(now=finished_at + 3600) == [job]
+        assert relay.relay.retention.sweep(now=finished_at + 3600) == [job]
         assert (await manifest(relay, job)).status_code == 404
     finally:
         await relay.stop()

@@ -135,7 +135,7 @@ async def test_a_batch_lookup_says_what_the_key_holds(relay: RelayServer) -> Non
             assert (await anonymous.get(answer["held"][sha(a)]["url"])).content == a
         if relay.relay.replica is None:
             later = time.time() + relay.settings.input_ttl_s - 60
-            assert await asyncio.to_thread(relay.relay.sweep_inputs, later) == 0
+            assert await asyncio.to_thread(relay.relay.retention.sweep_inputs, later) == 0
         assert (await http.post(lookup, json={"sha256": []})).json() == {"held": {}, "missing": []}
         bad_bodies: list[tuple[int, str, dict[str, Any]]] = [
             (400, "bad_json", {"content": b"not json"}),
@@ -411,7 +411,7 @@ async def test_inputs_live_as_long_as_the_jobs_that_refer_to_them(
         assert r.status_code == 201, r.text
         job = await worker.take()
         later = time.time() + relay.settings.input_ttl_s + 60
-        removed = await asyncio.to_thread(relay.relay.sweep_inputs, later)
+        removed = await asyncio.to_thread(relay.relay.retention.sweep_inputs, later)
         assert removed == 1  # the loose one; the job's input stays while the job is kept
         assert (await http.head(f"{relay.url}/v1/inputs/{sha(loose_data)}")).status_code == 404
         assert (await http.head(f"{relay.url}/v1/inputs/{sha(held_data)}")).status_code == 200
@@ -421,12 +421,12 @@ async def test_inputs_live_as_long_as_the_jobs_that_refer_to_them(
             if store is not None and store.finished:
                 break
             await asyncio.sleep(0.05)
-        relay.relay._delete(r.json()["id"], "expired")  # its retention ended
+        relay.relay.remove_job(r.json()["id"], "expired")  # its retention ended
         for _ in range(100):
             if r.json()["id"] not in relay.relay.store.job_ids():
                 break
             await asyncio.sleep(0.05)
-        assert await asyncio.to_thread(relay.relay.sweep_inputs, later) == 1
+        assert await asyncio.to_thread(relay.relay.retention.sweep_inputs, later) == 1
         assert (await http.head(f"{relay.url}/v1/inputs/{sha(held_data)}")).status_code == 404
 
 

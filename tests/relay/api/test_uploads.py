@@ -312,10 +312,10 @@ async def test_uploads_no_item_claims_are_swept(
         uploads_of = {job: server.relay.job(job).dir / "uploads" for job in (running, ended)}
         assert [p.name for p in uploads_of[ended].iterdir()] == [f"00002-{sha(late)}.bin"]
 
-        await server.relay.sweep_once()  # the janitor's round: the ended job's orphan goes now
+        await server.relay.retention.sweep_once()  # the janitor's round: the ended job's orphan goes now
         assert list(uploads_of[ended].iterdir()) == []
         assert [p.name for p in uploads_of[running].iterdir()] == [f"00000-{sha(orphan)}.bin"]  # in its grace
-        assert server.relay.sweep_uploads(now=time.time() + 601) == 1  # past it
+        assert server.relay.retention.sweep_uploads(now=time.time() + 601) == 1  # past it
         assert list(uploads_of[running].iterdir()) == []
         async with server.http() as http:  # the claimed one is the job's item, untouched
             manifest = (await http.get(f"{server.url}/v1/jobs/{ended}")).json()

@@ -428,7 +428,7 @@ async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
     objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
     assert objects["KeyCount"] == 2
     await asyncio.sleep(1.1)
-    await asyncio.gather(a.relay.sweep_once(), b.relay.sweep_once())  # one holds the sweeper's lease
+    await asyncio.gather(a.relay.retention.sweep_once(), b.relay.retention.sweep_once())  # one holds the sweeper's lease
     assert not a.relay.store.exists(job) and not b.relay.store.exists(job)
     bucket = s3_server.client()
 
