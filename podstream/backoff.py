@@ -10,7 +10,8 @@ The n-th wait in a row (n from 0) is `uniform(0, min(cap_s, base_s * 2**n))` ("f
 client for a day).
 
 Users: the CLI's pull and watch (`podstream.puller.RetryPolicy`), the relay's RunPod client and poller
-restarts (`relay.ingest.runpod`, `relay.ingest.poller`), and the emulator's worker restarts (`podstream.emulator.workers`).
+restarts (`relay.ingest.runpod`, `relay.ingest.poller`), the emulator's worker restarts (`podstream.emulator.workers`),
+and the worker's uploads of files out of band (`worker.upload`).
 Why not tenacity or stamina: both retry *one call* (a decorator or a `for attempt in Retrying()` block).
 Our loops are long-lived (a watch reconnects for hours and its failure count resets whenever a record
 arrives; a relay poller or a crash-looping worker counts failures across calls), report every wait to an

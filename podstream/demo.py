@@ -12,7 +12,8 @@ The page URL is short and carries no key: the first job's id and a one-time link
 (`POST /v1/jobs/{id}/links`), which the page trades for a read-only token of that job. It is printed on a
 line of its own, never wrapped, so it can be copied from any terminal. The relay's API key goes to
 `<out>/api-key` (mode 0600), for the page's settings or `PODSTREAM_API_KEY`, and is never printed. With
-`keep_running` (the CLI's default when stdin is a terminal) the stack stays up until Ctrl-C.
+`keep_running` (the CLI's default when stdin is a terminal) the stack stays up until Ctrl-C, and the page's
+link is printed again with a new code (the first one may have been used: each works once).
 
 `Stack` (the children) and `run_demo` are usable from Python and tests; every child runs in its own
 session and is stopped (SIGTERM, then SIGKILL of its process group) when the stack exits, including on
@@ -353,6 +354,8 @@ class DemoSummary:
     stats: dict[str, Any]
     page_url: str
     out: Path
+    #: Ended by Ctrl-C (or SIGTERM) while the stack was kept running: the CLI then exits 130.
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -515,8 +518,16 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
         summary = DemoSummary(runs, stack.emulator_stats(), first_page, out)
         _print_summary(console, summary, Table)
         if settings.keep_running:
-            console.print("\nthe stack keeps running; the demo page:")
-            _print_url(console, first_page)
+            # A link code works once, and the first link may have been opened already: a fresh one.
+            again = (
+                page_url(
+                    stack.relay_url, runs[0].job, create_link(stack.relay_url, stack.relay_key, runs[0].job)
+                )
+                if runs
+                else stack.relay_url
+            )
+            console.print("\nthe stack keeps running; the demo page (a new one-time link):")
+            _print_url(console, again)
             console.print(
                 f"relay {stack.relay_url}  emulator {stack.endpoint_url} (key {stack.runpod_key})",
                 soft_wrap=True,
@@ -529,10 +540,12 @@ def run_demo(settings: DemoSettings, console: Console) -> DemoSummary:
                     highlight=False,
                 )
             console.print("press Ctrl-C to stop every process")
-            with contextlib.suppress(KeyboardInterrupt):
+            try:
                 while True:
                     stack.check_alive()
                     time.sleep(0.5)
+            except KeyboardInterrupt:
+                summary.interrupted = True
             console.print("stopping…")
     return summary
 

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-
-
 def cli_console(*, stderr: bool = True) -> Console:
     """The `rich` console the CLI writes through. On a terminal, rich wraps at its width; into a pipe or a
     file (CI, `| tee`, `2> log`) nothing is wrapped, since rich would otherwise break every line at 80

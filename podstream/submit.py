@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from podstream import wire
+from podstream import jobspec, wire
 from podstream.images import HEAD_BYTES, IMAGE_TYPES, sniff
 from podstream.progress import TransferError, human_bytes
 from podstream.watcher import http_url
@@ -43,6 +44,8 @@ RELAY_BODY_CAP: Final = 100_000_000
 #: How an `image` that is not a local file starts: a URL, a data URL, or a relay input ref.
 REMOTE_PREFIXES: Final = ("http://", "https://", "data:", "input:")
 TASKS: Final = ("image-to-video", "text-to-image", "text-to-video")
+#: A task of a model's own (`podstream.serve(generate, tasks={"upscale"})`): the job schema's rule for its name.
+TASK_PATTERN: Final = re.compile(jobspec.TASK_PATTERN)
 
 
 class InputError(ValueError):
@@ -130,16 +133,29 @@ def build_input(
     Each image is made an item by `image_item`: uploads (`podstream.uploads.upload_inputs`) become
     `input:<sha256>` refs, local files inline data URLs. `prompt` is a shared prompt given to every
     image item; `seed`, when given, seeds item k with seed + k.
+
+    `task` may also be a task of a model's own (`podstream.serve(generate, tasks={"upscale"})`): its items
+    carry the images (with `prompt`) or the prompts. Check such an input against that model's schema
+    (`podstream schema --tasks upscale`); the built-in one knows only `TASKS`.
     """
     if bool(images) == bool(prompts):
         raise InputError("give images or prompts (one of them)")
     if task is None:
         task = "image-to-video" if images else "text-to-image"
     if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
-    if images and task != "image-to-video":
+        if not TASK_PATTERN.fullmatch(task):
+            raise InputError(
+                f"{task!r} is not a task name: one of {', '.join(TASKS)}, or your model's own "
+                "(letters, digits and _.:-, at most 64)"
+            )
+        if images and not prompt:
+            # The worker requires a prompt in every item of a task other than image-to-video.
+            raise InputError(
+                f"the items of the task {task} need a prompt: give one for the images (--prompt)"
+            )
+    elif images and task != "image-to-video":
         raise InputError(f"images go with the image-to-video task, not {task}")
-    if prompts and task == "image-to-video":
+    elif prompts and task == "image-to-video":
         raise InputError("the image-to-video task needs images")
     items: list[dict[str, Any]] = []
     if images:
@@ -236,6 +252,17 @@ def validate(job_input: Mapping[str, Any], schema: Mapping[str, Any] | None = No
     )
     if error is not None:
         hint = f"; {OWN_INPUT_HINT}" if builtin and not error.absolute_path else ""
+        task = job_input.get("task")
+        if (
+            builtin
+            and list(error.absolute_path) == ["task"]
+            and isinstance(task, str)
+            and TASK_PATTERN.fullmatch(task)
+        ):
+            hint = (
+                f"; for a task of your own model, check against its schema: podstream schema --tasks {task} "
+                f"> {task}.json, then --input-schema {task}.json here and on the relay"
+            )
         raise InputError(
             f"the job input is not valid: {field_path(error.absolute_path)}: {error.message}{hint}"
         )

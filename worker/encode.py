@@ -1,7 +1,8 @@
 """Frames and images to file bytes, entirely in memory: MP4 (H.264) and WebM (VP9) with PyAV, images with Pillow.
 
 MP4 is H.264 High profile, yuv420p, `moov` box first, so a browser (Chromium included) starts playing before
-the last byte arrives. FFmpeg's own `+faststart` needs a seekable file it can reopen, which a BytesIO is not,
+the last byte arrives. `crf` 0 is lossless, which libx264 refuses in the High profile: it gets High 4:4:4
+Predictive (still yuv420p; Chromium plays it, some hardware decoders do not). FFmpeg's own `+faststart` needs a seekable file it can reopen, which a BytesIO is not,
 so `faststart` moves the box itself and shifts the chunk offsets inside it. `fragmented=True` writes a
 fragmented MP4 instead (`moov` first by construction, playable while it streams). libx264 and yuv420p need
 even dimensions: odd frames are padded by repeating their last row/column, never cropped.
@@ -136,7 +137,10 @@ def _add_stream(container: Any, settings: VideoSettings, width: int, height: int
         if not 0 <= settings.crf <= 51:
             raise EncodeError(f"crf for H.264 must be in 0..51, got {settings.crf}")
         stream = container.add_stream("libx264", rate=rate)
-        stream.options = {"crf": str(settings.crf), "preset": settings.preset, "profile": "high"}
+        # libx264's High profile has no lossless mode ("high profile doesn't support lossless"): crf 0 needs
+        # High 4:4:4 Predictive, the only H.264 profile that has one.
+        profile = "high444" if settings.crf == 0 else "high"
+        stream.options = {"crf": str(settings.crf), "preset": settings.preset, "profile": profile}
     else:
         if not 0 <= settings.crf <= 63:
             raise EncodeError(f"crf for VP9 must be in 0..63, got {settings.crf}")

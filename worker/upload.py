@@ -7,13 +7,15 @@ Where (`PODSTREAM_UPLOAD_URL`):
   `upload` scope) and `X-Podstream-Sha256: <hex>`; the relay streams it to disk, checks the digest and answers
   `{"url": ...}`, which goes into the `ref`. When the `ref` arrives through the stream the relay journals the
   item exactly like a streamed one.
-- **S3-compatible storage** (seed 000): `s3://bucket/prefix`. The worker presigns a PUT for
+- **S3-compatible storage**: `s3://bucket/prefix`. The worker presigns a PUT for
   `prefix/<job>/<item>-<sha256[:16]>` with botocore (credentials from the usual `AWS_*` variables, endpoint
   `AWS_ENDPOINT_URL` or `PODSTREAM_S3_ENDPOINT_URL`, region `AWS_REGION` / `PODSTREAM_S3_REGION`), PUTs it and
   puts a presigned GET valid `PODSTREAM_UPLOAD_URL_TTL_S` (1 hour) into the `ref`.
 
-Retries: up to `attempts` tries with exponential backoff on connection errors, timeouts, 408, 429 and 5xx; any
-other answer fails at once (a bad key, a digest mismatch, a file over the relay's cap will not get better).
+Retries: up to `attempts` tries on connection errors, timeouts, 408, 429 and 5xx, waiting between them as
+every retry loop of podstream does (`podstream.backoff`: exponential backoff from `backoff_s`, full jitter,
+at least the `Retry-After` a 429 or 503 asks for); any other answer fails at once (a bad key, a digest
+mismatch, a file over the relay's cap will not get better).
 `UploadFailed` then makes the handler stream the item's parts instead: nothing is lost.
 
 Which items are uploaded is the job's `delivery` option: `stream` (never), `upload` (always, when a target is
@@ -25,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import random
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -34,6 +37,7 @@ from typing import Any, Final, Literal
 import httpx
 
 from podstream import wire
+from podstream.backoff import Backoff, retry_after_seconds
 
 log = logging.getLogger("worker.upload")
 
@@ -55,7 +59,8 @@ class UploadConfig:
     key: str = ""
     threshold_bytes: int = DEFAULT_THRESHOLD_BYTES
     attempts: int = 3
-    backoff_s: float = 0.5
+    backoff_s: float = 0.5  # the first retry waits up to this long, each next one up to twice as long
+    backoff_cap_s: float = 30.0
     timeout_s: float = 120.0
     url_ttl_s: int = 3600
     s3_endpoint: str = ""
@@ -118,12 +123,15 @@ class Uploader:
         *,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         if not config.configured:
             raise ValueError("no upload target configured (PODSTREAM_UPLOAD_URL)")
         self.config = config
         self._client = client or httpx.Client(timeout=httpx.Timeout(config.timeout_s, connect=10.0))
         self._sleep = sleep
+        self._rng = rng
+        self._backoff = Backoff(base_s=config.backoff_s, cap_s=max(config.backoff_cap_s, config.backoff_s))
         self._s3: Any = None
         self.requests = 0
 
@@ -134,10 +142,12 @@ class Uploader:
         """PUT the file; returns the URL for its `ref`. Raises `UploadFailed` after the last attempt."""
         put = self._prepare(job, item, mime, sha256)
         last = ""
+        retry_after: float | None = None
         for attempt in range(self.config.attempts):
             if attempt:
-                self._sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                self._sleep(self._backoff.delay(attempt - 1, self._rng, retry_after=retry_after))
             self.requests += 1
+            retry_after = None
             try:
                 response = self._client.put(put.url, content=data, headers=put.headers)
             except httpx.HTTPError as exc:
@@ -150,6 +160,7 @@ class Uploader:
             log.warning("job %s item %d: upload attempt %d answered %s", job, item, attempt + 1, last)
             if response.status_code not in _RETRY_STATUS:
                 break
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
         raise UploadFailed(f"uploading item {item} failed: {last}")
 
     def _answered_url(self, response: httpx.Response) -> str:
@@ -204,7 +215,7 @@ class Uploader:
 
     def _s3_client(self) -> Any:
         if self._s3 is None:
-            try:  # botocore ships with the runpod SDK; imported only for s3:// targets
+            try:  # botocore (the worker extra); imported only for s3:// targets
                 session_module: Any = importlib.import_module("botocore.session")
                 config_module: Any = importlib.import_module("botocore.config")
             except ImportError:

@@ -96,7 +96,7 @@ test(
     assert.deepEqual(pageErrors, []);
 
     demo.kill("SIGINT"); // Ctrl-C
-    assert.equal(await exited, 0, output);
+    assert.equal(await exited, 130, output); // stopped by Ctrl-C, as every podstream command
     assert.match(output, /stopping/);
   },
 );

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from podstream.cli import CommandError, UsageError
+from podstream.progress import cli_console
 
 EPILOG = """\
 Everything runs on loopback as child processes; nothing is downloaded (the `tiny` pipelines are built in
@@ -66,8 +67,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from podstream.demo import DemoError, DemoSettings, run_demo, sigterm_as_interrupt, summary_json
 
     for name in ("workers", "frames", "size", "steps"):
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         else args.keep_running,
         **({"worker_cmd": args.worker_cmd} if args.worker_cmd else {}),
     )
-    console = Console(stderr=args.json)
+    console = cli_console(stderr=args.json)
     try:
         with sigterm_as_interrupt():
             summary = run_demo(settings, console)
@@ -98,4 +97,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     if args.json:
         print(summary_json(summary))
+    if summary.interrupted:  # Ctrl-C ended the kept-running stack: 130, as for every command stopped so
+        raise KeyboardInterrupt
     return 0 if summary.ok else 1

@@ -111,8 +111,14 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(emulator: Emulator, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     # A worker command that cannot start is given up on (after backing off): stop, and say why.
     def given_up(failure: object) -> None:
@@ -154,4 +160,6 @@ async def _serve(emulator: Emulator, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         raise CommandError(failure.message)
+    if signal.SIGINT in received:  # Ctrl-C: stopped cleanly above; exit 130, as every command (SIGTERM: 0)
+        raise KeyboardInterrupt
     return 0

@@ -12,7 +12,7 @@ import podstream.submit as submit_mod
 import podstream.uploads as uploads_mod
 from podstream.cli import CommandError, UsageError
 from podstream.commands.pull import load_input
-from podstream.commands.watch import add_relay_arguments, check_relay, report, watch_job
+from podstream.commands.watch import add_relay_arguments, check_relay, report, watch_job, with_credentials
 from podstream.progress import TransferError, UploadBar
 
 EPILOG = """\
@@ -56,7 +56,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "with its own input model), builtin (default: the built-in worker's, `podstream schema`) or off "
         "(a worker that takes any input, e.g. a handler wrapped with podstream.wrap)",
     )
-    parser.add_argument("--task", choices=submit_mod.TASKS, help="override the task chosen from the inputs")
+    parser.add_argument(
+        "--task",
+        metavar="TASK",
+        help=f"the task (default: image-to-video with --images, text-to-image with --prompts): "
+        f"{', '.join(submit_mod.TASKS)}, or your model's own (check it with --input-schema FILE from "
+        "`podstream schema --tasks TASK`)",
+    )
     parser.add_argument("--prompt", help="a prompt given to every image item")
     parser.add_argument("--seed", type=int, help="seed of the first item (the next ones get seed+1, ...)")
     gen = parser.add_argument_group("generation (the job's params)")
@@ -145,18 +151,15 @@ def run(args: argparse.Namespace) -> int:
     except TransferError as exc:
         raise CommandError(str(exc)) from None
     out = args.out / job.id
-    watch_cmd = f"podstream watch {job.id} --relay {job.relay} --out {out}"
     if args.detach:
-        if args.json:
+        if args.json:  # for programs: the job's read-only token too (a browser, someone without the key)
             print(json.dumps({"id": job.id, "status": job.status, "token": job.token, "urls": job.urls}))
         else:
-            print(
-                f"submitted job {job.id}\nwatch it with: {watch_cmd}"
-                + (" --token TOKEN" if job.token else "")
-            )
-            if job.token:
-                print(f"token: {job.token}")
-            print(f"cancel it with: podstream cancel {job.id} --relay {job.relay}")
+            # Credentials are named by their variable, never printed (a scrollback or a CI log is no place
+            # for them): the key that submitted the job also watches and cancels it.
+            watch = with_credentials(f"podstream watch {job.id} --relay {job.relay} --out {out}", args.key)
+            cancel = with_credentials(f"podstream cancel {job.id} --relay {job.relay}", args.key)
+            print(f"submitted job {job.id}\nwatch it with: {watch}\ncancel it with: {cancel}")
         return 0
     # A status line: on stderr, so that stdout holds only the outcome (JSON with --json).
     print(f"submitted job {job.id}; saving to {out}/", file=sys.stderr, flush=True)
@@ -166,9 +169,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = watch_job(job.id, args, out, token=job.token or args.token, total=total)
     except KeyboardInterrupt:
         # Stopping the watch does not stop the job: it runs on (and is paid for) until it ends.
-        cancel = f"podstream cancel {job.id} --relay {job.relay}"
-        if args.key:
-            cancel += ' --key "$PODSTREAM_API_KEY"'
+        cancel = with_credentials(f"podstream cancel {job.id} --relay {job.relay}", args.key)
         print(f"the job keeps running on RunPod; to stop it (and its GPU bill): {cancel}", file=sys.stderr)
         raise
     except TransferError as exc:

@@ -116,7 +116,13 @@ def watch_job(
 def resume_command(job: str, relay: str, out: Path, seq: int, *, key: str | None, token: str | None) -> str:
     """The `podstream watch` line that carries on from `seq`. Credentials are named by their variable,
     never printed: a terminal's scrollback and a CI log are no place for a key."""
-    command = f"podstream watch {job} --relay {relay} --out {out} --from {seq}"
+    return with_credentials(f"podstream watch {job} --relay {relay} --out {out} --from {seq}", key, token)
+
+
+def with_credentials(command: str, key: str | None, token: str | None = None) -> str:
+    """`command` with the credential it needs named by its variable (`--key "$PODSTREAM_API_KEY"`, else
+    `--token "$PODSTREAM_TOKEN"`), never its value; when the variable does not hold the one used here, a
+    note says what to set it to."""
     if key:
         flag, variable, value, what = "--key", "PODSTREAM_API_KEY", key, "the relay API key"
     elif token:

@@ -81,13 +81,27 @@ def test_duplicate_ids_are_made_unique(tmp_path: Path) -> None:
         ({"prompts": ["a"], "images": ["b.png"]}, "give images or prompts"),
         ({"prompts": ["a"], "task": "image-to-video"}, "needs images"),
         ({"images": ["https://x/y.png"], "task": "text-to-image"}, "images go with"),
-        ({"prompts": ["a"], "task": "dance"}, "unknown task"),
+        ({"prompts": ["a"], "task": "dance floor"}, "'dance floor' is not a task name"),
+        ({"images": ["https://x/y.png"], "task": "upscale"}, "the items of the task upscale need a prompt"),
         ({"images": ["/no/such/file.png"]}, "cannot read image /no/such/file.png"),
     ],
 )
 def test_bad_requests_are_clear(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
         submit_mod.build_input(**kwargs)
+
+
+def test_a_task_of_the_models_own_builds_and_checks_against_its_schema() -> None:
+    """docs/worker.md: a model's own task names are job tasks like the built-in ones."""
+    from podstream.jobspec import job_schema
+
+    by_prompt = submit_mod.build_input(task="upscale", prompts=["a", "b"])
+    assert by_prompt["task"] == "upscale" and [i["prompt"] for i in by_prompt["items"]] == ["a", "b"]
+    by_image = submit_mod.build_input(task="upscale", images=["https://x/y.png"], prompt="sharper")
+    assert by_image["items"] == [{"id": "y", "image": "https://x/y.png", "prompt": "sharper"}]
+    submit_mod.validate(by_prompt, job_schema(tasks={"upscale"}))  # its model's schema takes it
+    with pytest.raises(InputError, match=r"podstream schema --tasks upscale > upscale\.json"):
+        submit_mod.validate(by_prompt)  # the built-in schema does not, and says what to do
 
 
 def test_not_an_image_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 
@@ -57,6 +59,24 @@ def test_once_writes_verified_files_and_reports_bad_items(tmp_path: Path) -> Non
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"] == {"0": "00000-first.mp4"} and list(manifest["errors"]) == ["1"]
     assert manifest["problems"] == []
+
+
+def test_a_lossless_mp4_job_is_encoded(tmp_path: Path) -> None:
+    """`output.crf: 0` (docs/worker.md: 0..51) makes a lossless MP4 through the real worker, not `encode_failed`."""
+    job = {
+        "task": "text-to-video",
+        "items": [{"id": "fox", "prompt": "a fox"}],
+        "params": {"frames": 9, "width": 64, "height": 64, "steps": 1},
+        "output": {"format": "mp4", "crf": 0},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    out = tmp_path / "out"
+    done = run_worker("-m", "worker", "--once", str(tmp_path / "job.json"), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = (out / "00000-fox.mp4").read_bytes()
+    assert decode_video(data) == (9, 64, 64, "h264")
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.video[0].codec_context.profile == "High 4:4:4 Predictive"
 
 
 def test_a_malformed_job_and_a_missing_runpod_env_are_usage_errors(tmp_path: Path) -> None:

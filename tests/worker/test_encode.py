@@ -38,6 +38,25 @@ def test_mp4_is_h264_yuv420p_with_moov_before_mdat() -> None:
     assert decode_video(data) == (8, 64, 64, "h264")
 
 
+def test_crf_0_is_lossless_in_the_high_444_profile() -> None:
+    """docs/worker.md allows crf 0..51: libx264 refuses lossless in the High profile, so crf 0 is High 4:4:4
+    Predictive, still yuv420p, and decodes to exactly the frames given (after their conversion to yuv420p)."""
+    given = (frames(6, 48, 64) * 255).astype(np.uint8)
+    data = encode.encode_video(given, VideoSettings(fps=8, crf=0))
+    with av.open(io.BytesIO(data), mode="r") as container:
+        context = container.streams.video[0].codec_context
+        assert (context.profile, context.pix_fmt) == ("High 4:4:4 Predictive", "yuv420p")
+        got = [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
+    want = [
+        av.VideoFrame.from_ndarray(a, format="rgb24").reformat(format="yuv420p").to_ndarray() for a in given
+    ]
+    assert len(got) == 6 and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    for crf in (1, 23, 51):  # every other crf keeps the High profile, which every H.264 decoder plays
+        lossy = encode.encode_video(given, VideoSettings(fps=8, crf=crf))
+        with av.open(io.BytesIO(lossy), mode="r") as container:
+            assert container.streams.video[0].codec_context.profile == "High"
+
+
 def test_faststart_keeps_every_frame_byte_identical() -> None:
     # Encode without moving moov, move it by hand, and compare what decodes: the chunk offsets were shifted right.
     buffer = io.BytesIO()
@@ -149,6 +168,7 @@ v.addEventListener("error", () => {{ r.textContent = "error " + (v.error && v.er
     [
         ("a.mp4", VideoSettings(fps=8)),
         ("b.mp4", VideoSettings(fps=8, fragmented=True)),
+        ("lossless.mp4", VideoSettings(fps=8, crf=0)),
         ("c.webm", VideoSettings("webm")),
     ],
 )

@@ -244,3 +244,27 @@ async def test_auto_uploads_only_large_files_and_stream_never(tmp_path: Path) ->
 async def test_delivery_upload_without_a_target_streams(tmp_path: Path) -> None:
     _, got = await run_job("", "upload", [2000], tmp_path)
     assert got.problems == [] and sorted(got.assembler.completed) == [0]
+
+
+def test_retries_wait_as_podstream_backoff_says_and_honour_retry_after() -> None:
+    """One retry policy in the project (`podstream.backoff`): full jitter under a doubling ceiling, and at
+    least the `Retry-After` a busy target asks for."""
+    from podstream.backoff import Backoff
+
+    answers = [
+        httpx.Response(503),
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(500),
+        httpx.Response(201, json={"url": "https://media/x"}),
+    ]
+
+    class Transport(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return answers.pop(0)
+
+    slept: list[float] = []
+    config = UploadConfig(url="http://relay", attempts=4, backoff_s=0.5)
+    up = Uploader(config, client=httpx.Client(transport=Transport()), sleep=slept.append, rng=lambda: 0.5)
+    assert up.upload("j", 0, b"x", mime="", sha256=wire.sha256_hex(b"x")) == "https://media/x"
+    backoff = Backoff(base_s=0.5, cap_s=30.0)
+    assert slept == [backoff.delay(0, lambda: 0.5), 7.0, backoff.delay(2, lambda: 0.5)] == [0.25, 7.0, 1.0]
