@@ -10,7 +10,9 @@
 # Build arguments of the worker target:
 #   CUDA_BASE           base image; its CUDA version must suit the torch build (torch-cuda.txt: CUDA 13,
 #                       host driver >= 580). ubuntu:24.04 for a CPU-only image.
-#   TORCH_REQUIREMENTS  deploy/requirements/torch-cuda.txt (default) or deploy/requirements/torch-cpu.txt.
+#   TORCH_REQUIREMENTS  deploy/requirements/torch-cuda.txt (default), torch-cpu.txt, or torch-cu128.txt for
+#                       hosts with an older driver (CUDA 12.8, driver >= 570), together with
+#                       CUDA_BASE=nvidia/cuda:12.8.1-base-ubuntu24.04 (docs/deploy.md, section 1).
 # RUNPOD_DEBUG_LEVEL=INFO in the worker images: the runpod SDK's default, DEBUG, logs every streamed part.
 
 ARG CUDA_BASE=nvidia/cuda:13.0.0-base-ubuntu24.04

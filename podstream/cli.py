@@ -37,10 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("podstream.commands.schema", "print the JSON Schema of the job input a worker takes"),
 }
 
-#: The import names of each extra's requirements in pyproject.toml (tests/podstream/test_cli.py keeps
+#: The import names of each extra's requirements in pyproject.toml (tests/test_packaging.py keeps
 #: them equal): a command that meets one of them missing names the extra to install.
 EXTRA_MODULES: dict[str, frozenset[str]] = {
-    "worker": frozenset({"runpod", "torch", "diffusers", "transformers", "accelerate", "av", "PIL", "numpy"}),
+    "worker": frozenset({"runpod", "torch", "diffusers", "transformers", "accelerate", "av", "PIL", "numpy"})
+    | {"botocore", "huggingface_hub"},
     "relay": frozenset({"starlette", "uvicorn", "prometheus_client", "jwt", "pydantic_settings"}),
     "cluster": frozenset({"redis", "boto3"}),
     "emulator": frozenset({"starlette", "uvicorn"}),

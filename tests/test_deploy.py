@@ -709,6 +709,15 @@ def test_torch_files_pin_one_version_the_worker_accepts() -> None:
     cpu = pins(REQUIREMENTS / "torch-cpu.txt")["torch"]
     assert pinned_version(cuda).public == pinned_version(cpu).public
     assert pinned_version(cpu).local == "cpu"
+    # the CUDA 12 build for older drivers (docs/deploy.md, section 1): the same torch, from PyTorch's index
+    cu128 = pins(REQUIREMENTS / "torch-cu128.txt")["torch"]
+    assert (
+        pinned_version(cu128).public == pinned_version(cuda).public and pinned_version(cu128).local == "cu128"
+    )
+    assert (
+        "--extra-index-url https://download.pytorch.org/whl/cu128"
+        in (REQUIREMENTS / "torch-cu128.txt").read_text()
+    )
     [torch_spec] = [r for r in declared("worker") if r.name == "torch"]
     assert torch_spec.specifier.contains(pinned_version(cuda))
     # What both lock files share, they pin alike (the worker lock is compiled against torch-cuda.txt).
@@ -716,3 +725,22 @@ def test_torch_files_pin_one_version_the_worker_accepts() -> None:
     for name, requirement in pins(REQUIREMENTS / "torch-cuda.txt").items():
         if name in worker:
             assert pinned_version(worker[name]) == pinned_version(requirement), name
+
+
+def test_the_cuda_12_recipe_builds_with_what_the_dockerfile_takes() -> None:
+    """docs/deploy.md's CUDA 12 build: its build arguments are the worker target's, its requirements file
+    ships, and update-locks.sh writes that file (so it moves with the torch version)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    [command] = [
+        c
+        for c in re.findall(r"^docker buildx build .*?--push \.$", text, re.MULTILINE | re.DOTALL)
+        if "cu128" in c
+    ]
+    args = dict(re.findall(r"--build-arg (\w+)=(\S+)", command))
+    assert set(args) == {"CUDA_BASE", "TORCH_REQUIREMENTS"}
+    dockerfile = DOCKERFILE.read_text()
+    for name in args:
+        assert re.search(rf"^ARG {name}\b", dockerfile, re.MULTILINE), name
+    assert args["CUDA_BASE"].startswith("nvidia/cuda:12.8")
+    assert (ROOT / args["TORCH_REQUIREMENTS"]).is_file()
+    assert "torch-cu128.txt" in (ROOT / "deploy" / "update-locks.sh").read_text()

@@ -10,11 +10,14 @@ the ordinary way. Slow-ish (one build, one venv), so it is one test.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,16 @@ def test_build_check_install_and_run(tmp_path: Path) -> None:
         assert needed in names, needed
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
+    # PyPI's page: where the project lives, who made it, the Pythons it runs on (the images run 3.12), and
+    # a description whose links work there too (PyPI resolves no relative link)
+    assert "Project-URL: Repository, https://github.com/" in metadata
+    assert "Project-URL: Documentation, https://github.com/" in metadata
+    assert re.search(r"^Author: .+$", metadata, re.MULTILINE)
+    for version in ("3.11", "3.12"):
+        assert f"Classifier: Programming Language :: Python :: {version}" in metadata
+    description = metadata.split("\n\n", 1)[1]
+    targets = re.findall(r"\]\(([^)\s]+)\)", description)
+    assert targets and not [t for t in targets if not t.startswith(("https://", "#"))], targets
     assert not any(n.startswith("tests/") for n in names)
     with tarfile.open(sdist) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
@@ -156,6 +169,58 @@ def test_every_declared_dependency_is_imported() -> None:
             module = IMPORT_NAMES.get(name, name.replace("-", "_"))
             if name in RUNTIME_ONLY:
                 continue
-            if not re.search(rf"^\s*(import|from) {re.escape(module)}\b", sources, re.MULTILINE):
+            if module not in imported_modules(sources):
                 unused.append(f"{name} ({group})")
     assert not unused, f"declared but never imported: {unused}"
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level modules `source` imports: `import x`, `from x import y`, `importlib.import_module("x...")`."""
+    found = set(re.findall(r"^\s*(?:import|from) ([A-Za-z_]\w*)", source, re.MULTILINE))
+    return found | set(re.findall(r"import_module\(\s*[\"']([A-Za-z_]\w*)", source))
+
+
+@pytest.mark.parametrize(("package", "groups"), [("worker", ("worker",)), ("podstream", ("worker", "relay"))])
+def test_each_third_party_module_imported_is_declared(package: str, groups: tuple[str, ...]) -> None:
+    """Declare what you import: a module that only arrives through another package (botocore through the
+    runpod SDK, huggingface_hub through diffusers) goes when that package stops bringing it. `worker` may use
+    the core dependencies and its extra; `podstream` (whose server commands name the extra they need) the
+    core and its extras."""
+    import ast
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    requirements = [*project["dependencies"], *(r for g in groups for r in extras[g])]
+    if package == "podstream":
+        requirements += [r for g, rs in extras.items() if g != "dev" for r in rs]
+    declared = {
+        IMPORT_NAMES.get(name, name.replace("-", "_"))
+        for name in (re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower() for r in requirements)
+    }
+    own = {"podstream", "worker", "relay"}
+    imported: dict[str, str] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute | ast.Name)
+                and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id)
+                == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                names = [node.args[0].value]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in own:
+                    imported.setdefault(top, str(path.relative_to(ROOT)))
+    undeclared = {module: where for module, where in imported.items() if module not in declared}
+    assert not undeclared, f"imported but not declared for {package} ({', '.join(groups)}): {undeclared}"
