@@ -834,7 +834,7 @@ export class PodstreamClient extends Emitter {
   }
 
   /**
-   * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
+   * The relay's jobs (`GET /v1/jobs`), in the order the relay lists them: by job id.
    * @returns {Promise<Array<Record<string, any> & {id: string, status: string}>>}
    */
   async listJobs() {

@@ -235,7 +235,7 @@ export class PodstreamClient extends Emitter<ClientEvents> {
      */
     _put(blob: Blob, sha256: string | null, token: string | null, onSent: (loaded: number) => void, signal?: AbortSignal): Promise<InputRef>;
     /**
-     * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
+     * The relay's jobs (`GET /v1/jobs`), in the order the relay lists them: by job id.
      * @returns {Promise<Array<Record<string, any> & {id: string, status: string}>>}
      */
     listJobs(): Promise<Array<Record<string, any> & {

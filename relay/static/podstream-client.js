@@ -3134,7 +3134,7 @@ var PodstreamClient = class extends Emitter {
     return answerOf("PUT", path, response.status, response.statusText, await response.text());
   }
   /**
-   * The relay's jobs (`GET /v1/jobs`), newest first as the relay orders them.
+   * The relay's jobs (`GET /v1/jobs`), in the order the relay lists them: by job id.
    * @returns {Promise<Array<Record<string, any> & {id: string, status: string}>>}
    */
   async listJobs() {
