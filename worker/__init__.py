@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "HandlerConfig": "worker.handler",
     "make_handler": "worker.handler",
-    "JobInputError": "worker.inputs",
-    "Limits": "worker.inputs",
+    "JobInputError": "podstream.jobspec",
+    "Limits": "podstream.jobspec",
     "Cancelled": "worker.model",
     "Context": "worker.model",
     "File": "worker.model",

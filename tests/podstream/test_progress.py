@@ -66,11 +66,12 @@ def test_human_bytes(n: float, text: str) -> None:
 
 
 def test_human_bytes_says_what_the_demo_page_says() -> None:
-    """The page's own formatBytes (client_js/demo/demo.js), run by node, against human_bytes."""
-    source = (ROOT / "client_js" / "demo" / "demo.js").read_text()
-    match = re.search(r"^function formatBytes\(bytes\) \{.*?^\}", source, re.MULTILINE | re.DOTALL)
-    assert match, "formatBytes is gone from demo.js: keep the CLI and the page on one format"
-    script = f"{match.group(0)}\nconsole.log(JSON.stringify({json.dumps(SIZES)}.map(formatBytes)));"
+    """The page's own formatBytes (client_js/demo/progress.js), run by node, against human_bytes."""
+    source = (ROOT / "client_js" / "demo" / "progress.js").read_text()
+    match = re.search(r"^export function formatBytes\(bytes\) \{.*?^\}", source, re.MULTILINE | re.DOTALL)
+    assert match, "formatBytes is gone from progress.js: keep the CLI and the page on one format"
+    function = match.group(0).removeprefix("export ")
+    script = f"{function}\nconsole.log(JSON.stringify({json.dumps(SIZES)}.map(formatBytes)));"
     node = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60)
     assert node.returncode == 0, node.stderr
     assert json.loads(node.stdout) == [human_bytes(n) for n in SIZES]
