@@ -25,7 +25,7 @@ from bench._relay_stack import free_port, wait_healthy
 from podstream.emulator import Emulator, EmulatorConfig
 from relay.api.auth import generate_key, hash_key
 from tests.relay.conftest import cluster_backend
-from tests.relay.storage.cluster.conftest import AWS_ENV
+from tests.relay.storage.conftest import AWS_ENV
 
 RUNPOD_KEY = "rk"
 ROOT = Path(__file__).resolve().parents[1]
