@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.podstream.stack import RUNPOD_KEY, local_stack
+from tests.podstream.stack import RUNPOD_KEY, emulator_with_worker, local_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -95,6 +95,27 @@ def run_client_api(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert [i.ref for i in scope["images"]] == [f"input:{hashlib.sha256(p.read_bytes()).hexdigest()}" for p in
                                                 (tmp / "cat.png", tmp / "dog.jpg")]  # fmt: skip
     assert scope["video_job"].id
+
+
+def run_runpod_sdk(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/cli.md: podstream.save / asave on the runpod SDK's own clients, against the emulator."""
+    import runpod
+
+    with emulator_with_worker(tmp / "stack") as emu:
+        monkeypatch.setattr(runpod, "endpoint_url_base", f"{emu.base_url}/v2")
+        monkeypatch.setattr(runpod, "api_key", runpod.api_key)  # the block sets it: put it back after
+        monkeypatch.setenv("RUNPOD_API_KEY", RUNPOD_KEY)
+        monkeypatch.setenv("RUNPOD_ENDPOINT_ID", emu.config.endpoint_id)
+        monkeypatch.chdir(tmp)
+        scope = execute(block)
+    jobs = list((tmp / "out").iterdir())
+    assert len(jobs) == 2  # the sync and the asyncio client's jobs
+    for directory in jobs:
+        assert sorted(p.name for p in directory.iterdir()) == ["00000-fox.png", "00001-owl.png"], directory
+    outcome = scope["outcome"]
+    assert (
+        outcome.ok and outcome.job == scope["job"].job_id and [f.id for f in outcome.files] == ["fox", "owl"]
+    )
 
 
 def run_emulator_api(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +194,7 @@ def run_your_own_input(block: Block, tmp: Path, monkeypatch: pytest.MonkeyPatch)
 
 RUNNERS: dict[tuple[str, str], Callable[[Block, Path, pytest.MonkeyPatch], None]] = {
     ("docs/cli.md", "Python API"): run_client_api,
+    ("docs/cli.md", "With the runpod SDK"): run_runpod_sdk,
     ("docs/emulator.md", "Use"): run_emulator_api,
     ("docs/worker.md", "Bring your own model"): run_bring_your_own_model,
     ("docs/worker.md", "Your own input"): run_your_own_input,
