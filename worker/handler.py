@@ -42,6 +42,7 @@ from podstream import jobspec, wire
 from podstream.jobspec import ItemError, Job, JobInputError, Limits
 from worker import allocator, inputs
 from worker.cache import CacheConfig, CacheWriter, OutputCache, Selection
+from worker.manifest import Manifest
 from worker.model import Cancelled, Context, File, Image, Model, Request, Result, Video
 from worker.upload import UploadConfig, Uploader, UploadFailed
 
@@ -175,7 +176,7 @@ class JobRun:
         self._getter: asyncio.Task[_Outcome | None] | None = None
         self._pending: collections.deque[Envelope] = collections.deque()
         self._parts: Iterator[Envelope] | None = None
-        self._manifest: list[wire.ManifestItem] = []
+        self._manifest = Manifest(self.envs)
         self._finished = False
         self.uploader = uploader
         self.cached: CacheWriter | None = cache.writer(job_id, self.envs.run) if cache is not None else None
@@ -219,30 +220,16 @@ class JobRun:
                 continue
             if isinstance(outcome, ItemError):
                 log.info("job %s: item %d failed: %s", self.job_id, outcome.index, outcome.message)
-                self._manifest.append(wire.ManifestItem(outcome.index, outcome.id, "error"))
-                self._pending.append(
-                    self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
-                )
+                failed = self.envs.error(outcome.index, outcome.code, outcome.message, id=outcome.id)
+                self._manifest.record(failed)
+                self._pending.append(failed)
             elif isinstance(outcome, _Uploaded):
-                self._manifest.append(
-                    wire.ManifestItem(
-                        outcome.index,
-                        outcome.id,
-                        "ref",
-                        outcome.mime,
-                        outcome.size,
-                        outcome.sha256,
-                        0,
-                        outcome.url,
-                        outcome.seed,
-                    )
-                )
-                self._pending.append(
-                    self.envs.ref(
-                        outcome.index, url=outcome.url, mime=outcome.mime, size=outcome.size,
-                        sha256=outcome.sha256, id=outcome.id,
-                    )
+                ref = self.envs.ref(
+                    outcome.index, url=outcome.url, mime=outcome.mime, size=outcome.size,
+                    sha256=outcome.sha256, id=outcome.id,
                 )  # fmt: skip
+                self._manifest.record(ref, seed=outcome.seed)
+                self._pending.append(ref)
             else:
                 self._parts = self._item_parts(outcome)
 
@@ -256,19 +243,7 @@ class JobRun:
             part_bytes=part_bytes,
             sha256=outcome.sha256,
         ):
-            if envelope["part"] == 0:
-                self._manifest.append(
-                    wire.ManifestItem(
-                        outcome.index,
-                        outcome.id,
-                        "ok",
-                        outcome.mime,
-                        envelope["size"],
-                        envelope["sha256"],
-                        envelope["parts"],
-                        seed=outcome.seed,
-                    )
-                )
+            self._manifest.record(envelope, seed=outcome.seed)
             yield envelope
 
     async def _next_outcome(self) -> _Outcome | None:
@@ -286,8 +261,7 @@ class JobRun:
             return None
         outcome, self._getter = self._getter.result(), None
         if outcome is None:
-            self._manifest.sort(key=lambda m: m.item)
-            self._pending.extend(self.envs.manifest(self._manifest))
+            self._pending.extend(self._manifest.envelopes())
             self._finished = True
             log.info("job %s: done in %.1f s", self.job_id, time.monotonic() - self.started)
         return outcome

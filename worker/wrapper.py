@@ -50,6 +50,7 @@ from typing import Any, TypeAlias
 from podstream import wire
 from worker import allocator
 from worker.cache import CacheConfig, CacheWriter, OutputCache
+from worker.manifest import Manifest
 
 log = logging.getLogger("worker.wrapper")
 
@@ -242,7 +243,7 @@ class _Run:
         self.config = config
         self.cached = cached
         self.walk = _Walk(config)
-        self.items: list[wire.ManifestItem] = []
+        self.contents = Manifest(envs)
 
     def recorded(self, envelopes: Iterable[Envelope]) -> Iterator[Envelope]:
         """Each envelope, recorded in the output cache first (a dropped POST can then be resent)."""
@@ -258,10 +259,9 @@ class _Run:
                 data, mime = await asyncio.to_thread(file.load)
             except Exception as exc:  # a file that cannot be read or encoded fails that item, not the job
                 log.warning("job %s: file %s failed: %s", self.envs.job, file.id, exc)
-                self.items.append(wire.ManifestItem(file.item, file.id, "error"))
-                for envelope in self.recorded(
-                    [self.envs.error(file.item, "file_failed", _message(exc), id=file.id)]
-                ):
+                failed = self.envs.error(file.item, "file_failed", _message(exc), id=file.id)
+                self.contents.record(failed)
+                for envelope in self.recorded([failed]):
                     yield envelope
                 continue
             if self.cached is not None:
@@ -278,18 +278,12 @@ class _Run:
                 )
             )
             for envelope in parts:
-                if envelope["part"] == 0:
-                    self.items.append(
-                        wire.ManifestItem(
-                            file.item, file.id, "ok", envelope["mime"], envelope["size"], envelope["sha256"],
-                            envelope["parts"],
-                        )
-                    )  # fmt: skip
+                self.contents.record(envelope)
                 yield envelope
             del data
 
     def manifest(self) -> list[Envelope]:
-        return list(self.recorded(self.envs.manifest(sorted(self.items, key=lambda m: m.item))))
+        return list(self.recorded(self.contents.envelopes()))
 
 
 async def _outputs(handler: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> AsyncIterator[Any]:
