@@ -21,7 +21,9 @@ what arrived, which items failed on the worker, and which gaps or corruption wer
 that did arrive was yielded. Pass `check=False` to get the outcome from the observer instead.
 
 `pull` is a plain generator on `httpx.Client`; `apull` is the same on `httpx.AsyncClient` for asyncio
-programs. Both share `StreamDrain`, which does no I/O.
+programs. Both only carry out the steps of `PullSteps`, which does no network I/O: it says which request
+comes next, what each answer means (retry, wait, end) and feeds the entries to `StreamDrain`, which
+reassembles and writes the files.
 
 Throughput: a `/stream` answer can be large (everything buffered at RunPod, 100 MB of base64), so it is
 taken in pieces as it arrives, never held or JSON-decoded whole: `podstream.stream_split.StreamSplitter`
@@ -42,7 +44,7 @@ import queue
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -347,7 +349,7 @@ class _Entries:
 
 
 @dataclass(frozen=True)
-class _Done:
+class AnswerEnd:
     """How an answer ended: split whole (`splitter`), a non-2xx `response` (read), or an `error`."""
 
     splitter: StreamSplitter | None = None
@@ -356,7 +358,7 @@ class _Done:
 
 
 def _settle(
-    done: _Done, delivered: int, drain: StreamDrain, what: str, url: str, reached: bool
+    done: AnswerEnd, delivered: int, drain: StreamDrain, what: str, url: str, reached: bool
 ) -> _Retry | None:
     """Apply the end of an answer of which `delivered` entries were fed: None, or why to retry it."""
     if done.error is not None:
@@ -404,46 +406,185 @@ def _check_wait(wait_ms: int) -> None:
         raise ValueError("wait_ms must be between 1000 and 300000 (RunPod's long-poll range)")
 
 
+# ------------------------------------------------------------------------------------ the steps of a pull
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Open a long-poll `GET url?params` and hand its answer over as it arrives (`PullSteps.entries`,
+    then `PullSteps.answer_ended`)."""
+
+    url: str
+    headers: dict[str, str]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """Send `method url` and hand the whole answer, or the transport error, to `PullSteps.answered`."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Wait `seconds` (a retry's backoff, or a pause between quick empty answers)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The pull is over: the last step."""
+
+    outcome: JobOutcome
+
+
+Step = Poll | Call | Pause | Finished
+
+
+class PullSteps:
+    """All of `pull` except the I/O: which request comes next and what each answer means.
+
+    Contract: call `next()` for the step to take, until it is `Finished`. After a `Poll`, call `entries`
+    with each piece of its answer as `StreamSplitter` hands them out (it returns the files they completed
+    and any `wire.ItemRef` to fetch with `fetch_ref`), then `answer_ended` exactly once. After a `Call`,
+    call `answered` once. After a `Pause`, wait. Call `close` in every case. A final answer (a rejected
+    key, an unknown job, an unreachable server, too many failures in a row) raises `TransferError`.
+    `pull` and `apull` drive it, on `httpx.Client` and `httpx.AsyncClient`.
+    """
+
+    def __init__(
+        self,
+        job: str,
+        *,
+        runpod_url: str,
+        key: str | None,
+        out: str | os.PathLike[str],
+        wait_ms: int = DEFAULT_WAIT_MS,
+        observer: Observer | None = None,
+        retry: RetryPolicy | None = None,
+        fsync: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check_wait(wait_ms)
+        base = endpoint_url(runpod_url)
+        quoted = urllib.parse.quote(job, safe="")
+        self.drain = StreamDrain(job, Path(out), observer, fsync=fsync)
+        self.retry = retry or RetryPolicy()
+        self._stream = Poll(f"{base}/stream/{quoted}", _headers(key), {"wait": wait_ms})
+        self._status = Call("GET", f"{base}/status/{quoted}", _headers(key))
+        self._clock = clock
+        self._reached = False  # RunPod answered once: a failure to connect is now worth retrying
+        self._failures = 0  # failed attempts in a row
+        self._delivered = 0  # entries of the open answer
+        self._started = 0.0  # when the current poll's first attempt began
+        self._pause: float | None = None
+        self._status_read = False
+        self._error: str | None = None
+        self._finished: Finished | None = None
+
+    def next(self) -> Step:
+        """The step to take now."""
+        if self._pause is not None:
+            pause, self._pause = Pause(self._pause), None
+            return pause
+        if not self.drain.ended:
+            if not self._failures:
+                self._started = self._clock()
+            self._delivered = 0
+            return self._stream
+        if self.drain.status != "COMPLETED" and not self._status_read:
+            return self._status  # a FAILED job's error is on /status, not on the stream
+        if self._finished is None:
+            self._finished = Finished(self.drain.finish(self._error))
+        return self._finished
+
+    def entries(self, status: str, texts: list[bytes]) -> list[SavedFile | wire.ItemRef]:
+        """Some entries of the `Poll`'s answer (`status`: "" until the answer has shown it)."""
+        self._reached = True
+        self._delivered += len(texts)
+        return self.drain.feed_entries(status, texts)
+
+    def answer_ended(self, end: AnswerEnd) -> None:
+        """How the `Poll`'s answer ended. An error that is no `httpx.TransportError` is raised again."""
+        self._reached = self._reached or end.error is None
+        retry = _settle(end, self._delivered, self.drain, "GET /stream", self._stream.url, self._reached)
+        if retry is not None:
+            self._retry_later(retry)
+            return
+        self._failures = 0
+        quick = self._clock() - self._started < _MIN_POLL_S
+        if not self.drain.ended and not self._delivered and quick:
+            self._pause = _IDLE_PAUSE_S  # a server that does not hold requests open: do not spin
+
+    def answered(self, answer: httpx.Response | httpx.TransportError) -> None:
+        """The answer to the `Call` (read whole), or the transport error that took its place."""
+        result: dict[str, Any] | _Retry
+        if isinstance(answer, httpx.TransportError):
+            result = _transport_failure(answer, "GET /status", self._status.url, self._reached)
+        else:
+            result = _classify(answer, "GET /status")
+            self._reached = True
+        if isinstance(result, _Retry):
+            self._retry_later(result)
+            return
+        self._failures = 0
+        self._status_read = True
+        self._error = _job_error(result)
+
+    def close(self) -> None:
+        """Abandon unfinished items."""
+        self.drain.close()
+
+    def _retry_later(self, retry: _Retry) -> None:
+        self._failures += 1
+        if self._failures >= self.retry.attempts:
+            raise _give_up(retry, self._failures)
+        self._pause = self.retry.delay(self._failures, retry.retry_after)
+        self.drain.observer.reconnecting(self._failures, self._pause, retry.reason)
+
+
+def _checked(outcome: JobOutcome, check: bool) -> None:
+    if check and not outcome.ok:
+        raise JobIncomplete(outcome)
+
+
 # --------------------------------------------------------------------------------------------- sync
 
 
 class _SyncAnswer:
     """One `/stream` request received and split in a thread of its own, handed over as `messages`."""
 
-    def __init__(
-        self, client: httpx.Client, url: str, headers: dict[str, str], params: dict[str, Any]
-    ) -> None:
-        self._queue: queue.Queue[_Entries | _Done] = queue.Queue(_AHEAD_PIECES)
+    def __init__(self, client: httpx.Client, poll: Poll) -> None:
+        self._queue: queue.Queue[_Entries | AnswerEnd] = queue.Queue(_AHEAD_PIECES)
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._receive,
-            args=(client, url, headers, params),
-            name="podstream-pull-receive",
-            daemon=True,
+            target=self._receive, args=(client, poll), name="podstream-pull-receive", daemon=True
         )
         self._thread.start()
 
-    def _receive(
-        self, client: httpx.Client, url: str, headers: dict[str, str], params: dict[str, Any]
-    ) -> None:
-        done: _Done
+    def _receive(self, client: httpx.Client, poll: Poll) -> None:
+        done: AnswerEnd
         try:
-            with client.stream("GET", url, headers=headers, params=params) as response:
+            with client.stream("GET", poll.url, headers=poll.headers, params=poll.params) as response:
                 if response.status_code >= 300:
                     response.read()
-                    done = _Done(response=response)
+                    done = AnswerEnd(response=response)
                 else:
                     splitter = StreamSplitter()
                     for chunk in response.iter_bytes():
                         texts = splitter.feed(chunk)
                         if texts and not self._put(_Entries(splitter.status, texts)):
                             return  # the consumer went away: leaving the block closes the response
-                    done = _Done(splitter=splitter)
+                    done = AnswerEnd(splitter=splitter)
         except Exception as exc:  # the consumer decides what it means (retry, partial answer, fatal)
-            done = _Done(error=exc)
+            done = AnswerEnd(error=exc)
         self._put(done)
 
-    def _put(self, message: _Entries | _Done) -> bool:
+    def _put(self, message: _Entries | AnswerEnd) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(message, timeout=0.1)
@@ -452,71 +593,15 @@ class _SyncAnswer:
                 pass
         return False
 
-    def messages(self) -> Iterator[_Entries | _Done]:
+    def messages(self) -> Iterator[_Entries | AnswerEnd]:
         while True:
             message = self._queue.get()
             yield message
-            if isinstance(message, _Done):
+            if isinstance(message, AnswerEnd):
                 return
 
     def close(self) -> None:
         self._stop.set()
-
-
-class _SyncCaller:
-    def __init__(self, client: httpx.Client, key: str | None, retry: RetryPolicy, observer: Observer) -> None:
-        self.client, self.key, self.retry, self.observer = client, key, retry, observer
-        self.reached = False
-        #: Entries the last `stream` answer held.
-        self.entries = 0
-
-    def stream(
-        self, url: str, what: str, drain: StreamDrain, params: dict[str, Any]
-    ) -> Iterator[SavedFile | wire.ItemRef]:
-        """One `/stream` long-poll into `drain`, retried like `call`: yields what each piece completed."""
-        failures = 0
-        while True:
-            answer = _SyncAnswer(self.client, url, _headers(self.key), params)
-            delivered = 0
-            result: _Retry | None = None
-            try:
-                for message in answer.messages():
-                    if isinstance(message, _Entries):
-                        self.reached = True
-                        delivered += len(message.texts)
-                        yield from drain.feed_entries(message.status, message.texts)
-                    else:
-                        self.reached = self.reached or message.error is None
-                        result = _settle(message, delivered, drain, what, url, self.reached)
-            finally:
-                answer.close()
-            self.entries = delivered
-            if result is None:
-                return
-            failures += 1
-            if failures >= self.retry.attempts:
-                raise _give_up(result, failures)
-            delay = self.retry.delay(failures, result.retry_after)
-            self.observer.reconnecting(failures, delay, result.reason)
-            time.sleep(delay)
-
-    def call(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        failures = 0
-        while True:
-            try:
-                response = self.client.request(method, url, headers=_headers(self.key), **kwargs)
-                result = _classify(response, what)
-                self.reached = True
-            except httpx.TransportError as exc:
-                result = _transport_failure(exc, what, url, self.reached)
-            if not isinstance(result, _Retry):
-                return result
-            failures += 1
-            if failures >= self.retry.attempts:
-                raise _give_up(result, failures)
-            delay = self.retry.delay(failures, result.retry_after)
-            self.observer.reconnecting(failures, delay, result.reason)
-            time.sleep(delay)
 
 
 def pull(
@@ -538,35 +623,41 @@ def pull(
     cannot be reached, rejects `key`, does not know the job, or keeps failing past `retry.attempts`; and,
     with `check`, `JobIncomplete` at the end when the job did not complete with every item whole.
     """
-    _check_wait(wait_ms)
-    base = endpoint_url(runpod_url)
-    quoted = urllib.parse.quote(job, safe="")
-    drain = StreamDrain(job, Path(out), observer, fsync=fsync)
+    steps = PullSteps(
+        job, runpod_url=runpod_url, key=key, out=out, wait_ms=wait_ms, observer=observer, retry=retry,
+        fsync=fsync,
+    )  # fmt: skip
     own_client = client is None
     http = client or httpx.Client(timeout=_timeout(wait_ms))
-    caller = _SyncCaller(http, key, retry or RetryPolicy(), drain.observer)
     try:
-        while not drain.ended:
-            started = time.monotonic()
-            for result in caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms}):
-                if isinstance(result, wire.ItemRef):
-                    saved = fetch_ref(http, drain, result)
-                    if saved is not None:
-                        yield saved
-                else:
-                    yield result
-            if not drain.ended and not caller.entries and time.monotonic() - started < _MIN_POLL_S:
-                time.sleep(_IDLE_PAUSE_S)
-        error = None
-        if drain.status != "COMPLETED":
-            error = _job_error(caller.call("GET", f"{base}/status/{quoted}", "GET /status"))
-        outcome = drain.finish(error)
+        while not isinstance(step := steps.next(), Finished):
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+            elif isinstance(step, Call):
+                try:
+                    steps.answered(http.request(step.method, step.url, headers=step.headers))
+                except httpx.TransportError as exc:
+                    steps.answered(exc)
+            else:
+                answer = _SyncAnswer(http, step)
+                try:
+                    for message in answer.messages():
+                        if isinstance(message, AnswerEnd):
+                            steps.answer_ended(message)
+                            continue
+                        for got in steps.entries(message.status, message.texts):
+                            saved = (
+                                fetch_ref(http, steps.drain, got) if isinstance(got, wire.ItemRef) else got
+                            )
+                            if saved is not None:
+                                yield saved
+                finally:
+                    answer.close()
     finally:
-        drain.close()
+        steps.close()
         if own_client:
             http.close()
-    if check and not outcome.ok:
-        raise JobIncomplete(outcome)
+    _checked(step.outcome, check)
 
 
 def fetch_ref(http: httpx.Client, drain: StreamDrain, ref: wire.ItemRef) -> SavedFile | None:
@@ -586,104 +677,38 @@ def fetch_ref(http: httpx.Client, drain: StreamDrain, ref: wire.ItemRef) -> Save
 class _AsyncAnswer:
     """One `/stream` request received and split in a task of its own, handed over as `messages`."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], params: dict[str, Any]
-    ) -> None:
-        self._queue: asyncio.Queue[_Entries | _Done] = asyncio.Queue(_AHEAD_PIECES)
-        self._task = asyncio.create_task(self._receive(client, url, headers, params))
+    def __init__(self, client: httpx.AsyncClient, poll: Poll) -> None:
+        self._queue: asyncio.Queue[_Entries | AnswerEnd] = asyncio.Queue(_AHEAD_PIECES)
+        self._task = asyncio.create_task(self._receive(client, poll))
 
-    async def _receive(
-        self, client: httpx.AsyncClient, url: str, headers: dict[str, str], params: dict[str, Any]
-    ) -> None:
-        done: _Done
+    async def _receive(self, client: httpx.AsyncClient, poll: Poll) -> None:
+        done: AnswerEnd
         try:
-            async with client.stream("GET", url, headers=headers, params=params) as response:
+            async with client.stream("GET", poll.url, headers=poll.headers, params=poll.params) as response:
                 if response.status_code >= 300:
                     await response.aread()
-                    done = _Done(response=response)
+                    done = AnswerEnd(response=response)
                 else:
                     splitter = StreamSplitter()
                     async for chunk in response.aiter_bytes():
                         texts = splitter.feed(chunk)
                         if texts:
                             await self._queue.put(_Entries(splitter.status, texts))
-                    done = _Done(splitter=splitter)
+                    done = AnswerEnd(splitter=splitter)
         except Exception as exc:  # the consumer decides what it means (retry, partial answer, fatal)
-            done = _Done(error=exc)
+            done = AnswerEnd(error=exc)
         await self._queue.put(done)
 
-    async def messages(self) -> AsyncIterator[_Entries | _Done]:
+    async def messages(self) -> AsyncIterator[_Entries | AnswerEnd]:
         while True:
             message = await self._queue.get()
             yield message
-            if isinstance(message, _Done):
+            if isinstance(message, AnswerEnd):
                 return
 
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.wait([self._task])  # a cancellation of the caller itself still propagates
-
-
-class _AsyncCaller:
-    def __init__(
-        self, client: httpx.AsyncClient, key: str | None, retry: RetryPolicy, observer: Observer
-    ) -> None:
-        self.client, self.key, self.retry, self.observer = client, key, retry, observer
-        self.reached = False
-        #: Entries the last `stream` answer held.
-        self.entries = 0
-
-    async def stream(
-        self, url: str, what: str, drain: StreamDrain, params: dict[str, Any]
-    ) -> AsyncIterator[SavedFile | wire.ItemRef]:
-        """`_SyncCaller.stream` on asyncio: each piece is decoded, hashed and written in a worker thread
-        while the next one is received."""
-        failures = 0
-        while True:
-            answer = _AsyncAnswer(self.client, url, _headers(self.key), params)
-            delivered = 0
-            result: _Retry | None = None
-            try:
-                async for message in answer.messages():
-                    if isinstance(message, _Entries):
-                        self.reached = True
-                        delivered += len(message.texts)
-                        for saved in await asyncio.to_thread(
-                            drain.feed_entries, message.status, message.texts
-                        ):
-                            yield saved
-                    else:
-                        self.reached = self.reached or message.error is None
-                        result = _settle(message, delivered, drain, what, url, self.reached)
-            finally:
-                await answer.close()
-            self.entries = delivered
-            if result is None:
-                return
-            failures += 1
-            if failures >= self.retry.attempts:
-                raise _give_up(result, failures)
-            delay = self.retry.delay(failures, result.retry_after)
-            self.observer.reconnecting(failures, delay, result.reason)
-            await asyncio.sleep(delay)
-
-    async def call(self, method: str, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        failures = 0
-        while True:
-            try:
-                response = await self.client.request(method, url, headers=_headers(self.key), **kwargs)
-                result = _classify(response, what)
-                self.reached = True
-            except httpx.TransportError as exc:
-                result = _transport_failure(exc, what, url, self.reached)
-            if not isinstance(result, _Retry):
-                return result
-            failures += 1
-            if failures >= self.retry.attempts:
-                raise _give_up(result, failures)
-            delay = self.retry.delay(failures, result.retry_after)
-            self.observer.reconnecting(failures, delay, result.reason)
-            await asyncio.sleep(delay)
 
 
 async def apull(
@@ -700,36 +725,44 @@ async def apull(
     fsync: bool = True,
 ) -> AsyncIterator[SavedFile]:
     """`pull` for asyncio programs: the same arguments, an async iterator of `SavedFile`."""
-    _check_wait(wait_ms)
-    base = endpoint_url(runpod_url)
-    quoted = urllib.parse.quote(job, safe="")
-    drain = StreamDrain(job, Path(out), observer, fsync=fsync)
+    steps = PullSteps(
+        job, runpod_url=runpod_url, key=key, out=out, wait_ms=wait_ms, observer=observer, retry=retry,
+        fsync=fsync,
+    )  # fmt: skip
     own_client = client is None
     http = client or httpx.AsyncClient(timeout=_timeout(wait_ms))
-    caller = _AsyncCaller(http, key, retry or RetryPolicy(), drain.observer)
     try:
-        while not drain.ended:
-            started = time.monotonic()
-            stream = caller.stream(f"{base}/stream/{quoted}", "GET /stream", drain, {"wait": wait_ms})
-            async for result in stream:
-                if isinstance(result, wire.ItemRef):
-                    saved = await afetch_ref(http, drain, result)
-                    if saved is not None:
-                        yield saved
-                else:
-                    yield result
-            if not drain.ended and not caller.entries and time.monotonic() - started < _MIN_POLL_S:
-                await asyncio.sleep(_IDLE_PAUSE_S)
-        error = None
-        if drain.status != "COMPLETED":
-            error = _job_error(await caller.call("GET", f"{base}/status/{quoted}", "GET /status"))
-        outcome = drain.finish(error)
+        while not isinstance(step := steps.next(), Finished):
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+            elif isinstance(step, Call):
+                try:
+                    steps.answered(await http.request(step.method, step.url, headers=step.headers))
+                except httpx.TransportError as exc:
+                    steps.answered(exc)
+            else:
+                answer = _AsyncAnswer(http, step)
+                try:
+                    async for message in answer.messages():
+                        if isinstance(message, AnswerEnd):
+                            steps.answer_ended(message)
+                            continue
+                        # Decoded, hashed and written in a worker thread while the next piece arrives.
+                        for got in await asyncio.to_thread(steps.entries, message.status, message.texts):
+                            saved = (
+                                await afetch_ref(http, steps.drain, got)
+                                if isinstance(got, wire.ItemRef)
+                                else got
+                            )
+                            if saved is not None:
+                                yield saved
+                finally:
+                    await answer.close()
     finally:
-        drain.close()
+        steps.close()
         if own_client:
             await http.aclose()
-    if check and not outcome.ok:
-        raise JobIncomplete(outcome)
+    _checked(step.outcome, check)
 
 
 async def afetch_ref(http: httpx.AsyncClient, drain: StreamDrain, ref: wire.ItemRef) -> SavedFile | None:

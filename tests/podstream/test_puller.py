@@ -22,6 +22,7 @@ from bench._relay_stack import free_port
 from podstream import wire
 from podstream.backoff import retry_after_seconds
 from podstream.progress import JobIncomplete, Observer, SavedFile, StreamProblem, TransferError
+from podstream.stream_split import StreamSplitter
 
 BASE = "http://runpod.test/v2/ep"
 JOB = "job-1"
@@ -585,3 +586,175 @@ def test_package_api_is_lazy_and_callable(tmp_path: Path) -> None:
     with client(runpod) as http:
         saved = list(podstream.pull(JOB, runpod_url=BASE, key="k", out=tmp_path, client=http))
     assert saved[0].path.read_bytes() == files[0]
+
+
+# ---- the step machine alone: answers fed by hand, no client and no sockets
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def machine(out: Path, observer: Observer | None = None, clock: Clock | None = None) -> pull_mod.PullSteps:
+    return pull_mod.PullSteps(
+        JOB, runpod_url=BASE, key="k", out=out, wait_ms=5000, observer=observer, retry=FAST,
+        clock=clock or Clock(),
+    )  # fmt: skip
+
+
+def feed_answer(
+    steps: pull_mod.PullSteps, body: dict[str, Any], piece: int = 700
+) -> list[SavedFile | wire.ItemRef]:
+    """What a driver does with a whole 200 answer: split it as it arrives, feed the entries, end it."""
+    splitter = StreamSplitter()
+    raw = json.dumps(body).encode()
+    got: list[SavedFile | wire.ItemRef] = []
+    for start in range(0, len(raw), piece):
+        texts = splitter.feed(raw[start : start + piece])
+        if texts:
+            got += steps.entries(splitter.status, texts)
+    steps.answer_ended(pull_mod.AnswerEnd(splitter=splitter))
+    return got
+
+
+def test_steps_poll_the_stream_until_it_ends_then_finish(tmp_path: Path) -> None:
+    envelopes, files = make_job([1500, 10])
+    clock = Clock()
+    steps = machine(tmp_path, clock=clock)
+    poll = steps.next()
+    assert poll == pull_mod.Poll(f"{BASE}/stream/{JOB}", {"Authorization": "Bearer k"}, {"wait": 5000})
+    clock.now += 1  # each poll below takes time: no idle pause follows it
+    got = feed_answer(steps, batch(envelopes[:4]))
+    assert [f.item for f in got if isinstance(f, SavedFile)] == [0]
+    assert steps.next() == poll
+    clock.now += 1
+    got = feed_answer(steps, batch(envelopes[4:], "COMPLETED"))  # the last items come with COMPLETED
+    assert [f.item for f in got if isinstance(f, SavedFile)] == [1]
+    assert steps.next() == poll  # terminal, but not yet an empty answer
+    clock.now += 1
+    assert feed_answer(steps, batch([], "COMPLETED")) == []
+    finished = steps.next()
+    assert isinstance(finished, pull_mod.Finished) and finished.outcome.ok
+    assert steps.next() is finished  # finished once
+    assert {f.item: f.path.read_bytes() for f in finished.outcome.files} == files
+    steps.close()
+
+
+def test_steps_pause_between_quick_empty_answers_only(tmp_path: Path) -> None:
+    clock, observer = Clock(), Recorder()
+    steps = machine(tmp_path, observer, clock)
+    assert isinstance(steps.next(), pull_mod.Poll)
+    feed_answer(steps, batch([]))  # empty, and at once: a server that does not hold the request
+    pause = steps.next()
+    assert isinstance(pause, pull_mod.Pause) and 0 < pause.seconds < 1
+    assert observer.kinds("retry") == []  # a pause, not a retry
+    assert isinstance(steps.next(), pull_mod.Poll)
+    clock.now += 5  # a long-poll that waited, then came back empty
+    feed_answer(steps, batch([]))
+    assert isinstance(steps.next(), pull_mod.Poll)
+
+
+def test_steps_retry_transient_answers_with_backoff_then_give_up(tmp_path: Path) -> None:
+    observer = Recorder()
+    steps = machine(tmp_path, observer)
+    for attempt in (1, 2, 3):
+        assert isinstance(steps.next(), pull_mod.Poll)
+        busy = httpx.Response(429, headers={"Retry-After": "2"})
+        steps.answer_ended(pull_mod.AnswerEnd(response=busy))
+        pause = steps.next()
+        assert isinstance(pause, pull_mod.Pause) and pause.seconds >= 2.0  # never shorter than Retry-After
+        assert observer.kinds("retry")[-1] == (attempt, pause.seconds, "GET /stream: HTTP 429")
+    assert isinstance(steps.next(), pull_mod.Poll)
+    with pytest.raises(TransferError, match=r"after 4 failed attempts in a row; last: GET /stream: HTTP 503"):
+        steps.answer_ended(pull_mod.AnswerEnd(response=httpx.Response(503)))
+
+
+def test_steps_a_success_starts_the_failure_count_again(tmp_path: Path) -> None:
+    steps = machine(tmp_path)
+    for _ in range(3):
+        for _ in range(3):  # three failures in a row, one short of giving up
+            steps.next()
+            steps.answer_ended(pull_mod.AnswerEnd(response=httpx.Response(502)))
+            assert isinstance(steps.next(), pull_mod.Pause)
+        assert isinstance(steps.next(), pull_mod.Poll)
+        feed_answer(steps, batch([]))
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.Response(401), r"rejected the API key \(HTTP 401\) for GET /stream"),
+        (httpx.Response(404), r"GET /stream: not found \(HTTP 404\)"),
+        (httpx.Response(400, text="bad wait"), r"GET /stream: HTTP 400: bad wait"),
+    ],
+)
+def test_steps_final_answers_raise(tmp_path: Path, answer: httpx.Response, message: str) -> None:
+    steps = machine(tmp_path)
+    steps.next()
+    with pytest.raises(TransferError, match=message):
+        steps.answer_ended(pull_mod.AnswerEnd(response=answer))
+
+
+def test_steps_a_connection_refused_is_final_only_before_runpod_answered(tmp_path: Path) -> None:
+    refused = httpx.ConnectError("refused")
+    steps = machine(tmp_path)
+    steps.next()
+    with pytest.raises(TransferError, match=f"cannot reach {BASE}/stream/{JOB}: refused"):
+        steps.answer_ended(pull_mod.AnswerEnd(error=refused))
+    steps = machine(tmp_path)
+    steps.next()
+    feed_answer(steps, batch([]))
+    steps.next()
+    steps.answer_ended(pull_mod.AnswerEnd(error=refused))
+    assert isinstance(steps.next(), pull_mod.Pause)
+    steps = machine(tmp_path)
+    steps.next()
+    with pytest.raises(RuntimeError, match="a bug"):  # not the network's doing: raised as it is
+        steps.answer_ended(pull_mod.AnswerEnd(error=RuntimeError("a bug")))
+
+
+def test_steps_an_answer_cut_off_after_entries_keeps_them_and_polls_again(tmp_path: Path) -> None:
+    envelopes, files = make_job([10, 10])
+    steps = machine(tmp_path)
+    steps.next()
+    splitter = StreamSplitter()
+    raw = json.dumps(batch(envelopes)).encode()
+    got = steps.entries("", splitter.feed(raw[: len(raw) // 2]))
+    assert [f.path.read_bytes() for f in got if isinstance(f, SavedFile)] == [files[0]]
+    steps.answer_ended(pull_mod.AnswerEnd(error=httpx.ReadError("reset")))
+    assert isinstance(steps.next(), pull_mod.Poll)  # no backoff: RunPod drained what arrived
+    assert steps.drain.polls == 1
+
+
+def test_steps_read_a_failed_jobs_error_from_status_retrying_it(tmp_path: Path) -> None:
+    envelopes, _ = make_job([10])
+    observer = Recorder()
+    steps = machine(tmp_path, observer)
+    steps.next()
+    feed_answer(steps, batch(envelopes[:-1], "FAILED"))
+    steps.next()
+    feed_answer(steps, batch([], "FAILED"))
+    call = steps.next()
+    assert call == pull_mod.Call("GET", f"{BASE}/status/{JOB}", {"Authorization": "Bearer k"})
+    steps.answered(httpx.ReadTimeout("slow"))
+    assert isinstance(steps.next(), pull_mod.Pause)
+    assert observer.kinds("retry")[-1][2] == "GET /status: ReadTimeout slow"
+    assert steps.next() == call
+    steps.answered(httpx.Response(200, json={"id": JOB, "status": "FAILED", "error": "CUDA out of memory"}))
+    finished = steps.next()
+    assert isinstance(finished, pull_mod.Finished)
+    assert finished.outcome.status == "FAILED" and finished.outcome.error == "CUDA out of memory"
+    assert not finished.outcome.ok
+
+
+def test_steps_check_the_wait_and_the_url_before_any_request(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="wait_ms"):
+        pull_mod.PullSteps(JOB, runpod_url=BASE, key=None, out=tmp_path, wait_ms=10)
+    with pytest.raises(ValueError, match="not an http"):
+        pull_mod.PullSteps(JOB, runpod_url="ftp://x", key=None, out=tmp_path)
+    poll = pull_mod.PullSteps(JOB, runpod_url=BASE, key=None, out=tmp_path).next()
+    assert isinstance(poll, pull_mod.Poll) and poll.headers == {}
