@@ -194,12 +194,12 @@ class RunPodClient:
                 error = _http_error(response, method, path)
                 if not idempotent and response.status_code != 429:
                     raise error
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = retry_after_seconds(response.headers.get("retry-after"))
             if not error.retryable or attempt >= self.retries:
                 raise error
-            delay = self.backoff.delay(attempt, self._rng)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+            delay = self.backoff.delay(
+                attempt, self._rng, retry_after=retry_after, max_retry_after=_MAX_RETRY_AFTER_S
+            )
             attempt += 1
             await self._sleep(delay)
 
@@ -258,12 +258,6 @@ def _http_error(response: httpx.Response, method: str, path: str) -> RunPodError
     if response.status_code == 404:
         return JobNotFound(message, 404)
     return RunPodError(message, response.status_code)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), capped."""
-    seconds = retry_after_seconds(value)
-    return None if seconds is None else min(seconds, _MAX_RETRY_AFTER_S)
 
 
 def _stream_batch(data: dict[str, Any]) -> StreamBatch:

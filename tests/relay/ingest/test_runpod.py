@@ -83,6 +83,16 @@ async def test_retries_429_and_5xx_with_backoff_and_retry_after() -> None:
     ]  # Retry-After wins over a shorter backoff; then 0.5 * 2**n, full jitter = 1
 
 
+async def test_a_long_retry_after_is_honoured_up_to_the_relays_cap() -> None:
+    handler, _ = scripted(
+        httpx.Response(503, headers={"retry-after": "3600"}),
+        httpx.Response(200, json={"id": "j", "status": "IN_QUEUE"}),
+    )
+    sleeps: list[float] = []
+    await client(handler, sleeps).status("j")
+    assert sleeps == [300.0]  # a poller outlives a CLI's wait: longer than podstream.backoff's default cap
+
+
 async def test_gives_up_after_the_retries() -> None:
     handler, seen = scripted(*[httpx.Response(502) for _ in range(4)])
     with pytest.raises(RunPodError) as failure:
