@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Final, Protocol
 
@@ -30,13 +31,25 @@ from relay.storage.errors import QuotaExceeded, check_job_id
 from relay.storage.protocols import IngestLog, JournalBackend, MediaSource, StoreSink
 from relay.storage.quota import DiskQuota
 
-STATUS: Final = "status"
-PROGRESS: Final = "progress"
-ITEM: Final = "item"
-ERROR: Final = "error"
-DONE: Final = "done"
-RESULT: Final = "result"  # a wrapped handler's value, files as {"$file": i} (relay/ingest/results.py)
-KINDS: Final = frozenset({STATUS, PROGRESS, ITEM, ERROR, RESULT, DONE})
+
+class Kind(StrEnum):
+    """A journal record's kind (its `k`), as docs/protocol.md lists them."""
+
+    STATUS = "status"
+    PROGRESS = "progress"
+    ITEM = "item"
+    ERROR = "error"
+    RESULT = "result"  # a wrapped handler's value, files as {"$file": i} (relay/ingest/results.py)
+    DONE = "done"
+
+
+STATUS: Final = Kind.STATUS
+PROGRESS: Final = Kind.PROGRESS
+ITEM: Final = Kind.ITEM
+ERROR: Final = Kind.ERROR
+DONE: Final = Kind.DONE
+RESULT: Final = Kind.RESULT
+KINDS: Final = frozenset(Kind)
 
 #: The largest record a journal or ingest log holds (a result page and its record fit, see
 #: relay/ingest/results.py).
