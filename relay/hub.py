@@ -9,6 +9,10 @@ one loop. A slow subscriber only falls behind in the journal; it costs no memory
 bytes at about the same time (bounded, least recently used out; concurrent misses share one load), so N
 subscribers cost one disk read and one encoding per chunk, not N. In cluster mode the bytes come from the
 bucket (a `MediaSource`: one ranged GET per chunk per replica, not per subscriber).
+
+`VerifiedMedia` checks an item's media once per job and process (`JobStore.check_media`, in a thread) and
+hands the answer to every later subscriber without a thread hop: a thread hand-off per item per
+subscriber cost more than sending the item's bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -43,9 +48,56 @@ class JobSignal:
         event.set()
 
 
+class VerifiedMedia:
+    """The media of `item` records this process has checked (`JobStore.check_media`), per job store.
+
+    The first subscriber to reach an item checks it in a thread (a stat, and a sha256 of a file this process
+    did not store); subscribers arriving meanwhile await that same check; later ones get the cached answer
+    at once. A failed check (`MediaGone`, `MediaRetry`, ...) is not kept: the next subscriber checks again.
+    A file removed after its check is noticed when its bytes are read (`ChunkCache` raises OSError). Entries
+    go with their store (weak keys)."""
+
+    def __init__(self) -> None:
+        self._known: weakref.WeakKeyDictionary[JobStore, dict[str, Path | MediaSource]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._checking: dict[tuple[int, str], asyncio.Future[Path | MediaSource | None]] = {}
+
+    async def check(self, store: JobStore, record: dict[str, Any]) -> Path | MediaSource | None:
+        """`store.check_media(record)`, run once per item per process."""
+        name = record.get("_file")
+        if not isinstance(name, str) or not name:  # a ref: nothing to verify here
+            return await asyncio.to_thread(store.check_media, record)
+        known = self._known.get(store)
+        if known is not None:
+            media = known.get(name)
+            if media is not None:
+                return media
+        key = (id(store), name)
+        check = self._checking.get(key)
+        if check is None:
+            check = asyncio.ensure_future(self._check(store, record, key))
+            self._checking[key] = check
+            check.add_done_callback(_retrieve)
+        # shield: a subscriber that goes away must not cancel the check the others await
+        return await asyncio.shield(check)
+
+    async def _check(
+        self, store: JobStore, record: dict[str, Any], key: tuple[int, str]
+    ) -> Path | MediaSource | None:
+        try:
+            media = await asyncio.to_thread(store.check_media, record)
+            if media is not None:
+                self._known.setdefault(store, {})[key[1]] = media
+            return media
+        finally:
+            del self._checking[key]
+
+
 class Hub:
     def __init__(self) -> None:
         self._signals: dict[str, JobSignal] = {}
+        self.media = VerifiedMedia()
 
     def signal(self, job: str) -> JobSignal:
         signal = self._signals.get(job)
@@ -109,15 +161,24 @@ class ChunkCache:
     lockstep cost one read and one encoding. The load is its own task, so a subscriber that disconnects
     mid-wait does not cancel it for the others.
 
+    Read-ahead: a load also reads the item's next chunks (`readahead` in all, when the cache is at least
+    16 times that size), so the thread hand-off, which costs more than reading a chunk from the page
+    cache, is paid once per `readahead` chunks. A chunk read ahead counts as a miss when it is first
+    served, so the counts say the same as without read-ahead.
+
     `hits` counts frames served without a load of their own (from the cache, or by joining a load in
     flight: `joined` of them); `misses` counts loads.
     """
 
-    def __init__(self, max_bytes: int, chunk_bytes: int) -> None:
+    def __init__(self, max_bytes: int, chunk_bytes: int, readahead: int = 8) -> None:
         self.max_bytes = max_bytes
         self.chunk_bytes = chunk_bytes
+        # A small cache would evict what it read ahead before it is asked for: read one chunk at a time.
+        self.readahead = readahead if max_bytes >= 16 * readahead * chunk_bytes else 1
         self._frames: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._loading: dict[tuple[str, int], asyncio.Task[bytes]] = {}
+        self._loading: dict[tuple[str, int], asyncio.Future[bytes]] = {}
+        #: Frames read ahead and not served yet: their first serving is the miss.
+        self._ahead: set[tuple[str, int]] = set()
         self.bytes = 0
         self.hits = 0
         self.joined = 0
@@ -131,39 +192,99 @@ class ChunkCache:
         served = self.hits + self.misses
         return self.hits / served if served else 0.0
 
+    def _served(self, key: tuple[str, int]) -> None:
+        if key in self._ahead:
+            self._ahead.discard(key)
+            self.misses += 1
+        else:
+            self.hits += 1
+
+    def cached(self, path: Path | MediaSource, offset: int) -> bytes | None:
+        """The frame of `path` at `offset` when it is held, else None: no coroutine, no await, for the
+        frames K subscribers share."""
+        key = (str(path), offset)
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            self._served(key)
+        return frame
+
     async def frame(self, path: Path | MediaSource, head: dict[str, Any], offset: int, size: int) -> bytes:
         """The `chunk` frame of the bytes of `path` at `offset` (`head` holds its job/seq/item fields)."""
         key = (str(path), offset)
         frame = self._frames.get(key)
         if frame is not None:
             self._frames.move_to_end(key)
-            self.hits += 1
+            self._served(key)
             return frame
         load = self._loading.get(key)
         if load is not None:
-            self.hits += 1
-            self.joined += 1
+            if key in self._ahead:
+                self._served(key)
+            else:
+                self.hits += 1
+                self.joined += 1
         else:
             self.misses += 1
-            load = asyncio.ensure_future(self._load(key, path, head, offset, size))
-            self._loading[key] = load
-            load.add_done_callback(_retrieve)
+            load = self._start(path, head, offset, size)
         # shield: cancelling this subscriber must not cancel the load the others are waiting for
         return await asyncio.shield(load)
 
+    def _start(
+        self, path: Path | MediaSource, head: dict[str, Any], offset: int, size: int
+    ) -> asyncio.Future[bytes]:
+        """One load (one thread hand-off) of the chunk at `offset` and the next ones not held or loading."""
+        name = str(path)
+        offsets = [offset]
+        for ahead in range(offset + self.chunk_bytes, size, self.chunk_bytes):
+            if len(offsets) == self.readahead:
+                break
+            key = (name, ahead)
+            if key in self._frames or key in self._loading:
+                break
+            offsets.append(ahead)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for at in offsets:
+            future: asyncio.Future[bytes] = loop.create_future()
+            future.add_done_callback(_retrieve)
+            self._loading[(name, at)] = future
+            futures.append(future)
+        self._ahead.update((name, at) for at in offsets[1:])
+        task = asyncio.ensure_future(self._load(name, path, head, offsets, size, futures))
+        task.add_done_callback(_retrieve)
+        return futures[0]
+
     async def _load(
-        self, key: tuple[str, int], path: Path | MediaSource, head: dict[str, Any], offset: int, size: int
-    ) -> bytes:
+        self,
+        name: str,
+        path: Path | MediaSource,
+        head: dict[str, Any],
+        offsets: list[int],
+        size: int,
+        futures: list[asyncio.Future[bytes]],
+    ) -> None:
+        spans = [(at, min(self.chunk_bytes, size - at)) for at in offsets]
         try:
-            length = min(self.chunk_bytes, size - offset)
-            frame = await asyncio.to_thread(_encode, path, head, offset, length, size)
-            self._insert(key, frame)
-            return frame
-        finally:
+            results = await asyncio.to_thread(_encode_all, path, head, spans, size)
+        except BaseException as exc:  # cancelled with the loop: every waiter hears it
+            results = [exc] * len(offsets)
+        for at, future, result in zip(offsets, futures, results, strict=True):
+            key = (name, at)
             del self._loading[key]
+            if isinstance(result, bytes):
+                self._insert(key, result)
+                future.set_result(result)
+            else:
+                self._ahead.discard(key)  # not held: its next ask loads it, and counts that
+                if isinstance(result, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(result)
 
     def _insert(self, key: tuple[str, int], frame: bytes) -> None:
         if self.max_bytes < len(frame):
+            self._ahead.discard(key)
             return
         old = self._frames.pop(key, None)
         if old is not None:  # replaced, not added: its bytes are counted once
@@ -171,7 +292,8 @@ class ChunkCache:
         self._frames[key] = frame
         self.bytes += len(frame)
         while self.bytes > self.max_bytes:
-            _key, evicted = self._frames.popitem(last=False)
+            evicted_key, evicted = self._frames.popitem(last=False)
+            self._ahead.discard(evicted_key)
             self.bytes -= len(evicted)
 
     def offsets(self, size: int) -> range:
@@ -179,7 +301,20 @@ class ChunkCache:
         return range(0, max(size, 1), self.chunk_bytes)
 
 
-def _retrieve(task: asyncio.Task[bytes]) -> None:
+def _encode_all(
+    path: Path | MediaSource, head: dict[str, Any], spans: list[tuple[int, int]], size: int
+) -> list[bytes | BaseException]:
+    """In a thread: the frames of `spans` ((offset, length) of one item), each its frame or its error."""
+    out: list[bytes | BaseException] = []
+    for offset, length in spans:
+        try:
+            out.append(_encode(path, head, offset, length, size))
+        except Exception as exc:  # this chunk's error, for whoever asks for it
+            out.append(exc)
+    return out
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
     """A load whose every waiter went away still ends; its error is theirs, not the loop's to log."""
     if not task.cancelled():
         task.exception()

@@ -6,9 +6,11 @@ ends on its own. Each subscription is a cursor over the job's journal (`Hub.reco
 `ev` frames from `from + 1`, and after each `item` record its bytes as `chunk` frames read from disk unless
 the subscriber asked for `inline: false`.
 
-Sends are serialized per connection and each has a deadline (`send_timeout_s`): a subscriber that does not
-read its socket gets `bye 4001` and resumes later from its last seq; nothing is queued for it meanwhile.
-A client so stalled that even the `bye` cannot be written sees the connection drop instead.
+Sends are serialized per connection and none may take longer than `send_timeout_s`: a subscriber that does
+not read its socket gets `bye 4001` and resumes later from its last seq; nothing is queued for it meanwhile.
+A client so stalled that even the `bye` cannot be written sees the connection drop instead. The deadline is
+the connection's, not each frame's: one timer per connection checks the send in progress (a timer armed and
+cancelled per 256 KiB frame cost more than the frame's own Python).
 
 Auth (relay.api.auth): a connection either authenticates with an `Authorization` header on the upgrade, or must
 send an `auth` frame within `auth_timeout_s` (else `bye 4501`). Connections waiting for their `auth` frame
@@ -108,6 +110,14 @@ class Connection:
         #: is alive even while its pongs wait behind megabytes of chunks.
         self.last_progress = self.last_seen
         self._send_lock = asyncio.Lock()
+        #: When the send in progress began (the loop's clock), None between sends; `_send_deadline` checks it.
+        self._sending_since: float | None = None
+        self._sender: asyncio.Task[Any] | None = None  # the task whose send is in progress
+        self._overdue: asyncio.Task[Any] | None = None  # the sender `_send_deadline` cancelled
+        self._deadline: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        # Bound once: `labels()` per frame was a dict lookup and a lock per 256 KiB frame.
+        self._bytes_out = relay.metrics.bytes_out.labels("ws")
         self._ended: asyncio.Future[Bye | None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
@@ -153,6 +163,8 @@ class Connection:
             self._spawn(self._ping_loop())
             bye = await self._ended
         finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
             self.pending.discard(self)
             self.relay.connections.discard(self)
             tasks = list(self._tasks)
@@ -208,17 +220,45 @@ class Connection:
 
     async def send(self, frame: bytes, *, progress: bool = True) -> None:
         """Send one frame; it completes once the transport took it (uvicorn waits while the client's socket
-        does not drain), so a completed data frame is progress: the client is reading."""
-        try:
-            async with asyncio.timeout(self.settings.send_timeout_s):
-                async with self._send_lock:
-                    await self.ws.send_bytes(frame)
-        except TimeoutError:
-            raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
+        does not drain), so a completed data frame is progress: the client is reading. A send still not
+        done after `send_timeout_s` ends the connection with `bye 4001` (`_send_deadline`)."""
+        async with self._send_lock:
+            self._sending_since = self._loop.time()
+            self._sender = sender = asyncio.current_task()
+            if self._deadline is None:
+                self._deadline = self._loop.call_at(
+                    self._sending_since + self.settings.send_timeout_s, self._send_deadline
+                )
+            try:
+                await self.ws.send_bytes(frame)
+            except asyncio.CancelledError:
+                # Cancelled by the deadline (and nothing else): the slow consumer's bye, as a timeout would.
+                if self._overdue is sender and sender is not None:
+                    self._overdue = None
+                    if sender.uncancel() == 0:
+                        raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
+                raise
+            finally:
+                self._sending_since = self._sender = None
         self.sent_frames += 1
         if progress:
             self.last_progress = time.monotonic()
-        self.relay.metrics.bytes_out.labels("ws").inc(len(frame))
+        self._bytes_out.inc(len(frame))
+
+    def _send_deadline(self) -> None:
+        """The connection's send deadline: cancel the send in progress when it is older than
+        `send_timeout_s` (it raises `bye 4001`, as a per-send timeout did), else look again when that send would be (one timer per connection, re-armed at most once per
+        `send_timeout_s`; none while nothing is being sent)."""
+        self._deadline = None
+        since, sender = self._sending_since, self._sender
+        if since is None or sender is None:
+            return
+        due = since + self.settings.send_timeout_s
+        if self._loop.time() >= due:
+            self._overdue = sender
+            sender.cancel()  # its `send` turns this into `bye 4001`
+        else:
+            self._deadline = self._loop.call_at(due, self._send_deadline)
 
     def _full(self) -> bool:
         """No room for one more authenticated connection (those waiting for auth do not count)."""
@@ -390,7 +430,9 @@ class Connection:
 
     async def _send_item(self, store: JobStore, record: dict[str, Any]) -> None:
         try:
-            path = await asyncio.to_thread(store.check_media, record)  # verified once per process
+            path = await self.relay.hub.media.check(
+                store, record
+            )  # verified once per process, not per subscriber
         except MediaGone as exc:
             await self._err("media_unavailable", str(exc), store.job)
             return
@@ -400,9 +442,12 @@ class Connection:
             return  # uploaded out of band (a ref): the client fetches record["url"]
         head = {"job": store.job, "seq": record["seq"], "item": record["item"]}
         size = record["size"]
-        for offset in self.relay.chunks.offsets(size):
+        chunks = self.relay.chunks
+        for offset in chunks.offsets(size):
             try:
-                frame = await self.relay.chunks.frame(path, head, offset, size)
+                # A frame already encoded (the common case: K subscribers read the same chunk) is taken
+                # without a coroutine; only a miss awaits the shared load.
+                frame = chunks.cached(path, offset) or await chunks.frame(path, head, offset, size)
             except OSError as exc:
                 if transient(exc):  # EMFILE, ENOSPC, EIO...: the file is still there, try again
                     raise Bye(TRY_AGAIN, "reading the item failed for now: reconnect and resume") from None

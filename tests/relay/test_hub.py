@@ -1,22 +1,28 @@
-"""`relay.hub.ChunkCache`: shared reads and encodings, byte accounting, errors; and the hit rate end to end.
+"""`relay.hub.ChunkCache`: shared reads and encodings, byte accounting, errors; `relay.hub.VerifiedMedia`:
+one media check per item however many subscribers; and both end to end.
 
-The cache is driven through its one method, `frame`, on real files; the end-to-end test runs a real relay
-with N websocket subscribers of one job and checks every subscriber got every byte from one read per chunk.
+The cache is driven through `frame` and `cached` on real files; the end-to-end test runs a real relay
+with N websocket subscribers of one job and checks every subscriber got every byte from one read per chunk
+and one check per item.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgpack
 import pytest
 
 from podstream.emulator import Emulator
-from relay.hub import ChunkCache
+from relay.hub import ChunkCache, VerifiedMedia
+from relay.storage.errors import MediaGone
+from relay.storage.job import JobStore
+from relay.storage.local.store import DiskJobStore
 from tests.relay.conftest import (
     Batch,
     Received,
@@ -90,7 +96,7 @@ async def test_bytes_count_each_held_frame_once_through_evictions(media: tuple[P
 
 async def test_a_frame_inserted_again_replaces_its_bytes(media: tuple[Path, bytes]) -> None:
     path, data = media
-    cache = ChunkCache(max_bytes=64 * CHUNK, chunk_bytes=CHUNK)
+    cache = ChunkCache(max_bytes=64 * CHUNK, chunk_bytes=CHUNK, readahead=1)
     await cache.frame(path, HEAD, 0, len(data))
     counted = cache.bytes
     cache._insert((str(path), 0), cache._frames[(str(path), 0)])  # as a second load of the same chunk would
@@ -149,7 +155,82 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_load(media: tuple[P
     frame = frame_data(await second)
     assert frame["data"] == data[:CHUNK]
     assert first.cancelled()
-    assert len(cache) == 1
+    assert (str(path), 0) in cache._frames  # the load ended and was kept for the others
+
+
+async def test_a_load_reads_ahead_and_the_counts_stay_one_miss_per_chunk(media: tuple[Path, bytes]) -> None:
+    path, data = media
+    cache = ChunkCache(max_bytes=64 * CHUNK, chunk_bytes=CHUNK, readahead=4)
+    first = frame_data(await cache.frame(path, HEAD, 0, len(data)))
+    assert first["data"] == data[:CHUNK]
+    assert len(cache) == 4 and cache.misses == 1  # chunks 1-3 held, not counted until they are served
+    assert cache.cached(path, CHUNK) is not None and (cache.hits, cache.misses) == (0, 2)
+    assert await read_all(cache, path, len(data)) == data  # one reader: every chunk is a miss, once
+    assert (cache.hits, cache.misses) == (2, 11)  # chunks 0 and 1 a second time
+
+
+def test_a_small_cache_reads_one_chunk_at_a_time() -> None:
+    assert ChunkCache(max_bytes=16 * 4 * CHUNK, chunk_bytes=CHUNK, readahead=4).readahead == 4
+    assert ChunkCache(max_bytes=16 * 4 * CHUNK - 1, chunk_bytes=CHUNK, readahead=4).readahead == 1
+
+
+async def test_cached_gives_held_frames_only_and_counts_them_as_hits(media: tuple[Path, bytes]) -> None:
+    path, data = media
+    cache = ChunkCache(max_bytes=64 * CHUNK, chunk_bytes=CHUNK, readahead=1)
+    assert cache.cached(path, 0) is None and cache.hits == 0  # not held: the caller loads it
+    loaded = await cache.frame(path, HEAD, 0, len(data))
+    assert cache.cached(path, 0) == loaded and cache.cached(path, CHUNK) is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+class FakeStore:
+    """A job store whose `check_media` counts its calls (from its thread) and can be told to fail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.calls = 0
+        self.gone = False
+        self.release = threading.Event()
+
+    def check_media(self, record: dict[str, Any]) -> Path | None:
+        self.calls += 1
+        self.release.wait(10)  # held until the test has every subscriber waiting
+        if self.gone:
+            raise MediaGone("the file of item 0 is damaged")
+        return self.path if record.get("_file") else None
+
+
+async def test_media_is_checked_once_however_many_subscribers_ask(media: tuple[Path, bytes]) -> None:
+    path, _data = media
+    fake = FakeStore(path)
+    store = cast(JobStore, fake)
+    checks = VerifiedMedia()
+    record = {"k": "item", "item": 0, "_file": "1/00000-a.bin"}
+    waiting = [asyncio.ensure_future(checks.check(store, record)) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    fake.release.set()
+    assert await asyncio.gather(*waiting) == [path] * 8
+    assert await checks.check(store, record) == path  # later: the answer kept, no check of its own
+    assert fake.calls == 1
+    assert await checks.check(store, {"k": "item", "item": 1}) is None  # a ref: nothing kept, nothing read
+    assert fake.calls == 2
+
+
+async def test_a_failed_check_reaches_its_waiters_and_is_not_kept(media: tuple[Path, bytes]) -> None:
+    path, _data = media
+    fake = FakeStore(path)
+    fake.gone = True
+    store = cast(JobStore, fake)
+    checks = VerifiedMedia()
+    record = {"k": "item", "item": 0, "_file": "1/00000-a.bin"}
+    waiting = [asyncio.ensure_future(checks.check(store, record)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    fake.release.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, MediaGone) for r in results) and fake.calls == 1
+    fake.gone = False
+    assert await checks.check(store, record) == path  # the next subscriber checks again
+    assert fake.calls == 2
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -162,8 +243,16 @@ async def last_event(http: httpx.AsyncClient, url: str, after: int) -> dict[str,
 
 
 async def test_subscribers_of_one_job_share_reads_and_metrics_count_them(
-    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker
+    tmp_path: Path, emulator: Emulator, worker: ScriptedWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checked: list[int] = []
+    check_media = DiskJobStore.check_media
+
+    def counted(self: DiskJobStore, record: dict[str, Any]) -> Path | None:
+        checked.append(record["item"])
+        return check_media(self, record)
+
+    monkeypatch.setattr(DiskJobStore, "check_media", counted)
     relay = await start_relay(relay_settings(tmp_path, emulator, chunk_bytes=CHUNK))
     try:
         async with relay.http() as http:
@@ -192,6 +281,7 @@ async def test_subscribers_of_one_job_share_reads_and_metrics_count_them(
             chunks = sum(len(cache.offsets(len(f))) for f in files)
             assert cache.misses == chunks
             assert cache.hits == (readers - 1) * chunks
+            assert sorted(checked) == [0, 1, 2]  # each item's file checked once, not once per subscriber
             metrics = (await http.get(f"{relay.url}/metrics")).text
             assert f"podstream_relay_chunk_cache_hits_total {float(cache.hits)}" in metrics
             assert f"podstream_relay_chunk_cache_misses_total {float(chunks)}" in metrics
