@@ -22,12 +22,13 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-#: The short forms: small enough for a busy 2-core machine, the same shape as the full ones.
+#: The short forms: small enough for a busy 2-core machine, the same shape as the full ones, and large enough
+#: that each measured run's CPU totals are seconds (runs repeat a job with --passes / --gb where it is small).
 SHORT: dict[str, list[str]] = {
-    "cluster": ["--items", "8", "--mb", "2", "--subscribers", "10", "--kills", "2"],
+    "cluster": ["--items", "20", "--mb", "4", "--subscribers", "10", "--kills", "2"],
     "input_upload": ["--images", "400", "--kb", "256", "--refs", "1000", "--ref-kb", "64"],
-    "relay_fanout": ["--subscribers", "5,10,20", "--items", "8", "--mb", "2"],
-    "relay_ingest": ["--items", "24", "--mb", "4"],
+    "relay_fanout": ["--subscribers", "20,50,100", "--items", "12", "--mb", "4", "--gb", "5"],
+    "relay_ingest": ["--items", "12", "--mb", "4", "--passes", "8"],
     "relay_latency": ["--yields", "30", "--interval-ms", "100"],
     "relay_memory": ["--sizes", "40,80,120", "--subscribers", "10"],
     "relay_idle": ["--subscribers", "2000"],
@@ -35,14 +36,14 @@ SHORT: dict[str, list[str]] = {
     "worker_overlap": ["--items", "20", "--mb", "2"],
     "worker_wire": ["--items", "10"],
     "worker_memory": ["--small", "20", "--large", "100"],
-    "wire_assembler": ["--items", "10", "--mb", "4"],
+    "wire_assembler": ["--items", "10", "--mb", "4", "--passes", "30"],
 }
 
 #: The full forms: the sizes of the targets (docs/benchmarks-full.md).
 FULL: dict[str, list[str]] = {
     "cluster": ["--items", "40", "--mb", "4", "--subscribers", "50", "--kills", "5"],
     "input_upload": ["--images", "500", "--kb", "1024", "--refs", "1000", "--ref-kb", "1024"],
-    "relay_fanout": ["--subscribers", "20,50,100", "--items", "100", "--mb", "4"],
+    "relay_fanout": ["--subscribers", "20,50,100", "--items", "100", "--mb", "4", "--gb", "8"],
     "relay_ingest": ["--items", "100", "--mb", "4"],
     "relay_latency": ["--yields", "200", "--interval-ms", "100"],
     "relay_memory": ["--sizes", "200,1000,2000", "--subscribers", "50"],
@@ -51,7 +52,7 @@ FULL: dict[str, list[str]] = {
     "worker_overlap": ["--items", "50", "--mb", "4"],
     "worker_wire": ["--items", "1000"],
     "worker_memory": ["--mb", "8", "--large", "1000"],
-    "wire_assembler": ["--items", "100", "--mb", "8"],
+    "wire_assembler": ["--items", "100", "--mb", "8", "--passes", "3"],
 }
 
 

@@ -118,8 +118,8 @@ def test_report_writes_the_page_and_one_png_per_chart(tmp_path: Path) -> None:
         assert (tmp_path / "docs" / "bench" / name).read_bytes().startswith(b"\x89PNG")
         assert f"](bench/{name})" in page
     assert "| 10 | 0.85 |" in page  # the fan-out row as measured
-    assert "| relay | 48 | 100 | 61 | 0.61 | 40 |" in page
-    assert "| relay, answer pre-encoded | 48 | 100 | 85 | 0.85 | 40 |" in page
+    assert "| relay | 48 | 100 | 61 | 0.61 (**missed**) | 40 |" in page
+    assert "| relay, answer pre-encoded | 48 | 100 | 85 | 0.85 (met) | 40 |" in page
     assert "median 52 ms" in page
     assert "**Failed in this run** (no figures): worker_wire." in page
     assert "**No GPU figures.**" in page and "issue" not in page.lower() and "session" not in page.lower()
@@ -185,7 +185,9 @@ def test_merge_reruns_one_and_keeps_and_dates_the_others(tmp_path: Path) -> None
     _report.write(rerun, docs, full=True, failed=[], merge=True)
     page = (docs / "benchmarks-full.md").read_text()
     assert "largest job-stream POST body 666,971 bytes = 0.667 of the 1,000,000-byte cap" in page
-    assert "| 10 | 0.85 |" in page and "| relay | 48 | 100 | 61 | 0.61 | 40 |" in page  # kept as measured
+    assert (
+        "| 10 | 0.85 |" in page and "| relay | 48 | 100 | 61 | 0.61 (**missed**) | 40 |" in page
+    )  # kept as measured
     assert "Failed in this run" not in page  # worker_wire failed before, not now
     assert "worker_wire on 2099-01-02 03:04 UTC" in page
     assert f"relay_fanout, relay_ingest, relay_latency, relay_memory on {first}" in page
