@@ -96,6 +96,11 @@ async def watch(relay: RelayServer, job: str) -> Watched:
                 raise AssertionError(f"unexpected frame {frame}")
 
 
+def unsigned(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records with each `url` cut before its signature's query string."""
+    return [{**r, "url": r["url"].split("?")[0]} if isinstance(r.get("url"), str) else r for r in records]
+
+
 def scan(path: Path) -> list[tuple[int, dict[str, Any]]]:
     log = RecordLog(path, fsync=False)
     try:
@@ -205,7 +210,8 @@ async def test_a_byte_flipped_mid_journal_loses_nothing(
     relay = await reopened(tmp_path, emulator)
     try:
         again = await watch(relay, job.job)
-        assert again.records == got.records
+        # (signed media URLs name their expiry, rounded to the minute: equal but for when they were read)
+        assert unsigned(again.records) == unsigned(got.records)
     finally:
         await relay.stop()
 
