@@ -63,6 +63,15 @@ class RelayMetrics:
             f"{PREFIX}_quota_refused", "Items refused because the disk quota was full", registry=r
         )
 
+    def observe_runpod(self, call: str, seconds: float, status: int | None) -> None:
+        """One RunPod API call (`relay.ingest.runpod.RunPodClient`'s `observe`): its latency, and a throttle
+        or an error (by status, or `network`)."""
+        self.polls.labels(call).observe(seconds)
+        if status == 429:
+            self.runpod_throttled.inc()
+        if status is None or status >= 400:
+            self.poll_errors.labels(call, str(status or "network")).inc()
+
     def observe(self, state: Callable[[], Iterable[Metric]]) -> None:
         """Register `state` (called at each scrape) for the gauges of the relay's current state."""
         self.registry.register(_StateCollector(state))

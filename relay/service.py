@@ -21,18 +21,17 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
-from prometheus_client.core import Metric
 
 from relay import metrics as m
 from relay.api.auth import AllowAll, AuthConfigError, Authorizer, KeyAuthorizer, parse_keys, parse_origins
 from relay.api.limits import PerKeyRate
 from relay.api.links import LinkCodes, LinkStore
 from relay.config import ConfigError, RelaySettings
+from relay.gauges import RelayGauges
 from relay.hub import ChunkCache, Hub
 from relay.ingest.poller import JobPoller, PollerSet
 from relay.ingest.recovery import GapRecovery, crash_after_drain
@@ -176,13 +175,14 @@ class Relay:
         #: True once every job is reopened, until shutdown begins (`/readyz`).
         self.ready = False
         self._jobs: dict[str, JobStore] = {}
-        self._finished_status: dict[str, str] = {}
         self._own_client = http_client is None and bool(settings.runpod_url)
         self._http = http_client
         self.runpod: RunPodClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._removals: set[asyncio.Task[None]] = set()
-        self.metrics.observe(self._state_metrics)
+        #: The gauges of the relay's state, read at each scrape.
+        self.gauges = RelayGauges(self)
+        self.metrics.observe(self.gauges.collect)
 
     def _cluster_store(self, settings: ClusterSettings, hooks: JobHooks) -> Jobs:
         from relay.storage.cluster.cluster import Cluster
@@ -233,7 +233,7 @@ class Relay:
             self.runpod = RunPodClient(
                 self.settings.runpod_url, self.settings.runpod_key, self._http,
                 retries=self.settings.retries, backoff=self.backoff, read_timeout_s=self.settings.read_timeout_s,
-                observe=self._observe_runpod,
+                observe=self.metrics.observe_runpod,
             )  # fmt: skip
         if self.replica is not None:
             (Path(self.settings.data_dir) / "spool").mkdir(parents=True, exist_ok=True)
@@ -389,45 +389,9 @@ class Relay:
         )  # fmt: skip
         self.pollers.start(poller)
 
-    # ------------------------------------------------------------------ metrics
-
-    def _observe_runpod(self, call: str, seconds: float, status: int | None) -> None:
-        self.metrics.polls.labels(call).observe(seconds)
-        if status == 429:
-            self.metrics.runpod_throttled.inc()
-        if status is None or status >= 400:
-            self.metrics.poll_errors.labels(call, str(status or "network")).inc()
-
-    def _state_metrics(self) -> Iterable[Metric]:
-        statuses: dict[str, float] = {}
-        for job in self.store.job_ids():
-            status = self._status(job)
-            statuses[status] = statuses.get(status, 0) + 1
-        yield m.labelled_gauge("jobs", "Jobs in the data directory, by RunPod status", "status", statuses)
-        yield m.gauge("pollers", "Jobs being polled now", len(self.pollers))
-        yield m.gauge("ws_connections", "Open websockets", len(self.connections))
-        subscribers = {
-            "ws": float(sum(c.subscribed for c in self.connections)),
-            "sse": float(self.sse_streams),
-        }
-        yield m.labelled_gauge("subscribers", "Live subscriptions, by transport", "transport", subscribers)
-        yield m.gauge("disk_usage_bytes", "Bytes held by jobs in the data directory", self.quota.used)
-        yield m.gauge("disk_quota_bytes", "The disk quota (0 = none)", self.settings.disk_quota_bytes)
-        yield m.gauge("ready", "1 when the relay is ready for traffic", float(self.ready))
-        chunks = self.chunks
-        yield m.counter("chunk_cache_hits", "Chunk frames sent without a read of their own", chunks.hits)
-        yield m.counter("chunk_cache_misses", "Chunk frames read from disk and encoded", chunks.misses)
-        yield m.gauge("chunk_cache_bytes", "Bytes of encoded chunk frames held", chunks.bytes)
-
-    def _status(self, job: str) -> str:
-        store = self._jobs.get(job)
-        if store is not None:
-            return store.status or "UNKNOWN"
-        status = self._finished_status.get(job)
-        if status is None:
-            meta = self.store.meta(job)
-            status = self._finished_status[job] = str(meta.get("status") or "UNKNOWN")
-        return status
+    def open_job(self, job: str) -> JobStore | None:
+        """The job's store if it is open in this process (None: not opened yet, or not known)."""
+        return self._jobs.get(job)
 
     def deletable(self, job: str) -> bool:
         """Finished, not polled and not being read: retention may delete it."""
@@ -451,7 +415,7 @@ class Relay:
             store.retire()
         self.hub.forget(job)
         self.quota.forget(job)
-        self._finished_status.pop(job, None)
+        self.gauges.forget(job)
         self.metrics.deleted.labels(reason).inc()
         if target is not None:
             task = asyncio.ensure_future(asyncio.to_thread(self.store.remove, target))
