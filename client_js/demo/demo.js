@@ -1,6 +1,6 @@
 // The relay's demo page: submit a batch, watch each result arrive, open any past job. Built with
 // scripts/build.mjs into relay/static/index.html (inlined), so the relay serves it without Node.
-import { PodstreamClient, RelayHttpError, isTerminalStatus } from "../src/index.js";
+import { PodstreamClient, RelayHttpError, isTerminalStatus, jobEnded } from "../src/index.js";
 import { formatBytes, jobProgress } from "./progress.js";
 
 /**
@@ -103,7 +103,7 @@ function tokenFromLinks({ jobs }) {
   const found = linkTokens()[jobs[0]];
   if (found) return found.token;
   throw new RelayHttpError({
-    status: 401, code: "no_credential", method: "GET", path: `/v1/jobs/${jobs[0]}`, body: null,
+    status: 401, code: "credential_missing", method: "GET", path: `/v1/jobs/${jobs[0]}`, body: null,
     message: "this page has no API key, and no link to this job (or its link expired): open a new link",
   }); // prettier-ignore
 }
@@ -519,6 +519,11 @@ function setStatus(status) {
   updateOverall();
 }
 
+/** @param {string} status  whether a job with this status stopped before it completed */
+function endedEarly(status) {
+  return isTerminalStatus(status) && status !== "COMPLETED";
+}
+
 /** @param {string} text */
 function jobError(text) {
   $("job-errors").append(h("div", {}, [text]));
@@ -585,6 +590,7 @@ async function openJob(id) {
   grid.replaceChildren();
   delete grid.dataset.done;
   $("job-errors").replaceChildren();
+  $("job-note").textContent = "";
   $("empty").hidden = true;
   $("job").hidden = false;
   $("job-id").textContent = id;
@@ -664,6 +670,8 @@ async function openJob(id) {
   sub.on("item", showFile);
   sub.on("error", (e) => {
     if (e.item === null) {
+      // A job stopped early never sends its manifest: that is the stop, said once at `done`, not an error.
+      if (e.code === "missing_manifest" && endedEarly(current.status)) return;
       jobError(e.fatal ? `Connection: ${e.message}` : `${e.code}: ${e.message}`);
       if (e.code === "restarted") {
         // RunPod re-ran the job: the items that follow replace the ones shown so far
@@ -698,6 +706,14 @@ async function openJob(id) {
     current.finished = true;
     for (const c of current.cards.values()) {
       if (!isSettled(c)) notDelivered(c, `the job ended (${status}) before this item was delivered`);
+    }
+    if (endedEarly(status)) {
+      // What happened, in the words of the CLI's summary, in the colour of a note: stopping a job is no error.
+      const cards = [...current.cards.entries()];
+      const ready = cards.filter(([, c]) => c.state === "ready").length;
+      const never = cards.filter(([, c]) => c.state === "missing").map(([index]) => index);
+      const line = jobEnded(status, ready, current.total, never);
+      $("job-note").textContent = `${line[0].toUpperCase()}${line.slice(1)}.`;
     }
     updateOverall();
     grid.dataset.done = "true";

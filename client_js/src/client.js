@@ -4,7 +4,7 @@
 // offline. Also the relay's HTTP API (submit, list, manifest, cancel, tokens) and input uploads.
 import { Backoff } from "./backoff.js";
 import { Emitter } from "./emitter.js";
-import { RETRYABLE_4XX, RelayHttpError } from "./errors.js";
+import { RETRYABLE_4XX, RelayHttpError, closedProblem, relayUnreachable, sentence } from "./errors.js";
 import { CloseCode, FrameError, decodeFrame, encodeFrame, isTerminalClose } from "./frames.js";
 import { stageImages, uploadBlob } from "./inputs.js";
 import { JobSubscription, isTerminalStatus } from "./subscription.js";
@@ -376,8 +376,18 @@ export class PodstreamClient extends Emitter {
           this._abandon(CloseCode.TOKEN_EXPIRED, "token refused for a job", false);
           return;
         }
-        if (job) job._fail(frame.code, message);
-        else this.emit("error", { code: frame.code, message });
+        // One code per cause: the relay's `err` codes about a job are the ones its HTTP answers map to.
+        let code = frame.code;
+        let text = message;
+        if (frame.code === "not_found" && frame.job) {
+          code = "job_not_found";
+          text = sentence("job_not_found", { job: frame.job });
+        } else if (frame.code === "forbidden") {
+          code = "not_allowed";
+          text = sentence("not_allowed", { reason: message });
+        }
+        if (job) job._fail(code, text);
+        else this.emit("error", { code, message: text });
         return;
       }
       case "bye":
@@ -398,9 +408,13 @@ export class PodstreamClient extends Emitter {
     this._dropSocket();
     if (this.state === "closed" || this.state === "offline") return;
     if (isTerminalClose(code)) {
-      const message = reason || `connection closed by the relay with code ${code}`;
-      this.emit("error", { code: String(code), message, fatal: true });
-      for (const job of [...this._subs.values()]) job._fail(`close_${code}`, message);
+      // One code for the client and each job: the cause (`token_rejected`, ...) where the close names
+      // one, else `close_<code>` with the relay's reason.
+      const problem = closedProblem(code, this._credential());
+      const cause = problem?.[0] ?? `close_${code}`;
+      const message = problem?.[1] ?? (reason || `connection closed by the relay with code ${code}`);
+      this.emit("error", { code: cause, message, fatal: true });
+      for (const job of [...this._subs.values()]) job._fail(cause, message);
       this._setState("disconnected");
       this.emit("disconnected", { code, reason, reconnectIn: null });
       return;
@@ -470,6 +484,16 @@ export class PodstreamClient extends Emitter {
       this._ws.onopen = null;
     }
     this._ws = null;
+  }
+
+  /**
+   * What the connection authenticates with, as the user gave it (a token minted from the API key is the
+   * key's doing).
+   * @returns {import("./errors.js").Credential}
+   */
+  _credential() {
+    if (this.apiKey) return "key";
+    return this.getToken ? "token" : null;
   }
 
   /**
@@ -669,13 +693,20 @@ export class PodstreamClient extends Emitter {
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== undefined) headers["content-type"] = "application/json";
     const method = init.method ?? "GET";
-    const response = await this._fetch(this.resolve(path), {
-      method,
-      headers,
-      body: init.body === undefined ? undefined : JSON.stringify(init.body),
-      signal: init.signal,
-    });
-    return answerOf(method, path, response.status, response.statusText, await response.text());
+    /** @type {Response} */
+    let response;
+    try {
+      response = await this._fetch(this.resolve(path), {
+        method,
+        headers,
+        body: init.body === undefined ? undefined : JSON.stringify(init.body),
+        signal: init.signal,
+      });
+    } catch (err) {
+      throw unreachable(err, this.url);
+    }
+    const context = { credential: credentialOf(bearer, this.apiKey), job: jobOf(path) };
+    return answerOf(method, path, response.status, response.statusText, await response.text(), context);
   }
 
   /**
@@ -811,9 +842,16 @@ export class PodstreamClient extends Emitter {
     const bearer = this.apiKey ?? token;
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (sha256) headers["x-podstream-sha256"] = sha256;
+    const context = { credential: credentialOf(bearer, this.apiKey), job: null };
     if (this._useXhr) {
-      const { status, statusText, text } = await xhrPut(this.resolve(path), blob, headers, onSent, signal);
-      return answerOf("PUT", path, status, statusText, text);
+      const { status, statusText, text } = await xhrPut(
+        this.resolve(path),
+        blob,
+        headers,
+        onSent,
+        signal,
+      ).catch((err) => Promise.reject(unreachable(err, this.url)));
+      return answerOf("PUT", path, status, statusText, text, context);
     }
     if (!this._fetch) throw new Error("no fetch() in this environment");
     /** @type {BodyInit} */
@@ -823,14 +861,20 @@ export class PodstreamClient extends Emitter {
       body = countedBody(blob, onSent);
       headers["content-length"] = String(blob.size);
     }
-    const response = await this._fetch(this.resolve(path), {
-      method: "PUT",
-      headers,
-      body,
-      signal,
-      ...{ duplex: "half" }, // needed for a stream body; not in TypeScript's RequestInit yet
-    });
-    return answerOf("PUT", path, response.status, response.statusText, await response.text());
+    /** @type {Response} */
+    let response;
+    try {
+      response = await this._fetch(this.resolve(path), {
+        method: "PUT",
+        headers,
+        body,
+        signal,
+        ...{ duplex: "half" }, // needed for a stream body; not in TypeScript's RequestInit yet
+      });
+    } catch (err) {
+      throw unreachable(err, this.url);
+    }
+    return answerOf("PUT", path, response.status, response.statusText, await response.text(), context);
   }
 
   /**
@@ -908,9 +952,11 @@ export class PodstreamClient extends Emitter {
  * @param {number} status
  * @param {string} statusText
  * @param {string} text  the body
+ * @param {{credential: import("./errors.js").Credential, job?: string | null}} context  what the request
+ *   carried, and the job it was about
  * @returns {any}
  */
-function answerOf(method, path, status, statusText, text) {
+function answerOf(method, path, status, statusText, text, context) {
   /** @type {any} */
   let body = null;
   try {
@@ -918,8 +964,39 @@ function answerOf(method, path, status, statusText, text) {
   } catch {
     body = text;
   }
-  if (status < 200 || status > 299) throw RelayHttpError.from(method, path, status, statusText, body);
+  if (status < 200 || status > 299)
+    throw RelayHttpError.from(method, path, status, statusText, body, context);
   return body;
+}
+
+/**
+ * What fetch threw, as the cause a user can act on: the relay cannot be reached (an abort stays an abort).
+ * @param {unknown} err
+ * @param {string} url  the relay's
+ * @returns {unknown}
+ */
+function unreachable(err, url) {
+  return err instanceof TypeError ? relayUnreachable(url, err) : err;
+}
+
+/**
+ * @param {string | null | undefined} bearer  the credential sent
+ * @param {string | undefined} apiKey  the client's API key
+ * @returns {import("./errors.js").Credential}
+ */
+function credentialOf(bearer, apiKey) {
+  if (!bearer) return null;
+  return bearer === apiKey ? "key" : "token";
+}
+
+/**
+ * The job a relay path is about (`/v1/jobs/{id}` and below), for "the relay does not know the job".
+ * @param {string} path
+ * @returns {string | null}
+ */
+function jobOf(path) {
+  const found = /^\/v1\/jobs\/([^/?]+)/.exec(path);
+  return found ? decodeURIComponent(found[1]) : null;
 }
 
 /** Bytes per piece of an upload body streamed by fetch: the granularity of its progress. */

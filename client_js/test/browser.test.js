@@ -615,21 +615,21 @@ test(
 );
 
 test(
-  "a wrong API key: the page shows the relay's sentence, never [object Object]",
+  "a wrong API key: the page says what was rejected, as the CLI does, never [object Object]",
   { skip: !!missing },
   async () => {
     const viewer = await freshPage();
     await viewer.goto(`${stack.relayUrl}/#key=psk_not-a-key-of-this-relay`);
     await viewer.waitForFunction(() => document.getElementById("jobs-error")?.textContent);
-    assert.equal(await viewer.textContent("#jobs-error"), "job list: unknown API key");
+    assert.equal(await viewer.textContent("#jobs-error"), "job list: the relay rejected the API key");
     await viewer.fill("#batch", "1");
     await viewer.click("#submit");
     await viewer.waitForFunction(() => document.getElementById("form-error")?.textContent);
-    assert.equal(await viewer.textContent("#form-error"), "unknown API key");
+    assert.equal(await viewer.textContent("#form-error"), "the relay rejected the API key");
     await viewer.fill("#open-id", "some-job");
     await viewer.click("#open-form button");
     await viewer.waitForSelector("#job-errors div");
-    assert.equal(await viewer.textContent("#job-errors"), "unknown API key");
+    assert.equal(await viewer.textContent("#job-errors"), "the relay rejected the API key");
     assert.ok(await viewer.isHidden("#cancel"), "no Cancel for a job that could not be opened");
     assert.doesNotMatch((await viewer.textContent("body")) ?? "", /object Object/);
     await screenshotOf(viewer, "wrong-key");
@@ -662,6 +662,7 @@ test(
     const width = `width: ${Math.floor((100 * ready) / 40)}%;`;
     assert.equal(await page.getAttribute("#overall", "style"), width, "the bar stops at what came");
     assert.equal(await page.getAttribute("#overall-bar", "data-state"), "stopped");
+    await cancelledNote(ready);
     await screenshot("cancelled");
 
     await page.goto(`${stack.relayUrl}/`);
@@ -675,5 +676,30 @@ test(
     );
     assert.equal(await page.getAttribute("#overall", "style"), width);
     assert.equal(await page.textContent("#conn"), "replay");
+    await cancelledNote(ready);
   },
 );
+
+/**
+ * A cancelled job reads as what happened, in the CLI's words and a note's colour: no red box saying
+ * `missing_manifest`, no error for items the job never made.
+ * @param {number} ready  files that arrived
+ */
+async function cancelledNote(ready) {
+  const never = ready === 39 ? "item 39" : `items ${ready}-39`;
+  assert.equal(
+    await page.textContent("#job-note"),
+    `The job was cancelled: ${ready} of 40 files arrived; never sent: ${never}.`,
+  );
+  assert.equal(await page.textContent("#job-errors"), "", "stopping a job is not an error");
+  const colours = await page.evaluate(() => {
+    const color = (/** @type {Element} */ el) => getComputedStyle(el).color;
+    const probe = document.createElement("p");
+    probe.className = "form-error";
+    document.body.append(probe);
+    const red = color(probe);
+    probe.remove();
+    return { note: color(/** @type {Element} */ (document.getElementById("job-note"))), red };
+  });
+  assert.notEqual(colours.note, colours.red, "the note is not in the colour of an error");
+}

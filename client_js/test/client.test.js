@@ -4,7 +4,9 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { WebSocket } from "ws";
+import { createServer } from "node:http";
 import { PodstreamClient, RelayHttpError } from "../src/client.js";
+import { PodstreamError } from "../src/errors.js";
 import { FakeJob, FakeRelay, bytesOf, finishedJob } from "./fake_relay.js";
 
 /**
@@ -142,10 +144,10 @@ test("a terminal close code ends the subscriptions and does not reconnect", asyn
   /** @type {any[]} */
   const errors = [];
   job.on("error", (e) => errors.push(e));
-  await assert.rejects(job.finished, /unauthorized/);
+  await assert.rejects(job.finished, /the relay rejected the token/);
   assert.deepEqual(
     errors.map((e) => [e.code, e.fatal]),
-    [["close_4501", true]],
+    [["token_rejected", true]],
   );
   await sleep(150);
   assert.equal(relay.connections, 1, "no reconnect after 4501");
@@ -256,7 +258,10 @@ test("several jobs share one connection; an unknown job fails alone", async (t) 
   const [filesA, filesB] = await Promise.all([collect(jobA), collect(jobB)]);
   assert.deepEqual(filesA, expected(a));
   assert.deepEqual(filesB, expected(b));
-  await assert.rejects(missing.finished, /no such job/);
+  await assert.rejects(missing.finished, {
+    code: "job_not_found",
+    message: /the relay does not know the job nope/,
+  });
   assert.equal(relay.connections, 1);
 });
 
@@ -275,7 +280,7 @@ test("a malformed frame from the relay drops the connection and resumes", async 
   assert.ok(relay.connections >= 2);
 });
 
-test("a failed HTTP call says what the relay said: status, code and the relay's sentence", async () => {
+test("a failed HTTP call says its cause: status, the cause's code and sentence, the relay's own code", async () => {
   /** @type {Array<[number, string, string, string]>} status, status text, content type, body of each answer */
   const answers = [
     [
@@ -302,13 +307,35 @@ test("a failed HTTP call says what the relay said: status, code and the relay's 
       assert.fail("the call should have failed");
     } catch (err) {
       assert.ok(err instanceof RelayHttpError);
-      seen.push([err.status, err.code, err.message, err.method, err.path]);
+      seen.push([err.status, err.code, err.relayCode, err.message, err.method, err.path]);
       assert.doesNotMatch(String(err), /\[object Object\]/);
     }
   }
   assert.deepEqual(seen, [
-    [401, "unauthorized", "unknown API key", "GET", "/v1/jobs"],
-    [404, "not_found", "no such job", "GET", "/v1/jobs/j1"],
-    [502, "http_502", "502 Bad Gateway", "DELETE", "/v1/jobs/j1"],
+    [401, "credential_missing", "unauthorized", "the relay needs an API key or a token, and none was given", "GET", "/v1/jobs"], // prettier-ignore
+    [404, "job_not_found", "not_found", "the relay does not know the job j1", "GET", "/v1/jobs/j1"],
+    [502, "http_502", "http_502", "502 Bad Gateway", "DELETE", "/v1/jobs/j1"],
   ]);
+});
+
+test("a relay that is down: relay_unreachable, naming its URL, not fetch's TypeError", async () => {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(undefined)));
+  const { port } = /** @type {import("node:net").AddressInfo} */ (server.address());
+  await new Promise((resolve) => server.close(() => resolve(undefined))); // nothing listens there now
+  const url = `http://127.0.0.1:${port}`;
+  const client = new PodstreamClient({ url, apiKey: "psk_x", network: null });
+  for (const call of [
+    () => client.listJobs(),
+    () => client.getJob("j1"),
+    () => client.submit({ items: [] }),
+  ]) {
+    await assert.rejects(call(), (/** @type {any} */ err) => {
+      assert.ok(err instanceof PodstreamError, String(err));
+      assert.equal(err.code, "relay_unreachable");
+      assert.equal(err.message, `cannot reach the relay at ${url}`);
+      assert.ok(err.cause instanceof TypeError, "what fetch threw stays as the cause");
+      return true;
+    });
+  }
 });

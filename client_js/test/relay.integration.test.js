@@ -282,11 +282,11 @@ test(
     );
     assert.deepEqual(
       wrong.jobErrors.map((e) => [e.code, e.fatal, e.message]),
-      [["unauthorized", true, `no token for ${submitted.id}: unknown API key`]],
+      [["key_rejected", true, `no token for ${submitted.id}: the relay rejected the API key`]],
     );
-    assert.equal(wrong.rejected.code, "unauthorized");
-    assert.match(wrong.rejected.message, /unknown API key/);
-    assert.deepEqual(wrong.clientErrors.map((e) => [e.code, e.fatal]), [["unauthorized", true]]); // prettier-ignore
+    assert.equal(wrong.rejected.code, "key_rejected");
+    assert.match(wrong.rejected.message, /the relay rejected the API key/);
+    assert.deepEqual(wrong.clientErrors.map((e) => [e.code, e.fatal]), [["key_rejected", true]]); // prettier-ignore
     assert.deepEqual(
       wrong.disconnects.map((e) => e.reconnectIn),
       [null],
@@ -296,7 +296,13 @@ test(
     const reader = await failedSubscription(keyClient(t, { apiKey: stack.writeOnlyKey }), submitted.id);
     assert.deepEqual(
       reader.jobErrors.map((e) => [e.code, e.fatal, e.message]),
-      [["forbidden", true, `no token for ${submitted.id}: this API key lacks the scope jobs:read`]],
+      [
+        [
+          "not_allowed",
+          true,
+          `no token for ${submitted.id}: the relay does not allow this: this API key lacks the scope jobs:read`,
+        ],
+      ],
     );
     assert.deepEqual(reader.disconnects.map((e) => e.reconnectIn), [null]); // prettier-ignore
 
@@ -304,11 +310,29 @@ test(
     const unknown = await failedSubscription(client, "no-such-job");
     assert.deepEqual(
       unknown.jobErrors.map((e) => [e.code, e.fatal]),
-      [["not_found", true]],
+      [["job_not_found", true]],
     );
-    assert.match(unknown.rejected.message, /job no-such-job: .+/);
+    assert.equal(unknown.rejected.message, "job no-such-job: the relay does not know the job no-such-job");
     const alive = await collect(client.subscribe(submitted.id));
     assert.equal(alive.length, 1, "the connection goes on for the jobs that exist");
+
+    // A token the relay does not know closes the socket (4501): the same cause has one code, whichever
+    // channel said it, and the sentence names the token, not a key.
+    const badToken = await failedSubscription(
+      keyClient(t, { apiKey: undefined, getToken: () => "abc" }),
+      submitted.id,
+    );
+    const refused = ["token_rejected", true, "the relay rejected the token: it is not one this relay issued"];
+    assert.deepEqual(
+      badToken.clientErrors.map((e) => [e.code, e.fatal, e.message]),
+      [refused],
+    );
+    assert.deepEqual(
+      badToken.jobErrors.map((e) => [e.code, e.fatal, e.message]),
+      [refused],
+    );
+    assert.equal(badToken.rejected.code, "token_rejected");
+    assert.deepEqual(badToken.disconnects.map((e) => e.reconnectIn), [null]); // prettier-ignore
   },
 );
 

@@ -121,6 +121,12 @@ export class PodstreamClient extends Emitter<ClientEvents> {
     _reconnectNow(reason: string): void;
     _dropSocket(): void;
     /**
+     * What the connection authenticates with, as the user gave it (a token minted from the API key is the
+     * key's doing).
+     * @returns {import("./errors.js").Credential}
+     */
+    _credential(): import("./errors.js").Credential;
+    /**
      * Where tokens come from: the caller's `getToken`, else minting with the API key, else nowhere (a relay
      * without auth, or a caller that subscribes only to jobs it has tokens for through `getToken`).
      * @returns {((context: {jobs: string[]}) => (string | null | Promise<string | null>)) | null}

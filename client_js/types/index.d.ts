@@ -21,6 +21,7 @@ export type ResultEvent = import("./subscription.js").ResultEvent;
 export type Manifest = import("./subscription.js").Manifest;
 export { PodstreamClient, RelayHttpError } from "./client.js";
 export { Emitter, PodstreamEvent } from "./emitter.js";
+export { PROBLEMS, PodstreamError, itemRanges, jobEnded, sentence } from "./errors.js";
 export { IntegrityError, PodstreamFile, sha256Hex } from "./file.js";
 export { CloseCode, FrameError, decodeFrame, encodeFrame, isTerminalClose } from "./frames.js";
 export { JobSubscription, isTerminalStatus, substituteFiles } from "./subscription.js";

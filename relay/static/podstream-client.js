@@ -100,23 +100,105 @@ var Emitter = class extends EventTarget {
 };
 
 // src/errors.js
+var PROBLEMS = Object.freeze({
+  relay_unreachable: "cannot reach the relay at {url}",
+  runpod_unreachable: "cannot reach RunPod at {url}",
+  credential_missing: "{server} needs an API key or a token, and none was given",
+  key_rejected: "{server} rejected the API key",
+  token_rejected: "the relay rejected the token: it is not one this relay issued",
+  token_expired: "the token has expired: get a new one",
+  not_allowed: "the relay does not allow this: {reason}",
+  origin_not_allowed: "the relay does not take requests from this page's origin",
+  job_not_found: "the relay does not know the job {job}",
+  job_cancelled: "the job was cancelled: {files} arrived",
+  job_ended_early: "the job ended {status}: {files} arrived",
+  items_never_sent: "never sent: {items}",
+  stream_drained: "RunPod's /stream hands each item out once, and this job's were already taken by another reader (a relay following the job, or an earlier pull): follow the job there instead, podstream watch {job} --relay URL"
+});
+function sentence(code, fields = {}) {
+  return PROBLEMS[code].replace(/\{(\w+)\}/g, (slot, name) => name in fields ? String(fields[name]) : slot);
+}
+function itemRanges(items) {
+  const ordered = [...new Set(items)].sort((a, b) => a - b);
+  const runs = [];
+  for (const item of ordered) {
+    const last = runs[runs.length - 1];
+    if (last && item === last[last.length - 1] + 1) last.push(item);
+    else runs.push([item]);
+  }
+  const text = runs.map((run) => run.length === 1 ? `${run[0]}` : `${run[0]}-${run[run.length - 1]}`);
+  return `${ordered.length === 1 ? "item" : "items"} ${text.join(", ")}`;
+}
+function jobEnded(status, arrived, expected, never) {
+  const missing = [...new Set(never)];
+  const total = expected ?? (missing.length ? arrived + missing.length : null);
+  const files = total === null ? `${arrived} file${arrived === 1 ? "" : "s"}` : `${arrived} of ${total} files`;
+  let line = status === "CANCELLED" ? sentence("job_cancelled", { files }) : sentence("job_ended_early", { status, files });
+  if (missing.length) line += `; ${sentence("items_never_sent", { items: itemRanges(missing) })}`;
+  return line;
+}
+var PodstreamError = class extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{cause?: unknown}} [options]
+   */
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = "PodstreamError";
+    this.code = code;
+  }
+};
+function relayUnreachable(url, cause) {
+  return new PodstreamError("relay_unreachable", sentence("relay_unreachable", { url }), { cause });
+}
+function closedProblem(closeCode, credential) {
+  if (closeCode === 4501) {
+    if (credential === null)
+      return ["credential_missing", sentence("credential_missing", { server: "the relay" })];
+    if (credential === "key") return ["key_rejected", sentence("key_rejected", { server: "the relay" })];
+    return ["token_rejected", sentence("token_rejected")];
+  }
+  if (closeCode === 4003) return ["token_expired", sentence("token_expired")];
+  if (closeCode === 4504) return ["origin_not_allowed", sentence("origin_not_allowed")];
+  return null;
+}
+function refusal(status, relayCode, relayMessage, { credential, job = null }) {
+  if (status === 401) {
+    if (credential === null)
+      return ["credential_missing", sentence("credential_missing", { server: "the relay" })];
+    if (relayCode === "token_expired") return ["token_expired", sentence("token_expired")];
+    if (credential === "token" || relayCode === "invalid_token" || relayCode === "wrong_audience")
+      return ["token_rejected", sentence("token_rejected")];
+    return ["key_rejected", sentence("key_rejected", { server: "the relay" })];
+  }
+  if (status === 403) {
+    if (relayCode === "origin_not_allowed") return ["origin_not_allowed", sentence("origin_not_allowed")];
+    return ["not_allowed", sentence("not_allowed", { reason: relayMessage || `HTTP ${status}` })];
+  }
+  if (status === 404 && job !== null && (relayCode === "not_found" || relayCode === "http_404"))
+    return ["job_not_found", sentence("job_not_found", { job })];
+  return null;
+}
 var RETRYABLE_4XX = /* @__PURE__ */ new Set([408, 425, 429]);
 var FINAL_5XX = /* @__PURE__ */ new Set([501, 505, 507]);
 function isRetryable(err) {
   if (err instanceof RelayHttpError) {
     return err.status >= 500 ? !FINAL_5XX.has(err.status) : RETRYABLE_4XX.has(err.status);
   }
+  if (err instanceof PodstreamError) return err.code === "relay_unreachable";
   return err instanceof TypeError;
 }
-var RelayHttpError = class _RelayHttpError extends Error {
+var RelayHttpError = class _RelayHttpError extends PodstreamError {
   /**
-   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown}} init
+   * @param {{status: number, code: string, message: string, method: string, path: string, body: unknown,
+   *   relayCode?: string}} init
    */
-  constructor({ status, code, message, method, path, body }) {
-    super(message);
+  constructor({ status, code, message, method, path, body, relayCode }) {
+    super(code, message);
     this.name = "RelayHttpError";
     this.status = status;
-    this.code = code;
+    this.relayCode = relayCode ?? code;
     this.method = method;
     this.path = path;
     this.body = body;
@@ -128,9 +210,11 @@ var RelayHttpError = class _RelayHttpError extends Error {
    * @param {number} status
    * @param {string} statusText
    * @param {unknown} body  parsed JSON, or the text when it was not JSON
+   * @param {{credential: Credential, job?: string | null}} [context]  what the request carried and the job
+   *   it was about: given, a refusal gets its cause's code and sentence (`refusal`)
    * @returns {RelayHttpError}
    */
-  static from(method, path, status, statusText, body) {
+  static from(method, path, status, statusText, body, context) {
     const fallback = `${status}${statusText ? ` ${statusText}` : ""}`;
     let code = `http_${status}`;
     let message = fallback;
@@ -148,6 +232,17 @@ var RelayHttpError = class _RelayHttpError extends Error {
     } else if (b && typeof b === "object" && typeof b.detail === "string" && b.detail) {
       message = b.detail;
     }
+    const cause = context ? refusal(status, code, message, context) : null;
+    if (cause)
+      return new _RelayHttpError({
+        status,
+        code: cause[0],
+        message: cause[1],
+        method,
+        path,
+        body,
+        relayCode: code
+      });
     return new _RelayHttpError({ status, code, message, method, path, body });
   }
 };
@@ -2715,8 +2810,17 @@ var PodstreamClient = class extends Emitter {
           this._abandon(CloseCode.TOKEN_EXPIRED, "token refused for a job", false);
           return;
         }
-        if (job) job._fail(frame.code, message);
-        else this.emit("error", { code: frame.code, message });
+        let code = frame.code;
+        let text = message;
+        if (frame.code === "not_found" && frame.job) {
+          code = "job_not_found";
+          text = sentence("job_not_found", { job: frame.job });
+        } else if (frame.code === "forbidden") {
+          code = "not_allowed";
+          text = sentence("not_allowed", { reason: message });
+        }
+        if (job) job._fail(code, text);
+        else this.emit("error", { code, message: text });
         return;
       }
       case "bye":
@@ -2736,9 +2840,11 @@ var PodstreamClient = class extends Emitter {
     this._dropSocket();
     if (this.state === "closed" || this.state === "offline") return;
     if (isTerminalClose(code)) {
-      const message = reason || `connection closed by the relay with code ${code}`;
-      this.emit("error", { code: String(code), message, fatal: true });
-      for (const job of [...this._subs.values()]) job._fail(`close_${code}`, message);
+      const problem = closedProblem(code, this._credential());
+      const cause = problem?.[0] ?? `close_${code}`;
+      const message = problem?.[1] ?? (reason || `connection closed by the relay with code ${code}`);
+      this.emit("error", { code: cause, message, fatal: true });
+      for (const job of [...this._subs.values()]) job._fail(cause, message);
       this._setState("disconnected");
       this.emit("disconnected", { code, reason, reconnectIn: null });
       return;
@@ -2803,6 +2909,15 @@ var PodstreamClient = class extends Emitter {
       this._ws.onopen = null;
     }
     this._ws = null;
+  }
+  /**
+   * What the connection authenticates with, as the user gave it (a token minted from the API key is the
+   * key's doing).
+   * @returns {import("./errors.js").Credential}
+   */
+  _credential() {
+    if (this.apiKey) return "key";
+    return this.getToken ? "token" : null;
   }
   /**
    * Where tokens come from: the caller's `getToken`, else minting with the API key, else nowhere (a relay
@@ -2983,13 +3098,19 @@ var PodstreamClient = class extends Emitter {
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (init.body !== void 0) headers["content-type"] = "application/json";
     const method = init.method ?? "GET";
-    const response = await this._fetch(this.resolve(path), {
-      method,
-      headers,
-      body: init.body === void 0 ? void 0 : JSON.stringify(init.body),
-      signal: init.signal
-    });
-    return answerOf(method, path, response.status, response.statusText, await response.text());
+    let response;
+    try {
+      response = await this._fetch(this.resolve(path), {
+        method,
+        headers,
+        body: init.body === void 0 ? void 0 : JSON.stringify(init.body),
+        signal: init.signal
+      });
+    } catch (err) {
+      throw unreachable(err, this.url);
+    }
+    const context = { credential: credentialOf(bearer, this.apiKey), job: jobOf(path) };
+    return answerOf(method, path, response.status, response.statusText, await response.text(), context);
   }
   /**
    * Submit a job (`POST /v1/jobs`). `input` is the worker's job input (see docs/worker.md). An item's `image`
@@ -3113,9 +3234,16 @@ var PodstreamClient = class extends Emitter {
     const bearer = this.apiKey ?? token;
     if (bearer) headers.authorization = `Bearer ${bearer}`;
     if (sha256) headers["x-podstream-sha256"] = sha256;
+    const context = { credential: credentialOf(bearer, this.apiKey), job: null };
     if (this._useXhr) {
-      const { status, statusText, text } = await xhrPut(this.resolve(path), blob, headers, onSent, signal);
-      return answerOf("PUT", path, status, statusText, text);
+      const { status, statusText, text } = await xhrPut(
+        this.resolve(path),
+        blob,
+        headers,
+        onSent,
+        signal
+      ).catch((err) => Promise.reject(unreachable(err, this.url)));
+      return answerOf("PUT", path, status, statusText, text, context);
     }
     if (!this._fetch) throw new Error("no fetch() in this environment");
     let body = blob;
@@ -3123,15 +3251,20 @@ var PodstreamClient = class extends Emitter {
       body = countedBody(blob, onSent);
       headers["content-length"] = String(blob.size);
     }
-    const response = await this._fetch(this.resolve(path), {
-      method: "PUT",
-      headers,
-      body,
-      signal,
-      ...{ duplex: "half" }
-      // needed for a stream body; not in TypeScript's RequestInit yet
-    });
-    return answerOf("PUT", path, response.status, response.statusText, await response.text());
+    let response;
+    try {
+      response = await this._fetch(this.resolve(path), {
+        method: "PUT",
+        headers,
+        body,
+        signal,
+        ...{ duplex: "half" }
+        // needed for a stream body; not in TypeScript's RequestInit yet
+      });
+    } catch (err) {
+      throw unreachable(err, this.url);
+    }
+    return answerOf("PUT", path, response.status, response.statusText, await response.text(), context);
   }
   /**
    * The relay's jobs (`GET /v1/jobs`), in the order the relay lists them: by job id.
@@ -3194,15 +3327,27 @@ var PodstreamClient = class extends Emitter {
     return this._http(`/v1/links/${encodeURIComponent(code)}`, { method: "POST", anonymous: true });
   }
 };
-function answerOf(method, path, status, statusText, text) {
+function answerOf(method, path, status, statusText, text, context) {
   let body = null;
   try {
     body = text ? JSON.parse(text) : null;
   } catch {
     body = text;
   }
-  if (status < 200 || status > 299) throw RelayHttpError.from(method, path, status, statusText, body);
+  if (status < 200 || status > 299)
+    throw RelayHttpError.from(method, path, status, statusText, body, context);
   return body;
+}
+function unreachable(err, url) {
+  return err instanceof TypeError ? relayUnreachable(url, err) : err;
+}
+function credentialOf(bearer, apiKey) {
+  if (!bearer) return null;
+  return bearer === apiKey ? "key" : "token";
+}
+function jobOf(path) {
+  const found = /^\/v1\/jobs\/([^/?]+)/.exec(path);
+  return found ? decodeURIComponent(found[1]) : null;
 }
 var UPLOAD_PIECE = 64 * 1024;
 function countedBody(blob, onRead) {
@@ -3252,7 +3397,9 @@ export {
   FrameError,
   IntegrityError,
   JobSubscription,
+  PROBLEMS,
   PodstreamClient,
+  PodstreamError,
   PodstreamEvent,
   PodstreamFile,
   RelayHttpError,
@@ -3260,6 +3407,9 @@ export {
   encodeFrame,
   isTerminalClose,
   isTerminalStatus,
+  itemRanges,
+  jobEnded,
+  sentence,
   sha256Hex,
   substituteFiles
 };
