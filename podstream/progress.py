@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from podstream import problems
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,6 +40,14 @@ def cli_console(*, stderr: bool = True) -> Console:
     if not out.is_terminal:
         out.soft_wrap = True  # each print is one line, as long as it is
     return out
+
+
+#: The record codes (docs/protocol.md) that the summary line reports for the whole job rather than the
+#: progress display line by line: an item that never came, and the manifest that never came.
+MISSING_ITEM: Final = "missing_item"
+MISSING_MANIFEST: Final = "missing_manifest"
+#: RunPod's final statuses other than COMPLETED, and the relay's LOST (it could not follow the job).
+ENDED_EARLY: Final = frozenset({"CANCELLED", "FAILED", "TIMED_OUT", "LOST"})
 
 
 @dataclass(frozen=True)
@@ -91,17 +101,47 @@ class JobOutcome:
     def bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def never_sent(self) -> list[int]:
+        """The items that never came at all (`missing_item`: the worker did not send them)."""
+        saved = {f.item for f in self.files}
+        return sorted({f.item for f in self.failures if f.code == MISSING_ITEM} - saved)
+
+    @property
+    def ended_early(self) -> bool:
+        """The job stopped before it completed (cancelled, failed, timed out, lost)."""
+        return self.status in ENDED_EARLY
+
     def summary(self) -> str:
-        """One line: what arrived and what went wrong."""
-        parts = [
-            f"job {self.job} {self.status}",
-            f"{len(self.files)} file(s) saved ({human_bytes(self.bytes)})",
-        ]
-        if self.failures:
-            parts.append(f"{len({f.item for f in self.failures})} item(s) failed")
-        if self.problems:
-            codes = sorted({p.code for p in self.problems})
-            parts.append(f"{len(self.problems)} stream problem(s): {', '.join(codes)}")
+        """One line: what arrived and what went wrong. Items that never came are one range
+        (`never sent: items 0-29`), not a line each; `outcome_dict` keeps each one's record."""
+        never = self.never_sent
+        if self.ended_early:
+            # The job's end explains the items it never made and the manifest it never sent.
+            parts = [
+                f"job {self.job}: "
+                + problems.job_ended(self.status, len(self.files), self.expected_items, never)
+            ]
+            if self.files:
+                parts.append(f"{human_bytes(self.bytes)} saved")
+            shown = [p for p in self.problems if p.code != MISSING_MANIFEST]
+        else:
+            parts = [
+                f"job {self.job} {self.status}",
+                f"{len(self.files)} file(s) saved ({human_bytes(self.bytes)})",
+            ]
+            if never:
+                parts.append(f"never arrived: {problems.item_ranges(never)}")
+            shown = list(self.problems)
+        failed = {f.item for f in self.failures} - set(never)
+        if failed:
+            parts.append(f"{len(failed)} item(s) failed")
+        drained = [p for p in shown if p.code == problems.Code.STREAM_DRAINED]
+        if drained:
+            parts.append(drained[0].message)  # the only problem there is: nothing came
+        elif shown:
+            codes = sorted({p.code for p in shown})
+            parts.append(f"{len(shown)} stream problem(s): {', '.join(codes)}")
         if self.result is not None:
             parts.append(f"result in {display_path(self.result)}")
         if self.error:
@@ -134,6 +174,8 @@ def outcome_dict(outcome: JobOutcome) -> dict[str, Any]:
         "failures": [asdict(f) for f in outcome.failures],
         "problems": [asdict(p) for p in outcome.problems],
         "result": str(outcome.result) if outcome.result is not None else None,
+        "never_sent": outcome.never_sent,
+        "summary": outcome.summary(),
     }
 
 
@@ -232,6 +274,7 @@ class RichProgress(Observer):
         title: str = "items",
         max_bars: int = 12,
         started: float | None = None,
+        verbose: bool = False,
     ) -> None:
         from rich.progress import (
             BarColumn,
@@ -244,6 +287,7 @@ class RichProgress(Observer):
 
         self.console = console or cli_console()
         self.max_bars = max_bars
+        self.verbose = verbose
         self._overall = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -353,12 +397,14 @@ class RichProgress(Observer):
     def item_failed(self, failure: ItemFailure) -> None:
         self._drop(failure.item)
         self._failed += 1
-        self.console.print(f"[red]failed[/] {_escape(failure_text(failure))}", highlight=False)
+        if self.verbose or not summarised(failure.code):
+            self.console.print(f"[red]failed[/] {_escape(failure_text(failure))}", highlight=False)
         self._overall.advance(self._total_task)
         self._refresh_overall()
 
     def problem(self, problem: StreamProblem) -> None:
-        self.console.print(f"[bold red]problem[/] {problem.code}: {_escape(readable(problem.message))}")
+        if self.verbose or not summarised(problem.code):
+            self.console.print(f"[bold red]problem[/] {problem.code}: {_escape(readable(problem.message))}")
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         self.console.print(f"[yellow]retrying[/] in {delay:.1f}s (attempt {attempt}): {_escape(reason)}")
@@ -457,8 +503,9 @@ def upload_summary(state: UploadProgress) -> str:
 class LineProgress(Observer):
     """One plain line per saved or failed item, problem and retry: for logs and terminals without bars."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
+        self.verbose = verbose
 
     def _say(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -467,22 +514,34 @@ class LineProgress(Observer):
         self._say(f"saved {display_path(file.path)} ({human_bytes(file.size)} {file.mime})")
 
     def item_failed(self, failure: ItemFailure) -> None:
-        self._say(f"failed {failure_text(failure)}")
+        if self.verbose or not summarised(failure.code):
+            self._say(f"failed {failure_text(failure)}")
 
     def problem(self, problem: StreamProblem) -> None:
-        self._say(f"problem {problem.code}: {readable(problem.message)}")
+        if self.verbose or not summarised(problem.code):
+            self._say(f"problem {problem.code}: {readable(problem.message)}")
 
     def reconnecting(self, attempt: int, delay: float, reason: str) -> None:
         self._say(f"retrying in {delay:.1f}s (attempt {attempt}): {reason}")
 
 
-def terminal_observer(*, quiet: bool = False, total: int | None = None, title: str = "items") -> Observer:
-    """What the CLI shows: live bars on a terminal, plain lines otherwise, nothing with `quiet`."""
+def terminal_observer(
+    *, quiet: bool = False, total: int | None = None, title: str = "items", verbose: bool = False
+) -> Observer:
+    """What the CLI shows: live bars on a terminal, plain lines otherwise, nothing with `quiet`.
+    `verbose`: also a line for each item that never came (else the summary line gives them as ranges)."""
     if quiet:
         return Observer()
     if sys.stderr.isatty():
-        return RichProgress(total=total, title=title)
-    return LineProgress()
+        return RichProgress(total=total, title=title, verbose=verbose)
+    return LineProgress(verbose=verbose)
+
+
+def summarised(code: str) -> bool:
+    """Whether the summary line reports this record code for the whole job (`never sent: items 0-29`),
+    so that the progress display need not give it a line per item: thirty `missing_item` lines of a
+    cancelled job say less than one range, and a drained stream is the whole story."""
+    return code in (MISSING_ITEM, MISSING_MANIFEST, problems.Code.STREAM_DRAINED)
 
 
 def consume(files: Iterator[SavedFile], observer: Observer) -> JobOutcome:

@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import httpx
 
-from podstream import results, sinks, wire
+from podstream import problems, results, sinks, wire
 from podstream.backoff import MAX_RETRY_AFTER_S, Backoff, retry_after_seconds
 from podstream.progress import (
     ItemFailure,
@@ -153,6 +153,9 @@ class StreamDrain:
         self.status = "UNKNOWN"
         self.ended = False
         self.polls = 0
+        #: Entries the stream handed this drain, of any kind: none at all from a COMPLETED job means
+        #: another reader drained it first (a worker that completes sends its manifest, at least).
+        self.entries = 0
         self.outcome = JobOutcome(job or "")
         files = sinks.file_sinks(out, fsync=fsync)
 
@@ -179,6 +182,7 @@ class StreamDrain:
         self._status(status)
         out: list[SavedFile | wire.ItemRef] = []
         for output in outputs:
+            self.entries += 1
             for event in self.assembler.feed(output):
                 result = self._on_event(event)
                 if result is not None:
@@ -281,8 +285,13 @@ class StreamDrain:
         outcome.job = outcome.job or self.assembler.job or ""
         outcome.status = self.status
         outcome.error = error
-        for problem in self.assembler.finish():
-            self._problem(StreamProblem(problem.code, problem.message))
+        if self.entries == 0 and self.status == "COMPLETED":
+            # `/stream` hands each entry out once: what this job streamed went to someone else.
+            sentence = problems.sentence(problems.Code.STREAM_DRAINED, job=outcome.job)
+            self._problem(StreamProblem(problems.Code.STREAM_DRAINED, sentence))
+        else:
+            for problem in self.assembler.finish():
+                self._problem(StreamProblem(problem.code, problem.message))
         outcome.result = results.write_result(self.out, self.assembler.result, outcome.files)
         self.observer.finished(outcome)
         return outcome

@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from podstream import jobspec, wire
+from podstream import jobspec, problems, wire
 from podstream.images import HEAD_BYTES, IMAGE_TYPES, sniff
 from podstream.progress import TransferError, human_bytes
 from podstream.watcher import http_url
@@ -327,14 +327,16 @@ def submit(
         else:
             response = client.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=timeout)
     except httpx.ConnectError as exc:
-        raise TransferError(f"cannot reach the relay at {base}: {exc or type(exc).__name__}") from None
+        reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=base)
+        raise TransferError(f"{reached}: {exc or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise TransferError(
             f"submitting to the relay at {base}: {type(exc).__name__} {exc}".rstrip()
         ) from None
-    if response.status_code in (401, 403):
-        hint = "" if key else " (no key given: --key or PODSTREAM_API_KEY)"
-        raise TransferError(f"the relay rejected the API key (HTTP {response.status_code}){hint}")
+    refused = problems.refusal(response.status_code, response.text, credential="key" if key else None)
+    if refused is not None:
+        hint = "" if key else "; give one with --key or PODSTREAM_API_KEY"
+        raise TransferError(f"{refused[1]} (HTTP {response.status_code}{hint})")
     if response.status_code >= 400:
         raise TransferError(
             f"the relay refused the job (HTTP {response.status_code}): {relay_error_text(response)}"

@@ -43,7 +43,7 @@ from typing import Any, Final
 import httpx
 import msgpack
 
-from podstream import results, sinks
+from podstream import problems, results, sinks
 from podstream.progress import (
     ItemFailure,
     JobIncomplete,
@@ -194,6 +194,11 @@ class Subscription:
                 return [], []
             if frame.get("code") in _HARMLESS_ERRORS:
                 return [], []
+            if frame.get("code") == "not_found":
+                raise TransferError(problems.sentence(problems.Code.JOB_NOT_FOUND, job=self.job))
+            if frame.get("code") == "forbidden":
+                reason = str(frame.get("message") or f"reading the job {self.job}")
+                raise TransferError(problems.sentence(problems.Code.NOT_ALLOWED, reason=reason))
             raise TransferError(f"the relay refused: {frame.get('code')}: {frame.get('message')}")
         if frame.get("job") != self.job:
             return [], []  # another subscription's frame (this one only sends ours)
@@ -209,6 +214,9 @@ class Subscription:
     def _on_subscribed(self, frame: Mapping[str, Any]) -> None:
         head = frame.get("head")
         self.head = head if isinstance(head, int) else None
+        expected = frame.get("expected_items")
+        if isinstance(expected, int) and not isinstance(expected, bool):
+            self.outcome.expected_items = expected  # what the input asks for, counted at submit
         status = frame.get("status")
         if isinstance(status, str) and status:
             self._status(status)
@@ -235,8 +243,10 @@ class Subscription:
             status = manifest.get("status")
             if isinstance(status, str):
                 self._status(status)
-            items = manifest.get("items")
-            if isinstance(items, list):
+            items, expected = manifest.get("items"), manifest.get("expected_items")
+            if isinstance(expected, int) and not isinstance(expected, bool):
+                self.outcome.expected_items = expected
+            elif isinstance(items, list) and self.outcome.expected_items is None:
                 self.outcome.expected_items = len(items)
             self.done = True
             self.observer.finished(self.outcome)
@@ -407,10 +417,13 @@ class Subscription:
         if isinstance(status, str):
             self._status(status)
         items = rec.get("items")
-        if isinstance(items, int) and not isinstance(items, bool):
-            self.outcome.expected_items = items
-        elif isinstance(items, list):
-            self.outcome.expected_items = len(items)
+        # `items` is what the job recorded; a job stopped early recorded fewer than its input asked for,
+        # so the count from `subscribed` (the input's) stands when the relay gave one.
+        if self.outcome.expected_items is None:
+            if isinstance(items, int) and not isinstance(items, bool):
+                self.outcome.expected_items = items
+            elif isinstance(items, list):
+                self.outcome.expected_items = len(items)
         self.outcome.status = self._last_status
         self.done = True
         self.observer.finished(self.outcome)
@@ -442,13 +455,13 @@ def mint_token(relay: str, job: str, key: str, *, timeout: float = 10.0) -> str 
     try:
         response = httpx.post(url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
     except httpx.ConnectError as exc:
-        raise TransferError(
-            f"cannot reach the relay at {http_url(relay)}: {exc or type(exc).__name__}"
-        ) from None
+        reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=http_url(relay))
+        raise TransferError(f"{reached}: {exc or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise TransferError(f"asking the relay for a token: {type(exc).__name__} {exc}") from None
-    if response.status_code in (401, 403):
-        raise TransferError(f"the relay rejected the API key (HTTP {response.status_code})")
+    refused = problems.refusal(response.status_code, response.text, credential="key", job=job)
+    if refused is not None:
+        raise TransferError(f"{refused[1]} (HTTP {response.status_code})")
     if response.status_code in (404, 405) and "token" not in response.text:
         return None
     if response.status_code >= 400:
@@ -478,26 +491,38 @@ class _Connection:
         frames = [pack({"t": "auth", "token": self.token})] if self.token else []
         return [*frames, pack(sub.subscribe())]
 
+    @property
+    def credential(self) -> problems.Credential:
+        """What the connection authenticates with, as the user gave it: a token minted here from the
+        key is the key's doing."""
+        return "key" if self.key else ("token" if self.token else None)
+
     def closed(self, code: int | None, reason: str) -> str:
         """Decide after a close: raise for terminal codes, else return the reason to log before retrying."""
         if code is not None and code in TERMINAL_CODES:
+            refused = problems.closed(code, credential=self.credential)
+            if refused is not None:
+                # The relay's reason is not repeated: it cannot tell a token from a key it does not know.
+                raise TransferError(f"{refused[1]} (close code {code})")
             raise TransferError(f"the relay closed the connection: {code} {reason}".rstrip())
         if code == TOKEN_EXPIRED:
             if self.key is None:
-                raise TransferError("the token expired and no API key was given to get a new one")
+                expired = problems.sentence(problems.Code.TOKEN_EXPIRED)
+                raise TransferError(f"{expired} (no API key was given to get one with)")
             self.token = mint_token(self.relay, self.job, self.key)
         return f"connection closed ({code} {reason})".rstrip() if code is not None else reason
 
     def failed_to_connect(self, exc: BaseException) -> str:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status is not None:
-            if status in (401, 403):
-                raise TransferError(
-                    f"the relay rejected the connection (HTTP {status}): check the token or key"
-                )
+            body = getattr(getattr(exc, "response", None), "body", None)
+            refused = problems.refusal(status, body or b"", credential=self.credential, job=self.job)
+            if refused is not None:
+                raise TransferError(f"{refused[1]} (HTTP {status})")
             raise TransferError(f"the relay refused the websocket (HTTP {status}) at {self.url}")
         if not self.connected_once:
-            raise TransferError(f"cannot reach the relay at {self.url}: {exc or type(exc).__name__}")
+            reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=http_url(self.relay))
+            raise TransferError(f"{reached}: {exc or type(exc).__name__}")
         return f"cannot reconnect: {type(exc).__name__} {exc}".rstrip()
 
     def next_delay(self, reason: str) -> float:

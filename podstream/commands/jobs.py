@@ -8,7 +8,9 @@ import os
 import time
 from typing import Any
 
+from podstream import problems
 from podstream.cli import CommandError
+from podstream.submit import relay_error_text
 
 DEFAULT_RELAY = "http://127.0.0.1:8700"
 
@@ -32,9 +34,13 @@ def fetch(relay: str, key: str | None = None, timeout: float = 10.0) -> list[dic
     try:
         response = httpx.get(f"{relay.rstrip('/')}/v1/jobs", headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach the relay at {relay}: {exc}") from None
+        reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=relay)
+        raise CommandError(f"{reached}: {exc or type(exc).__name__}") from None
     if response.status_code != 200:
-        raise CommandError(f"the relay answered HTTP {response.status_code}: {response.text[:200]}")
+        refused = problems.refusal(response.status_code, response.text, credential="key" if key else None)
+        if refused is not None:
+            raise CommandError(f"{refused[1]} (HTTP {response.status_code}{_hint(key)})")
+        raise CommandError(f"the relay answered HTTP {response.status_code}: {relay_error_text(response)}")
     try:
         jobs = response.json()["jobs"]
     except (ValueError, KeyError, TypeError):
@@ -42,6 +48,10 @@ def fetch(relay: str, key: str | None = None, timeout: float = 10.0) -> list[dic
     if not isinstance(jobs, list):
         raise CommandError("the relay's answer is not a job list")
     return jobs
+
+
+def _hint(key: str | None) -> str:
+    return "" if key else "; give one with --key or PODSTREAM_API_KEY"
 
 
 def by_age(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

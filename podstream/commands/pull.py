@@ -68,6 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="a line for each item that never came, not one range"
+    )
 
 
 def load_input(path: Path) -> dict[str, Any]:
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             job = pull_mod.run_job(direct_input(args.submit), runpod_url=base, key=args.key, retry=retry)
             # Status lines go to stderr, so that stdout holds only the outcome (JSON with --json).
             print(f"submitted job {job}", file=sys.stderr, flush=True)
-        observer = terminal_observer(quiet=args.quiet, title=f"job {job}")
+        observer = terminal_observer(quiet=args.quiet, title=f"job {job}", verbose=args.verbose)
         out = args.out / job if args.submit is not None else args.out
         outcome = _pull(job, base, args, retry, out, observer)
     except TransferError as exc:

@@ -80,6 +80,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="a line for each item that never came, not one range"
+    )
 
 
 def job_input(args: argparse.Namespace) -> tuple[dict[str, Any], list[uploads_mod.LocalInput]]:

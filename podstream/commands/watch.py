@@ -69,6 +69,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="a line for each item that never came, not one range"
+    )
 
 
 def check_relay(relay: str) -> None:
@@ -88,7 +91,7 @@ def watch_job(
     from_seq: int = 0,
 ) -> JobOutcome:
     """Watch `job` with progress bars (unless --quiet); print the resume hint when interrupted."""
-    observer = terminal_observer(quiet=args.quiet, total=total, title=f"job {job}")
+    observer = terminal_observer(quiet=args.quiet, total=total, title=f"job {job}", verbose=args.verbose)
     observer.last_seq = from_seq
     files = watch_mod.watch(
         job,

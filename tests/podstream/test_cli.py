@@ -225,7 +225,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_unknown_job_on_a_real_relay(relay: str, tmp_path: Path) -> None:
     result = podstream("watch", "no-such-job", "--relay", relay, "--key", RELAY_KEY, "--out", str(tmp_path))
-    one_line_error(result, 1, "not_found", "does not know the job")
+    one_line_error(result, 1, "the relay does not know the job no-such-job")
 
 
 @pytest.mark.parametrize(

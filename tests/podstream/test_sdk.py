@@ -153,7 +153,7 @@ def test_a_job_that_fails_after_its_files_is_failed_only_the_sdk_job_can_tell(
 ) -> None:
     ep = endpoint(wrapped)
     job = ep.run({"files": 4, "size": 5000, "fail_at": 2})  # two files, their manifest, then FAILED
-    with pytest.raises(JobIncomplete, match="FAILED; 2 file") as info:
+    with pytest.raises(JobIncomplete, match="the job ended FAILED: 2 of 2 files arrived; ") as info:
         podstream.save(job.stream(), out=tmp_path / "with", job=job)
     outcome = info.value.outcome
     assert outcome.status == "FAILED" and outcome.problems == [] and outcome.result is None
