@@ -43,7 +43,7 @@ from typing import Any, Final
 import httpx
 import msgpack
 
-from podstream import problems, results, sinks
+from podstream import frames, problems, results, sinks
 from podstream.progress import (
     ItemFailure,
     JobIncomplete,
@@ -58,8 +58,6 @@ from podstream.wire import TERMINAL_STATUSES
 
 #: Close codes of docs/protocol.md: 4000-4499 reconnect (with backoff), 4500-4999 do not.
 RECONNECT_CODES: Final = range(4000, 4500)
-TERMINAL_CODES: Final = range(4500, 5000)
-TOKEN_EXPIRED: Final = 4003
 #: The largest frame a relay sends is a 256 KiB chunk plus its msgpack header.
 MAX_FRAME: Final = 1 << 20
 OPEN_TIMEOUT_S: Final = 10.0
@@ -167,7 +165,7 @@ class Subscription:
         out.mkdir(parents=True, exist_ok=True)
 
     def subscribe(self) -> dict[str, Any]:
-        return {"t": "sub", "job": self.job, "from": self.position, "inline": True}
+        return frames.sub(self.job, self.position, inline=True)
 
     def reset(self) -> None:
         """The connection is gone: an item whose bytes were arriving will be sent again from its start."""
@@ -180,7 +178,8 @@ class Subscription:
             raise Resync(f"the relay sent a frame that is not a typed map: {str(frame)[:100]}")
         kind = frame["t"]
         if kind == "ping":
-            return [{"t": "pong", "n": frame.get("n")}], []
+            n = frame.get("n")
+            return [frames.pong(n if isinstance(n, int) else 0)], []
         if kind == "welcome":
             ping = frame.get("ping")
             self.ping_interval = float(ping) if isinstance(ping, int | float) else None
@@ -488,8 +487,8 @@ class _Connection:
         self.failures = 0
 
     def first_frames(self, sub: Subscription) -> list[bytes]:
-        frames = [pack({"t": "auth", "token": self.token})] if self.token else []
-        return [*frames, pack(sub.subscribe())]
+        auth = [pack(frames.auth(self.token))] if self.token else []
+        return [*auth, pack(sub.subscribe())]
 
     @property
     def credential(self) -> problems.Credential:
@@ -499,13 +498,13 @@ class _Connection:
 
     def closed(self, code: int | None, reason: str) -> str:
         """Decide after a close: raise for terminal codes, else return the reason to log before retrying."""
-        if code is not None and code in TERMINAL_CODES:
+        if code is not None and frames.is_terminal_close(code):
             refused = problems.closed(code, credential=self.credential)
             if refused is not None:
                 # The relay's reason is not repeated: it cannot tell a token from a key it does not know.
                 raise TransferError(f"{refused[1]} (close code {code})")
             raise TransferError(f"the relay closed the connection: {code} {reason}".rstrip())
-        if code == TOKEN_EXPIRED:
+        if code == frames.CloseCode.TOKEN_EXPIRED:
             if self.key is None:
                 expired = problems.sentence(problems.Code.TOKEN_EXPIRED)
                 raise TransferError(f"{expired} (no API key was given to get one with)")

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 
+from podstream import frames
 from relay.storage.job import JobStore
 from relay.storage.protocols import MediaSource
 
@@ -332,7 +333,7 @@ def _encode(path: Path | MediaSource, head: dict[str, Any], offset: int, length:
     else:
         data = path.read(offset, length)
     frame: bytes = msgpack.packb(
-        {"t": "chunk", **head, "off": offset, "data": data, "last": offset + length >= size},
+        frames.chunk(head, offset, data, offset + length >= size),
         use_bin_type=True,
     )
     return frame

@@ -56,6 +56,8 @@ import jwt
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from podstream.frames import CloseCode
+
 ACTIONS: Final = frozenset(
     {"submit", "attach", "read", "list", "cancel", "token", "upload", "metrics", "input"}
 )
@@ -77,9 +79,9 @@ _KEY_ENTRY: Final = re.compile(
     r"^(?:(?P<name>[A-Za-z0-9_.-]{1,64})=)?sha256:(?P<hash>[0-9a-fA-F]{64})(?:/(?P<scopes>[a-z:+]+))?$"
 )
 
-TOKEN_EXPIRED: Final = 4003
-UNAUTHORIZED: Final = 4501
-ORIGIN_NOT_ALLOWED: Final = 4504
+TOKEN_EXPIRED: Final = CloseCode.TOKEN_EXPIRED
+UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
+ORIGIN_NOT_ALLOWED: Final = CloseCode.ORIGIN_NOT_ALLOWED
 
 
 class Denied(Exception):

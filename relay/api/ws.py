@@ -34,6 +34,8 @@ from typing import Any, Final
 import msgpack
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from podstream import frames
+from podstream.frames import CloseCode
 from relay.api.auth import Denied, Principal
 from relay.service import Relay
 from relay.storage.errors import BadJobId, JobBroken, MediaGone, MediaRetry, check_job_id, transient
@@ -44,17 +46,18 @@ log = logging.getLogger("podstream.relay.ws")
 PROTOCOL_VERSION: Final = 1
 SERVER: Final = "podstream-relay"
 
-GOING_AWAY: Final = 4000
-SLOW_CONSUMER: Final = 4001
-PING_TIMEOUT: Final = 4002
-TOKEN_EXPIRED: Final = 4003
-TOO_MANY_CONNECTIONS: Final = 4004
-TRY_AGAIN: Final = 4005  # a passing storage error (EMFILE, ENOSPC, EIO): reconnect and resume
-MALFORMED: Final = 4500
-UNAUTHORIZED: Final = 4501
-FRAME_TOO_LARGE: Final = 4502
-TOO_MANY_SUBSCRIPTIONS: Final = 4503
-ORIGIN_NOT_ALLOWED: Final = 4504
+# The protocol's close codes (podstream.frames.CloseCode, shared with the clients).
+GOING_AWAY: Final = CloseCode.GOING_AWAY
+SLOW_CONSUMER: Final = CloseCode.SLOW_CONSUMER
+PING_TIMEOUT: Final = CloseCode.PING_TIMEOUT
+TOKEN_EXPIRED: Final = CloseCode.TOKEN_EXPIRED
+TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
+TRY_AGAIN: Final = CloseCode.TRY_AGAIN
+MALFORMED: Final = CloseCode.MALFORMED_FRAME
+UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
+FRAME_TOO_LARGE: Final = CloseCode.FRAME_TOO_LARGE
+TOO_MANY_SUBSCRIPTIONS: Final = CloseCode.TOO_MANY_SUBSCRIPTIONS
+ORIGIN_NOT_ALLOWED: Final = CloseCode.ORIGIN_NOT_ALLOWED
 INTERNAL: Final = 1011
 
 
@@ -211,7 +214,7 @@ class Connection:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(grace):
                 async with self._send_lock:
-                    await self.ws.send_bytes(pack({"t": "bye", "code": bye.code, "reason": bye.reason}))
+                    await self.ws.send_bytes(pack(frames.bye(bye.code, bye.reason)))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(grace):
                 await self.ws.close(bye.code, bye.reason[:120])
@@ -270,19 +273,10 @@ class Connection:
         if self._full():
             raise Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later")
         self.authenticated = True
-        hello = {
-            "t": "welcome",
-            "v": PROTOCOL_VERSION,
-            "server": SERVER,
-            "ping": self.settings.ping_interval_s,
-        }
-        await self.send(pack(hello))
+        await self.send(pack(frames.welcome(PROTOCOL_VERSION, SERVER, self.settings.ping_interval_s)))
 
     async def _err(self, code: str, message: str, job: str | None = None) -> None:
-        frame: dict[str, Any] = {"t": "err", "code": code, "message": message}
-        if job is not None:
-            frame["job"] = job
-        await self.send(pack(frame))
+        await self.send(pack(frames.err(code, message, job)))
 
     # ------------------------------------------------------------------ receiving
 
@@ -301,18 +295,18 @@ class Connection:
                 frame = msgpack.unpackb(data, raw=False)
             except Exception:
                 raise Bye(MALFORMED, "not a msgpack frame") from None
-            if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
-                raise Bye(MALFORMED, "a frame is a msgpack map with a string 't'")
             await self._dispatch(frame)
 
-    async def _dispatch(self, frame: dict[str, Any]) -> None:
-        kind = frame["t"]
-        if kind == "auth":
-            token = frame.get("token")
-            if not isinstance(token, str):
-                raise Bye(MALFORMED, "auth needs a string 'token'")
+    async def _dispatch(self, raw: object) -> None:
+        try:
+            if frames.frame_type(raw) != "auth" and not self.authenticated:
+                raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+            frame = frames.parse_client(raw)
+        except frames.FrameError as exc:
+            raise Bye(MALFORMED, str(exc)) from None
+        if isinstance(frame, frames.Auth):
             try:
-                self.principal = await self.relay.auth.token(self.principal, token)
+                self.principal = await self.relay.auth.token(self.principal, frame.token)
             except Denied as exc:
                 self.relay.metrics.denied.labels(exc.code).inc()
                 raise Bye(exc.close_code, str(exc)) from None
@@ -322,31 +316,18 @@ class Connection:
             else:
                 await self._drop_uncovered()
             return
-        if not self.authenticated:
-            raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
-        if kind == "sub":
+        if isinstance(frame, frames.Sub):
             await self._subscribe(frame)
-        elif kind == "unsub":
-            job = frame.get("job")
-            if not isinstance(job, str):
-                raise Bye(MALFORMED, "unsub needs a string 'job'")
-            task = self.subscriptions.pop(job, None)
+        elif isinstance(frame, frames.Unsub):
+            task = self.subscriptions.pop(frame.job, None)
             if task is None:
-                await self._err("not_subscribed", "no subscription to this job", job)
+                await self._err("not_subscribed", "no subscription to this job", frame.job)
             else:
                 task.cancel()
-        elif kind == "pong":
-            if not isinstance(frame.get("n", 0), int):
-                raise Bye(MALFORMED, "pong needs an integer 'n'")
-        else:
-            raise Bye(MALFORMED, f"unknown frame type {kind!r}")
+        # a Pong: the client is alive (`last_seen`), nothing to answer
 
-    async def _subscribe(self, frame: dict[str, Any]) -> None:
-        job, after, inline = frame.get("job"), frame.get("from", 0), frame.get("inline", True)
-        if not isinstance(job, str) or type(after) is not int or not isinstance(inline, bool):
-            raise Bye(MALFORMED, "sub needs 'job' (string), 'from' (integer) and 'inline' (boolean)")
-        if after < 0:
-            raise Bye(MALFORMED, "'from' must be >= 0")
+    async def _subscribe(self, frame: frames.Sub) -> None:
+        job, after, inline = frame.job, frame.after, frame.inline
         if job in self.subscriptions:
             await self._err("already_subscribed", "already subscribed to this job", job)
             return
@@ -408,21 +389,11 @@ class Connection:
     async def _stream(self, store: JobStore, after: int, inline: bool) -> None:
         job = store.job
         head = store.journal.published
-        await self.send(
-            pack(
-                {
-                    "t": "subscribed",
-                    "job": job,
-                    "head": head,
-                    "status": store.status,
-                    "recovered": after <= head,
-                    "expected_items": store.meta.get("expected_items"),  # None when the input did not say
-                }
-            )
-        )
+        expected = store.meta.get("expected_items")  # None when the input did not say
+        await self.send(pack(frames.subscribed(job, head, store.status, after <= head, expected)))
         async with contextlib.aclosing(self.relay.hub.records(store, after)) as records:
             async for record in records:
-                await self.send(pack({"t": "ev", "job": job, **self.relay.public(record)}))
+                await self.send(pack(frames.ev(job, self.relay.public(record))))
                 if inline and record["k"] == ITEM:
                     await self._send_item(store, record)
         if self.subscriptions.get(job) is asyncio.current_task():
@@ -468,7 +439,7 @@ class Connection:
             if time.monotonic() - max(self.last_seen, self.last_progress) > interval + timeout:
                 raise Bye(PING_TIMEOUT, "no pong in time")
             n += 1
-            await self.send(pack({"t": "ping", "n": n}), progress=False)
+            await self.send(pack(frames.ping(n)), progress=False)
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
