@@ -2,7 +2,9 @@
 
 With `--media-redirect` the answer is `302` to a presigned URL of the object (valid `media_url_ttl_s`):
 browsers and `podstream watch` download straight from the bucket or its CDN, and the relays carry no media
-bytes. The request was authorized (key, token or signed URL) before; the presigned URL is the grant.
+bytes. The request was authorized (key, token or signed URL) before; the presigned URL is the grant. Only
+an `If-None-Match` naming the item's ETag (the sha256) is still answered here (304, by the route); Range,
+HEAD and the bucket's own ETag (its MD5) are the bucket's business after the redirect (docs/protocol.md).
 
 Without it the relay streams the object itself, read by range from the bucket in 1 MiB pieces, with one
 `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` range (206) as `FileResponse` serves a local file. Several
@@ -106,7 +108,8 @@ def response(
     if source is None:
         raise LookupError("no object for this record")
     if relay.settings.media_redirect:
-        url = source.media.presign(source.key, relay.settings.media_url_ttl_s)
+        # A HEAD is sent to a URL presigned for HEAD: the client repeats its method at the Location.
+        url = source.media.presign(source.key, relay.settings.media_url_ttl_s, method=request.method)
         return RedirectResponse(url, status_code=302, headers={"cache-control": "private, no-store"})
     size = int(source.size)
     mime = record.get("mime") or "application/octet-stream"

@@ -29,6 +29,114 @@ _STAGED: Final = {
         "expires_at": {"type": "number"},
     },
 }  # fmt: skip
+#: What the media route serves: the item's own type, as the worker named it (the built-in worker's and
+#: `podstream.wrap`'s types first; another worker's types are its own, `application/octet-stream` when none).
+MEDIA_TYPES: Final = (
+    "video/mp4", "video/webm", "image/png", "image/webp", "image/jpeg", "image/gif", "audio/wav", "audio/mpeg",
+    "audio/ogg", "application/pdf", "application/octet-stream", "*/*",
+)  # fmt: skip
+_STRING: Final = {"type": "string"}
+_INT: Final = {"type": "integer"}
+_SECONDS_OR_NULL: Final = {"type": ["number", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _record(kind: str, description: str, required: list[str], **fields: Any) -> dict[str, Any]:
+    """A journal record of one kind: `seq` and `k` and the kind's own fields (docs/protocol.md)."""
+    return {
+        "type": "object", "description": description, "required": ["seq", "k", *required],
+        "properties": {"seq": {"type": "integer", "minimum": 1}, "k": {"const": kind}, **fields},
+    }  # fmt: skip
+
+
+#: The journal records clients read (`ev` frames on the websocket, SSE `data:`, long-poll `events`).
+RECORDS: Final = {
+    "StatusRecord": _record(
+        "status", "RunPod's status of the job changed", ["status"],
+        status=_STRING, error={"type": "string", "description": "a FAILED job's message, one line"},
+    ),
+    "ProgressRecord": _record(
+        "progress", "an item's progress", ["item", "step", "steps"], item=_INT, step=_INT, steps=_INT
+    ),
+    "ItemRecord": _record(
+        "item", "an item's file is held (or, `delivery: ref`, lives at `url`)",
+        ["item", "id", "mime", "size", "sha256", "url", "delivery"],
+        item=_INT, id=_STRING, mime=_STRING, size=_INT, sha256={"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        url={"type": "string", "description": "the relay's signed media URL, or the worker's own (ref)"},
+        delivery={"enum": ["stream", "upload", "ref"]},
+    ),
+    "ErrorRecord": _record(
+        "error", "an item failed (`item`), or a problem of the whole job (`item: null`)",
+        ["item", "code", "message"], item={"type": ["integer", "null"]}, code=_STRING, message=_STRING,
+        id={"type": "string", "description": "the lost item's id, where known"},
+    ),
+    "ResultRecord": _record(
+        "result", "the wrapped handler's value, files as {\"$file\": item}", ["value"], value={}
+    ),
+    "DoneRecord": _record(
+        "done", "the job ended: always the last record", ["status", "items", "errors"],
+        status={"type": "string", "description": "RunPod's final status, or LOST"}, items=_INT, errors=_INT,
+    ),
+}  # fmt: skip
+#: Any record, told apart by its kind `k`.
+RECORD: Final = {
+    "oneOf": [_ref(name) for name in RECORDS],
+    "discriminator": {
+        "propertyName": "k",
+        "mapping": {
+            schema["properties"]["k"]["const"]: _ref(name)["$ref"] for name, schema in RECORDS.items()
+        },
+    },
+}
+#: `GET /v1/jobs/{id}`.
+MANIFEST: Final = {
+    "type": "object",
+    "required": [
+        "id", "status", "head", "items", "expected_items", "errors", "error_count", "finished", "finished_at",
+        "expires_at", "urls", "result",
+    ],
+    "properties": {
+        "id": _STRING, "status": {"type": "string", "description": "RunPod's status, UNKNOWN before the first"},
+        "head": {"type": "integer", "description": "the last seq of the journal"},
+        "items": {"type": "array", "items": {
+            "type": "object", "required": ["item", "id", "mime", "size", "sha256", "url"],
+            "properties": {
+                "item": _INT, "id": _STRING, "mime": _STRING, "size": _INT, "sha256": _STRING,
+                "url": {"type": "string", "description": "absolute; signed when it is the relay's"},
+                "delivery": {"enum": ["stream", "upload", "ref"]},
+            },
+        }},
+        "expected_items": {"type": ["integer", "null"], "description": "items the input asks for; null: unknown"},
+        "errors": {"type": "array", "description": "the current run's error records", "items": {
+            "type": "object", "required": ["seq", "item", "code", "message"], "properties": {
+                "seq": _INT, "item": {"type": ["integer", "null"]}, "code": _STRING, "message": _STRING,
+            },
+        }},
+        "error_count": _INT, "finished": {"type": "boolean"}, "polling": {"type": "boolean"},
+        "source": {"type": ["string", "null"], "description": "submit or attach"},
+        "created_at": _SECONDS_OR_NULL, "finished_at": _SECONDS_OR_NULL,
+        "expires_at": {"type": ["number", "null"], "description": "unix s; null while running or kept forever"},
+        "urls": {"type": "object", "required": ["ws", "events", "manifest"],
+                 "properties": {"ws": _STRING, "events": _STRING, "manifest": _STRING}},
+        "result": {"description": "the handler's value, each file an absolute media URL; null: none"},
+    },
+}  # fmt: skip
+#: `GET /v1/jobs/{id}/events?format=json`.
+EVENTS: Final = {
+    "type": "object", "required": ["events", "head", "status", "done"],
+    "properties": {
+        "events": {"type": "array", "items": _ref("Record")}, "head": _INT, "status": _STRING,
+        "done": {"type": "boolean", "description": "the done record is in this answer or was before `after`"},
+    },
+}  # fmt: skip
+_SSE: Final = {
+    "type": "string",
+    "description": "Server-Sent Events: `id: <seq>`, `event: <k>`, `data: <a Record as JSON>` per record, "
+    "`: keepalive` comments while nothing happens",
+}
 _KEY: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 _KEY_OR_TOKEN: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"signedUrl": []}]
 
@@ -71,6 +179,70 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": schema or _STRING,
+        "description": description,
+    }
+
+
+def _media() -> dict[str, Any]:
+    """`GET` of an item's file. Without `--media-redirect` the relay serves the bytes itself (ETag = the
+    sha256, Range, 206/416); with it, everything but a 304 is a 302 to the bucket, which then answers with
+    its own ETag (its MD5), Range and 416."""
+    etag = {
+        "description": "\"<sha256>\" in the relay's answers (after a 302, the bucket's own: its MD5)",
+        "schema": _STRING,
+    }
+    served = {
+        "ETag": etag,
+        "Accept-Ranges": {"schema": {"const": "bytes"}},
+        "Cache-Control": {"schema": _STRING},
+        "Content-Length": {"schema": _INT},
+    }
+    # The item's mime is the Content-Type; the bytes are the file's, whatever it is.
+    content = {mime: {"schema": {"type": "string", "format": "binary"}} for mime in MEDIA_TYPES}
+    responses = {**_responses(*_STANDARD, 410, 503), **{
+        "200": {"description": "The file; Content-Type is the item's mime", "headers": served,
+                "content": content},
+        "206": {"description": "One range of the file (a Range of several ranges is answered whole, 200)",
+                "headers": {**served, "Content-Range": {"schema": _STRING, "description": "bytes first-last/size"}},
+                "content": content},
+        "302": {"description": "With --media-redirect (cluster mode): every request but a 304 goes to a "
+                               "presigned SigV4 URL of the object (valid MEDIA_URL_TTL_S); the bucket answers "
+                               "Range, If-None-Match and 416 itself, with its own ETag",
+                "headers": {"Location": {"schema": _STRING, "description": "the presigned bucket URL"}}},
+        "304": {"description": "If-None-Match names the item's ETag (\"<sha256>\") or is *: answered by the "
+                               "relay, with or without --media-redirect", "headers": {"ETag": etag}},
+        "416": {"description": "Range not satisfiable: no range of it lies within the file",
+                "headers": {"Content-Range": {"schema": _STRING, "description": "bytes */size"}},
+                "content": {JSON: {"schema": _ERROR}}},
+    }}  # fmt: skip
+    return {
+        "summary": "An item's file (Range, ETag = sha256): an API key, a token of the job, or a signed URL",
+        "security": _KEY_OR_TOKEN, "parameters": [
+            _JOB, _ITEM, _query("exp", {"type": "string"}, "signed URL expiry (unix s)"),
+            _query("sig", {"type": "string"}, "signed URL signature"),
+            _header("range", "bytes=first-last, bytes=first- or bytes=-suffix: 206 (416 when past the end)"),
+            _header("if-range", "the ETag the client holds: Range applies only while it still names the file"),
+            _header("if-none-match", "the ETag the client holds: 304 when it is the item's (or *)"),
+        ],
+        "responses": dict(sorted(responses.items())),
+    }  # fmt: skip
+
+
+def _head(get: dict[str, Any], summary: str | None = None) -> dict[str, Any]:
+    """The `HEAD` of a `GET` operation: the same parameters, statuses and headers, no body."""
+    responses = {
+        status: {k: v for k, v in response.items() if k != "content"}
+        for status, response in get["responses"].items()
+    }
+    return {**get, "summary": summary or f"{get['summary']}: its headers only", "responses": responses}
+
+
 _TTL: Final = {"type": "number", "exclusiveMinimum": 0}
 _STANDARD: Final = (400, 401, 403, 404, 405)
 
@@ -86,6 +258,21 @@ def paths() -> dict[str, dict[str, Any]]:
         "policy": {"type": "object", "description": "RunPod execution policy"},
         "retention_s": {"type": "number", "exclusiveMinimum": 0},
     }}  # fmt: skip
+    media = _media()
+    held = {
+        "summary": "This key's staged input with that sha256", "security": _KEY,
+        "parameters": [_SHA256], "responses": _responses(200, 400, 401, 403, 404, body=_STAGED),
+    }  # fmt: skip
+    staged = {
+        "summary": "A staged input's bytes, at the signed URL a job's item carries (what the worker fetches)",
+        "security": [{"signedUrl": []}],
+        "parameters": [
+            {"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _SHA256,
+            _query("exp", {"type": "string"}, "signed URL expiry (unix s)"),
+            _query("sig", {"type": "string"}, "signed URL signature"),
+        ],
+        "responses": _responses(200, 302, 401, 403, 404, media="image/*", body={"type": "string"}),
+    }  # fmt: skip
     # fmt: off
     return {
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": _responses(200)}},
@@ -111,7 +298,7 @@ def paths() -> dict[str, dict[str, Any]]:
         },
         "/v1/jobs/{job}": {
             "get": {"summary": "The job's manifest", "security": _KEY, "parameters": [_JOB],
-                    "responses": _responses(200, *_STANDARD, 503)},
+                    "responses": _responses(200, *_STANDARD, 503, body=_ref("Manifest"))},
             "delete": {"summary": "Cancel the job on RunPod (scope jobs:write)", "security": _KEY,
                        "parameters": [_JOB], "responses": _responses(200, *_STANDARD, 502, 503, 504)},
         },
@@ -145,17 +332,14 @@ def paths() -> dict[str, dict[str, Any]]:
                 _query("wait", {"type": "integer"}, "ms to wait for a new record (format=json)"),
                 {"name": "last-event-id", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
-            "responses": _responses(200, *_STANDARD, 503),
+            "responses": {**_responses(*_STANDARD, 503), "200": {
+                "description": "SSE (text/event-stream), or with format=json one long-poll answer",
+                "content": {"text/event-stream": {"schema": _SSE}, JSON: {"schema": _ref("Events")}},
+            }},
         }},
-        "/v1/jobs/{job}/media/{item}": {"get": {
-            "summary": "An item's file (Range, ETag = sha256): an API key, a token of the job, or a signed URL",
-            "security": _KEY_OR_TOKEN, "parameters": [
-                _JOB, _ITEM, _query("exp", {"type": "string"}, "signed URL expiry (unix s)"),
-                _query("sig", {"type": "string"}, "signed URL signature"),
-            ],
-            "responses": _responses(200, 206, 304, *_STANDARD, 410, 416, 503,
-                                    media="application/octet-stream", body={"type": "string"}),
-        }},
+        "/v1/jobs/{job}/media/{item}": {
+            "get": media, "head": _head(media, "The headers GET answers for an item's file, without the file"),
+        },
         "/v1/inputs": {"put": {
             "summary": "Stage a job input (an image) for items[].image (scope jobs:write, or an input token)",
             "security": _KEY,
@@ -187,21 +371,10 @@ def paths() -> dict[str, dict[str, Any]]:
                 "properties": {"token": {"type": "string"}, "expires_at": {"type": "number"}},
             }),
         }},
-        "/v1/inputs/{sha256}": {"get": {
-            "summary": "This key's staged input with that sha256 (HEAD: whether it is held)", "security": _KEY,
-            "parameters": [_SHA256],
-            "responses": _responses(200, 400, 401, 403, 404, body=_STAGED),
-        }},
-        "/v1/inputs/{owner}/{sha256}": {"get": {
-            "summary": "A staged input's bytes, at the signed URL a job's item carries (what the worker fetches)",
-            "security": [{"signedUrl": []}],
-            "parameters": [
-                {"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _SHA256,
-                _query("exp", {"type": "string"}, "signed URL expiry (unix s)"),
-                _query("sig", {"type": "string"}, "signed URL signature"),
-            ],
-            "responses": _responses(200, 302, 401, 403, 404, media="image/*", body={"type": "string"}),
-        }},
+        "/v1/inputs/{sha256}": {
+            "get": held, "head": _head(held, "Whether this key holds a staged input with that sha256"),
+        },
+        "/v1/inputs/{owner}/{sha256}": {"get": staged, "head": _head(staged)},
         "/v1/uploads/{job}/{item}": {"put": {
             "summary": "A worker's direct upload of one file (scope upload)", "security": _KEY,
             "parameters": [_JOB, _ITEM, {"name": "x-podstream-sha256", "in": "header", "required": True,
@@ -225,6 +398,10 @@ def document(version: str = "1") -> dict[str, Any]:
         "paths": paths(),
         "components": {
             "schemas": {
+                "Manifest": MANIFEST,
+                "Events": EVENTS,
+                "Record": RECORD,
+                **RECORDS,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -235,7 +412,7 @@ def document(version: str = "1") -> dict[str, Any]:
                             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
                         }
                     },
-                }
+                },
             },
             "securitySchemes": {
                 "bearer": {

@@ -350,10 +350,12 @@ class S3MediaStore:
         data: bytes = answer["Body"].read()
         return data
 
-    def presign(self, key: str, ttl_s: float) -> str:
-        """A URL that lets its holder GET the object for `ttl_s` seconds (browsers fetch from the bucket)."""
+    def presign(self, key: str, ttl_s: float, method: str = "GET") -> str:
+        """A URL that lets its holder GET (or, `method="HEAD"`, HEAD) the object for `ttl_s` seconds (browsers
+        fetch from the bucket). SigV4 signs the method: S3 refuses a HEAD at a URL presigned for GET."""
+        operation = "head_object" if method == "HEAD" else "get_object"
         url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.url.bucket, "Key": key}, ExpiresIn=max(1, int(ttl_s))
+            operation, Params={"Bucket": self.url.bucket, "Key": key}, ExpiresIn=max(1, int(ttl_s))
         )
         return url
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -17,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import psutil
@@ -45,7 +48,7 @@ from tests.relay.conftest import (
     sha,
     ws_client,
 )
-from tests.relay.storage.conftest import S3_SERVERS, RedisServer, S3Server, stop
+from tests.relay.storage.conftest import AWS_ENV, S3_SERVERS, RedisServer, S3Server, stop
 from worker.upload import UploadConfig, Uploader
 
 Start = Callable[..., Any]
@@ -168,12 +171,38 @@ async def run_typed_job(worker: ScriptedWorker, job: str, files: list[tuple[byte
     await worker.done(job)
 
 
+def sigv4_method(url: str) -> str | None:
+    """The method (GET or HEAD) a presigned SigV4 URL is good for, checked as AWS S3 checks it (the method is
+    part of what is signed; neither test S3 server checks that), or None when its signature is good for
+    neither. Presigned with the test credentials, `host` the only signed header, the payload unsigned."""
+    parts = urlsplit(url)
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    signature = params.pop("X-Amz-Signature")
+    assert params["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256" and params["X-Amz-SignedHeaders"] == "host"
+    query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+    scope = params["X-Amz-Credential"].split("/", 1)[1]
+    key = ("AWS4" + AWS_ENV["AWS_SECRET_ACCESS_KEY"]).encode()
+    for part in scope.split("/"):  # date, region, service, aws4_request
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    for method in ("GET", "HEAD"):
+        canonical = "\n".join(
+            [method, parts.path, query, f"host:{parts.netloc}\n", "host", "UNSIGNED-PAYLOAD"]
+        )
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope, digest])
+        if hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest() == signature:
+            return method
+    return None
+
+
 @pytest.mark.parametrize("s3_kind", S3_SERVERS)
 async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
     replicas: Start, worker: ScriptedWorker
 ) -> None:
     """On both S3 servers: streamed by the replica (whole, by range) or, with --media-redirect, a SigV4
-    presigned URL whose download is the item's bytes with the item's Content-Type."""
+    presigned URL whose download is the item's bytes (the manifest's sha256) with the item's Content-Type.
+    With the redirect, the relay answers only a 304 for its own ETag itself; HEAD, Range (even one past the
+    end) all get the 302, and the bucket answers them with its own ETag (the MD5), 206 and 416."""
     a = await replicas("a")
     b = await replicas("b", media_redirect=True)
     job = await submit(a)
@@ -207,10 +236,33 @@ async def test_media_from_the_bucket_whole_by_range_and_by_redirect(
         assert location.startswith(a.relay.store.cluster.media.client.meta.endpoint_url)
         assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location and "X-Amz-Signature=" in location
         first = (await http.get(f"{b.url}/v1/jobs/{job}/media/0")).headers["location"]
+        cached = await http.get(f"{b.url}{url}", headers={"if-none-match": f'"{sha(files[1])}"'})
+        assert cached.status_code == 304 and "location" not in cached.headers, "the relay's own ETag: 304"
+        sent_on = {
+            "head": await http.head(f"{b.url}{url}"),
+            "range": await http.get(f"{b.url}{url}", headers={"range": "bytes=1000-1999"}),
+            "past the end": await http.get(f"{b.url}{url}", headers={"range": f"bytes={len(files[1])}-"}),
+            "another etag": await http.get(f"{b.url}{url}", headers={"if-none-match": '"not-this"'}),
+        }
+        for what, answer in sent_on.items():
+            assert answer.status_code == 302, what
+            assert sigv4_method(answer.headers["location"]) == ("HEAD" if what == "head" else "GET"), what
+        assert sigv4_method(location) == "GET"
     async with httpx.AsyncClient() as plain:  # the presigned URL is the grant: no relay key needed
         direct = await plain.get(location)
         assert direct.status_code == 200 and direct.content == files[1]
+        assert sha(direct.content) == manifest["items"][1]["sha256"]
         assert direct.headers["content-type"] == "image/png", "the object has the item's type"
+        # What a client that follows the 302 gets: the bucket's own ETag (the MD5), Range and 416, and a
+        # HEAD that the URL it was sent to allows.
+        assert direct.headers["etag"].strip('"') == hashlib.md5(files[1]).hexdigest()
+        head = await plain.head(sent_on["head"].headers["location"])
+        assert head.status_code == 200 and int(head.headers["content-length"]) == len(files[1])
+        assert head.headers["content-type"] == "image/png"
+        ranged = await plain.get(sent_on["range"].headers["location"], headers={"range": "bytes=1000-1999"})
+        assert ranged.status_code == 206 and ranged.content == files[1][1000:2000]
+        past = await plain.get(location, headers={"range": f"bytes={len(files[1])}-"})
+        assert past.status_code == 416
         video = await plain.get(first)
         assert video.content == files[0] and video.headers["content-type"] == "video/mp4"
         unauthorized = await plain.get(f"{b.url}{url}")
@@ -428,7 +480,9 @@ async def test_one_replica_sweeps_finished_jobs_out_of_redis_and_the_bucket(
     objects = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=f"relay/{job}/")
     assert objects["KeyCount"] == 2
     await asyncio.sleep(1.1)
-    await asyncio.gather(a.relay.retention.sweep_once(), b.relay.retention.sweep_once())  # one holds the sweeper's lease
+    await asyncio.gather(
+        a.relay.retention.sweep_once(), b.relay.retention.sweep_once()
+    )  # one holds the sweeper's lease
     assert not a.relay.store.exists(job) and not b.relay.store.exists(job)
     bucket = s3_server.client()
 
