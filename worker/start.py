@@ -94,9 +94,41 @@ def serve(
     handler = make_handler(
         as_model(model, tasks, input_model=input_model, size_multiple=size_multiple), config
     )
+    skip_cpuinfo_subprocess()
     import runpod  # reads the RUNPOD_WEBHOOK_* variables at import
 
     runpod.serverless.start({"handler": handler, "return_aggregate_stream": False})
+
+
+def processor_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The processor's name as Linux reports it (`model name`), or None where there is no such file."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name" and value.strip():
+            return value.strip()
+    return None
+
+
+def skip_cpuinfo_subprocess() -> None:
+    """Spare each worker start a Python subprocess: when the runpod SDK is imported, its debug module asks
+    py-cpuinfo for the processor's name, and py-cpuinfo answers by running a Python interpreter of its own
+    (about 0.7 s of CPU on every cold start). The name only ever appears in the SDK's debug output, so it is
+    read from /proc/cpuinfo instead. Call before the first `import runpod`; elsewhere (no /proc/cpuinfo,
+    no py-cpuinfo, runpod already imported) nothing changes."""
+    if "runpod" in sys.modules:
+        return
+    name = processor_name()
+    if name is None:
+        return
+    try:
+        import cpuinfo  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    cpuinfo.get_cpu_info = lambda: {"brand_raw": name}
 
 
 @dataclass

@@ -87,3 +87,45 @@ def test_an_input_model_given_to_serve_for_a_model_object(tmp_path: Path) -> Non
     )
     report = worker.run_once(declared, {"prompt": "yo"}, tmp_path)
     assert report.ok and report.files[0].read_bytes().startswith(b"yo #0 seed ")
+
+
+def _import_runpod(skip: bool) -> tuple[str, float]:
+    """Import the runpod SDK in a fresh interpreter; its processor name and its children's CPU seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        + ("from worker.start import skip_cpuinfo_subprocess; skip_cpuinfo_subprocess()\n" if skip else "")
+        + "import runpod\n"
+        "from runpod.serverless.utils import rp_debugger\n"
+        "used = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(rp_debugger.PROCESSOR); print(used.ru_utime + used.ru_stime)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    name, children = done.stdout.splitlines()[-2:]
+    return name, float(children)
+
+
+def test_a_worker_imports_the_runpod_sdk_without_py_cpuinfos_subprocess() -> None:
+    from worker.start import processor_name
+
+    name, children = _import_runpod(skip=True)
+    plain_name, plain_children = _import_runpod(skip=False)
+    # py-cpuinfo's own interpreter (about a second of CPU here) is what a cold start no longer pays; what
+    # is left is the SDK's other small probes
+    assert children < 0.1 < 0.4 < plain_children, (children, plain_children)
+    assert name == processor_name() == plain_name  # the SDK's debug output names the same processor
+
+
+def test_processor_name_reads_linux_cpuinfo(tmp_path: Path) -> None:
+    from worker.start import processor_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Example CPU @ 2.00GHz\n\n")
+    assert processor_name(info) == "Example CPU @ 2.00GHz"
+    info.write_text("processor\t: 0\nHardware\t: BCM2835\n")  # some ARM kernels name no model
+    assert processor_name(info) is None
+    assert processor_name(tmp_path / "missing") is None
