@@ -280,8 +280,9 @@ def markdown(figures: dict[str, dict[str, Any]], charts: list[Path], machine: di
                     "Shapes: both servers pay the same per frame for the socket write and the websocket "
                     "framing; the relay's own costs are per chunk read (one load per chunk, shared by every "
                     "subscriber reading it at about the same time) and per record and frame of each "
-                    "subscriber (a journal record, a msgpack `chunk` header), so its CPU ratio does not grow "
-                    "with K. Throughput is bounded by the clients (each sha256s every byte) when their "
+                    "subscriber (a journal record, a msgpack `chunk` header). On a busy machine the spread "
+                    "of the CPU ratio is mostly the load's: read its lower end against the target too. "
+                    "Throughput is bounded by the clients (each sha256s every byte) when their "
                     "processes' CPU share nears 1.0 per core: then the ratio says little about the servers. "
                     "With a machine of 2 cores the servers and the clients share them.",
                 ]
