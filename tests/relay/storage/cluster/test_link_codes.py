@@ -18,8 +18,8 @@ from relay.storage.cluster.keys import Keys
 from relay.storage.cluster.link_codes import RedisLinkCodes
 from relay.storage.cluster.settings import ClusterSettings
 from tests.relay.conftest import RelayServer, relay_settings
-from tests.relay.storage.conftest import RedisServer, S3Server
 from tests.relay.storage.cluster.test_replica import start_replica, submit
+from tests.relay.storage.conftest import RedisServer, S3Server
 
 
 def test_a_code_is_redeemed_for_its_uses_then_gone(rclient: redis.Redis) -> None:

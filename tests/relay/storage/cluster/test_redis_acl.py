@@ -23,8 +23,8 @@ from bench._relay_stack import free_port
 from podstream.emulator import Emulator
 from relay.storage.cluster.settings import ClusterSettings
 from tests.relay.conftest import RelayServer, ScriptedWorker, make_files, relay_settings
-from tests.relay.storage.conftest import RedisServer, S3Server, stop
 from tests.relay.storage.cluster.test_replica import run_job, start_replica, submit, subscriber
+from tests.relay.storage.conftest import RedisServer, S3Server, stop
 
 COMPOSE = Path(__file__).resolve().parents[4] / "docker-compose.yml"
 PASSWORD = "acl-test-password-0123456789"
