@@ -561,7 +561,10 @@ def test_nginx_passes_websockets_to_every_replica_unbuffered() -> None:
     location = http.one("server").one("location", "/")
     upstream_name = location.value("proxy_pass").removeprefix("http://")
     upstream = http.one("upstream", upstream_name)
-    assert {d.args[0] for d in upstream.all("server")} == replicas
+    # The replicas are in the file the upstream block includes (relative to nginx.conf's directory), which
+    # compose replaces with its Docker variant beside the container's nginx.conf.
+    included = mounts["/etc/nginx/" + upstream.value("include")]
+    assert {d.args[0] for d in parse_nginx((ROOT / included).read_text()).all("server")} == replicas
     # No sticky sessions: resuming from a seq works on any replica.
     assert not {"ip_hash", "hash", "sticky"} & {d.name for d in upstream.block or ()}
     # Websockets: HTTP/1.1 upstream, Upgrade and Connection passed, Connection from a map on $http_upgrade.
@@ -580,6 +583,24 @@ def test_nginx_passes_websockets_to_every_replica_unbuffered() -> None:
     ping = RelaySettings.model_fields["ping_interval_s"].default
     assert nginx_seconds(location.value("proxy_read_timeout")) >= 3600 > 10 * ping
     assert nginx_seconds(location.value("proxy_send_timeout")) >= 3600
+
+
+def test_the_upstreams_suit_the_nginx_that_reads_them() -> None:
+    """As shipped (beside nginx.conf) the replicas are plain addresses that any nginx reads (tests/test_nginx.py
+    runs Debian's); `resolver` in `upstream` and `server ... resolve` need nginx 1.27.3 or later, so only the
+    file compose mounts uses them, and compose's nginx image is at least that."""
+    included = nginx_conf().one("http").one("upstream", "podstream_relays").value("include")
+    plain = parse_nginx((NGINX_CONF.parent / included).read_text(encoding="utf-8"))
+    assert [d.name for d in plain.block or ()] == ["server", "server"]
+    assert not any("resolve" in d.args for d in plain.all("server"))
+    nginx = services()["nginx"]
+    mounted = {str(v).split(":")[1]: str(v).split(":")[0] for v in nginx["volumes"]}["/etc/nginx/" + included]
+    docker = parse_nginx((ROOT / mounted).read_text(encoding="utf-8"))
+    assert docker.value("resolver").startswith("127.0.0.11 ")  # Docker's embedded DNS
+    assert all("resolve" in d.args for d in docker.all("server"))
+    tag = re.fullmatch(r"nginx:(\d+\.\d+(?:\.\d+)?)(-[a-z0-9]+)?", nginx["image"])
+    assert tag, f"name a version of nginx in the image tag, not {nginx['image']}"
+    assert Version(tag.group(1)) >= Version("1.27.3"), "resolve in upstream needs nginx 1.27.3+"
 
 
 def test_the_nginx_parser_reads_blocks_quotes_and_comments() -> None:
