@@ -350,7 +350,8 @@ class KeyAuthorizer:
             return Principal(name=key.name, scopes=key.scopes, kind="key")
         if credential.count(".") == 2:
             return self._token_principal(credential)
-        raise Denied("unknown API key", status=401, code="unauthorized")
+        # Where a token is also taken, a credential that is neither cannot be told apart: name both.
+        raise Denied("not an API key or a token of this relay", status=401, code="unauthorized")
 
     def _token_principal(self, token: str) -> Principal:
         claims = decode_token(token, self._secret, audience=self.audience, now=self.clock())
