@@ -478,9 +478,10 @@ async def fetch(request: Request) -> Response:
     if held is None:
         return _error(404, "not_found", "no such input (it may have expired)")
     inputs = host.inputs
-    if not isinstance(inputs, DiskInputs):  # cluster mode: the bucket serves the bytes
-        url = inputs.presign(held, host.settings.media_url_ttl_s)
-        return RedirectResponse(url or "/", status_code=302)
+    url = inputs.presign(held, host.settings.media_url_ttl_s, request.method)
+    if url is not None:  # cluster mode: the bucket serves the bytes
+        return RedirectResponse(url, status_code=302)
+    assert isinstance(inputs, DiskInputs)  # the one store without a bucket
     headers = {"etag": f'"{sha256}"', "cache-control": "private, max-age=3600, immutable"}
     return FileResponse(inputs.file(owner, sha256), media_type=held.mime, headers=headers)
 

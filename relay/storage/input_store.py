@@ -160,8 +160,9 @@ class InputStore(Protocol):
         """Store a verified spool file as the owner's input (it replaces nothing: same bytes, same name)."""
         ...
 
-    def presign(self, staged: StagedInput, ttl_s: float) -> str | None:
-        """A URL of the bytes that needs no relay (cluster mode), or None: the relay signs its own route."""
+    def presign(self, staged: StagedInput, ttl_s: float, method: str = "GET") -> str | None:
+        """A URL of the bytes that needs no relay (cluster mode), good for `method` (GET or HEAD: SigV4 signs
+        the method), or None: the relay signs and serves its own route."""
         ...
 
     def measure(self, owner: str) -> int:
@@ -226,7 +227,7 @@ class DiskInputs:
             temp.keep(target, fsync=self.fsync)  # a spool file gone (FileNotFoundError again) is not retried
         return StagedInput(owner, sha256, size, mime)
 
-    def presign(self, staged: StagedInput, ttl_s: float) -> str | None:
+    def presign(self, staged: StagedInput, ttl_s: float, method: str = "GET") -> str | None:
         return None
 
     def measure(self, owner: str) -> int:
@@ -305,8 +306,9 @@ class BucketInputs:
             temp.discard()
         return StagedInput(owner, sha256, size, mime)
 
-    def presign(self, staged: StagedInput, ttl_s: float) -> str | None:
-        return self.media.presign(self.key(staged.owner, staged.sha256), min(ttl_s, PRESIGN_MAX_S))
+    def presign(self, staged: StagedInput, ttl_s: float, method: str = "GET") -> str | None:
+        key = self.key(staged.owner, staged.sha256)
+        return self.media.presign(key, min(ttl_s, PRESIGN_MAX_S), method)
 
     def measure(self, owner: str) -> int:
         return sum(

@@ -30,6 +30,7 @@ from tests.relay.conftest import (
     relay_settings,
     start_relay,
 )
+from tests.relay.storage.cluster.test_replica import sigv4_method
 
 OTHER_KEY = generate_key()
 READER_KEY = generate_key()
@@ -224,6 +225,16 @@ async def test_submit_sends_references_to_runpod(relay: RelayServer, worker: Scr
                 url = template.replace("{sha256}", sha(data)).replace("{sig}", entry["image_sig"])
                 fetched = await anonymous.get(url)
                 assert fetched.status_code == 200 and fetched.content == data
+            head = template.replace("{sha256}", sha(images[0])).replace("{sig}", sent[0]["image_sig"])
+            if relay.relay.replica is None:
+                assert (await anonymous.head(head)).headers["content-length"] == str(len(images[0]))
+            else:  # redirected to the bucket, with a URL signed for HEAD (SigV4 signs the method)
+                moved = await anonymous.head(head, follow_redirects=False)
+                assert moved.status_code == 302 and sigv4_method(moved.headers["location"]) == "HEAD"
+                assert (
+                    sigv4_method((await anonymous.get(head, follow_redirects=False)).headers["location"])
+                    == "GET"
+                )
             other = template.replace("{sha256}", sha(images[0])).replace("{sig}", sent[1]["image_sig"])
             assert (await anonymous.get(other)).status_code == 403  # a signature is good for its own image
         store = relay.relay.job(r.json()["id"])
