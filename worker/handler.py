@@ -97,19 +97,18 @@ def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
     lock = threading.Lock()  # one generation at a time on this model, whatever the SDK's concurrency
     cache = OutputCache(cfg.cache) if cfg.cache.enabled else None
     uploader = Uploader(cfg.upload) if cfg.upload.configured else None
-    swept = [-math.inf]
+    sweeper = _Sweeper(cache, cfg.cache_sweep_interval_s) if cache is not None else None
 
     async def handler(job: dict[str, Any]) -> AsyncGenerator[Envelope, None]:
         if jobspec.is_resend(job.get("input")):
             async for resent in resend(cache, job):
                 yield resent
             return
-        if cache is not None and time.monotonic() - swept[0] >= cfg.cache_sweep_interval_s:
-            swept[0] = time.monotonic()
-            await asyncio.to_thread(cache.sweep)
         # One generator, no nested ones: when the SDK's task is cancelled mid-POST, this generator is
         # closed (GeneratorExit at its yield) and `close` runs here, in order.
         run = JobRun(model, job, cfg, lock, cache=cache, uploader=uploader)
+        if sweeper is not None:
+            sweeper.maybe_start()  # after the run's cache directory exists, beside the job, never before it
         run.start()
         try:
             while (envelope := await run.next()) is not None:
@@ -120,6 +119,41 @@ def make_handler(model: Model, config: HandlerConfig | None = None) -> Handler:
             await run.close()
 
     return handler
+
+
+class _Sweeper:
+    """Bounds the output cache (`OutputCache.sweep`) at most once per `interval_s`, in a thread of its own
+    beside the job that started it: the job does not wait for it. Walking a cache on a network volume
+    shared by an endpoint's workers takes tens of milliseconds to seconds, which the job's first file would
+    otherwise wait for. The sweep starts after the job's own run directory exists; that run is the newest,
+    so neither the TTL nor the size bound deletes it. One sweep at a time."""
+
+    def __init__(self, cache: OutputCache, interval_s: float) -> None:
+        self.cache, self.interval_s = cache, interval_s
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._thread: threading.Thread | None = None
+
+    def maybe_start(self) -> threading.Thread | None:
+        """Start a sweep when one is due and none is running; the thread started, or None."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return None
+            if time.monotonic() - self._last < self.interval_s:
+                return None
+            self._last = time.monotonic()
+            self._thread = threading.Thread(target=self._sweep, name="podstream-cache-sweep", daemon=True)
+            self._thread.start()
+            return self._thread
+
+    def _sweep(self) -> None:
+        try:
+            removed = self.cache.sweep()
+        except Exception:
+            log.exception("sweeping the output cache failed")
+        else:
+            if removed:
+                log.info("output cache: %d old run(s) or job(s) deleted", len(removed))
 
 
 class JobRun:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,39 @@ def test_sweep_applies_the_ttl_then_the_size_bound(tmp_path: Path) -> None:
     # Over 14 kB: the oldest job goes first, until the rest fits.
     assert cache.open("mid") is None
     assert cache.open("new") is not None and cache.open("newest") is not None
+
+
+async def test_a_job_does_not_wait_for_the_sweep_which_runs_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Walking a big shared cache takes a while: the job streams meanwhile, and the sweep, which starts
+    once the job's own run is on disk, leaves that run alone. At most one sweep runs, at most once a
+    `cache_sweep_interval_s`."""
+    release, sweeps = threading.Event(), []
+    real_sweep = OutputCache.sweep
+
+    def slow_sweep(self: OutputCache, now: float | None = None) -> list[Path]:
+        sweeps.append([p.name for p in self.root.iterdir()])  # what was on disk when it started
+        release.wait(10)
+        return real_sweep(self, now)
+
+    monkeypatch.setattr(OutputCache, "sweep", slow_sweep)
+    cfg = replace(config(tmp_path), cache_sweep_interval_s=0.0)
+    handler = make_handler(files_model({}), cfg)
+    try:
+        first = await collect(handler(job("job-s", ["x", "y"])))  # finishes while the sweep is stuck
+        assert reassemble(first, "job-s").problems == []
+        assert sweeps == [[OutputCache(CacheConfig(root=tmp_path)).job_dir("job-s").name]]
+        second = await collect(handler(job("job-t", ["x"])))
+        assert reassemble(second, "job-t").problems == []
+        assert len(sweeps) == 1  # the first one still runs: no second beside it
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while any(t.name == "podstream-cache-sweep" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert OutputCache(CacheConfig(root=tmp_path)).open("job-s") is not None  # its own run, kept
 
 
 def test_one_job_bigger_than_the_cache_stops_caching_its_items(tmp_path: Path) -> None:
