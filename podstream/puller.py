@@ -446,7 +446,7 @@ class Pause:
 
 @dataclass(frozen=True)
 class Finished:
-    """The pull is over: the last step."""
+    """The transfer is over: the last step (of a pull, or of a watch)."""
 
     outcome: JobOutcome
 

@@ -25,20 +25,26 @@ end the watch with a `TransferError`. On 4003 (token expired) a new token is fet
 The end is the `done` record. A job that did not complete with every item whole raises `JobIncomplete`
 after every file that did arrive was yielded (`check=False`: read `observer.outcome` instead).
 
-`watch` runs on the `websockets` sync client; `awatch` is the same for asyncio programs. Both drive
-`Subscription`, which does no I/O.
+`watch` runs on the `websockets` sync client and `httpx.Client`; `awatch` is the same for asyncio programs,
+on the `websockets` asyncio client and `httpx.AsyncClient`. Both only carry out the steps of `WatchSteps`,
+which does no I/O: it says when to connect, what to send and which HTTP request comes next (a token, an
+item's file uploaded out of band, the manifest of a job that looks over), what each frame, close and answer
+means, and how long to back off; `Subscription`, inside it, applies the frames and writes the files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import httpx
 import msgpack
@@ -53,6 +59,8 @@ from podstream.progress import (
     StreamProblem,
     TransferError,
 )
+from podstream.puller import Finished as Finished  # a step of a watch too (`WatchSteps`)
+from podstream.puller import Pause as Pause  # a step of a watch too
 from podstream.puller import RetryPolicy
 from podstream.wire import TERMINAL_STATUSES
 
@@ -64,7 +72,9 @@ OPEN_TIMEOUT_S: Final = 10.0
 #: How long leaving a connection (done, a resync, Ctrl-C) waits for the relay's close handshake. Frames still
 #: queued unread hold it up, so a stopped watch would otherwise wait websockets' default 10 s to exit.
 CLOSE_TIMEOUT_S: Final = 2.0
-FETCH_TIMEOUT: Final = httpx.Timeout(30.0)
+#: How long an HTTP request (an item's file, the job's manifest) may take between two pieces of its answer.
+FETCH_TIMEOUT_S: Final = 30.0
+TOKEN_TIMEOUT_S: Final = 10.0
 
 
 #: `err` codes that need nothing from a single-job watcher (answers to requests it does not make).
@@ -445,50 +455,143 @@ def _int(rec: Mapping[str, Any], name: str) -> int:
     return value
 
 
-def mint_token(relay: str, job: str, key: str, *, timeout: float = 10.0) -> str | None:
+def mint_token(relay: str, job: str, key: str, *, timeout: float = TOKEN_TIMEOUT_S) -> str | None:
     """A subscriber token for `job` from the relay (`POST /v1/jobs/{job}/tokens` with API key `key`).
 
     Returns None when the relay has no token endpoint (a relay without auth).
     """
-    url = f"{http_url(relay)}/v1/jobs/{urllib.parse.quote(job, safe='')}/tokens"
+    request = _token_request(relay, job, key, timeout)
     try:
-        response = httpx.post(url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
-    except httpx.ConnectError as exc:
-        reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=http_url(relay))
-        raise TransferError(f"{reached}: {exc or type(exc).__name__}") from None
+        response = httpx.post(request.url, headers=request.headers, timeout=request.timeout)
     except httpx.HTTPError as exc:
-        raise TransferError(f"asking the relay for a token: {type(exc).__name__} {exc}") from None
-    refused = problems.refusal(response.status_code, response.text, credential="key", job=job)
+        raise _token_failure(relay, exc) from None
+    return _token_answer(job, response.status_code, response.text)
+
+
+def _token_request(relay: str, job: str, key: str, timeout: float = TOKEN_TIMEOUT_S) -> Fetch:
+    url = f"{http_url(relay)}/v1/jobs/{urllib.parse.quote(job, safe='')}/tokens"
+    return Fetch(url, {"Authorization": f"Bearer {key}"}, "POST", timeout, follow_redirects=False)
+
+
+def _token_failure(relay: str, exc: httpx.HTTPError) -> TransferError:
+    if isinstance(exc, httpx.ConnectError):
+        reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=http_url(relay))
+        return TransferError(f"{reached}: {exc or type(exc).__name__}")
+    return TransferError(f"asking the relay for a token: {type(exc).__name__} {exc}")
+
+
+def _token_answer(job: str, status: int, text: str) -> str | None:
+    refused = problems.refusal(status, text, credential="key", job=job)
     if refused is not None:
-        raise TransferError(f"{refused[1]} (HTTP {response.status_code})")
-    if response.status_code in (404, 405) and "token" not in response.text:
+        raise TransferError(f"{refused[1]} (HTTP {status})")
+    if status in (404, 405) and "token" not in text:
         return None
-    if response.status_code >= 400:
-        raise TransferError(
-            f"asking the relay for a token: HTTP {response.status_code}: {response.text[:200]}"
-        )
-    token = response.json().get("token")
+    if status >= 400:
+        raise TransferError(f"asking the relay for a token: HTTP {status}: {text[:200]}")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str):
         raise TransferError("the relay's token answer has no token")
     return token
 
 
-class _Connection:
-    """What the reconnect loop shares between the sync and async drivers."""
+# ----------------------------------------------------------------------------------- the steps of a watch
 
-    def __init__(self, relay: str, job: str, token: str | None, key: str | None, retry: RetryPolicy) -> None:
+
+@dataclass(frozen=True)
+class Connect:
+    """Open a websocket to `url` (`MAX_FRAME`, no compression, `OPEN_TIMEOUT_S`), then call
+    `WatchSteps.connected`; hand the error to `WatchSteps.dropped` when it cannot be opened."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send `data`, one packed frame, on the open websocket."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Receive:
+    """Read the next message of the open websocket and hand it to `WatchSteps.received`."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the websocket, waiting at most `CLOSE_TIMEOUT_S` for the relay's close handshake."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Send `method url` over HTTP; hand its status and body (in pieces, as they arrive or gathered) to
+    `WatchSteps.fetched`, or the `httpx.HTTPError` that took its place to `WatchSteps.fetch_failed`."""
+
+    url: str
+    headers: dict[str, str]
+    method: str = "GET"
+    timeout: float = FETCH_TIMEOUT_S
+    #: A relay run with --media-redirect answers an item's URL with 302 to the bucket; httpx does not carry
+    #: Authorization over to another origin.
+    follow_redirects: bool = True
+
+
+Step = Connect | Send | Receive | Close | Fetch | Pause | Finished
+_Purpose = Literal["token", "media", "manifest"]
+
+
+class WatchSteps:
+    """All of `watch` except the I/O: when to connect, what to send, what each frame, close and HTTP answer
+    means, and how long to back off before subscribing again.
+
+    Contract: call `next()` for the step to take, until it is `Finished`. After `Connect`, call `connected`
+    once the websocket is open. Every message `Receive` got goes to `received`, which returns the files it
+    completed. A websocket that failed to open, closed or broke during `Connect`, `Send` or `Receive`
+    (`websockets.exceptions.ConnectionClosed`, `InvalidHandshake`, `OSError`) goes to `dropped`; the
+    connection is then over, and a `Close` step follows when one was open. After `Fetch`, call `fetched`
+    or `fetch_failed` once; they return files too. After `Pause`, wait. Call `close` in every case, and close
+    a websocket still open. The end of the watch (a terminal close code, an `err` about the job, a rejected
+    handshake, a relay never reached, too many failures in a row) raises `TransferError`. `watch` and
+    `awatch` drive it, on the `websockets` sync and asyncio clients.
+    """
+
+    def __init__(
+        self,
+        job: str,
+        *,
+        relay: str,
+        out: str | os.PathLike[str],
+        from_seq: int = 0,
+        token: str | None = None,
+        key: str | None = None,
+        observer: Observer | None = None,
+        retry: RetryPolicy | None = None,
+        fsync: bool = True,
+    ) -> None:
         self.url = ws_url(relay)
         self.relay = relay
         self.job = job
         self.token = token
         self.key = key
-        self.retry = retry
-        self.connected_once = False
-        self.failures = 0
-
-    def first_frames(self, sub: Subscription) -> list[bytes]:
-        auth = [pack(frames.auth(self.token))] if self.token else []
-        return [*auth, pack(sub.subscribe())]
+        self.retry = retry or RetryPolicy(attempts=12)
+        self.sub = Subscription(job, Path(out), observer, from_seq=from_seq, fsync=fsync)
+        self._connected_once = False  # the relay was reached once: a failure to connect is worth retrying
+        self._open = False  # the driver holds an open websocket
+        self._failures = 0  # failed connections in a row
+        self._outbox: deque[bytes] = deque()
+        self._fetch: Fetch | None = None
+        self._purpose: _Purpose = "token"
+        self._held: object = None  # the frame to feed again once its item's file is fetched
+        self._before = 0  # the position before the frame being applied
+        self._reason: str | None = None  # why the connection dropped, while a new token is fetched
+        self._pause: float | None = None
+        self._finished: Finished | None = None
+        if token is None and key is not None:
+            self._request("token", _token_request(relay, job, key))
 
     @property
     def credential(self) -> problems.Credential:
@@ -496,8 +599,143 @@ class _Connection:
         key is the key's doing."""
         return "key" if self.key else ("token" if self.token else None)
 
-    def closed(self, code: int | None, reason: str) -> str:
-        """Decide after a close: raise for terminal codes, else return the reason to log before retrying."""
+    def next(self) -> Step:
+        """The step to take now."""
+        if self._finished is not None:
+            return self._finished
+        if self._open and (self._pause is not None or self._reason is not None or self.sub.done):
+            self._open = False
+            return Close()
+        if self._fetch is not None:
+            return self._fetch
+        if self._open:
+            return Send(self._outbox.popleft()) if self._outbox else Receive()
+        if self.sub.done:
+            self._finished = Finished(self.sub.outcome)
+            return self._finished
+        if self._pause is not None:
+            pause, self._pause = Pause(self._pause), None
+            return pause
+        return Connect(self.url)
+
+    def connected(self) -> None:
+        """The `Connect`'s websocket is open: authenticate and subscribe from the current position."""
+        self._open = True
+        self._connected_once = True
+        auth = [pack(frames.auth(self.token))] if self.token else []
+        self._outbox = deque([*auth, pack(self.sub.subscribe())])
+
+    def received(self, message: str | bytes) -> list[SavedFile]:
+        """A message of the websocket; returns the files it completed."""
+        self._before = self.sub.position
+        try:
+            frame = _unpack(message)
+        except Resync as exc:
+            self._drop(str(exc))
+            return []
+        return self._feed(frame)
+
+    def dropped(self, error: Exception) -> None:
+        """The websocket could not be opened, or closed, or broke. Raises `TransferError` when that ends
+        the watch."""
+        from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+
+        if isinstance(error, ConnectionClosedOK):
+            reason = "the relay closed the connection"
+        elif isinstance(error, ConnectionClosed):
+            close = error.rcvd
+            reason = self._closed(close.code, close.reason) if close else self._closed(None, "")
+        else:
+            reason = self._failed(error)
+        self._drop(reason)
+
+    def fetched(self, status: int, body: Iterable[bytes]) -> list[SavedFile]:
+        """The `Fetch`'s answer: its HTTP status and its body. An error raised while reading `body` leaves
+        the `Fetch` open for `fetch_failed`."""
+        if self._purpose == "token":
+            text = b"".join(body).decode("utf-8", "replace")
+            self._fetch = None
+            self.token = _token_answer(self.job, status, text)
+            if self._reason is not None:  # a drop waited for the token to reconnect with
+                reason, self._reason = self._reason, None
+                self._back_off(reason)
+            return []
+        if self._purpose == "manifest":
+            try:
+                manifest = json.loads(b"".join(body)) if status == 200 else {}
+            except ValueError:
+                manifest = {}
+            self._fetch = None
+            self.sub.finished_by_manifest(manifest if isinstance(manifest, dict) else {})
+            return []
+        url = self._fetch.url if self._fetch else ""
+        if status != 200:
+            self._fetch = None
+            self.sub.fetch_failed(url, f"HTTP {status}")
+            return self._feed(self._take_held())
+        try:
+            filled = self.sub.fill(body)
+        except OSError as exc:  # the disk, not the network: received again after a reconnect
+            self._fetch = None
+            self._drop(self._failed(exc))
+            return []
+        self._fetch = None
+        return [*filled, *self._feed(self._take_held())]
+
+    def fetch_failed(self, error: httpx.HTTPError) -> list[SavedFile]:
+        """The `Fetch` failed: no answer, or its body broke off."""
+        url = self._fetch.url if self._fetch else ""
+        self._fetch = None
+        if self._purpose == "token":
+            raise _token_failure(self.relay, error)
+        if self._purpose == "manifest":
+            self.sub.finished_by_manifest({})  # the watch just goes on
+            return []
+        self.sub.fetch_failed(url, f"{type(error).__name__} {error}".rstrip())
+        return self._feed(self._take_held())
+
+    def close(self) -> None:
+        """Abandon an item whose bytes were arriving."""
+        self.sub.reset()
+
+    def _feed(self, frame: object) -> list[SavedFile]:
+        try:
+            replies, saved = self.sub.feed(frame)
+        except FetchFirst as fetch:
+            self._held = frame
+            self._request("media", self._relay_request(fetch.url))
+            return []
+        except Resync as exc:
+            self._drop(str(exc))
+            return []
+        except OSError as exc:  # the disk, not the network: received again after a reconnect
+            self._drop(self._failed(exc))
+            return []
+        if self.sub.position != self._before:
+            self._failures = 0  # progress made: the next drop starts a fresh backoff
+        if self.sub.check_finished:
+            manifest = f"/v1/jobs/{urllib.parse.quote(self.job, safe='')}"
+            self._request("manifest", self._relay_request(manifest, follow_redirects=False))
+        self._outbox.extend(pack(reply) for reply in replies)
+        return saved
+
+    def _take_held(self) -> object:
+        frame, self._held = self._held, None
+        return frame
+
+    def _request(self, purpose: _Purpose, fetch: Fetch) -> None:
+        self._purpose, self._fetch = purpose, fetch
+
+    def _relay_request(self, url: str, *, follow_redirects: bool = True) -> Fetch:
+        """A GET of `url` (relative to the relay); the token goes only to the relay itself, never elsewhere."""
+        base = http_url(self.relay)
+        absolute = urllib.parse.urljoin(base + "/", url)
+        same_origin = urllib.parse.urlsplit(absolute)[:2] == urllib.parse.urlsplit(base)[:2]
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token and same_origin else {}
+        return Fetch(absolute, headers, follow_redirects=follow_redirects)
+
+    def _closed(self, code: int | None, reason: str) -> str:
+        """After a close: raise for terminal codes, else the reason to report before reconnecting."""
         if code is not None and frames.is_terminal_close(code):
             refused = problems.closed(code, credential=self.credential)
             if refused is not None:
@@ -508,38 +746,50 @@ class _Connection:
             if self.key is None:
                 expired = problems.sentence(problems.Code.TOKEN_EXPIRED)
                 raise TransferError(f"{expired} (no API key was given to get one with)")
-            self.token = mint_token(self.relay, self.job, self.key)
+            self._request("token", _token_request(self.relay, self.job, self.key))
         return f"connection closed ({code} {reason})".rstrip() if code is not None else reason
 
-    def failed_to_connect(self, exc: BaseException) -> str:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status is not None:
-            body = getattr(getattr(exc, "response", None), "body", None)
+    def _failed(self, exc: Exception) -> str:
+        """After an error of the network or the disk: raise when it ends the watch, else the reason."""
+        from websockets.exceptions import InvalidStatus
+
+        if isinstance(exc, InvalidStatus):
+            status, body = exc.response.status_code, exc.response.body
             refused = problems.refusal(status, body or b"", credential=self.credential, job=self.job)
             if refused is not None:
                 raise TransferError(f"{refused[1]} (HTTP {status})")
             raise TransferError(f"the relay refused the websocket (HTTP {status}) at {self.url}")
-        if not self.connected_once:
+        if not self._connected_once:
             reached = problems.sentence(problems.Code.RELAY_UNREACHABLE, url=http_url(self.relay))
             raise TransferError(f"{reached}: {exc or type(exc).__name__}")
         return f"cannot reconnect: {type(exc).__name__} {exc}".rstrip()
 
-    def next_delay(self, reason: str) -> float:
-        self.failures += 1
-        if self.failures >= self.retry.attempts:
-            raise TransferError(f"giving up after {self.failures} failed attempts in a row; last: {reason}")
-        return self.retry.delay(self.failures)
+    def _drop(self, reason: str) -> None:
+        """The connection is over: an item whose bytes were arriving is received again from its start."""
+        self._outbox.clear()
+        self._held = None
+        if self.sub.done:
+            return
+        self.sub.reset()
+        if self._fetch is not None:  # the token to reconnect with comes first
+            self._reason = reason
+            return
+        self._back_off(reason)
+
+    def _back_off(self, reason: str) -> None:
+        self._failures += 1
+        if self._failures >= self.retry.attempts:
+            raise TransferError(f"giving up after {self._failures} failed attempts in a row; last: {reason}")
+        self._pause = self.retry.delay(self._failures)
+        self.sub.observer.reconnecting(self._failures, self._pause, reason)
 
 
-def _finish(sub: Subscription, check: bool) -> None:
-    if check and not sub.outcome.ok:
-        raise JobIncomplete(sub.outcome)
+def _finish(outcome: JobOutcome, check: bool) -> None:
+    if check and not outcome.ok:
+        raise JobIncomplete(outcome)
 
 
-def _resolve_token(relay: str, job: str, token: str | None, key: str | None) -> str | None:
-    if token is None and key is not None:
-        return mint_token(relay, job, key)
-    return token
+# --------------------------------------------------------------------------------------------- sync
 
 
 def watch(
@@ -561,60 +811,65 @@ def watch(
     the relay. Yields each `SavedFile` once it is saved and verified; see the module docstring for errors.
     """
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
-    from websockets.sync.client import connect
+    from websockets.sync.client import ClientConnection, connect
 
-    conn = _Connection(
-        relay, job, _resolve_token(relay, job, token, key), key, retry or RetryPolicy(attempts=12)
-    )
-    sub = Subscription(job, Path(out), observer, from_seq=from_seq, fsync=fsync)
+    steps = WatchSteps(
+        job, relay=relay, out=out, from_seq=from_seq, token=token, key=key, observer=observer, retry=retry,
+        fsync=fsync,
+    )  # fmt: skip
+    http = httpx.Client()
+    socket = ExitStack()  # holds the open websocket, if any: closing it closes the websocket
+    ws: ClientConnection | None = None
     try:
-        while not sub.done:
-            reason = ""
-            try:
-                with connect(
-                    conn.url,
-                    max_size=MAX_FRAME,
-                    compression=None,
-                    open_timeout=OPEN_TIMEOUT_S,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                ) as ws:
-                    conn.connected_once = True
-                    for first in conn.first_frames(sub):
-                        ws.send(first)
-                    for message in ws:
-                        before = sub.position
-                        frame = _unpack(message)
-                        try:
-                            replies, saved = sub.feed(frame)
-                        except FetchFirst as fetch:
-                            yield from _fetch_sync(sub, conn, fetch.url)
-                            replies, saved = sub.feed(frame)
-                        if sub.position != before:
-                            conn.failures = 0  # progress made: the next drop starts a fresh backoff
-                        if sub.check_finished:
-                            sub.finished_by_manifest(_manifest_sync(conn))
-                        for reply in replies:
-                            ws.send(pack(reply))
-                        yield from saved
-                        if sub.done:
-                            break
-                    else:
-                        reason = "the relay closed the connection"
-            except ConnectionClosed as exc:
-                reason = conn.closed(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
-            except Resync as exc:
-                reason = str(exc)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                reason = conn.failed_to_connect(exc)
-            if sub.done:
-                break
-            sub.reset()
-            delay = conn.next_delay(reason)
-            sub.observer.reconnecting(conn.failures, delay, reason)
-            time.sleep(delay)
+        while not isinstance(step := steps.next(), Finished):
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+            elif isinstance(step, Fetch):
+                yield from _fetch(http, steps, step)
+            elif isinstance(step, Connect):
+                try:
+                    ws = socket.enter_context(connect(
+                        step.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S,
+                        close_timeout=CLOSE_TIMEOUT_S,
+                    ))  # fmt: skip
+                except (InvalidHandshake, OSError) as exc:
+                    steps.dropped(exc)
+                    continue
+                steps.connected()
+            elif isinstance(step, Close):
+                socket.close()
+                ws = None
+            else:
+                assert ws is not None, "Send and Receive come only while a websocket is open"
+                try:
+                    if isinstance(step, Send):
+                        ws.send(step.data)
+                        continue
+                    message = ws.recv()
+                except (ConnectionClosed, OSError) as exc:
+                    steps.dropped(exc)
+                    continue
+                yield from steps.received(message)
     finally:
-        sub.reset()
-    _finish(sub, check)
+        socket.close()
+        steps.close()
+        http.close()
+    _finish(step.outcome, check)
+
+
+def _fetch(http: httpx.Client, steps: WatchSteps, fetch: Fetch) -> list[SavedFile]:
+    """Carry out `fetch`: its body goes to `steps` piece by piece as it arrives."""
+    try:
+        with http.stream(
+            fetch.method, fetch.url, headers=fetch.headers, timeout=fetch.timeout,
+            follow_redirects=fetch.follow_redirects,
+        ) as response:  # fmt: skip
+            return steps.fetched(response.status_code, response.iter_bytes())
+    except httpx.HTTPError as exc:
+        return steps.fetch_failed(exc)
+
+
+# -------------------------------------------------------------------------------------------- async
 
 
 async def awatch(
@@ -631,117 +886,68 @@ async def awatch(
     fsync: bool = True,
 ) -> AsyncIterator[SavedFile]:
     """`watch` for asyncio programs: the same arguments, an async iterator of `SavedFile`."""
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-    if token is None and key is not None:
-        token = await asyncio.to_thread(mint_token, relay, job, key)
-    conn = _Connection(relay, job, token, key, retry or RetryPolicy(attempts=12))
-    sub = Subscription(job, Path(out), observer, from_seq=from_seq, fsync=fsync)
+    steps = WatchSteps(
+        job, relay=relay, out=out, from_seq=from_seq, token=token, key=key, observer=observer, retry=retry,
+        fsync=fsync,
+    )  # fmt: skip
+    http = httpx.AsyncClient()
+    socket = AsyncExitStack()  # holds the open websocket, if any: closing it closes the websocket
+    ws: ClientConnection | None = None
     try:
-        while not sub.done:
-            reason = ""
-            try:
-                async with connect(
-                    conn.url,
-                    max_size=MAX_FRAME,
-                    compression=None,
-                    open_timeout=OPEN_TIMEOUT_S,
-                    close_timeout=CLOSE_TIMEOUT_S,
-                ) as ws:
-                    conn.connected_once = True
-                    for first in conn.first_frames(sub):
-                        await ws.send(first)
-                    async for message in ws:
-                        before = sub.position
-                        frame = _unpack(message)
-                        try:
-                            replies, saved = sub.feed(frame)
-                        except FetchFirst as fetch:
-                            for file in await _fetch_async(sub, conn, fetch.url):
-                                yield file
-                            replies, saved = sub.feed(frame)
-                        if sub.position != before:
-                            conn.failures = 0  # progress made: the next drop starts a fresh backoff
-                        if sub.check_finished:
-                            sub.finished_by_manifest(await asyncio.to_thread(_manifest_sync, conn))
-                        for reply in replies:
-                            await ws.send(pack(reply))
-                        for file in saved:
-                            yield file
-                        if sub.done:
-                            break
-                    else:
-                        reason = "the relay closed the connection"
-            except ConnectionClosed as exc:
-                reason = conn.closed(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "")
-            except Resync as exc:
-                reason = str(exc)
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                reason = conn.failed_to_connect(exc)
-            if sub.done:
-                break
-            sub.reset()
-            delay = conn.next_delay(reason)
-            sub.observer.reconnecting(conn.failures, delay, reason)
-            await asyncio.sleep(delay)
+        while not isinstance(step := steps.next(), Finished):
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+            elif isinstance(step, Fetch):
+                for file in await _afetch(http, steps, step):
+                    yield file
+            elif isinstance(step, Connect):
+                try:
+                    ws = await socket.enter_async_context(connect(
+                        step.url, max_size=MAX_FRAME, compression=None, open_timeout=OPEN_TIMEOUT_S,
+                        close_timeout=CLOSE_TIMEOUT_S,
+                    ))  # fmt: skip
+                except (InvalidHandshake, OSError) as exc:
+                    steps.dropped(exc)
+                    continue
+                steps.connected()
+            elif isinstance(step, Close):
+                await socket.aclose()
+                ws = None
+            else:
+                assert ws is not None, "Send and Receive come only while a websocket is open"
+                try:
+                    if isinstance(step, Send):
+                        await ws.send(step.data)
+                        continue
+                    message = await ws.recv()
+                except (ConnectionClosed, OSError) as exc:
+                    steps.dropped(exc)
+                    continue
+                for file in steps.received(message):
+                    yield file
     finally:
-        sub.reset()
-    _finish(sub, check)
+        await socket.aclose()
+        steps.close()
+        await http.aclose()
+    _finish(step.outcome, check)
 
 
-def _media_request(conn: _Connection, url: str) -> tuple[str, dict[str, str]]:
-    """The absolute URL of an item's file; the token goes only to the relay itself, never elsewhere."""
-    base = http_url(conn.relay)
-    absolute = urllib.parse.urljoin(base + "/", url)
-    same_origin = urllib.parse.urlsplit(absolute)[:2] == urllib.parse.urlsplit(base)[:2]
-    headers = {"Authorization": f"Bearer {conn.token}"} if conn.token and same_origin else {}
-    return absolute, headers
-
-
-def _manifest_sync(conn: _Connection) -> dict[str, Any]:
-    """The relay's manifest of the job, or {} when it cannot be read (the watch then just goes on)."""
-    url, headers = _media_request(conn, f"/v1/jobs/{urllib.parse.quote(conn.job, safe='')}")
+async def _afetch(http: httpx.AsyncClient, steps: WatchSteps, fetch: Fetch) -> list[SavedFile]:
+    """`_fetch` on an `httpx.AsyncClient`."""
     try:
-        response = httpx.get(url, headers=headers, timeout=FETCH_TIMEOUT)
-        body = response.json() if response.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _fetch_sync(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:
-    absolute, headers = _media_request(conn, url)
-    try:
-        # A relay run with --media-redirect answers 302 to the bucket (httpx drops Authorization there).
-        with httpx.stream(
-            "GET", absolute, headers=headers, timeout=FETCH_TIMEOUT, follow_redirects=True
-        ) as response:
-            if response.status_code != 200:
-                sub.fetch_failed(absolute, f"HTTP {response.status_code}")
-                return []
-            return sub.fill(response.iter_bytes())
+        async with http.stream(
+            fetch.method, fetch.url, headers=fetch.headers, timeout=fetch.timeout,
+            follow_redirects=fetch.follow_redirects,
+        ) as response:  # fmt: skip
+            # Fetches are rare (a file uploaded out of band, a manifest, a token): the body is gathered,
+            # then handed over whole.
+            body = [piece async for piece in response.aiter_bytes()]
     except httpx.HTTPError as exc:
-        sub.fetch_failed(absolute, f"{type(exc).__name__} {exc}".rstrip())
-        return []
-
-
-async def _fetch_async(sub: Subscription, conn: _Connection, url: str) -> list[SavedFile]:
-    absolute, headers = _media_request(conn, url)
-    try:
-        async with (
-            httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=True) as http,
-            http.stream("GET", absolute, headers=headers) as response,
-        ):
-            if response.status_code != 200:
-                sub.fetch_failed(absolute, f"HTTP {response.status_code}")
-                return []
-            # Out-of-band files are the rare case; the chunks go to disk as the loop hands them over.
-            chunks = [chunk async for chunk in response.aiter_bytes()]
-    except httpx.HTTPError as exc:
-        sub.fetch_failed(absolute, f"{type(exc).__name__} {exc}".rstrip())
-        return []
-    return sub.fill(chunks)
+        return steps.fetch_failed(exc)
+    return steps.fetched(response.status_code, body)
 
 
 def _unpack(message: str | bytes) -> object:

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -742,3 +743,358 @@ def test_ctrl_c_while_finishing_a_file_then_the_printed_resume_command_gets_ever
             assert resume[:2] == ["watch", job] and "--from" in resume
             assert main([*resume, "-q"]) == 0, capsys.readouterr().err
             assert names_on_disk(out) == whole, step  # every file, whole, and no `.part` left
+
+
+# ---- the step machine alone: frames, closes and HTTP answers fed by hand, no sockets
+
+RELAY = "http://relay.test"
+WS = "ws://relay.test/v1/ws"
+
+
+def machine(out: Path, **kwargs: Any) -> watch_mod.WatchSteps:
+    return watch_mod.WatchSteps(JOB, relay=RELAY, out=out, retry=FAST, **kwargs)
+
+
+def streamed(
+    records: list[dict[str, Any]], files: dict[int, bytes], refs: frozenset[int] = frozenset()
+) -> list[Any]:
+    """The frames a relay sends for `records` (and the chunks of their files but those in `refs`)."""
+    out: list[Any] = []
+    for rec in records:
+        out.append({"t": "ev", **rec})
+        if rec["k"] == "item" and rec["item"] not in refs:
+            data = files[rec["item"]]
+            for off in range(0, max(len(data), 1), CHUNK):
+                last = off + CHUNK >= len(data)
+                chunk = data[off : off + CHUNK]
+                out.append(
+                    {"t": "chunk", "job": JOB, "seq": rec["seq"], "item": rec["item"], "off": off, "data": chunk,
+                     "last": last}
+                )  # fmt: skip
+    return out
+
+
+def subscribed(head: int, status: str = "IN_PROGRESS") -> dict[str, Any]:
+    return {"t": "subscribed", "job": JOB, "head": head, "status": status, "recovered": True}
+
+
+def play(steps: watch_mod.WatchSteps, incoming: list[Any]) -> tuple[list[SavedFile], list[Any], object]:
+    """What a driver does on an open websocket while the relay sends `incoming`: answer each `Receive`
+    with the next frame and collect what is sent. Returns the files, the frames sent, and the first step
+    that is neither (a `Receive` once `incoming` is spent)."""
+    saved: list[SavedFile] = []
+    sent: list[Any] = []
+    pending = list(incoming)
+    while True:
+        step = steps.next()
+        if isinstance(step, watch_mod.Send):
+            sent.append(msgpack.unpackb(step.data))
+        elif isinstance(step, watch_mod.Receive) and pending:
+            frame = pending.pop(0)
+            saved += steps.received(frame if isinstance(frame, str | bytes) else msgpack.packb(frame))
+        else:
+            return saved, sent, step
+
+
+def closed(code: int, reason: str) -> ConnectionClosed:
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.frames import Close
+
+    return ConnectionClosedError(Close(code, reason), None)
+
+
+def test_steps_subscribe_answer_pings_save_every_file_then_finish(tmp_path: Path) -> None:
+    records, files = journal([2500, 0, 10])
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    assert steps.next() == watch_mod.Connect(WS)
+    steps.connected()
+    welcome = {"t": "welcome", "v": 1, "server": "s", "ping": 15}
+    ping = {"t": "ping", "n": 3}
+    saved, sent, step = play(steps, [welcome, ping, subscribed(len(records)), *streamed(records, files)])
+    assert sent == [{"t": "sub", "job": JOB, "from": 0, "inline": True}, {"t": "pong", "n": 3}]
+    assert {f.item: f.path.read_bytes() for f in saved} == files
+    assert step == watch_mod.Close()  # the `done` record: leave the websocket
+    finished = steps.next()
+    assert isinstance(finished, watch_mod.Finished) and finished.outcome.ok
+    assert steps.next() is finished
+    assert recorder.statuses == ["IN_PROGRESS", "COMPLETED"] and recorder.retries == []
+
+
+def test_steps_send_the_token_first_and_get_one_with_the_key(tmp_path: Path) -> None:
+    steps = machine(tmp_path, token="tok")
+    steps.next()
+    steps.connected()
+    _, sent, _ = play(steps, [])
+    assert sent == [{"t": "auth", "token": "tok"}, {"t": "sub", "job": JOB, "from": 0, "inline": True}]
+
+    steps = machine(tmp_path, key="k")
+    mint = steps.next()
+    assert mint == watch_mod.Fetch(
+        f"{RELAY}/v1/jobs/{JOB}/tokens", {"Authorization": "Bearer k"}, "POST", 10.0, follow_redirects=False
+    )
+    assert steps.fetched(200, [b'{"tok', b'en": "minted"}']) == []
+    assert steps.next() == watch_mod.Connect(WS)
+    steps.connected()
+    assert play(steps, [])[1][0] == {"t": "auth", "token": "minted"}
+
+    steps = machine(tmp_path, key="k")
+    steps.next()
+    assert steps.fetched(405, [b"Method Not Allowed"]) == []  # a relay without auth mints no tokens
+    steps.next()
+    steps.connected()
+    assert play(steps, [])[1] == [{"t": "sub", "job": JOB, "from": 0, "inline": True}]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.ConnectError("refused"), f"cannot reach the relay at {RELAY}: refused"),
+        (httpx.ReadTimeout("slow"), "asking the relay for a token: ReadTimeout slow"),
+        ((401, b'{"error": {"code": "unknown_key"}}'), r"the relay rejected the API key \(HTTP 401\)"),
+        ((500, b"boom"), "asking the relay for a token: HTTP 500: boom"),
+    ],
+)
+def test_steps_a_token_that_cannot_be_had_ends_the_watch(
+    tmp_path: Path, answer: httpx.HTTPError | tuple[int, bytes], message: str
+) -> None:
+    steps = machine(tmp_path, key="k")
+    assert isinstance(steps.next(), watch_mod.Fetch)
+    with pytest.raises(TransferError, match=message):
+        if isinstance(answer, tuple):
+            steps.fetched(answer[0], [answer[1]])
+        else:
+            steps.fetch_failed(answer)
+
+
+def test_steps_reconnect_with_backoff_from_the_last_applied_seq(tmp_path: Path) -> None:
+    records, files = journal([2500, 10])
+    item0 = next(r["seq"] for r in records if r["k"] == "item")
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    steps.next()
+    steps.connected()
+    # Item 0's record and its first chunk, then the relay drops us for being slow.
+    play(steps, [subscribed(len(records)), *streamed(records, files)[: item0 + 1]])
+    assert list(tmp_path.glob(".*.part"))
+    steps.dropped(closed(4001, "slow consumer"))
+    assert not list(tmp_path.glob(".*.part")), "a partly received item is received again from its start"
+    assert recorder.retries == ["connection closed (4001 slow consumer)"]
+    assert steps.next() == watch_mod.Close()
+    pause = steps.next()
+    assert isinstance(pause, watch_mod.Pause) and 0 <= pause.seconds <= FAST.cap
+    assert steps.next() == watch_mod.Connect(WS)
+    steps.connected()
+    _, sent, _ = play(steps, [])
+    assert sent == [{"t": "sub", "job": JOB, "from": item0 - 1, "inline": True}]
+
+
+def test_steps_a_frame_out_of_order_or_not_msgpack_resubscribes(tmp_path: Path) -> None:
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    steps.next()
+    steps.connected()
+    status = {"t": "ev", "job": JOB, "seq": 1, "k": "status", "status": "IN_PROGRESS"}
+    skipped = {"t": "ev", "job": JOB, "seq": 3, "k": "status", "status": "IN_PROGRESS"}
+    assert play(steps, [subscribed(5), status, skipped])[2] == watch_mod.Close()
+    assert isinstance(steps.next(), watch_mod.Pause)
+    assert steps.next() == watch_mod.Connect(WS)
+    steps.connected()
+    _, sent, step = play(steps, ["text"])
+    assert sent == [{"t": "sub", "job": JOB, "from": 1, "inline": True}] and step == watch_mod.Close()
+    assert isinstance(steps.next(), watch_mod.Pause)
+    steps.next()
+    steps.connected()
+    assert play(steps, [b"\xc1"])[2] == watch_mod.Close()  # 0xc1 is never valid msgpack
+    assert recorder.retries[:2] == [
+        "records 2..2 were skipped",
+        "the relay sent a text frame; the protocol uses binary msgpack frames",
+    ]
+    assert recorder.retries[2].startswith("the relay sent a frame that is not msgpack: ")
+
+
+def test_steps_give_up_after_failures_in_a_row_unless_records_arrive_between(tmp_path: Path) -> None:
+    steps = machine(tmp_path)
+    steps.next()
+    steps.connected()
+    for seq in range(1, 2 * FAST.attempts):  # each drop after a new record: one failure in a row, never more
+        record = {"t": "ev", "job": JOB, "seq": seq, "k": "progress", "item": 0, "step": seq, "steps": 9}
+        play(steps, [subscribed(9), record])
+        steps.dropped(closed(4000, "going away"))
+        assert steps.next() == watch_mod.Close()
+        assert isinstance(steps.next(), watch_mod.Pause)
+        assert steps.next() == watch_mod.Connect(WS)
+        steps.connected()
+    for _ in range(FAST.attempts - 2):  # the last drop above was the first of the run
+        steps.dropped(ConnectionResetError("reset"))
+        steps.next(), steps.next(), steps.next()  # Close, Pause, Connect
+        steps.connected()
+    with pytest.raises(
+        TransferError, match="giving up after 5 failed attempts in a row; last: cannot reconnect"
+    ):
+        steps.dropped(ConnectionResetError("reset"))
+
+
+def test_steps_the_relay_closing_cleanly_is_a_reason_to_reconnect(tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.frames import Close
+
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    steps.next()
+    steps.connected()
+    steps.dropped(ConnectionClosedOK(Close(1000, ""), Close(1000, ""), rcvd_then_sent=True))
+    assert recorder.retries == ["the relay closed the connection"]
+    assert [type(steps.next()) for _ in range(3)] == [watch_mod.Close, watch_mod.Pause, watch_mod.Connect]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {},
+            closed(4503, "too many subscriptions"),
+            "the relay closed the connection: 4503 too many subscriptions",
+        ),
+        ({"token": "t"}, closed(4501, "unauthorized"), r"the relay rejected the token.*\(close code 4501\)"),
+        ({"token": "t"}, closed(4003, "token expired"), "no API key was given to get one with"),
+        ({}, InvalidStatus(Response(500, "Internal", Headers(), b"")), r"refused the websocket \(HTTP 500\)"),
+        (
+            {"token": "t"},
+            InvalidStatus(Response(401, "No", Headers(), b"")),
+            r"rejected the token.*\(HTTP 401\)",
+        ),
+        ({}, ConnectionRefusedError("refused"), f"cannot reach the relay at {RELAY}: refused"),
+    ],
+)
+def test_steps_terminal_closes_and_refusals_end_the_watch(
+    tmp_path: Path, kwargs: dict[str, str], error: Exception, message: str
+) -> None:
+    steps = machine(tmp_path, **kwargs)
+    assert steps.next() == watch_mod.Connect(WS)
+    if isinstance(error, ConnectionClosed):
+        steps.connected()
+    with pytest.raises(TransferError, match=message):
+        steps.dropped(error)
+
+
+def test_steps_a_failure_to_connect_is_retried_once_the_relay_was_reached(tmp_path: Path) -> None:
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    steps.next()
+    steps.connected()
+    steps.dropped(closed(4000, "restarting"))
+    assert [type(steps.next()) for _ in range(3)] == [watch_mod.Close, watch_mod.Pause, watch_mod.Connect]
+    steps.dropped(ConnectionRefusedError("refused"))
+    assert isinstance(steps.next(), watch_mod.Pause)  # no websocket was opened: nothing to close
+    assert recorder.retries[-1] == "cannot reconnect: ConnectionRefusedError refused"
+
+
+def test_steps_renew_an_expired_token_with_the_key_before_reconnecting(tmp_path: Path) -> None:
+    recorder = Recorder()
+    steps = machine(tmp_path, token="old", key="k", observer=recorder)
+    steps.next()
+    steps.connected()
+    play(steps, [])
+    steps.dropped(closed(4003, "token expired"))
+    assert steps.next() == watch_mod.Close()
+    mint = steps.next()
+    assert isinstance(mint, watch_mod.Fetch) and mint.method == "POST" and mint.url.endswith("/tokens")
+    assert recorder.retries == [], "the backoff starts once the new token is in"
+    steps.fetched(200, [b'{"token": "new"}'])
+    assert recorder.retries == ["connection closed (4003 token expired)"]
+    assert isinstance(steps.next(), watch_mod.Pause)
+    assert steps.next() == watch_mod.Connect(WS)
+    steps.connected()
+    assert play(steps, [])[1][0] == {"t": "auth", "token": "new"}
+
+
+def test_steps_fetch_a_file_without_inline_bytes_from_its_url(tmp_path: Path) -> None:
+    records, files = journal([3000, 500, 700, 20])
+    urls = {0: "/media/0", 1: "https://bucket.example/1", 2: "/media/2", 3: "/media/3"}
+    for rec in records:
+        if rec["k"] == "item":
+            rec["url"] = urls[rec["item"]]
+    steps = machine(tmp_path, token="t")
+    steps.next()
+    steps.connected()
+    incoming = [subscribed(len(records)), *streamed(records, files, refs=frozenset(urls))]
+    # Item 0's record, then the next record with no chunk between: its file is fetched from its URL.
+    _, _, fetch = play(steps, incoming[:5])
+    assert fetch == watch_mod.Fetch(f"{RELAY}/media/0", {"Authorization": "Bearer t"})
+    assert steps.next() is fetch, "the fetch comes before any other step"
+    data = files[0]
+    saved = steps.fetched(200, [data[:1000], data[1000:]])
+    assert [(f.item, f.path.read_bytes()) for f in saved] == [(0, data)]
+    # The token goes to the relay only; a failed fetch is a problem, and the watch goes on.
+    _, _, fetch = play(steps, incoming[5:7])
+    assert fetch == watch_mod.Fetch("https://bucket.example/1", {})
+    assert steps.fetch_failed(httpx.ConnectError("down")) == []
+    _, _, fetch = play(steps, incoming[7:9])
+    assert fetch == watch_mod.Fetch(f"{RELAY}/media/2", {"Authorization": "Bearer t"})
+    assert steps.fetched(404, [b"gone"]) == []
+    _, _, fetch = play(steps, incoming[9:11])
+    body = iter([files[3][:5]])
+
+    def broken() -> Iterator[bytes]:  # the answer breaks off after some bytes
+        yield from body
+        raise httpx.ReadError("reset")
+
+    with pytest.raises(httpx.ReadError):
+        steps.fetched(200, broken())
+    assert steps.next() is fetch, "still the fetch, until its failure is handed over"
+    assert steps.fetch_failed(httpx.ReadError("reset")) == []
+    saved, _, step = play(steps, incoming[11:])
+    assert step == watch_mod.Close()
+    finished = steps.next()
+    assert isinstance(finished, watch_mod.Finished)
+    assert [f.item for f in finished.outcome.files] == [0]
+    assert [p.message for p in finished.outcome.problems] == [
+        "item 1: cannot fetch https://bucket.example/1: ConnectError down",
+        f"item 2: cannot fetch {RELAY}/media/2: HTTP 404",
+        f"item 3: cannot fetch {RELAY}/media/3: ReadError reset",
+    ]
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_steps_read_the_manifest_when_the_job_looks_over(tmp_path: Path) -> None:
+    records, _ = journal([10])
+    head = len(records)
+    manifest = watch_mod.Fetch(f"{RELAY}/v1/jobs/{JOB}", {}, follow_redirects=False)
+    steps = machine(tmp_path, from_seq=head)
+    steps.next()
+    steps.connected()
+    assert play(steps, [subscribed(head, "COMPLETED")])[2] == manifest
+    assert steps.fetched(503, [b"busy"]) == []  # unreadable: the watch goes on
+    assert steps.next() == watch_mod.Receive()
+    steps.received(msgpack.packb(subscribed(head, "COMPLETED")))
+    assert steps.next() == manifest
+    steps.fetch_failed(httpx.ReadTimeout("slow"))
+    assert steps.next() == watch_mod.Receive()
+    steps.received(msgpack.packb(subscribed(head, "COMPLETED")))
+    steps.next()
+    answer = {"status": "COMPLETED", "finished": True, "head": head, "items": [{}], "expected_items": 1}
+    steps.fetched(200, [json.dumps(answer).encode()])
+    assert steps.next() == watch_mod.Close()
+    finished = steps.next()
+    assert isinstance(finished, watch_mod.Finished)
+    assert finished.outcome.status == "COMPLETED" and finished.outcome.expected_items == 1
+
+
+def test_steps_a_disk_error_while_saving_receives_the_item_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records, files = journal([10])
+    item0 = next(r["seq"] for r in records if r["k"] == "item")
+    recorder = Recorder()
+    steps = machine(tmp_path, observer=recorder)
+    steps.next()
+    steps.connected()
+    monkeypatch.setattr(sinks, "os", InterruptingOs("00000-v0.mp4", "rename", OSError))
+    saved, _, step = play(steps, [subscribed(len(records)), *streamed(records, files)])
+    assert saved == [] and step == watch_mod.Close()
+    assert recorder.retries == ["cannot reconnect: OSError"]
+    assert isinstance(steps.next(), watch_mod.Pause)
+    steps.next()
+    steps.connected()
+    assert play(steps, [])[1] == [{"t": "sub", "job": JOB, "from": item0 - 1, "inline": True}]
