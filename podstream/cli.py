@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: them equal): a command that meets one of them missing names the extra to install.
 EXTRA_MODULES: dict[str, frozenset[str]] = {
     "worker": frozenset({"runpod", "torch", "diffusers", "transformers", "accelerate", "av", "PIL", "numpy"})
-    | {"botocore", "huggingface_hub"},
+    | {"botocore", "huggingface_hub", "cpuinfo"},
     "relay": frozenset({"starlette", "uvicorn", "prometheus_client", "jwt", "pydantic_settings"}),
     "cluster": frozenset({"redis", "boto3"}),
     "emulator": frozenset({"starlette", "uvicorn"}),

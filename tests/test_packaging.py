@@ -125,7 +125,12 @@ RUNTIME_ONLY = {
     "accelerate": "diffusers loads big checkpoints through it (low_cpu_mem_usage, device_map)",
 }
 #: Distribution name -> import name, where they differ.
-IMPORT_NAMES = {"pillow": "PIL", "prometheus-client": "prometheus_client", "pyjwt": "jwt"}
+IMPORT_NAMES = {
+    "pillow": "PIL",
+    "prometheus-client": "prometheus_client",
+    "pyjwt": "jwt",
+    "py-cpuinfo": "cpuinfo",
+}
 
 
 def test_the_cli_knows_each_extras_modules() -> None:

@@ -270,7 +270,9 @@ def test_with_auth_off_the_sdk_still_pings_and_a_long_job_completes(tmp_path: Pa
 
 
 def test_worker_killed_mid_job_fails_the_job_and_is_replaced(tmp_path: Path) -> None:
-    cfg = config(job_take_wait_s=5, job_stop_wait_s=5, heartbeat_grace_s=3)
+    # A grace of 8 pings: on a loaded machine a live worker's pinger can miss 3 s, which failed the replacement's
+    # job as if it had died too.
+    cfg = config(job_take_wait_s=5, job_stop_wait_s=5, heartbeat_grace_s=8)
     with Emulator(cfg).serve_in_thread() as emu:
         emu.spawn_workers(1, [sys.executable, WORKER], env={"EMU_MODE": "async"}, log_dir=tmp_path)
         assert emu.wait_for_workers(1, timeout=90) == ["worker-1"]
