@@ -392,8 +392,9 @@ def test_cancel_through_the_relay_and_straight_to_runpod(tmp_path: Path) -> None
 
 
 def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path: Path) -> None:
+    # 6 s of items: the interrupt lands mid-job even when a loaded machine reads the first "saved" late
     slow = tmp_path / "slow.json"
-    slow.write_text(json.dumps({"sizes": [1000] * 6, "delay_s": 0.5}))
+    slow.write_text(json.dumps({"sizes": [1000] * 12, "delay_s": 0.5}))
     out = tmp_path / "out"
     with local_stack(tmp_path) as stack:
         argv = [sys.executable, "-m", "podstream", "submit", *stack.submit_args]
@@ -440,7 +441,7 @@ def test_ctrl_c_during_submit_names_the_key_variable_and_how_to_cancel(tmp_path:
             env=podstream_env(),
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert sorted(p.name for p in (out / job).iterdir()) == [f"{k:05d}-img{k}.png" for k in range(6)]
+        assert sorted(p.name for p in (out / job).iterdir()) == [f"{k:05d}-img{k}.png" for k in range(12)]
 
 
 def test_jobs_lists_the_newest_first(tmp_path: Path) -> None:
