@@ -1,4 +1,4 @@
-"""Cluster mode (issue 13): ingest into Redis + S3 against local disk, fan-out from 2 replicas against 1, and
+"""Cluster mode: ingest into Redis + S3 against local disk, fan-out from 2 replicas against 1, and
 the time a survivor takes to poll a job after the polling replica is SIGKILLed, against the lease TTL.
 
     python -m bench.cluster                                    # 8 x 2 MB, 10 subscribers, 2 kills

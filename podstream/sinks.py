@@ -76,13 +76,14 @@ class PartFile:
             self._hashed += len(chunk)
         return size, self._hash.hexdigest()
 
-    def keep(self, temp: Path, final: Path, *, fsync: bool) -> None:
-        """The verified file becomes `final`: fsynced, closed, renamed, its directory fsynced."""
+    def keep(self, temp: Path, final: Path, *, fsync: bool, sync_dir: bool = True) -> None:
+        """The verified file becomes `final`: fsynced, closed, renamed, its directory fsynced (unless
+        `sync_dir` is False: the caller fsyncs the directory later, once for several files)."""
         if fsync:
             os.fsync(self.fd)
         self.close()
         os.replace(temp, final)
-        if fsync:
+        if fsync and sync_dir:
             fsync_dir(final.parent)
 
     def close(self) -> None:

@@ -13,9 +13,10 @@ committed (fsynced), and only then are subscribers woken through `publish`.
 Throughput: a `/stream` answer is taken in pieces as it arrives (`RunPodClient.stream(on_entries=...)`):
 each piece is parsed and written in the worker thread while the next one is received, and all thread work
 runs in order on one lane (`_then`). A part's base64 `data` is sliced straight out of its entry's JSON text
-(`_entry_output`) instead of going through the JSON string decoder. Each piece is committed, then
-published, as soon as it is written (persist, then publish): a backlog's first files reach subscribers
-while the rest of the answer is still being received, not all at once after its last piece.
+(`_entry_output`) instead of going through the JSON string decoder. Pieces are committed, then published,
+as they are written (persist, then publish), grouped when they come faster than `GROUP_COMMIT_S`: a
+backlog's first files reach subscribers while the rest of the answer is still being received, not all at
+once after its last piece, and one commit's fsyncs cover several pieces.
 
 Restart: every envelope the Assembler accepted is also written to the job's ingest log (`wire.log`, without
 its bytes, with the journal head before it and the records it produced). `recover` replays that log into a
@@ -31,6 +32,7 @@ import base64
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -69,6 +71,10 @@ Entry = tuple[str, dict[str, Any]]
 LOST = "LOST"
 #: Crashes of one poller journaled as `poller_crashed` records (later ones are only logged).
 MAX_JOURNALED_CRASHES = 10
+#: Pieces of one `/stream` answer are committed together when they come closer than this: a backlog's first
+#: piece is committed (and published) at once, the next ones at most this often, and the rest with the
+#: answer's end. Each commit costs an fsync of each media directory written, the ingest log and the journal.
+GROUP_COMMIT_S = 0.1
 
 
 def media_url(job: str, item: int) -> str:
@@ -132,6 +138,7 @@ class JobPoller:
         self._piece: asyncio.Future[None] | None = None  # the piece of the current answer being written
         self._opened = False  # the current answer's early status was handled
         self._committing: asyncio.Future[None] | None = None  # the commit of the previous answer
+        self._committed_at = -GROUP_COMMIT_S  # when a piece was last committed (time.monotonic)
 
     def fresh(self) -> JobPoller:
         """A new poller of the same job with the same settings (what `PollerSet` restarts after a crash:
@@ -235,7 +242,14 @@ class JobPoller:
                 self.store.record([(STATUS, {"status": status})])  # as `_commit_batch` would, first
                 self.status = status
         self.ingest([_entry_output(text) for text in texts])
-        self.store.commit()  # before `_then` publishes: what subscribers see is on disk
+        if time.monotonic() - self._committed_at >= GROUP_COMMIT_S:  # else with a later piece, or after
+            self._commit_pieces()  # before `_then` publishes: what subscribers see is on disk
+
+    def _commit_pieces(self) -> None:
+        """Thread: commit the records of the pieces written so far, if any."""
+        if self.store.journal.published != self.store.journal.head and not self.store.closed:
+            self._committed_at = time.monotonic()
+            self.store.commit()
 
     def _log_envelope(self, envelope: dict[str, Any], events: list[wire.Event], entries: list[Entry]) -> None:
         meta = envelope
@@ -384,6 +398,8 @@ class JobPoller:
                     await self._then(self._lost, str(exc), publish=True)
                     return
                 except RunPodError as exc:
+                    if self._piece is not None:  # an answer cut off: its pieces are committed
+                        await self._then(self._record_commit, [], publish=True)
                     failures += 1
                     delay = self.backoff.delay(failures, random.random)
                     log.warning("polling job %s failed (%s); retrying in %.1fs", self.store.job, exc, delay)
@@ -426,7 +442,14 @@ class JobPoller:
         a time), then published."""
         if self._piece is not None:
             await self._piece
-        self._piece = self._then(self._ingest_piece, status, texts, publish=True)
+        self._piece = piece = self._then(self._ingest_piece, status, texts, publish=True)
+        # Records a piece left uncommitted (group commit) wait for no longer than GROUP_COMMIT_S, even
+        # when the rest of the answer is slow to come.
+        asyncio.get_running_loop().call_later(GROUP_COMMIT_S, self._commit_if_idle, piece)
+
+    def _commit_if_idle(self, piece: asyncio.Future[None]) -> None:
+        if piece is self._piece and not self.store.closed:  # no piece came since: commit what is pending
+            self._piece = self._then(self._commit_pieces, publish=True)
 
     def _then(self, fn: Callable[..., None], *args: Any, publish: bool = False) -> asyncio.Future[None]:
         """Run `fn(*args)` in a worker thread after the thread work scheduled before it (then `publish`)."""

@@ -216,11 +216,20 @@ class JobStore(abc.ABC):
             return ERROR, {"item": item, "code": "quota_exceeded", "message": self.refused.pop(item)}
         return kind, fields
 
+    def sync_media(self) -> None:
+        """Make durable the media of the records about to be committed that is not yet (on local disk: the
+        directories files were renamed into). Called by `commit` first."""
+        return None
+
     def commit(self) -> int:
         """Make the appended records durable and visible (journal readers and the summaries).
 
-        The ingest log is synced first: a record a subscriber saw must be rebuildable from it."""
+        One group commit, in this order: the media the records name (`sync_media`), the ingest log (a
+        record a subscriber saw must be rebuildable from it), the journal; then the records are published.
+        Nothing of the logs reaches the disk before this (`RecordLog.append` buffers), so no record is
+        durable before the bytes it names."""
         if self.journal.published != self.journal.head:
+            self.sync_media()
             self.wire.sync()
         head = self.journal.commit()
         for record in self._pending:

@@ -33,6 +33,7 @@ class MediaSink:
         on_bytes: Callable[[int], None] | None = None,
         on_abort: Callable[[], None] | None = None,
         on_stored: Callable[[], None] | None = None,
+        on_renamed: Callable[[Path], None] | None = None,
     ):
         self.final = directory / media_name(item, id, mime)
         self.temp = directory / f".{self.final.name}.part"
@@ -45,6 +46,9 @@ class MediaSink:
         #: Called once if the item is abandoned (its quota reservation goes back), or once it is stored.
         self.on_abort = on_abort
         self.on_stored = on_stored
+        #: Given the directory of a file renamed into place, it fsyncs that directory later (the job store's
+        #: group commit, before the file's record is written); without it, the directory is fsynced at once.
+        self.on_renamed = on_renamed
         self._file: PartFile | None = None
         if not replaying and refused is None:
             self._file = PartFile(os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
@@ -73,7 +77,9 @@ class MediaSink:
         if size != self.size or digest != sha256:
             self.abort()
             return False, None
-        file.keep(self.temp, self.final, fsync=self.fsync)
+        file.keep(self.temp, self.final, fsync=self.fsync, sync_dir=self.on_renamed is None)
+        if self.on_renamed is not None:
+            self.on_renamed(self.final.parent)
         self._file = None
         if self.on_stored is not None:
             self.on_stored()

@@ -97,7 +97,10 @@ class RecordLog:
         #: The copy of the damaged file kept by `scan`, if it found damage.
         self.quarantined: Path | None = None
         self.legacy = False  # the file was in the legacy framing (converted by `scan`)
-        self._dirty = False  # appended to since the last `sync`
+        self._dirty = False  # written to since the last `sync`
+        #: Frames appended and not yet written: `sync` writes them in one `write`, then fsyncs (group commit).
+        self._buffer: list[bytes] = []
+        self._written = 0  # the file's size on disk: `size` less the buffered frames
 
     @property
     def fd(self) -> int:
@@ -144,7 +147,7 @@ class RecordLog:
             os.ftruncate(self._fd, good_end)
             self._dirty = True
             self.sync()
-        self.size = good_end - skipped
+        self.size = self._written = good_end - skipped
 
     @staticmethod
     def _resync(data: mmap.mmap, start: int, end: int) -> int | None:
@@ -171,7 +174,7 @@ class RecordLog:
         for frame, record in zip(frames, records, strict=True):
             yield position, record
             position += len(frame)
-        self.size = position
+        self.size = self._written = position
 
     def quarantine_copy(self) -> None:
         self.quarantine.mkdir(parents=True, exist_ok=True)
@@ -197,18 +200,28 @@ class RecordLog:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
 
     def append(self, records: list[dict[str, Any]]) -> list[int]:
-        """Write the records in one `write`; returns their offsets. Not durable until `sync`.
-
-        A write that fails part way (ENOSPC, EIO) is cut back off the file, so the log stays whole and
-        its size true; the error is raised."""
-        frames = [pack(r) for r in records]
-        start = self.size
+        """Add the records; returns their offsets. Nothing reaches the file before `sync` (or `flush`):
+        whatever the records name is made durable first, and the records of several appends go to the
+        file in one `write` and one fsync (group commit)."""
         offsets: list[int] = []
-        position = start
-        for frame in frames:
+        position = self.size
+        for record in records:
+            frame = pack(record)
             offsets.append(position)
             position += len(frame)
-        view = memoryview(b"".join(frames))
+            self._buffer.append(frame)
+        self.size = position
+        return offsets
+
+    def flush(self) -> None:
+        """Write the buffered frames in one `write` (not fsynced). A write that fails part way (ENOSPC,
+        EIO) is cut back off the file and the frames are dropped, so the log stays whole and its size
+        true; the error is raised."""
+        if not self._buffer:
+            return
+        view = memoryview(b"".join(self._buffer))
+        start = self._written
+        self._buffer = []
         try:
             while view:
                 written = os.write(self._fd, view)
@@ -216,18 +229,22 @@ class RecordLog:
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)
+            self.size = start
             raise
-        self.size = position
+        self._written = self.size
         self._dirty = True
-        return offsets
 
     def sync(self) -> None:
+        """Write what was appended, then fsync it (per the fsync policy)."""
+        self.flush()
         if self.fsync and self._dirty:
             os.fsync(self._fd)
         self._dirty = False
 
     def read_at(self, offset: int, count: int) -> list[dict[str, Any]]:
         """Up to `count` records starting at `offset` (which must be a record boundary)."""
+        if offset >= self._written:
+            self.flush()  # records not synced yet (readers of a journal only read what was)
         out: list[dict[str, Any]] = []
         end = self.size
         while len(out) < count and offset < end:
@@ -238,6 +255,8 @@ class RecordLog:
         return out
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.flush()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 

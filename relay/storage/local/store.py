@@ -65,6 +65,8 @@ class DiskJobStore(JobStore):
         self._media_paths: dict[str, Path] = {}
         #: What `relay.storage.local.repair` did when the job was opened (None: the journal was whole).
         self.repaired: str | None = None
+        #: Media directories with a rename not yet fsynced (`sync_media`, at the next commit).
+        self._unsynced_dirs: set[Path] = set()
 
     def open(self, *, meta: dict[str, Any] | None = None, stored: dict[str, Any] | None = None) -> JobStore:
         """A new job (`meta`, written to job.json) or an existing one (`stored`, read by `Store.read_meta`).
@@ -92,8 +94,20 @@ class DiskJobStore(JobStore):
             on_bytes=self.hooks.on_bytes,
             on_abort=None if refused is not None or replaying else lambda: self.quota.release(self.job, size),
             on_stored=None if refused is not None or replaying else lambda: self.quota.release(self.job, size, stored=True),
+            on_renamed=self._renamed,
         )  # fmt: skip
         return sink
+
+    def _renamed(self, directory: Path) -> None:
+        """A verified file was renamed into `directory`: fsynced with the next commit, before any record."""
+        if self.fsync:
+            self._unsynced_dirs.add(directory)
+
+    def sync_media(self) -> None:
+        """The group commit's first step: each directory a file was renamed into since the last commit is
+        fsynced once (the files themselves were fsynced before their rename)."""
+        while self._unsynced_dirs:
+            fsync_dir(self._unsynced_dirs.pop())
 
     def media_dir(self, run: int) -> Path:
         path = self.media / str(run)

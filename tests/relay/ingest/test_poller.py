@@ -8,6 +8,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -470,3 +471,53 @@ async def test_when_the_manifest_and_the_last_item_are_lost_the_item_is_named(
     assert [e["code"] for e in errors] == ["missing_manifest", "missing_item"]
     assert errors[1]["item"] == 2 and "asks for 3 item(s)" in errors[1]["message"]
     assert sorted(relay.relay.job(job).items) == [0, 1]
+
+
+def test_a_group_commit_makes_files_and_logs_durable_before_anything_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pieces of one `/stream` answer, two items, one commit: each file is fsynced once (before its
+    rename), then its directory once, the ingest log once and the journal once, and only then is a record
+    published. Until that commit neither log has a byte on disk."""
+    import os
+
+    from relay.ingest.poller import JobPoller
+    from relay.storage.job import JobHooks
+    from relay.storage.local.jobs import Store
+
+    published: list[int] = []
+    store = Store(tmp_path, fsync=True, hooks=JobHooks(on_commit=lambda job, r: published.append(r["seq"])))
+    job = store.create("group-1")
+    poller = JobPoller(job, None)
+    poller.recover()
+    files = make_files(2, 300_000)
+    env = wire.Envelopes("group-1")
+    pieces = [
+        [json.dumps({"output": e}).encode() for e in env.parts(i, data, mime="video/mp4", id=f"c{i}")]
+        for i, data in enumerate(files)
+    ]
+    fsyncs: list[tuple[str, int]] = []  # (what was fsynced, records published by then)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        fsyncs.append((os.path.relpath(name, job.dir), len(published)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    journal, ingest_log = job.dir / "journal.log", job.dir / "wire.log"
+    size_before = journal.stat().st_size, ingest_log.stat().st_size
+    poller._committed_at = time.monotonic()  # the pieces come closer together than GROUP_COMMIT_S
+    for texts in pieces:
+        poller._ingest_piece("IN_PROGRESS", texts)
+    assert job.journal.published == 0 and published == [] and job.journal.head == 3  # status + 2 items
+    assert (journal.stat().st_size, ingest_log.stat().st_size) == size_before  # nothing written yet
+    # each file fsynced once, before its rename; its directory waits for the commit
+    assert [name for name, _ in fsyncs] == ["media/1/.00000-c0.mp4.part", "media/1/.00001-c1.mp4.part"]
+    poller._commit_pieces()
+    assert [name for name, _ in fsyncs[2:]] == ["media/1", "wire.log", "journal.log"]
+    assert all(n == 0 for _, n in fsyncs), "a record was published before its bytes and itself were durable"
+    assert published == [1, 2, 3] and job.journal.published == 3
+    poller._commit_pieces()  # nothing pending: no fsync
+    assert len(fsyncs) == 5
+    job.close()
