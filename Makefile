@@ -59,22 +59,9 @@ $(S3RVER): tests/s3rver/package.json tests/s3rver/package-lock.json
 
 s3rver: $(S3RVER)
 
-# The client_js suite runs beside the Python one (each spends much of its time waiting on processes and
-# sockets, so together they finish sooner); its output is printed once both are done, and either one failing
-# fails the target.
-JS_LOG := $(VENV)/test-js.log
 test: venv js $(S3RVER)
-	@rm -f $(JS_LOG) $(JS_LOG).rc; \
-	if [ -f client_js/package.json ]; then \
-	  (cd client_js && npm test > ../$(JS_LOG) 2>&1; echo $$? > ../$(JS_LOG).rc) & \
-	fi; \
-	status=0; $(PYTEST) || status=$$?; \
-	wait; \
-	if [ -f $(JS_LOG).rc ]; then \
-	  echo "---- client_js (npm test) ----"; cat $(JS_LOG); \
-	  [ "$$(cat $(JS_LOG).rc)" = 0 ] || { echo "client_js tests failed"; status=1; }; \
-	fi; \
-	exit $$status
+	$(PYTEST)
+	@if [ -f client_js/package.json ]; then cd client_js && npm test; fi
 
 test-js: js
 	cd client_js && npm test
