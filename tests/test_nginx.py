@@ -33,8 +33,8 @@ import websockets
 from bench._relay_stack import free_port
 from podstream import wire
 from podstream.emulator import Emulator, EmulatorConfig
+from podstream.frames import CloseCode
 from relay.api.auth import generate_key, hash_key
-from relay.api.ws import ORIGIN_NOT_ALLOWED
 from tests.relay.conftest import (
     API_KEY,
     Received,
@@ -214,7 +214,7 @@ async def through(front: Nginx, worker: ScriptedWorker, upload_key: str) -> None
             # ...and a page on another origin may not (the check is on: the first one passing means something).
             async with websockets.connect(ws_url, origin="http://127.0.0.1:1") as refused:  # type: ignore[arg-type]
                 bye = await recv(refused)
-                assert bye["t"] == "bye" and bye["code"] == ORIGIN_NOT_ALLOWED, bye
+                assert bye["t"] == "bye" and bye["code"] == CloseCode.ORIGIN_NOT_ALLOWED, bye
 
             records: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
             sse = asyncio.ensure_future(sse_records(http, f"{front.url}/v1/jobs/{job}/events", records))

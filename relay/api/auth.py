@@ -79,17 +79,18 @@ _KEY_ENTRY: Final = re.compile(
     r"^(?:(?P<name>[A-Za-z0-9_.-]{1,64})=)?sha256:(?P<hash>[0-9a-fA-F]{64})(?:/(?P<scopes>[a-z:+]+))?$"
 )
 
-TOKEN_EXPIRED: Final = CloseCode.TOKEN_EXPIRED
-UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
-ORIGIN_NOT_ALLOWED: Final = CloseCode.ORIGIN_NOT_ALLOWED
-
 
 class Denied(Exception):
     """Refused. `status` is the HTTP status (401 or 403); `close_code` the websocket close code;
     `code` the machine-readable error code of the JSON error body."""
 
     def __init__(
-        self, message: str, *, status: int = 403, close_code: int = UNAUTHORIZED, code: str | None = None
+        self,
+        message: str,
+        *,
+        status: int = 403,
+        close_code: int = CloseCode.UNAUTHORIZED,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -239,7 +240,9 @@ def decode_token(token: str, secret: bytes, *, audience: str, now: float | None 
     if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
         raise invalid
     if exp <= (time.time() if now is None else now):
-        raise Denied("the token expired", status=401, close_code=TOKEN_EXPIRED, code="token_expired")
+        raise Denied(
+            "the token expired", status=401, close_code=CloseCode.TOKEN_EXPIRED, code="token_expired"
+        )
     return dict(claims)
 
 
@@ -367,7 +370,7 @@ class KeyAuthorizer:
 
     async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:
         if not origin_allowed(origin, headers.get(OWN_ORIGIN), self.origins):
-            raise Denied(f"origin {origin!r} is not allowed", close_code=ORIGIN_NOT_ALLOWED)
+            raise Denied(f"origin {origin!r} is not allowed", close_code=CloseCode.ORIGIN_NOT_ALLOWED)
         credential = bearer(headers)
         if credential is None:
             return Principal(needs_token=True)
@@ -382,7 +385,7 @@ class KeyAuthorizer:
         try:
             return self._credential(token)
         except Denied as exc:
-            if exc.close_code == TOKEN_EXPIRED:
+            if exc.close_code == CloseCode.TOKEN_EXPIRED:
                 raise
             raise Denied(str(exc), status=401, code=exc.code) from None
 
@@ -481,7 +484,7 @@ class AllowAll:
             raise Denied(
                 f"origin {origin!r} is not allowed (an insecure relay takes writes and websockets from its own "
                 "origin and PODSTREAM_ALLOWED_ORIGINS / PODSTREAM_CORS_ORIGINS only)",
-                close_code=ORIGIN_NOT_ALLOWED, code="origin_not_allowed",
+                close_code=CloseCode.ORIGIN_NOT_ALLOWED, code="origin_not_allowed",
             )  # fmt: skip
 
     async def connect(self, origin: str | None, headers: Mapping[str, str]) -> Principal:

@@ -46,18 +46,6 @@ log = logging.getLogger("podstream.relay.ws")
 PROTOCOL_VERSION: Final = 1
 SERVER: Final = "podstream-relay"
 
-# The protocol's close codes (podstream.frames.CloseCode, shared with the clients).
-GOING_AWAY: Final = CloseCode.GOING_AWAY
-SLOW_CONSUMER: Final = CloseCode.SLOW_CONSUMER
-PING_TIMEOUT: Final = CloseCode.PING_TIMEOUT
-TOKEN_EXPIRED: Final = CloseCode.TOKEN_EXPIRED
-TOO_MANY_CONNECTIONS: Final = CloseCode.TOO_MANY_CONNECTIONS
-TRY_AGAIN: Final = CloseCode.TRY_AGAIN
-MALFORMED: Final = CloseCode.MALFORMED_FRAME
-UNAUTHORIZED: Final = CloseCode.UNAUTHORIZED
-FRAME_TOO_LARGE: Final = CloseCode.FRAME_TOO_LARGE
-TOO_MANY_SUBSCRIPTIONS: Final = CloseCode.TOO_MANY_SUBSCRIPTIONS
-ORIGIN_NOT_ALLOWED: Final = CloseCode.ORIGIN_NOT_ALLOWED
 INTERNAL: Final = 1011
 
 
@@ -150,7 +138,7 @@ class Connection:
             return
         await self.ws.accept()
         if not self.principal.needs_token and self._full():
-            await self._close(Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later"))
+            await self._close(Bye(CloseCode.TOO_MANY_CONNECTIONS, "too many connections; retry later"))
             return
         self.relay.connections.add(self)
         try:
@@ -160,7 +148,9 @@ class Connection:
             else:
                 evicted = self.pending.add(self)
                 if evicted is not None:
-                    evicted._end(Bye(TOO_MANY_CONNECTIONS, "too many connections waiting for auth; retry"))
+                    evicted._end(
+                        Bye(CloseCode.TOO_MANY_CONNECTIONS, "too many connections waiting for auth; retry")
+                    )
                 self._spawn(self._auth_deadline())
             self._spawn(self._read_loop())
             self._spawn(self._ping_loop())
@@ -239,7 +229,9 @@ class Connection:
                 if self._overdue is sender and sender is not None:
                     self._overdue = None
                     if sender.uncancel() == 0:
-                        raise Bye(SLOW_CONSUMER, "slow consumer: resume from your last seq") from None
+                        raise Bye(
+                            CloseCode.SLOW_CONSUMER, "slow consumer: resume from your last seq"
+                        ) from None
                 raise
             finally:
                 self._sending_since = self._sender = None
@@ -271,7 +263,7 @@ class Connection:
     async def _welcome(self) -> None:
         self.pending.discard(self)
         if self._full():
-            raise Bye(TOO_MANY_CONNECTIONS, "too many connections; retry later")
+            raise Bye(CloseCode.TOO_MANY_CONNECTIONS, "too many connections; retry later")
         self.authenticated = True
         await self.send(pack(frames.welcome(PROTOCOL_VERSION, SERVER, self.settings.ping_interval_s)))
 
@@ -288,22 +280,24 @@ class Connection:
             self.last_seen = time.monotonic()
             data = message.get("bytes")
             if data is None:
-                raise Bye(MALFORMED, "binary msgpack frames only")
+                raise Bye(CloseCode.MALFORMED_FRAME, "binary msgpack frames only")
             if len(data) > self.settings.max_frame_bytes:
-                raise Bye(FRAME_TOO_LARGE, f"frames are limited to {self.settings.max_frame_bytes} bytes")
+                raise Bye(
+                    CloseCode.FRAME_TOO_LARGE, f"frames are limited to {self.settings.max_frame_bytes} bytes"
+                )
             try:
                 frame = msgpack.unpackb(data, raw=False)
             except Exception:
-                raise Bye(MALFORMED, "not a msgpack frame") from None
+                raise Bye(CloseCode.MALFORMED_FRAME, "not a msgpack frame") from None
             await self._dispatch(frame)
 
     async def _dispatch(self, raw: object) -> None:
         try:
             if frames.frame_type(raw) != "auth" and not self.authenticated:
-                raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+                raise Bye(CloseCode.UNAUTHORIZED, "send an auth frame with a token first")
             frame = frames.parse_client(raw)
         except frames.FrameError as exc:
-            raise Bye(MALFORMED, str(exc)) from None
+            raise Bye(CloseCode.MALFORMED_FRAME, str(exc)) from None
         if isinstance(frame, frames.Auth):
             try:
                 self.principal = await self.relay.auth.token(self.principal, frame.token)
@@ -332,7 +326,9 @@ class Connection:
             await self._err("already_subscribed", "already subscribed to this job", job)
             return
         if len(self.subscriptions) >= self.settings.max_subscriptions:
-            raise Bye(TOO_MANY_SUBSCRIPTIONS, f"at most {self.settings.max_subscriptions} subscriptions")
+            raise Bye(
+                CloseCode.TOO_MANY_SUBSCRIPTIONS, f"at most {self.settings.max_subscriptions} subscriptions"
+            )
         try:
             check_job_id(job)
         except BadJobId as exc:
@@ -363,7 +359,7 @@ class Connection:
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(self.settings.auth_timeout_s)
         if not self.authenticated:
-            raise Bye(UNAUTHORIZED, "send an auth frame with a token first")
+            raise Bye(CloseCode.UNAUTHORIZED, "send an auth frame with a token first")
 
     def _watch_expiry(self) -> None:
         if self._expiry is not None:
@@ -374,7 +370,7 @@ class Connection:
 
     async def _expire_at(self, when: float) -> None:
         await asyncio.sleep(max(0.0, when - time.time()))
-        raise Bye(TOKEN_EXPIRED, "token expired: get a new token, then reconnect")
+        raise Bye(CloseCode.TOKEN_EXPIRED, "token expired: get a new token, then reconnect")
 
     async def _drop_uncovered(self) -> None:
         """After a fresh `auth`: end the subscriptions the new principal may not read."""
@@ -408,7 +404,7 @@ class Connection:
             await self._err("media_unavailable", str(exc), store.job)
             return
         except MediaRetry as exc:
-            raise Bye(TRY_AGAIN, f"{exc}: reconnect and resume from your last seq") from None
+            raise Bye(CloseCode.TRY_AGAIN, f"{exc}: reconnect and resume from your last seq") from None
         if path is None:
             return  # uploaded out of band (a ref): the client fetches record["url"]
         head = {"job": store.job, "seq": record["seq"], "item": record["item"]}
@@ -421,7 +417,9 @@ class Connection:
                 frame = chunks.cached(path, offset) or await chunks.frame(path, head, offset, size)
             except OSError as exc:
                 if transient(exc):  # EMFILE, ENOSPC, EIO...: the file is still there, try again
-                    raise Bye(TRY_AGAIN, "reading the item failed for now: reconnect and resume") from None
+                    raise Bye(
+                        CloseCode.TRY_AGAIN, "reading the item failed for now: reconnect and resume"
+                    ) from None
                 message = f"the file of item {record['item']} is no longer available"
                 await self._err("media_unavailable", message, store.job)
                 return
@@ -437,7 +435,7 @@ class Connection:
             # Alive: a frame from the client, or data drained to it, within the window. A client reading
             # nothing stalls the data sends (bye 4001 after send_timeout_s) and sends no pong (4002).
             if time.monotonic() - max(self.last_seen, self.last_progress) > interval + timeout:
-                raise Bye(PING_TIMEOUT, "no pong in time")
+                raise Bye(CloseCode.PING_TIMEOUT, "no pong in time")
             n += 1
             await self.send(pack(frames.ping(n)), progress=False)
 

@@ -27,6 +27,7 @@ from schemathesis.core.result import Ok
 from websockets.exceptions import ConnectionClosed
 
 from podstream.emulator import Emulator
+from podstream.frames import CloseCode
 from relay.api import openapi, ws
 from tests.relay.conftest import (
     API_KEY,
@@ -47,8 +48,8 @@ EXAMPLES = int(os.environ.get("PODSTREAM_FUZZ_EXAMPLES", "25"))
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 #: Close codes a client may see (docs/protocol.md): the relay's own, and 1009 for a message above uvicorn's cap.
 CLOSE_CODES = {
-    ws.GOING_AWAY, ws.SLOW_CONSUMER, ws.PING_TIMEOUT, ws.TOKEN_EXPIRED, ws.TOO_MANY_CONNECTIONS, 4005,
-    ws.MALFORMED, ws.UNAUTHORIZED, ws.FRAME_TOO_LARGE, ws.TOO_MANY_SUBSCRIPTIONS, ws.ORIGIN_NOT_ALLOWED, 1009,
+    CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, CloseCode.PING_TIMEOUT, CloseCode.TOKEN_EXPIRED, CloseCode.TOO_MANY_CONNECTIONS, 4005,
+    CloseCode.MALFORMED_FRAME, CloseCode.UNAUTHORIZED, CloseCode.FRAME_TOO_LARGE, CloseCode.TOO_MANY_SUBSCRIPTIONS, CloseCode.ORIGIN_NOT_ALLOWED, 1009,
 }  # fmt: skip
 
 
